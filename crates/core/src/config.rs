@@ -1,0 +1,315 @@
+//! One typed configuration for every server.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file, environment
+//! variables, then command-line flags (applied by the binary). An environment
+//! variable names a key by its path: `JETSONMIND_HTTP__LISTEN=127.0.0.1:9000`
+//! sets `[http] listen`. Its value is read as TOML when it parses as a TOML
+//! value (`64`, `true`, `["a", "b"]`) and as a plain string otherwise.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoreError;
+
+/// The prefix of environment variables that set config keys.
+pub const ENV_PREFIX: &str = "JETSONMIND_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub mcp: McpConfig,
+    pub gateway: GatewayConfig,
+    pub data: DataConfig,
+}
+
+/// Streamable HTTP transport settings and limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on. Loopback by default: nothing is exposed unless asked.
+    pub listen: SocketAddr,
+    /// `Host` header values accepted (DNS-rebinding protection). Hosts may carry a port.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin` values accepted. Requests without `Origin` (non-browser
+    /// clients) pass; a request with any other Origin gets 403.
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Requests served at once; more wait up to `queue_timeout_ms`, then get 503.
+    pub max_concurrent_requests: usize,
+    pub queue_timeout_ms: u64,
+    /// Longest a request may take before its response starts; then 408.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+            max_body_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 64,
+            queue_timeout_ms: 5_000,
+            request_timeout_ms: 600_000,
+        }
+    }
+}
+
+/// Protocol-level settings shared by every server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// `ttlMs` on list results: how long a client may reuse a tool/resource list.
+    pub list_ttl_ms: u64,
+    /// `ttlMs` on resource reads; telemetry changes fast, so keep it short.
+    pub read_ttl_ms: u64,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            list_ttl_ms: 10_000,
+            read_ttl_ms: 1_000,
+        }
+    }
+}
+
+/// How the gateway names things that two backends both offer.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixMode {
+    /// Prefix only the names that collide (both sides), keep the rest as they are.
+    #[default]
+    Collisions,
+    /// Prefix every backend name: stable names whatever else is federated.
+    Always,
+    /// Never prefix; on a collision the first backend in config order wins.
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub prefix: PrefixMode,
+    /// Put between backend name and tool name when prefixing: `node1_text_generate`.
+    pub separator: String,
+    /// How often backends are checked and their lists refreshed.
+    pub health_interval_ms: u64,
+    /// How long one health check may take before the backend counts as gone.
+    pub health_timeout_ms: u64,
+    /// Remote MCP servers to federate (another gateway works too).
+    pub backends: Vec<BackendConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            prefix: PrefixMode::default(),
+            separator: "_".into(),
+            health_interval_ms: 2_000,
+            health_timeout_ms: 2_000,
+            backends: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Short name, used as the prefix on collisions. Letters, digits, `-`.
+    pub name: String,
+    /// Streamable HTTP endpoint, e.g. `http://10.0.0.7:8080/mcp`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where models, the database and caches live.
+    pub dir: PathBuf,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("jetsonmind");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/jetsonmind"),
+        None => PathBuf::from(".jetsonmind"),
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `JETSONMIND_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, CoreError> {
+        let mut table = match file {
+            Some(path) => read_table(path)?,
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
+                // `JETSONMIND_CONFIG` names the file itself, it is not a key.
+                if path != "CONFIG" && path.contains("__") {
+                    set_path(&mut table, path, &value)?;
+                }
+            }
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| CoreError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let fail = |msg: String| Err(CoreError::Config(msg));
+        if self.http.max_body_bytes < 1024 {
+            return fail("http.max_body_bytes must be at least 1024".into());
+        }
+        if self.http.max_concurrent_requests == 0 {
+            return fail("http.max_concurrent_requests must be at least 1".into());
+        }
+        if self.gateway.separator.is_empty() {
+            return fail("gateway.separator must not be empty".into());
+        }
+        for backend in &self.gateway.backends {
+            let ok_name = !backend.name.is_empty()
+                && backend
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !ok_name {
+                return fail(format!(
+                    "gateway backend name `{}`: use letters, digits and `-` only",
+                    backend.name
+                ));
+            }
+            if !(backend.url.starts_with("http://") || backend.url.starts_with("https://")) {
+                return fail(format!(
+                    "gateway backend `{}`: url must start with http:// or https://",
+                    backend.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, for `jetsonmind config` and the settings resource.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, CoreError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CoreError::Config(format!("cannot read {}: {e}", path.display())))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| CoreError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Set `HTTP__LISTEN` style paths (lower-cased) in a TOML table.
+fn set_path(table: &mut toml::Table, path: &str, raw: &str) -> Result<(), CoreError> {
+    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    let (last, parents) = keys.split_last().expect("split yields at least one item");
+    let mut node = table;
+    for key in parents {
+        let entry = node
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry.as_table_mut().ok_or_else(|| {
+            CoreError::Config(format!("{ENV_PREFIX}{path}: `{key}` is not a section"))
+        })?;
+    }
+    node.insert(last.clone(), parse_env_value(raw));
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_bind_loopback() {
+        let config = Config::load(None, []).unwrap();
+        assert!(config.http.listen.ip().is_loopback());
+        assert_eq!(config.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[http]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 2048\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("JETSONMIND_HTTP__MAX_BODY_BYTES", "4096"),
+                ("JETSONMIND_GATEWAY__PREFIX", "always"),
+                ("JETSONMIND_HTTP__ALLOWED_HOSTS", "[\"a.example\"]"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.http.listen.port(), 9000);
+        assert_eq!(config.http.max_body_bytes, 4096);
+        assert_eq!(config.gateway.prefix, PrefixMode::Always);
+        assert_eq!(config.http.allowed_hosts, vec!["a.example".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Config::load(None, env(&[("JETSONMIND_HTTP__LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err =
+            Config::load(None, env(&[("JETSONMIND_HTTP__MAX_BODY_BYTES", "10")])).unwrap_err();
+        assert!(err.to_string().contains("max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn backend_urls_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[[gateway.backends]]\nname = \"n1\"\nurl = \"ftp://x\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file), []).unwrap_err();
+        assert!(err.to_string().contains("n1"), "{err}");
+    }
+}

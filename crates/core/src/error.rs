@@ -1,0 +1,29 @@
+use rmcp::model::{CallToolResult, ContentBlock};
+
+/// Errors raised while building or serving a JetsonMind server.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("invalid input schema for tool `{tool}`: {reason}")]
+    InvalidToolSchema { tool: String, reason: String },
+    #[error("duplicate tool name `{0}` in one catalog")]
+    DuplicateTool(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("mcp service: {0}")]
+    Service(String),
+}
+
+/// A tool result saying the tool exists but its engine is not on this node.
+///
+/// Clients show the text to the model, so it says what is missing and why,
+/// rather than returning anything that could pass for a real answer.
+pub fn not_available(tool: &str, reason: &str) -> CallToolResult {
+    tool_error(format!("not available on this node: {tool}: {reason}"))
+}
+
+/// A tool-level error (`isError: true`) with one text block.
+pub fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}

@@ -1,0 +1,23 @@
+//! What every JetsonMind MCP server shares, and nothing more:
+//!
+//! - [`config`]: the one typed configuration (TOML file, env vars, flags).
+//! - [`catalog`]: a server's tools, resources and templates, with compiled
+//!   JSON Schema validators for tool arguments.
+//! - [`unit`]: the [`McpUnit`] trait a server implements, and [`UnitServer`],
+//!   the single rmcp `ServerHandler` that serves any unit.
+//! - [`serve`]: stdio and Streamable HTTP transports with their limits and checks.
+//! - [`error`]: the error type of this crate and the tool-error helpers.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod serve;
+pub mod unit;
+
+pub use catalog::{Catalog, tool_from};
+pub use config::Config;
+pub use error::{CoreError, not_available, tool_error};
+pub use unit::{McpUnit, ToolCall, UnitIdentity, UnitServer};
+
+/// Re-exported so the server crates name one rmcp, the one pinned here.
+pub use rmcp;

@@ -1,0 +1,210 @@
+//! One MCP server implementation for all four JetsonMind servers.
+//!
+//! A server crate implements [`McpUnit`]: who it is, what it offers (a
+//! [`Catalog`]) and what a tool call or a resource read does. [`UnitServer`]
+//! turns any unit into an rmcp `ServerHandler`, so protocol concerns (both
+//! protocol eras, argument validation, cache hints, error shapes) live here
+//! once instead of four times.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
+    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+
+use crate::Catalog;
+use crate::config::McpConfig;
+use crate::error::tool_error;
+
+/// The name, title and guidance a server introduces itself with.
+#[derive(Debug, Clone)]
+pub struct UnitIdentity {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub instructions: &'static str,
+}
+
+/// One tool invocation, its arguments already checked against the schema.
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: JsonObject,
+    /// Progress reporting, cancellation (`context.ct`) and the request `_meta`.
+    pub context: RequestContext<RoleServer>,
+}
+
+/// What a JetsonMind server is: an identity, a catalog, and behaviour.
+pub trait McpUnit: Send + Sync + 'static {
+    fn identity(&self) -> UnitIdentity;
+
+    /// The current offer. Cheap: an `Arc` to a catalog built ahead of time.
+    fn catalog(&self) -> Arc<Catalog>;
+
+    /// Run a tool from the catalog. Failures the caller can act on are
+    /// `Ok(CallToolResult)` with `isError`; `Err` is for protocol errors.
+    fn call_tool(
+        &self,
+        call: ToolCall,
+    ) -> impl Future<Output = Result<CallToolResult, McpError>> + Send;
+
+    /// Read a resource; unknown URIs give `McpError::resource_not_found`.
+    fn read_resource(
+        &self,
+        uri: &str,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceResult, McpError>> + Send {
+        let _ = context;
+        let error = McpError::resource_not_found(format!("no resource at {uri}"), None);
+        std::future::ready(Err(error))
+    }
+}
+
+/// Serves any [`McpUnit`] over MCP. Cloning is cheap (two `Arc`s).
+pub struct UnitServer<U> {
+    unit: Arc<U>,
+    settings: Arc<McpConfig>,
+}
+
+impl<U> Clone for UnitServer<U> {
+    fn clone(&self) -> Self {
+        Self {
+            unit: self.unit.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<U: McpUnit> UnitServer<U> {
+    pub fn new(unit: Arc<U>, settings: McpConfig) -> Self {
+        Self {
+            unit,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn unit(&self) -> &Arc<U> {
+        &self.unit
+    }
+
+    fn list_hints<T>(&self, with: impl FnOnce(u64, CacheScope) -> T) -> T {
+        // Private: with per-client scopes two clients may see different lists.
+        with(self.settings.list_ttl_ms, CacheScope::Private)
+    }
+}
+
+/// The protocol revisions served: every handshake era from 2024-11-05 up to
+/// the stateless 2026-07-28.
+pub fn supported_versions() -> &'static [ProtocolVersion] {
+    ProtocolVersion::KNOWN_VERSIONS
+}
+
+impl<U: McpUnit> ServerHandler for UnitServer<U> {
+    fn get_info(&self) -> ServerConfig {
+        let identity = self.unit.identity();
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .build();
+        let mut implementation = Implementation::new(identity.name, env!("CARGO_PKG_VERSION"));
+        implementation.title = Some(identity.title.to_string());
+        let mut info = ServerConfig::new(capabilities);
+        info.server_info = implementation;
+        info.instructions = Some(identity.instructions.to_string());
+        info
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(supported_versions())
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.unit.catalog().tool(name).cloned()
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let tools = self.unit.catalog().tools().to_vec();
+        Ok(self.list_hints(|ttl, scope| {
+            ListToolsResult::with_all_items(tools)
+                .with_ttl_ms(ttl)
+                .with_cache_scope(scope)
+        }))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let resources = self.unit.catalog().resources().to_vec();
+        Ok(self.list_hints(|ttl, scope| {
+            ListResourcesResult::with_all_items(resources)
+                .with_ttl_ms(ttl)
+                .with_cache_scope(scope)
+        }))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let templates = self.unit.catalog().templates().to_vec();
+        Ok(self.list_hints(|ttl, scope| {
+            ListResourceTemplatesResult::with_all_items(templates)
+                .with_ttl_ms(ttl)
+                .with_cache_scope(scope)
+        }))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let mut result = self.unit.read_resource(&request.uri, context).await?;
+        result.ttl_ms.get_or_insert(self.settings.read_ttl_ms);
+        result.cache_scope.get_or_insert(CacheScope::Private);
+        Ok(ReadResourceResponse::Complete(result))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let catalog = self.unit.catalog();
+        let name = request.name.to_string();
+        let arguments = request.arguments.unwrap_or_default();
+        let Some(violations) = catalog.check_arguments(&name, &arguments) else {
+            return Err(McpError::invalid_params(
+                format!("unknown tool: {name}"),
+                None,
+            ));
+        };
+        if !violations.is_empty() {
+            // A tool-level error, not a protocol one, so the model sees what
+            // to fix (MCP 2025-11-25: input validation errors are tool errors).
+            let message = format!("invalid arguments for {name}: {}", violations.join("; "));
+            return Ok(CallToolResponse::Complete(tool_error(message)));
+        }
+        drop(catalog);
+        let call = ToolCall {
+            name,
+            arguments,
+            context,
+        };
+        self.unit
+            .call_tool(call)
+            .await
+            .map(CallToolResponse::Complete)
+    }
+}
