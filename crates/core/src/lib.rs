@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod serve;
 pub mod unit;

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{RoleClient, ServerHandler, ServiceExt};
+use rmcp::{ServerHandler, ServiceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -140,13 +140,7 @@ pub fn check_exposure(listen: SocketAddr, auth_enabled: bool) -> Result<(), Core
 ///
 /// The gateway talks to servers in its own process through real MCP
 /// messages, exactly as it talks to remote ones, so one code path serves both.
-pub fn in_process<S: ServerHandler>(
-    server: S,
-) -> impl rmcp::transport::IntoTransport<
-    RoleClient,
-    std::io::Error,
-    rmcp::transport::async_rw::TransportAdapterAsyncCombinedRW,
-> {
+pub fn in_process<S: ServerHandler>(server: S) -> tokio::io::DuplexStream {
     let (client_end, server_end) = tokio::io::duplex(1 << 20);
     tokio::spawn(async move {
         match server.serve(server_end).await {

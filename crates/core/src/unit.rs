@@ -13,7 +13,7 @@ use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
     JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ServerCapabilities, ServerConfig, Tool,
+    ReadResourceResult, ResultType, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -173,6 +173,9 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         let mut result = self.unit.read_resource(&request.uri, context).await?;
         result.ttl_ms.get_or_insert(self.settings.read_ttl_ms);
         result.cache_scope.get_or_insert(CacheScope::Private);
+        // Relayed results (the gateway's) may come from a handshake-era peer
+        // that left the discriminator out; rmcp strips it again for such peers.
+        result.result_type.get_or_insert(ResultType::COMPLETE);
         Ok(ReadResourceResponse::Complete(result))
     }
 
@@ -202,9 +205,8 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
             arguments,
             context,
         };
-        self.unit
-            .call_tool(call)
-            .await
-            .map(CallToolResponse::Complete)
+        let mut result = self.unit.call_tool(call).await?;
+        result.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(CallToolResponse::Complete(result))
     }
 }

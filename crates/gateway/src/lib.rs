@@ -1,1 +1,337 @@
-pub fn x() {}
+//! The gateway: one MCP server in front of many.
+//!
+//! It connects as an MCP client to each backend (in-process servers for
+//! `jetsonmind serve`, HTTP URLs otherwise, including other gateways), merges
+//! what they offer into one [`view::View`], and forwards each call to the
+//! backend that owns the name. A background task checks the backends, drops
+//! those that went away from the view and brings them back when they return.
+
+mod backend;
+mod forward;
+pub mod schema;
+pub mod view;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jetsonmind_core::config::GatewayConfig;
+use jetsonmind_core::content::json_tool_result;
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, RequestMetaObject, Tool,
+};
+use jetsonmind_core::rmcp::service::RequestContext;
+use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer, ServiceError};
+use jetsonmind_core::{
+    Catalog, CoreError, McpUnit, ToolCall, UnitIdentity, not_available, tool_error, tool_from,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{Backend, BackendStatus, Connector};
+use forward::{ForwardingClient, ProgressRoutes};
+use schema::*;
+use view::{Naming, View};
+
+pub struct Gateway {
+    settings: GatewayConfig,
+    backends: Vec<Arc<Backend>>,
+    own_tools: Vec<Tool>,
+    view: RwLock<Arc<View>>,
+    handler: ForwardingClient,
+}
+
+fn own_tools() -> Vec<Tool> {
+    vec![
+        tool_from::<ManageConnectionsArgs>(
+            "manage_connections",
+            "List the federated backends (state, what each offers) or close a client connection.",
+        ),
+        tool_from::<ValidateRequestArgs>(
+            "validate_request",
+            "Check a tool call's arguments against the tool's input schema without running it.",
+        ),
+        tool_from::<AggregateResponsesArgs>(
+            "aggregate_responses",
+            "Fan one tool call out to every replica and combine the answers (first, all, majority).",
+        ),
+        tool_from::<HandleAuthArgs>(
+            "handle_auth",
+            "Show the caller's identity and scopes, or manage API keys.",
+        ),
+        tool_from::<ProtocolBridgeArgs>(
+            "protocol_bridge",
+            "Federate another MCP server (Streamable HTTP) into this gateway.",
+        ),
+    ]
+}
+
+impl Gateway {
+    /// A gateway over `backends` (config order decides who wins under `prefix = "never"`).
+    pub fn new(settings: GatewayConfig, backends: Vec<Backend>) -> Result<Arc<Self>, CoreError> {
+        let own_tools = own_tools();
+        let naming = Naming {
+            mode: settings.prefix,
+            separator: &settings.separator,
+        };
+        let view = View::merge(&own_tools, &[], &naming)?;
+        Ok(Arc::new(Self {
+            backends: backends.into_iter().map(Arc::new).collect(),
+            own_tools,
+            view: RwLock::new(Arc::new(view)),
+            handler: ForwardingClient {
+                progress: Arc::new(ProgressRoutes::default()),
+            },
+            settings,
+        }))
+    }
+
+    /// The HTTP backends named in the config.
+    pub fn configured_backends(settings: &GatewayConfig) -> Vec<Backend> {
+        settings
+            .backends
+            .iter()
+            .map(|b| Backend::new(&b.name, Connector::Http(b.url.clone())))
+            .collect()
+    }
+
+    fn current(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
+    }
+
+    /// Check every backend once and rebuild the view if anything changed.
+    pub async fn refresh(&self) {
+        let timeout = Duration::from_millis(self.settings.health_timeout_ms);
+        let checks = self
+            .backends
+            .iter()
+            .map(|b| b.check(self.handler.clone(), timeout));
+        let changed = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .any(|c| c);
+        if changed {
+            self.rebuild_view();
+        }
+    }
+
+    fn rebuild_view(&self) {
+        let offers: Vec<_> = self.backends.iter().map(|b| b.offer()).collect();
+        let live: Vec<_> = offers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, offer)| {
+                offer
+                    .as_ref()
+                    .map(|o| (i, self.backends[i].name.as_str(), o))
+            })
+            .collect();
+        let naming = Naming {
+            mode: self.settings.prefix,
+            separator: &self.settings.separator,
+        };
+        match View::merge(&self.own_tools, &live, &naming) {
+            Ok(view) => *self.view.write().expect("view lock") = Arc::new(view),
+            // A backend tool with an uncompilable schema: keep serving the old view.
+            Err(e) => tracing::error!(error = %e, "cannot merge backend offers"),
+        }
+    }
+
+    /// Refresh now, then every `health_interval_ms` until `shutdown`.
+    pub async fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        self.refresh().await;
+        let gateway = self.clone();
+        let interval = Duration::from_millis(self.settings.health_interval_ms);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => gateway.refresh().await,
+                }
+            }
+        });
+    }
+
+    pub fn backend_status(&self) -> Vec<BackendStatus> {
+        self.backends.iter().map(|b| b.status()).collect()
+    }
+
+    async fn forward_call(
+        &self,
+        backend: usize,
+        original: String,
+        call: ToolCall,
+    ) -> Result<CallToolResult, McpError> {
+        let backend = &self.backends[backend];
+        let Some(client) = backend.client() else {
+            return Ok(tool_error(format!(
+                "backend `{}` is unavailable; try again shortly",
+                backend.name
+            )));
+        };
+        let mut params = CallToolRequestParams::new(original).with_arguments(call.arguments);
+        let _route = call.context.meta.get_progress_token().map(|token| {
+            let (ours, guard) = self
+                .handler
+                .progress
+                .register(call.context.peer.clone(), token);
+            let mut meta = RequestMetaObject::default();
+            meta.set_progress_token(ours);
+            params.meta = Some(meta);
+            guard
+        });
+        // Dropping the backend call on cancellation sends it `notifications/cancelled`.
+        let outcome = tokio::select! {
+            outcome = client.peer().call_tool_once(params) => outcome,
+            _ = call.context.ct.cancelled() => return Err(McpError::internal_error("cancelled", None)),
+        };
+        match outcome {
+            Ok(CallToolResponse::Complete(result)) => Ok(result),
+            Ok(_) => Ok(tool_error(format!(
+                "backend `{}` answered with a result this gateway cannot relay",
+                backend.name
+            ))),
+            Err(ServiceError::McpError(error)) => Err(error),
+            Err(e) => {
+                if backend.mark_down(e.to_string()) {
+                    self.rebuild_view();
+                }
+                Ok(tool_error(format!(
+                    "backend `{}` failed during the call: {e}",
+                    backend.name
+                )))
+            }
+        }
+    }
+
+    async fn call_own_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let args = serde_json::Value::Object(call.arguments);
+        let parse_error = |e: serde_json::Error| McpError::invalid_params(e.to_string(), None);
+        match call.name.as_str() {
+            "manage_connections" => {
+                let args: ManageConnectionsArgs =
+                    serde_json::from_value(args).map_err(parse_error)?;
+                Ok(match args.action {
+                    ConnectionAction::List => {
+                        json_tool_result(&json!({ "backends": self.backend_status() }))
+                    }
+                    ConnectionAction::Close => not_available(
+                        "manage_connections",
+                        "closing client connections is not built yet",
+                    ),
+                })
+            }
+            "validate_request" => {
+                let args: ValidateRequestArgs =
+                    serde_json::from_value(args).map_err(parse_error)?;
+                let view = self.current();
+                Ok(
+                    match view.catalog.check_arguments(&args.tool, &args.arguments) {
+                        None => tool_error(format!("unknown tool: {}", args.tool)),
+                        Some(errors) => json_tool_result(
+                            &json!({ "valid": errors.is_empty(), "errors": errors }),
+                        ),
+                    },
+                )
+            }
+            "aggregate_responses" => Ok(not_available(
+                &call.name,
+                "replica fan-out is not built yet",
+            )),
+            "handle_auth" => Ok(not_available(
+                &call.name,
+                "authentication is not configured on this gateway",
+            )),
+            "protocol_bridge" => Ok(not_available(
+                &call.name,
+                "adding backends at run time is not built yet",
+            )),
+            other => Err(McpError::invalid_params(
+                format!("unknown tool: {other}"),
+                None,
+            )),
+        }
+    }
+}
+
+impl McpUnit for Gateway {
+    fn identity(&self) -> UnitIdentity {
+        UnitIdentity {
+            name: "jetsonmind-gateway",
+            title: "JetsonMind gateway",
+            instructions: "The front door to JetsonMind: every tool and resource of the federated \
+                           servers (compute, data, control, other gateways) in one place.",
+        }
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.current().catalog.clone()
+    }
+
+    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let route = self.current().tools.get(&call.name).cloned();
+        match route {
+            Some(route) => self.forward_call(route.backend, route.original, call).await,
+            None => self.call_own_tool(call).await,
+        }
+    }
+
+    async fn read_resource(
+        &self,
+        uri: &str,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResult, McpError> {
+        let Some(route) = self.current().resource_route(uri) else {
+            return Err(McpError::resource_not_found(
+                format!("no resource at {uri}"),
+                None,
+            ));
+        };
+        let backend = &self.backends[route.backend];
+        let Some(client) = backend.client() else {
+            return Err(McpError::internal_error(
+                format!("backend `{}` is unavailable", backend.name),
+                None,
+            ));
+        };
+        match client
+            .peer()
+            .read_resource_once(ReadResourceRequestParams::new(route.original))
+            .await
+        {
+            Ok(ReadResourceResponse::Complete(mut result)) => {
+                // The backend's URIs are not ours: give back the ones we listed.
+                for content in &mut result.contents {
+                    rename_uri(content, uri);
+                }
+                Ok(result)
+            }
+            Ok(_) => Err(McpError::internal_error(
+                "backend asked for input; not relayed",
+                None,
+            )),
+            Err(ServiceError::McpError(error)) => Err(error),
+            Err(e) => {
+                if backend.mark_down(e.to_string()) {
+                    self.rebuild_view();
+                }
+                Err(McpError::internal_error(
+                    format!("backend `{}` failed: {e}", backend.name),
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+fn rename_uri(content: &mut jetsonmind_core::rmcp::model::ResourceContents, exposed: &str) {
+    use jetsonmind_core::rmcp::model::ResourceContents;
+    match content {
+        ResourceContents::TextResourceContents { uri, .. }
+        | ResourceContents::BlobResourceContents { uri, .. } => {
+            *uri = exposed.to_string();
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+}

@@ -1,0 +1,28 @@
+//! Shapes of results shared by every server.
+
+use rmcp::ErrorData as McpError;
+use rmcp::model::{CallToolResult, ReadResourceResult, ResourceContents};
+use serde::Serialize;
+
+/// A resource read whose one content is `value` as JSON.
+pub fn json_resource(uri: &str, value: &impl Serialize) -> Result<ReadResourceResult, McpError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| McpError::internal_error(format!("cannot encode {uri}: {e}"), None))?;
+    Ok(ReadResourceResult::new(vec![
+        ResourceContents::text(text, uri).with_mime_type("application/json"),
+    ]))
+}
+
+/// A successful tool result carrying `value` both as structured content and
+/// as its JSON text, for clients that only read text.
+pub fn json_tool_result(value: &impl Serialize) -> CallToolResult {
+    match serde_json::to_value(value) {
+        Ok(value) => CallToolResult::structured(value),
+        Err(e) => crate::tool_error(format!("cannot encode result: {e}")),
+    }
+}
+
+/// A resource that exists but whose engine is not on this node.
+pub fn resource_not_available(uri: &str, reason: &str) -> McpError {
+    McpError::internal_error(format!("not available on this node: {uri}: {reason}"), None)
+}

@@ -1,0 +1,8 @@
+//! Telemetry of the machine the server runs on.
+//!
+//! Every reader takes a root directory (`/` in production) so tests run it
+//! on a fake `/proc` and `/sys` tree.
+
+mod linux;
+
+pub use linux::{CpuTimes, LinuxReader, SystemMetrics, ThermalZone};

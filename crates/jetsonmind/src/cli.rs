@@ -1,0 +1,50 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jetsonmind",
+    version,
+    about = "Local AI inference as MCP servers, from one device to a cluster."
+)]
+pub struct Cli {
+    /// TOML config file (defaults are used for anything it leaves out).
+    #[arg(long, global = true, env = "JETSONMIND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where models, the database and caches live.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter (tracing syntax), e.g. `info` or `jetsonmind_gateway=debug`. `RUST_LOG` wins.
+    #[arg(long, global = true, default_value = "info,rmcp=warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run all four servers in one process; clients talk to the gateway.
+    Serve(Transport),
+    /// Run the compute server alone (inference tools).
+    Compute(Transport),
+    /// Run the data server alone (models, metrics, cache, settings, analytics).
+    Data(Transport),
+    /// Run the control server alone (routing, placement, health, scaling).
+    Control(Transport),
+    /// Run the gateway alone, federating the backends named in the config.
+    Gateway(Transport),
+    /// Print the effective configuration as TOML.
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct Transport {
+    /// Serve MCP over stdin/stdout (for Claude Desktop, Cursor, VS Code).
+    #[arg(long, conflicts_with = "listen")]
+    pub stdio: bool,
+    /// Serve Streamable HTTP at `http://ADDR/mcp` (default from config: 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
