@@ -13,6 +13,7 @@ pub mod config;
 pub mod content;
 pub mod error;
 pub mod serve;
+pub mod testing;
 pub mod unit;
 
 pub use catalog::{Catalog, tool_from};

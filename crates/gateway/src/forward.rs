@@ -2,29 +2,34 @@
 //! on to the client whose call caused them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jetsonmind_core::rmcp::model::{
-    ClientConfig, Implementation, NumberOrString, ProgressNotificationParam, ProgressToken,
+    CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
+    ClientConfig, ClientNotification, ClientRequest, Implementation, ProgressNotificationParam,
+    ProgressToken, RequestId, ServerResult,
 };
-use jetsonmind_core::rmcp::service::{NotificationContext, Peer};
-use jetsonmind_core::rmcp::{ClientHandler, RoleClient, RoleServer};
+use jetsonmind_core::rmcp::service::{
+    NotificationContext, Peer, PeerRequestOptions, RequestContext,
+};
+use jetsonmind_core::rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError};
 
-/// Progress tokens the gateway handed to backends, and whom they belong to.
+/// Progress tokens of forwarded calls, and whom their progress belongs to.
 ///
-/// Each forwarded call gets a fresh token: two clients may both use token
-/// `1`, and their progress must not cross.
+/// rmcp gives every outgoing request a token of its own, unique per backend
+/// connection, so a route is keyed by backend and that token; the client's
+/// own token (two clients may both use `1`) is put back on the way out.
 #[derive(Default)]
 pub struct ProgressRoutes {
-    next: AtomicU64,
-    routes: Mutex<HashMap<String, (Peer<RoleServer>, ProgressToken)>>,
+    routes: Mutex<HashMap<RouteKey, (Peer<RoleServer>, ProgressToken)>>,
 }
+
+type RouteKey = (usize, ProgressToken);
 
 /// Removes the route when the forwarded call ends, however it ends.
 pub struct RouteGuard {
     routes: Arc<ProgressRoutes>,
-    key: String,
+    key: RouteKey,
 }
 
 impl Drop for RouteGuard {
@@ -34,38 +39,42 @@ impl Drop for RouteGuard {
 }
 
 impl ProgressRoutes {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Peer<RoleServer>, ProgressToken)>> {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RouteKey, (Peer<RoleServer>, ProgressToken)>> {
         self.routes.lock().expect("progress routes lock")
     }
 
-    /// A new token for the backend call, routed to `client`'s `token`.
+    /// Route progress for `ours` (the token on the call to `backend`) to
+    /// `client` under the client's own `token`, until the guard drops.
     pub fn register(
         self: &Arc<Self>,
+        backend: usize,
+        ours: ProgressToken,
         client: Peer<RoleServer>,
         token: ProgressToken,
-    ) -> (ProgressToken, RouteGuard) {
-        let key = format!("gw-{}", self.next.fetch_add(1, Ordering::Relaxed));
+    ) -> RouteGuard {
+        let key = (backend, ours);
         self.map().insert(key.clone(), (client, token));
-        let ours = ProgressToken(NumberOrString::String(key.clone().into()));
-        (
-            ours,
-            RouteGuard {
-                routes: self.clone(),
-                key,
-            },
-        )
+        RouteGuard {
+            routes: self.clone(),
+            key,
+        }
     }
 
-    fn lookup(&self, token: &ProgressToken) -> Option<(Peer<RoleServer>, ProgressToken)> {
-        match &token.0 {
-            NumberOrString::String(key) => self.map().get(key.as_ref()).cloned(),
-            NumberOrString::Number(_) => None,
-        }
+    fn lookup(
+        &self,
+        backend: usize,
+        token: &ProgressToken,
+    ) -> Option<(Peer<RoleServer>, ProgressToken)> {
+        self.map().get(&(backend, token.clone())).cloned()
     }
 }
 
+/// The client handler of one backend connection.
 #[derive(Clone)]
 pub struct ForwardingClient {
+    pub backend: usize,
     pub progress: Arc<ProgressRoutes>,
 }
 
@@ -81,12 +90,76 @@ impl ClientHandler for ForwardingClient {
         mut params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let Some((client, token)) = self.progress.lookup(&params.progress_token) else {
+        let Some((client, token)) = self.progress.lookup(self.backend, &params.progress_token)
+        else {
             return;
         };
         params.progress_token = token;
         if let Err(e) = client.notify_progress(params).await {
             tracing::debug!(error = %e, "client went away before its progress arrived");
         }
+    }
+}
+
+/// Why a forwarded call produced no result.
+pub enum ForwardError {
+    /// The caller cancelled; the backend was told.
+    Cancelled,
+    Service(ServiceError),
+}
+
+/// Call a tool on a backend for `caller`: the caller's progress token gets
+/// the backend's progress, and if the caller cancels (or its request is
+/// dropped) the backend gets `notifications/cancelled`.
+pub async fn call_tool(
+    backend: &Peer<RoleClient>,
+    backend_index: usize,
+    routes: &Arc<ProgressRoutes>,
+    params: CallToolRequestParams,
+    caller: &RequestContext<RoleServer>,
+) -> Result<ServerResult, ForwardError> {
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let handle = backend
+        .send_request_with_option(request, PeerRequestOptions::no_options())
+        .await
+        .map_err(ForwardError::Service)?;
+    let _route = caller.meta.get_progress_token().map(|token| {
+        routes.register(
+            backend_index,
+            handle.progress_token.clone(),
+            caller.peer.clone(),
+            token,
+        )
+    });
+    let mut abandon = CancelOnDrop {
+        peer: Some(backend.clone()),
+        id: handle.id.clone(),
+    };
+    let outcome = tokio::select! {
+        outcome = handle.await_response() => outcome.map_err(ForwardError::Service),
+        _ = caller.ct.cancelled() => Err(ForwardError::Cancelled),
+    };
+    if !matches!(outcome, Err(ForwardError::Cancelled)) {
+        abandon.peer = None;
+    }
+    outcome
+}
+
+/// Sends `notifications/cancelled` for a request still open when dropped.
+struct CancelOnDrop {
+    peer: Option<Peer<RoleClient>>,
+    id: RequestId,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer.take() else { return };
+        let params =
+            CancelledNotificationParam::new(Some(self.id.clone()), Some("caller cancelled".into()));
+        let notification =
+            ClientNotification::CancelledNotification(CancelledNotification::new(params));
+        tokio::spawn(async move {
+            let _ = peer.send_notification(notification).await;
+        });
     }
 }

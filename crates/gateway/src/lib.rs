@@ -17,8 +17,8 @@ use std::time::Duration;
 use jetsonmind_core::config::GatewayConfig;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, RequestMetaObject, Tool,
+    CallToolRequestParams, CallToolResult, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ServerResult, Tool,
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer, ServiceError};
@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, BackendStatus, Connector};
-use forward::{ForwardingClient, ProgressRoutes};
+use forward::{ForwardError, ForwardingClient, ProgressRoutes};
 use schema::*;
 use view::{Naming, View};
 
@@ -38,7 +38,7 @@ pub struct Gateway {
     backends: Vec<Arc<Backend>>,
     own_tools: Vec<Tool>,
     view: RwLock<Arc<View>>,
-    handler: ForwardingClient,
+    progress: Arc<ProgressRoutes>,
 }
 
 fn own_tools() -> Vec<Tool> {
@@ -79,9 +79,7 @@ impl Gateway {
             backends: backends.into_iter().map(Arc::new).collect(),
             own_tools,
             view: RwLock::new(Arc::new(view)),
-            handler: ForwardingClient {
-                progress: Arc::new(ProgressRoutes::default()),
-            },
+            progress: Arc::new(ProgressRoutes::default()),
             settings,
         }))
     }
@@ -102,10 +100,13 @@ impl Gateway {
     /// Check every backend once and rebuild the view if anything changed.
     pub async fn refresh(&self) {
         let timeout = Duration::from_millis(self.settings.health_timeout_ms);
-        let checks = self
-            .backends
-            .iter()
-            .map(|b| b.check(self.handler.clone(), timeout));
+        let checks = self.backends.iter().enumerate().map(|(index, backend)| {
+            let handler = ForwardingClient {
+                backend: index,
+                progress: self.progress.clone(),
+            };
+            backend.check(handler, timeout)
+        });
         let changed = futures::future::join_all(checks)
             .await
             .into_iter()
@@ -158,41 +159,30 @@ impl Gateway {
 
     async fn forward_call(
         &self,
-        backend: usize,
+        index: usize,
         original: String,
         call: ToolCall,
     ) -> Result<CallToolResult, McpError> {
-        let backend = &self.backends[backend];
+        let backend = &self.backends[index];
         let Some(client) = backend.client() else {
             return Ok(tool_error(format!(
                 "backend `{}` is unavailable; try again shortly",
                 backend.name
             )));
         };
-        let mut params = CallToolRequestParams::new(original).with_arguments(call.arguments);
-        let _route = call.context.meta.get_progress_token().map(|token| {
-            let (ours, guard) = self
-                .handler
-                .progress
-                .register(call.context.peer.clone(), token);
-            let mut meta = RequestMetaObject::default();
-            meta.set_progress_token(ours);
-            params.meta = Some(meta);
-            guard
-        });
-        // Dropping the backend call on cancellation sends it `notifications/cancelled`.
-        let outcome = tokio::select! {
-            outcome = client.peer().call_tool_once(params) => outcome,
-            _ = call.context.ct.cancelled() => return Err(McpError::internal_error("cancelled", None)),
-        };
-        match outcome {
-            Ok(CallToolResponse::Complete(result)) => Ok(result),
+        let params = CallToolRequestParams::new(original).with_arguments(call.arguments);
+        match forward::call_tool(client.peer(), index, &self.progress, params, &call.context).await
+        {
+            Ok(ServerResult::CallToolResult(result)) => Ok(result),
             Ok(_) => Ok(tool_error(format!(
                 "backend `{}` answered with a result this gateway cannot relay",
                 backend.name
             ))),
-            Err(ServiceError::McpError(error)) => Err(error),
-            Err(e) => {
+            Err(ForwardError::Cancelled) => {
+                Err(McpError::internal_error("cancelled by the client", None))
+            }
+            Err(ForwardError::Service(ServiceError::McpError(error))) => Err(error),
+            Err(ForwardError::Service(e)) => {
                 if backend.mark_down(e.to_string()) {
                     self.rebuild_view();
                 }

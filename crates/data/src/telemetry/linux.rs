@@ -220,7 +220,7 @@ fn read_thermal_zones(dir: &Path) -> Vec<ThermalZone> {
             ))
         })
         .collect();
-    zones.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    zones.sort_by_key(|(file, _)| natural_key(file));
     zones.into_iter().map(|(_, zone)| zone).collect()
 }
 

@@ -1,0 +1,355 @@
+//! The gateway federating real MCP servers over Streamable HTTP: merging,
+//! collisions, backends leaving and returning, progress, cancellation, and a
+//! gateway federating another gateway.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jetsonmind_control::ControlServer;
+use jetsonmind_core::config::{GatewayConfig, HttpConfig, McpConfig};
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceResult,
+    RequestMetaObject, Resource, ResourceContents,
+};
+use jetsonmind_core::rmcp::service::{NotificationContext, RequestContext, RunningService};
+use jetsonmind_core::rmcp::{
+    ClientCacheConfig, ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServiceExt,
+};
+use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
+use jetsonmind_core::{
+    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
+};
+use jetsonmind_gateway::{Backend, Connector, Gateway};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(schemars::JsonSchema, serde::Deserialize)]
+#[allow(dead_code)]
+struct TickArgs {
+    count: u32,
+    interval_ms: u64,
+}
+
+/// Reports progress once per tick and notices cancellation.
+struct Ticker {
+    catalog: Arc<Catalog>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn new() -> Self {
+        let tools = vec![tool_from::<TickArgs>("tick", "count with progress")];
+        let resources = vec![Resource::new("test://status", "status")];
+        Self {
+            catalog: Arc::new(Catalog::new(tools, resources, vec![]).unwrap()),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl McpUnit for Ticker {
+    fn identity(&self) -> UnitIdentity {
+        UnitIdentity {
+            name: "ticker",
+            title: "Ticker",
+            instructions: "test unit",
+        }
+    }
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let count = call.arguments["count"].as_u64().unwrap();
+        let interval = Duration::from_millis(call.arguments["interval_ms"].as_u64().unwrap());
+        let token = call.context.meta.get_progress_token();
+        for i in 1..=count {
+            tokio::select! {
+                _ = call.context.ct.cancelled() => {
+                    self.cancelled.store(true, Ordering::SeqCst);
+                    return Ok(tool_error("cancelled"));
+                }
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Some(token) = &token {
+                let progress = ProgressNotificationParam::new(token.clone(), i as f64)
+                    .with_total(count as f64);
+                let _ = call.context.peer.notify_progress(progress).await;
+            }
+        }
+        Ok(CallToolResult::structured(json!({ "ticks": count })))
+    }
+    async fn read_resource(
+        &self,
+        uri: &str,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResult, McpError> {
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(
+            "ok", uri,
+        )]))
+    }
+}
+
+/// An MCP server on 127.0.0.1, stopped when dropped.
+struct HttpServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl HttpServer {
+    async fn start<U: McpUnit>(unit: Arc<U>, addr: SocketAddr) -> Self {
+        let (listener, addr) = bind(addr).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let router = mcp_router(
+            UnitServer::new(unit, McpConfig::default()),
+            &HttpConfig::default(),
+            shutdown.clone(),
+        );
+        tokio::spawn(serve_http(listener, router, shutdown.clone()));
+        Self { addr, shutdown }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn http_backend(name: &str, server: &HttpServer) -> Backend {
+    Backend::new(name, Connector::Http(server.url()))
+}
+
+async fn gateway(backends: Vec<Backend>) -> Arc<Gateway> {
+    let gateway = Gateway::new(GatewayConfig::default(), backends).unwrap();
+    gateway.refresh().await;
+    gateway
+}
+
+/// A client that records the progress it is sent.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Progress>>>);
+
+/// (progress, total) as received.
+type Progress = (f64, Option<f64>);
+
+impl ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.0.lock().unwrap().push((params.progress, params.total));
+    }
+}
+
+async fn connect(
+    gateway: &Arc<Gateway>,
+    recorder: Recorder,
+) -> RunningService<RoleClient, Recorder> {
+    let server = UnitServer::new(gateway.clone(), McpConfig::default());
+    let client = recorder.serve(in_process(server)).await.unwrap();
+    // The view changes under the test; a cached list would hide that.
+    client
+        .peer()
+        .set_response_cache_config(ClientCacheConfig::disabled())
+        .await;
+    client
+}
+
+async fn tool_names(client: &RunningService<RoleClient, Recorder>) -> Vec<String> {
+    let mut names: Vec<_> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn tick(count: u32, interval_ms: u64, name: &'static str) -> CallToolRequestParams {
+    CallToolRequestParams::new(name).with_arguments(
+        json!({"count": count, "interval_ms": interval_ms})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+}
+
+const OWN: [&str; 5] = [
+    "aggregate_responses",
+    "handle_auth",
+    "manage_connections",
+    "protocol_bridge",
+    "validate_request",
+];
+
+fn with_own(names: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = OWN.iter().chain(names).map(|s| s.to_string()).collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn merges_backends_and_prefixes_only_collisions() {
+    let alpha = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let beta = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let control = HttpServer::start(
+        Arc::new(ControlServer::default()),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let gateway = gateway(vec![
+        http_backend("alpha", &alpha),
+        http_backend("beta", &beta),
+        http_backend("control", &control),
+    ])
+    .await;
+    let client = connect(&gateway, Recorder::default()).await;
+
+    assert_eq!(
+        tool_names(&client).await,
+        with_own(&[
+            "alpha_tick",
+            "beta_tick",
+            "manage_resources",
+            "monitor_health",
+            "optimize_system",
+            "route_request",
+            "scale_cluster"
+        ])
+    );
+    let result = client.call_tool(tick(2, 1, "beta_tick")).await.unwrap();
+    assert_eq!(result.structured_content, Some(json!({"ticks": 2})));
+
+    let uris: Vec<_> = client
+        .list_all_resources()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.uri)
+        .collect();
+    assert_eq!(uris, ["alpha+test://status", "beta+test://status"]);
+    let read = client
+        .read_resource(
+            jetsonmind_core::rmcp::model::ReadResourceRequestParams::new("beta+test://status"),
+        )
+        .await
+        .unwrap();
+    match &read.contents[0] {
+        ResourceContents::TextResourceContents { uri, text, .. } => {
+            assert_eq!((uri.as_str(), text.as_str()), ("beta+test://status", "ok"))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Arguments are checked against the merged schema before anything is forwarded.
+    let result = client
+        .call_tool(
+            tick(2, 1, "alpha_tick")
+                .with_arguments(json!({"count": "two"}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+    let text = &result.content[0].as_text().unwrap().text;
+    assert!(
+        text.contains("/count") && text.contains("interval_ms"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_leaves_is_dropped_and_comes_back() {
+    let ticker = Arc::new(Ticker::new());
+    let server = HttpServer::start(ticker.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+    let gateway = gateway(vec![http_backend("node1", &server)]).await;
+    let client = connect(&gateway, Recorder::default()).await;
+    assert_eq!(tool_names(&client).await, with_own(&["tick"]));
+
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway.refresh().await;
+    assert_eq!(tool_names(&client).await, with_own(&[]));
+    let status = &gateway.backend_status()[0];
+    assert!(!status.up && status.last_error.is_some(), "{status:?}");
+
+    let _server = HttpServer::start(ticker, addr).await;
+    gateway.refresh().await;
+    assert_eq!(tool_names(&client).await, with_own(&["tick"]));
+    let result = client.call_tool(tick(1, 1, "tick")).await.unwrap();
+    assert_eq!(result.structured_content, Some(json!({"ticks": 1})));
+}
+
+#[tokio::test]
+async fn progress_reaches_the_caller_through_the_gateway() {
+    let server = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let gateway = gateway(vec![http_backend("node1", &server)]).await;
+    let recorder = Recorder::default();
+    let client = connect(&gateway, recorder.clone()).await;
+
+    let mut call = tick(3, 20, "tick");
+    let mut meta = RequestMetaObject::default();
+    meta.set_progress_token(jetsonmind_core::rmcp::model::ProgressToken(
+        jetsonmind_core::rmcp::model::NumberOrString::Number(7),
+    ));
+    call.meta = Some(meta);
+    let result = client.call_tool(call).await.unwrap();
+    assert_eq!(result.structured_content, Some(json!({"ticks": 3})));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        vec![(1.0, Some(3.0)), (2.0, Some(3.0)), (3.0, Some(3.0))]
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_call_cancels_it_at_the_backend() {
+    let ticker = Arc::new(Ticker::new());
+    let cancelled = ticker.cancelled.clone();
+    let server = HttpServer::start(ticker, "127.0.0.1:0".parse().unwrap()).await;
+    let gateway = gateway(vec![http_backend("node1", &server)]).await;
+    let client = connect(&gateway, Recorder::default()).await;
+
+    let call = client.peer().call_tool_once(tick(1000, 10, "tick"));
+    // Dropping the pending call sends notifications/cancelled to the gateway.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .is_err()
+    );
+    for _ in 0..50 {
+        if cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the backend never saw the cancellation");
+}
+
+#[tokio::test]
+async fn a_gateway_federates_another_gateway() {
+    let leaf = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let node = gateway(vec![http_backend("leaf", &leaf)]).await;
+    let node_http = HttpServer::start(node, "127.0.0.1:0".parse().unwrap()).await;
+    let cluster = gateway(vec![http_backend("node1", &node_http)]).await;
+    let client = connect(&cluster, Recorder::default()).await;
+
+    // The node's own tools collide with the cluster's, so they get the node's prefix.
+    let names = tool_names(&client).await;
+    assert!(names.contains(&"tick".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"node1_manage_connections".to_string()),
+        "{names:?}"
+    );
+    let result = client.call_tool(tick(2, 1, "tick")).await.unwrap();
+    assert_eq!(result.structured_content, Some(json!({"ticks": 2})));
+}
