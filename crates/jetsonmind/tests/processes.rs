@@ -1,0 +1,210 @@
+//! The `jetsonmind` binary as users run it: servers in their own processes,
+//! a gateway federating them over HTTP, and a backend killed and restarted.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jetsonmind");
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `jetsonmind ARGS` and wait for its "listening on URL" line.
+fn start(args: &[&str], envs: &[(&str, String)]) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jetsonmind");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining so the child never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("listening on ").nth(1) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server announced its URL");
+    Proc { child, url }
+}
+
+async fn rpc(url: &str, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
+async fn tool_names(url: &str) -> Vec<String> {
+    let list = rpc(url, "tools/list", json!({})).await;
+    let mut names: Vec<String> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Poll until `check` holds on the gateway's tool list, or fail after 10 s.
+async fn eventually(url: &str, what: &str, check: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = tool_names(url).await;
+        if check(&names) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: tools are {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn port_of(url: &str) -> String {
+    url.trim_end_matches("/mcp")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_gateway_process_federates_a_killed_and_restarted_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let control = start(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    );
+    let port = port_of(&control.url);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[gateway.backends]]\nname = \"ctl\"\nurl = \"{}\"\n",
+            control.url
+        ),
+    )
+    .unwrap();
+    let fast_health = [("JETSONMIND_GATEWAY__HEALTH_INTERVAL_MS", "100".to_string())];
+    let gateway = start(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            &data_dir,
+        ],
+        &fast_health,
+    );
+    eventually(&gateway.url, "control tools federated", |n| {
+        n.iter().any(|t| t == "route_request")
+    })
+    .await;
+
+    let result = rpc(
+        &gateway.url,
+        "tools/call",
+        json!({"name": "monitor_health", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(result["result"]["isError"], true, "{result}");
+
+    drop(control); // SIGKILL: the process is gone with its sockets.
+    eventually(&gateway.url, "killed backend dropped", |n| {
+        !n.iter().any(|t| t == "route_request")
+    })
+    .await;
+    let listed = rpc(
+        &gateway.url,
+        "tools/call",
+        json!({"name": "manage_connections", "arguments": {"action": "list"}}),
+    )
+    .await;
+    assert_eq!(
+        listed["result"]["structuredContent"]["backends"][0]["up"], false,
+        "{listed}"
+    );
+
+    let _control = start(
+        &[
+            "control",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &data_dir,
+        ],
+        &[],
+    );
+    eventually(&gateway.url, "restarted backend back", |n| {
+        n.iter().any(|t| t == "route_request")
+    })
+    .await;
+}
+
+#[test]
+fn non_loopback_addresses_are_refused_without_auth() {
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("non-loopback address requires authentication"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_shows_env_overrides_and_rejects_typos() {
+    let output = Command::new(BIN)
+        .arg("config")
+        .env("JETSONMIND_HTTP__MAX_BODY_BYTES", "65536")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("max_body_bytes = 65536"), "{text}");
+
+    let output = Command::new(BIN)
+        .arg("config")
+        .env("JETSONMIND_HTTP__MAX_BODY", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("max_body"));
+}

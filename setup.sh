@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything JetsonMind needs and builds it, on a fresh Debian or
+# Ubuntu machine (Jetson L4T included). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+say "System packages"
+as_root apt-get update -qq
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
+    python3 python3-venv python3-pip >/dev/null
+
+say "Rust toolchain"
+min_rust="1.88"
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+fi
+have_rust=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$min_rust" ]; then
+    echo "rustc $have_rust is older than $min_rust: run 'rustup update stable'" >&2
+    exit 1
+fi
+echo "rustc $have_rust"
+
+say "Python test clients (official MCP SDK) in .venv"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -r tests/e2e/requirements.txt
+
+say "Build (release)"
+cargo build --release --locked
+
+say "Done: ./target/release/jetsonmind serve"

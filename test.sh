@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every check and test. Needs ./setup.sh to have run once.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+echo "==> format and lints"
+cargo fmt --all -- --check
+cargo clippy --release --locked --all-targets -- -D warnings
+
+echo "==> Rust tests (unit and integration)"
+cargo test --release --locked
+
+echo "==> end to end: jetsonmind serve driven by the official Python MCP SDK"
+cargo build --release --locked
+JETSONMIND_BIN=target/release/jetsonmind .venv/bin/python -m pytest tests/e2e -q

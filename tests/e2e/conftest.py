@@ -1,0 +1,67 @@
+"""Start a real `jetsonmind serve` for the end-to-end tests and stop it after."""
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("JETSONMIND_BIN", ROOT / "target" / "debug" / "jetsonmind"))
+
+
+@pytest.fixture(scope="session")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def binary():
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: build it with `cargo build` (or set JETSONMIND_BIN)")
+    return BINARY
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jetsonmind-data")
+
+
+class Served:
+    def __init__(self, url, process, log):
+        self.url = url
+        self.process = process
+        self.log = log
+
+
+@pytest.fixture(scope="session")
+def served(binary, data_dir, tmp_path_factory):
+    """`jetsonmind serve` on a free loopback port; its URL is read from its log."""
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+        )
+    deadline = time.monotonic() + 30
+    url = None
+    while url is None and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"jetsonmind serve exited early:\n{log.read_text()}")
+        found = re.search(r"listening on (http://\S+/mcp)", log.read_text())
+        url = found.group(1) if found else None
+        time.sleep(0.05)
+    if url is None:
+        process.kill()
+        pytest.fail(f"jetsonmind serve did not start:\n{log.read_text()}")
+    yield Served(url, process, log)
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("jetsonmind serve did not stop on SIGTERM")
