@@ -286,13 +286,13 @@ impl McpUnit for Gateway {
         };
         match client
             .peer()
-            .read_resource_once(ReadResourceRequestParams::new(route.original))
+            .read_resource_once(ReadResourceRequestParams::new(route.original.clone()))
             .await
         {
             Ok(ReadResourceResponse::Complete(mut result)) => {
                 // The backend's URIs are not ours: give back the ones we listed.
                 for content in &mut result.contents {
-                    rename_uri(content, uri);
+                    rename_uri(content, &route.original, uri);
                 }
                 Ok(result)
             }
@@ -314,12 +314,20 @@ impl McpUnit for Gateway {
     }
 }
 
-fn rename_uri(content: &mut jetsonmind_core::rmcp::model::ResourceContents, exposed: &str) {
+/// Give the read content the URI the client asked for; contents about other
+/// URIs (a resource may return several) keep theirs.
+fn rename_uri(
+    content: &mut jetsonmind_core::rmcp::model::ResourceContents,
+    original: &str,
+    exposed: &str,
+) {
     use jetsonmind_core::rmcp::model::ResourceContents;
     match content {
         ResourceContents::TextResourceContents { uri, .. }
         | ResourceContents::BlobResourceContents { uri, .. } => {
-            *uri = exposed.to_string();
+            if uri == original {
+                *uri = exposed.to_string();
+            }
         }
         #[allow(unreachable_patterns)]
         _ => {}
