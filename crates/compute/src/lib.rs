@@ -4,26 +4,54 @@
 //! behind it. A tool whose engine is not on this node says so (`isError`),
 //! it never returns a made-up answer.
 
+pub mod engine;
+pub mod models;
+pub mod scheduler;
 pub mod schema;
+pub mod text;
 
 use std::sync::Arc;
 
 use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::CallToolResult;
-use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, not_available, tool_from};
+use jetsonmind_core::rmcp::model::{CallToolResult, JsonObject};
+use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, not_available, tool_from};
+use serde::de::DeserializeOwned;
 
+use crate::engine::llama::LlamaSettings;
+use crate::models::ModelRegistry;
+use crate::scheduler::Scheduler;
 use crate::schema::*;
+use crate::text::TextService;
 
 pub struct ComputeServer {
     catalog: Arc<Catalog>,
+    text: TextService,
 }
 
-impl Default for ComputeServer {
-    fn default() -> Self {
+impl ComputeServer {
+    pub fn new(config: &Config) -> Self {
+        let settings = config.compute.clone();
+        let llama = LlamaSettings {
+            threads: settings.threads,
+            context_size: settings.context_size,
+            gpu_layers: settings.gpu_layers,
+        };
+        let text = TextService {
+            models: ModelRegistry::new(config.models_dir(), settings.default_model.clone(), llama),
+            scheduler: Scheduler::new(settings.parallel, settings.queue_depth),
+            settings,
+        };
         Self {
             catalog: Arc::new(catalog()),
+            text,
         }
     }
+}
+
+/// Arguments already passed the schema; this only fails on a schema bug.
+fn parse<T: DeserializeOwned>(arguments: JsonObject) -> Result<T, McpError> {
+    serde_json::from_value(serde_json::Value::Object(arguments))
+        .map_err(|e| McpError::invalid_params(format!("invalid arguments: {e}"), None))
 }
 
 fn catalog() -> Catalog {
@@ -72,8 +100,17 @@ impl McpUnit for ComputeServer {
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         let reason = match call.name.as_str() {
-            "text_generate" | "code_complete" => {
-                "the llama.cpp engine is not built into this binary yet"
+            "text_generate" => {
+                return Ok(self
+                    .text
+                    .text_generate(parse(call.arguments)?, call.context)
+                    .await);
+            }
+            "code_complete" => {
+                return Ok(self
+                    .text
+                    .code_complete(parse(call.arguments)?, call.context)
+                    .await);
             }
             "image_analyze" | "multi_modal_inference" => {
                 "the vision engine is not built into this binary yet"

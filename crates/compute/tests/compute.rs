@@ -16,7 +16,7 @@ fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
 async fn client()
 -> jetsonmind_core::rmcp::service::RunningService<jetsonmind_core::rmcp::RoleClient, ()> {
     testing::connect(UnitServer::new(
-        Arc::new(ComputeServer::default()),
+        Arc::new(ComputeServer::new(&jetsonmind_core::Config::default())),
         McpConfig::default(),
     ))
     .await

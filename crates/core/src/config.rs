@@ -23,6 +23,7 @@ pub struct Config {
     pub mcp: McpConfig,
     pub gateway: GatewayConfig,
     pub data: DataConfig,
+    pub compute: ComputeConfig,
 }
 
 /// Streamable HTTP transport settings and limits.
@@ -151,7 +152,49 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Inference settings of the compute server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComputeConfig {
+    /// Model used when a call names none: a file name in `<data.dir>/models`.
+    pub default_model: String,
+    /// CPU threads per generation; 0 means one per core.
+    pub threads: usize,
+    /// Largest context (prompt + generated tokens) a call may use.
+    pub context_size: u32,
+    /// Layers offloaded to the GPU (builds with the `cuda` feature); 0 on CPU.
+    pub gpu_layers: u32,
+    /// Generations that run at once; they share the loaded model.
+    pub parallel: usize,
+    /// Calls that may wait for a free slot; one more gets a "busy" error.
+    pub queue_depth: usize,
+    /// Longest prompt accepted, in bytes (all messages together).
+    pub max_prompt_bytes: usize,
+    /// A progress notification every this many generated tokens.
+    pub progress_every_tokens: u32,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        Self {
+            default_model: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            threads: 0,
+            context_size: 4096,
+            gpu_layers: 0,
+            parallel: 2,
+            queue_depth: 16,
+            max_prompt_bytes: 64 * 1024,
+            progress_every_tokens: 4,
+        }
+    }
+}
+
 impl Config {
+    /// The model directory.
+    pub fn models_dir(&self) -> PathBuf {
+        self.data.dir.join("models")
+    }
+
     /// Defaults, then `file` (if given), then `JETSONMIND_*` variables from `env`.
     pub fn load(
         file: Option<&Path>,
@@ -184,6 +227,13 @@ impl Config {
         }
         if self.http.max_concurrent_requests == 0 {
             return fail("http.max_concurrent_requests must be at least 1".into());
+        }
+        let compute = &self.compute;
+        if compute.parallel == 0 || compute.context_size < 256 || compute.progress_every_tokens == 0
+        {
+            return fail(
+                "compute: parallel >= 1, context_size >= 256 and progress_every_tokens >= 1".into(),
+            );
         }
         if self.gateway.separator.is_empty() {
             return fail("gateway.separator must not be empty".into());

@@ -36,7 +36,7 @@ pub struct DataServer {
 
 impl DataServer {
     pub fn new(config: Config) -> Self {
-        let models = ModelDir::new(config.data.dir.join("models"));
+        let models = ModelDir::new(config.models_dir());
         Self {
             config,
             telemetry: LinuxReader::new("/"),

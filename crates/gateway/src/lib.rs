@@ -324,10 +324,10 @@ fn rename_uri(
     use jetsonmind_core::rmcp::model::ResourceContents;
     match content {
         ResourceContents::TextResourceContents { uri, .. }
-        | ResourceContents::BlobResourceContents { uri, .. } => {
-            if uri == original {
-                *uri = exposed.to_string();
-            }
+        | ResourceContents::BlobResourceContents { uri, .. }
+            if uri == original =>
+        {
+            *uri = exposed.to_string();
         }
         #[allow(unreachable_patterns)]
         _ => {}

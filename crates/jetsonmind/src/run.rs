@@ -26,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Compute(t) => serve_unit(ComputeServer::default(), t, config, shutdown).await,
+        Command::Compute(t) => serve_unit(ComputeServer::new(&config), t, config, shutdown).await,
         Command::Data(t) => serve_unit(DataServer::new(config.clone()), t, config, shutdown).await,
         Command::Control(t) => serve_unit(ControlServer::default(), t, config, shutdown).await,
         Command::Gateway(t) => {
@@ -45,7 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// compute, data and control, each reached through an in-memory MCP pipe.
 fn in_process_backends(config: &Config) -> Vec<Backend> {
-    let compute = Arc::new(ComputeServer::default());
+    let compute = Arc::new(ComputeServer::new(config));
     let data = Arc::new(DataServer::new(config.clone()));
     let control = Arc::new(ControlServer::default());
     vec![

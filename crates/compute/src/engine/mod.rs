@@ -1,0 +1,171 @@
+//! Text generation engines, behind one small trait so another engine can be
+//! added next to llama.cpp without touching the tools.
+
+pub mod llama;
+
+use serde::Serialize;
+
+use crate::schema::ChatRole;
+
+/// What to feed the model.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Chat turns, rendered with the model's own chat template.
+    Chat(Vec<(ChatRole, String)>),
+    /// Fill-in-the-middle: generate what goes between `prefix` and `suffix`.
+    FillInMiddle { prefix: String, suffix: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy: always the most likely token.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: u32,
+    pub seed: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+}
+
+/// Where generation stands, passed to the caller after each token.
+pub struct Partial<'a> {
+    pub text: &'a str,
+    pub completion_tokens: u32,
+    pub prompt_tokens: u32,
+}
+
+/// The caller's answer to a [`Partial`]: go on, or stop now (cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Timings {
+    pub prompt_ms: f64,
+    pub generation_ms: f64,
+    pub prompt_tokens_per_second: f64,
+    pub generation_tokens_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// Facts about a loaded model that the tools need.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub architecture: Option<String>,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    pub context_train: u32,
+    pub has_chat_template: bool,
+    pub supports_fill_in_middle: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot load model {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error(
+        "prompt too long: {prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed the context of {context} tokens; \
+         shorten the prompt or lower max_tokens"
+    )]
+    ContextOverflow {
+        prompt_tokens: u32,
+        max_tokens: u32,
+        context: u32,
+    },
+    #[error("the prompt is empty after tokenization")]
+    EmptyPrompt,
+    #[error("this model cannot do fill-in-the-middle")]
+    NoFillInMiddle,
+    #[error("the chat template of this model failed: {0}")]
+    Template(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// A loaded model that generates text. Calls block: run them off the async runtime.
+pub trait TextEngine: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(&Partial) -> Flow,
+    ) -> Result<Generation, EngineError>;
+}
+
+/// Cut `text` at the first stop string, if any; true when one was found.
+pub fn cut_at_stop(text: &mut String, stop: &[String]) -> bool {
+    let first = stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min();
+    match first {
+        Some(at) => {
+            text.truncate(at);
+            true
+        }
+        None => false,
+    }
+}
+
+pub fn per_second(tokens: u32, ms: f64) -> f64 {
+    if ms > 0.0 {
+        tokens as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_at_the_earliest() {
+        let mut text = "one two\nUser: three".to_string();
+        assert!(cut_at_stop(
+            &mut text,
+            &["three".into(), "\nUser:".into(), String::new()]
+        ));
+        assert_eq!(text, "one two");
+        let mut text = "nothing here".to_string();
+        assert!(!cut_at_stop(&mut text, &["zzz".into()]));
+        assert_eq!(text, "nothing here");
+    }
+
+    #[test]
+    fn rates_do_not_divide_by_zero() {
+        assert_eq!(per_second(10, 0.0), 0.0);
+        assert_eq!(per_second(10, 500.0), 20.0);
+    }
+}

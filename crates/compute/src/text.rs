@@ -1,0 +1,339 @@
+//! `text_generate` and `code_complete`: from tool arguments to a generation
+//! request, run under the scheduler with progress and cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use jetsonmind_core::config::ComputeConfig;
+use jetsonmind_core::rmcp::RoleServer;
+use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
+use jetsonmind_core::rmcp::service::RequestContext;
+use jetsonmind_core::tool_error;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::engine::{EngineError, Flow, GenerateRequest, Generation, Prompt, Sampling, TextEngine};
+use crate::models::ModelRegistry;
+use crate::scheduler::Scheduler;
+use crate::schema::{ChatRole, CodeCompleteArgs, TextGenerateArgs};
+
+const DEFAULT_MAX_TOKENS: u32 = 256;
+const DEFAULT_CODE_MAX_TOKENS: u32 = 128;
+
+/// Everything a generation needs from the compute server.
+pub struct TextService {
+    pub models: ModelRegistry,
+    pub scheduler: Scheduler,
+    pub settings: ComputeConfig,
+}
+
+/// Why a call produced no text; shown to the caller as a tool error.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("invalid arguments: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Admit(#[from] crate::scheduler::AdmitError),
+}
+
+impl TextService {
+    pub async fn text_generate(
+        &self,
+        args: TextGenerateArgs,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let result = async {
+            let turns = self.chat_turns(&args)?;
+            let engine = self.models.get(args.model.as_deref()).await?;
+            let request = GenerateRequest {
+                prompt: Prompt::Chat(turns),
+                max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                sampling: Sampling {
+                    temperature: args.temperature.unwrap_or(0.7),
+                    top_p: positive_or(args.top_p, 0.95)?,
+                    top_k: args.top_k.unwrap_or(40),
+                    seed: args.seed.map_or_else(random_seed, |s| s as u32),
+                },
+                stop: checked_stop(args.stop.unwrap_or_default())?,
+            };
+            let generation = self.run(engine.clone(), request, &context).await?;
+            Ok::<_, CallError>((engine, generation))
+        }
+        .await;
+        match result {
+            Ok((engine, generation)) => {
+                generation_result(engine.as_ref(), generation.text.clone(), &generation)
+            }
+            Err(e) => tool_error(e.to_string()),
+        }
+    }
+
+    pub async fn code_complete(
+        &self,
+        args: CodeCompleteArgs,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let result = async {
+            if args.code.trim().is_empty() && args.suffix.as_deref().unwrap_or("").trim().is_empty()
+            {
+                return Err(CallError::Invalid(
+                    "`code` is empty: there is nothing to complete".into(),
+                ));
+            }
+            let bytes = args.code.len()
+                + args.context.as_ref().map_or(0, String::len)
+                + args.suffix.as_ref().map_or(0, String::len);
+            self.check_prompt_size(bytes)?;
+            let engine = self.models.get(args.model.as_deref()).await?;
+            let fim = engine.info().supports_fill_in_middle;
+            let prompt = if fim {
+                fill_in_middle(&args)
+            } else {
+                instruct_completion(&args)
+            };
+            let request = GenerateRequest {
+                prompt,
+                max_tokens: args.max_tokens.unwrap_or(DEFAULT_CODE_MAX_TOKENS),
+                sampling: Sampling {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                    seed: 0,
+                },
+                stop: Vec::new(),
+            };
+            let generation = self.run(engine.clone(), request, &context).await?;
+            let completion = if fim {
+                generation.text.clone()
+            } else {
+                strip_to_completion(&generation.text, &args.code)
+            };
+            Ok::<_, CallError>((engine, completion, generation))
+        }
+        .await;
+        match result {
+            Ok((engine, completion, generation)) => {
+                generation_result(engine.as_ref(), completion, &generation)
+            }
+            Err(e) => tool_error(e.to_string()),
+        }
+    }
+
+    fn chat_turns(&self, args: &TextGenerateArgs) -> Result<Vec<(ChatRole, String)>, CallError> {
+        let turns = match (&args.prompt, &args.messages) {
+            (Some(prompt), None) => vec![(ChatRole::User, prompt.clone())],
+            (None, Some(messages)) => messages
+                .iter()
+                .map(|m| (m.role, m.content.clone()))
+                .collect(),
+            (Some(_), Some(_)) => {
+                return Err(CallError::Invalid(
+                    "give `prompt` or `messages`, not both".into(),
+                ));
+            }
+            (None, None) => return Err(CallError::Invalid("give `prompt` or `messages`".into())),
+        };
+        if turns.iter().all(|(_, text)| text.trim().is_empty()) {
+            return Err(CallError::Invalid("the prompt is empty".into()));
+        }
+        self.check_prompt_size(turns.iter().map(|(_, text)| text.len()).sum())?;
+        Ok(turns)
+    }
+
+    fn check_prompt_size(&self, bytes: usize) -> Result<(), CallError> {
+        let limit = self.settings.max_prompt_bytes;
+        if bytes > limit {
+            return Err(CallError::Invalid(format!(
+                "the prompt is {bytes} bytes; the limit is {limit} (compute.max_prompt_bytes)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Admit, then generate on a blocking thread; progress goes to the
+    /// caller if it asked, and cancelling the call stops generation at the next token.
+    async fn run(
+        &self,
+        engine: Arc<dyn TextEngine>,
+        request: GenerateRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Generation, CallError> {
+        let _slot = self.scheduler.admit(&context.ct).await?;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _stop_on_drop = SetOnDrop(cancelled.clone());
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let relay = tokio::spawn(relay_progress(
+            context.clone(),
+            progress_rx,
+            request.max_tokens,
+        ));
+        let every = self.settings.progress_every_tokens;
+        let flag = cancelled.clone();
+        let generation = tokio::task::spawn_blocking(move || {
+            engine.generate(&request, &mut |partial| {
+                if flag.load(Ordering::Relaxed) {
+                    return Flow::Cancel;
+                }
+                if partial.completion_tokens % every == 0 {
+                    let _ = progress_tx.send((partial.completion_tokens, partial.text.to_string()));
+                }
+                Flow::Continue
+            })
+        });
+        let watch = context.ct.clone();
+        let outcome = tokio::select! {
+            outcome = generation => outcome,
+            _ = watch.cancelled() => {
+                cancelled.store(true, Ordering::Relaxed);
+                return Err(EngineError::Cancelled.into());
+            }
+        };
+        let _ = relay.await;
+        let generation = outcome
+            .map_err(|e| EngineError::Inference(format!("generation thread failed: {e}")))??;
+        Ok(generation)
+    }
+}
+
+/// Stops a blocking generation when its call goes away (cancelled or dropped).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn relay_progress(
+    context: RequestContext<RoleServer>,
+    mut updates: mpsc::UnboundedReceiver<(u32, String)>,
+    max_tokens: u32,
+) {
+    let Some(token) = context.meta.get_progress_token() else {
+        while updates.recv().await.is_some() {}
+        return;
+    };
+    while let Some((tokens, text)) = updates.recv().await {
+        let progress = ProgressNotificationParam::new(token.clone(), tokens as f64)
+            .with_total(max_tokens as f64)
+            .with_message(text);
+        if context.peer.notify_progress(progress).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn generation_result(
+    engine: &dyn TextEngine,
+    text: String,
+    generation: &Generation,
+) -> CallToolResult {
+    let structured = json!({
+        "text": text,
+        "model": engine.info().id,
+        "finish_reason": generation.finish_reason,
+        "usage": {
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+        },
+        "timings": generation.timings,
+    });
+    let mut result = CallToolResult::structured(structured);
+    // Clients that read only text get the answer, not the JSON around it.
+    result.content = vec![ContentBlock::text(text)];
+    result
+}
+
+fn fill_in_middle(args: &CodeCompleteArgs) -> Prompt {
+    let mut prefix = String::new();
+    if let Some(context) = &args.context {
+        prefix.push_str(context);
+        prefix.push('\n');
+    }
+    prefix.push_str(&args.code);
+    Prompt::FillInMiddle {
+        prefix,
+        suffix: args.suffix.clone().unwrap_or_default(),
+    }
+}
+
+fn instruct_completion(args: &CodeCompleteArgs) -> Prompt {
+    let system = "You complete code. Reply with only the code that comes next, continuing exactly where the \
+                  given code stops. No explanations, no repetition of the given code.";
+    let mut user = format!("Language: {}\n", args.language);
+    if let Some(context) = &args.context {
+        user.push_str(&format!("Context:\n{context}\n"));
+    }
+    user.push_str(&format!("Code to continue:\n{}", args.code));
+    if let Some(suffix) = &args.suffix {
+        user.push_str(&format!("\nCode that follows the gap:\n{suffix}"));
+    }
+    Prompt::Chat(vec![
+        (ChatRole::System, system.into()),
+        (ChatRole::User, user),
+    ])
+}
+
+/// An instruct model wraps code in fences and may repeat the input: keep only
+/// what continues it.
+fn strip_to_completion(answer: &str, code: &str) -> String {
+    let mut text = answer.trim_start();
+    if let Some(rest) = text.strip_prefix("```") {
+        text = rest.split_once('\n').map_or("", |(_, body)| body);
+    }
+    let text = text.split("```").next().unwrap_or("");
+    let trimmed_code = code.trim_end();
+    let text = match text.find(trimmed_code) {
+        Some(at) if !trimmed_code.is_empty() => {
+            let rest = &text[at + trimmed_code.len()..];
+            // The whitespace the code ended with is already in place.
+            rest.strip_prefix(&code[trimmed_code.len()..])
+                .unwrap_or(rest)
+        }
+        _ => text,
+    };
+    text.trim_end().to_string()
+}
+
+fn positive_or(value: Option<f32>, default: f32) -> Result<f32, CallError> {
+    match value {
+        Some(v) if v <= 0.0 => Err(CallError::Invalid("top_p must be greater than 0".into())),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn checked_stop(stop: Vec<String>) -> Result<Vec<String>, CallError> {
+    if stop.iter().any(String::is_empty) {
+        return Err(CallError::Invalid("stop strings must not be empty".into()));
+    }
+    Ok(stop)
+}
+
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instruct_answers_are_cut_to_the_continuation() {
+        let code = "def add(a, b):\n";
+        assert_eq!(
+            strip_to_completion(
+                "```python\ndef add(a, b):\n    return a + b\n```\nThis adds.",
+                code
+            ),
+            "    return a + b"
+        );
+        assert_eq!(
+            strip_to_completion("    return a + b", code),
+            "    return a + b"
+        );
+    }
+}
