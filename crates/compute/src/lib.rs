@@ -32,7 +32,10 @@ impl ComputeServer {
     pub fn new(config: &Config) -> Self {
         let settings = config.compute.clone();
         let llama = LlamaSettings {
-            threads: settings.threads,
+            threads: match settings.threads {
+                0 => (available_cores() / settings.parallel).max(1),
+                n => n,
+            },
             context_size: settings.context_size,
             gpu_layers: settings.gpu_layers,
         };
@@ -46,6 +49,10 @@ impl ComputeServer {
             text,
         }
     }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Arguments already passed the schema; this only fails on a schema bug.

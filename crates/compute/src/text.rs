@@ -105,11 +105,7 @@ impl TextService {
                 stop: Vec::new(),
             };
             let generation = self.run(engine.clone(), request, &context).await?;
-            let completion = if fim {
-                generation.text.clone()
-            } else {
-                strip_to_completion(&generation.text, &args.code)
-            };
+            let completion = strip_to_completion(&generation.text, &args.code);
             Ok::<_, CallError>((engine, completion, generation))
         }
         .await;
@@ -276,11 +272,11 @@ fn instruct_completion(args: &CodeCompleteArgs) -> Prompt {
     ])
 }
 
-/// An instruct model wraps code in fences and may repeat the input: keep only
-/// what continues it.
+/// Keep only what continues `code`: models wrap code in fences, repeat the
+/// input, or start the function over; none of that is completion.
 fn strip_to_completion(answer: &str, code: &str) -> String {
-    let mut text = answer.trim_start();
-    if let Some(rest) = text.strip_prefix("```") {
+    let mut text = answer;
+    if let Some(rest) = answer.trim_start().strip_prefix("```") {
         text = rest.split_once('\n').map_or("", |(_, body)| body);
     }
     let text = text.split("```").next().unwrap_or("");
@@ -292,9 +288,38 @@ fn strip_to_completion(answer: &str, code: &str) -> String {
             rest.strip_prefix(&code[trimmed_code.len()..])
                 .unwrap_or(rest)
         }
-        _ => text,
+        _ => skip_repeated_lines(text, code),
     };
     text.trim_end().to_string()
+}
+
+/// Drop the leading lines of `text` that are lines of `code`, in order.
+fn skip_repeated_lines<'a>(text: &'a str, code: &str) -> &'a str {
+    let code_lines: Vec<&str> = code
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut next_code = 0;
+    let mut rest = text;
+    loop {
+        let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
+        let trimmed = line.trim();
+        if trimmed.is_empty() && !after.is_empty() && next_code > 0 {
+            rest = after;
+            continue;
+        }
+        match code_lines[next_code.min(code_lines.len())..]
+            .iter()
+            .position(|c| *c == trimmed)
+        {
+            Some(found) if !trimmed.is_empty() => {
+                next_code += found + 1;
+                rest = after;
+            }
+            _ => return rest,
+        }
+    }
 }
 
 fn positive_or(value: Option<f32>, default: f32) -> Result<f32, CallError> {

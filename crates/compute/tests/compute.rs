@@ -61,15 +61,14 @@ async fn a_tool_without_its_engine_says_so() {
     let client = client().await;
     let result = client
         .call_tool(
-            CallToolRequestParams::new("code_complete")
-                .with_arguments(args(json!({"code": "fn main() {", "language": "rust"}))),
+            CallToolRequestParams::new("embed").with_arguments(args(json!({"texts": ["hello"]}))),
         )
         .await
         .unwrap();
     assert_eq!(result.is_error, Some(true));
     let text = result.content[0].as_text().unwrap().text.clone();
     assert!(
-        text.starts_with("not available on this node: code_complete"),
+        text.starts_with("not available on this node: embed"),
         "{text}"
     );
 }

@@ -158,13 +158,15 @@ fn default_data_dir() -> PathBuf {
 pub struct ComputeConfig {
     /// Model used when a call names none: a file name in `<data.dir>/models`.
     pub default_model: String,
-    /// CPU threads per generation; 0 means one per core.
+    /// CPU threads per generation; 0 means the cores shared out among `parallel`
+    /// generations (llama.cpp threads spin: more threads than cores is slower).
     pub threads: usize,
     /// Largest context (prompt + generated tokens) a call may use.
     pub context_size: u32,
     /// Layers offloaded to the GPU (builds with the `cuda` feature); 0 on CPU.
     pub gpu_layers: u32,
-    /// Generations that run at once; they share the loaded model.
+    /// Generations that run at once; they share the loaded model. Others wait
+    /// in the queue. On a few CPU cores one at a time gives the most tokens/s.
     pub parallel: usize,
     /// Calls that may wait for a free slot; one more gets a "busy" error.
     pub queue_depth: usize,
@@ -181,7 +183,7 @@ impl Default for ComputeConfig {
             threads: 0,
             context_size: 4096,
             gpu_layers: 0,
-            parallel: 2,
+            parallel: 1,
             queue_depth: 16,
             max_prompt_bytes: 64 * 1024,
             progress_every_tokens: 4,

@@ -17,7 +17,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// Log filter (tracing syntax), e.g. `info` or `jetsonmind_gateway=debug`. `RUST_LOG` wins.
-    #[arg(long, global = true, default_value = "info,rmcp=warn")]
+    #[arg(long, global = true, default_value = "info,rmcp=warn,llama-cpp-2=warn")]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -37,6 +37,23 @@ pub enum Command {
     Gateway(Transport),
     /// Print the effective configuration as TOML.
     Config,
+    /// Manage the model store.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Copy a GGUF file into the model store (atomically, with its sha256).
+    Import {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Store it under this file name instead of its own.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the models in the store.
+    List,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
+        Command::Models(command) => crate::models::run(command, &config),
         Command::Compute(t) => serve_unit(ComputeServer::new(&config), t, config, shutdown).await,
         Command::Data(t) => serve_unit(DataServer::new(config.clone()), t, config, shutdown).await,
         Command::Control(t) => serve_unit(ControlServer::default(), t, config, shutdown).await,

@@ -23,6 +23,7 @@ use crate::schema::ChatRole;
 /// How to run a model: threads, context limit, GPU offload.
 #[derive(Debug, Clone)]
 pub struct LlamaSettings {
+    /// CPU threads per generation (at least 1).
     pub threads: usize,
     pub context_size: u32,
     pub gpu_layers: u32,
@@ -159,11 +160,7 @@ impl LlamaEngine {
     }
 
     fn threads(&self) -> i32 {
-        let n = match self.settings.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        n as i32
+        self.settings.threads.max(1) as i32
     }
 }
 

@@ -1,0 +1,319 @@
+//! Text generation with the real default model (SmolLM2-135M-Instruct Q4_1,
+//! fetched into `<repo>/models` by `./setup.sh`), through a real MCP client.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jetsonmind_compute::ComputeServer;
+use jetsonmind_core::config::McpConfig;
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam,
+};
+use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
+use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
+use jetsonmind_core::serve::in_process;
+use jetsonmind_core::{Config, UnitServer};
+use serde_json::{Value, json};
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The repository root, whose `models/` holds the default model.
+fn repo() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("models").join(MODEL);
+    assert!(
+        model.is_file(),
+        "{} is missing: run ./setup.sh (or scripts/fetch-default-model.sh)",
+        model.display()
+    );
+    root
+}
+
+fn config(edit: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config::default();
+    config.data.dir = repo();
+    edit(&mut config);
+    config
+}
+
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<Vec<(f64, Option<String>)>>>);
+
+impl ClientHandler for Progress {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((params.progress, params.message));
+    }
+}
+
+impl Progress {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// One generation test at a time: each runs llama.cpp on every core, and
+/// llama.cpp's spinning threads slow to a crawl when they outnumber the cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn client(config: Config) -> (RunningService<RoleClient, Progress>, Progress) {
+    let server = UnitServer::new(Arc::new(ComputeServer::new(&config)), McpConfig::default());
+    let progress = Progress::default();
+    (
+        progress.clone().serve(in_process(server)).await.unwrap(),
+        progress,
+    )
+}
+
+fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
+}
+
+fn text(result: &CallToolResult) -> String {
+    result.content[0].as_text().unwrap().text.clone()
+}
+
+fn ok(result: CallToolResult) -> Value {
+    assert_ne!(result.is_error, Some(true), "{}", text(&result));
+    result.structured_content.unwrap()
+}
+
+#[tokio::test]
+async fn answers_a_question_with_the_real_model() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, progress) = client(config(|_| {})).await;
+    let result = client
+        .call_tool(call(
+            "text_generate",
+            json!({"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 32}),
+        ))
+        .await
+        .unwrap();
+    let answer = text(&result);
+    let out = ok(result);
+    assert!(answer.contains("Paris"), "{answer}");
+    assert_eq!(out["text"], answer);
+    assert_eq!(out["model"], MODEL);
+    assert_eq!(out["finish_reason"], "stop");
+    assert!(out["usage"]["prompt_tokens"].as_u64().unwrap() > 5);
+    assert!(
+        out["timings"]["generation_tokens_per_second"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // Progress carried token counts and the text so far.
+    let seen = progress.0.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        answer.starts_with(seen[0].1.as_deref().unwrap()),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_seed_gives_the_same_text() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|_| {})).await;
+    let args = json!({"prompt": "Write one sentence about the sea.", "temperature": 0.9, "seed": 42, "max_tokens": 40});
+    let first = ok(client
+        .call_tool(call("text_generate", args.clone()))
+        .await
+        .unwrap());
+    let second = ok(client.call_tool(call("text_generate", args)).await.unwrap());
+    assert_eq!(first["text"], second["text"]);
+    assert!(!first["text"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn chat_messages_stop_strings_and_length() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|_| {})).await;
+    let messages = json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "List three colours, one per line."}
+    ]);
+    let out = ok(client
+        .call_tool(call(
+            "text_generate",
+            json!({"messages": messages, "max_tokens": 3, "temperature": 0}),
+        ))
+        .await
+        .unwrap());
+    assert_eq!(out["finish_reason"], "length");
+    assert_eq!(out["usage"]["completion_tokens"], 3);
+
+    // Stop at a word the model is known to say: run once, then stop there.
+    let prompt =
+        json!({"prompt": "Describe the sun in two sentences.", "temperature": 0, "max_tokens": 48});
+    let full = ok(client
+        .call_tool(call("text_generate", prompt.clone()))
+        .await
+        .unwrap());
+    let full = full["text"].as_str().unwrap().to_string();
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(words.len() >= 4, "{full}");
+    let stop_word = words[words.len() / 2];
+    let expected = &full[..full.find(stop_word).unwrap()];
+    let mut with_stop = prompt;
+    with_stop["stop"] = json!([stop_word]);
+    let out = ok(client
+        .call_tool(call("text_generate", with_stop))
+        .await
+        .unwrap());
+    assert_eq!(out["finish_reason"], "stop");
+    assert_eq!(out["text"], expected, "stop {stop_word:?} in {full:?}");
+}
+
+#[tokio::test]
+async fn two_concurrent_calls_share_the_model_and_both_finish() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|c| c.compute.parallel = 1)).await;
+    let a = client.call_tool(call(
+        "text_generate",
+        json!({"prompt": "Name a fruit.", "max_tokens": 16, "temperature": 0}),
+    ));
+    let b = client.call_tool(call(
+        "text_generate",
+        json!({"prompt": "Name an animal.", "max_tokens": 16, "temperature": 0}),
+    ));
+    let (a, b) = tokio::join!(a, b);
+    assert!(!ok(a.unwrap())["text"].as_str().unwrap().is_empty());
+    assert!(!ok(b.unwrap())["text"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_stops_generation_and_frees_the_slot() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, progress) = client(config(|c| {
+        c.compute.parallel = 1;
+        c.compute.queue_depth = 0;
+        c.compute.progress_every_tokens = 1;
+    }))
+    .await;
+    let long = client.peer().call_tool_once(call(
+        "text_generate",
+        json!({"prompt": "Write a very long story about a dragon, with many chapters.", "max_tokens": 2000, "temperature": 0}),
+    ));
+    let first_tokens = async {
+        while progress.count() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // Dropping the pending call sends notifications/cancelled.
+    tokio::select! {
+        _ = long => panic!("a 2000-token story finished before it was cancelled"),
+        _ = first_tokens => {}
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_cancel = progress.count();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        progress.count(),
+        after_cancel,
+        "generation went on after the cancel"
+    );
+
+    // The one slot is free again: with no queue, a busy slot would refuse this call.
+    let out = ok(client
+        .call_tool(call(
+            "text_generate",
+            json!({"prompt": "Say hi.", "max_tokens": 8}),
+        ))
+        .await
+        .unwrap());
+    assert!(!out["text"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn code_complete_returns_only_the_completion() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|_| {})).await;
+    let code = "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n";
+    let result = client
+        .call_tool(call(
+            "code_complete",
+            json!({"code": code, "language": "python", "max_tokens": 24}),
+        ))
+        .await
+        .unwrap();
+    let completion = text(&result);
+    ok(result);
+    assert!(!completion.trim().is_empty());
+    // Whatever the model says, the given code is not handed back as completion.
+    assert!(
+        !completion.contains("\"\"\"Return the sum of a and b.\"\"\""),
+        "{completion}"
+    );
+    assert!(
+        !completion.trim_start().starts_with("def add(a, b):"),
+        "{completion}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|c| c.compute.context_size = 256)).await;
+    let cases = [
+        (json!({}), "give `prompt` or `messages`"),
+        (
+            json!({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}),
+            "not both",
+        ),
+        (json!({"prompt": "   "}), "the prompt is empty"),
+        (
+            json!({"prompt": "hi", "top_p": 0}),
+            "top_p must be greater than 0",
+        ),
+        (
+            json!({"prompt": "hi", "model": "../etc/passwd"}),
+            "plain file name",
+        ),
+        (
+            json!({"prompt": "hi", "model": "missing-model"}),
+            "no model `missing-model`",
+        ),
+        (json!({"prompt": "word ".repeat(400)}), "prompt too long"),
+        (
+            json!({"prompt": "hi", "stop": [""]}),
+            "stop strings must not be empty",
+        ),
+    ];
+    for (args, expected) in cases {
+        let result = client
+            .call_tool(call("text_generate", args.clone()))
+            .await
+            .unwrap();
+        assert_eq!(result.is_error, Some(true), "{args}");
+        assert!(
+            text(&result).contains(expected),
+            "{args}: {}",
+            text(&result)
+        );
+    }
+    let result = client
+        .call_tool(call("text_generate", json!({"prompt": "x".repeat(70_000)})))
+        .await
+        .unwrap();
+    assert!(
+        text(&result).contains("compute.max_prompt_bytes"),
+        "{}",
+        text(&result)
+    );
+    // Still serving.
+    ok(client
+        .call_tool(call(
+            "text_generate",
+            json!({"prompt": "Hello", "max_tokens": 4}),
+        ))
+        .await
+        .unwrap());
+}
