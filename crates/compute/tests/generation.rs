@@ -38,7 +38,10 @@ fn config(edit: impl FnOnce(&mut Config)) -> Config {
 }
 
 #[derive(Clone, Default)]
-struct Progress(Arc<Mutex<Vec<(f64, Option<String>)>>>);
+struct Progress(Arc<Mutex<Vec<Update>>>);
+
+/// (tokens so far, text so far) as notified.
+type Update = (f64, Option<String>);
 
 impl ClientHandler for Progress {
     async fn on_progress(
