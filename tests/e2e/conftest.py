@@ -24,9 +24,18 @@ def binary():
     return BINARY
 
 
+MODELS = ROOT / "models"
+DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jetsonmind-data")
+    """A data dir whose model store is the repository's models/ (filled by ./setup.sh)."""
+    if not (MODELS / DEFAULT_MODEL).is_file():
+        pytest.fail(f"{MODELS / DEFAULT_MODEL} is missing: run ./setup.sh")
+    path = tmp_path_factory.mktemp("jetsonmind-data")
+    (path / "models").symlink_to(MODELS)
+    return path
 
 
 class Served:
@@ -36,16 +45,15 @@ class Served:
         self.log = log
 
 
-@pytest.fixture(scope="session")
-def served(binary, data_dir, tmp_path_factory):
+def start_serve(binary, data_dir, log, env=None):
     """`jetsonmind serve` on a free loopback port; its URL is read from its log."""
-    log = tmp_path_factory.mktemp("logs") / "serve.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
             [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,
+            env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + 30
     url = None
@@ -58,10 +66,20 @@ def served(binary, data_dir, tmp_path_factory):
     if url is None:
         process.kill()
         pytest.fail(f"jetsonmind serve did not start:\n{log.read_text()}")
-    yield Served(url, process, log)
-    process.terminate()
+    return Served(url, process, log)
+
+
+def stop_serve(served):
+    served.process.terminate()
     try:
-        process.wait(timeout=10)
+        served.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
+        served.process.kill()
         pytest.fail("jetsonmind serve did not stop on SIGTERM")
+
+
+@pytest.fixture(scope="session")
+def served(binary, data_dir, tmp_path_factory):
+    served = start_serve(binary, data_dir, tmp_path_factory.mktemp("logs") / "serve.log")
+    yield served
+    stop_serve(served)

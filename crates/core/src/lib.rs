@@ -8,6 +8,7 @@
 //! - [`serve`]: stdio and Streamable HTTP transports with their limits and checks.
 //! - [`error`]: the error type of this crate and the tool-error helpers.
 
+pub mod cancel;
 pub mod catalog;
 pub mod config;
 pub mod content;

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::CoreError;
+use crate::cancel::{InFlight, track_cancellation};
 use crate::config::HttpConfig;
 
 /// The path the MCP endpoint is mounted at.
@@ -60,6 +61,10 @@ where
     );
     Router::new()
         .route_service(MCP_PATH, service)
+        .layer(middleware::from_fn_with_state(
+            InFlight::new(http.max_body_bytes),
+            track_cancellation,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::new(Limits::from(http)),
             limit_requests,
@@ -119,7 +124,8 @@ pub async fn serve_http(
     router: Router,
     shutdown: CancellationToken,
 ) -> Result<(), CoreError> {
-    axum::serve(listener, router)
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())

@@ -1,0 +1,118 @@
+"""Text generation with the real default model, through `jetsonmind serve`'s
+gateway, driven by the official Python MCP SDK: answers, progress,
+cancellation and concurrent calls, in both protocol eras."""
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from conftest import start_serve, stop_serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["http", "stdio"])
+def transport(request, served, binary, data_dir):
+    if request.param == "http":
+        return served.url
+    return StdioServerParameters(command=str(binary), args=["serve", "--stdio", "--data-dir", str(data_dir)])
+
+
+@pytest.fixture(params=["legacy", "auto"])
+def mode(request):
+    return request.param
+
+
+async def test_a_coherent_answer_with_progress(transport, mode):
+    updates = []
+
+    async def on_progress(progress, total, message):
+        updates.append((progress, total, message))
+
+    async with Client(transport, mode=mode) as client:
+        result = await client.call_tool(
+            "text_generate",
+            {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 32},
+            progress_callback=on_progress,
+        )
+    assert not result.is_error, result.content
+    answer = result.content[0].text
+    assert "Paris" in answer
+    out = result.structured_content
+    assert out["text"] == answer
+    assert out["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] >= 3
+    assert out["timings"]["generation_tokens_per_second"] > 0
+    assert updates, "no progress notifications arrived"
+    assert all(total == 32 for _, total, _ in updates)
+    counts = [progress for progress, _, _ in updates]
+    assert counts == sorted(counts)
+    assert answer.startswith(updates[0][2])
+
+
+async def test_two_concurrent_calls_both_finish(transport, mode):
+    answers = {}
+
+    async def ask(client, key, prompt):
+        result = await client.call_tool("text_generate", {"prompt": prompt, "temperature": 0, "max_tokens": 24})
+        assert not result.is_error, result.content
+        answers[key] = result.content[0].text
+
+    async with Client(transport, mode=mode) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, client, "fruit", "Name a fruit.")
+            group.start_soon(ask, client, "animal", "Name an animal.")
+    assert answers["fruit"] and answers["animal"]
+
+
+@pytest.fixture
+def one_slot(binary, data_dir, tmp_path):
+    """A server that runs one generation and queues none: a held slot shows as "busy"."""
+    served = start_serve(
+        binary,
+        data_dir,
+        tmp_path / "serve.log",
+        {"JETSONMIND_COMPUTE__PARALLEL": "1", "JETSONMIND_COMPUTE__QUEUE_DEPTH": "0"},
+    )
+    yield served
+    stop_serve(served)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+@pytest.mark.parametrize("via", ["http", "stdio"])
+async def test_cancelling_stops_the_generation(one_slot, binary, data_dir, mode, via):
+    if via == "http":
+        target = one_slot.url
+    else:
+        target = StdioServerParameters(
+            command=str(binary),
+            args=["serve", "--stdio", "--data-dir", str(data_dir)],
+            env={"JETSONMIND_COMPUTE__PARALLEL": "1", "JETSONMIND_COMPUTE__QUEUE_DEPTH": "0"},
+        )
+    started = anyio.Event()
+
+    async def on_progress(progress, total, message):
+        started.set()
+
+    story = {"prompt": "Write a very long story about a dragon, with many chapters.", "max_tokens": 2000, "temperature": 0}
+    async with Client(target, mode=mode) as client:
+        async with anyio.create_task_group() as group:
+
+            async def long_call():
+                await client.call_tool("text_generate", story, progress_callback=on_progress)
+                pytest.fail("a 2000-token story finished before it was cancelled")
+
+            group.start_soon(long_call)
+            with anyio.fail_after(60):
+                await started.wait()
+            group.cancel_scope.cancel()
+
+        # The only slot must come free at once: a story still generating would
+        # make this call "busy" for many seconds.
+        for _ in range(30):
+            result = await client.call_tool("text_generate", {"prompt": "Say hi.", "max_tokens": 8})
+            if not result.is_error:
+                break
+            assert "busy" in result.content[0].text, result.content[0].text
+            await anyio.sleep(0.1)
+        assert not result.is_error, result.content[0].text
