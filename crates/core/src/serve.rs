@@ -37,11 +37,20 @@ pub async fn serve_stdio<S: ServerHandler>(server: S) -> Result<(), CoreError> {
 }
 
 /// An axum router with the MCP endpoint at [`MCP_PATH`], behind the limits of `http`.
+pub fn mcp_router<S>(server: S, http: &HttpConfig, shutdown: CancellationToken) -> Router
+where
+    S: ServerHandler + Clone + Send + Sync + 'static,
+{
+    with_limits(mcp_routes(server, http, shutdown), http)
+}
+
+/// The MCP endpoint alone, to merge with other routes before [`with_limits`].
 ///
 /// Stateless Streamable HTTP with JSON responses: every request stands
 /// alone, so any replica can answer it, and both the 2026-07-28 era (no
-/// handshake) and the handshake eras are served by the same endpoint.
-pub fn mcp_router<S>(server: S, http: &HttpConfig, shutdown: CancellationToken) -> Router
+/// handshake) and the handshake eras are served by the same endpoint. rmcp
+/// checks `Host`, `Origin` and the body size here.
+pub fn mcp_routes<S>(server: S, http: &HttpConfig, shutdown: CancellationToken) -> Router
 where
     S: ServerHandler + Clone + Send + Sync + 'static,
 {
@@ -65,10 +74,93 @@ where
             InFlight::new(http.max_body_bytes),
             track_cancellation,
         ))
+}
+
+/// Concurrency and time limits over every route of `router`.
+pub fn with_limits(router: Router, http: &HttpConfig) -> Router {
+    router.layer(middleware::from_fn_with_state(
+        Arc::new(Limits::from(http)),
+        limit_requests,
+    ))
+}
+
+/// `Host` and `Origin` checks and the body limit, for routes that rmcp does
+/// not serve (it checks its own): the same rules as the MCP endpoint.
+pub fn guard_headers(router: Router, http: &HttpConfig) -> Router {
+    router
         .layer(middleware::from_fn_with_state(
-            Arc::new(Limits::from(http)),
-            limit_requests,
+            Arc::new(HeaderRules::from(http)),
+            check_headers,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(http.max_body_bytes))
+}
+
+struct HeaderRules {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+}
+
+impl From<&HttpConfig> for HeaderRules {
+    fn from(http: &HttpConfig) -> Self {
+        Self {
+            hosts: http.allowed_hosts.clone(),
+            origins: http.allowed_origins.clone(),
+        }
+    }
+}
+
+async fn check_headers(
+    State(rules): State<Arc<HeaderRules>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(refusal) = refuse_headers(&rules, request.headers()) {
+        return (StatusCode::FORBIDDEN, refusal).into_response();
+    }
+    next.run(request).await
+}
+
+fn refuse_headers(rules: &HeaderRules, headers: &http::HeaderMap) -> Option<&'static str> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if header(http::header::HOST).is_some_and(|host| !host_allowed(host, &rules.hosts)) {
+        return Some("Forbidden: Host header is not allowed");
+    }
+    if header(http::header::ORIGIN).is_some_and(|origin| !origin_allowed(origin, &rules.origins)) {
+        return Some("Forbidden: Origin header is not allowed");
+    }
+    None
+}
+
+/// `allowed` entries are host names (any port) or exact `host:port`.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    allowed.iter().any(|a| a == host || a == name)
+}
+
+/// `allowed` entries are `scheme://host:port`, `scheme://host:*`, or
+/// `scheme://host` (any port); `null` matches the browser's opaque origin.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let (base, port) = split_port(origin);
+    allowed.iter().any(|entry| {
+        let (allowed_base, allowed_port) = split_port(entry);
+        entry == origin
+            || (allowed_base == base && allowed_port.is_none_or(|p| p == "*" || Some(p) == port))
+    })
+}
+
+/// `http://host:8080` -> (`http://host`, Some("8080")); IPv6 brackets kept.
+fn split_port(origin: &str) -> (&str, Option<&str>) {
+    let host_start = origin.find("://").map_or(0, |i| i + 3);
+    let authority = &origin[host_start..];
+    match authority.rfind(':') {
+        Some(i) if !authority.ends_with(']') => {
+            (&origin[..host_start + i], Some(&authority[i + 1..]))
+        }
+        _ => (origin, None),
+    }
 }
 
 /// Concurrency and time limits, as one middleware so their errors are ours.
@@ -157,4 +249,39 @@ pub fn in_process<S: ServerHandler>(server: S) -> tokio::io::DuplexStream {
         }
     });
     client_end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_by_name_or_exact_authority() {
+        let allowed = vec![
+            "localhost".to_string(),
+            "::1".to_string(),
+            "example.com:8443".to_string(),
+        ];
+        assert!(host_allowed("localhost:8080", &allowed));
+        assert!(host_allowed("[::1]:8080", &allowed));
+        assert!(host_allowed("example.com:8443", &allowed));
+        assert!(!host_allowed("example.com:80", &allowed));
+        assert!(!host_allowed("evil.example", &allowed));
+    }
+
+    #[test]
+    fn origins_match_scheme_host_and_port_rule() {
+        let allowed = vec![
+            "http://localhost:*".to_string(),
+            "https://app.example:443".to_string(),
+            "https://any.example".to_string(),
+        ];
+        assert!(origin_allowed("http://localhost:3000", &allowed));
+        assert!(origin_allowed("http://localhost", &allowed));
+        assert!(!origin_allowed("https://localhost:3000", &allowed));
+        assert!(origin_allowed("https://app.example:443", &allowed));
+        assert!(!origin_allowed("https://app.example:444", &allowed));
+        assert!(origin_allowed("https://any.example:9", &allowed));
+        assert!(!origin_allowed("http://evil.example", &allowed));
+    }
 }

@@ -1,5 +1,6 @@
 //! The gateway's client side: progress notifications from a backend are sent
-//! on to the client whose call caused them.
+//! on to whoever made the call (an MCP client, or the OpenAI endpoint), and
+//! a call its caller abandons is cancelled at the backend.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,8 @@ use jetsonmind_core::rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext,
 };
 use jetsonmind_core::rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Progress tokens of forwarded calls, and whom their progress belongs to.
 ///
@@ -21,7 +24,44 @@ use jetsonmind_core::rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError}
 /// own token (two clients may both use `1`) is put back on the way out.
 #[derive(Default)]
 pub struct ProgressRoutes {
-    routes: Mutex<HashMap<RouteKey, (Peer<RoleServer>, ProgressToken)>>,
+    routes: Mutex<HashMap<RouteKey, ProgressSink>>,
+}
+
+/// Where a call's progress goes.
+#[derive(Clone)]
+pub enum ProgressSink {
+    /// An MCP client, under its own progress token.
+    Client {
+        peer: Peer<RoleServer>,
+        token: ProgressToken,
+    },
+    /// An in-process consumer (the OpenAI endpoint's streaming).
+    Channel(mpsc::UnboundedSender<ProgressNotificationParam>),
+}
+
+impl ProgressSink {
+    /// The sink for an MCP request, if its client asked for progress.
+    pub fn of_request(caller: &RequestContext<RoleServer>) -> Option<Self> {
+        let token = caller.meta.get_progress_token()?;
+        Some(ProgressSink::Client {
+            peer: caller.peer.clone(),
+            token,
+        })
+    }
+
+    async fn send(self, mut params: ProgressNotificationParam) {
+        match self {
+            ProgressSink::Client { peer, token } => {
+                params.progress_token = token;
+                if let Err(e) = peer.notify_progress(params).await {
+                    tracing::debug!(error = %e, "client went away before its progress arrived");
+                }
+            }
+            ProgressSink::Channel(sender) => {
+                let _ = sender.send(params);
+            }
+        }
+    }
 }
 
 type RouteKey = (usize, ProgressToken);
@@ -39,34 +79,27 @@ impl Drop for RouteGuard {
 }
 
 impl ProgressRoutes {
-    fn map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<RouteKey, (Peer<RoleServer>, ProgressToken)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RouteKey, ProgressSink>> {
         self.routes.lock().expect("progress routes lock")
     }
 
     /// Route progress for `ours` (the token on the call to `backend`) to
-    /// `client` under the client's own `token`, until the guard drops.
+    /// `sink` until the guard drops.
     pub fn register(
         self: &Arc<Self>,
         backend: usize,
         ours: ProgressToken,
-        client: Peer<RoleServer>,
-        token: ProgressToken,
+        sink: ProgressSink,
     ) -> RouteGuard {
         let key = (backend, ours);
-        self.map().insert(key.clone(), (client, token));
+        self.map().insert(key.clone(), sink);
         RouteGuard {
             routes: self.clone(),
             key,
         }
     }
 
-    fn lookup(
-        &self,
-        backend: usize,
-        token: &ProgressToken,
-    ) -> Option<(Peer<RoleServer>, ProgressToken)> {
+    fn lookup(&self, backend: usize, token: &ProgressToken) -> Option<ProgressSink> {
         self.map().get(&(backend, token.clone())).cloned()
     }
 }
@@ -87,16 +120,11 @@ impl ClientHandler for ForwardingClient {
 
     async fn on_progress(
         &self,
-        mut params: ProgressNotificationParam,
+        params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let Some((client, token)) = self.progress.lookup(self.backend, &params.progress_token)
-        else {
-            return;
-        };
-        params.progress_token = token;
-        if let Err(e) = client.notify_progress(params).await {
-            tracing::debug!(error = %e, "client went away before its progress arrived");
+        if let Some(sink) = self.progress.lookup(self.backend, &params.progress_token) {
+            sink.send(params).await;
         }
     }
 }
@@ -108,36 +136,30 @@ pub enum ForwardError {
     Service(ServiceError),
 }
 
-/// Call a tool on a backend for `caller`: the caller's progress token gets
-/// the backend's progress, and if the caller cancels (or its request is
-/// dropped) the backend gets `notifications/cancelled`.
+/// Call a tool on a backend: its progress goes to `sink`, and if `cancel`
+/// fires (or this future is dropped) the backend gets `notifications/cancelled`.
 pub async fn call_tool(
     backend: &Peer<RoleClient>,
     backend_index: usize,
     routes: &Arc<ProgressRoutes>,
     params: CallToolRequestParams,
-    caller: &RequestContext<RoleServer>,
+    sink: Option<ProgressSink>,
+    cancel: &CancellationToken,
 ) -> Result<ServerResult, ForwardError> {
     let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
     let handle = backend
         .send_request_with_option(request, PeerRequestOptions::no_options())
         .await
         .map_err(ForwardError::Service)?;
-    let _route = caller.meta.get_progress_token().map(|token| {
-        routes.register(
-            backend_index,
-            handle.progress_token.clone(),
-            caller.peer.clone(),
-            token,
-        )
-    });
+    let _route =
+        sink.map(|sink| routes.register(backend_index, handle.progress_token.clone(), sink));
     let mut abandon = CancelOnDrop {
         peer: Some(backend.clone()),
         id: handle.id.clone(),
     };
     let outcome = tokio::select! {
         outcome = handle.await_response() => outcome.map_err(ForwardError::Service),
-        _ = caller.ct.cancelled() => Err(ForwardError::Cancelled),
+        _ = cancel.cancelled() => Err(ForwardError::Cancelled),
     };
     if !matches!(outcome, Err(ForwardError::Cancelled)) {
         abandon.peer = None;

@@ -8,6 +8,7 @@
 
 mod backend;
 mod forward;
+pub mod openai;
 pub mod schema;
 pub mod view;
 
@@ -29,7 +30,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, BackendStatus, Connector};
-use forward::{ForwardError, ForwardingClient, ProgressRoutes};
+use forward::{ForwardError, ForwardingClient, ProgressRoutes, ProgressSink};
 use schema::*;
 use view::{Naming, View};
 
@@ -171,7 +172,15 @@ impl Gateway {
             )));
         };
         let params = CallToolRequestParams::new(original).with_arguments(call.arguments);
-        match forward::call_tool(client.peer(), index, &self.progress, params, &call.context).await
+        match forward::call_tool(
+            client.peer(),
+            index,
+            &self.progress,
+            params,
+            ProgressSink::of_request(&call.context),
+            &call.context.ct,
+        )
+        .await
         {
             Ok(ServerResult::CallToolResult(result)) => Ok(result),
             Ok(_) => Ok(tool_error(format!(

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::Router;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_core::serve::{self, MCP_PATH};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::DataServer;
+use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Connector, Gateway};
 use tokio_util::sync::CancellationToken;
 
@@ -32,14 +34,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control(t) => serve_unit(ControlServer::default(), t, config, shutdown).await,
         Command::Gateway(t) => {
             let backends = Gateway::configured_backends(&config.gateway);
-            let gateway = start_gateway(&config, backends, &shutdown).await?;
-            serve_arc(gateway, t, config, shutdown).await
+            serve_gateway(backends, t, config, shutdown).await
         }
         Command::Serve(t) => {
             let mut backends = in_process_backends(&config);
             backends.extend(Gateway::configured_backends(&config.gateway));
-            let gateway = start_gateway(&config, backends, &shutdown).await?;
-            serve_arc(gateway, t, config, shutdown).await
+            serve_gateway(backends, t, config, shutdown).await
         }
     }
 }
@@ -62,6 +62,25 @@ fn in_process<U: McpUnit>(name: &str, unit: Arc<U>, config: &Config) -> Backend 
         name,
         Connector::InProcess(Arc::new(move || serve::in_process(server.clone()))),
     )
+}
+
+/// The gateway over `backends`; on HTTP also the OpenAI-compatible `/v1` routes.
+async fn serve_gateway(
+    backends: Vec<Backend>,
+    transport: Transport,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let gateway = start_gateway(&config, backends, &shutdown).await?;
+    let server = UnitServer::new(gateway, config.mcp.clone());
+    let openai = match transport.stdio {
+        true => Router::new(),
+        false => serve::guard_headers(
+            OpenAi::connect(server.clone()).await?.router(),
+            &config.http,
+        ),
+    };
+    serve_server(server, transport, config, shutdown, openai).await
 }
 
 async fn start_gateway(
@@ -88,17 +107,19 @@ async fn serve_unit<U: McpUnit>(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_arc(Arc::new(unit), t, config, shutdown).await
+    let server = UnitServer::new(Arc::new(unit), config.mcp.clone());
+    serve_server(server, t, config, shutdown, Router::new()).await
 }
 
-async fn serve_arc<U: McpUnit>(
-    unit: Arc<U>,
+/// Serve over stdio, or over HTTP with `extra` routes beside `/mcp`.
+async fn serve_server<U: McpUnit>(
+    server: UnitServer<U>,
     transport: Transport,
     mut config: Config,
     shutdown: CancellationToken,
+    extra: Router,
 ) -> anyhow::Result<()> {
-    let name = unit.identity().name;
-    let server = UnitServer::new(unit, config.mcp.clone());
+    let name = server.unit().identity().name;
     if transport.stdio {
         tracing::info!("{name} serving MCP on stdio");
         return Ok(serve::serve_stdio(server).await?);
@@ -110,7 +131,8 @@ async fn serve_arc<U: McpUnit>(
     let (listener, bound) = serve::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    let router = serve::mcp_router(server, &config.http, shutdown.clone());
+    let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
+    let router = serve::with_limits(routes, &config.http);
     // Tests and scripts read this line to find the port when listening on :0.
     eprintln!("{name} listening on http://{bound}{MCP_PATH}");
     serve::serve_http(listener, router, shutdown).await?;

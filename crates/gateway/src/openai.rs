@@ -1,0 +1,411 @@
+//! OpenAI-compatible REST on the gateway: `GET /v1/models` and
+//! `POST /v1/chat/completions` (with SSE streaming).
+//!
+//! Both are mapped onto MCP: the gateway is called as an MCP server, in
+//! process, exactly as any client would call it (`jetson://models/available`,
+//! `text_generate`), so validation, routing and progress are the same code.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use http::StatusCode;
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
+    ServerResult,
+};
+use jetsonmind_core::rmcp::service::RunningService;
+use jetsonmind_core::rmcp::{RoleClient, ServiceError, ServiceExt};
+use jetsonmind_core::serve::in_process;
+use jetsonmind_core::{CoreError, UnitServer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Gateway;
+use crate::forward::{self, ForwardError, ForwardingClient, ProgressRoutes, ProgressSink};
+
+pub struct OpenAi {
+    client: RunningService<RoleClient, ForwardingClient>,
+    progress: Arc<ProgressRoutes>,
+    next_id: AtomicU64,
+}
+
+impl OpenAi {
+    /// Connect to `server` (the gateway) over an in-memory MCP pipe.
+    pub async fn connect(server: UnitServer<Gateway>) -> Result<Arc<Self>, CoreError> {
+        let progress = Arc::new(ProgressRoutes::default());
+        let handler = ForwardingClient {
+            backend: 0,
+            progress: progress.clone(),
+        };
+        let client = handler
+            .serve(in_process(server))
+            .await
+            .map_err(|e| CoreError::Service(e.to_string()))?;
+        Ok(Arc::new(Self {
+            client,
+            progress,
+            next_id: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/models", get(list_models))
+            .route("/v1/chat/completions", post(chat_completions))
+            .with_state(self)
+    }
+
+    fn completion_id(&self) -> String {
+        format!(
+            "chatcmpl-{:x}-{}",
+            unix_now(),
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    async fn generate(
+        &self,
+        arguments: JsonObject,
+        sink: Option<ProgressSink>,
+    ) -> Result<Value, ApiError> {
+        let params = CallToolRequestParams::new("text_generate").with_arguments(arguments);
+        // Dropping this future (a client hanging up) cancels the generation.
+        let never = CancellationToken::new();
+        match forward::call_tool(self.client.peer(), 0, &self.progress, params, sink, &never).await
+        {
+            Ok(ServerResult::CallToolResult(result)) => tool_outcome(result),
+            Ok(_) => Err(ApiError::server("unexpected result from text_generate")),
+            Err(ForwardError::Service(ServiceError::McpError(e))) => {
+                Err(ApiError::invalid(e.message.to_string()))
+            }
+            Err(ForwardError::Service(e)) => Err(ApiError::server(e.to_string())),
+            Err(ForwardError::Cancelled) => Err(ApiError::server("cancelled")),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An OpenAI-style error body with its HTTP status.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    fn server(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// A tool's own error text, with the status that fits it.
+    fn from_tool(message: String) -> Self {
+        if message.starts_with("busy") {
+            Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "server_error",
+                code: Some("overloaded"),
+                message,
+            }
+        } else if message.contains("no model") {
+            Self {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                code: Some("model_not_found"),
+                message,
+            }
+        } else {
+            Self::invalid(message)
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+fn tool_outcome(result: CallToolResult) -> Result<Value, ApiError> {
+    let text = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text())
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join("");
+    if result.is_error == Some(true) {
+        return Err(ApiError::from_tool(text));
+    }
+    result
+        .structured_content
+        .ok_or_else(|| ApiError::server("text_generate returned no structured result"))
+}
+
+async fn list_models(State(api): State<Arc<OpenAi>>) -> Result<Json<Value>, ApiError> {
+    let read = api
+        .client
+        .peer()
+        .read_resource(ReadResourceRequestParams::new("jetson://models/available"))
+        .await
+        .map_err(|e| ApiError::server(format!("cannot list models: {e}")))?;
+    let text = match read.contents.first() {
+        Some(ResourceContents::TextResourceContents { text, .. }) => text.clone(),
+        _ => return Err(ApiError::server("the model list is not text")),
+    };
+    let list: Value = serde_json::from_str(&text).map_err(|e| ApiError::server(e.to_string()))?;
+    let data: Vec<Value> = list["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["format"] == "gguf")
+        .map(
+            |m| json!({"id": m["name"], "object": "model", "created": 0, "owned_by": "jetsonmind"}),
+        )
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Content,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ChatRequest {
+    /// `text_generate` arguments; its schema checks the ranges.
+    fn tool_arguments(&self) -> Result<JsonObject, ApiError> {
+        let messages = self
+            .messages
+            .iter()
+            .map(message_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut arguments = JsonObject::new();
+        arguments.insert("messages".into(), Value::Array(messages));
+        // OpenAI clients name models the server does not have; "default" or none means ours.
+        if let Some(model) = self
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty() && *m != "default")
+        {
+            arguments.insert("model".into(), json!(model));
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let optional = [
+            ("max_tokens", max_tokens.map(|v| json!(v))),
+            ("temperature", self.temperature.map(|v| json!(v))),
+            ("top_p", self.top_p.map(|v| json!(v))),
+            ("seed", self.seed.map(|v| json!(v))),
+            (
+                "stop",
+                self.stop.as_ref().map(|stop| match stop {
+                    Stop::One(s) => json!([s]),
+                    Stop::Many(list) => json!(list),
+                }),
+            ),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                arguments.insert(key.into(), value);
+            }
+        }
+        Ok(arguments)
+    }
+
+    fn model_name(&self) -> String {
+        self.model.clone().unwrap_or_else(|| "default".into())
+    }
+}
+
+fn message_json(message: &ChatMessage) -> Result<Value, ApiError> {
+    let role = match message.role.as_str() {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        other => {
+            return Err(ApiError::invalid(format!(
+                "messages: role `{other}` is not supported"
+            )));
+        }
+    };
+    let content = match &message.content {
+        Content::Text(text) => text.clone(),
+        Content::Parts(parts) => {
+            if let Some(part) = parts.iter().find(|p| p.kind != "text") {
+                return Err(ApiError::invalid(format!(
+                    "messages: content type `{}` is not supported",
+                    part.kind
+                )));
+            }
+            parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join("")
+        }
+    };
+    Ok(json!({"role": role, "content": content}))
+}
+
+async fn chat_completions(State(api): State<Arc<OpenAi>>, body: axum::body::Bytes) -> Response {
+    let request: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return ApiError::invalid(format!("invalid request body: {e}")).into_response(),
+    };
+    let arguments = match request.tool_arguments() {
+        Ok(arguments) => arguments,
+        Err(e) => return e.into_response(),
+    };
+    if request.stream {
+        return Sse::new(stream_completion(api, request, arguments)).into_response();
+    }
+    match api.generate(arguments, None).await {
+        Ok(out) => Json(completion_body(
+            &api.completion_id(),
+            &request.model_name(),
+            &out,
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn completion_body(id: &str, model: &str, out: &Value) -> Value {
+    let prompt = out["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    let completion = out["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": out["text"]},
+            "finish_reason": out["finish_reason"],
+        }],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    })
+}
+
+fn chunk(id: &str, model: &str, delta: Value, finish_reason: Value) -> Event {
+    let body = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    });
+    Event::default().data(body.to_string())
+}
+
+/// Progress notifications carry the text so far; each chunk is what is new.
+fn stream_completion(
+    api: Arc<OpenAi>,
+    request: ChatRequest,
+    arguments: JsonObject,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream::stream! {
+        let id = api.completion_id();
+        let model = request.model_name();
+        yield Ok(chunk(&id, &model, json!({"role": "assistant", "content": ""}), Value::Null));
+        let (progress_tx, mut progress) = mpsc::unbounded_channel();
+        let generation = api.generate(arguments, Some(ProgressSink::Channel(progress_tx)));
+        tokio::pin!(generation);
+        let mut sent = String::new();
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut generation => break outcome,
+                Some(update) = progress.recv() => {
+                    if let Some(delta) = update.message.as_deref().and_then(|text| text.strip_prefix(sent.as_str())) {
+                        if !delta.is_empty() {
+                            let delta = delta.to_string();
+                            sent.push_str(&delta);
+                            yield Ok(chunk(&id, &model, json!({"content": delta}), Value::Null));
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(out) => {
+                let text = out["text"].as_str().unwrap_or_default();
+                let rest = text.strip_prefix(sent.as_str()).unwrap_or(text);
+                if !rest.is_empty() {
+                    yield Ok(chunk(&id, &model, json!({"content": rest}), Value::Null));
+                }
+                yield Ok(chunk(&id, &model, json!({}), out["finish_reason"].clone()));
+            }
+            Err(e) => yield Ok(Event::default().data(e.body().to_string())),
+        }
+        yield Ok(Event::default().data("[DONE]"));
+    }
+}
