@@ -385,12 +385,10 @@ fn stream_completion(
             tokio::select! {
                 outcome = &mut generation => break outcome,
                 Some(update) = progress.recv() => {
-                    if let Some(delta) = update.message.as_deref().and_then(|text| text.strip_prefix(sent.as_str())) {
-                        if !delta.is_empty() {
-                            let delta = delta.to_string();
-                            sent.push_str(&delta);
-                            yield Ok(chunk(&id, &model, json!({"content": delta}), Value::Null));
-                        }
+                    let delta = update.message.as_deref().and_then(|text| text.strip_prefix(sent.as_str()));
+                    if let Some(delta) = delta.filter(|d| !d.is_empty()).map(str::to_string) {
+                        sent.push_str(&delta);
+                        yield Ok(chunk(&id, &model, json!({"content": delta}), Value::Null));
                     }
                 }
             }
