@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mcp import StdioServerParameters
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("JETSONMIND_BIN", ROOT / "target" / "debug" / "jetsonmind"))
@@ -83,3 +84,17 @@ def served(binary, data_dir, tmp_path_factory):
     served = start_serve(binary, data_dir, tmp_path_factory.mktemp("logs") / "serve.log")
     yield served
     stop_serve(served)
+
+
+@pytest.fixture(params=["http", "stdio"])
+def transport(request, served, binary, data_dir):
+    """The gateway of `jetsonmind serve`, over Streamable HTTP or stdio."""
+    if request.param == "http":
+        return served.url
+    return StdioServerParameters(command=str(binary), args=["serve", "--stdio", "--data-dir", str(data_dir)])
+
+
+@pytest.fixture(params=["legacy", "auto"])
+def mode(request):
+    """The handshake era, or the 2026-07-28 era that `auto` negotiates with this server."""
+    return request.param

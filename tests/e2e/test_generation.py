@@ -11,18 +11,6 @@ from conftest import start_serve, stop_serve
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["http", "stdio"])
-def transport(request, served, binary, data_dir):
-    if request.param == "http":
-        return served.url
-    return StdioServerParameters(command=str(binary), args=["serve", "--stdio", "--data-dir", str(data_dir)])
-
-
-@pytest.fixture(params=["legacy", "auto"])
-def mode(request):
-    return request.param
-
-
 async def test_a_coherent_answer_with_progress(transport, mode):
     updates = []
 

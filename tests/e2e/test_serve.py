@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.anyio
@@ -22,18 +22,6 @@ DATA_RESOURCES = {
     "jetson://performance/analytics",
 }
 EXPECTED_VERSION = {"legacy": "2025-11-25", "auto": "2026-07-28"}
-
-
-@pytest.fixture(params=["http", "stdio"])
-def transport(request, served, binary, data_dir):
-    if request.param == "http":
-        return served.url
-    return StdioServerParameters(command=str(binary), args=["serve", "--stdio", "--data-dir", str(data_dir)])
-
-
-@pytest.fixture(params=["legacy", "auto"])
-def mode(request):
-    return request.param
 
 
 def text_of(result):

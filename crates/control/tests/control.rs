@@ -15,14 +15,7 @@ async fn control_tools_are_listed_and_answer_honestly() {
         McpConfig::default(),
     ))
     .await;
-    let mut names: Vec<_> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
+    let names = testing::tool_names(client.peer()).await;
     assert_eq!(
         names,
         [

@@ -47,14 +47,7 @@ async fn read_json(
 async fn lists_the_five_resources_and_the_model_template() {
     let dir = tempfile::tempdir().unwrap();
     let client = client(dir.path()).await;
-    let mut uris: Vec<_> = client
-        .list_all_resources()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.uri)
-        .collect();
-    uris.sort();
+    let uris = testing::resource_uris(client.peer()).await;
     assert_eq!(
         uris,
         [

@@ -19,7 +19,7 @@ use jetsonmind_core::rmcp::{
 };
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::{
-    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
+    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_error, tool_from,
 };
 use jetsonmind_gateway::{Backend, Connector, Gateway};
 use serde_json::json;
@@ -163,15 +163,7 @@ async fn connect(
 }
 
 async fn tool_names(client: &RunningService<RoleClient, Recorder>) -> Vec<String> {
-    let mut names: Vec<_> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
-    names
+    testing::tool_names(client.peer()).await
 }
 
 fn tick(count: u32, interval_ms: u64, name: &'static str) -> CallToolRequestParams {
@@ -229,13 +221,7 @@ async fn merges_backends_and_prefixes_only_collisions() {
     let result = client.call_tool(tick(2, 1, "beta_tick")).await.unwrap();
     assert_eq!(result.structured_content, Some(json!({"ticks": 2})));
 
-    let uris: Vec<_> = client
-        .list_all_resources()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.uri)
-        .collect();
+    let uris = testing::resource_uris(client.peer()).await;
     assert_eq!(uris, ["alpha+test://status", "beta+test://status"]);
     let read = client
         .read_resource(
