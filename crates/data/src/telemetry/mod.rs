@@ -4,5 +4,6 @@
 //! on a fake `/proc` and `/sys` tree.
 
 mod linux;
+pub mod tegrastats;
 
 pub use linux::{CpuTimes, LinuxReader, SystemMetrics, ThermalZone};
