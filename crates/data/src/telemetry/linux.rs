@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::jetson::{JetsonMetrics, JetsonReader};
+
 /// One snapshot of this machine.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SystemMetrics {
@@ -16,6 +18,28 @@ pub struct SystemMetrics {
     pub cpu: CpuMetrics,
     pub memory: MemoryMetrics,
     pub thermal_zones: Vec<ThermalZone>,
+    pub disks: Vec<DiskUsage>,
+    pub network: Vec<NetworkInterface>,
+    /// Present on an NVIDIA Jetson: GPU, power rails, fan, power mode.
+    pub jetson: Option<JetsonMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiskUsage {
+    pub mount_point: String,
+    pub filesystem: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Counters since boot; rates come from two reads.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NetworkInterface {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,6 +124,15 @@ impl LinuxReader {
                 .map(|s| parse_meminfo(&s))
                 .unwrap_or_default(),
             thermal_zones: read_thermal_zones(&self.path("sys/class/thermal")),
+            disks: self
+                .read("proc/mounts")
+                .map(|m| self.disks(&m))
+                .unwrap_or_default(),
+            network: self
+                .read("proc/net/dev")
+                .map(|d| parse_net_dev(&d))
+                .unwrap_or_default(),
+            jetson: JetsonReader::new(&self.root).read(),
         }
     }
 
@@ -137,6 +170,103 @@ impl LinuxReader {
             .map(|s| parse_proc_stat(&s))
             .unwrap_or_default()
     }
+
+    /// Real filesystems from `/proc/mounts`, sized with statvfs.
+    fn disks(&self, mounts: &str) -> Vec<DiskUsage> {
+        let mut disks: Vec<DiskUsage> = Vec::new();
+        for (mount_point, filesystem) in parse_mounts(mounts) {
+            if disks.iter().any(|d| d.mount_point == mount_point) {
+                continue;
+            }
+            let path = self.root.join(mount_point.trim_start_matches('/'));
+            if let Some((total_bytes, available_bytes)) = statvfs(&path) {
+                disks.push(DiskUsage {
+                    mount_point,
+                    filesystem,
+                    total_bytes,
+                    available_bytes,
+                });
+            }
+        }
+        disks
+    }
+}
+
+/// Filesystem types that hold data (not proc, sysfs, tmpfs, cgroup…).
+const DISK_FILESYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "f2fs", "zfs", "ntfs", "ntfs3", "nfs",
+    "nfs4", "overlay",
+];
+
+/// (mount point, filesystem type) of the data filesystems in `/proc/mounts`.
+pub fn parse_mounts(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_device, mount_point, filesystem) =
+                (fields.next()?, fields.next()?, fields.next()?);
+            DISK_FILESYSTEMS
+                .contains(&filesystem)
+                .then(|| (unescape_mount(mount_point), filesystem.to_string()))
+        })
+        .collect()
+}
+
+/// `/proc/mounts` writes a space as `\040` (octal escapes).
+fn unescape_mount(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest
+            .get(at + 1..at + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(byte as char);
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn statvfs(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct of the right type.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
+}
+
+/// `/proc/net/dev`: two header lines, then `name: rx_bytes rx_packets … tx_bytes tx_packets …`.
+pub fn parse_net_dev(text: &str) -> Vec<NetworkInterface> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let v: Vec<u64> = counters
+                .split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            (v.len() >= 10).then(|| NetworkInterface {
+                name: name.trim().to_string(),
+                rx_bytes: v[0],
+                rx_packets: v[1],
+                tx_bytes: v[8],
+                tx_packets: v[9],
+            })
+        })
+        .collect()
 }
 
 pub fn parse_proc_stat(text: &str) -> Vec<CpuTimes> {
@@ -313,6 +443,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn mounts_keep_data_filesystems_once() {
+        let mounts = "proc /proc proc rw 0 0\n/dev/sda1 / ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\n\
+                      /dev/sdb1 /mnt/my\\040disk xfs rw 0 0\n";
+        assert_eq!(
+            parse_mounts(mounts),
+            vec![
+                ("/".to_string(), "ext4".to_string()),
+                ("/mnt/my disk".to_string(), "xfs".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn net_dev_counters() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n\
+                    lo: 100 2 0 0 0 0 0 0 100 2 0 0 0 0 0 0\n  eth0: 5000 40 0 0 0 0 0 0 7000 50 0 0 0 0 0 0\n";
+        let interfaces = parse_net_dev(text);
+        assert_eq!(interfaces.len(), 2);
+        assert_eq!(
+            (
+                interfaces[1].name.as_str(),
+                interfaces[1].rx_bytes,
+                interfaces[1].tx_packets
+            ),
+            ("eth0", 5000, 50)
+        );
+    }
+
     #[tokio::test]
     async fn missing_files_give_empty_fields_not_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -320,6 +479,7 @@ mod tests {
         assert_eq!(m.cpu.cores, 0);
         assert!(m.memory.total_bytes.is_none());
         assert!(m.thermal_zones.is_empty());
+        assert!(m.disks.is_empty() && m.network.is_empty() && m.jetson.is_none());
     }
 
     #[tokio::test]
@@ -330,5 +490,12 @@ mod tests {
         assert!(m.uptime_seconds.unwrap() > 0.0);
         let usage = m.cpu.usage_percent.unwrap();
         assert!((0.0..=100.0).contains(&usage));
+        let root = m
+            .disks
+            .iter()
+            .find(|d| d.mount_point == "/")
+            .expect("a root filesystem");
+        assert!(root.total_bytes > 0 && root.available_bytes <= root.total_bytes);
+        assert!(m.network.iter().any(|i| i.name == "lo"));
     }
 }

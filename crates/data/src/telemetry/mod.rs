@@ -3,7 +3,9 @@
 //! Every reader takes a root directory (`/` in production) so tests run it
 //! on a fake `/proc` and `/sys` tree.
 
+pub mod jetson;
 mod linux;
 pub mod tegrastats;
 
+pub use jetson::{JetsonMetrics, JetsonReader};
 pub use linux::{CpuTimes, LinuxReader, SystemMetrics, ThermalZone};

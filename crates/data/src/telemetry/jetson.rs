@@ -1,0 +1,302 @@
+//! Jetson telemetry from sysfs, the paths jetson-stats reads: board model,
+//! L4T release, GPU load and clocks (devfreq), INA3221 power rails (hwmon),
+//! fan, and the nvpmodel power mode. Every path is under a root directory so
+//! tests run on fake trees.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JetsonMetrics {
+    /// `/proc/device-tree/model`, e.g. "NVIDIA Jetson Orin Nano Developer Kit".
+    pub model: String,
+    /// L4T release from `/etc/nv_tegra_release`, e.g. "36.4.0".
+    pub l4t: Option<String>,
+    pub gpu: Option<GpuMetrics>,
+    pub rails: Vec<PowerRail>,
+    pub fan_percent: Option<f64>,
+    pub power_mode: Option<PowerMode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuMetrics {
+    pub name: String,
+    /// 0..=100; the driver reports per mille.
+    pub load_percent: Option<f64>,
+    pub freq_mhz: Option<f64>,
+    pub min_freq_mhz: Option<f64>,
+    pub max_freq_mhz: Option<f64>,
+    pub governor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerRail {
+    pub name: String,
+    pub voltage_mv: Option<f64>,
+    pub current_ma: Option<f64>,
+    pub power_mw: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerMode {
+    pub id: u32,
+    pub name: Option<String>,
+}
+
+/// GPU devfreq device names across Jetson generations.
+const GPU_DEVFREQ: &[&str] = &["gpu", "gb10b", "ga10b", "gv11b", "gp10b", "gm20b"];
+
+pub struct JetsonReader {
+    root: PathBuf,
+}
+
+impl JetsonReader {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// `None` when this is not a Jetson.
+    pub fn read(&self) -> Option<JetsonMetrics> {
+        let model = read_trimmed(&self.path("proc/device-tree/model"))?;
+        let release = read_trimmed(&self.path("etc/nv_tegra_release"));
+        if !model.contains("Jetson") && release.is_none() {
+            return None;
+        }
+        Some(JetsonMetrics {
+            model,
+            l4t: release.as_deref().and_then(parse_l4t),
+            gpu: self.gpu(),
+            rails: self.rails(),
+            fan_percent: self.fan_percent(),
+            power_mode: self.power_mode(),
+        })
+    }
+
+    fn gpu(&self) -> Option<GpuMetrics> {
+        let dir = list_dir(&self.path("sys/class/devfreq"))
+            .into_iter()
+            .find(|d| {
+                file_name(d)
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|n| GPU_DEVFREQ.contains(&n))
+            })?;
+        let mhz = |file: &str| read_number(&dir.join(file)).map(|hz| hz / 1e6);
+        let load = read_number(&dir.join("device/load"))
+            .or_else(|| read_number(&self.path("sys/devices/platform/gpu.0/load")))
+            .or_else(|| read_number(&self.path("sys/devices/gpu.0/load")));
+        Some(GpuMetrics {
+            name: file_name(&dir),
+            load_percent: load.map(|per_mille| per_mille / 10.0),
+            freq_mhz: mhz("cur_freq"),
+            min_freq_mhz: mhz("min_freq"),
+            max_freq_mhz: mhz("max_freq"),
+            governor: read_trimmed(&dir.join("governor")),
+        })
+    }
+
+    /// INA3221 channels: `inN_label`, `inN_input` (mV), `currN_input` (mA).
+    fn rails(&self) -> Vec<PowerRail> {
+        let mut rails = Vec::new();
+        for device in list_dir(&self.path("sys/bus/i2c/drivers/ina3221")) {
+            for hwmon in list_dir(&device.join("hwmon")) {
+                for channel in 1..=4 {
+                    let Some(name) = read_trimmed(&hwmon.join(format!("in{channel}_label"))) else {
+                        continue;
+                    };
+                    let voltage = read_number(&hwmon.join(format!("in{channel}_input")));
+                    let current = read_number(&hwmon.join(format!("curr{channel}_input")));
+                    let power = voltage.zip(current).map(|(mv, ma)| mv * ma / 1000.0);
+                    rails.push(PowerRail {
+                        name,
+                        voltage_mv: voltage,
+                        current_ma: current,
+                        power_mw: power,
+                    });
+                }
+            }
+        }
+        rails
+    }
+
+    /// The PWM fan's duty cycle: `pwm1` of the `pwmfan` hwmon, 0..=255.
+    fn fan_percent(&self) -> Option<f64> {
+        list_dir(&self.path("sys/class/hwmon"))
+            .into_iter()
+            .find(|h| {
+                read_trimmed(&h.join("name")).is_some_and(|n| n == "pwmfan" || n == "pwm-fan")
+            })
+            .and_then(|h| read_number(&h.join("pwm1")))
+            .map(|pwm| pwm / 255.0 * 100.0)
+    }
+
+    /// `/var/lib/nvpmodel/status` (`pmode:0002 fmode:quiet`) named by `/etc/nvpmodel.conf`.
+    fn power_mode(&self) -> Option<PowerMode> {
+        let status = read_trimmed(&self.path("var/lib/nvpmodel/status"))?;
+        let id: u32 = status
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("pmode:"))?
+            .parse()
+            .ok()?;
+        let conf = std::fs::read_to_string(self.path("etc/nvpmodel.conf")).unwrap_or_default();
+        Some(PowerMode {
+            id,
+            name: power_mode_name(&conf, id),
+        })
+    }
+}
+
+/// `# R36 (release), REVISION: 4.0, GCID: …` -> "36.4.0".
+pub fn parse_l4t(release: &str) -> Option<String> {
+    let major = release.strip_prefix("# R")?.split_whitespace().next()?;
+    let revision = release.split("REVISION:").nth(1)?.split(',').next()?.trim();
+    Some(format!("{major}.{revision}"))
+}
+
+/// The `NAME` of `< POWER_MODEL ID=2 NAME=15W >` in nvpmodel.conf.
+fn power_mode_name(conf: &str, id: u32) -> Option<String> {
+    conf.lines()
+        .filter(|l| l.contains("POWER_MODEL"))
+        .find_map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(key))
+                    .map(|v| v.trim_end_matches('>'))
+            };
+            (field("ID=")?.parse::<u32>().ok()? == id)
+                .then(|| field("NAME=").map(str::to_string))
+                .flatten()
+        })
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+fn read_number(path: &Path) -> Option<f64> {
+    read_trimmed(path)?.parse().ok()
+}
+
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|e| e.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    entries
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// The files an Orin Nano on JetPack 6 exposes, with real values.
+    fn orin_nano(root: &Path) {
+        write(
+            root,
+            "proc/device-tree/model",
+            "NVIDIA Jetson Orin Nano Developer Kit\0",
+        );
+        write(
+            root,
+            "etc/nv_tegra_release",
+            "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: Fri Sep 13 04:36:44 UTC 2024\n",
+        );
+        let gpu = "sys/class/devfreq/17000000.ga10b";
+        write(root, &format!("{gpu}/cur_freq"), "306000000\n");
+        write(root, &format!("{gpu}/min_freq"), "306000000\n");
+        write(root, &format!("{gpu}/max_freq"), "624750000\n");
+        write(root, &format!("{gpu}/governor"), "nvhost_podgov\n");
+        write(root, &format!("{gpu}/device/load"), "473\n");
+        write(
+            root,
+            "sys/class/devfreq/3100000.memory/cur_freq",
+            "2133000000\n",
+        );
+        let ina = "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon1";
+        write(root, &format!("{ina}/in1_label"), "VDD_IN\n");
+        write(root, &format!("{ina}/in1_input"), "5072\n");
+        write(root, &format!("{ina}/curr1_input"), "936\n");
+        write(root, &format!("{ina}/in2_label"), "VDD_CPU_GPU_CV\n");
+        write(root, &format!("{ina}/in2_input"), "5064\n");
+        write(root, &format!("{ina}/curr2_input"), "96\n");
+        write(root, "sys/class/hwmon/hwmon2/name", "pwmfan\n");
+        write(root, "sys/class/hwmon/hwmon2/pwm1", "51\n");
+        write(root, "var/lib/nvpmodel/status", "pmode:0001 fmode:quiet\n");
+        write(
+            root,
+            "etc/nvpmodel.conf",
+            "< POWER_MODEL ID=0 NAME=15W >\n< POWER_MODEL ID=1 NAME=7W >\n",
+        );
+    }
+
+    #[test]
+    fn reads_an_orin_nano_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        orin_nano(dir.path());
+        let m = JetsonReader::new(dir.path()).read().unwrap();
+        assert_eq!(m.model, "NVIDIA Jetson Orin Nano Developer Kit");
+        assert_eq!(m.l4t.as_deref(), Some("36.4.0"));
+        let gpu = m.gpu.unwrap();
+        assert_eq!(gpu.name, "17000000.ga10b");
+        assert_eq!(gpu.load_percent, Some(47.3));
+        assert_eq!(
+            (gpu.freq_mhz, gpu.max_freq_mhz),
+            (Some(306.0), Some(624.75))
+        );
+        assert_eq!(gpu.governor.as_deref(), Some("nvhost_podgov"));
+        assert_eq!(m.rails.len(), 2);
+        assert_eq!(m.rails[0].name, "VDD_IN");
+        assert_eq!(m.rails[0].power_mw, Some(5072.0 * 936.0 / 1000.0));
+        assert_eq!(m.fan_percent, Some(20.0));
+        assert_eq!(
+            m.power_mode,
+            Some(PowerMode {
+                id: 1,
+                name: Some("7W".into())
+            })
+        );
+    }
+
+    #[test]
+    fn an_ordinary_pc_is_not_a_jetson() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(JetsonReader::new(dir.path()).read().is_none());
+        write(
+            dir.path(),
+            "proc/device-tree/model",
+            "Raspberry Pi 4 Model B\0",
+        );
+        assert!(JetsonReader::new(dir.path()).read().is_none());
+        assert!(
+            JetsonReader::new("/").read().is_none() || Path::new("/etc/nv_tegra_release").exists()
+        );
+    }
+
+    #[test]
+    fn l4t_releases() {
+        assert_eq!(
+            parse_l4t("# R32 (release), REVISION: 7.4, GCID: 33514132").as_deref(),
+            Some("32.7.4")
+        );
+        assert_eq!(parse_l4t("garbage"), None);
+    }
+}
