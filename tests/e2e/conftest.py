@@ -79,9 +79,14 @@ def stop_serve(served):
         pytest.fail("jetsonmind serve did not stop on SIGTERM")
 
 
+# Most tests repeat the same deterministic call over several transports and
+# eras; each must reach the model, not the inference cache (tested on its own).
+NO_CACHE = {"JETSONMIND_CACHE__ENABLED": "false"}
+
+
 @pytest.fixture(scope="session")
 def served(binary, data_dir, tmp_path_factory):
-    served = start_serve(binary, data_dir, tmp_path_factory.mktemp("logs") / "serve.log")
+    served = start_serve(binary, data_dir, tmp_path_factory.mktemp("logs") / "serve.log", NO_CACHE)
     yield served
     stop_serve(served)
 
@@ -91,7 +96,9 @@ def transport(request, served, binary, data_dir):
     """The gateway of `jetsonmind serve`, over Streamable HTTP or stdio."""
     if request.param == "http":
         return served.url
-    return StdioServerParameters(command=str(binary), args=["serve", "--stdio", "--data-dir", str(data_dir)])
+    return StdioServerParameters(
+        command=str(binary), args=["serve", "--stdio", "--data-dir", str(data_dir)], env={**os.environ, **NO_CACHE}
+    )
 
 
 @pytest.fixture(params=["legacy", "auto"])

@@ -2,6 +2,8 @@
 gateway, driven by the official Python MCP SDK: answers, progress,
 cancellation and concurrent calls, in both protocol eras."""
 
+import json
+
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
@@ -104,3 +106,19 @@ async def test_cancelling_stops_the_generation(one_slot, binary, data_dir, mode,
             assert "busy" in result.content[0].text, result.content[0].text
             await anyio.sleep(0.1)
         assert not result.is_error, result.content[0].text
+
+
+async def test_repeated_deterministic_calls_come_from_the_cache(binary, data_dir, tmp_path):
+    served = start_serve(binary, data_dir, tmp_path / "serve.log")
+    try:
+        async with Client(served.url, mode="auto") as client:
+            args = {"prompt": "Name a planet.", "temperature": 0, "max_tokens": 16}
+            first = await client.call_tool("text_generate", args)
+            second = await client.call_tool("text_generate", args)
+            assert (first.structured_content["cached"], second.structured_content["cached"]) == (False, True)
+            assert first.content[0].text == second.content[0].text
+            report = json.loads((await client.read_resource("jetson://cache/inference")).contents[0].text)
+            assert (report["hits"], report["misses"], report["entries"]) == (1, 1, 1)
+            assert report["recent"][0]["tool"] == "text_generate"
+    finally:
+        stop_serve(served)

@@ -13,9 +13,11 @@ pub mod text;
 use std::sync::Arc;
 
 use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::{CallToolResult, JsonObject};
+use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, not_available, tool_from};
+use jetsonmind_data::cache::InferenceCache;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::engine::llama::LlamaSettings;
 use crate::models::ModelRegistry;
@@ -29,7 +31,8 @@ pub struct ComputeServer {
 }
 
 impl ComputeServer {
-    pub fn new(config: &Config) -> Self {
+    /// `cache` is shared with the data server, which reports on it.
+    pub fn new(config: &Config, cache: Arc<InferenceCache>) -> Self {
         let settings = config.compute.clone();
         let llama = LlamaSettings {
             threads: match settings.threads {
@@ -42,6 +45,7 @@ impl ComputeServer {
         let text = TextService {
             models: ModelRegistry::new(config.models_dir(), settings.default_model.clone(), llama),
             scheduler: Scheduler::new(settings.parallel, settings.queue_depth),
+            cache,
             settings,
         };
         Self {
@@ -56,8 +60,8 @@ fn available_cores() -> usize {
 }
 
 /// Arguments already passed the schema; this only fails on a schema bug.
-fn parse<T: DeserializeOwned>(arguments: JsonObject) -> Result<T, McpError> {
-    serde_json::from_value(serde_json::Value::Object(arguments))
+fn parse<T: DeserializeOwned>(arguments: &Value) -> Result<T, McpError> {
+    T::deserialize(arguments)
         .map_err(|e| McpError::invalid_params(format!("invalid arguments: {e}"), None))
 }
 
@@ -108,15 +112,17 @@ impl McpUnit for ComputeServer {
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         let reason = match call.name.as_str() {
             "text_generate" => {
+                let raw = Value::Object(call.arguments);
                 return Ok(self
                     .text
-                    .text_generate(parse(call.arguments)?, call.context)
+                    .text_generate(parse(&raw)?, &raw, call.context)
                     .await);
             }
             "code_complete" => {
+                let raw = Value::Object(call.arguments);
                 return Ok(self
                     .text
-                    .code_complete(parse(call.arguments)?, call.context)
+                    .code_complete(parse(&raw)?, &raw, call.context)
                     .await);
             }
             "image_analyze" | "multi_modal_inference" => {

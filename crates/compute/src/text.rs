@@ -9,7 +9,8 @@ use jetsonmind_core::rmcp::RoleServer;
 use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::tool_error;
-use serde_json::json;
+use jetsonmind_data::cache::{InferenceCache, cache_key};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::engine::{EngineError, Flow, GenerateRequest, Generation, Prompt, Sampling, TextEngine};
@@ -23,6 +24,7 @@ const DEFAULT_CODE_MAX_TOKENS: u32 = 128;
 /// Everything a generation needs from the compute server.
 pub struct TextService {
     pub models: ModelRegistry,
+    pub cache: Arc<InferenceCache>,
     pub scheduler: Scheduler,
     pub settings: ComputeConfig,
 }
@@ -39,40 +41,49 @@ pub enum CallError {
 }
 
 impl TextService {
+    /// `arguments` is the call as sent, the key for the inference cache.
     pub async fn text_generate(
         &self,
         args: TextGenerateArgs,
+        arguments: &Value,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let result = async {
             let turns = self.chat_turns(&args)?;
             let engine = self.models.get(args.model.as_deref()).await?;
-            let request = GenerateRequest {
-                prompt: Prompt::Chat(turns),
-                max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-                sampling: Sampling {
-                    temperature: args.temperature.unwrap_or(0.7),
-                    top_p: positive_or(args.top_p, 0.95)?,
-                    top_k: args.top_k.unwrap_or(40),
-                    seed: args.seed.map_or_else(random_seed, |s| s as u32),
-                },
-                stop: checked_stop(args.stop.unwrap_or_default())?,
-            };
-            let generation = self.run(engine.clone(), request, &context).await?;
-            Ok::<_, CallError>((engine, generation))
+            // Greedy decoding, or a given seed, always gives the same text.
+            let deterministic = args.temperature == Some(0.0) || args.seed.is_some();
+            let key =
+                deterministic.then(|| cache_key("text_generate", &engine.info().id, arguments));
+            self.cached_or_run("text_generate", &engine, key, async {
+                let request = GenerateRequest {
+                    prompt: Prompt::Chat(turns),
+                    max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                    sampling: Sampling {
+                        temperature: args.temperature.unwrap_or(0.7),
+                        top_p: positive_or(args.top_p, 0.95)?,
+                        top_k: args.top_k.unwrap_or(40),
+                        seed: args.seed.map_or_else(random_seed, |s| s as u32),
+                    },
+                    stop: checked_stop(args.stop.unwrap_or_default())?,
+                };
+                let generation = self.run(engine.clone(), request, &context).await?;
+                Ok(generation_json(
+                    engine.as_ref(),
+                    &generation.text,
+                    &generation,
+                ))
+            })
+            .await
         }
         .await;
-        match result {
-            Ok((engine, generation)) => {
-                generation_result(engine.as_ref(), generation.text.clone(), &generation)
-            }
-            Err(e) => tool_error(e.to_string()),
-        }
+        result.map_or_else(|e| tool_error(e.to_string()), tool_result)
     }
 
     pub async fn code_complete(
         &self,
         args: CodeCompleteArgs,
+        arguments: &Value,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let result = async {
@@ -87,34 +98,53 @@ impl TextService {
                 + args.suffix.as_ref().map_or(0, String::len);
             self.check_prompt_size(bytes)?;
             let engine = self.models.get(args.model.as_deref()).await?;
-            let fim = engine.info().supports_fill_in_middle;
-            let prompt = if fim {
-                fill_in_middle(&args)
-            } else {
-                instruct_completion(&args)
-            };
-            let request = GenerateRequest {
-                prompt,
-                max_tokens: args.max_tokens.unwrap_or(DEFAULT_CODE_MAX_TOKENS),
-                sampling: Sampling {
-                    temperature: 0.0,
-                    top_p: 1.0,
-                    top_k: 0,
-                    seed: 0,
-                },
-                stop: Vec::new(),
-            };
-            let generation = self.run(engine.clone(), request, &context).await?;
-            let completion = strip_to_completion(&generation.text, &args.code);
-            Ok::<_, CallError>((engine, completion, generation))
+            // Completion is greedy, so always cacheable.
+            let key = Some(cache_key("code_complete", &engine.info().id, arguments));
+            self.cached_or_run("code_complete", &engine, key, async {
+                let fim = engine.info().supports_fill_in_middle;
+                let prompt = if fim {
+                    fill_in_middle(&args)
+                } else {
+                    instruct_completion(&args)
+                };
+                let request = GenerateRequest {
+                    prompt,
+                    max_tokens: args.max_tokens.unwrap_or(DEFAULT_CODE_MAX_TOKENS),
+                    sampling: Sampling {
+                        temperature: 0.0,
+                        top_p: 1.0,
+                        top_k: 0,
+                        seed: 0,
+                    },
+                    stop: Vec::new(),
+                };
+                let generation = self.run(engine.clone(), request, &context).await?;
+                let completion = strip_to_completion(&generation.text, &args.code);
+                Ok(generation_json(engine.as_ref(), &completion, &generation))
+            })
+            .await
         }
         .await;
-        match result {
-            Ok((engine, completion, generation)) => {
-                generation_result(engine.as_ref(), completion, &generation)
-            }
-            Err(e) => tool_error(e.to_string()),
+        result.map_or_else(|e| tool_error(e.to_string()), tool_result)
+    }
+
+    /// The cached answer for `key`, or run and remember it. `None`: not cacheable.
+    async fn cached_or_run(
+        &self,
+        tool: &str,
+        engine: &Arc<dyn TextEngine>,
+        key: Option<String>,
+        run: impl std::future::Future<Output = Result<Value, CallError>>,
+    ) -> Result<Value, CallError> {
+        if let Some(mut hit) = key.as_deref().and_then(|k| self.cache.get(k)) {
+            hit["cached"] = Value::Bool(true);
+            return Ok(hit);
         }
+        let out = run.await?;
+        if let Some(key) = key {
+            self.cache.put(key, tool, &engine.info().id, out.clone());
+        }
+        Ok(out)
     }
 
     fn chat_turns(&self, args: &TextGenerateArgs) -> Result<Vec<(ChatRole, String)>, CallError> {
@@ -221,12 +251,8 @@ async fn relay_progress(
     }
 }
 
-fn generation_result(
-    engine: &dyn TextEngine,
-    text: String,
-    generation: &Generation,
-) -> CallToolResult {
-    let structured = json!({
+fn generation_json(engine: &dyn TextEngine, text: &str, generation: &Generation) -> Value {
+    json!({
         "text": text,
         "model": engine.info().id,
         "finish_reason": generation.finish_reason,
@@ -235,7 +261,12 @@ fn generation_result(
             "completion_tokens": generation.completion_tokens,
         },
         "timings": generation.timings,
-    });
+        "cached": false,
+    })
+}
+
+fn tool_result(structured: Value) -> CallToolResult {
+    let text = structured["text"].as_str().unwrap_or_default().to_string();
     let mut result = CallToolResult::structured(structured);
     // Clients that read only text get the answer, not the JSON around it.
     result.content = vec![ContentBlock::text(text)];

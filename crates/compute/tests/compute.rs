@@ -16,7 +16,10 @@ fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
 async fn client()
 -> jetsonmind_core::rmcp::service::RunningService<jetsonmind_core::rmcp::RoleClient, ()> {
     testing::connect(UnitServer::new(
-        Arc::new(ComputeServer::new(&jetsonmind_core::Config::default())),
+        Arc::new(ComputeServer::new(
+            &jetsonmind_core::Config::default(),
+            Default::default(),
+        )),
         McpConfig::default(),
     ))
     .await

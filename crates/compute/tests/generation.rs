@@ -30,9 +30,12 @@ fn repo() -> PathBuf {
     root
 }
 
+/// Without the inference cache: a repeated call must reach the model, or
+/// determinism and progress would be tested against a cached answer.
 fn config(edit: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::default();
     config.data.dir = repo();
+    config.cache.enabled = false;
     edit(&mut config);
     config
 }
@@ -67,7 +70,10 @@ impl Progress {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn client(config: Config) -> (RunningService<RoleClient, Progress>, Progress) {
-    let server = UnitServer::new(Arc::new(ComputeServer::new(&config)), McpConfig::default());
+    let server = UnitServer::new(
+        Arc::new(ComputeServer::new(&config, Default::default())),
+        McpConfig::default(),
+    );
     let progress = Progress::default();
     (
         progress.clone().serve(in_process(server)).await.unwrap(),
@@ -319,4 +325,48 @@ async fn bad_requests_get_clear_errors() {
         ))
         .await
         .unwrap());
+}
+
+#[tokio::test]
+async fn deterministic_calls_are_answered_from_the_cache() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let config = config(|c| c.cache.enabled = true);
+    let cache = Arc::new(jetsonmind_data::cache::InferenceCache::new(
+        (&config.cache).into(),
+    ));
+    let server = UnitServer::new(
+        Arc::new(ComputeServer::new(&config, cache.clone())),
+        McpConfig::default(),
+    );
+    let client = Progress::default().serve(in_process(server)).await.unwrap();
+    let greedy = json!({"prompt": "Name a colour.", "temperature": 0, "max_tokens": 12});
+    let first = ok(client
+        .call_tool(call("text_generate", greedy.clone()))
+        .await
+        .unwrap());
+    let second = ok(client
+        .call_tool(call("text_generate", greedy))
+        .await
+        .unwrap());
+    assert_eq!(
+        (first["cached"].clone(), second["cached"].clone()),
+        (json!(false), json!(true))
+    );
+    assert_eq!(first["text"], second["text"]);
+    // Sampling without a seed is not deterministic: never cached.
+    let sampled = json!({"prompt": "Name a colour.", "temperature": 0.8, "max_tokens": 12});
+    let out = ok(client
+        .call_tool(call("text_generate", sampled.clone()))
+        .await
+        .unwrap());
+    let again = ok(client
+        .call_tool(call("text_generate", sampled))
+        .await
+        .unwrap());
+    assert_eq!(
+        (out["cached"].clone(), again["cached"].clone()),
+        (json!(false), json!(false))
+    );
+    let report = cache.report();
+    assert_eq!((report.hits, report.misses, report.entries), (1, 1, 1));
 }

@@ -24,6 +24,28 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub data: DataConfig,
     pub compute: ComputeConfig,
+    pub cache: CacheConfig,
+}
+
+/// The inference cache: answers of deterministic calls, reused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// How long an answer is reused.
+    pub ttl_secs: u64,
+    /// Memory for cached answers; the least recently used go first.
+    pub max_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_secs: 3600,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// Streamable HTTP transport settings and limits.

@@ -4,6 +4,7 @@
 //! `jetson://cache/inference`, `jetson://config/settings`,
 //! `jetson://performance/analytics`, and the template `jetson://models/{name}`.
 
+pub mod cache;
 pub mod models;
 pub mod telemetry;
 
@@ -17,6 +18,7 @@ use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity};
 
+use crate::cache::InferenceCache;
 use crate::models::ModelDir;
 use crate::telemetry::LinuxReader;
 
@@ -29,16 +31,19 @@ const MODEL_PREFIX: &str = "jetson://models/";
 
 pub struct DataServer {
     config: Config,
+    cache: Arc<InferenceCache>,
     telemetry: LinuxReader,
     models: ModelDir,
     catalog: Arc<Catalog>,
 }
 
 impl DataServer {
-    pub fn new(config: Config) -> Self {
+    /// `cache` is the compute server's inference cache when both run in one process.
+    pub fn new(config: Config, cache: Arc<InferenceCache>) -> Self {
         let models = ModelDir::new(config.models_dir());
         Self {
             config,
+            cache,
             telemetry: LinuxReader::new("/"),
             models,
             catalog: Arc::new(catalog()),
@@ -118,10 +123,7 @@ impl McpUnit for DataServer {
             SYSTEM_METRICS => json_resource(uri, &self.telemetry.snapshot().await),
             MODELS_AVAILABLE => json_resource(uri, &self.models.list()?),
             CONFIG_SETTINGS => json_resource(uri, &self.config),
-            CACHE_INFERENCE => Err(resource_not_available(
-                uri,
-                "the inference cache is not built yet",
-            )),
+            CACHE_INFERENCE => json_resource(uri, &self.cache.report()),
             PERFORMANCE_ANALYTICS => Err(resource_not_available(
                 uri,
                 "performance analytics are not built yet",

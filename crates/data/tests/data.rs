@@ -14,7 +14,7 @@ async fn client(data_dir: &std::path::Path) -> RunningService<RoleClient, ()> {
     let mut config = Config::default();
     config.data.dir = data_dir.to_path_buf();
     testing::connect(UnitServer::new(
-        Arc::new(DataServer::new(config)),
+        Arc::new(DataServer::new(config, Default::default())),
         McpConfig::default(),
     ))
     .await
@@ -117,11 +117,24 @@ async fn unknown_and_unbuilt_resources_are_clear_errors() {
         error.to_string().contains("no model named missing.gguf"),
         "{error}"
     );
-    let error = read_json(&client, "jetson://cache/inference")
+    let error = read_json(&client, "jetson://performance/analytics")
         .await
         .unwrap_err();
     assert!(
         error.to_string().contains("not available on this node"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn the_inference_cache_reports_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(dir.path()).await;
+    let cache = read_json(&client, "jetson://cache/inference")
+        .await
+        .unwrap();
+    assert_eq!(cache["enabled"], true);
+    assert_eq!(cache["entries"], 0);
+    assert_eq!(cache["max_bytes"], 16 * 1024 * 1024);
+    assert_eq!(cache["hit_rate"], Value::Null);
 }

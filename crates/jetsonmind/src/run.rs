@@ -9,6 +9,7 @@ use jetsonmind_control::ControlServer;
 use jetsonmind_core::serve::{self, MCP_PATH};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::DataServer;
+use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Connector, Gateway};
 use tokio_util::sync::CancellationToken;
@@ -29,8 +30,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models(command) => crate::models::run(command, &config),
-        Command::Compute(t) => serve_unit(ComputeServer::new(&config), t, config, shutdown).await,
-        Command::Data(t) => serve_unit(DataServer::new(config.clone()), t, config, shutdown).await,
+        Command::Compute(t) => {
+            serve_unit(
+                ComputeServer::new(&config, new_cache(&config)),
+                t,
+                config,
+                shutdown,
+            )
+            .await
+        }
+        Command::Data(t) => {
+            serve_unit(
+                DataServer::new(config.clone(), new_cache(&config)),
+                t,
+                config,
+                shutdown,
+            )
+            .await
+        }
         Command::Control(t) => serve_unit(ControlServer::default(), t, config, shutdown).await,
         Command::Gateway(t) => {
             let backends = Gateway::configured_backends(&config.gateway);
@@ -44,10 +61,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn new_cache(config: &Config) -> Arc<InferenceCache> {
+    Arc::new(InferenceCache::new((&config.cache).into()))
+}
+
 /// compute, data and control, each reached through an in-memory MCP pipe.
 fn in_process_backends(config: &Config) -> Vec<Backend> {
-    let compute = Arc::new(ComputeServer::new(config));
-    let data = Arc::new(DataServer::new(config.clone()));
+    // One cache: compute fills it, data reports on it.
+    let cache = new_cache(config);
+    let compute = Arc::new(ComputeServer::new(config, cache.clone()));
+    let data = Arc::new(DataServer::new(config.clone(), cache));
     let control = Arc::new(ControlServer::default());
     vec![
         in_process("compute", compute, config),

@@ -1,0 +1,309 @@
+//! The inference cache: exact-match answers for deterministic calls.
+//!
+//! A call is deterministic when the same model, arguments and seed give the
+//! same output (greedy decoding, or an explicit seed). Its answer is kept for
+//! `ttl`, within a byte budget, least recently used out first; hits, misses
+//! and evictions are counted for `jetson://cache/inference`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_bytes: usize,
+}
+
+struct Entry {
+    value: Value,
+    bytes: usize,
+    stored: Instant,
+    tool: String,
+    model: String,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    /// last-use tick -> key: the first is the least recently used.
+    order: BTreeMap<u64, String>,
+    tick: u64,
+    bytes: usize,
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+}
+
+pub struct InferenceCache {
+    settings: CacheSettings,
+    state: Mutex<State>,
+}
+
+/// What `jetson://cache/inference` shows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CacheReport {
+    pub enabled: bool,
+    pub entries: usize,
+    pub bytes: usize,
+    pub max_bytes: usize,
+    pub ttl_seconds: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub hit_rate: Option<f64>,
+    pub recent: Vec<CachedCall>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CachedCall {
+    pub key: String,
+    pub tool: String,
+    pub model: String,
+    pub bytes: usize,
+    pub age_seconds: u64,
+}
+
+/// The key of a call: tool, model identity and the canonical arguments.
+/// `serde_json` maps are ordered, so equal arguments serialise equally.
+pub fn cache_key(tool: &str, model: &str, arguments: &Value) -> String {
+    let mut hasher = Sha256::new();
+    for part in [tool, model, &arguments.to_string()] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+impl From<&jetsonmind_core::config::CacheConfig> for CacheSettings {
+    fn from(config: &jetsonmind_core::config::CacheConfig) -> Self {
+        Self {
+            enabled: config.enabled,
+            ttl: Duration::from_secs(config.ttl_secs),
+            max_bytes: config.max_bytes,
+        }
+    }
+}
+
+impl Default for InferenceCache {
+    fn default() -> Self {
+        Self::new((&jetsonmind_core::config::CacheConfig::default()).into())
+    }
+}
+
+impl InferenceCache {
+    pub fn new(settings: CacheSettings) -> Self {
+        Self {
+            settings,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("cache lock")
+    }
+
+    pub fn get(&self, key: &str) -> Option<Value> {
+        if !self.settings.enabled {
+            return None;
+        }
+        let mut state = self.state();
+        let fresh = state
+            .entries
+            .get(key)
+            .map(|e| e.stored.elapsed() < self.settings.ttl);
+        match fresh {
+            Some(true) => {
+                state.hits += 1;
+                state.tick += 1;
+                let tick = state.tick;
+                let entry = state.entries.get_mut(key).expect("present");
+                let previous = std::mem::replace(&mut entry.last_used, tick);
+                let value = entry.value.clone();
+                state.order.remove(&previous);
+                state.order.insert(tick, key.to_string());
+                Some(value)
+            }
+            Some(false) => {
+                remove(&mut state, key);
+                state.misses += 1;
+                None
+            }
+            None => {
+                state.misses += 1;
+                None
+            }
+        }
+    }
+
+    pub fn put(&self, key: String, tool: &str, model: &str, value: Value) {
+        if !self.settings.enabled {
+            return;
+        }
+        let bytes = key.len() + value.to_string().len();
+        if bytes > self.settings.max_bytes {
+            return;
+        }
+        let mut state = self.state();
+        remove(&mut state, &key);
+        while state.bytes + bytes > self.settings.max_bytes {
+            let Some((_, oldest)) = state.order.pop_first() else {
+                break;
+            };
+            if let Some(entry) = state.entries.remove(&oldest) {
+                state.bytes -= entry.bytes;
+                state.evictions += 1;
+            }
+        }
+        state.tick += 1;
+        let tick = state.tick;
+        state.order.insert(tick, key.clone());
+        state.bytes += bytes;
+        let entry = Entry {
+            value,
+            bytes,
+            stored: Instant::now(),
+            tool: tool.into(),
+            model: model.into(),
+            last_used: tick,
+        };
+        state.entries.insert(key, entry);
+    }
+
+    pub fn report(&self) -> CacheReport {
+        let state = self.state();
+        let lookups = state.hits + state.misses;
+        let recent = state
+            .order
+            .values()
+            .rev()
+            .take(20)
+            .filter_map(|key| {
+                let e = state.entries.get(key)?;
+                Some(CachedCall {
+                    key: key[..16].to_string(),
+                    tool: e.tool.clone(),
+                    model: e.model.clone(),
+                    bytes: e.bytes,
+                    age_seconds: e.stored.elapsed().as_secs(),
+                })
+            })
+            .collect();
+        CacheReport {
+            enabled: self.settings.enabled,
+            entries: state.entries.len(),
+            bytes: state.bytes,
+            max_bytes: self.settings.max_bytes,
+            ttl_seconds: self.settings.ttl.as_secs(),
+            hits: state.hits,
+            misses: state.misses,
+            evictions: state.evictions,
+            hit_rate: (lookups > 0).then(|| state.hits as f64 / lookups as f64),
+            recent,
+        }
+    }
+}
+
+fn remove(state: &mut State, key: &str) {
+    if let Some(entry) = state.entries.remove(key) {
+        state.bytes -= entry.bytes;
+        state.order.remove(&entry.last_used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cache(max_bytes: usize, ttl: Duration) -> InferenceCache {
+        InferenceCache::new(CacheSettings {
+            enabled: true,
+            ttl,
+            max_bytes,
+        })
+    }
+
+    #[test]
+    fn hits_misses_and_key_stability() {
+        let cache = cache(1 << 20, Duration::from_secs(60));
+        let key = cache_key(
+            "text_generate",
+            "m.gguf",
+            &json!({"prompt": "hi", "seed": 1}),
+        );
+        assert_eq!(
+            key,
+            cache_key(
+                "text_generate",
+                "m.gguf",
+                &json!({"seed": 1, "prompt": "hi"})
+            )
+        );
+        assert_ne!(
+            key,
+            cache_key(
+                "text_generate",
+                "other.gguf",
+                &json!({"prompt": "hi", "seed": 1})
+            )
+        );
+        assert_eq!(cache.get(&key), None);
+        cache.put(
+            key.clone(),
+            "text_generate",
+            "m.gguf",
+            json!({"text": "hello"}),
+        );
+        assert_eq!(cache.get(&key), Some(json!({"text": "hello"})));
+        let report = cache.report();
+        assert_eq!((report.hits, report.misses, report.entries), (1, 1, 1));
+        assert_eq!(report.hit_rate, Some(0.5));
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_when_full() {
+        let value = json!({"text": "x".repeat(100)});
+        let one = key_size("a", &value);
+        let cache = cache(one * 2 + 1, Duration::from_secs(60));
+        cache.put("a".repeat(64), "t", "m", value.clone());
+        cache.put("b".repeat(64), "t", "m", value.clone());
+        assert!(cache.get(&"a".repeat(64)).is_some()); // a is now the most recent
+        cache.put("c".repeat(64), "t", "m", value.clone());
+        assert!(cache.get(&"b".repeat(64)).is_none());
+        assert!(cache.get(&"a".repeat(64)).is_some() && cache.get(&"c".repeat(64)).is_some());
+        assert_eq!(cache.report().evictions, 1);
+        assert!(cache.report().bytes <= one * 2 + 1);
+    }
+
+    fn key_size(_: &str, value: &Value) -> usize {
+        64 + value.to_string().len()
+    }
+
+    #[test]
+    fn expired_entries_are_misses() {
+        let cache = cache(1 << 20, Duration::from_millis(20));
+        cache.put("k".repeat(64), "t", "m", json!(1));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(cache.get(&"k".repeat(64)), None);
+        assert_eq!(cache.report().entries, 0);
+    }
+
+    #[test]
+    fn disabled_stores_nothing() {
+        let cache = InferenceCache::new(CacheSettings {
+            enabled: false,
+            ttl: Duration::from_secs(1),
+            max_bytes: 1024,
+        });
+        cache.put("k".repeat(64), "t", "m", json!(1));
+        assert_eq!(cache.get(&"k".repeat(64)), None);
+        assert_eq!(cache.report().misses, 0);
+    }
+}
