@@ -3,9 +3,11 @@
 //! fan, and the nvpmodel power mode. Every path is under a root directory so
 //! tests run on fake trees.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
+
+use super::sysfs::{file_name, list_dir, read_number, read_trimmed};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JetsonMetrics {
@@ -174,33 +176,10 @@ fn power_mode_name(conf: &str, id: u32) -> Option<String> {
         })
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    (!text.is_empty()).then(|| text.to_string())
-}
-
-fn read_number(path: &Path) -> Option<f64> {
-    read_trimmed(path)?.parse().ok()
-}
-
-fn list_dir(dir: &Path) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|e| e.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    entries.sort();
-    entries
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn write(root: &Path, rel: &str, text: &str) {
         let path = root.join(rel);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::jetson::{JetsonMetrics, JetsonReader};
+use super::sysfs::{file_name, list_dir, read_number, read_trimmed};
 
 /// One snapshot of this machine.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -325,24 +326,14 @@ fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
 
 /// `thermal_zone*/{type,temp}`; temp is in millidegrees Celsius.
 fn read_thermal_zones(dir: &Path) -> Vec<ThermalZone> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut zones: Vec<(String, ThermalZone)> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("thermal_zone"))
-        .filter_map(|e| {
-            let path = e.path();
-            let millis: f64 = std::fs::read_to_string(path.join("temp"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            let name = std::fs::read_to_string(path.join("type"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| e.file_name().to_string_lossy().into_owned());
+    let mut zones: Vec<(String, ThermalZone)> = list_dir(dir)
+        .into_iter()
+        .filter(|zone| file_name(zone).starts_with("thermal_zone"))
+        .filter_map(|zone| {
+            let millis = read_number(&zone.join("temp"))?;
+            let name = read_trimmed(&zone.join("type")).unwrap_or_else(|| file_name(&zone));
             Some((
-                e.file_name().to_string_lossy().into_owned(),
+                file_name(&zone),
                 ThermalZone {
                     name,
                     celsius: millis / 1000.0,

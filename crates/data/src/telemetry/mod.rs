@@ -5,6 +5,7 @@
 
 pub mod jetson;
 mod linux;
+mod sysfs;
 pub mod tegrastats;
 
 pub use jetson::{JetsonMetrics, JetsonReader};
