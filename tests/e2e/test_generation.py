@@ -3,6 +3,7 @@ gateway, driven by the official Python MCP SDK: answers, progress,
 cancellation and concurrent calls, in both protocol eras."""
 
 import json
+import urllib.request
 
 import anyio
 import pytest
@@ -122,3 +123,26 @@ async def test_repeated_deterministic_calls_come_from_the_cache(binary, data_dir
             assert report["recent"][0]["tool"] == "text_generate"
     finally:
         stop_serve(served)
+
+
+async def test_calls_show_in_analytics_and_prometheus_metrics(served):
+    async with Client(served.url, mode="auto") as client:
+        result = await client.call_tool("text_generate", {"prompt": "Say hello.", "max_tokens": 8})
+        assert not result.is_error
+        await client.call_tool("text_generate", {"prompt": 1})  # a schema violation counts as an error
+        analytics = json.loads((await client.read_resource("jetson://performance/analytics")).contents[0].text)
+    series = {(s["server"], s["tool"], s["model"]): s for s in analytics["series"]}
+    ok = series[("jetsonmind-compute", "text_generate", "SmolLM2-135M-Instruct.Q4_1.gguf")]
+    assert ok["calls"] >= 1 and ok["completion_tokens"] >= 1
+    assert ok["windows"]["1m"]["p50_ms"] > 0
+    assert ok["windows"]["1m"]["tokens_per_second"] > 0
+    # The gateway checked the arguments and refused the call before compute saw it.
+    assert series[("jetsonmind-gateway", "text_generate", "")]["errors"] >= 1
+
+    with urllib.request.urlopen(served.url.removesuffix("/mcp") + "/metrics", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        metrics = response.read().decode()
+    labels = 'server="jetsonmind-compute",tool="text_generate",model="SmolLM2-135M-Instruct.Q4_1.gguf"'
+    assert f'jetsonmind_tool_calls_total{{{labels},outcome="ok"}}' in metrics
+    assert f'jetsonmind_tool_call_duration_seconds{{{labels},quantile="0.99"}}' in metrics
+    assert "# TYPE jetsonmind_completion_tokens_total counter" in metrics

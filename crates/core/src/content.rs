@@ -21,8 +21,3 @@ pub fn json_tool_result(value: &impl Serialize) -> CallToolResult {
         Err(e) => crate::tool_error(format!("cannot encode result: {e}")),
     }
 }
-
-/// A resource that exists but whose engine is not on this node.
-pub fn resource_not_available(uri: &str, reason: &str) -> McpError {
-    McpError::internal_error(format!("not available on this node: {uri}: {reason}"), None)
-}

@@ -20,7 +20,7 @@ pub mod unit;
 pub use catalog::{Catalog, tool_from};
 pub use config::Config;
 pub use error::{CoreError, not_available, tool_error};
-pub use unit::{McpUnit, ToolCall, UnitIdentity, UnitServer};
+pub use unit::{CallObserver, McpUnit, ToolCall, UnitIdentity, UnitServer};
 
 /// Re-exported so the server crates name one rmcp, the one pinned here.
 pub use rmcp;

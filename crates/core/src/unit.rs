@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
@@ -68,6 +69,18 @@ pub trait McpUnit: Send + Sync + 'static {
 pub struct UnitServer<U> {
     unit: Arc<U>,
     settings: Arc<McpConfig>,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// Told of every call of a known tool once it has an outcome (analytics).
+pub trait CallObserver: Send + Sync + 'static {
+    fn tool_called(
+        &self,
+        server: &str,
+        tool: &str,
+        elapsed: Duration,
+        outcome: &Result<CallToolResult, McpError>,
+    );
 }
 
 impl<U> Clone for UnitServer<U> {
@@ -75,6 +88,7 @@ impl<U> Clone for UnitServer<U> {
         Self {
             unit: self.unit.clone(),
             settings: self.settings.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -84,7 +98,13 @@ impl<U: McpUnit> UnitServer<U> {
         Self {
             unit,
             settings: Arc::new(settings),
+            observer: None,
         }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn unit(&self) -> &Arc<U> {
@@ -193,19 +213,30 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
                 None,
             ));
         };
-        if !violations.is_empty() {
+        drop(catalog);
+        let started = Instant::now();
+        let outcome = if violations.is_empty() {
+            let call = ToolCall {
+                name: name.clone(),
+                arguments,
+                context,
+            };
+            self.unit.call_tool(call).await
+        } else {
             // A tool-level error, not a protocol one, so the model sees what
             // to fix (MCP 2025-11-25: input validation errors are tool errors).
             let message = format!("invalid arguments for {name}: {}", violations.join("; "));
-            return Ok(CallToolResponse::Complete(tool_error(message)));
-        }
-        drop(catalog);
-        let call = ToolCall {
-            name,
-            arguments,
-            context,
+            Ok(tool_error(message))
         };
-        let mut result = self.unit.call_tool(call).await?;
+        if let Some(observer) = &self.observer {
+            observer.tool_called(
+                self.unit.identity().name,
+                &name,
+                started.elapsed(),
+                &outcome,
+            );
+        }
+        let mut result = outcome?;
         result.result_type.get_or_insert(ResultType::COMPLETE);
         Ok(CallToolResponse::Complete(result))
     }

@@ -4,13 +4,14 @@
 //! `jetson://cache/inference`, `jetson://config/settings`,
 //! `jetson://performance/analytics`, and the template `jetson://models/{name}`.
 
+pub mod analytics;
 pub mod cache;
 pub mod models;
 pub mod telemetry;
 
 use std::sync::Arc;
 
-use jetsonmind_core::content::{json_resource, resource_not_available};
+use jetsonmind_core::content::json_resource;
 use jetsonmind_core::rmcp::model::{
     CallToolResult, ReadResourceResult, Resource, ResourceTemplate,
 };
@@ -18,6 +19,7 @@ use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity};
 
+use crate::analytics::Analytics;
 use crate::cache::InferenceCache;
 use crate::models::ModelDir;
 use crate::telemetry::LinuxReader;
@@ -32,6 +34,7 @@ const MODEL_PREFIX: &str = "jetson://models/";
 pub struct DataServer {
     config: Config,
     cache: Arc<InferenceCache>,
+    analytics: Arc<Analytics>,
     telemetry: LinuxReader,
     models: ModelDir,
     catalog: Arc<Catalog>,
@@ -39,11 +42,12 @@ pub struct DataServer {
 
 impl DataServer {
     /// `cache` is the compute server's inference cache when both run in one process.
-    pub fn new(config: Config, cache: Arc<InferenceCache>) -> Self {
+    pub fn new(config: Config, cache: Arc<InferenceCache>, analytics: Arc<Analytics>) -> Self {
         let models = ModelDir::new(config.models_dir());
         Self {
             config,
             cache,
+            analytics,
             telemetry: LinuxReader::new("/"),
             models,
             catalog: Arc::new(catalog()),
@@ -124,10 +128,10 @@ impl McpUnit for DataServer {
             MODELS_AVAILABLE => json_resource(uri, &self.models.list()?),
             CONFIG_SETTINGS => json_resource(uri, &self.config),
             CACHE_INFERENCE => json_resource(uri, &self.cache.report()),
-            PERFORMANCE_ANALYTICS => Err(resource_not_available(
+            PERFORMANCE_ANALYTICS => json_resource(
                 uri,
-                "performance analytics are not built yet",
-            )),
+                &serde_json::json!({ "series": self.analytics.report() }),
+            ),
             _ => match uri.strip_prefix(MODEL_PREFIX) {
                 Some(name) => json_resource(uri, &self.models.get(name)?),
                 None => Err(McpError::resource_not_found(

@@ -14,7 +14,11 @@ async fn client(data_dir: &std::path::Path) -> RunningService<RoleClient, ()> {
     let mut config = Config::default();
     config.data.dir = data_dir.to_path_buf();
     testing::connect(UnitServer::new(
-        Arc::new(DataServer::new(config, Default::default())),
+        Arc::new(DataServer::new(
+            config,
+            Default::default(),
+            Default::default(),
+        )),
         McpConfig::default(),
     ))
     .await
@@ -98,7 +102,7 @@ async fn models_and_settings_reflect_the_data_dir() {
 }
 
 #[tokio::test]
-async fn unknown_and_unbuilt_resources_are_clear_errors() {
+async fn unknown_resources_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let client = client(dir.path()).await;
     let error = read_json(&client, "jetson://nothing/here")
@@ -117,13 +121,16 @@ async fn unknown_and_unbuilt_resources_are_clear_errors() {
         error.to_string().contains("no model named missing.gguf"),
         "{error}"
     );
-    let error = read_json(&client, "jetson://performance/analytics")
+}
+
+#[tokio::test]
+async fn analytics_start_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(dir.path()).await;
+    let analytics = read_json(&client, "jetson://performance/analytics")
         .await
-        .unwrap_err();
-    assert!(
-        error.to_string().contains("not available on this node"),
-        "{error}"
-    );
+        .unwrap();
+    assert_eq!(analytics["series"], serde_json::json!([]));
 }
 
 #[tokio::test]

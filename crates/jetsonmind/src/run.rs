@@ -4,11 +4,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_core::serve::{self, MCP_PATH};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::DataServer;
+use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Connector, Gateway};
@@ -24,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let shared = Shared::new(&config);
     match cli.command {
         Command::Config => {
             print!("{}", config.to_toml());
@@ -31,56 +35,114 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Models(command) => crate::models::run(command, &config),
         Command::Compute(t) => {
-            serve_unit(
-                ComputeServer::new(&config, new_cache(&config)),
+            let compute = ComputeServer::new(&config, shared.cache.clone());
+            serve_server(
+                shared.server(compute, &config),
                 t,
                 config,
                 shutdown,
+                &shared,
+                Router::new(),
             )
             .await
         }
         Command::Data(t) => {
-            serve_unit(
-                DataServer::new(config.clone(), new_cache(&config)),
+            let data = DataServer::new(
+                config.clone(),
+                shared.cache.clone(),
+                shared.analytics.clone(),
+            );
+            serve_server(
+                shared.server(data, &config),
                 t,
                 config,
                 shutdown,
+                &shared,
+                Router::new(),
             )
             .await
         }
-        Command::Control(t) => serve_unit(ControlServer::default(), t, config, shutdown).await,
+        Command::Control(t) => {
+            let control = ControlServer::default();
+            serve_server(
+                shared.server(control, &config),
+                t,
+                config,
+                shutdown,
+                &shared,
+                Router::new(),
+            )
+            .await
+        }
         Command::Gateway(t) => {
             let backends = Gateway::configured_backends(&config.gateway);
-            serve_gateway(backends, t, config, shutdown).await
+            serve_gateway(backends, t, config, shutdown, &shared).await
         }
         Command::Serve(t) => {
-            let mut backends = in_process_backends(&config);
+            let mut backends = in_process_backends(&config, &shared);
             backends.extend(Gateway::configured_backends(&config.gateway));
-            serve_gateway(backends, t, config, shutdown).await
+            serve_gateway(backends, t, config, shutdown, &shared).await
         }
     }
 }
 
-fn new_cache(config: &Config) -> Arc<InferenceCache> {
-    Arc::new(InferenceCache::new((&config.cache).into()))
+/// What the servers of one process share: compute fills the inference cache
+/// and data reports on it; every server records its calls in the analytics.
+struct Shared {
+    cache: Arc<InferenceCache>,
+    analytics: Arc<Analytics>,
+}
+
+impl Shared {
+    fn new(config: &Config) -> Self {
+        Self {
+            cache: Arc::new(InferenceCache::new((&config.cache).into())),
+            analytics: Arc::new(Analytics::default()),
+        }
+    }
+
+    fn server<U: McpUnit>(&self, unit: U, config: &Config) -> UnitServer<U> {
+        self.server_arc(Arc::new(unit), config)
+    }
+
+    fn server_arc<U: McpUnit>(&self, unit: Arc<U>, config: &Config) -> UnitServer<U> {
+        UnitServer::new(unit, config.mcp.clone()).with_observer(self.analytics.clone())
+    }
+
+    /// Prometheus text at `/metrics`.
+    fn metrics_route(&self) -> Router {
+        let analytics = self.analytics.clone();
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let analytics = analytics.clone();
+                async move {
+                    (
+                        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        analytics.prometheus(),
+                    )
+                }
+            }),
+        )
+    }
 }
 
 /// compute, data and control, each reached through an in-memory MCP pipe.
-fn in_process_backends(config: &Config) -> Vec<Backend> {
-    // One cache: compute fills it, data reports on it.
-    let cache = new_cache(config);
-    let compute = Arc::new(ComputeServer::new(config, cache.clone()));
-    let data = Arc::new(DataServer::new(config.clone(), cache));
-    let control = Arc::new(ControlServer::default());
+fn in_process_backends(config: &Config, shared: &Shared) -> Vec<Backend> {
+    let compute = ComputeServer::new(config, shared.cache.clone());
+    let data = DataServer::new(
+        config.clone(),
+        shared.cache.clone(),
+        shared.analytics.clone(),
+    );
     vec![
-        in_process("compute", compute, config),
-        in_process("data", data, config),
-        in_process("control", control, config),
+        in_process("compute", shared.server(compute, config)),
+        in_process("data", shared.server(data, config)),
+        in_process("control", shared.server(ControlServer::default(), config)),
     ]
 }
 
-fn in_process<U: McpUnit>(name: &str, unit: Arc<U>, config: &Config) -> Backend {
-    let server = UnitServer::new(unit, config.mcp.clone());
+fn in_process<U: McpUnit>(name: &str, server: UnitServer<U>) -> Backend {
     Backend::new(
         name,
         Connector::InProcess(Arc::new(move || serve::in_process(server.clone()))),
@@ -93,9 +155,10 @@ async fn serve_gateway(
     transport: Transport,
     config: Config,
     shutdown: CancellationToken,
+    shared: &Shared,
 ) -> anyhow::Result<()> {
     let gateway = start_gateway(&config, backends, &shutdown).await?;
-    let server = UnitServer::new(gateway, config.mcp.clone());
+    let server = shared.server_arc(gateway, &config);
     let openai = match transport.stdio {
         true => Router::new(),
         false => serve::guard_headers(
@@ -103,7 +166,7 @@ async fn serve_gateway(
             &config.http,
         ),
     };
-    serve_server(server, transport, config, shutdown, openai).await
+    serve_server(server, transport, config, shutdown, shared, openai).await
 }
 
 async fn start_gateway(
@@ -124,22 +187,13 @@ async fn start_gateway(
     Ok(gateway)
 }
 
-async fn serve_unit<U: McpUnit>(
-    unit: U,
-    t: Transport,
-    config: Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let server = UnitServer::new(Arc::new(unit), config.mcp.clone());
-    serve_server(server, t, config, shutdown, Router::new()).await
-}
-
-/// Serve over stdio, or over HTTP with `extra` routes beside `/mcp`.
+/// Serve over stdio, or over HTTP with `/metrics` and `extra` routes beside `/mcp`.
 async fn serve_server<U: McpUnit>(
     server: UnitServer<U>,
     transport: Transport,
     mut config: Config,
     shutdown: CancellationToken,
+    shared: &Shared,
     extra: Router,
 ) -> anyhow::Result<()> {
     let name = server.unit().identity().name;
@@ -154,6 +208,7 @@ async fn serve_server<U: McpUnit>(
     let (listener, bound) = serve::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let extra = extra.merge(serve::guard_headers(shared.metrics_route(), &config.http));
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
     let router = serve::with_limits(routes, &config.http);
     // Tests and scripts read this line to find the port when listening on :0.
