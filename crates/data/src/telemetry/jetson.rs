@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::sysfs::{file_name, list_dir, read_number, read_trimmed};
+use super::tegrastats_source::TegrastatsStatus;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JetsonMetrics {
@@ -19,6 +20,24 @@ pub struct JetsonMetrics {
     pub rails: Vec<PowerRail>,
     pub fan_percent: Option<f64>,
     pub power_mode: Option<PowerMode>,
+    /// Where GPU load, GPU clock and rails came from (`None`: nowhere).
+    pub sources: JetsonSources,
+    /// The tegrastats fallback, present when it was wanted for this snapshot.
+    pub tegrastats: Option<TegrastatsStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct JetsonSources {
+    pub gpu_load: Option<MetricSource>,
+    pub gpu_freq: Option<MetricSource>,
+    pub rails: Option<MetricSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricSource {
+    Sysfs,
+    Tegrastats,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,13 +88,23 @@ impl JetsonReader {
         if !model.contains("Jetson") && release.is_none() {
             return None;
         }
+        let gpu = self.gpu();
+        let rails = self.rails();
+        let sysfs_if = |found: bool| found.then_some(MetricSource::Sysfs);
+        let sources = JetsonSources {
+            gpu_load: sysfs_if(gpu.as_ref().is_some_and(|g| g.load_percent.is_some())),
+            gpu_freq: sysfs_if(gpu.as_ref().is_some_and(|g| g.freq_mhz.is_some())),
+            rails: sysfs_if(!rails.is_empty()),
+        };
         Some(JetsonMetrics {
             model,
             l4t: release.as_deref().and_then(parse_l4t),
-            gpu: self.gpu(),
-            rails: self.rails(),
+            gpu,
+            rails,
             fan_percent: self.fan_percent(),
             power_mode: self.power_mode(),
+            sources,
+            tegrastats: None,
         })
     }
 
@@ -246,6 +275,14 @@ mod tests {
         assert_eq!(m.rails[0].name, "VDD_IN");
         assert_eq!(m.rails[0].power_mw, Some(5072.0 * 936.0 / 1000.0));
         assert_eq!(m.fan_percent, Some(20.0));
+        assert_eq!(
+            m.sources,
+            JetsonSources {
+                gpu_load: Some(MetricSource::Sysfs),
+                gpu_freq: Some(MetricSource::Sysfs),
+                rails: Some(MetricSource::Sysfs),
+            }
+        );
         assert_eq!(
             m.power_mode,
             Some(PowerMode {

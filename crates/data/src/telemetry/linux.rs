@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use super::jetson::{JetsonMetrics, JetsonReader};
 use super::sysfs::{file_name, list_dir, read_number, read_trimmed};
+use super::tegrastats_source::{self, TegrastatsSource};
+use super::{TegrastatsMode, TelemetrySettings};
 
 /// One snapshot of this machine.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -23,6 +25,28 @@ pub struct SystemMetrics {
     pub network: Vec<NetworkInterface>,
     /// Present on an NVIDIA Jetson: GPU, power rails, fan, power mode.
     pub jetson: Option<JetsonMetrics>,
+    /// Discrete NVIDIA GPUs seen through NVML (the `nvml` feature); empty without it.
+    pub gpus: Vec<DiscreteGpu>,
+    /// Why `gpus` may be incomplete, e.g. "NVML not available: …".
+    pub gpus_error: Option<String>,
+}
+
+/// One discrete NVIDIA GPU; a figure the driver does not report is `None`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DiscreteGpu {
+    pub index: u32,
+    pub name: Option<String>,
+    /// Share of time a kernel ran, over the driver's last sample period.
+    pub utilization_gpu_percent: Option<u32>,
+    /// Share of time device memory was read or written.
+    pub utilization_memory_percent: Option<u32>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_free_bytes: Option<u64>,
+    pub temperature_celsius: Option<u32>,
+    pub power_mw: Option<u32>,
+    pub sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -86,18 +110,37 @@ impl CpuTimes {
 
 /// Reads metrics under `root`. CPU usage needs two samples, so the reader
 /// keeps the previous one; the first read samples twice, `first_interval` apart.
+/// It also owns the lazily started sources: tegrastats and NVML.
 pub struct LinuxReader {
     root: PathBuf,
     first_interval: Duration,
     previous: Mutex<Option<Vec<CpuTimes>>>,
+    tegrastats_mode: TegrastatsMode,
+    tegrastats: TegrastatsSource,
+    #[cfg(feature = "nvml")]
+    nvml: super::nvml::NvmlReader,
 }
 
 impl LinuxReader {
+    /// A reader with the default [`TelemetrySettings`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_settings(root, TelemetrySettings::default())
+    }
+
+    /// Nothing is started here: tegrastats when a Jetson snapshot needs it,
+    /// NVML on the first snapshot.
+    pub fn with_settings(root: impl Into<PathBuf>, settings: TelemetrySettings) -> Self {
         Self {
             root: root.into(),
             first_interval: Duration::from_millis(100),
             previous: Mutex::new(None),
+            tegrastats_mode: settings.tegrastats,
+            tegrastats: TegrastatsSource::new(
+                settings.tegrastats_command,
+                Duration::from_secs(settings.tegrastats_retry_secs),
+            ),
+            #[cfg(feature = "nvml")]
+            nvml: super::nvml::NvmlReader::new(),
         }
     }
 
@@ -110,6 +153,7 @@ impl LinuxReader {
     }
 
     pub async fn snapshot(&self) -> SystemMetrics {
+        let (gpus, gpus_error) = self.discrete_gpus();
         SystemMetrics {
             hostname: self
                 .read("proc/sys/kernel/hostname")
@@ -133,8 +177,45 @@ impl LinuxReader {
                 .read("proc/net/dev")
                 .map(|d| parse_net_dev(&d))
                 .unwrap_or_default(),
-            jetson: JetsonReader::new(&self.root).read(),
+            jetson: self.jetson(),
+            gpus,
+            gpus_error,
         }
+    }
+
+    /// Sysfs first; the latest tegrastats line fills the gaps (or, in
+    /// `always` mode, takes over). Never waits for the program.
+    fn jetson(&self) -> Option<JetsonMetrics> {
+        let mut metrics = JetsonReader::new(&self.root).read()?;
+        let sysfs_lacks = metrics
+            .gpu
+            .as_ref()
+            .is_none_or(|g| g.load_percent.is_none())
+            || metrics.rails.is_empty();
+        let wanted = match self.tegrastats_mode {
+            TegrastatsMode::Never => false,
+            TegrastatsMode::Always => true,
+            TegrastatsMode::Auto => sysfs_lacks,
+        };
+        if wanted {
+            self.tegrastats.ensure_running();
+            if let Some((stats, _age)) = self.tegrastats.latest() {
+                let prefer = self.tegrastats_mode == TegrastatsMode::Always;
+                tegrastats_source::merge(&mut metrics, &stats, prefer);
+            }
+            metrics.tegrastats = Some(self.tegrastats.status());
+        }
+        Some(metrics)
+    }
+
+    #[cfg(feature = "nvml")]
+    fn discrete_gpus(&self) -> (Vec<DiscreteGpu>, Option<String>) {
+        self.nvml.read()
+    }
+
+    #[cfg(not(feature = "nvml"))]
+    fn discrete_gpus(&self) -> (Vec<DiscreteGpu>, Option<String>) {
+        (Vec::new(), None)
     }
 
     async fn cpu(&self) -> CpuMetrics {
@@ -471,6 +552,16 @@ mod tests {
         assert!(m.memory.total_bytes.is_none());
         assert!(m.thermal_zones.is_empty());
         assert!(m.disks.is_empty() && m.network.is_empty() && m.jetson.is_none());
+    }
+
+    #[cfg(not(feature = "nvml"))]
+    #[tokio::test]
+    async fn without_nvml_the_gpu_list_is_empty() {
+        let m = LinuxReader::new("/").snapshot().await;
+        assert!(m.gpus.is_empty() && m.gpus_error.is_none());
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["gpus"], serde_json::json!([]));
+        assert!(json["gpus_error"].is_null());
     }
 
     #[tokio::test]

@@ -5,8 +5,41 @@
 
 pub mod jetson;
 mod linux;
+#[cfg(feature = "nvml")]
+pub mod nvml;
 mod sysfs;
 pub mod tegrastats;
+pub mod tegrastats_source;
 
-pub use jetson::{JetsonMetrics, JetsonReader};
-pub use linux::{CpuTimes, LinuxReader, SystemMetrics, ThermalZone};
+pub use jetson::{JetsonMetrics, JetsonReader, JetsonSources, MetricSource};
+pub use linux::{CpuTimes, DiscreteGpu, LinuxReader, SystemMetrics, ThermalZone};
+pub use tegrastats_source::{TegrastatsSource, TegrastatsStatus};
+
+/// The `[telemetry]` section of the configuration.
+pub use jetsonmind_core::config::{TegrastatsMode, TelemetryConfig as TelemetrySettings};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_defaults_and_json() {
+        let settings: TelemetrySettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(settings, TelemetrySettings::default());
+        assert_eq!(settings.tegrastats, TegrastatsMode::Auto);
+        assert_eq!(
+            settings.tegrastats_command,
+            ["tegrastats", "--interval", "1000"]
+        );
+        assert_eq!(settings.tegrastats_retry_secs, 30);
+        let always: TelemetrySettings =
+            serde_json::from_str(r#"{"tegrastats": "always", "tegrastats_retry_secs": 5}"#)
+                .unwrap();
+        assert_eq!(
+            (always.tegrastats, always.tegrastats_retry_secs),
+            (TegrastatsMode::Always, 5)
+        );
+        assert!(serde_json::from_str::<TelemetrySettings>(r#"{"tegrastat": "never"}"#).is_err());
+        assert!(serde_json::from_str::<TelemetrySettings>(r#"{"tegrastats": "Never"}"#).is_err());
+    }
+}
