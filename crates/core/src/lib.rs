@@ -14,12 +14,14 @@ pub mod config;
 pub mod content;
 pub mod error;
 pub mod serve;
+pub mod subscribe;
 pub mod testing;
 pub mod unit;
 
 pub use catalog::{Catalog, tool_from};
 pub use config::Config;
 pub use error::{CoreError, not_available, tool_error};
+pub use subscribe::ResourceUpdates;
 pub use unit::{CallObserver, McpUnit, ToolCall, UnitIdentity, UnitServer};
 
 /// Re-exported so the server crates name one rmcp, the one pinned here.

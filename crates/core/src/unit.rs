@@ -14,14 +14,16 @@ use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
     JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ResultType, ServerCapabilities, ServerConfig, Tool,
+    ReadResourceResult, ResultType, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::Catalog;
 use crate::config::McpConfig;
 use crate::error::tool_error;
+use crate::subscribe::{self, ResourceUpdates, SessionSubscriptions};
 
 /// The name, title and guidance a server introduces itself with.
 #[derive(Debug, Clone)]
@@ -37,6 +39,15 @@ pub struct ToolCall {
     pub arguments: JsonObject,
     /// Progress reporting, cancellation (`context.ct`) and the request `_meta`.
     pub context: RequestContext<RoleServer>,
+}
+
+impl ToolCall {
+    /// The arguments as the tool's argument type. They already passed the
+    /// tool's schema, so this fails only when schema and type disagree.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, McpError> {
+        T::deserialize(serde_json::Value::Object(self.arguments.clone()))
+            .map_err(|e| McpError::invalid_params(format!("invalid arguments: {e}"), None))
+    }
 }
 
 /// What a JetsonMind server is: an identity, a catalog, and behaviour.
@@ -63,13 +74,27 @@ pub trait McpUnit: Send + Sync + 'static {
         let error = McpError::resource_not_found(format!("no resource at {uri}"), None);
         std::future::ready(Err(error))
     }
+
+    /// Where this unit announces changes of its resources; `None` when
+    /// clients cannot subscribe to them.
+    fn updates(&self) -> Option<Arc<ResourceUpdates>> {
+        None
+    }
+
+    /// Whether a client may subscribe to `uri`: by default, any listed resource.
+    fn can_subscribe(&self, uri: &str) -> bool {
+        self.catalog().resources().iter().any(|r| r.uri == uri)
+    }
 }
 
-/// Serves any [`McpUnit`] over MCP. Cloning is cheap (two `Arc`s).
+/// Serves any [`McpUnit`] over MCP. Cloning is cheap (a few `Arc`s); each
+/// clone serves one connection, whose `resources/subscribe` subscriptions it
+/// holds and ends when the connection goes.
 pub struct UnitServer<U> {
     unit: Arc<U>,
     settings: Arc<McpConfig>,
     observer: Option<Arc<dyn CallObserver>>,
+    session: Arc<SessionSubscriptions>,
 }
 
 /// Told of every call of a known tool once it has an outcome (analytics).
@@ -89,6 +114,7 @@ impl<U> Clone for UnitServer<U> {
             unit: self.unit.clone(),
             settings: self.settings.clone(),
             observer: self.observer.clone(),
+            session: Arc::default(),
         }
     }
 }
@@ -99,6 +125,7 @@ impl<U: McpUnit> UnitServer<U> {
             unit,
             settings: Arc::new(settings),
             observer: None,
+            session: Arc::default(),
         }
     }
 
@@ -115,6 +142,20 @@ impl<U: McpUnit> UnitServer<U> {
         // Private: with per-client scopes two clients may see different lists.
         with(self.settings.list_ttl_ms, CacheScope::Private)
     }
+
+    fn updates_for(&self, uri: &str) -> Result<Arc<ResourceUpdates>, McpError> {
+        match self.unit.updates() {
+            Some(updates) if self.unit.can_subscribe(uri) => Ok(updates),
+            Some(_) => Err(McpError::invalid_params(
+                format!("cannot subscribe to {uri}: not a resource of this server that changes"),
+                None,
+            )),
+            None => Err(McpError::invalid_request(
+                "this server has no resource subscriptions",
+                None,
+            )),
+        }
+    }
 }
 
 /// The protocol revisions served: every handshake era from 2024-11-05 up to
@@ -126,10 +167,13 @@ pub fn supported_versions() -> &'static [ProtocolVersion] {
 impl<U: McpUnit> ServerHandler for UnitServer<U> {
     fn get_info(&self) -> ServerConfig {
         let identity = self.unit.identity();
-        let capabilities = ServerCapabilities::builder()
+        let builder = ServerCapabilities::builder()
             .enable_tools()
-            .enable_resources()
-            .build();
+            .enable_resources();
+        let capabilities = match self.unit.updates() {
+            Some(_) => builder.enable_resources_subscribe().build(),
+            None => builder.build(),
+        };
         let mut implementation = Implementation::new(identity.name, env!("CARGO_PKG_VERSION"));
         implementation.title = Some(identity.title.to_string());
         let mut info = ServerConfig::new(capabilities);
@@ -197,6 +241,75 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         // that left the discriminator out; rmcp strips it again for such peers.
         result.result_type.get_or_insert(ResultType::COMPLETE);
         Ok(ReadResourceResponse::Complete(result))
+    }
+
+    // The handshake era's subscriptions; rmcp marks them deprecated in
+    // favour of subscriptions/listen, and both eras are served.
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let updates = self.updates_for(&request.uri)?;
+        // Stateless HTTP requests carry their HTTP parts; there is no session
+        // to send a later notification on.
+        if context.extensions.get::<http::request::Parts>().is_some() {
+            return Err(subscribe::needs_session());
+        }
+        self.session
+            .subscribe(&updates, request.uri, context.peer.clone());
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        match self.session.unsubscribe(&request.uri) {
+            true => Ok(()),
+            false => Err(McpError::invalid_params(
+                format!("not subscribed to {}", request.uri),
+                None,
+            )),
+        }
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.unit.updates()?;
+        let uris: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| self.unit.can_subscribe(uri))
+            .cloned()
+            .collect();
+        Some(
+            SubscriptionFilter::builder()
+                .resource_subscriptions(uris)
+                .build(),
+        )
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let stop = context.request_context().ct.clone();
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if let Some(updates) = self.unit.updates() {
+            subscribe::listen(updates, uris, context.sink().clone(), stop.clone()).await;
+        }
+        stop.cancelled().await;
+        Ok(())
     }
 
     async fn call_tool(

@@ -1,10 +1,13 @@
 //! One federated MCP server, as seen from the gateway: how to reach it,
 //! whether it is up, and what it offers.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use jetsonmind_core::rmcp::model::{ClientRequest, PingRequest};
+use jetsonmind_core::rmcp::model::{
+    ClientRequest, PingRequest, SubscribeRequestParams, UnsubscribeRequestParams,
+};
 use jetsonmind_core::rmcp::service::RunningService;
 use jetsonmind_core::rmcp::transport::StreamableHttpClientTransport;
 use jetsonmind_core::rmcp::{ClientCacheConfig, RoleClient, ServiceExt};
@@ -40,6 +43,11 @@ struct State {
     offer: Option<Offer>,
     last_error: Option<String>,
     connected_since: Option<SystemTime>,
+    /// Resource subscriptions held on this connection (the backend's URIs).
+    subscribed: BTreeSet<String>,
+    /// Subscriptions this connection refused, with why; not asked again
+    /// until it reconnects.
+    refused: BTreeMap<String, String>,
 }
 
 pub struct Backend {
@@ -59,6 +67,10 @@ pub struct BackendStatus {
     pub templates: usize,
     pub connected_since_unix: Option<u64>,
     pub last_error: Option<String>,
+    /// Resources whose changes are relayed from this backend now.
+    pub subscriptions: Vec<String>,
+    /// Resources whose subscription the backend refused, with its reason.
+    pub refused_subscriptions: BTreeMap<String, String>,
 }
 
 impl Backend {
@@ -89,6 +101,8 @@ impl Backend {
         let was_up = state.client.take().is_some();
         state.offer = None;
         state.connected_since = None;
+        state.subscribed.clear();
+        state.refused.clear();
         state.last_error = Some(error.into());
         if was_up {
             tracing::warn!(backend = %self.name, error = ?state.last_error, "backend down");
@@ -120,6 +134,8 @@ impl Backend {
         if state.client.is_none() {
             tracing::info!(backend = %self.name, tools = offer.tools.len(), "backend up");
             state.connected_since = Some(SystemTime::now());
+            state.subscribed.clear();
+            state.refused.clear();
         }
         state.client = Some(client);
         state.offer = Some(offer);
@@ -162,6 +178,43 @@ impl Backend {
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             last_error: state.last_error.clone(),
+            subscriptions: state.subscribed.iter().cloned().collect(),
+            refused_subscriptions: state.refused.clone(),
+        }
+    }
+
+    /// Hold subscriptions to exactly `wanted` (the backend's URIs) on the
+    /// current connection; its notifications reach the gateway's
+    /// [`ForwardingClient`].
+    #[allow(deprecated)] // resources/subscribe: the era in-process sessions speak
+    pub async fn sync_subscriptions(&self, wanted: &BTreeSet<String>) {
+        let Some(client) = self.client() else { return };
+        let (have, refused) = {
+            let state = self.state();
+            (state.subscribed.clone(), state.refused.clone())
+        };
+        let peer = client.peer();
+        for uri in wanted.difference(&have) {
+            if refused.contains_key(uri) {
+                continue;
+            }
+            let outcome = peer
+                .subscribe(SubscribeRequestParams::new(uri.clone()))
+                .await;
+            let mut state = self.state();
+            match outcome {
+                Ok(()) => state.subscribed.insert(uri.clone()),
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, %uri, error = %e, "backend refused a subscription");
+                    state.refused.insert(uri.clone(), e.to_string()).is_none()
+                }
+            };
+        }
+        for uri in have.difference(wanted) {
+            let _ = peer
+                .unsubscribe(UnsubscribeRequestParams::new(uri.clone()))
+                .await;
+            self.state().subscribed.remove(uri);
         }
     }
 }

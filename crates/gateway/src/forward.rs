@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use jetsonmind_core::rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
     ClientConfig, ClientNotification, ClientRequest, Implementation, ProgressNotificationParam,
-    ProgressToken, RequestId, ServerResult,
+    ProgressToken, RequestId, ResourceUpdatedNotificationParam, ServerResult,
 };
 use jetsonmind_core::rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext,
@@ -104,11 +104,17 @@ impl ProgressRoutes {
     }
 }
 
+/// A backend's resource changed: (backend index, the backend's URI).
+pub type ResourceChange = (usize, String);
+
 /// The client handler of one backend connection.
 #[derive(Clone)]
 pub struct ForwardingClient {
     pub backend: usize,
     pub progress: Arc<ProgressRoutes>,
+    /// Where the backend's `notifications/resources/updated` go; none for
+    /// connections that subscribe to nothing.
+    pub changes: Option<mpsc::UnboundedSender<ResourceChange>>,
 }
 
 impl ClientHandler for ForwardingClient {
@@ -125,6 +131,16 @@ impl ClientHandler for ForwardingClient {
     ) {
         if let Some(sink) = self.progress.lookup(self.backend, &params.progress_token) {
             sink.send(params).await;
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(changes) = &self.changes {
+            let _ = changes.send((self.backend, params.uri));
         }
     }
 }

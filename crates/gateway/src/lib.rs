@@ -12,7 +12,8 @@ pub mod openai;
 pub mod schema;
 pub mod view;
 
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use jetsonmind_core::config::GatewayConfig;
@@ -24,13 +25,15 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer, ServiceError};
 use jetsonmind_core::{
-    Catalog, CoreError, McpUnit, ToolCall, UnitIdentity, not_available, tool_error, tool_from,
+    Catalog, CoreError, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, not_available,
+    tool_error, tool_from,
 };
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, BackendStatus, Connector};
-use forward::{ForwardError, ForwardingClient, ProgressRoutes, ProgressSink};
+use forward::{ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, ResourceChange};
 use schema::*;
 use view::{Naming, View};
 
@@ -40,6 +43,11 @@ pub struct Gateway {
     own_tools: Vec<Tool>,
     view: RwLock<Arc<View>>,
     progress: Arc<ProgressRoutes>,
+    /// Changes of the federated resources, for the gateway's own subscribers.
+    updates: Arc<ResourceUpdates>,
+    changes: mpsc::UnboundedSender<ResourceChange>,
+    /// Taken by [`Gateway::start`], which relays what arrives.
+    incoming_changes: Mutex<Option<mpsc::UnboundedReceiver<ResourceChange>>>,
 }
 
 fn own_tools() -> Vec<Tool> {
@@ -76,11 +84,15 @@ impl Gateway {
             separator: &settings.separator,
         };
         let view = View::merge(&own_tools, &[], &naming)?;
+        let (changes, incoming) = mpsc::unbounded_channel();
         Ok(Arc::new(Self {
             backends: backends.into_iter().map(Arc::new).collect(),
             own_tools,
             view: RwLock::new(Arc::new(view)),
             progress: Arc::new(ProgressRoutes::default()),
+            updates: Arc::default(),
+            changes,
+            incoming_changes: Mutex::new(Some(incoming)),
             settings,
         }))
     }
@@ -105,6 +117,7 @@ impl Gateway {
             let handler = ForwardingClient {
                 backend: index,
                 progress: self.progress.clone(),
+                changes: Some(self.changes.clone()),
             };
             backend.check(handler, timeout)
         });
@@ -139,19 +152,89 @@ impl Gateway {
         }
     }
 
-    /// Refresh now, then every `health_interval_ms` until `shutdown`.
+    /// Refresh now, then every `health_interval_ms` until `shutdown`; relay
+    /// resource changes from the backends to this gateway's subscribers.
     pub async fn start(self: &Arc<Self>, shutdown: CancellationToken) {
         self.refresh().await;
         let gateway = self.clone();
-        let interval = Duration::from_millis(self.settings.health_interval_ms);
+        let interval = self.health_interval();
+        let health = shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = health.cancelled() => break,
                     _ = tokio::time::sleep(interval) => gateway.refresh().await,
                 }
             }
         });
+        let incoming = self.incoming_changes.lock().expect("changes lock").take();
+        if let Some(incoming) = incoming {
+            tokio::spawn(self.clone().relay_changes(incoming, shutdown.clone()));
+        }
+        tokio::spawn(self.clone().follow_interest(shutdown));
+    }
+
+    fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.health_interval_ms)
+    }
+
+    /// A backend said its resource changed: tell whoever watches it here,
+    /// under the URI this gateway exposes it as.
+    async fn relay_changes(
+        self: Arc<Self>,
+        mut incoming: mpsc::UnboundedReceiver<ResourceChange>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let (backend, original) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                change = incoming.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
+            };
+            let view = self.current();
+            let exposed = view
+                .resources
+                .iter()
+                .find(|(_, route)| route.backend == backend && route.original == original);
+            if let Some((uri, _)) = exposed {
+                self.updates.publish(uri);
+            }
+        }
+    }
+
+    /// Subscribe upstream to what clients of this gateway watch, and drop
+    /// upstream subscriptions nobody watches any more. Rechecked when the
+    /// interest changes and every health interval (backends reconnect).
+    async fn follow_interest(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let interest = self.updates.interest_changed();
+            tokio::pin!(interest);
+            interest.as_mut().enable();
+            self.sync_upstream().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interest => {}
+                _ = tokio::time::sleep(self.health_interval()) => {}
+            }
+        }
+    }
+
+    async fn sync_upstream(&self) {
+        let view = self.current();
+        let mut wanted = vec![BTreeSet::new(); self.backends.len()];
+        for uri in self.updates.watched() {
+            if let Some(route) = view.resources.get(&uri) {
+                wanted[route.backend].insert(route.original.clone());
+            }
+        }
+        let syncs = self
+            .backends
+            .iter()
+            .zip(&wanted)
+            .map(|(backend, uris)| backend.sync_subscriptions(uris));
+        futures::future::join_all(syncs).await;
     }
 
     pub fn backend_status(&self) -> Vec<BackendStatus> {
@@ -265,6 +348,10 @@ impl McpUnit for Gateway {
 
     fn catalog(&self) -> Arc<Catalog> {
         self.current().catalog.clone()
+    }
+
+    fn updates(&self) -> Option<Arc<ResourceUpdates>> {
+        Some(self.updates.clone())
     }
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {

@@ -46,6 +46,7 @@ impl OpenAi {
         let handler = ForwardingClient {
             backend: 0,
             progress: progress.clone(),
+            changes: None,
         };
         let client = handler
             .serve(in_process(server))

@@ -1,0 +1,251 @@
+//! Resource change notifications, for every server.
+//!
+//! A unit announces that one of its resources changed with
+//! [`ResourceUpdates::publish`]; [`UnitServer`](crate::UnitServer) delivers
+//! that to each client subscribed to the URI, in either protocol era:
+//! `resources/subscribe` on a session (stdio, in-process), or a
+//! `subscriptions/listen` stream (2026-07-28). Units that do work to produce
+//! changes (a metrics ticker, the gateway's upstream subscriptions) ask
+//! [`ResourceUpdates::is_watched`] and wait on
+//! [`ResourceUpdates::interest_changed`] instead of working for nobody.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::ResourceUpdatedNotificationParam;
+use rmcp::service::{Peer, SubscriptionSink};
+use rmcp::{ErrorData as McpError, RoleServer};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Changes not yet delivered to a slow subscriber before it counts as lagging
+/// (it is then told that everything it watches changed).
+const BACKLOG: usize = 256;
+
+pub struct ResourceUpdates {
+    sender: broadcast::Sender<String>,
+    watchers: Mutex<BTreeMap<String, usize>>,
+    interest: Notify,
+}
+
+impl Default for ResourceUpdates {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(BACKLOG).0,
+            watchers: Mutex::new(BTreeMap::new()),
+            interest: Notify::new(),
+        }
+    }
+}
+
+impl ResourceUpdates {
+    /// Tell `uri`'s subscribers that it changed (they read it again).
+    pub fn publish(&self, uri: &str) {
+        // No receiver is not an error: nobody is subscribed.
+        let _ = self.sender.send(uri.to_string());
+    }
+
+    /// Whether any client is subscribed to `uri` now.
+    pub fn is_watched(&self, uri: &str) -> bool {
+        self.watchers().get(uri).is_some_and(|n| *n > 0)
+    }
+
+    /// Every URI some client is subscribed to.
+    pub fn watched(&self) -> BTreeSet<String> {
+        self.watchers().keys().cloned().collect()
+    }
+
+    /// Resolves the next time a URI gains its first or loses its last
+    /// subscriber. `enable()` it before looking at [`Self::watched`] so a
+    /// change in between is not missed.
+    pub fn interest_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.interest.notified()
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count a subscriber of each of `uris` until the guard drops.
+    fn watch(self: &Arc<Self>, uris: &BTreeSet<String>) -> Watch {
+        let mut changed = false;
+        let mut watchers = self.watchers();
+        for uri in uris {
+            let count = watchers.entry(uri.clone()).or_default();
+            *count += 1;
+            changed |= *count == 1;
+        }
+        drop(watchers);
+        if changed {
+            self.interest.notify_waiters();
+        }
+        Watch {
+            updates: self.clone(),
+            uris: uris.clone(),
+        }
+    }
+
+    /// Deliver changes of `uris` through `deliver` until `stop` fires or
+    /// `deliver` fails (the client went away).
+    async fn relay<F, Fut>(
+        self: Arc<Self>,
+        uris: BTreeSet<String>,
+        stop: CancellationToken,
+        deliver: F,
+    ) where
+        F: Fn(String) -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let mut receiver = self.sender.subscribe();
+        let _watch = self.watch(&uris);
+        loop {
+            let changed: Vec<String> = tokio::select! {
+                _ = stop.cancelled() => return,
+                received = receiver.recv() => match received {
+                    Ok(uri) if uris.contains(&uri) => vec![uri],
+                    Ok(_) => continue,
+                    // Some changes were missed: any of the watched may have changed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => uris.iter().cloned().collect(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            for uri in changed {
+                if !deliver(uri).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A registered interest; dropping it withdraws the interest.
+struct Watch {
+    updates: Arc<ResourceUpdates>,
+    uris: BTreeSet<String>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut changed = false;
+        let mut watchers = self.updates.watchers();
+        for uri in &self.uris {
+            if let Some(count) = watchers.get_mut(uri) {
+                *count -= 1;
+                if *count == 0 {
+                    watchers.remove(uri);
+                    changed = true;
+                }
+            }
+        }
+        drop(watchers);
+        if changed {
+            self.updates.interest.notify_waiters();
+        }
+    }
+}
+
+/// The `resources/subscribe` subscriptions of one session (handshake era).
+/// Dropped with the session, which ends its relays.
+#[derive(Default)]
+pub(crate) struct SessionSubscriptions {
+    relays: Mutex<HashMap<String, DropGuard>>,
+}
+
+impl SessionSubscriptions {
+    pub fn subscribe(&self, updates: &Arc<ResourceUpdates>, uri: String, peer: Peer<RoleServer>) {
+        let stop = CancellationToken::new();
+        let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        if relays.contains_key(&uri) {
+            return;
+        }
+        relays.insert(uri.clone(), stop.clone().drop_guard());
+        let uris = BTreeSet::from([uri]);
+        tokio::spawn(updates.clone().relay(uris, stop, move |uri| {
+            let peer = peer.clone();
+            async move {
+                let params = ResourceUpdatedNotificationParam::new(uri);
+                peer.notify_resource_updated(params).await.is_ok()
+            }
+        }));
+    }
+
+    /// Returns false when `uri` was not subscribed.
+    pub fn unsubscribe(&self, uri: &str) -> bool {
+        let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        relays.remove(uri).is_some()
+    }
+}
+
+/// Serve one `subscriptions/listen` stream (2026-07-28) until it is cancelled.
+pub(crate) async fn listen(
+    updates: Arc<ResourceUpdates>,
+    uris: BTreeSet<String>,
+    sink: SubscriptionSink,
+    stop: CancellationToken,
+) {
+    updates
+        .relay(uris, stop, move |uri| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        })
+        .await
+}
+
+/// The error for `resources/subscribe` on a connection that cannot carry
+/// notifications later (stateless HTTP has no session to send them on).
+pub(crate) fn needs_session() -> McpError {
+    McpError::invalid_request(
+        "resources/subscribe needs a session to send updates on, and this HTTP endpoint is \
+         stateless: use subscriptions/listen (protocol 2026-07-28), or connect over stdio",
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn watching_counts_subscribers_and_signals_interest() {
+        let updates = Arc::new(ResourceUpdates::default());
+        let uris = BTreeSet::from(["a://x".to_string()]);
+        let interest = updates.interest_changed();
+        tokio::pin!(interest);
+        // Registered before the change, so the notification is not missed.
+        interest.as_mut().enable();
+        let first = updates.watch(&uris);
+        interest.await;
+        let second = updates.watch(&uris);
+        assert!(updates.is_watched("a://x"));
+        drop(first);
+        assert!(updates.is_watched("a://x"));
+        drop(second);
+        assert!(!updates.is_watched("a://x"));
+        assert!(updates.watched().is_empty());
+    }
+
+    #[tokio::test]
+    async fn relays_only_watched_uris_and_stops_when_told() {
+        let updates = Arc::new(ResourceUpdates::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(updates.clone().relay(
+            BTreeSet::from(["a://x".to_string()]),
+            stop.clone(),
+            move |uri| {
+                let tx = tx.clone();
+                async move { tx.send(uri).is_ok() }
+            },
+        ));
+        while !updates.is_watched("a://x") {
+            tokio::task::yield_now().await;
+        }
+        updates.publish("b://other");
+        updates.publish("a://x");
+        assert_eq!(rx.recv().await.as_deref(), Some("a://x"));
+        stop.cancel();
+        relay.await.unwrap();
+        assert!(!updates.is_watched("a://x"));
+        assert!(rx.try_recv().is_err());
+    }
+}
