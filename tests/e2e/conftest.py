@@ -30,12 +30,18 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A data dir whose model store is the repository's models/ (filled by ./setup.sh)."""
+def data_dir(binary, tmp_path_factory):
+    """A data dir whose model store holds the default model (fetched by ./setup.sh), hard-linked in."""
     if not (MODELS / DEFAULT_MODEL).is_file():
         pytest.fail(f"{MODELS / DEFAULT_MODEL} is missing: run ./setup.sh")
     path = tmp_path_factory.mktemp("jetsonmind-data")
-    (path / "models").symlink_to(MODELS)
+    imported = subprocess.run(
+        [str(binary), "--data-dir", str(path), "models", "import", str(MODELS / DEFAULT_MODEL), "--link"],
+        capture_output=True,
+        text=True,
+    )
+    if imported.returncode != 0:
+        pytest.fail(f"cannot import the default model: {imported.stderr}")
     return path
 
 

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.anyio
 
 GATEWAY_TOOLS = {"manage_connections", "validate_request", "aggregate_responses", "handle_auth", "protocol_bridge"}
 COMPUTE_TOOLS = {"text_generate", "code_complete", "image_analyze", "audio_process", "multi_modal_inference", "embed"}
+DATA_TOOLS = {"update_settings", "manage_models"}
 CONTROL_TOOLS = {"route_request", "optimize_system", "manage_resources", "monitor_health", "scale_cluster"}
 DATA_RESOURCES = {
     "jetson://models/available",
@@ -33,7 +34,7 @@ async def test_lists_all_four_servers(transport, mode):
         assert client.protocol_version == EXPECTED_VERSION[mode]
         assert client.server_info.name == "jetsonmind-gateway"
         tools = {tool.name for tool in (await client.list_tools()).tools}
-        assert tools == GATEWAY_TOOLS | COMPUTE_TOOLS | CONTROL_TOOLS
+        assert tools == GATEWAY_TOOLS | COMPUTE_TOOLS | DATA_TOOLS | CONTROL_TOOLS
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
         assert resources == DATA_RESOURCES
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}

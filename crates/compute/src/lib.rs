@@ -16,7 +16,7 @@ use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, not_available, tool_from};
 use jetsonmind_data::cache::InferenceCache;
-use serde::de::DeserializeOwned;
+use jetsonmind_data::store::ModelStore;
 use serde_json::Value;
 
 use crate::engine::llama::LlamaSettings;
@@ -31,8 +31,8 @@ pub struct ComputeServer {
 }
 
 impl ComputeServer {
-    /// `cache` is shared with the data server, which reports on it.
-    pub fn new(config: &Config, cache: Arc<InferenceCache>) -> Self {
+    /// `cache` and `store` are shared with the data server, which reports on them.
+    pub fn new(config: &Config, cache: Arc<InferenceCache>, store: Arc<ModelStore>) -> Self {
         let settings = config.compute.clone();
         let llama = LlamaSettings {
             threads: match settings.threads {
@@ -43,7 +43,7 @@ impl ComputeServer {
             gpu_layers: settings.gpu_layers,
         };
         let text = TextService {
-            models: ModelRegistry::new(config.models_dir(), settings.default_model.clone(), llama),
+            models: ModelRegistry::new(store, settings.default_model.clone(), llama),
             scheduler: Scheduler::new(settings.parallel, settings.queue_depth),
             cache,
             settings,
@@ -57,12 +57,6 @@ impl ComputeServer {
 
 fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Arguments already passed the schema; this only fails on a schema bug.
-fn parse<T: DeserializeOwned>(arguments: &Value) -> Result<T, McpError> {
-    T::deserialize(arguments)
-        .map_err(|e| McpError::invalid_params(format!("invalid arguments: {e}"), None))
 }
 
 fn catalog() -> Catalog {
@@ -112,18 +106,14 @@ impl McpUnit for ComputeServer {
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         let reason = match call.name.as_str() {
             "text_generate" => {
+                let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                return Ok(self
-                    .text
-                    .text_generate(parse(&raw)?, &raw, call.context)
-                    .await);
+                return Ok(self.text.text_generate(args, &raw, call.context).await);
             }
             "code_complete" => {
+                let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                return Ok(self
-                    .text
-                    .code_complete(parse(&raw)?, &raw, call.context)
-                    .await);
+                return Ok(self.text.code_complete(args, &raw, call.context).await);
             }
             "image_analyze" | "multi_modal_inference" => {
                 "the vision engine is not built into this binary yet"

@@ -5,22 +5,23 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use jetsonmind_data::store::{ModelStore, StoreError};
 use tokio::sync::Mutex;
 
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
 use crate::engine::{EngineError, TextEngine};
 
 pub struct ModelRegistry {
-    dir: PathBuf,
+    store: Arc<ModelStore>,
     default_model: String,
     settings: LlamaSettings,
     loaded: Mutex<HashMap<String, Arc<dyn TextEngine>>>,
 }
 
 impl ModelRegistry {
-    pub fn new(dir: PathBuf, default_model: String, settings: LlamaSettings) -> Self {
+    pub fn new(store: Arc<ModelStore>, default_model: String, settings: LlamaSettings) -> Self {
         Self {
-            dir,
+            store,
             default_model,
             settings,
             loaded: Mutex::new(HashMap::new()),
@@ -40,36 +41,50 @@ impl ModelRegistry {
             .await
             .map_err(|e| EngineError::Inference(format!("model loader stopped: {e}")))??;
         tracing::info!(model = %id, parameters = engine.info().parameters, "model loaded");
+        if let Err(e) = self.store.record_load(&id) {
+            tracing::warn!(model = %id, error = %e, "cannot record the load in the model store");
+        }
         let engine: Arc<dyn TextEngine> = Arc::new(engine);
         loaded.insert(id, engine.clone());
         Ok(engine)
     }
 
-    /// A model name is a file name in the model directory, `.gguf` optional.
+    /// A model is named as in the store; `.gguf` may be left off.
     fn resolve(&self, name: &str) -> Result<(String, PathBuf), EngineError> {
-        let plain = !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
-        if !plain {
-            return Err(EngineError::Load {
-                path: name.to_string(),
-                reason: "a model name is a plain file name".into(),
-            });
+        let mut ids = vec![name.to_string()];
+        if !name.ends_with(".gguf") {
+            ids.push(format!("{name}.gguf"));
         }
-        let file = if name.ends_with(".gguf") {
-            name.to_string()
-        } else {
-            format!("{name}.gguf")
-        };
-        let path = self.dir.join(&file);
-        if !path.is_file() {
-            let reason = format!(
-                "no model `{name}` in {}; import one with `jetsonmind models import FILE.gguf`",
-                self.dir.display()
-            );
-            return Err(EngineError::Load {
-                path: path.display().to_string(),
-                reason,
-            });
+        for id in &ids {
+            match self.store.get(id) {
+                Ok(model) if model.format != "gguf" => {
+                    return Err(EngineError::Load {
+                        path: id.clone(),
+                        reason: format!("a {} model, not a GGUF language model", model.format),
+                    });
+                }
+                Ok(_) => {
+                    let path = self.store.main_file(id).map_err(|e| load_error(id, e))?;
+                    return Ok((id.clone(), path));
+                }
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(load_error(id, e)),
+            }
         }
-        Ok((file, path))
+        Err(EngineError::Load {
+            path: name.to_string(),
+            reason: format!(
+                "no model `{name}` in the model store ({}); import one with \
+                 `jetsonmind models import FILE.gguf`",
+                self.store.dir().display()
+            ),
+        })
+    }
+}
+
+fn load_error(name: &str, e: StoreError) -> EngineError {
+    EngineError::Load {
+        path: name.to_string(),
+        reason: e.to_string(),
     }
 }

@@ -13,21 +13,30 @@ fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     v.as_object().unwrap().clone()
 }
 
-async fn client()
--> jetsonmind_core::rmcp::service::RunningService<jetsonmind_core::rmcp::RoleClient, ()> {
-    testing::connect(UnitServer::new(
+/// A compute server over an empty model store of its own.
+async fn client() -> (
+    jetsonmind_core::rmcp::service::RunningService<jetsonmind_core::rmcp::RoleClient, ()>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = jetsonmind_data::store::ModelStore::open(dir.path()).unwrap();
+    let mut config = jetsonmind_core::Config::default();
+    config.data.dir = dir.path().to_path_buf();
+    let client = testing::connect(UnitServer::new(
         Arc::new(ComputeServer::new(
-            &jetsonmind_core::Config::default(),
+            &config,
             Default::default(),
+            Arc::new(store),
         )),
         McpConfig::default(),
     ))
-    .await
+    .await;
+    (client, dir)
 }
 
 #[tokio::test]
 async fn lists_every_inference_tool_with_a_schema() {
-    let client = client().await;
+    let (client, _dir) = client().await;
     let tools = client.list_all_tools().await.unwrap();
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
@@ -61,7 +70,7 @@ async fn lists_every_inference_tool_with_a_schema() {
 
 #[tokio::test]
 async fn a_tool_without_its_engine_says_so() {
-    let client = client().await;
+    let (client, _dir) = client().await;
     let result = client
         .call_tool(
             CallToolRequestParams::new("embed").with_arguments(args(json!({"texts": ["hello"]}))),
@@ -78,7 +87,7 @@ async fn a_tool_without_its_engine_says_so() {
 
 #[tokio::test]
 async fn schema_violations_are_tool_errors_naming_the_field() {
-    let client = client().await;
+    let (client, _dir) = client().await;
     let result = client
         .call_tool(
             CallToolRequestParams::new("text_generate")
@@ -94,7 +103,7 @@ async fn schema_violations_are_tool_errors_naming_the_field() {
 
 #[tokio::test]
 async fn unknown_tools_are_protocol_errors() {
-    let client = client().await;
+    let (client, _dir) = client().await;
     let error = client
         .call_tool(CallToolRequestParams::new("no_such_tool"))
         .await

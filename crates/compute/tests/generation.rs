@@ -2,7 +2,7 @@
 //! fetched into `<repo>/models` by `./setup.sh`), through a real MCP client.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_compute::ComputeServer;
@@ -14,27 +14,40 @@ use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
 use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
+use jetsonmind_data::store::{ImportOptions, ModelStore};
 use serde_json::{Value, json};
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The repository root, whose `models/` holds the default model.
-fn repo() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let model = root.join("models").join(MODEL);
-    assert!(
-        model.is_file(),
-        "{} is missing: run ./setup.sh (or scripts/fetch-default-model.sh)",
-        model.display()
-    );
-    root
+/// A model store holding the default model (fetched into `<repo>/models` by
+/// `./setup.sh`), hard-linked into a data dir of its own; one for all tests.
+fn store() -> &'static (tempfile::TempDir, Arc<ModelStore>) {
+    static STORE: OnceLock<(tempfile::TempDir, Arc<ModelStore>)> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(MODEL);
+        assert!(
+            model.is_file(),
+            "{} is missing: run ./setup.sh (or scripts/fetch-default-model.sh)",
+            model.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path()).unwrap();
+        let link = ImportOptions {
+            link: true,
+            ..Default::default()
+        };
+        store.import(&model, &link, |_, _| {}).unwrap();
+        (dir, Arc::new(store))
+    })
 }
 
 /// Without the inference cache: a repeated call must reach the model, or
 /// determinism and progress would be tested against a cached answer.
 fn config(edit: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::default();
-    config.data.dir = repo();
+    config.data.dir = store().0.path().to_path_buf();
     config.cache.enabled = false;
     edit(&mut config);
     config
@@ -71,7 +84,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn client(config: Config) -> (RunningService<RoleClient, Progress>, Progress) {
     let server = UnitServer::new(
-        Arc::new(ComputeServer::new(&config, Default::default())),
+        Arc::new(ComputeServer::new(
+            &config,
+            Default::default(),
+            store().1.clone(),
+        )),
         McpConfig::default(),
     );
     let progress = Progress::default();
@@ -335,7 +352,11 @@ async fn deterministic_calls_are_answered_from_the_cache() {
         (&config.cache).into(),
     ));
     let server = UnitServer::new(
-        Arc::new(ComputeServer::new(&config, cache.clone())),
+        Arc::new(ComputeServer::new(
+            &config,
+            cache.clone(),
+            store().1.clone(),
+        )),
         McpConfig::default(),
     );
     let client = Progress::default().serve(in_process(server)).await.unwrap();

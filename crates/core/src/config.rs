@@ -25,6 +25,44 @@ pub struct Config {
     pub data: DataConfig,
     pub compute: ComputeConfig,
     pub cache: CacheConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// How telemetry is gathered (`jetson://system/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// When to run `tegrastats` on a Jetson.
+    pub tegrastats: TegrastatsMode,
+    /// The program and its arguments.
+    pub tegrastats_command: Vec<String>,
+    /// Least time between two starts of the program (0 counts as 1).
+    pub tegrastats_retry_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            tegrastats: TegrastatsMode::Auto,
+            tegrastats_command: ["tegrastats", "--interval", "1000"]
+                .map(String::from)
+                .to_vec(),
+            tegrastats_retry_secs: 30,
+        }
+    }
+}
+
+/// Only a Jetson ever runs `tegrastats`, whatever the mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TegrastatsMode {
+    /// Run it when sysfs lacks the GPU load or the power rails, and fill only those gaps.
+    #[default]
+    Auto,
+    /// Run it always; its GPU load, clock and rails win over sysfs.
+    Always,
+    /// Never run it.
+    Never,
 }
 
 /// The inference cache: answers of deterministic calls, reused.
@@ -152,14 +190,24 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Where models, the database and caches live.
+    /// Where models, the database, settings and caches live.
     pub dir: PathBuf,
+    /// How often subscribers of changing resources (metrics, analytics, cache,
+    /// the model list) are told to read them again.
+    pub notify_interval_ms: u64,
+    /// How often analytics are written to the database (and at shutdown).
+    pub analytics_flush_ms: u64,
+    /// How long analytics samples are kept (the longest window is one hour).
+    pub analytics_retention_secs: u64,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
             dir: default_data_dir(),
+            notify_interval_ms: 1_000,
+            analytics_flush_ms: 10_000,
+            analytics_retention_secs: 3_600,
         }
     }
 }
@@ -213,34 +261,133 @@ impl Default for ComputeConfig {
     }
 }
 
+/// Settings changed at run time (the data server's `update_settings`), kept
+/// in the data dir: they win over the config file, and lose to environment
+/// variables and flags, which are set for one run.
+pub const SETTINGS_FILE: &str = "settings.toml";
+
+/// Where a configuration comes from, kept so it can be built again with
+/// changed settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// The TOML file (`--config`).
+    pub file: Option<PathBuf>,
+    /// The process environment; only `JETSONMIND_*` entries are read.
+    pub env: Vec<(String, String)>,
+    /// `--data-dir`, which wins over everything.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigSources {
+    /// Defaults < file < `<data dir>/settings.toml` < environment < flags.
+    pub fn load(&self) -> Result<Config, CoreError> {
+        let data_dir = self.data_dir_before_settings()?;
+        let settings = read_settings(&data_dir)?;
+        self.load_with(&settings)
+    }
+
+    /// The configuration with `settings` as the run-time settings layer.
+    pub fn load_with(&self, settings: &toml::Table) -> Result<Config, CoreError> {
+        if settings
+            .get("data")
+            .and_then(|d| d.as_table())
+            .is_some_and(|d| d.contains_key("dir"))
+        {
+            return Err(CoreError::Config(
+                "data.dir cannot be a run-time setting: it is where the settings live".into(),
+            ));
+        }
+        let mut table = self.file_table()?;
+        merge(&mut table, settings);
+        self.apply_env(&mut table)?;
+        let mut config = parse_table(table)?;
+        if let Some(dir) = &self.data_dir {
+            config.data.dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The run-time settings file of this configuration's data dir.
+    pub fn settings_path(&self) -> Result<PathBuf, CoreError> {
+        Ok(self.data_dir_before_settings()?.join(SETTINGS_FILE))
+    }
+
+    /// The data dir as the file, environment and flags set it.
+    fn data_dir_before_settings(&self) -> Result<PathBuf, CoreError> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let mut table = self.file_table()?;
+        self.apply_env(&mut table)?;
+        Ok(parse_table(table)?.data.dir)
+    }
+
+    fn file_table(&self) -> Result<toml::Table, CoreError> {
+        match &self.file {
+            Some(path) => read_table(path),
+            None => Ok(toml::Table::new()),
+        }
+    }
+
+    fn apply_env(&self, table: &mut toml::Table) -> Result<(), CoreError> {
+        for (key, value) in &self.env {
+            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
+                // `JETSONMIND_CONFIG` names the file itself, it is not a key.
+                if path != "CONFIG" && path.contains("__") {
+                    set_path(table, path, value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The run-time settings of `data_dir`; none when the file does not exist.
+pub fn read_settings(data_dir: &Path) -> Result<toml::Table, CoreError> {
+    let path = data_dir.join(SETTINGS_FILE);
+    match path.exists() {
+        true => read_table(&path),
+        false => Ok(toml::Table::new()),
+    }
+}
+
+/// Deep-merge `over` into `base`: tables merge key by key, anything else replaces.
+pub fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn parse_table(table: toml::Table) -> Result<Config, CoreError> {
+    table
+        .try_into()
+        .map_err(|e: toml::de::Error| CoreError::Config(e.to_string()))
+}
+
 impl Config {
     /// The model directory.
     pub fn models_dir(&self) -> PathBuf {
         self.data.dir.join("models")
     }
 
-    /// Defaults, then `file` (if given), then `JETSONMIND_*` variables from `env`.
+    /// Defaults, then `file` (if given), then `JETSONMIND_*` variables from
+    /// `env`; no run-time settings (see [`ConfigSources`] for those).
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, CoreError> {
-        let mut table = match file {
-            Some(path) => read_table(path)?,
-            None => toml::Table::new(),
+        let sources = ConfigSources {
+            file: file.map(Path::to_path_buf),
+            env: env.into_iter().collect(),
+            data_dir: None,
         };
-        for (key, value) in env {
-            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
-                // `JETSONMIND_CONFIG` names the file itself, it is not a key.
-                if path != "CONFIG" && path.contains("__") {
-                    set_path(&mut table, path, &value)?;
-                }
-            }
-        }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| CoreError::Config(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        sources.load_with(&toml::Table::new())
     }
 
     /// Checks that types alone cannot express.
@@ -258,6 +405,9 @@ impl Config {
             return fail(
                 "compute: parallel >= 1, context_size >= 256 and progress_every_tokens >= 1".into(),
             );
+        }
+        if self.data.notify_interval_ms < 50 || self.data.analytics_flush_ms < 100 {
+            return fail("data: notify_interval_ms >= 50 and analytics_flush_ms >= 100".into());
         }
         if self.gateway.separator.is_empty() {
             return fail("gateway.separator must not be empty".into());
@@ -372,6 +522,39 @@ mod tests {
         let err =
             Config::load(None, env(&[("JETSONMIND_HTTP__MAX_BODY_BYTES", "10")])).unwrap_err();
         assert!(err.to_string().contains("max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn run_time_settings_sit_between_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "[data]\ndir = {:?}\n[cache]\nttl_secs = 1\nmax_bytes = 2048\n",
+                data.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            data.join(SETTINGS_FILE),
+            "[cache]\nttl_secs = 2\nmax_bytes = 4096\n",
+        )
+        .unwrap();
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[("JETSONMIND_CACHE__MAX_BYTES", "8192")]),
+            data_dir: None,
+        };
+        let config = sources.load().unwrap();
+        assert_eq!(config.cache.ttl_secs, 2);
+        assert_eq!(config.cache.max_bytes, 8192);
+        assert_eq!(sources.settings_path().unwrap(), data.join(SETTINGS_FILE));
+        let moved: toml::Table = "[data]\ndir = \"/elsewhere\"".parse().unwrap();
+        let err = sources.load_with(&moved).unwrap_err();
+        assert!(err.to_string().contains("data.dir"), "{err}");
     }
 
     #[test]

@@ -3,12 +3,19 @@
 //! windows; also as Prometheus text for `/metrics`.
 //!
 //! Kept in memory: the recent samples of each (server, tool, model) in a
-//! bounded ring, and lifetime counters.
+//! bounded ring, and lifetime counters. When opened on a database, new
+//! samples and counter increments are written every flush interval (and at
+//! shutdown), and read back at start, so a restart keeps its history.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+
+use crate::db::{self, DbError, now_ms};
 
 use jetsonmind_core::CallObserver;
 use jetsonmind_core::rmcp::ErrorData as McpError;
@@ -27,8 +34,11 @@ struct Key {
     model: String,
 }
 
+#[derive(Clone)]
 struct Sample {
     at: Instant,
+    /// The same moment as Unix milliseconds, for the database.
+    at_ms: i64,
     latency_ms: f64,
     ok: bool,
     tokens_per_second: Option<f64>,
@@ -46,7 +56,29 @@ struct Series {
 #[derive(Default)]
 pub struct Analytics {
     series: Mutex<BTreeMap<Key, Series>>,
+    persistence: Option<Mutex<Persistence>>,
 }
+
+/// What has not been written yet, and where it goes.
+struct Persistence {
+    conn: Connection,
+    retention: Duration,
+    samples: Vec<(Key, Sample)>,
+    increments: BTreeMap<Key, Totals>,
+}
+
+/// Counter increments of one series since the last flush.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    calls: u64,
+    errors: u64,
+    latency_ms_sum: f64,
+    completion_tokens: u64,
+}
+
+/// Unwritten samples kept when the database cannot be written (disk full):
+/// beyond this the oldest are dropped rather than growing without bound.
+const MAX_PENDING: usize = 100_000;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SeriesReport {
@@ -96,6 +128,7 @@ impl CallObserver for Analytics {
         let cached = field("/cached").and_then(|c| c.as_bool()).unwrap_or(false);
         let sample = Sample {
             at: Instant::now(),
+            at_ms: now_ms(),
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             ok,
             tokens_per_second: field("/timings/generation_tokens_per_second")
@@ -110,17 +143,50 @@ impl CallObserver for Analytics {
 }
 
 impl Analytics {
+    /// Analytics kept in the database of `data_dir`, with the history it
+    /// already holds (samples younger than `retention`).
+    pub fn open(data_dir: &Path, retention: Duration) -> Result<Self, DbError> {
+        let conn = db::open(data_dir)?;
+        let series = load(&conn, retention).map_err(|source| DbError::Sqlite {
+            path: data_dir.join(db::DB_FILE),
+            source,
+        })?;
+        Ok(Self {
+            series: Mutex::new(series),
+            persistence: Some(Mutex::new(Persistence {
+                conn,
+                retention,
+                samples: Vec::new(),
+                increments: BTreeMap::new(),
+            })),
+        })
+    }
+
     fn record(&self, key: Key, sample: Sample, completion_tokens: u64) {
-        let mut series = self.series.lock().expect("analytics lock");
-        let entry = series.entry(key).or_default();
-        entry.calls += 1;
-        entry.errors += u64::from(!sample.ok);
-        entry.latency_ms_sum += sample.latency_ms;
-        entry.completion_tokens += completion_tokens;
-        if entry.samples.len() == SAMPLES_PER_KEY {
-            entry.samples.pop_front();
+        let increment = Totals {
+            calls: 1,
+            errors: u64::from(!sample.ok),
+            latency_ms_sum: sample.latency_ms,
+            completion_tokens,
+        };
+        if let Some(persistence) = &self.persistence {
+            let mut pending = persistence.lock().expect("analytics persistence lock");
+            pending.add(&key, &sample, increment);
         }
-        entry.samples.push_back(sample);
+        let mut series = self.series.lock().expect("analytics lock");
+        series.entry(key).or_default().add(sample, increment);
+    }
+
+    /// Write what was recorded since the last flush, and drop samples older
+    /// than the retention. Without a database this does nothing.
+    pub fn flush(&self) -> Result<(), rusqlite::Error> {
+        let Some(persistence) = &self.persistence else {
+            return Ok(());
+        };
+        persistence
+            .lock()
+            .expect("analytics persistence lock")
+            .flush()
     }
 
     pub fn report(&self) -> Vec<SeriesReport> {
@@ -214,6 +280,148 @@ impl Analytics {
         }
         out
     }
+}
+
+impl Series {
+    fn add(&mut self, sample: Sample, increment: Totals) {
+        self.calls += increment.calls;
+        self.errors += increment.errors;
+        self.latency_ms_sum += increment.latency_ms_sum;
+        self.completion_tokens += increment.completion_tokens;
+        if self.samples.len() == SAMPLES_PER_KEY {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+    }
+}
+
+impl Persistence {
+    fn add(&mut self, key: &Key, sample: &Sample, increment: Totals) {
+        if self.samples.len() == MAX_PENDING {
+            self.samples.remove(0);
+        }
+        self.samples.push((key.clone(), sample.clone()));
+        let totals = self.increments.entry(key.clone()).or_default();
+        totals.calls += increment.calls;
+        totals.errors += increment.errors;
+        totals.latency_ms_sum += increment.latency_ms_sum;
+        totals.completion_tokens += increment.completion_tokens;
+    }
+
+    /// One transaction; what it wrote is forgotten only once it commits.
+    fn flush(&mut self) -> Result<(), rusqlite::Error> {
+        let cutoff = now_ms() - self.retention.as_millis() as i64;
+        let tx = self.conn.transaction()?;
+        for (key, totals) in &self.increments {
+            // Increments, not values: several processes may share the database.
+            tx.execute(
+                "INSERT INTO analytics_series VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (server, tool, model) DO UPDATE SET
+                   calls = calls + excluded.calls, errors = errors + excluded.errors,
+                   latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum,
+                   completion_tokens = completion_tokens + excluded.completion_tokens",
+                params![
+                    key.server,
+                    key.tool,
+                    key.model,
+                    totals.calls as i64,
+                    totals.errors as i64,
+                    totals.latency_ms_sum,
+                    totals.completion_tokens as i64
+                ],
+            )?;
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO analytics_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (key, s) in &self.samples {
+                insert.execute(params![
+                    key.server,
+                    key.tool,
+                    key.model,
+                    s.at_ms,
+                    s.latency_ms,
+                    s.ok,
+                    s.tokens_per_second
+                ])?;
+            }
+        }
+        tx.execute("DELETE FROM analytics_samples WHERE at_ms < ?1", [cutoff])?;
+        tx.commit()?;
+        self.samples.clear();
+        self.increments.clear();
+        Ok(())
+    }
+}
+
+/// The series the database holds: lifetime counters, samples within `retention`.
+fn load(conn: &Connection, retention: Duration) -> rusqlite::Result<BTreeMap<Key, Series>> {
+    let mut series: BTreeMap<Key, Series> = BTreeMap::new();
+    let key = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Key> {
+        Ok(Key {
+            server: r.get(0)?,
+            tool: r.get(1)?,
+            model: r.get(2)?,
+        })
+    };
+    let mut totals = conn.prepare(
+        "SELECT server, tool, model, calls, errors, latency_ms_sum, completion_tokens
+         FROM analytics_series",
+    )?;
+    let rows = totals.query_map([], |r| {
+        Ok((
+            key(r)?,
+            Totals {
+                calls: r.get::<_, i64>(3)? as u64,
+                errors: r.get::<_, i64>(4)? as u64,
+                latency_ms_sum: r.get(5)?,
+                completion_tokens: r.get::<_, i64>(6)? as u64,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (key, t) = row?;
+        let s = series.entry(key).or_default();
+        (s.calls, s.errors, s.latency_ms_sum, s.completion_tokens) =
+            (t.calls, t.errors, t.latency_ms_sum, t.completion_tokens);
+    }
+    let now = (Instant::now(), now_ms());
+    let cutoff = now.1 - retention.as_millis() as i64;
+    let mut samples = conn.prepare(
+        "SELECT server, tool, model, at_ms, latency_ms, ok, tokens_per_second
+         FROM analytics_samples WHERE at_ms >= ?1 ORDER BY at_ms",
+    )?;
+    let rows = samples.query_map([cutoff], |r| {
+        let at_ms: i64 = r.get(3)?;
+        Ok((
+            key(r)?,
+            at_ms,
+            r.get::<_, f64>(4)?,
+            r.get::<_, bool>(5)?,
+            r.get::<_, Option<f64>>(6)?,
+        ))
+    })?;
+    for row in rows {
+        let (key, at_ms, latency_ms, ok, tokens_per_second) = row?;
+        let age = Duration::from_millis(now.1.saturating_sub(at_ms).max(0) as u64);
+        // A sample older than this boot's clock can express is left out.
+        let Some(at) = now.0.checked_sub(age) else {
+            continue;
+        };
+        let s = series.entry(key).or_default();
+        if s.samples.len() == SAMPLES_PER_KEY {
+            s.samples.pop_front();
+        }
+        s.samples.push_back(Sample {
+            at,
+            at_ms,
+            latency_ms,
+            ok,
+            tokens_per_second,
+        });
+    }
+    Ok(series)
 }
 
 fn in_window(
@@ -351,6 +559,58 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE jetsonmind_tool_call_duration_seconds summary"));
+    }
+
+    #[test]
+    fn history_survives_a_restart_and_old_samples_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let analytics = Analytics::open(dir.path(), hour).unwrap();
+        for ms in [10, 20, 30] {
+            analytics.tool_called(
+                "compute",
+                "text_generate",
+                Duration::from_millis(ms),
+                &generation(100.0, false),
+            );
+        }
+        analytics.flush().unwrap();
+        // Recorded after the last flush: lost by a crash, as documented.
+        analytics.tool_called(
+            "data",
+            "update_settings",
+            Duration::from_millis(1),
+            &Ok(tool_error("no")),
+        );
+        drop(analytics);
+        let reopened = Analytics::open(dir.path(), hour).unwrap();
+        let report = reopened.report();
+        assert_eq!(report.len(), 1);
+        assert_eq!((report[0].calls, report[0].completion_tokens), (3, 30));
+        let minute = &report[0].windows["1m"];
+        assert_eq!(
+            (minute.calls, minute.p50_ms.map(f64::round)),
+            (3, Some(20.0))
+        );
+        assert_eq!(minute.tokens_per_second, Some(100.0));
+        // Another flush adds to the counters instead of overwriting them.
+        reopened.tool_called(
+            "compute",
+            "text_generate",
+            Duration::from_millis(40),
+            &generation(100.0, false),
+        );
+        reopened.flush().unwrap();
+        drop(reopened);
+        let report = Analytics::open(dir.path(), hour).unwrap().report();
+        assert_eq!(report[0].calls, 4);
+        // With no retention, the samples go but the lifetime counters stay.
+        let expired = Analytics::open(dir.path(), Duration::ZERO).unwrap();
+        expired.flush().unwrap();
+        drop(expired);
+        let report = Analytics::open(dir.path(), hour).unwrap().report();
+        assert_eq!(report[0].calls, 4);
+        assert_eq!(report[0].windows["1h"].calls, 0);
     }
 
     #[test]

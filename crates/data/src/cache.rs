@@ -29,8 +29,8 @@ struct Entry {
     last_used: u64,
 }
 
-#[derive(Default)]
 struct State {
+    settings: CacheSettings,
     entries: HashMap<String, Entry>,
     /// last-use tick -> key: the first is the least recently used.
     order: BTreeMap<u64, String>,
@@ -42,7 +42,6 @@ struct State {
 }
 
 pub struct InferenceCache {
-    settings: CacheSettings,
     state: Mutex<State>,
 }
 
@@ -99,10 +98,32 @@ impl Default for InferenceCache {
 
 impl InferenceCache {
     pub fn new(settings: CacheSettings) -> Self {
-        Self {
+        let state = State {
             settings,
-            state: Mutex::new(State::default()),
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            hits: 0,
+            misses: 0,
+            evictions: 0,
+        };
+        Self {
+            state: Mutex::new(state),
         }
+    }
+
+    /// New settings, in effect at once: a smaller budget evicts the least
+    /// recently used answers, disabling empties the cache.
+    pub fn reconfigure(&self, settings: CacheSettings) {
+        let mut state = self.state();
+        if !settings.enabled {
+            state.entries.clear();
+            state.order.clear();
+            state.bytes = 0;
+        }
+        state.settings = settings;
+        evict_over_budget(&mut state, 0);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -110,14 +131,12 @@ impl InferenceCache {
     }
 
     pub fn get(&self, key: &str) -> Option<Value> {
-        if !self.settings.enabled {
+        let mut state = self.state();
+        if !state.settings.enabled {
             return None;
         }
-        let mut state = self.state();
-        let fresh = state
-            .entries
-            .get(key)
-            .map(|e| e.stored.elapsed() < self.settings.ttl);
+        let ttl = state.settings.ttl;
+        let fresh = state.entries.get(key).map(|e| e.stored.elapsed() < ttl);
         match fresh {
             Some(true) => {
                 state.hits += 1;
@@ -143,24 +162,13 @@ impl InferenceCache {
     }
 
     pub fn put(&self, key: String, tool: &str, model: &str, value: Value) {
-        if !self.settings.enabled {
-            return;
-        }
         let bytes = key.len() + value.to_string().len();
-        if bytes > self.settings.max_bytes {
+        let mut state = self.state();
+        if !state.settings.enabled || bytes > state.settings.max_bytes {
             return;
         }
-        let mut state = self.state();
         remove(&mut state, &key);
-        while state.bytes + bytes > self.settings.max_bytes {
-            let Some((_, oldest)) = state.order.pop_first() else {
-                break;
-            };
-            if let Some(entry) = state.entries.remove(&oldest) {
-                state.bytes -= entry.bytes;
-                state.evictions += 1;
-            }
-        }
+        evict_over_budget(&mut state, bytes);
         state.tick += 1;
         let tick = state.tick;
         state.order.insert(tick, key.clone());
@@ -196,16 +204,29 @@ impl InferenceCache {
             })
             .collect();
         CacheReport {
-            enabled: self.settings.enabled,
+            enabled: state.settings.enabled,
             entries: state.entries.len(),
             bytes: state.bytes,
-            max_bytes: self.settings.max_bytes,
-            ttl_seconds: self.settings.ttl.as_secs(),
+            max_bytes: state.settings.max_bytes,
+            ttl_seconds: state.settings.ttl.as_secs(),
             hits: state.hits,
             misses: state.misses,
             evictions: state.evictions,
             hit_rate: (lookups > 0).then(|| state.hits as f64 / lookups as f64),
             recent,
+        }
+    }
+}
+
+/// Evict the least recently used until `incoming` more bytes fit the budget.
+fn evict_over_budget(state: &mut State, incoming: usize) {
+    while state.bytes + incoming > state.settings.max_bytes {
+        let Some((_, oldest)) = state.order.pop_first() else {
+            break;
+        };
+        if let Some(entry) = state.entries.remove(&oldest) {
+            state.bytes -= entry.bytes;
+            state.evictions += 1;
         }
     }
 }
@@ -284,6 +305,35 @@ mod tests {
 
     fn key_size(_: &str, value: &Value) -> usize {
         64 + value.to_string().len()
+    }
+
+    #[test]
+    fn reconfiguring_shrinks_the_budget_and_disabling_empties() {
+        let value = json!({"text": "x".repeat(100)});
+        let one = key_size("a", &value);
+        let cache = cache(one * 3, Duration::from_secs(60));
+        for k in ["a", "b", "c"] {
+            cache.put(k.repeat(64), "t", "m", value.clone());
+        }
+        let settings = |enabled, max_bytes| CacheSettings {
+            enabled,
+            ttl: Duration::from_secs(5),
+            max_bytes,
+        };
+        cache.reconfigure(settings(true, one));
+        let report = cache.report();
+        assert_eq!(
+            (report.entries, report.max_bytes, report.ttl_seconds),
+            (1, one, 5)
+        );
+        assert!(
+            cache.get(&"c".repeat(64)).is_some(),
+            "the most recent stays"
+        );
+        cache.reconfigure(settings(false, one));
+        assert_eq!(cache.report().entries, 0);
+        cache.put("d".repeat(64), "t", "m", value);
+        assert_eq!(cache.report().entries, 0);
     }
 
     #[test]

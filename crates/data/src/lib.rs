@@ -1,27 +1,38 @@
-//! The data server: what this node knows about itself.
+//! The data server: what this node knows about itself, kept durable.
 //!
 //! Resources: `jetson://models/available`, `jetson://system/metrics`,
 //! `jetson://cache/inference`, `jetson://config/settings`,
-//! `jetson://performance/analytics`, and the template `jetson://models/{name}`.
+//! `jetson://performance/analytics`, and the template `jetson://models/{name}`;
+//! all of the listed ones can be subscribed to. Tools: `update_settings` and
+//! `manage_models`.
 
 pub mod analytics;
 pub mod cache;
-pub mod models;
+pub mod db;
+pub mod gguf;
+mod notify;
+pub mod schema;
+pub mod settings;
+pub mod store;
 pub mod telemetry;
 
 use std::sync::Arc;
 
-use jetsonmind_core::content::json_resource;
+use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::model::{
     CallToolResult, ReadResourceResult, Resource, ResourceTemplate,
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
-use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity};
+use jetsonmind_core::{
+    Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, tool_error, tool_from,
+};
 
 use crate::analytics::Analytics;
 use crate::cache::InferenceCache;
-use crate::models::ModelDir;
+use crate::schema::{ManageModelsArgs, ModelAction, UpdateSettingsArgs};
+use crate::settings::Settings;
+use crate::store::{ModelStore, StoreError};
 use crate::telemetry::LinuxReader;
 
 pub const MODELS_AVAILABLE: &str = "jetson://models/available";
@@ -31,27 +42,85 @@ pub const CONFIG_SETTINGS: &str = "jetson://config/settings";
 pub const PERFORMANCE_ANALYTICS: &str = "jetson://performance/analytics";
 const MODEL_PREFIX: &str = "jetson://models/";
 
+/// What the data server reads and reports on; in one process compute shares
+/// the same cache, store and analytics.
+#[derive(Clone)]
+pub struct NodeState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<ModelStore>,
+    pub cache: Arc<InferenceCache>,
+    pub analytics: Arc<Analytics>,
+}
+
 pub struct DataServer {
-    config: Config,
-    cache: Arc<InferenceCache>,
-    analytics: Arc<Analytics>,
+    state: NodeState,
     telemetry: LinuxReader,
-    models: ModelDir,
+    updates: Arc<ResourceUpdates>,
     catalog: Arc<Catalog>,
 }
 
 impl DataServer {
-    /// `cache` is the compute server's inference cache when both run in one process.
-    pub fn new(config: Config, cache: Arc<InferenceCache>, analytics: Arc<Analytics>) -> Self {
-        let models = ModelDir::new(config.models_dir());
+    /// Also starts, on the current tokio runtime, the task that tells
+    /// subscribers about changes; it ends when the server is dropped.
+    pub fn new(state: NodeState) -> Self {
+        let updates = Arc::new(ResourceUpdates::default());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(notify::run(Arc::downgrade(&updates), state.clone()));
+        }
+        let telemetry = LinuxReader::with_settings("/", state.settings.current().telemetry);
         Self {
-            config,
-            cache,
-            analytics,
-            telemetry: LinuxReader::new("/"),
-            models,
+            state,
+            telemetry,
+            updates,
             catalog: Arc::new(catalog()),
         }
+    }
+
+    async fn update_settings(&self, args: UpdateSettingsArgs) -> CallToolResult {
+        let settings = self.state.settings.clone();
+        let dry_run = args.dry_run.unwrap_or(false);
+        let outcome =
+            tokio::task::spawn_blocking(move || settings.update(&args.settings, dry_run)).await;
+        match outcome {
+            Ok(Ok(update)) => json_tool_result(&update),
+            Ok(Err(e)) => tool_error(format!("settings not changed: {e}")),
+            Err(e) => tool_error(format!("settings not changed: {e}")),
+        }
+    }
+
+    async fn manage_models(&self, args: ManageModelsArgs) -> CallToolResult {
+        let store = self.state.store.clone();
+        let name = args.name.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let named = || name.clone().ok_or("`name` is required for this action");
+            Ok(match args.action {
+                ModelAction::List => serde_json::to_value(store.list()?),
+                ModelAction::Verify => serde_json::to_value(store.verify(&named()?)?),
+                ModelAction::Remove => serde_json::to_value(store.remove(&named()?)?),
+            })
+        })
+        .await;
+        match outcome {
+            Ok(Ok(Ok(value))) => CallToolResult::structured(value),
+            Ok(Ok(Err(e))) => tool_error(format!("cannot encode the result: {e}")),
+            Ok(Err(ModelsError(e))) => tool_error(e),
+            Err(e) => tool_error(format!("model store task failed: {e}")),
+        }
+    }
+}
+
+/// A `manage_models` failure, as the message the caller sees.
+struct ModelsError(String);
+
+impl From<StoreError> for ModelsError {
+    fn from(e: StoreError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<&str> for ModelsError {
+    fn from(e: &str) -> Self {
+        Self(e.to_string())
     }
 }
 
@@ -65,12 +134,14 @@ fn catalog() -> Catalog {
         json(
             MODELS_AVAILABLE,
             "models-available",
-            "Models in this node's model store.",
+            "Models in this node's model store: format, architecture, quantization, size, \
+             licence, source, digest, and which processes have them loaded.",
         ),
         json(
             SYSTEM_METRICS,
             "system-metrics",
-            "Live CPU, memory, load, uptime and temperatures of this node.",
+            "Live CPU, memory, load, disks, network, temperatures; on a Jetson also GPU, \
+             power rails, fan and power mode.",
         ),
         json(
             CACHE_INFERENCE,
@@ -80,20 +151,34 @@ fn catalog() -> Catalog {
         json(
             CONFIG_SETTINGS,
             "config-settings",
-            "The settings this node runs with.",
+            "The settings this node runs with; change them with update_settings.",
         ),
         json(
             PERFORMANCE_ANALYTICS,
             "performance-analytics",
-            "Per-tool and per-model latency and throughput.",
+            "Per-tool and per-model calls, errors, latency percentiles and tokens/s.",
         ),
     ];
     let templates = vec![
         ResourceTemplate::new("jetson://models/{name}", "model")
-            .with_description("One model file in the model store, by file name.")
+            .with_description("One model of the model store, by name.")
             .with_mime_type("application/json"),
     ];
-    Catalog::new(Vec::new(), resources, templates).expect("the data catalog is valid")
+    let tools = vec![
+        tool_from::<UpdateSettingsArgs>(
+            "update_settings",
+            "Change settings of this node. They are checked against the whole configuration \
+             (errors name the key), saved in the data dir, and subscribers of \
+             jetson://config/settings are notified. The result says which keys are in effect \
+             now and which after a restart.",
+        ),
+        tool_from::<ManageModelsArgs>(
+            "manage_models",
+            "The model store: list models, verify a model's files against their sha256, or \
+             remove a model.",
+        ),
+    ];
+    Catalog::new(tools, resources, templates).expect("the data catalog is valid")
 }
 
 impl McpUnit for DataServer {
@@ -101,8 +186,9 @@ impl McpUnit for DataServer {
         UnitIdentity {
             name: "jetsonmind-data",
             title: "JetsonMind data",
-            instructions: "Read-only facts about this node: models, live system metrics, \
-                           inference cache, settings and performance analytics.",
+            instructions: "Facts about this node: models, live system metrics, inference cache, \
+                           settings and performance analytics. Subscribe to a resource to be told \
+                           when it changes.",
         }
     }
 
@@ -110,12 +196,19 @@ impl McpUnit for DataServer {
         self.catalog.clone()
     }
 
+    fn updates(&self) -> Option<Arc<ResourceUpdates>> {
+        Some(self.updates.clone())
+    }
+
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        // The catalog has no tools, so UnitServer never gets here.
-        Err(McpError::invalid_params(
-            format!("unknown tool: {}", call.name),
-            None,
-        ))
+        match call.name.as_str() {
+            "update_settings" => Ok(self.update_settings(call.parse()?).await),
+            "manage_models" => Ok(self.manage_models(call.parse()?).await),
+            other => Err(McpError::invalid_params(
+                format!("unknown tool: {other}"),
+                None,
+            )),
+        }
     }
 
     async fn read_resource(
@@ -123,22 +216,33 @@ impl McpUnit for DataServer {
         uri: &str,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResult, McpError> {
+        let state = &self.state;
         match uri {
             SYSTEM_METRICS => json_resource(uri, &self.telemetry.snapshot().await),
-            MODELS_AVAILABLE => json_resource(uri, &self.models.list()?),
-            CONFIG_SETTINGS => json_resource(uri, &self.config),
-            CACHE_INFERENCE => json_resource(uri, &self.cache.report()),
+            MODELS_AVAILABLE => {
+                let models = state.store.list().map_err(store_error)?;
+                json_resource(uri, &serde_json::json!({ "models": models }))
+            }
+            CONFIG_SETTINGS => json_resource(uri, &state.settings.current()),
+            CACHE_INFERENCE => json_resource(uri, &state.cache.report()),
             PERFORMANCE_ANALYTICS => json_resource(
                 uri,
-                &serde_json::json!({ "series": self.analytics.report() }),
+                &serde_json::json!({ "series": state.analytics.report() }),
             ),
             _ => match uri.strip_prefix(MODEL_PREFIX) {
-                Some(name) => json_resource(uri, &self.models.get(name)?),
+                Some(name) => json_resource(uri, &state.store.get(name).map_err(store_error)?),
                 None => Err(McpError::resource_not_found(
                     format!("no resource at {uri}"),
                     None,
                 )),
             },
         }
+    }
+}
+
+fn store_error(e: StoreError) -> McpError {
+    match e {
+        StoreError::NotFound(_) => McpError::resource_not_found(e.to_string(), None),
+        other => McpError::internal_error(other.to_string(), None),
     }
 }

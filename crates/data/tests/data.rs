@@ -1,31 +1,56 @@
 //! The data server driven through a real MCP client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::rmcp::model::{ReadResourceRequestParams, ResourceContents};
-use jetsonmind_core::rmcp::service::RunningService;
-use jetsonmind_core::rmcp::{RoleClient, ServiceError};
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, ProtocolVersion, ReadResourceRequestParams,
+    ResourceContents, ResourceUpdatedNotificationParam, ServerNotification, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequestParams,
+};
+use jetsonmind_core::rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService,
+};
+use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
+use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer, testing};
-use jetsonmind_data::DataServer;
-use serde_json::Value;
+use jetsonmind_data::settings::Settings;
+use jetsonmind_data::store::ModelStore;
+use jetsonmind_data::{DataServer, NodeState};
+use serde_json::{Value, json};
 
-async fn client(data_dir: &std::path::Path) -> RunningService<RoleClient, ()> {
+fn node(data_dir: &std::path::Path) -> NodeState {
     let mut config = Config::default();
     config.data.dir = data_dir.to_path_buf();
+    config.data.notify_interval_ms = 100;
+    NodeState {
+        store: Arc::new(ModelStore::open(data_dir).unwrap()),
+        settings: Arc::new(Settings::fixed(config)),
+        cache: Default::default(),
+        analytics: Default::default(),
+    }
+}
+
+async fn client(data_dir: &std::path::Path) -> RunningService<RoleClient, ()> {
     testing::connect(UnitServer::new(
-        Arc::new(DataServer::new(
-            config,
-            Default::default(),
-            Default::default(),
-        )),
+        Arc::new(DataServer::new(node(data_dir))),
         McpConfig::default(),
     ))
     .await
 }
 
+/// The smallest GGUF file: header, no tensors, no metadata.
+fn tiny_gguf(path: &std::path::Path) {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend([0u8; 16]);
+    bytes.resize(1234, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
 async fn read_json(
-    client: &RunningService<RoleClient, ()>,
+    client: &jetsonmind_core::rmcp::service::Peer<RoleClient>,
     uri: &str,
 ) -> Result<Value, ServiceError> {
     let result = client
@@ -82,8 +107,12 @@ async fn system_metrics_are_this_machines() {
 #[tokio::test]
 async fn models_and_settings_reflect_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("models")).unwrap();
-    std::fs::write(dir.path().join("models/tiny.gguf"), vec![0u8; 1234]).unwrap();
+    let source = dir.path().join("tiny.gguf");
+    tiny_gguf(&source);
+    ModelStore::open(dir.path())
+        .unwrap()
+        .import(&source, &Default::default(), |_, _| {})
+        .unwrap();
     let client = client(dir.path()).await;
     let models = read_json(&client, "jetson://models/available")
         .await
@@ -118,7 +147,7 @@ async fn unknown_resources_are_clear_errors() {
         .await
         .unwrap_err();
     assert!(
-        error.to_string().contains("no model named missing.gguf"),
+        error.to_string().contains("no model named `missing.gguf`"),
         "{error}"
     );
 }
@@ -144,4 +173,235 @@ async fn the_inference_cache_reports_its_counters() {
     assert_eq!(cache["entries"], 0);
     assert_eq!(cache["max_bytes"], 16 * 1024 * 1024);
     assert_eq!(cache["hit_rate"], Value::Null);
+}
+
+/// Records the `notifications/resources/updated` URIs it receives.
+#[derive(Clone, Default)]
+struct Updates(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ClientHandler for Updates {
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.0.lock().unwrap().push(params.uri);
+    }
+}
+
+impl Updates {
+    /// Waits (up to 10 s) until `uri` has been notified `times` times.
+    async fn wait_for(&self, uri: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.0.lock().unwrap().iter().filter(|u| *u == uri).count();
+            if seen >= times {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{uri}: {seen} of {times} updates; got {:?}",
+                self.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn count(&self, uri: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|u| *u == uri).count()
+    }
+}
+
+fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
+}
+
+fn tool_text(result: &CallToolResult) -> String {
+    result.content[0].as_text().unwrap().text.clone()
+}
+
+#[tokio::test]
+#[allow(deprecated)] // resources/subscribe: the handshake era this client speaks
+async fn session_subscribers_hear_of_settings_and_metrics_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = UnitServer::new(
+        Arc::new(DataServer::new(node(dir.path()))),
+        McpConfig::default(),
+    );
+    let updates = Updates::default();
+    let client = updates.clone().serve(in_process(server)).await.unwrap();
+    let capabilities = client.peer_info().unwrap().capabilities.clone();
+    assert_eq!(capabilities.resources.unwrap().subscribe, Some(true));
+    for uri in ["jetson://config/settings", "jetson://system/metrics"] {
+        client
+            .subscribe(SubscribeRequestParams::new(uri))
+            .await
+            .unwrap();
+    }
+    // Metrics change all the time: an update every notify interval (100 ms here).
+    updates.wait_for("jetson://system/metrics", 3).await;
+    assert_eq!(updates.count("jetson://config/settings"), 0);
+
+    let result = client
+        .call_tool(call(
+            "update_settings",
+            json!({"settings": {"cache": {"ttl_secs": 60}, "compute": {"parallel": 2}}}),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{}", tool_text(&result));
+    let update = result.structured_content.unwrap();
+    assert_eq!(update["effective_now"], json!(["cache.ttl_secs"]));
+    assert_eq!(update["after_restart"], json!(["compute.parallel"]));
+    updates.wait_for("jetson://config/settings", 1).await;
+    let settings = read_json(&client, "jetson://config/settings")
+        .await
+        .unwrap();
+    assert_eq!(settings["cache"]["ttl_secs"], 60);
+    // The inference cache follows at once.
+    let cache = read_json(&client, "jetson://cache/inference")
+        .await
+        .unwrap();
+    assert_eq!(cache["ttl_seconds"], 60);
+    let saved = std::fs::read_to_string(dir.path().join("settings.toml")).unwrap();
+    assert!(saved.contains("ttl_secs = 60"), "{saved}");
+
+    // Unsubscribed: no more metrics updates.
+    client
+        .unsubscribe(UnsubscribeRequestParams::new("jetson://system/metrics"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after = updates.count("jetson://system/metrics");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(updates.count("jetson://system/metrics"), after);
+
+    let refused = client
+        .subscribe(SubscribeRequestParams::new("jetson://nothing"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("cannot subscribe"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_are_tool_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(dir.path()).await;
+    for (settings, named) in [
+        (json!({"cache": {"ttl_secs": "soon"}}), "cache.ttl_secs"),
+        (json!({"http": {"max_body_bytes": 10}}), "max_body_bytes"),
+        (json!({"cahce": {"enabled": false}}), "cahce"),
+    ] {
+        let result = client
+            .call_tool(call("update_settings", json!({ "settings": settings })))
+            .await
+            .unwrap();
+        assert_eq!(result.is_error, Some(true));
+        assert!(tool_text(&result).contains(named), "{}", tool_text(&result));
+    }
+    assert!(!dir.path().join("settings.toml").exists());
+}
+
+#[tokio::test]
+async fn listen_streams_updates_in_the_2026_era() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = UnitServer::new(
+        Arc::new(DataServer::new(node(dir.path()))),
+        McpConfig::default(),
+    );
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let client = ().serve_with_lifecycle(in_process(server), lifecycle).await.unwrap();
+    let filter = SubscriptionFilter::builder()
+        .resource_subscriptions(["jetson://config/settings", "jetson://not/a/resource"])
+        .build();
+    let mut subscription = client.peer().listen(filter).await.unwrap();
+    assert_eq!(
+        subscription.acknowledged().resource_subscriptions,
+        Some(vec!["jetson://config/settings".to_string()])
+    );
+    let result = client
+        .call_tool(call(
+            "update_settings",
+            json!({"settings": {"data": {"notify_interval_ms": 500}}}),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{}", tool_text(&result));
+    let notification = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("an update within 10 s")
+        .unwrap()
+        .expect("the stream is open");
+    match notification {
+        ServerNotification::ResourceUpdatedNotification(n) => {
+            assert_eq!(n.params.uri, "jetson://config/settings")
+        }
+        other => panic!("expected resources/updated, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn models_are_verified_and_removed_through_the_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("tiny.gguf");
+    tiny_gguf(&source);
+    let store = ModelStore::open(dir.path()).unwrap();
+    store
+        .import(&source, &Default::default(), |_, _| {})
+        .unwrap();
+    let blob = store.main_file("tiny.gguf").unwrap();
+    drop(store);
+    let client = client(dir.path()).await;
+    let verify = client
+        .call_tool(call(
+            "manage_models",
+            json!({"action": "verify", "name": "tiny.gguf"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(verify.structured_content.unwrap()["ok"], true);
+    std::fs::write(&blob, b"GGUF changed").unwrap();
+    let verify = client
+        .call_tool(call(
+            "manage_models",
+            json!({"action": "verify", "name": "tiny.gguf"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(verify.structured_content.unwrap()["ok"], false);
+    let missing_name = client
+        .call_tool(call("manage_models", json!({"action": "remove"})))
+        .await
+        .unwrap();
+    assert!(tool_text(&missing_name).contains("`name` is required"));
+    let removed = client
+        .call_tool(call(
+            "manage_models",
+            json!({"action": "remove", "name": "tiny.gguf"}),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(removed.is_error, Some(true), "{}", tool_text(&removed));
+    let models = read_json(&client, "jetson://models/available")
+        .await
+        .unwrap();
+    assert_eq!(models["models"], json!([]));
+    let again = client
+        .call_tool(call(
+            "manage_models",
+            json!({"action": "remove", "name": "tiny.gguf"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.is_error, Some(true));
+    assert!(
+        tool_text(&again).contains("no model named"),
+        "{}",
+        tool_text(&again)
+    );
 }

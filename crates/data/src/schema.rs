@@ -1,0 +1,34 @@
+//! Input schemas of the data server's tools.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettingsArgs {
+    /// Sections of keys to change, shaped like the TOML config file:
+    /// `{"cache": {"ttl_secs": 60}}`. A `null` value resets a key to its default.
+    pub settings: Map<String, Value>,
+    /// Only check the settings; save nothing.
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelAction {
+    /// Every model in the store, with its metadata.
+    List,
+    /// Re-hash a model's files and compare them with their recorded digests.
+    Verify,
+    /// Take a model out of the store (its files go unless another model shares them).
+    Remove,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManageModelsArgs {
+    pub action: ModelAction,
+    /// The model's name, for `verify` and `remove`.
+    pub name: Option<String>,
+}
