@@ -87,7 +87,7 @@ async def test_bad_input_gets_clear_errors(transport, mode):
             await client.read_resource("jetson://no/such/resource")
 
         # Still serving after all of that.
-        assert len((await client.list_tools()).tools) == 16
+        assert len((await client.list_tools()).tools) == 18
 
 
 def raw_post(url, body, headers=None):
@@ -111,5 +111,5 @@ async def test_http_limits_and_checks_keep_the_server_serving(served):
     assert raw_post(served.url, ping, {"origin": "http://evil.example"}) == 403
     assert raw_post(served.url, ping, {"host": "evil.example:80"}) == 403
     async with Client(served.url, mode="auto") as client:
-        assert len((await client.list_tools()).tools) == 16
+        assert len((await client.list_tools()).tools) == 18
     assert served.process.poll() is None

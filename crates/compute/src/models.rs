@@ -51,6 +51,14 @@ impl ModelRegistry {
 
     /// A model is named as in the store; `.gguf` may be left off.
     fn resolve(&self, name: &str) -> Result<(String, PathBuf), EngineError> {
+        if name.contains(['/', '\\']) {
+            return Err(EngineError::Load {
+                path: name.to_string(),
+                reason:
+                    "a model is named as in the store (`jetsonmind models list`), not by a path"
+                        .into(),
+            });
+        }
         let mut ids = vec![name.to_string()];
         if !name.ends_with(".gguf") {
             ids.push(format!("{name}.gguf"));

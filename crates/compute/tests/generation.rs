@@ -301,7 +301,7 @@ async fn bad_requests_get_clear_errors() {
         ),
         (
             json!({"prompt": "hi", "model": "../etc/passwd"}),
-            "plain file name",
+            "not by a path",
         ),
         (
             json!({"prompt": "hi", "model": "missing-model"}),

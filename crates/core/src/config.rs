@@ -558,6 +558,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_the_defaults() {
+        let example = include_str!("../../../jetsonmind.example.toml");
+        let table: toml::Table = example.parse().unwrap();
+        let config = parse_table(table).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn backend_urls_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

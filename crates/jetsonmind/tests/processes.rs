@@ -208,3 +208,68 @@ fn config_shows_env_overrides_and_rejects_typos() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("max_body"));
 }
+
+/// Stop a server the way a service manager does, and wait for it to exit.
+fn terminate(mut proc: Proc) {
+    let stopped = Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn analytics_and_settings_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let args = ["data", "--listen", "127.0.0.1:0", "--data-dir", &data_dir];
+    let data = start(&args, &[]);
+    for _ in 0..3 {
+        let listed = rpc(
+            &data.url,
+            "tools/call",
+            json!({"name": "manage_models", "arguments": {"action": "list"}}),
+        )
+        .await;
+        assert_eq!(listed["result"]["isError"], false, "{listed}");
+        assert_eq!(listed["result"]["structuredContent"]["models"], json!([]));
+    }
+    let updated = rpc(
+        &data.url,
+        "tools/call",
+        json!({"name": "update_settings", "arguments": {"settings": {"cache": {"max_bytes": 65536}}}}),
+    )
+    .await;
+    assert_eq!(updated["result"]["isError"], false, "{updated}");
+    // Well within the 10 s flush interval: what reaches the database is the
+    // flush at shutdown.
+    terminate(data);
+
+    let data = start(&args, &[]);
+    let read = |uri: &'static str| {
+        let url = data.url.clone();
+        async move {
+            let result = rpc(&url, "resources/read", json!({ "uri": uri })).await;
+            let text = result["result"]["contents"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let analytics = read("jetson://performance/analytics").await;
+    let series = analytics["series"].as_array().unwrap();
+    let models = series
+        .iter()
+        .find(|s| s["tool"] == "manage_models")
+        .unwrap_or_else(|| panic!("no manage_models series: {analytics}"));
+    assert_eq!(models["calls"], 3, "{analytics}");
+    assert_eq!(models["windows"]["1h"]["calls"], 3, "{analytics}");
+    let settings = read("jetson://config/settings").await;
+    assert_eq!(settings["cache"]["max_bytes"], 65536);
+}
