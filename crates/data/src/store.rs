@@ -716,8 +716,27 @@ fn copy_hashing(
     output: &Path,
     progress: &mut impl FnMut(u64),
 ) -> Result<(String, u64), StoreError> {
-    let mut reader = std::fs::File::open(input).map_err(io(input))?;
     let mut writer = std::fs::File::create(output).map_err(io(output))?;
+    let digest = read_hashing(
+        input,
+        |chunk| writer.write_all(chunk).map_err(io(output)),
+        progress,
+    )?;
+    writer.sync_all().map_err(io(output))?;
+    Ok(digest)
+}
+
+fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<(String, u64), StoreError> {
+    read_hashing(path, |_| Ok(()), &mut progress)
+}
+
+/// Read `input` through sha256, handing each chunk to `sink`: the digest and size.
+fn read_hashing(
+    input: &Path,
+    mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    progress: &mut impl FnMut(u64),
+) -> Result<(String, u64), StoreError> {
+    let mut reader = std::fs::File::open(input).map_err(io(input))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -727,25 +746,7 @@ fn copy_hashing(
             break;
         }
         hasher.update(&buffer[..n]);
-        writer.write_all(&buffer[..n]).map_err(io(output))?;
-        size += n as u64;
-        progress(n as u64);
-    }
-    writer.sync_all().map_err(io(output))?;
-    Ok((format!("{:x}", hasher.finalize()), size))
-}
-
-fn hash_file(path: &Path, mut progress: impl FnMut(u64)) -> Result<(String, u64), StoreError> {
-    let mut reader = std::fs::File::open(path).map_err(io(path))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buffer).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
+        sink(&buffer[..n])?;
         size += n as u64;
         progress(n as u64);
     }
