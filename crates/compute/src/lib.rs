@@ -6,21 +6,31 @@
 
 pub mod engine;
 pub mod models;
+pub mod placement;
 pub mod scheduler;
 pub mod schema;
 pub mod text;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::CallToolResult;
-use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, not_available, tool_from};
+use jetsonmind_core::content::{json_resource, json_tool_result};
+use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::model::{
+    CallToolResult, ReadResourceResult, Resource, Tool, ToolAnnotations,
+};
+use jetsonmind_core::rmcp::service::RequestContext;
+use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
+use jetsonmind_core::{
+    Catalog, Config, McpUnit, ToolCall, UnitIdentity, not_available, tool_error, tool_from,
+};
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::store::ModelStore;
+use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
 
 use crate::engine::llama::LlamaSettings;
-use crate::models::ModelRegistry;
+use crate::models::{ModelRegistry, Placement};
 use crate::scheduler::Scheduler;
 use crate::schema::*;
 use crate::text::TextService;
@@ -28,7 +38,13 @@ use crate::text::TextService;
 pub struct ComputeServer {
     catalog: Arc<Catalog>,
     text: TextService,
+    vitals: LinuxReader,
+    /// `host:pid`, how this replica names itself in its status.
+    replica: String,
 }
+
+/// How often idle models are checked against their keep-alive.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl ComputeServer {
     /// `cache` and `store` are shared with the data server, which reports on them.
@@ -42,8 +58,29 @@ impl ComputeServer {
             context_size: settings.context_size,
             gpu_layers: settings.gpu_layers,
         };
+        let vitals = LinuxReader::new("/");
+        let placement = Placement {
+            budget_bytes: match settings.memory_budget_bytes {
+                0 => default_budget(&vitals),
+                bytes => bytes,
+            },
+            keep_alive: match settings.keep_alive_secs {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            parallel: settings.parallel,
+        };
+        let models = Arc::new(ModelRegistry::new(
+            store.clone(),
+            settings.default_model.clone(),
+            llama,
+            placement,
+        ));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
+        }
         let text = TextService {
-            models: ModelRegistry::new(store, settings.default_model.clone(), llama),
+            models,
             scheduler: Scheduler::new(settings.parallel, settings.queue_depth),
             cache,
             settings,
@@ -51,8 +88,83 @@ impl ComputeServer {
         Self {
             catalog: Arc::new(catalog()),
             text,
+            vitals,
+            replica: format!("{}:{}", store.node(), std::process::id()),
         }
     }
+
+    async fn status(&self) -> ReplicaReport {
+        let models = &self.text.models;
+        let residency = models.residency().await;
+        let vitals = self.vitals.vitals();
+        let budget = models.budget_bytes();
+        let idle_bytes = residency.used_bytes - residency.busy_bytes;
+        let within_budget = budget.saturating_sub(residency.busy_bytes);
+        let loadable_bytes = match vitals.available_memory_bytes {
+            Some(free) => within_budget.min(free + idle_bytes),
+            None => within_budget,
+        };
+        ReplicaReport {
+            replica: self.replica.clone(),
+            default_model: models.default_model().to_string(),
+            running: self.text.scheduler.running(),
+            waiting: self.text.scheduler.waiting(),
+            capacity: self.text.scheduler.capacity(),
+            memory_budget_bytes: budget,
+            memory_used_bytes: residency.used_bytes,
+            loadable_bytes,
+            free_memory_bytes: vitals.available_memory_bytes,
+            temperature_c: vitals.max_temperature_c,
+            loaded: residency.loaded,
+            model_bytes: models.store_model_bytes(),
+        }
+    }
+
+    async fn load_model(&self, args: LoadModelArgs) -> CallToolResult {
+        let keep_alive = args.keep_alive_secs.map(|secs| match secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        });
+        match self.text.models.load(&args.model, keep_alive).await {
+            Ok(outcome) => json_tool_result(&outcome),
+            Err(e) => tool_error(e.to_string()),
+        }
+    }
+
+    async fn unload_model(&self, args: UnloadModelArgs) -> CallToolResult {
+        match self.text.models.unload(&args.model).await {
+            Ok(bytes) => json_tool_result(&serde_json::json!({
+                "model": args.model,
+                "freed_bytes": bytes,
+            })),
+            Err(e) => tool_error(e.to_string()),
+        }
+    }
+}
+
+/// 80% of the machine's memory; unbounded when it cannot be read.
+fn default_budget(vitals: &LinuxReader) -> u64 {
+    vitals
+        .vitals()
+        .total_memory_bytes
+        .map_or(u64::MAX, |total| total / 5 * 4)
+}
+
+/// Unload models idle past their keep-alive, until the server is gone.
+async fn sweep_idle_models(models: Weak<ModelRegistry>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(models) = models.upgrade() else {
+            return;
+        };
+        models.sweep().await;
+    }
+}
+
+/// Inference reads its inputs and changes nothing: a call may run twice
+/// (the control plane retries it on another replica when one dies).
+fn inference(tool: Tool) -> Tool {
+    tool.annotate(ToolAnnotations::new().read_only(true).idempotent(true))
 }
 
 fn available_cores() -> usize {
@@ -61,32 +173,51 @@ fn available_cores() -> usize {
 
 fn catalog() -> Catalog {
     let tools = vec![
-        tool_from::<TextGenerateArgs>(
+        inference(tool_from::<TextGenerateArgs>(
             "text_generate",
             "Generate text with a local language model from a prompt or chat messages.",
-        ),
-        tool_from::<CodeCompleteArgs>(
+        )),
+        inference(tool_from::<CodeCompleteArgs>(
             "code_complete",
             "Complete code at a point (fill-in-the-middle when the model supports it).",
-        ),
-        tool_from::<ImageAnalyzeArgs>(
+        )),
+        inference(tool_from::<ImageAnalyzeArgs>(
             "image_analyze",
             "Classify an image or read its text (OCR) with a local vision model.",
-        ),
-        tool_from::<AudioProcessArgs>(
+        )),
+        inference(tool_from::<AudioProcessArgs>(
             "audio_process",
             "Transcribe speech to text, or speak text to audio, locally.",
-        ),
-        tool_from::<MultiModalArgs>(
+        )),
+        inference(tool_from::<MultiModalArgs>(
             "multi_modal_inference",
             "Answer a prompt about an image and/or audio clip by combining local models.",
-        ),
-        tool_from::<EmbedArgs>(
+        )),
+        inference(tool_from::<EmbedArgs>(
             "embed",
             "Sentence embeddings for texts (semantic search, clustering).",
-        ),
+        )),
+        tool_from::<LoadModelArgs>(
+            "load_model",
+            "Load a model into this replica's memory now, within its memory budget (idle models \
+             are unloaded, least recently used first, to make room).",
+        )
+        .annotate(ToolAnnotations::new().idempotent(true).destructive(false)),
+        tool_from::<UnloadModelArgs>(
+            "unload_model",
+            "Unload an idle model from this replica's memory.",
+        )
+        .annotate(ToolAnnotations::new().idempotent(true)),
     ];
-    Catalog::new(tools, Vec::new(), Vec::new()).expect("the compute catalog is valid")
+    let resources = vec![
+        Resource::new(REPLICA_STATUS_URI, "compute-status")
+            .with_description(
+                "This replica's load (running, waiting, capacity), loaded models, memory budget, \
+                 free memory and temperature: what the control plane routes by.",
+            )
+            .with_mime_type("application/json"),
+    ];
+    Catalog::new(tools, resources, Vec::new()).expect("the compute catalog is valid")
 }
 
 impl McpUnit for ComputeServer {
@@ -118,6 +249,8 @@ impl McpUnit for ComputeServer {
             "image_analyze" | "multi_modal_inference" => {
                 "the vision engine is not built into this binary yet"
             }
+            "load_model" => return Ok(self.load_model(call.parse()?).await),
+            "unload_model" => return Ok(self.unload_model(call.parse()?).await),
             "audio_process" => "the audio engine is not built into this binary yet",
             "embed" => "the embedding engine is not built into this binary yet",
             other => {
@@ -128,5 +261,19 @@ impl McpUnit for ComputeServer {
             }
         };
         Ok(not_available(&call.name, reason))
+    }
+
+    async fn read_resource(
+        &self,
+        uri: &str,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResult, McpError> {
+        match uri {
+            REPLICA_STATUS_URI => json_resource(uri, &self.status().await),
+            _ => Err(McpError::resource_not_found(
+                format!("no resource at {uri}"),
+                None,
+            )),
+        }
     }
 }

@@ -41,6 +41,21 @@ impl Scheduler {
         }
     }
 
+    /// Generations running now.
+    pub fn running(&self) -> usize {
+        self.parallel - self.slots.available_permits()
+    }
+
+    /// Calls waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Calls held at once before one more is told "busy".
+    pub fn capacity(&self) -> usize {
+        self.parallel + self.queue_depth
+    }
+
     /// A slot to run in; held until the permit drops.
     pub async fn admit(
         &self,

@@ -132,3 +132,20 @@ pub struct EmbedArgs {
     #[schemars(length(min = 1, max = 256))]
     pub texts: Vec<String>,
 }
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadModelArgs {
+    /// Model id from `jetson://models/available`.
+    pub model: String,
+    /// Unload it after this long unused (like Ollama's keep_alive); 0 keeps
+    /// it until its memory is needed. The configured default when absent.
+    pub keep_alive_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnloadModelArgs {
+    /// Model id of a loaded model.
+    pub model: String,
+}

@@ -23,7 +23,7 @@ const DEFAULT_CODE_MAX_TOKENS: u32 = 128;
 
 /// Everything a generation needs from the compute server.
 pub struct TextService {
-    pub models: ModelRegistry,
+    pub models: Arc<ModelRegistry>,
     pub cache: Arc<InferenceCache>,
     pub scheduler: Scheduler,
     pub settings: ComputeConfig,

@@ -47,10 +47,26 @@ async fn lists_every_inference_tool_with_a_schema() {
             "code_complete",
             "embed",
             "image_analyze",
+            "load_model",
             "multi_modal_inference",
-            "text_generate"
+            "text_generate",
+            "unload_model"
         ]
     );
+    // Inference may run twice (failover retries it); loading is not read-only.
+    for tool in &tools {
+        let annotations = tool.annotations.clone().unwrap_or_default();
+        let inference = !tool.name.ends_with("_model");
+        assert_eq!(
+            annotations.read_only_hint == Some(true),
+            inference,
+            "{}",
+            tool.name
+        );
+        assert_eq!(annotations.idempotent_hint, Some(true), "{}", tool.name);
+    }
+    let uris = testing::resource_uris(client.peer()).await;
+    assert_eq!(uris, ["jetson://compute/status"]);
     let text = tools.iter().find(|t| t.name == "text_generate").unwrap();
     let properties = text.input_schema["properties"].as_object().unwrap();
     for key in [
@@ -66,6 +82,54 @@ async fn lists_every_inference_tool_with_a_schema() {
     ] {
         assert!(properties.contains_key(key), "text_generate lacks {key}");
     }
+}
+
+#[tokio::test]
+async fn the_status_reports_capacity_memory_and_an_empty_residency() {
+    let (client, _dir) = client().await;
+    let read = client
+        .read_resource(
+            jetsonmind_core::rmcp::model::ReadResourceRequestParams::new("jetson://compute/status"),
+        )
+        .await
+        .unwrap();
+    let text = match &read.contents[0] {
+        jetsonmind_core::rmcp::model::ResourceContents::TextResourceContents { text, .. } => {
+            text.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    let report: jetsonmind_core::replica::ReplicaReport = serde_json::from_str(&text).unwrap();
+    let config = jetsonmind_core::Config::default();
+    assert_eq!(
+        report.capacity,
+        config.compute.parallel + config.compute.queue_depth
+    );
+    assert_eq!((report.running, report.waiting), (0, 0));
+    assert!(report.loaded.is_empty() && report.model_bytes.is_empty());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        report.memory_budget_bytes,
+        total_kib * 1024 / 5 * 4,
+        "80% of the machine"
+    );
+    assert!(report.free_memory_bytes.unwrap() > 0);
+    assert!(
+        report
+            .replica
+            .ends_with(&format!(":{}", std::process::id()))
+    );
+
+    let unknown = client
+        .call_tool(
+            CallToolRequestParams::new("load_model").with_arguments(args(json!({"model": "nope"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown.is_error, Some(true));
+    let text = unknown.content[0].as_text().unwrap().text.clone();
+    assert!(text.contains("no model `nope`"), "{text}");
 }
 
 #[tokio::test]

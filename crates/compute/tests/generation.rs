@@ -391,3 +391,151 @@ async fn deterministic_calls_are_answered_from_the_cache() {
     let report = cache.report();
     assert_eq!((report.hits, report.misses, report.entries), (1, 1, 1));
 }
+
+/// The status resource, as the control plane reads it.
+async fn status(client: &RunningService<RoleClient, Progress>) -> Value {
+    let read = client
+        .read_resource(
+            jetsonmind_core::rmcp::model::ReadResourceRequestParams::new(
+                jetsonmind_core::replica::REPLICA_STATUS_URI,
+            ),
+        )
+        .await
+        .unwrap();
+    match &read.contents[0] {
+        jetsonmind_core::rmcp::model::ResourceContents::TextResourceContents { text, .. } => {
+            serde_json::from_str(text).unwrap()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn loaded_names(status: &Value) -> Vec<String> {
+    status["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn models_stay_within_the_memory_budget_and_leave_when_idle() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // The real model under two names: two models as far as placement goes.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ModelStore::open(dir.path()).unwrap());
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(MODEL);
+    for name in [None, Some("second.gguf".to_string())] {
+        let options = ImportOptions {
+            link: true,
+            name,
+            ..Default::default()
+        };
+        store.import(&model, &options, |_, _| {}).unwrap();
+    }
+    let server_with = |budget: u64| {
+        let mut config = config(|c| c.compute.memory_budget_bytes = budget);
+        config.data.dir = dir.path().to_path_buf();
+        let server = UnitServer::new(
+            Arc::new(ComputeServer::new(
+                &config,
+                Default::default(),
+                store.clone(),
+            )),
+            McpConfig::default(),
+        );
+        Progress::default().serve(in_process(server))
+    };
+
+    let probe = server_with(u64::MAX).await.unwrap();
+    let bytes = status(&probe).await["model_bytes"][MODEL].as_u64().unwrap();
+    let file = std::fs::metadata(&model).unwrap().len();
+    assert!(bytes > file, "weights and KV cache: {bytes} vs file {file}");
+
+    // Room for one of the two at a time.
+    let client = server_with(bytes + bytes / 2).await.unwrap();
+    let first = ok(client
+        .call_tool(call(
+            "load_model",
+            json!({"model": MODEL, "keep_alive_secs": 0}),
+        ))
+        .await
+        .unwrap());
+    assert_eq!(first["already_loaded"], false);
+    let second = ok(client
+        .call_tool(call("load_model", json!({"model": "second"})))
+        .await
+        .unwrap());
+    assert_eq!(
+        second["unloaded"],
+        json!([MODEL]),
+        "least recently used goes"
+    );
+    let now = status(&client).await;
+    assert_eq!(loaded_names(&now), ["second.gguf"]);
+    assert_eq!(now["memory_used_bytes"], bytes);
+    assert!(now["loadable_bytes"].as_u64().unwrap() <= bytes + bytes / 2);
+
+    // A model in use is never unloaded.
+    let generating = client.call_tool(call(
+        "text_generate",
+        json!({"prompt": "Tell a long story.", "model": "second", "max_tokens": 300}),
+    ));
+    let unload_meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client
+            .call_tool(call("unload_model", json!({"model": "second.gguf"})))
+            .await
+            .unwrap()
+    };
+    let (generated, refused) = tokio::join!(generating, unload_meanwhile);
+    ok(generated.unwrap());
+    assert_eq!(refused.is_error, Some(true));
+    assert!(
+        text(&refused).contains("running on it"),
+        "{}",
+        text(&refused)
+    );
+    let freed = ok(client
+        .call_tool(call("unload_model", json!({"model": "second.gguf"})))
+        .await
+        .unwrap());
+    assert_eq!(freed["freed_bytes"], bytes);
+    assert!(loaded_names(&status(&client).await).is_empty());
+
+    // Keep-alive: unloaded once idle that long.
+    ok(client
+        .call_tool(call(
+            "load_model",
+            json!({"model": MODEL, "keep_alive_secs": 1}),
+        ))
+        .await
+        .unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !loaded_names(&status(&client).await).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keep-alive never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Too big for the budget: a clear error, nothing loaded.
+    let tiny = server_with(bytes / 2).await.unwrap();
+    let refused = tiny
+        .call_tool(call(
+            "text_generate",
+            json!({"prompt": "hi", "max_tokens": 2}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(
+        text(&refused).contains("memory budget"),
+        "{}",
+        text(&refused)
+    );
+}

@@ -1,26 +1,49 @@
 //! The control server: which compute replica serves what, model placement
 //! within the memory budget, health, power modes and scaling.
+//!
+//! The decisions live in this crate as a library ([`fleet::Fleet`], with
+//! [`routing`] and [`breaker`]) that the gateway routes every call through;
+//! the [`ControlServer`] shows and steers them over MCP.
 
+pub mod breaker;
+pub mod fleet;
+pub mod power;
+pub mod routing;
+pub mod scale;
 pub mod schema;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use jetsonmind_core::config::Config;
+use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::CallToolResult;
-use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, not_available, tool_from};
+use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
+use jetsonmind_core::upstream::{Connector, ProgressSink, Upstream};
+use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
+use serde_json::{Value, json};
 
+use crate::fleet::{Attempt, Fleet, Origin, Replica};
+use crate::power::Power;
+use crate::scale::Launcher;
 use crate::schema::*;
+
+/// The compute tools that load and unload models on one replica.
+pub const LOAD_MODEL_TOOL: &str = "load_model";
+pub const UNLOAD_MODEL_TOOL: &str = "unload_model";
 
 pub struct ControlServer {
     catalog: Arc<Catalog>,
-}
-
-impl Default for ControlServer {
-    fn default() -> Self {
-        Self {
-            catalog: Arc::new(catalog()),
-        }
-    }
+    fleet: Arc<Fleet>,
+    power: Power,
+    launcher: Option<Launcher>,
+    max_replicas: usize,
+    drain_timeout: Duration,
+    /// One scaling action at a time.
+    scaling: tokio::sync::Mutex<()>,
+    started: AtomicUsize,
 }
 
 fn catalog() -> Catalog {
@@ -49,6 +72,339 @@ fn catalog() -> Catalog {
     Catalog::new(tools, Vec::new(), Vec::new()).expect("the control catalog is valid")
 }
 
+impl ControlServer {
+    /// A control plane over `fleet` (the compute replicas). `launcher`
+    /// starts more replicas on this machine; without one `scale_cluster`
+    /// can only report.
+    pub fn new(fleet: Arc<Fleet>, config: &Config, launcher: Option<Launcher>) -> Self {
+        Self {
+            catalog: Arc::new(catalog()),
+            fleet,
+            power: Power::new("/", &config.control),
+            launcher,
+            max_replicas: config.control.max_replicas,
+            drain_timeout: Duration::from_millis(config.control.drain_timeout_ms),
+            scaling: tokio::sync::Mutex::new(()),
+            started: AtomicUsize::new(0),
+        }
+    }
+
+    /// Power commands read this root instead of `/` (tests).
+    pub fn with_power(mut self, power: Power) -> Self {
+        self.power = power;
+        self
+    }
+
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    async fn route_request(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let args: RouteRequestArgs = call.parse()?;
+        let arguments = args.arguments.unwrap_or_default();
+        if let Some(offer) = self.fleet.offer()
+            && offer.tool(&args.tool).is_none()
+        {
+            return Ok(tool_error(format!(
+                "the compute replicas offer no tool `{}`",
+                args.tool
+            )));
+        }
+        let decision = self
+            .fleet
+            .decide(&args.tool, &arguments, args.strategy, &BTreeSet::new());
+        if args.dry_run.unwrap_or(true) {
+            return Ok(json_tool_result(&json!({ "decision": decision })));
+        }
+        let params = CallToolRequestParams::new(args.tool).with_arguments(arguments);
+        let result = self
+            .fleet
+            .call_tool(
+                params,
+                args.strategy,
+                ProgressSink::of_request(&call.context),
+                &call.context.ct,
+            )
+            .await?;
+        Ok(json_tool_result(
+            &json!({ "decision": decision, "result": result }),
+        ))
+    }
+
+    fn monitor_health(&self, args: MonitorHealthArgs) -> CallToolResult {
+        let replicas: Vec<_> = self
+            .fleet
+            .health()
+            .into_iter()
+            .filter(|r| {
+                args.replica
+                    .as_ref()
+                    .is_none_or(|n| &r.connection.name == n)
+            })
+            .collect();
+        if let Some(name) = &args.replica
+            && replicas.is_empty()
+        {
+            return tool_error(format!("no replica named `{name}`"));
+        }
+        let healthy = replicas
+            .iter()
+            .filter(|r| r.connection.up && r.breaker == breaker::BreakerState::Closed)
+            .count();
+        json_tool_result(&json!({
+            "fleet": self.fleet.name,
+            "healthy": healthy,
+            "total": replicas.len(),
+            "replicas": replicas,
+        }))
+    }
+
+    async fn manage_resources(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let args: ManageResourcesArgs = call.parse()?;
+        if args.action == ResourceAction::List {
+            return Ok(self.list_resources());
+        }
+        let Some(model) = args.model.clone() else {
+            return Ok(tool_error("`model` is required for load and unload"));
+        };
+        let targets = match self.targets(&args, &model) {
+            Ok(targets) => targets,
+            Err(message) => return Ok(tool_error(message)),
+        };
+        let (tool, mut arguments) = match args.action {
+            ResourceAction::Load => (LOAD_MODEL_TOOL, JsonObject::new()),
+            _ => (UNLOAD_MODEL_TOOL, JsonObject::new()),
+        };
+        arguments.insert("model".into(), Value::String(model));
+        if let (ResourceAction::Load, Some(keep)) = (args.action, args.keep_alive_secs) {
+            arguments.insert("keep_alive_secs".into(), keep.into());
+        }
+        let mut outcomes = Vec::new();
+        let mut failed = false;
+        for replica in targets {
+            let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
+            let attempt = self
+                .fleet
+                .call_on(&replica, params, None, &call.context.ct)
+                .await;
+            let (ok, outcome) = describe_attempt(attempt);
+            failed |= !ok;
+            outcomes.push(json!({ "replica": replica.name(), "ok": ok, "outcome": outcome }));
+        }
+        let mut result = json_tool_result(&json!({ "results": outcomes }));
+        result.is_error = Some(failed);
+        Ok(result)
+    }
+
+    fn list_resources(&self) -> CallToolResult {
+        let replicas: Vec<Value> = self
+            .fleet
+            .replicas()
+            .iter()
+            .map(|r| {
+                let report = r.report();
+                json!({
+                    "replica": r.name(),
+                    "up": r.upstream.is_up(),
+                    "memory_budget_bytes": report.as_ref().map(|r| r.memory_budget_bytes),
+                    "memory_used_bytes": report.as_ref().map(|r| r.memory_used_bytes),
+                    "loadable_bytes": report.as_ref().map(|r| r.loadable_bytes),
+                    "loaded": report.as_ref().map(|r| r.loaded.clone()),
+                    "model_bytes": report.as_ref().map(|r| r.model_bytes.clone()),
+                })
+            })
+            .collect();
+        json_tool_result(&json!({ "replicas": replicas }))
+    }
+
+    /// The replicas a load or unload acts on.
+    fn targets(
+        &self,
+        args: &ManageResourcesArgs,
+        model: &str,
+    ) -> Result<Vec<Arc<Replica>>, String> {
+        if let Some(name) = &args.replica {
+            return self
+                .fleet
+                .replica(name)
+                .map(|r| vec![r])
+                .ok_or_else(|| format!("no replica named `{name}`"));
+        }
+        match args.action {
+            ResourceAction::Load => {
+                let mut arguments = JsonObject::new();
+                arguments.insert("model".into(), Value::String(model.to_string()));
+                let decision =
+                    self.fleet
+                        .decide("text_generate", &arguments, None, &BTreeSet::new());
+                decision
+                    .chosen()
+                    .and_then(|name| self.fleet.replica(name))
+                    .map(|r| vec![r])
+                    .ok_or(decision.reason)
+            }
+            _ => {
+                let holding: Vec<_> = self
+                    .fleet
+                    .replicas()
+                    .into_iter()
+                    .filter(|r| {
+                        r.report().is_some_and(|report| {
+                            report
+                                .loaded
+                                .iter()
+                                .any(|m| routing::same_model(&m.name, model))
+                        })
+                    })
+                    .collect();
+                match holding.is_empty() {
+                    true => Err(format!("no replica has `{model}` loaded")),
+                    false => Ok(holding),
+                }
+            }
+        }
+    }
+
+    async fn scale_cluster(&self, args: ScaleClusterArgs) -> CallToolResult {
+        let _one_at_a_time = self.scaling.lock().await;
+        let count = args.count.unwrap_or(1) as usize;
+        match args.action {
+            ScaleAction::Status => self.scale_status(),
+            ScaleAction::Add => self.add_replicas(count).await,
+            ScaleAction::Remove => self.remove_replicas(count, args.replica.as_deref()).await,
+        }
+    }
+
+    fn scale_status(&self) -> CallToolResult {
+        let replicas: Vec<Value> = self
+            .fleet
+            .replicas()
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name(),
+                    "endpoint": r.upstream.connector().describe(),
+                    "up": r.upstream.is_up(),
+                    "started_here": r.was_started_here(),
+                    "outstanding": r.outstanding(),
+                })
+            })
+            .collect();
+        json_tool_result(&json!({
+            "replicas": replicas,
+            "max_replicas": self.max_replicas,
+            "can_start_replicas": self.launcher.is_some(),
+        }))
+    }
+
+    async fn add_replicas(&self, count: usize) -> CallToolResult {
+        let Some(launcher) = &self.launcher else {
+            return tool_error(
+                "this control server cannot start replicas: it was not given a jetsonmind binary",
+            );
+        };
+        let have = self.fleet.replicas().len();
+        if have + count > self.max_replicas {
+            return tool_error(format!(
+                "cannot add {count}: {have} replica(s) now, at most {} (control.max_replicas)",
+                self.max_replicas
+            ));
+        }
+        let mut added = Vec::new();
+        for _ in 0..count {
+            match launcher.start().await {
+                Ok(started) => {
+                    let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+                    let name = format!("{}-started-{n}", self.fleet.name);
+                    let upstream = Upstream::new(&name, Connector::http(&started.url));
+                    let origin = Origin::Started(std::sync::Mutex::new(Some(started.child)));
+                    self.fleet.add(upstream, origin);
+                    added.push(json!({ "name": name, "endpoint": started.url }));
+                }
+                Err(e) => {
+                    self.fleet.check().await;
+                    return tool_error(format!(
+                        "started {} of {count} replica(s); the next failed: {e}",
+                        added.len()
+                    ));
+                }
+            }
+        }
+        // Bring them into rotation now rather than at the next health check.
+        self.fleet.check().await;
+        let up: Vec<String> = self
+            .fleet
+            .replicas()
+            .iter()
+            .filter(|r| r.upstream.is_up())
+            .map(|r| r.name().to_string())
+            .collect();
+        json_tool_result(&json!({ "added": added, "up": up }))
+    }
+
+    async fn remove_replicas(&self, count: usize, named: Option<&str>) -> CallToolResult {
+        let victims: Vec<Arc<Replica>> = match named {
+            Some(name) => match self.fleet.replica(name) {
+                Some(r) if r.was_started_here() => vec![r],
+                Some(_) => {
+                    return tool_error(format!(
+                        "replica `{name}` was not started by scale_cluster; take it out of the \
+                         configuration instead"
+                    ));
+                }
+                None => return tool_error(format!("no replica named `{name}`")),
+            },
+            None => {
+                let started: Vec<_> = self
+                    .fleet
+                    .replicas()
+                    .into_iter()
+                    .filter(|r| r.was_started_here())
+                    .collect();
+                if started.len() < count {
+                    return tool_error(format!(
+                        "cannot remove {count}: only {} replica(s) were started by scale_cluster",
+                        started.len()
+                    ));
+                }
+                started.into_iter().rev().take(count).collect()
+            }
+        };
+        let mut removed = Vec::new();
+        for replica in victims {
+            let drained = self.fleet.drain(&replica, self.drain_timeout).await;
+            self.fleet.remove(replica.name());
+            replica.stop_process().await;
+            removed.push(json!({ "name": replica.name(), "drained": drained }));
+        }
+        json_tool_result(&json!({ "removed": removed }))
+    }
+}
+
+/// Whether a direct call succeeded, and what to show of it.
+fn describe_attempt(attempt: Attempt) -> (bool, Value) {
+    match attempt {
+        Attempt::Answered(result) => {
+            let ok = result.is_error != Some(true);
+            let value = result
+                .structured_content
+                .clone()
+                .or_else(|| {
+                    result
+                        .content
+                        .first()
+                        .and_then(|c| c.as_text())
+                        .map(|t| Value::String(t.text.clone()))
+                })
+                .unwrap_or(Value::Null);
+            (ok, value)
+        }
+        Attempt::Refused(error) => (false, Value::String(error.message.to_string())),
+        Attempt::Cancelled => (false, Value::String("cancelled".into())),
+        Attempt::Failed { error, .. } => (false, Value::String(error)),
+    }
+}
+
 impl McpUnit for ControlServer {
     fn identity(&self) -> UnitIdentity {
         UnitIdentity {
@@ -64,18 +420,22 @@ impl McpUnit for ControlServer {
     }
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        let reason = match call.name.as_str() {
-            "route_request" | "monitor_health" => "the replica registry is not built yet",
-            "manage_resources" => "model placement is not built yet",
-            "optimize_system" => "power-mode control is not built yet",
-            "scale_cluster" => "replica scaling is not built yet",
-            other => {
-                return Err(McpError::invalid_params(
-                    format!("unknown tool: {other}"),
-                    None,
-                ));
+        match call.name.as_str() {
+            "route_request" => self.route_request(call).await,
+            "monitor_health" => Ok(self.monitor_health(call.parse()?)),
+            "manage_resources" => self.manage_resources(call).await,
+            "optimize_system" => {
+                let args: OptimizeSystemArgs = call.parse()?;
+                Ok(match self.power.run(args.action, args.mode).await {
+                    Ok(value) => json_tool_result(&value),
+                    Err(e) => tool_error(e.to_string()),
+                })
             }
-        };
-        Ok(not_available(&call.name, reason))
+            "scale_cluster" => Ok(self.scale_cluster(call.parse()?).await),
+            other => Err(McpError::invalid_params(
+                format!("unknown tool: {other}"),
+                None,
+            )),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Input schemas of the control tools.
 
+use jetsonmind_core::config::Strategy;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -11,8 +12,11 @@ pub struct RouteRequestArgs {
     pub tool: String,
     /// The arguments the call would carry.
     pub arguments: Option<Map<String, Value>>,
-    /// When true, only show the decision; do not forward the call.
+    /// When true (the default), only show the decision; when false, also
+    /// make the call there and return its result.
     pub dry_run: Option<bool>,
+    /// Rank by this strategy instead of the configured one.
+    pub strategy: Option<Strategy>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -48,8 +52,12 @@ pub struct ManageResourcesArgs {
     pub action: ResourceAction,
     /// Model id, for `load` and `unload`.
     pub model: Option<String>,
-    /// Keep a loaded model this long after its last use (like Ollama's keep_alive).
+    /// Keep a loaded model this long after its last use (like Ollama's
+    /// keep_alive); 0 keeps it until its memory is needed.
     pub keep_alive_secs: Option<u64>,
+    /// The replica to act on; by default `load` picks one as routing would,
+    /// and `unload` acts on every replica holding the model.
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -71,7 +79,9 @@ pub enum ScaleAction {
 #[serde(deny_unknown_fields)]
 pub struct ScaleClusterArgs {
     pub action: ScaleAction,
-    /// How many replicas to add or remove.
+    /// How many replicas to add or remove (default 1).
     #[schemars(range(min = 1, max = 16))]
     pub count: Option<u32>,
+    /// For `remove`: this replica instead of the most recently started ones.
+    pub replica: Option<String>,
 }

@@ -1,53 +1,612 @@
-//! The control server driven through a real MCP client.
+//! The control plane over fake compute replicas (real MCP servers, in
+//! process and over HTTP): routing decisions, failover of a call whose
+//! replica dies mid-call, queueing and shedding at the utilization ceiling,
+//! model placement, power modes and scaling, through a real rmcp client.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jetsonmind_control::ControlServer;
-use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::rmcp::model::CallToolRequestParams;
-use jetsonmind_core::{UnitServer, testing};
-use serde_json::json;
+use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin, ROUTE_META_KEY};
+use jetsonmind_control::power::Power;
+use jetsonmind_core::config::{Config, HttpConfig, McpConfig};
+use jetsonmind_core::connections::Connections;
+use jetsonmind_core::content::{json_resource, json_tool_result};
+use jetsonmind_core::replica::{LoadedModel, REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, ReadResourceResult, Resource, ToolAnnotations,
+};
+use jetsonmind_core::rmcp::service::RequestContext;
+use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
+use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
+use jetsonmind_core::upstream::{Connector, Upstream};
+use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_from};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(schemars::JsonSchema, serde::Deserialize)]
+#[allow(dead_code)]
+struct WorkArgs {
+    text: String,
+    delay_ms: Option<u64>,
+    model: Option<String>,
+}
+
+#[derive(schemars::JsonSchema, serde::Deserialize)]
+#[allow(dead_code)]
+struct ModelArgs {
+    model: String,
+    keep_alive_secs: Option<u64>,
+}
+
+/// A compute replica as the control plane sees one: an idempotent `echo`,
+/// a non-idempotent `write`, model loading, and a status resource.
+struct FakeReplica {
+    name: &'static str,
+    catalog: Arc<Catalog>,
+    report: Mutex<ReplicaReport>,
+    calls: AtomicUsize,
+}
+
+impl FakeReplica {
+    fn new(name: &'static str) -> Arc<Self> {
+        let idempotent = ToolAnnotations::new().read_only(true).idempotent(true);
+        let tools = vec![
+            tool_from::<WorkArgs>("echo", "answers with its text").annotate(idempotent),
+            tool_from::<WorkArgs>("write", "changes something"),
+            tool_from::<ModelArgs>("load_model", "load"),
+            tool_from::<ModelArgs>("unload_model", "unload"),
+        ];
+        let resources = vec![Resource::new(REPLICA_STATUS_URI, "status")];
+        Arc::new(Self {
+            name,
+            catalog: Arc::new(Catalog::new(tools, resources, vec![]).unwrap()),
+            report: Mutex::new(ReplicaReport {
+                replica: name.into(),
+                default_model: "small.gguf".into(),
+                capacity: 10,
+                loadable_bytes: 1 << 30,
+                ..ReplicaReport::default()
+            }),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn holding(self: Arc<Self>, model: &str) -> Arc<Self> {
+        self.report.lock().unwrap().loaded.push(LoadedModel {
+            name: model.into(),
+            bytes: 100 << 20,
+            ..LoadedModel::default()
+        });
+        self
+    }
+}
+
+impl McpUnit for FakeReplica {
+    fn identity(&self) -> UnitIdentity {
+        UnitIdentity {
+            name: "fake-compute",
+            title: "fake",
+            instructions: "test replica",
+        }
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
+    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let delay = call.arguments.get("delay_ms").and_then(Value::as_u64);
+        tokio::time::sleep(Duration::from_millis(delay.unwrap_or(0))).await;
+        let model = call.arguments.get("model").and_then(Value::as_str);
+        if call.name == "load_model" {
+            let model = model.unwrap().to_string();
+            self.report.lock().unwrap().loaded.push(LoadedModel {
+                name: model.clone(),
+                ..LoadedModel::default()
+            });
+            return Ok(json_tool_result(
+                &json!({ "model": model, "loaded_by": self.name }),
+            ));
+        }
+        if call.name == "unload_model" {
+            let model = model.unwrap();
+            self.report
+                .lock()
+                .unwrap()
+                .loaded
+                .retain(|m| m.name != model);
+            return Ok(json_tool_result(
+                &json!({ "model": model, "unloaded_by": self.name }),
+            ));
+        }
+        let text = call.arguments["text"].as_str().unwrap_or_default();
+        Ok(json_tool_result(&json!({ "text": text, "by": self.name })))
+    }
+
+    async fn read_resource(
+        &self,
+        uri: &str,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResult, McpError> {
+        json_resource(uri, &*self.report.lock().unwrap())
+    }
+}
+
+fn settings(tune: impl FnOnce(&mut Config)) -> FleetSettings {
+    let mut config = Config::default();
+    config.control.strategy = jetsonmind_core::config::Strategy::LeastOutstanding;
+    tune(&mut config);
+    FleetSettings::new(&config.control, &config.gateway)
+}
+
+fn in_process_replica(fleet: &Fleet, replica: &Arc<FakeReplica>) {
+    let server = UnitServer::new(replica.clone(), McpConfig::default());
+    let connector = Connector::InProcess(Arc::new(move || in_process(server.clone())));
+    fleet.add(Upstream::new(replica.name, connector), Origin::Configured);
+}
+
+/// A replica served over HTTP, whose connections can be cut as a killed
+/// process's would be.
+struct HttpReplica {
+    url: String,
+    shutdown: CancellationToken,
+    connections: Arc<Connections>,
+}
+
+impl HttpReplica {
+    async fn start(replica: Arc<FakeReplica>) -> Self {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (listener, addr) = bind(addr).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let connections = Arc::new(Connections::default());
+        let router = mcp_router(
+            UnitServer::new(replica, McpConfig::default()),
+            &HttpConfig::default(),
+            shutdown.clone(),
+        );
+        tokio::spawn(serve_http(
+            listener,
+            router,
+            shutdown.clone(),
+            connections.clone(),
+        ));
+        Self {
+            url: format!("http://{addr}/mcp"),
+            shutdown,
+            connections,
+        }
+    }
+
+    /// Stop listening and drop every connection at once, mid-request.
+    fn kill(&self) {
+        self.shutdown.cancel();
+        for connection in self.connections.list() {
+            self.connections.close(connection.id);
+        }
+    }
+}
+
+fn call(tool: &str, arguments: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool.to_string())
+        .with_arguments(arguments.as_object().unwrap().clone())
+}
+
+fn structured(result: &CallToolResult) -> Value {
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    result.structured_content.clone().unwrap()
+}
+
+async fn control_client(
+    fleet: Arc<Fleet>,
+    config: &Config,
+) -> jetsonmind_core::rmcp::service::RunningService<jetsonmind_core::rmcp::RoleClient, ()> {
+    let control = ControlServer::new(fleet, config, None);
+    testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await
+}
 
 #[tokio::test]
-async fn control_tools_are_listed_and_answer_honestly() {
-    let client = testing::connect(UnitServer::new(
-        Arc::new(ControlServer::default()),
-        McpConfig::default(),
-    ))
-    .await;
-    let names = testing::tool_names(client.peer()).await;
-    assert_eq!(
-        names,
-        [
-            "manage_resources",
-            "monitor_health",
-            "optimize_system",
+async fn route_request_prefers_the_replica_holding_the_model_and_says_why() {
+    let fleet = Arc::new(Fleet::new(
+        "compute",
+        settings(|c| {
+            c.control.strategy = jetsonmind_core::config::Strategy::Affinity;
+        }),
+    ));
+    let a = FakeReplica::new("a");
+    let b = FakeReplica::new("b").holding("big.gguf");
+    for replica in [&a, &b] {
+        in_process_replica(&fleet, replica);
+    }
+    fleet.check().await;
+    let mut config = Config::default();
+    config.control.strategy = jetsonmind_core::config::Strategy::Affinity;
+    let client = control_client(fleet.clone(), &config).await;
+
+    let shown = client
+        .call_tool(call(
             "route_request",
-            "scale_cluster"
-        ]
+            json!({"tool": "echo", "arguments": {"text": "hi", "model": "big"}}),
+        ))
+        .await
+        .unwrap();
+    let decision = &structured(&shown)["decision"];
+    assert_eq!(decision["order"], json!(["b", "a"]), "{decision}");
+    assert!(
+        decision["reason"]
+            .as_str()
+            .unwrap()
+            .contains("model loaded"),
+        "{decision}"
+    );
+    assert_eq!(b.calls.load(Ordering::SeqCst), 0, "a dry run calls nothing");
+
+    let forwarded = client
+        .call_tool(call(
+            "route_request",
+            json!({"tool": "echo", "arguments": {"text": "hi", "model": "big"}, "dry_run": false}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        structured(&forwarded)["result"]["structuredContent"]["by"],
+        "b"
     );
 
-    let call = CallToolRequestParams::new("scale_cluster")
-        .with_arguments(json!({"action": "status"}).as_object().unwrap().clone());
-    let result = client.call_tool(call).await.unwrap();
+    let health = client
+        .call_tool(call("monitor_health", json!({})))
+        .await
+        .unwrap();
+    let health = structured(&health);
+    assert_eq!(health["healthy"], 2);
+    assert_eq!(
+        health["replicas"][1]["report"]["loaded"][0]["name"],
+        "big.gguf"
+    );
+    assert_eq!(health["replicas"][1]["served"], 1);
+}
+
+#[tokio::test]
+async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only() {
+    let a = FakeReplica::new("a");
+    let b = FakeReplica::new("b");
+    let server_a = HttpReplica::start(a.clone()).await;
+    let server_b = HttpReplica::start(b.clone()).await;
+    let fleet = Fleet::new("compute", settings(|_| {}));
+    for (name, server) in [("a", &server_a), ("b", &server_b)] {
+        fleet.add(
+            Upstream::new(name, Connector::http(&server.url)),
+            Origin::Configured,
+        );
+    }
+    fleet.check().await;
+    let never = CancellationToken::new();
+    let replicas = [("a", &a, &server_a), ("b", &b, &server_b)];
+    let chosen_now = |tool: &str| {
+        let decision = fleet.decide(tool, &Default::default(), None, &BTreeSet::new());
+        decision.chosen().unwrap().to_string()
+    };
+
+    // The replica routing picks dies while working on the call.
+    let first = chosen_now("echo");
+    let (_, victim, victim_server) = replicas.iter().find(|(n, ..)| *n == first).unwrap();
+    let (survivor, ..) = replicas.iter().find(|(n, ..)| *n != first).unwrap();
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        victim_server.kill();
+    };
+    let work = fleet.call_tool(
+        call("echo", json!({"text": "survive", "delay_ms": 1000})),
+        None,
+        None,
+        &never,
+    );
+    let (result, ()) = tokio::join!(work, killer);
+    let result = result.unwrap();
+    assert_eq!(structured(&result)["by"], *survivor);
+    let route = &result.meta.as_ref().unwrap().0[ROUTE_META_KEY];
+    assert_eq!(route["attempts"], 2, "{route}");
+    assert_eq!(
+        victim.calls.load(Ordering::SeqCst),
+        1,
+        "it had started there"
+    );
+
+    // A call that is not idempotent is not run twice.
+    let (_, survivor_replica, survivor_server) =
+        replicas.iter().find(|(n, ..)| n == survivor).unwrap();
+    let c = FakeReplica::new("c");
+    let server_c = HttpReplica::start(c.clone()).await;
+    let fleet = Fleet::new("compute", settings(|_| {}));
+    fleet.add(
+        Upstream::new("live", Connector::http(&survivor_server.url)),
+        Origin::Configured,
+    );
+    fleet.add(
+        Upstream::new("c", Connector::http(&server_c.url)),
+        Origin::Configured,
+    );
+    fleet.check().await;
+    let decision = fleet.decide("write", &Default::default(), None, &BTreeSet::new());
+    let (doomed, spared) = match decision.chosen() {
+        Some("c") => (&server_c, (*survivor_replica).clone()),
+        _ => (*survivor_server, c.clone()),
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        doomed.kill();
+    };
+    let work = fleet.call_tool(
+        call("write", json!({"text": "once", "delay_ms": 1000})),
+        None,
+        None,
+        &never,
+    );
+    let spared_before = spared.calls.load(Ordering::SeqCst);
+    let (result, ()) = tokio::join!(work, killer);
+    let result = result.unwrap();
+    assert_eq!(result.is_error, Some(true));
+    let text = &result.content[0].as_text().unwrap().text;
+    assert!(text.contains("not marked idempotent"), "{text}");
+    assert_eq!(spared.calls.load(Ordering::SeqCst), spared_before);
+
+    // The dead replica is out of rotation; calls go to the live one.
+    let result = fleet
+        .call_tool(call("write", json!({"text": "next"})), None, None, &never)
+        .await
+        .unwrap();
+    assert_eq!(structured(&result)["by"], spared.name);
+    let dead = fleet
+        .health()
+        .into_iter()
+        .find(|r| r.connection.endpoint == doomed.url)
+        .unwrap();
+    assert!(!dead.connection.up);
+    assert_eq!(dead.failed, 1);
+}
+
+#[tokio::test]
+async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
+    let replica = FakeReplica::new("only");
+    // Capacity 2 at a ceiling of 80%: one call at a time.
+    replica.report.lock().unwrap().capacity = 2;
+    let fleet = Arc::new(Fleet::new(
+        "compute",
+        settings(|c| {
+            c.control.queue_timeout_ms = 300;
+        }),
+    ));
+    in_process_replica(&fleet, &replica);
+    fleet.check().await;
+    let never = CancellationToken::new();
+
+    let busy = fleet.call_tool(
+        call("echo", json!({"text": "first", "delay_ms": 150})),
+        None,
+        None,
+        &never,
+    );
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fleet
+            .call_tool(call("echo", json!({"text": "second"})), None, None, &never)
+            .await
+    };
+    let (first, second) = tokio::join!(busy, queued);
+    assert_eq!(structured(&first.unwrap())["text"], "first");
+    assert_eq!(
+        structured(&second.unwrap())["text"],
+        "second",
+        "it waited its turn"
+    );
+
+    let long = fleet.call_tool(
+        call("echo", json!({"text": "long", "delay_ms": 1000})),
+        None,
+        None,
+        &never,
+    );
+    let shed = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fleet
+            .call_tool(
+                call("echo", json!({"text": "too many"})),
+                None,
+                None,
+                &never,
+            )
+            .await
+    };
+    let (long, shed) = tokio::join!(long, shed);
+    assert_eq!(structured(&long.unwrap())["text"], "long");
+    let shed = shed.unwrap();
+    assert_eq!(shed.is_error, Some(true));
+    let text = &shed.content[0].as_text().unwrap().text;
+    assert!(
+        text.starts_with("overloaded") && text.contains("80%"),
+        "{text}"
+    );
+    let decision = fleet.decide("echo", &Default::default(), None, &BTreeSet::new());
+    assert!(
+        decision.blocked.is_none(),
+        "room again once the long call ended"
+    );
+}
+
+#[tokio::test]
+async fn manage_resources_loads_where_routing_would_and_unloads_where_loaded() {
+    let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
+    let a = FakeReplica::new("a");
+    let b = FakeReplica::new("b");
+    a.report.lock().unwrap().running = 3;
+    for replica in [&a, &b] {
+        in_process_replica(&fleet, replica);
+    }
+    fleet.check().await;
+    let client = control_client(fleet.clone(), &Config::default()).await;
+
+    let loaded = client
+        .call_tool(call(
+            "manage_resources",
+            json!({"action": "load", "model": "coder.gguf", "keep_alive_secs": 60}),
+        ))
+        .await
+        .unwrap();
+    let loaded = structured(&loaded);
+    assert_eq!(loaded["results"][0]["replica"], "b", "the idle replica");
+    assert_eq!(loaded["results"][0]["outcome"]["loaded_by"], "b");
+
+    fleet.check().await;
+    let listed = client
+        .call_tool(call("manage_resources", json!({"action": "list"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        structured(&listed)["replicas"][1]["loaded"][0]["name"],
+        "coder.gguf"
+    );
+
+    let unloaded = client
+        .call_tool(call(
+            "manage_resources",
+            json!({"action": "unload", "model": "coder.gguf"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(structured(&unloaded)["results"][0]["replica"], "b");
+
+    fleet.check().await;
+    let again = client
+        .call_tool(call(
+            "manage_resources",
+            json!({"action": "unload", "model": "coder.gguf"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.is_error, Some(true));
+    let missing = client
+        .call_tool(call("manage_resources", json!({"action": "load"})))
+        .await
+        .unwrap();
+    assert!(
+        missing.content[0]
+            .as_text()
+            .unwrap()
+            .text
+            .contains("`model` is required")
+    );
+}
+
+#[tokio::test]
+async fn power_modes_are_reported_and_changed_only_on_a_jetson_and_when_allowed() {
+    let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
+    let mut config = Config::default();
+    config.control.nvpmodel_query_command = vec!["echo".into(), "NV Power Mode: MAXN".into()];
+    config.control.nvpmodel_set_command = vec!["echo".into(), "set".into(), "{mode}".into()];
+    let call_power = |client: &jetsonmind_core::rmcp::service::RunningService<_, ()>,
+                      args: Value| {
+        let request = call("optimize_system", args);
+        let peer = client.peer().clone();
+        async move { peer.call_tool(request).await.unwrap() }
+    };
+
+    let not_jetson = tempfile::tempdir().unwrap();
+    let control = ControlServer::new(fleet.clone(), &config, None)
+        .with_power(Power::new(not_jetson.path(), &config.control));
+    let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
+    let result = call_power(&client, json!({"action": "report"})).await;
     assert_eq!(result.is_error, Some(true));
     assert!(
         result.content[0]
             .as_text()
             .unwrap()
             .text
-            .starts_with("not available on this node: scale_cluster")
+            .starts_with("not supported here"),
+        "{result:?}"
     );
 
-    let call = CallToolRequestParams::new("scale_cluster").with_arguments(
-        json!({"action": "grow", "count": 99})
-            .as_object()
+    let jetson = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(jetson.path().join("proc/device-tree")).unwrap();
+    std::fs::write(
+        jetson.path().join("proc/device-tree/model"),
+        "NVIDIA Jetson Orin Nano Developer Kit\0",
+    )
+    .unwrap();
+    let control = ControlServer::new(fleet.clone(), &config, None)
+        .with_power(Power::new(jetson.path(), &config.control));
+    let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
+    let report = call_power(&client, json!({"action": "report"})).await;
+    let report = structured(&report);
+    assert!(report["board"].as_str().unwrap().contains("Orin Nano"));
+    assert!(
+        report["nvpmodel"]["Ok"]["output"]
+            .as_str()
             .unwrap()
-            .clone(),
+            .contains("MAXN"),
+        "{report}"
     );
-    let result = client.call_tool(call).await.unwrap();
-    let text = &result.content[0].as_text().unwrap().text;
-    assert_eq!(result.is_error, Some(true));
+    let refused = call_power(&client, json!({"action": "set_power_mode", "mode": 2})).await;
+    assert!(
+        refused.content[0]
+            .as_text()
+            .unwrap()
+            .text
+            .contains("allow_power_changes"),
+        "{refused:?}"
+    );
+
+    config.control.allow_power_changes = true;
+    let control = ControlServer::new(fleet, &config, None)
+        .with_power(Power::new(jetson.path(), &config.control));
+    let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
+    let set = call_power(&client, json!({"action": "set_power_mode", "mode": 2})).await;
+    assert_eq!(structured(&set)["ran"]["output"], "set 2\n");
+}
+
+#[tokio::test]
+async fn scaling_needs_a_launcher_and_reports_what_it_has() {
+    let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
+    in_process_replica(&fleet, &FakeReplica::new("a"));
+    fleet.check().await;
+    let client = control_client(fleet, &Config::default()).await;
+    let status = client
+        .call_tool(call("scale_cluster", json!({"action": "status"})))
+        .await
+        .unwrap();
+    let status = structured(&status);
+    assert_eq!(status["replicas"][0]["name"], "a");
+    assert_eq!(status["can_start_replicas"], false);
+    let add = client
+        .call_tool(call("scale_cluster", json!({"action": "add"})))
+        .await
+        .unwrap();
+    assert_eq!(add.is_error, Some(true));
+    let remove = client
+        .call_tool(call(
+            "scale_cluster",
+            json!({"action": "remove", "replica": "a"}),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        remove.content[0]
+            .as_text()
+            .unwrap()
+            .text
+            .contains("not started by scale_cluster")
+    );
+    let bad = client
+        .call_tool(call(
+            "scale_cluster",
+            json!({"action": "grow", "count": 99}),
+        ))
+        .await
+        .unwrap();
+    let text = &bad.content[0].as_text().unwrap().text;
     assert!(
         text.contains("/action") && text.contains("/count"),
         "{text}"

@@ -8,8 +8,10 @@
 //! named request's response, which cancels its handler the same way.
 //!
 //! Ids are only unique per client, and without sessions the client is known
-//! by its address: on a shared address (loopback, one NAT) a cancel reaches
-//! that address's requests with that id.
+//! by its address and, when authenticated, its principal: two callers with
+//! different credentials never cancel each other's requests; on a shared
+//! address without authentication (loopback) a cancel reaches that
+//! address's requests with that id.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,7 +28,10 @@ use http::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-type Key = (IpAddr, String);
+use crate::auth::Principal;
+
+/// (address, principal id, JSON-RPC id).
+type Key = (IpAddr, String, String);
 
 #[derive(Default)]
 pub struct InFlight {
@@ -125,6 +130,10 @@ pub async fn track_cancellation(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(String::new, |p| p.id.clone());
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, inflight.max_body_bytes).await else {
         let message = format!(
@@ -137,12 +146,12 @@ pub async fn track_cancellation(
     let request = Request::from_parts(parts, Body::from(bytes));
     match message {
         Message::Cancel { id } => {
-            let cancelled = inflight.cancel(&(address, id.clone()));
+            let cancelled = inflight.cancel(&(address, principal, id.clone()));
             tracing::debug!(%id, cancelled, "cancel notification");
             next.run(request).await
         }
         Message::Request { id } => {
-            let (token, registration) = inflight.register((address, id));
+            let (token, registration) = inflight.register((address, principal, id));
             let response = tokio::select! {
                 response = next.run(request) => response,
                 _ = token.cancelled() => return cancelled_response(),
@@ -189,16 +198,18 @@ mod tests {
     }
 
     #[test]
-    fn cancels_only_the_named_request_of_that_address() {
+    fn cancels_only_the_named_request_of_that_address_and_principal() {
         let inflight = InFlight::new(1024);
         let here = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let there = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        let (a, _ra) = inflight.register((here, "1".into()));
-        let (b, _rb) = inflight.register((there, "1".into()));
-        let (c, rc) = inflight.register((here, "2".into()));
-        assert_eq!(inflight.cancel(&(here, "1".into())), 1);
-        assert!(a.is_cancelled() && !b.is_cancelled() && !c.is_cancelled());
+        let key = |ip, who: &str, id: &str| (ip, who.to_string(), id.to_string());
+        let (a, _ra) = inflight.register(key(here, "key:a", "1"));
+        let (b, _rb) = inflight.register(key(there, "key:a", "1"));
+        let (c, rc) = inflight.register(key(here, "key:a", "2"));
+        let (d, _rd) = inflight.register(key(here, "key:b", "1"));
+        assert_eq!(inflight.cancel(&key(here, "key:a", "1")), 1);
+        assert!(a.is_cancelled() && !b.is_cancelled() && !c.is_cancelled() && !d.is_cancelled());
         drop(rc);
-        assert_eq!(inflight.cancel(&(here, "2".into())), 0);
+        assert_eq!(inflight.cancel(&key(here, "key:a", "2")), 0);
     }
 }

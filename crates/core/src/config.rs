@@ -26,6 +26,129 @@ pub struct Config {
     pub compute: ComputeConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
+    pub control: ControlConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may call: API keys and OAuth 2.1 bearer tokens, with scopes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require credentials even on loopback. Always required when an HTTP
+    /// server listens on a non-loopback address.
+    pub required: bool,
+    /// Accept JWT access tokens from an OAuth 2.1 authorization server.
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// This server as an OAuth 2.1 resource server (RFC 9728 metadata).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// Where the issuer publishes its signing keys (JWKS).
+    pub jwks_url: String,
+    /// The `aud` tokens must carry: this server's public URL, e.g. `https://edge.example/mcp`.
+    pub audience: String,
+    /// Advertised in the protected-resource metadata; the issuer when empty.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// How often the keys are fetched again (also on an unknown `kid`, at most once a minute).
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+}
+
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+
+fn default_leeway_secs() -> u64 {
+    30
+}
+
+/// How replicas are ranked (see the control server's `route_request`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Replicas that already hold the model first, then least outstanding
+    /// requests, then lowest latency.
+    #[default]
+    Affinity,
+    /// Fewest requests in flight first, then lowest latency.
+    LeastOutstanding,
+    /// Lowest expected wait first: recent latency times (requests in flight + 1).
+    Latency,
+}
+
+/// The control plane: routing among compute replicas, failover, scaling,
+/// power modes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    pub strategy: Strategy,
+    /// A replica takes no more calls once this share of its capacity
+    /// (running slots + queue) is in use; calls then wait, or are shed.
+    pub utilization_ceiling: f64,
+    /// Replicas hotter than this leave the rotation until they cool down.
+    pub max_temperature_c: f64,
+    /// Failures in a row that open a replica's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps a replica out before one trial call.
+    pub breaker_cooldown_ms: u64,
+    /// Tries of an idempotent call across replicas when one fails mid-call.
+    pub max_attempts: u32,
+    /// How long a call waits for a replica under its ceiling before it is shed.
+    pub queue_timeout_ms: u64,
+    /// Calls that may wait at once; more are shed at once.
+    pub max_queued: usize,
+    /// Compute replicas elsewhere (Streamable HTTP URLs), routed among with
+    /// this process's own.
+    pub replicas: Vec<String>,
+    /// `serve`: this process's compute server is a replica too.
+    pub local_replica: bool,
+    /// Most replicas `scale_cluster` keeps (all kinds together).
+    pub max_replicas: usize,
+    /// How long a started replica may take to listen.
+    pub replica_start_timeout_ms: u64,
+    /// How long a removed replica may finish its calls before it is stopped.
+    pub drain_timeout_ms: u64,
+    /// Let `optimize_system` change power modes and clocks (Jetson).
+    pub allow_power_changes: bool,
+    /// Programs `optimize_system` runs; `{mode}` is replaced by the mode id.
+    pub nvpmodel_query_command: Vec<String>,
+    pub nvpmodel_set_command: Vec<String>,
+    pub jetson_clocks_command: Vec<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        let argv = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect();
+        Self {
+            strategy: Strategy::Affinity,
+            utilization_ceiling: 0.8,
+            max_temperature_c: 85.0,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 5_000,
+            max_attempts: 3,
+            queue_timeout_ms: 10_000,
+            max_queued: 64,
+            replicas: Vec::new(),
+            local_replica: true,
+            max_replicas: 8,
+            replica_start_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+            allow_power_changes: false,
+            nvpmodel_query_command: argv(&["nvpmodel", "-q", "--verbose"]),
+            nvpmodel_set_command: argv(&["nvpmodel", "-m", "{mode}"]),
+            jetson_clocks_command: argv(&["jetson_clocks"]),
+        }
+    }
 }
 
 /// How telemetry is gathered (`jetson://system/metrics`).
@@ -104,6 +227,11 @@ pub struct HttpConfig {
     pub queue_timeout_ms: u64,
     /// Longest a request may take before its response starts; then 408.
     pub request_timeout_ms: u64,
+    /// Requests per second each client (API key, token subject, or address)
+    /// may make on average; more get 429. 0 turns the limit off.
+    pub rate_limit_per_second: f64,
+    /// Requests a client may make at once above that rate.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for HttpConfig {
@@ -116,6 +244,8 @@ impl Default for HttpConfig {
             max_concurrent_requests: 64,
             queue_timeout_ms: 5_000,
             request_timeout_ms: 600_000,
+            rate_limit_per_second: 100.0,
+            rate_limit_burst: 200,
         }
     }
 }
@@ -184,7 +314,27 @@ pub struct BackendConfig {
     /// Short name, used as the prefix on collisions. Letters, digits, `-`.
     pub name: String,
     /// Streamable HTTP endpoint, e.g. `http://10.0.0.7:8080/mcp`.
-    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Instead of `url`: endpoints that offer the same thing (replicas, or
+    /// node gateways of a cluster); each call goes to one, chosen and failed
+    /// over as `[control]` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// The environment variable holding the bearer token to send (never the
+    /// token itself in a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl BackendConfig {
+    /// Its endpoints: the one `url`, or the replicas.
+    pub fn endpoints(&self) -> Vec<String> {
+        match &self.url {
+            Some(url) => vec![url.clone()],
+            None => self.replicas.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -244,6 +394,13 @@ pub struct ComputeConfig {
     pub max_prompt_bytes: usize,
     /// A progress notification every this many generated tokens.
     pub progress_every_tokens: u32,
+    /// Memory the loaded models may take together (weights and context
+    /// reserve); 0: 80% of the memory the machine has. Loads that would
+    /// exceed it unload idle models first (least recently used), or fail.
+    pub memory_budget_bytes: u64,
+    /// An idle model is unloaded after this long (like Ollama's keep_alive);
+    /// 0 keeps it until its memory is needed.
+    pub keep_alive_secs: u64,
 }
 
 impl Default for ComputeConfig {
@@ -257,6 +414,8 @@ impl Default for ComputeConfig {
             queue_depth: 16,
             max_prompt_bytes: 64 * 1024,
             progress_every_tokens: 4,
+            memory_budget_bytes: 0,
+            keep_alive_secs: 300,
         }
     }
 }
@@ -412,6 +571,14 @@ impl Config {
         if self.gateway.separator.is_empty() {
             return fail("gateway.separator must not be empty".into());
         }
+        self.validate_control()?;
+        if let Some(oauth) = &self.auth.oauth {
+            for (key, url) in [("jwks_url", &oauth.jwks_url), ("issuer", &oauth.issuer)] {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return fail(format!("auth.oauth.{key} must be an http(s) URL"));
+                }
+            }
+        }
         for backend in &self.gateway.backends {
             let ok_name = !backend.name.is_empty()
                 && backend
@@ -424,12 +591,49 @@ impl Config {
                     backend.name
                 ));
             }
-            if !(backend.url.starts_with("http://") || backend.url.starts_with("https://")) {
+            if backend.url.is_some() != backend.replicas.is_empty() {
                 return fail(format!(
-                    "gateway backend `{}`: url must start with http:// or https://",
+                    "gateway backend `{}`: give either `url` or `replicas`",
                     backend.name
                 ));
             }
+            if !backend.endpoints().iter().all(|url| is_http_url(url)) {
+                return fail(format!(
+                    "gateway backend `{}`: urls must start with http:// or https://",
+                    backend.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_control(&self) -> Result<(), CoreError> {
+        let control = &self.control;
+        let fail = |msg: &str| Err(CoreError::Config(format!("control.{msg}")));
+        if !(control.utilization_ceiling > 0.0 && control.utilization_ceiling <= 1.0) {
+            return fail("utilization_ceiling must be in (0, 1]");
+        }
+        if control.max_attempts == 0 || control.breaker_failures == 0 {
+            return fail("max_attempts and breaker_failures must be at least 1");
+        }
+        if control.max_replicas == 0 {
+            return fail("max_replicas must be at least 1");
+        }
+        if !control.replicas.iter().all(|url| is_http_url(url)) {
+            return fail("replicas: urls must start with http:// or https://");
+        }
+        let commands = [
+            &control.nvpmodel_query_command,
+            &control.nvpmodel_set_command,
+            &control.jetson_clocks_command,
+        ];
+        if commands.iter().any(|c| c.is_empty()) {
+            return fail("power commands must not be empty");
+        }
+        if self.http.rate_limit_per_second < 0.0 {
+            return Err(CoreError::Config(
+                "http.rate_limit_per_second must not be negative".into(),
+            ));
         }
         Ok(())
     }
@@ -438,6 +642,10 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, CoreError> {

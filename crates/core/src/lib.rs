@@ -6,17 +6,25 @@
 //! - [`unit`]: the [`McpUnit`] trait a server implements, and [`UnitServer`],
 //!   the single rmcp `ServerHandler` that serves any unit.
 //! - [`serve`]: stdio and Streamable HTTP transports with their limits and checks.
+//! - [`upstream`]: other MCP servers as seen by this one (gateway backends,
+//!   compute replicas): connections, health checks, forwarded calls.
+//! - [`replica`]: what a compute replica reports to the control plane.
 //! - [`error`]: the error type of this crate and the tool-error helpers.
 
+pub mod auth;
 pub mod cancel;
 pub mod catalog;
 pub mod config;
+pub mod connections;
 pub mod content;
 pub mod error;
+pub mod ratelimit;
+pub mod replica;
 pub mod serve;
 pub mod subscribe;
 pub mod testing;
 pub mod unit;
+pub mod upstream;
 
 pub use catalog::{Catalog, tool_from};
 pub use config::Config;

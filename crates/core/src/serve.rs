@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -16,9 +16,15 @@ use rmcp::{ServerHandler, ServiceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio_util::task::TaskTracker;
+
 use crate::CoreError;
 use crate::cancel::{InFlight, track_cancellation};
 use crate::config::HttpConfig;
+use crate::connections::Connections;
 
 /// The path the MCP endpoint is mounted at.
 pub const MCP_PATH: &str = "/mcp";
@@ -210,28 +216,89 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     Ok((listener, local))
 }
 
-/// Serve `router` until `shutdown` is cancelled, finishing requests in flight.
+/// Serve `router` until `shutdown` is cancelled, finishing requests in
+/// flight. Each connection is registered in `connections` (which can close
+/// it) and its requests carry its [`ConnectionId`] and peer address.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    connections: Arc<Connections>,
 ) -> Result<(), CoreError> {
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let tasks = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tasks.spawn(serve_connection(
+            stream,
+            peer,
+            router.clone(),
+            connections.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
-/// Refuse to expose a server beyond this machine without authentication.
-pub fn check_exposure(listen: SocketAddr, auth_enabled: bool) -> Result<(), CoreError> {
-    if listen.ip().is_loopback() || auth_enabled {
-        return Ok(());
+/// How long a connection closed by `manage_connections` may finish the
+/// requests it is serving (the close request itself among them).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    connections: Arc<Connections>,
+    shutdown: CancellationToken,
+) {
+    let registration = connections.register(peer);
+    let id = registration.id;
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(id);
+        tower::ServiceExt::oneshot(router.clone(), request)
+    });
+    let connection = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    tokio::pin!(connection);
+    let grace = tokio::select! {
+        outcome = connection.as_mut() => {
+            if let Err(e) = outcome {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        // Shutting down: finish what is in flight, however long it takes.
+        _ = shutdown.cancelled() => None,
+        _ = registration.close.cancelled() => {
+            tracing::info!(%peer, connection = id.0, "closing the connection on request");
+            Some(CLOSE_GRACE)
+        }
+    };
+    connection.as_mut().graceful_shutdown();
+    match grace {
+        None => {
+            let _ = connection.await;
+        }
+        Some(grace) => {
+            let _ = tokio::time::timeout(grace, connection).await;
+        }
     }
-    Err(CoreError::Config(format!(
-        "refusing to listen on {listen}: a non-loopback address requires authentication, \
-         which is not configured; listen on 127.0.0.1 or configure auth"
-    )))
 }
 
 /// Start `server` on an in-memory pipe and return the client end.

@@ -21,6 +21,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::Catalog;
+use crate::auth::{Principal, principal_of};
 use crate::config::McpConfig;
 use crate::error::tool_error;
 use crate::subscribe::{self, ResourceUpdates, SessionSubscriptions};
@@ -158,6 +159,12 @@ impl<U: McpUnit> UnitServer<U> {
     }
 }
 
+/// An HTTP caller sees the tools it may call (and `handle_auth`, which
+/// everyone may ask who they are).
+fn may_list_tool(principal: &Principal, tool: &str) -> bool {
+    tool == "handle_auth" || principal.scopes.may_call(tool)
+}
+
 /// The protocol revisions served: every handshake era from 2024-11-05 up to
 /// the stateless 2026-07-28.
 pub fn supported_versions() -> &'static [ProtocolVersion] {
@@ -193,9 +200,17 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let tools = self.unit.catalog().tools().to_vec();
+        let principal = principal_of(&context.extensions);
+        let tools: Vec<Tool> = self
+            .unit
+            .catalog()
+            .tools()
+            .iter()
+            .filter(|t| principal.as_ref().is_none_or(|p| may_list_tool(p, &t.name)))
+            .cloned()
+            .collect();
         Ok(self.list_hints(|ttl, scope| {
             ListToolsResult::with_all_items(tools)
                 .with_ttl_ms(ttl)
@@ -206,9 +221,17 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let resources = self.unit.catalog().resources().to_vec();
+        let principal = principal_of(&context.extensions);
+        let resources: Vec<_> = self
+            .unit
+            .catalog()
+            .resources()
+            .iter()
+            .filter(|r| principal.as_ref().is_none_or(|p| p.scopes.may_read(&r.uri)))
+            .cloned()
+            .collect();
         Ok(self.list_hints(|ttl, scope| {
             ListResourcesResult::with_all_items(resources)
                 .with_ttl_ms(ttl)
@@ -219,9 +242,21 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let templates = self.unit.catalog().templates().to_vec();
+        let principal = principal_of(&context.extensions);
+        let templates: Vec<_> = self
+            .unit
+            .catalog()
+            .templates()
+            .iter()
+            .filter(|t| {
+                principal
+                    .as_ref()
+                    .is_none_or(|p| p.scopes.may_read(&t.uri_template))
+            })
+            .cloned()
+            .collect();
         Ok(self.list_hints(|ttl, scope| {
             ListResourceTemplatesResult::with_all_items(templates)
                 .with_ttl_ms(ttl)

@@ -63,7 +63,12 @@ async fn start(http: HttpConfig) -> Server {
     let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let shutdown = CancellationToken::new();
     let router = mcp_router(server, &http, shutdown.clone());
-    tokio::spawn(serve_http(listener, router, shutdown.clone()));
+    tokio::spawn(serve_http(
+        listener,
+        router,
+        shutdown.clone(),
+        Default::default(),
+    ));
     Server {
         url: format!("http://{addr}/mcp"),
         shutdown,

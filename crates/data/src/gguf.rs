@@ -82,6 +82,26 @@ pub fn describe(metadata: &BTreeMap<String, Value>) -> GgufInfo {
     }
 }
 
+/// Bytes of KV cache one token of context takes (f16 keys and values), from
+/// the layer count and attention shape; `None` when the header lacks them.
+pub fn kv_bytes_per_token(metadata: &BTreeMap<String, Value>) -> Option<u64> {
+    let arch = match metadata.get("general.architecture") {
+        Some(Value::Text(arch)) => arch.clone(),
+        _ => return None,
+    };
+    let number = |key: &str| match metadata.get(&format!("{arch}.{key}")) {
+        Some(Value::Number(n)) if *n > 0.0 => Some(*n as u64),
+        _ => None,
+    };
+    let layers = number("block_count")?;
+    let heads = number("attention.head_count")?;
+    let kv_heads = number("attention.head_count_kv").unwrap_or(heads);
+    let head_dim = number("attention.key_length").unwrap_or(number("embedding_length")? / heads);
+    let value_dim = number("attention.value_length").unwrap_or(head_dim);
+    const F16: u64 = 2;
+    Some(layers * kv_heads * (head_dim + value_dim) * F16)
+}
+
 /// llama.cpp's `llama_ftype`: how most of the weights are stored.
 fn file_type_name(file_type: u32) -> String {
     let name = match file_type {
@@ -263,6 +283,24 @@ mod tests {
             }
         );
         assert!(!metadata.contains_key("tokenizer.ggml.tokens"));
+    }
+
+    #[test]
+    fn kv_cache_per_token_follows_the_attention_shape() {
+        // SmolLM2-135M: 30 layers, 576 wide, 9 heads of 64, 3 KV heads.
+        let bytes = build::header(
+            &[("general.architecture", "llama")],
+            &[
+                ("llama.block_count", 30),
+                ("llama.embedding_length", 576),
+                ("llama.attention.head_count", 9),
+                ("llama.attention.head_count_kv", 3),
+            ],
+        );
+        let metadata = read_metadata(&bytes[..]).unwrap();
+        assert_eq!(kv_bytes_per_token(&metadata), Some(30 * 3 * (64 + 64) * 2));
+        let bare = build::header(&[("general.architecture", "llama")], &[]);
+        assert_eq!(kv_bytes_per_token(&read_metadata(&bare[..]).unwrap()), None);
     }
 
     #[test]

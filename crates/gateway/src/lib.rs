@@ -6,55 +6,75 @@
 //! backend that owns the name. A background task checks the backends, drops
 //! those that went away from the view and brings them back when they return.
 
-mod backend;
-mod forward;
+pub mod aggregate;
 pub mod openai;
 pub mod schema;
 pub mod view;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use jetsonmind_control::fleet::{Fleet, FleetSettings, ReplicaHealth};
+use jetsonmind_core::auth::{Auth, Principal, principal_of};
 use jetsonmind_core::config::GatewayConfig;
+use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ServerResult, Tool,
+    CallToolRequestParams, CallToolResult, ReadResourceResult, Tool,
 };
 use jetsonmind_core::rmcp::service::RequestContext;
-use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer, ServiceError};
+use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
+use jetsonmind_core::upstream::{Connector, ProgressSink, ResourceChange, Secret};
 use jetsonmind_core::{
     Catalog, CoreError, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, not_available,
     tool_error, tool_from,
 };
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use backend::{Backend, BackendStatus, Connector};
-use forward::{ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, ResourceChange};
 use schema::*;
 use view::{Naming, View};
 
+/// A federated server: one endpoint, or replicas routed among.
+pub type Backend = Arc<Fleet>;
+
 pub struct Gateway {
     settings: GatewayConfig,
-    backends: Vec<Arc<Backend>>,
+    /// For backends added at run time (`protocol_bridge`).
+    fleet_settings: FleetSettings,
+    /// Only ever appended to while running, so view routes (indices) stay valid.
+    backends: RwLock<Vec<Backend>>,
+    /// How many of `backends` came from the configuration (the rest were bridged).
+    configured: usize,
     own_tools: Vec<Tool>,
     view: RwLock<Arc<View>>,
-    progress: Arc<ProgressRoutes>,
     /// Changes of the federated resources, for the gateway's own subscribers.
     updates: Arc<ResourceUpdates>,
     changes: mpsc::UnboundedSender<ResourceChange>,
     /// Taken by [`Gateway::start`], which relays what arrives.
     incoming_changes: Mutex<Option<mpsc::UnboundedReceiver<ResourceChange>>>,
+    /// Set when served over HTTP: who may come in, and their connections.
+    access: OnceLock<(Arc<Auth>, Arc<Connections>)>,
+}
+
+/// What `manage_connections` shows of a backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub up: bool,
+    pub bridged: bool,
+    pub replicas: Vec<ReplicaHealth>,
 }
 
 fn own_tools() -> Vec<Tool> {
     vec![
         tool_from::<ManageConnectionsArgs>(
             "manage_connections",
-            "List the federated backends (state, what each offers) or close a client connection.",
+            "List the federated backends (state, replicas, what each offers) and the client \
+             connections, or close a client connection.",
         ),
         tool_from::<ValidateRequestArgs>(
             "validate_request",
@@ -70,39 +90,104 @@ fn own_tools() -> Vec<Tool> {
         ),
         tool_from::<ProtocolBridgeArgs>(
             "protocol_bridge",
-            "Federate another MCP server (Streamable HTTP) into this gateway.",
+            "Federate another MCP server into this gateway at run time (Streamable HTTP URL, or a \
+             program speaking MCP on stdio), list the bridges, or remove one.",
         ),
     ]
 }
 
 impl Gateway {
     /// A gateway over `backends` (config order decides who wins under `prefix = "never"`).
-    pub fn new(settings: GatewayConfig, backends: Vec<Backend>) -> Result<Arc<Self>, CoreError> {
-        let own_tools = own_tools();
+    pub fn new(
+        settings: GatewayConfig,
+        fleet_settings: FleetSettings,
+        backends: Vec<Backend>,
+    ) -> Result<Arc<Self>, CoreError> {
+        Self::with_own_tools(settings, fleet_settings, backends, own_tools())
+    }
+
+    /// A gateway that adds nothing of its own: exactly what `backend`
+    /// offers, over another transport (`jetsonmind bridge`: a remote HTTP
+    /// gateway as a stdio server for desktop clients).
+    pub fn bridge(
+        settings: GatewayConfig,
+        fleet_settings: FleetSettings,
+        backend: Backend,
+    ) -> Result<Arc<Self>, CoreError> {
+        Self::with_own_tools(settings, fleet_settings, vec![backend], Vec::new())
+    }
+
+    fn with_own_tools(
+        settings: GatewayConfig,
+        fleet_settings: FleetSettings,
+        backends: Vec<Backend>,
+        own_tools: Vec<Tool>,
+    ) -> Result<Arc<Self>, CoreError> {
         let naming = Naming {
             mode: settings.prefix,
             separator: &settings.separator,
         };
         let view = View::merge(&own_tools, &[], &naming)?;
         let (changes, incoming) = mpsc::unbounded_channel();
+        for backend in &backends {
+            backend.relay_changes_to(changes.clone());
+        }
         Ok(Arc::new(Self {
-            backends: backends.into_iter().map(Arc::new).collect(),
+            configured: backends.len(),
+            backends: RwLock::new(backends),
+            fleet_settings,
             own_tools,
             view: RwLock::new(Arc::new(view)),
-            progress: Arc::new(ProgressRoutes::default()),
             updates: Arc::default(),
             changes,
             incoming_changes: Mutex::new(Some(incoming)),
+            access: OnceLock::new(),
             settings,
         }))
     }
 
-    /// The HTTP backends named in the config.
-    pub fn configured_backends(settings: &GatewayConfig) -> Vec<Backend> {
+    /// The authentication and connections of the HTTP server in front of
+    /// this gateway, for `handle_auth` and `manage_connections`.
+    pub fn use_access(&self, auth: Arc<Auth>, connections: Arc<Connections>) {
+        let _ = self.access.set((auth, connections));
+    }
+
+    /// The backends named in the config: one endpoint each, or replicas.
+    pub fn configured_backends(
+        settings: &GatewayConfig,
+        fleet_settings: &FleetSettings,
+    ) -> Result<Vec<Backend>, CoreError> {
         settings
             .backends
             .iter()
-            .map(|b| Backend::new(&b.name, Connector::Http(b.url.clone())))
+            .map(|b| {
+                let bearer = match &b.token_env {
+                    None => None,
+                    Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
+                        CoreError::Config(format!(
+                            "gateway backend `{}`: environment variable {var} (token_env) is not set",
+                            b.name
+                        ))
+                    })?)),
+                };
+                let fleet = Fleet::new(&b.name, fleet_settings.clone());
+                let endpoints = b.endpoints();
+                for (i, url) in endpoints.iter().enumerate() {
+                    let name = match endpoints.len() {
+                        1 => b.name.clone(),
+                        _ => format!("{}-{}", b.name, i + 1),
+                    };
+                    let connector = Connector::Http {
+                        url: url.clone(),
+                        bearer: bearer.clone(),
+                    };
+                    fleet.add(
+                        jetsonmind_core::upstream::Upstream::new(name, connector),
+                        jetsonmind_control::fleet::Origin::Configured,
+                    );
+                }
+                Ok(Arc::new(fleet))
+            })
             .collect()
     }
 
@@ -110,17 +195,22 @@ impl Gateway {
         self.view.read().expect("view lock").clone()
     }
 
+    fn backends(&self) -> Vec<Backend> {
+        self.backends.read().expect("backends lock").clone()
+    }
+
+    fn backend(&self, index: usize) -> Option<Backend> {
+        self.backends
+            .read()
+            .expect("backends lock")
+            .get(index)
+            .cloned()
+    }
+
     /// Check every backend once and rebuild the view if anything changed.
     pub async fn refresh(&self) {
-        let timeout = Duration::from_millis(self.settings.health_timeout_ms);
-        let checks = self.backends.iter().enumerate().map(|(index, backend)| {
-            let handler = ForwardingClient {
-                backend: index,
-                progress: self.progress.clone(),
-                changes: Some(self.changes.clone()),
-            };
-            backend.check(handler, timeout)
-        });
+        let backends = self.backends();
+        let checks = backends.iter().map(|backend| backend.check());
         let changed = futures::future::join_all(checks)
             .await
             .into_iter()
@@ -131,15 +221,12 @@ impl Gateway {
     }
 
     fn rebuild_view(&self) {
-        let offers: Vec<_> = self.backends.iter().map(|b| b.offer()).collect();
+        let backends = self.backends();
+        let offers: Vec<_> = backends.iter().map(|b| b.offer()).collect();
         let live: Vec<_> = offers
             .iter()
             .enumerate()
-            .filter_map(|(i, offer)| {
-                offer
-                    .as_ref()
-                    .map(|o| (i, self.backends[i].name.as_str(), o))
-            })
+            .filter_map(|(i, offer)| offer.as_ref().map(|o| (i, backends[i].name.as_str(), o)))
             .collect();
         let naming = Naming {
             mode: self.settings.prefix,
@@ -186,12 +273,15 @@ impl Gateway {
         shutdown: CancellationToken,
     ) {
         loop {
-            let (backend, original) = tokio::select! {
+            let (upstream, original) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 change = incoming.recv() => match change {
                     Some(change) => change,
                     None => return,
                 },
+            };
+            let Some(backend) = self.backends().iter().position(|b| b.contains(upstream)) else {
+                continue;
             };
             let view = self.current();
             let exposed = view
@@ -223,14 +313,14 @@ impl Gateway {
 
     async fn sync_upstream(&self) {
         let view = self.current();
-        let mut wanted = vec![BTreeSet::new(); self.backends.len()];
+        let backends = self.backends();
+        let mut wanted = vec![BTreeSet::new(); backends.len()];
         for uri in self.updates.watched() {
             if let Some(route) = view.resources.get(&uri) {
                 wanted[route.backend].insert(route.original.clone());
             }
         }
-        let syncs = self
-            .backends
+        let syncs = backends
             .iter()
             .zip(&wanted)
             .map(|(backend, uris)| backend.sync_subscriptions(uris));
@@ -238,7 +328,23 @@ impl Gateway {
     }
 
     pub fn backend_status(&self) -> Vec<BackendStatus> {
-        self.backends.iter().map(|b| b.status()).collect()
+        self.backends()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BackendStatus {
+                name: b.name.clone(),
+                up: b.is_up(),
+                bridged: i >= self.configured,
+                replicas: b.health(),
+            })
+            .collect()
+    }
+
+    /// The backend that serves `tool` as this gateway lists it, and the
+    /// tool's name there.
+    pub fn route_of(&self, tool: &str) -> Option<(Backend, String)> {
+        let route = self.current().tools.get(tool).cloned()?;
+        Some((self.backend(route.backend)?, route.original))
     }
 
     async fn forward_call(
@@ -247,65 +353,30 @@ impl Gateway {
         original: String,
         call: ToolCall,
     ) -> Result<CallToolResult, McpError> {
-        let backend = &self.backends[index];
-        let Some(client) = backend.client() else {
-            return Ok(tool_error(format!(
-                "backend `{}` is unavailable; try again shortly",
-                backend.name
-            )));
+        let Some(backend) = self.backend(index) else {
+            return Ok(tool_error("backend gone; try again"));
         };
+        let was_up = backend.is_up();
         let params = CallToolRequestParams::new(original).with_arguments(call.arguments);
-        match forward::call_tool(
-            client.peer(),
-            index,
-            &self.progress,
-            params,
-            ProgressSink::of_request(&call.context),
-            &call.context.ct,
-        )
-        .await
-        {
-            Ok(ServerResult::CallToolResult(result)) => Ok(result),
-            Ok(_) => Ok(tool_error(format!(
-                "backend `{}` answered with a result this gateway cannot relay",
-                backend.name
-            ))),
-            Err(ForwardError::Cancelled) => {
-                Err(McpError::internal_error("cancelled by the client", None))
-            }
-            Err(ForwardError::Service(ServiceError::McpError(error))) => Err(error),
-            Err(ForwardError::Service(e)) => {
-                if backend.mark_down(e.to_string()) {
-                    self.rebuild_view();
-                }
-                Ok(tool_error(format!(
-                    "backend `{}` failed during the call: {e}",
-                    backend.name
-                )))
-            }
+        let outcome = backend
+            .call_tool(
+                params,
+                None,
+                ProgressSink::of_request(&call.context),
+                &call.context.ct,
+            )
+            .await;
+        if was_up && !backend.is_up() {
+            self.rebuild_view();
         }
+        outcome
     }
 
     async fn call_own_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        let args = serde_json::Value::Object(call.arguments);
-        let parse_error = |e: serde_json::Error| McpError::invalid_params(e.to_string(), None);
         match call.name.as_str() {
-            "manage_connections" => {
-                let args: ManageConnectionsArgs =
-                    serde_json::from_value(args).map_err(parse_error)?;
-                Ok(match args.action {
-                    ConnectionAction::List => {
-                        json_tool_result(&json!({ "backends": self.backend_status() }))
-                    }
-                    ConnectionAction::Close => not_available(
-                        "manage_connections",
-                        "closing client connections is not built yet",
-                    ),
-                })
-            }
+            "manage_connections" => Ok(self.manage_connections(call.parse()?)),
             "validate_request" => {
-                let args: ValidateRequestArgs =
-                    serde_json::from_value(args).map_err(parse_error)?;
+                let args: ValidateRequestArgs = call.parse()?;
                 let view = self.current();
                 Ok(
                     match view.catalog.check_arguments(&args.tool, &args.arguments) {
@@ -316,23 +387,181 @@ impl Gateway {
                     },
                 )
             }
-            "aggregate_responses" => Ok(not_available(
-                &call.name,
-                "replica fan-out is not built yet",
-            )),
-            "handle_auth" => Ok(not_available(
-                &call.name,
-                "authentication is not configured on this gateway",
-            )),
-            "protocol_bridge" => Ok(not_available(
-                &call.name,
-                "adding backends at run time is not built yet",
-            )),
+            "aggregate_responses" => {
+                let args: AggregateResponsesArgs = call.parse()?;
+                Ok(self.aggregate(args, &call.context.ct).await)
+            }
+            "handle_auth" => {
+                let principal = principal_of(&call.context.extensions);
+                Ok(self.handle_auth(call.parse()?, principal))
+            }
+            "protocol_bridge" => {
+                let args: ProtocolBridgeArgs = call.parse()?;
+                Ok(self.protocol_bridge(args).await)
+            }
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),
                 None,
             )),
         }
+    }
+
+    fn manage_connections(&self, args: ManageConnectionsArgs) -> CallToolResult {
+        let connections = self.access.get().map(|(_, c)| c);
+        match args.action {
+            ConnectionAction::List => json_tool_result(&json!({
+                "backends": self.backend_status(),
+                "clients": connections.map(|c| c.list()),
+            })),
+            ConnectionAction::Close => {
+                let Some(connections) = connections else {
+                    return tool_error(
+                        "this gateway is not served over HTTP: no client connections",
+                    );
+                };
+                let Some(id) = args.id else {
+                    return tool_error("`id` (from `list`) is required to close a connection");
+                };
+                match connections.close(id) {
+                    true => json_tool_result(&json!({ "closed": id })),
+                    false => tool_error(format!("no open connection with id {id}")),
+                }
+            }
+        }
+    }
+
+    /// `principal` is `None` over stdio and in-process: this machine's user.
+    fn handle_auth(&self, args: HandleAuthArgs, principal: Option<Principal>) -> CallToolResult {
+        let auth = self.access.get().map(|(auth, _)| auth);
+        if args.action == AuthAction::Whoami {
+            return json_tool_result(&json!({
+                "principal": principal.clone().unwrap_or_else(Principal::local),
+                "transport": if principal.is_some() { "http" } else { "stdio or in-process" },
+                "authentication_required": auth.is_some_and(|a| a.required()),
+            }));
+        }
+        if let Some(principal) = &principal
+            && !principal.scopes.may_call("handle_auth")
+        {
+            return tool_error(format!(
+                "{:?} needs the admin scope (or tools:handle_auth); {} holds: {}",
+                args.action,
+                principal.id,
+                principal.scopes.as_slice().join(" ")
+            ));
+        }
+        let Some(auth) = auth else {
+            return not_available(
+                "handle_auth",
+                "this gateway keeps no API keys (not served over HTTP)",
+            );
+        };
+        let keys = auth.keys();
+        let outcome = match args.action {
+            AuthAction::CreateKey => {
+                let name = args.name.unwrap_or_else(|| "unnamed".into());
+                let scopes = args.scopes.unwrap_or_default();
+                keys.create(&name, &scopes)
+                    .map(|key| json!({ "created": key }))
+            }
+            AuthAction::ListKeys => keys.list().map(|keys| json!({ "keys": keys })),
+            AuthAction::RevokeKey => match args.key_id {
+                Some(id) => keys.revoke(&id).map(|key| json!({ "revoked": key })),
+                None => return tool_error("`key_id` is required to revoke a key"),
+            },
+            AuthAction::Whoami => unreachable!("answered above"),
+        };
+        match outcome {
+            Ok(value) => json_tool_result(&value),
+            Err(e) => tool_error(e.to_string()),
+        }
+    }
+
+    async fn aggregate(
+        &self,
+        args: AggregateResponsesArgs,
+        cancel: &CancellationToken,
+    ) -> CallToolResult {
+        let Some((backend, original)) = self.route_of(&args.tool) else {
+            return tool_error(format!(
+                "`{}` is not a federated tool of this gateway (its own tools are not replicated)",
+                args.tool
+            ));
+        };
+        let view = self.current();
+        if let Some(errors) = view.catalog.check_arguments(&args.tool, &args.arguments)
+            && !errors.is_empty()
+        {
+            return tool_error(format!(
+                "invalid arguments for {}: {}",
+                args.tool,
+                errors.join("; ")
+            ));
+        }
+        aggregate::fan_out(&backend, &original, args.arguments, args.strategy, cancel).await
+    }
+
+    async fn protocol_bridge(&self, args: ProtocolBridgeArgs) -> CallToolResult {
+        match args.action {
+            BridgeAction::List => {
+                let bridged: Vec<_> = self
+                    .backend_status()
+                    .into_iter()
+                    .filter(|b| b.bridged)
+                    .collect();
+                json_tool_result(&json!({ "bridges": bridged }))
+            }
+            BridgeAction::Add => match self.add_bridge(args).await {
+                Ok(result) => result,
+                Err(message) => tool_error(message),
+            },
+        }
+    }
+
+    async fn add_bridge(&self, args: ProtocolBridgeArgs) -> Result<CallToolResult, String> {
+        let name = args.name.ok_or("`name` is required to add a bridge")?;
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid {
+            return Err(format!(
+                "bridge name `{name}`: use letters, digits and `-` only"
+            ));
+        }
+        if self.backends().iter().any(|b| b.name == name) {
+            return Err(format!("a backend named `{name}` exists already"));
+        }
+        let connector = match (args.url, args.command) {
+            (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
+                let bearer = match args.token_env {
+                    None => None,
+                    Some(var) => {
+                        Some(Secret::new(std::env::var(&var).map_err(|_| {
+                            format!("environment variable {var} is not set")
+                        })?))
+                    }
+                };
+                Connector::Http { url, bearer }
+            }
+            (Some(_), None) => return Err("`url` must start with http:// or https://".into()),
+            (None, Some(argv)) if !argv.is_empty() => Connector::Command(argv),
+            _ => return Err("give either `url` or `command`".into()),
+        };
+        let fleet = Fleet::single(&name, connector, self.fleet_settings.clone());
+        fleet.relay_changes_to(self.changes.clone());
+        fleet.check().await;
+        let status = fleet.health();
+        self.backends
+            .write()
+            .expect("backends lock")
+            .push(fleet.clone());
+        self.rebuild_view();
+        let offer = fleet.offer().unwrap_or_default();
+        Ok(json_tool_result(&json!({
+            "name": name,
+            "up": fleet.is_up(),
+            "tools": offer.tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(),
+            "resources": offer.resources.len(),
+            "status": status,
+        })))
     }
 }
 
@@ -367,46 +596,26 @@ impl McpUnit for Gateway {
         uri: &str,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResult, McpError> {
-        let Some(route) = self.current().resource_route(uri) else {
+        let route = self.current().resource_route(uri);
+        let Some((route, backend)) =
+            route.and_then(|r| Some((r.clone(), self.backend(r.backend)?)))
+        else {
             return Err(McpError::resource_not_found(
                 format!("no resource at {uri}"),
                 None,
             ));
         };
-        let backend = &self.backends[route.backend];
-        let Some(client) = backend.client() else {
-            return Err(McpError::internal_error(
-                format!("backend `{}` is unavailable", backend.name),
-                None,
-            ));
-        };
-        match client
-            .peer()
-            .read_resource_once(ReadResourceRequestParams::new(route.original.clone()))
-            .await
-        {
-            Ok(ReadResourceResponse::Complete(mut result)) => {
-                // The backend's URIs are not ours: give back the ones we listed.
-                for content in &mut result.contents {
-                    rename_uri(content, &route.original, uri);
-                }
-                Ok(result)
-            }
-            Ok(_) => Err(McpError::internal_error(
-                "backend asked for input; not relayed",
-                None,
-            )),
-            Err(ServiceError::McpError(error)) => Err(error),
-            Err(e) => {
-                if backend.mark_down(e.to_string()) {
-                    self.rebuild_view();
-                }
-                Err(McpError::internal_error(
-                    format!("backend `{}` failed: {e}", backend.name),
-                    None,
-                ))
-            }
+        let was_up = backend.is_up();
+        let outcome = backend.read_resource(&route.original).await;
+        if was_up && !backend.is_up() {
+            self.rebuild_view();
         }
+        let mut result = outcome?;
+        // The backend's URIs are not ours: give back the ones we listed.
+        for content in &mut result.contents {
+            rename_uri(content, &route.original, uri);
+        }
+        Ok(result)
     }
 }
 

@@ -30,11 +30,15 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use jetsonmind_core::upstream::{
+    self, ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, UpstreamId,
+};
+
 use crate::Gateway;
-use crate::forward::{self, ForwardError, ForwardingClient, ProgressRoutes, ProgressSink};
 
 pub struct OpenAi {
     client: RunningService<RoleClient, ForwardingClient>,
+    id: UpstreamId,
     progress: Arc<ProgressRoutes>,
     next_id: AtomicU64,
 }
@@ -43,8 +47,9 @@ impl OpenAi {
     /// Connect to `server` (the gateway) over an in-memory MCP pipe.
     pub async fn connect(server: UnitServer<Gateway>) -> Result<Arc<Self>, CoreError> {
         let progress = Arc::new(ProgressRoutes::default());
+        let id = UpstreamId::fresh();
         let handler = ForwardingClient {
-            backend: 0,
+            upstream: id,
             progress: progress.clone(),
             changes: None,
         };
@@ -54,6 +59,7 @@ impl OpenAi {
             .map_err(|e| CoreError::Service(e.to_string()))?;
         Ok(Arc::new(Self {
             client,
+            id,
             progress,
             next_id: AtomicU64::new(0),
         }))
@@ -82,8 +88,15 @@ impl OpenAi {
         let params = CallToolRequestParams::new("text_generate").with_arguments(arguments);
         // Dropping this future (a client hanging up) cancels the generation.
         let never = CancellationToken::new();
-        match forward::call_tool(self.client.peer(), 0, &self.progress, params, sink, &never).await
-        {
+        let call = upstream::call_tool(
+            self.client.peer(),
+            self.id,
+            &self.progress,
+            params,
+            sink,
+            &never,
+        );
+        match call.await {
             Ok(ServerResult::CallToolResult(result)) => tool_outcome(result),
             Ok(_) => Err(ApiError::server("unexpected result from text_generate")),
             Err(ForwardError::Service(ServiceError::McpError(e))) => {
@@ -379,7 +392,7 @@ fn stream_completion(
         let model = request.model_name();
         yield Ok(chunk(&id, &model, json!({"role": "assistant", "content": ""}), Value::Null));
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
-        let generation = api.generate(arguments, Some(ProgressSink::Channel(progress_tx)));
+        let generation = api.generate(arguments, Some(ProgressSink::channel(progress_tx)));
         tokio::pin!(generation);
         let mut sent = String::new();
         let outcome = loop {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionAction {
-    /// Every federated backend with its state and what it offers.
+    /// Every federated backend with its replicas, and the client connections.
     List,
     /// Close one client connection (`id`).
     Close,
@@ -17,8 +17,8 @@ pub enum ConnectionAction {
 #[serde(deny_unknown_fields)]
 pub struct ManageConnectionsArgs {
     pub action: ConnectionAction,
-    /// Connection id, for `close`.
-    pub id: Option<String>,
+    /// Connection id (from `list`), for `close`.
+    pub id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -57,9 +57,11 @@ pub struct AggregateResponsesArgs {
 pub enum AuthAction {
     /// Who the caller is and which scopes it holds.
     Whoami,
-    /// Create an API key with `scopes`.
+    /// Create an API key with `scopes` (needs `admin`); the key is shown once.
     CreateKey,
-    /// Revoke the API key `key_id`.
+    /// The API keys: ids, names, scopes, never the keys (needs `admin`).
+    ListKeys,
+    /// Revoke the API key `key_id` (needs `admin`).
     RevokeKey,
 }
 
@@ -67,15 +69,35 @@ pub enum AuthAction {
 #[serde(deny_unknown_fields)]
 pub struct HandleAuthArgs {
     pub action: AuthAction,
+    /// For `create_key`: what the key may do (tools:NAME, tools:*,
+    /// resources:URI, resources:*, metrics, admin).
     pub scopes: Option<Vec<String>>,
+    /// For `create_key`: who or what will use it.
+    pub name: Option<String>,
+    /// For `revoke_key`.
     pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeAction {
+    /// Federate a server: `url` (Streamable HTTP) or `command` (stdio).
+    Add,
+    /// The servers bridged at run time.
+    List,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProtocolBridgeArgs {
+    pub action: BridgeAction,
+    /// Name to federate it under (letters, digits, `-`).
+    pub name: Option<String>,
     /// Streamable HTTP URL of the MCP server to bridge to.
-    pub url: String,
-    /// Name to federate it under.
-    pub name: String,
+    pub url: Option<String>,
+    /// Instead of `url`: a program and its arguments that speaks MCP on
+    /// stdin/stdout; it is started and bridged to this gateway's clients.
+    pub command: Option<Vec<String>>,
+    /// Environment variable of this gateway holding a bearer token for `url`.
+    pub token_env: Option<String>,
 }

@@ -8,16 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jetsonmind_core::config::PrefixMode;
-use jetsonmind_core::rmcp::model::{Resource, ResourceTemplate, Tool};
+use jetsonmind_core::rmcp::model::Tool;
 use jetsonmind_core::{Catalog, CoreError};
 
-/// What one backend offers, as it named it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Offer {
-    pub tools: Vec<Tool>,
-    pub resources: Vec<Resource>,
-    pub templates: Vec<ResourceTemplate>,
-}
+pub use jetsonmind_core::upstream::Offer;
 
 /// Where an exposed name leads: a backend index and the backend's own name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +203,7 @@ pub fn template_matches(template: &str, uri: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jetsonmind_core::rmcp::model::{Resource, ResourceTemplate};
     use serde_json::json;
 
     fn tool(name: &'static str) -> Tool {

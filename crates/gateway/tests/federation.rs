@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetsonmind_control::ControlServer;
-use jetsonmind_core::config::{GatewayConfig, HttpConfig, McpConfig};
+use jetsonmind_control::fleet::{Fleet, FleetSettings};
+use jetsonmind_core::config::{Config, GatewayConfig, HttpConfig, McpConfig};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceResult,
     RequestMetaObject, Resource, ResourceContents,
@@ -18,10 +19,11 @@ use jetsonmind_core::rmcp::{
     ClientCacheConfig, ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServiceExt,
 };
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
+use jetsonmind_core::upstream::Connector;
 use jetsonmind_core::{
     Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_error, tool_from,
 };
-use jetsonmind_gateway::{Backend, Connector, Gateway};
+use jetsonmind_gateway::{Backend, Gateway};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +108,12 @@ impl HttpServer {
             &HttpConfig::default(),
             shutdown.clone(),
         );
-        tokio::spawn(serve_http(listener, router, shutdown.clone()));
+        tokio::spawn(serve_http(
+            listener,
+            router,
+            shutdown.clone(),
+            Default::default(),
+        ));
         Self { addr, shutdown }
     }
 
@@ -121,12 +128,23 @@ impl Drop for HttpServer {
     }
 }
 
+fn fleet_settings() -> FleetSettings {
+    let config = Config::default();
+    FleetSettings::new(&config.control, &config.gateway)
+}
+
 fn http_backend(name: &str, server: &HttpServer) -> Backend {
-    Backend::new(name, Connector::Http(server.url()))
+    Fleet::single(name, Connector::http(server.url()), fleet_settings())
+}
+
+/// A control server over no replicas: another unit with tools of its own.
+fn control_server() -> ControlServer {
+    let fleet = Arc::new(Fleet::new("compute", fleet_settings()));
+    ControlServer::new(fleet, &Config::default(), None)
 }
 
 async fn gateway(backends: Vec<Backend>) -> Arc<Gateway> {
-    let gateway = Gateway::new(GatewayConfig::default(), backends).unwrap();
+    let gateway = Gateway::new(GatewayConfig::default(), fleet_settings(), backends).unwrap();
     gateway.refresh().await;
     gateway
 }
@@ -193,11 +211,8 @@ fn with_own(names: &[&str]) -> Vec<String> {
 async fn merges_backends_and_prefixes_only_collisions() {
     let alpha = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
     let beta = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
-    let control = HttpServer::start(
-        Arc::new(ControlServer::default()),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await;
+    let control =
+        HttpServer::start(Arc::new(control_server()), "127.0.0.1:0".parse().unwrap()).await;
     let gateway = gateway(vec![
         http_backend("alpha", &alpha),
         http_backend("beta", &beta),
@@ -266,7 +281,8 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
     gateway.refresh().await;
     assert_eq!(tool_names(&client).await, with_own(&[]));
     let status = &gateway.backend_status()[0];
-    assert!(!status.up && status.last_error.is_some(), "{status:?}");
+    let replica = &status.replicas[0].connection;
+    assert!(!status.up && replica.last_error.is_some(), "{status:?}");
 
     let _server = HttpServer::start(ticker, addr).await;
     gateway.refresh().await;

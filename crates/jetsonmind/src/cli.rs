@@ -35,11 +35,57 @@ pub enum Command {
     Control(Transport),
     /// Run the gateway alone, federating the backends named in the config.
     Gateway(Transport),
+    /// Serve a remote MCP server (another node's gateway) on stdin/stdout:
+    /// connects Claude Desktop, Cursor or VS Code to a remote JetsonMind.
+    Bridge {
+        /// Its Streamable HTTP endpoint, e.g. `http://10.0.0.12:8080/mcp`.
+        url: String,
+        /// The environment variable holding the API key or token to send.
+        #[arg(long)]
+        token_env: Option<String>,
+    },
     /// Print the effective configuration as TOML.
     Config,
     /// Manage the model store.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Manage API keys (stored hashed in the data dir).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+impl Command {
+    /// How a serving command serves; `None` for the others.
+    pub fn transport(&self) -> Option<&Transport> {
+        match self {
+            Command::Serve(t)
+            | Command::Compute(t)
+            | Command::Data(t)
+            | Command::Control(t)
+            | Command::Gateway(t) => Some(t),
+            Command::Bridge { .. } | Command::Config | Command::Models(_) | Command::Keys(_) => {
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once and only its hash is kept.
+    Create {
+        /// A name to know it by (who or what uses it).
+        #[arg(long)]
+        name: String,
+        /// A scope to grant; repeat for more: tools:NAME, tools:*, resources:URI,
+        /// resources:*, metrics, admin.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List the keys (ids, names, scopes; never the keys).
+    List,
+    /// Revoke a key by id; servers refuse it from the next request on.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,8 +9,13 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
+use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
+use jetsonmind_control::scale::Launcher;
+use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
+use jetsonmind_core::connections::Connections;
 use jetsonmind_core::serve::{self, MCP_PATH};
+use jetsonmind_core::upstream::{Connector, Secret, Upstream};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
@@ -18,7 +23,7 @@ use jetsonmind_data::settings::Settings;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::{DataServer, NodeState};
 use jetsonmind_gateway::openai::OpenAi;
-use jetsonmind_gateway::{Backend, Connector, Gateway};
+use jetsonmind_gateway::{Backend, Gateway};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, Transport};
@@ -36,11 +41,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Models(command) => return crate::models::run(command, &config),
+        Command::Keys(command) => return crate::keys::run(command, &config),
         _ => {}
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let shared = Shared::new(sources, config.clone())?;
+    let launcher = launcher(&cli, &config)?;
+    let access = Access::for_command(&cli.command, &config)?;
+    let shared = Shared::new(sources, config.clone(), launcher, access)?;
     let flushing = tokio::spawn(flush_analytics(shared.analytics.clone(), config.clone()));
     let served = serve_command(cli.command, config, shutdown, &shared).await;
     flushing.abort();
@@ -69,19 +77,57 @@ async fn serve_command(
             serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Control(t) => {
-            let server = shared.server(ControlServer::default(), &config);
+            let replicas = shared.compute_fleet::<ComputeServer>(&config, None);
+            tokio::spawn(check_every(
+                replicas.clone(),
+                Duration::from_millis(config.gateway.health_interval_ms),
+                shutdown.clone(),
+            ));
+            let control = shared.control(replicas, &config);
+            let server = shared.server(control, &config);
             serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Gateway(t) => {
-            let backends = Gateway::configured_backends(&config.gateway);
+            let backends = Gateway::configured_backends(&config.gateway, &shared.fleet_settings)?;
             serve_gateway(backends, t, config, shutdown, shared).await
         }
         Command::Serve(t) => {
             let mut backends = in_process_backends(&config, shared)?;
-            backends.extend(Gateway::configured_backends(&config.gateway));
+            backends.extend(Gateway::configured_backends(
+                &config.gateway,
+                &shared.fleet_settings,
+            )?);
             serve_gateway(backends, t, config, shutdown, shared).await
         }
-        Command::Config | Command::Models(_) => unreachable!("handled before serving"),
+        Command::Bridge { url, token_env } => {
+            let bearer = match token_env {
+                Some(var) => {
+                    Some(Secret::new(std::env::var(&var).with_context(|| {
+                        format!("--token-env {var}: the variable is not set")
+                    })?))
+                }
+                None => None,
+            };
+            let remote = Fleet::single(
+                "remote",
+                Connector::Http { url, bearer },
+                shared.fleet_settings.clone(),
+            );
+            let gateway = Gateway::bridge(
+                config.gateway.clone(),
+                shared.fleet_settings.clone(),
+                remote,
+            )?;
+            gateway.start(shutdown.clone()).await;
+            if !gateway.backend_status().iter().all(|b| b.up) {
+                tracing::warn!("the remote server is not reachable yet; will retry");
+            }
+            let server = shared.server_arc(gateway, &config);
+            Ok(serve::serve_stdio(server).await?)
+        }
+        Command::Config | Command::Models(_) | Command::Keys(_) => {
+            unreachable!("handled before serving")
+        }
     }
 }
 
@@ -100,16 +146,82 @@ async fn flush_analytics(analytics: Arc<Analytics>, config: Config) {
     }
 }
 
+/// Check `fleet` every `period` until `shutdown` (a control server alone;
+/// under a gateway its health loop does this).
+async fn check_every(fleet: Arc<Fleet>, period: Duration, shutdown: CancellationToken) {
+    loop {
+        fleet.check().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// How `scale_cluster` starts more compute replicas: this binary, with the
+/// same config file and data dir (the environment is inherited).
+fn launcher(cli: &Cli, config: &Config) -> anyhow::Result<Launcher> {
+    let program = std::env::current_exe().context("finding the jetsonmind binary")?;
+    let mut global_args = vec![
+        "--data-dir".to_string(),
+        config.data.dir.display().to_string(),
+    ];
+    if let Some(file) = &cli.config {
+        global_args.extend(["--config".to_string(), file.display().to_string()]);
+    }
+    Ok(Launcher {
+        program,
+        global_args,
+        // They listen on loopback for this process alone, which holds no
+        // credentials for them.
+        env: vec![("JETSONMIND_AUTH__REQUIRED".into(), "false".into())],
+        start_timeout: Duration::from_millis(config.control.replica_start_timeout_ms),
+    })
+}
+
+/// Who may come in over HTTP, and the connections they hold.
+struct Access {
+    auth: Arc<Auth>,
+    connections: Arc<Connections>,
+}
+
+impl Access {
+    /// Over HTTP, authentication as the config and the listen address say;
+    /// over stdio the caller is this machine's user.
+    fn for_command(command: &Command, config: &Config) -> anyhow::Result<Self> {
+        let keys = Arc::new(KeyStore::open(&config.data.dir));
+        let auth = match command.transport() {
+            Some(t) if !t.stdio => {
+                let listen = t.listen.unwrap_or(config.http.listen);
+                Auth::new(&config.auth, keys, Some(listen))?
+            }
+            _ => Auth::off(keys),
+        };
+        Ok(Self {
+            auth: Arc::new(auth),
+            connections: Arc::default(),
+        })
+    }
+}
+
 /// What the servers of one process share: compute fills the inference cache
 /// and data reports on it; every server records its calls in the analytics.
 struct Shared {
     settings: Arc<Settings>,
     cache: Arc<InferenceCache>,
     analytics: Arc<Analytics>,
+    fleet_settings: FleetSettings,
+    launcher: Launcher,
+    access: Access,
 }
 
 impl Shared {
-    fn new(sources: ConfigSources, config: Config) -> anyhow::Result<Self> {
+    fn new(
+        sources: ConfigSources,
+        config: Config,
+        launcher: Launcher,
+        access: Access,
+    ) -> anyhow::Result<Self> {
         let analytics = Analytics::open(
             &config.data.dir,
             Duration::from_secs(config.data.analytics_retention_secs),
@@ -118,8 +230,41 @@ impl Shared {
         Ok(Self {
             cache: Arc::new(InferenceCache::new((&config.cache).into())),
             analytics: Arc::new(analytics),
+            fleet_settings: FleetSettings::new(&config.control, &config.gateway),
             settings: Arc::new(Settings::new(sources, config)),
+            launcher,
+            access,
         })
+    }
+
+    /// The compute replicas: this process's own server (when given and
+    /// `control.local_replica` is on), then those at `control.replicas`.
+    fn compute_fleet<U: McpUnit>(
+        &self,
+        config: &Config,
+        local: Option<UnitServer<U>>,
+    ) -> Arc<Fleet> {
+        let fleet = Fleet::new("compute", self.fleet_settings.clone());
+        if let Some(server) = local.filter(|_| config.control.local_replica) {
+            let connector =
+                Connector::InProcess(Arc::new(move || serve::in_process(server.clone())));
+            fleet.add(
+                Upstream::new("compute-local", connector),
+                Origin::Configured,
+            );
+        }
+        for (i, url) in config.control.replicas.iter().enumerate() {
+            let name = format!("compute-{}", i + 1);
+            fleet.add(
+                Upstream::new(name, Connector::http(url)),
+                Origin::Configured,
+            );
+        }
+        Arc::new(fleet)
+    }
+
+    fn control(&self, replicas: Arc<Fleet>, config: &Config) -> ControlServer {
+        ControlServer::new(replicas, config, Some(self.launcher.clone()))
     }
 
     /// Opens the model store: only the servers that use it pay for that.
@@ -143,6 +288,19 @@ impl Shared {
         UnitServer::new(unit, config.mcp.clone()).with_observer(self.analytics.clone())
     }
 
+    /// RFC 9728 protected-resource metadata, where OAuth is configured.
+    fn metadata_routes(&self) -> Router {
+        let Some(metadata) = self.access.auth.metadata() else {
+            return Router::new();
+        };
+        auth::metadata_paths(&self.access.auth)
+            .into_iter()
+            .fold(Router::new(), |router, path| {
+                let metadata = metadata.clone();
+                router.route(&path, get(move || async move { axum::Json(metadata) }))
+            })
+    }
+
     /// Prometheus text at `/metrics`.
     fn metrics_route(&self) -> Router {
         let analytics = self.analytics.clone();
@@ -161,23 +319,30 @@ impl Shared {
     }
 }
 
-/// compute, data and control, each reached through an in-memory MCP pipe.
+/// compute (replicas: this process's own server and any others), data and
+/// control, the local ones reached through in-memory MCP pipes.
 fn in_process_backends(config: &Config, shared: &Shared) -> anyhow::Result<Vec<Backend>> {
     let node = shared.node_state()?;
-    let compute = ComputeServer::new(config, node.cache.clone(), node.store.clone());
+    let local_compute = match config.control.local_replica {
+        true => Some(shared.server(
+            ComputeServer::new(config, node.cache.clone(), node.store.clone()),
+            config,
+        )),
+        false => None,
+    };
+    let compute = shared.compute_fleet(config, local_compute);
+    let control = shared.control(compute.clone(), config);
     let data = DataServer::new(node);
     Ok(vec![
-        in_process("compute", shared.server(compute, config)),
-        in_process("data", shared.server(data, config)),
-        in_process("control", shared.server(ControlServer::default(), config)),
+        compute,
+        in_process("data", shared.server(data, config), shared),
+        in_process("control", shared.server(control, config), shared),
     ])
 }
 
-fn in_process<U: McpUnit>(name: &str, server: UnitServer<U>) -> Backend {
-    Backend::new(
-        name,
-        Connector::InProcess(Arc::new(move || serve::in_process(server.clone()))),
-    )
+fn in_process<U: McpUnit>(name: &str, server: UnitServer<U>, shared: &Shared) -> Backend {
+    let connector = Connector::InProcess(Arc::new(move || serve::in_process(server.clone())));
+    Fleet::single(name, connector, shared.fleet_settings.clone())
 }
 
 /// The gateway over `backends`; on HTTP also the OpenAI-compatible `/v1` routes.
@@ -188,7 +353,11 @@ async fn serve_gateway(
     shutdown: CancellationToken,
     shared: &Shared,
 ) -> anyhow::Result<()> {
-    let gateway = start_gateway(&config, backends, &shutdown).await?;
+    let gateway = start_gateway(&config, &shared.fleet_settings, backends, &shutdown).await?;
+    gateway.use_access(
+        shared.access.auth.clone(),
+        shared.access.connections.clone(),
+    );
     let server = shared.server_arc(gateway, &config);
     let openai = match transport.stdio {
         true => Router::new(),
@@ -202,16 +371,22 @@ async fn serve_gateway(
 
 async fn start_gateway(
     config: &Config,
+    fleet_settings: &FleetSettings,
     backends: Vec<Backend>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Gateway>> {
-    let gateway = Gateway::new(config.gateway.clone(), backends)?;
+    let gateway = Gateway::new(config.gateway.clone(), fleet_settings.clone(), backends)?;
     gateway.start(shutdown.clone()).await;
-    for status in gateway.backend_status() {
-        match status.last_error {
-            None => tracing::info!(backend = %status.name, tools = status.tools, "federated"),
-            Some(e) => {
-                tracing::warn!(backend = %status.name, error = %e, "not reachable yet; will retry")
+    for backend in gateway.backend_status() {
+        for replica in backend.replicas {
+            let status = replica.connection;
+            match status.last_error {
+                None => {
+                    tracing::info!(backend = %backend.name, replica = %status.name, tools = status.tools, "federated")
+                }
+                Some(e) => {
+                    tracing::warn!(backend = %backend.name, replica = %status.name, error = %e, "not reachable yet; will retry")
+                }
             }
         }
     }
@@ -235,17 +410,50 @@ async fn serve_server<U: McpUnit>(
     if let Some(listen) = transport.listen {
         config.http.listen = listen;
     }
-    serve::check_exposure(config.http.listen, false)?;
     let (listener, bound) = serve::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    let extra = extra.merge(serve::guard_headers(shared.metrics_route(), &config.http));
+    let plain = shared.metrics_route().merge(shared.metadata_routes());
+    let extra = extra.merge(serve::guard_headers(plain, &config.http));
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
-    let router = serve::with_limits(routes, &config.http);
+    let access = &shared.access;
+    let gate = Gatekeeper::new(
+        access.auth.clone(),
+        &config.http,
+        access.connections.clone(),
+    );
+    let router = serve::with_limits(routes, &config.http)
+        .layer(axum::middleware::from_fn_with_state(gate, auth::guard));
+    if access.auth.required() {
+        tracing::info!(
+            "authentication required (API keys in {})",
+            access.auth.keys().path().display()
+        );
+    }
+    if !bound.ip().is_loopback()
+        && config
+            .http
+            .allowed_hosts
+            .iter()
+            .all(|h| is_loopback_name(h))
+    {
+        tracing::warn!(
+            "bound to {bound}, but only loopback Host headers are accepted \
+             (http.allowed_hosts = {:?}): add the names and addresses clients use for this machine",
+            config.http.allowed_hosts
+        );
+    }
     // Tests and scripts read this line to find the port when listening on :0.
     eprintln!("{name} listening on http://{bound}{MCP_PATH}");
-    serve::serve_http(listener, router, shutdown).await?;
+    serve::serve_http(listener, router, shutdown, access.connections.clone()).await?;
     Ok(())
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

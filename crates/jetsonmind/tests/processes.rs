@@ -141,7 +141,16 @@ async fn a_gateway_process_federates_a_killed_and_restarted_backend() {
         json!({"name": "monitor_health", "arguments": {}}),
     )
     .await;
-    assert_eq!(result["result"]["isError"], true, "{result}");
+    // Forwarded to the control process, which routes over no replicas here.
+    assert_eq!(result["result"]["isError"], false, "{result}");
+    assert_eq!(
+        result["result"]["structuredContent"]["total"], 0,
+        "{result}"
+    );
+    assert_eq!(
+        result["result"]["_meta"]["jetsonmind/route"]["backend"],
+        "ctl"
+    );
 
     drop(control); // SIGKILL: the process is gone with its sockets.
     eventually(&gateway.url, "killed backend dropped", |n| {
@@ -175,18 +184,74 @@ async fn a_gateway_process_federates_a_killed_and_restarted_backend() {
     .await;
 }
 
-#[test]
-fn non_loopback_addresses_are_refused_without_auth() {
+#[tokio::test]
+async fn non_loopback_addresses_need_a_way_in_and_then_require_it() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
     let output = Command::new(BIN)
-        .args(["serve", "--listen", "0.0.0.0:0"])
+        .args(["--data-dir", data_dir, "serve", "--listen", "0.0.0.0:0"])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("non-loopback address requires authentication"),
+        stderr.contains("(not loopback) requires authentication") && stderr.contains("keys create"),
         "{stderr}"
     );
+
+    let created = Command::new(BIN)
+        .args([
+            "--data-dir",
+            data_dir,
+            "keys",
+            "create",
+            "--name",
+            "ops",
+            "--scope",
+            "tools:*",
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let listed = Command::new(BIN)
+        .args(["--data-dir", data_dir, "keys", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("ops\ttools:*") && !listed.contains(&key),
+        "{listed}"
+    );
+
+    let served = start(
+        &["--data-dir", data_dir, "serve", "--listen", "0.0.0.0:0"],
+        &[],
+    );
+    let url = served.url.replace("0.0.0.0", "127.0.0.1");
+    let post = |token: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let anonymous = post(None).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let allowed = post(Some(&key)).await.unwrap();
+    assert_eq!(allowed.status(), 200);
 }
 
 #[test]

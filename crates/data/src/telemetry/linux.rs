@@ -86,6 +86,14 @@ pub struct MemoryMetrics {
     pub swap_free_bytes: Option<u64>,
 }
 
+/// The few figures routing needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Vitals {
+    pub total_memory_bytes: Option<u64>,
+    pub available_memory_bytes: Option<u64>,
+    pub max_temperature_c: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ThermalZone {
     pub name: String,
@@ -150,6 +158,23 @@ impl LinuxReader {
 
     fn read(&self, relative: &str) -> Option<String> {
         std::fs::read_to_string(self.path(relative)).ok()
+    }
+
+    /// Memory and the hottest thermal zone only: cheap enough to read on
+    /// every health check (`jetson://compute/status`).
+    pub fn vitals(&self) -> Vitals {
+        let memory = self
+            .read("proc/meminfo")
+            .map(|s| parse_meminfo(&s))
+            .unwrap_or_default();
+        Vitals {
+            total_memory_bytes: memory.total_bytes,
+            available_memory_bytes: memory.available_bytes,
+            max_temperature_c: read_thermal_zones(&self.path("sys/class/thermal"))
+                .iter()
+                .map(|z| z.celsius)
+                .reduce(f64::max),
+        }
     }
 
     pub async fn snapshot(&self) -> SystemMetrics {

@@ -12,7 +12,7 @@ pub mod tegrastats;
 pub mod tegrastats_source;
 
 pub use jetson::{JetsonMetrics, JetsonReader, JetsonSources, MetricSource};
-pub use linux::{CpuTimes, DiscreteGpu, LinuxReader, SystemMetrics, ThermalZone};
+pub use linux::{CpuTimes, DiscreteGpu, LinuxReader, SystemMetrics, ThermalZone, Vitals};
 pub use tegrastats_source::{TegrastatsSource, TegrastatsStatus};
 
 /// The `[telemetry]` section of the configuration.

@@ -1,35 +1,44 @@
-//! The gateway's client side: progress notifications from a backend are sent
-//! on to whoever made the call (an MCP client, or the OpenAI endpoint), and
-//! a call its caller abandons is cancelled at the backend.
+//! Calls forwarded to an upstream server: progress notifications from it are
+//! sent on to whoever made the call (an MCP client, or the OpenAI endpoint),
+//! and a call its caller abandons is cancelled upstream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use jetsonmind_core::rmcp::model::{
+use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
     ClientConfig, ClientNotification, ClientRequest, Implementation, ProgressNotificationParam,
     ProgressToken, RequestId, ResourceUpdatedNotificationParam, ServerResult,
 };
-use jetsonmind_core::rmcp::service::{
-    NotificationContext, Peer, PeerRequestOptions, RequestContext,
-};
-use jetsonmind_core::rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext};
+use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::UpstreamId;
+
 /// Progress tokens of forwarded calls, and whom their progress belongs to.
 ///
-/// rmcp gives every outgoing request a token of its own, unique per backend
-/// connection, so a route is keyed by backend and that token; the client's
+/// rmcp gives every outgoing request a token of its own, unique per upstream
+/// connection, so a route is keyed by upstream and that token; the client's
 /// own token (two clients may both use `1`) is put back on the way out.
 #[derive(Default)]
 pub struct ProgressRoutes {
     routes: Mutex<HashMap<RouteKey, ProgressSink>>,
 }
 
-/// Where a call's progress goes.
+/// Where a call's progress goes. Clones share one high-water mark: when a
+/// call is retried on another replica its progress starts again from zero,
+/// and the caller is only told once it passes what it already heard
+/// (progress must increase).
 #[derive(Clone)]
-pub enum ProgressSink {
+pub struct ProgressSink {
+    target: ProgressTarget,
+    high_water: Arc<Mutex<Option<f64>>>,
+}
+
+#[derive(Clone)]
+enum ProgressTarget {
     /// An MCP client, under its own progress token.
     Client {
         peer: Peer<RoleServer>,
@@ -43,28 +52,53 @@ impl ProgressSink {
     /// The sink for an MCP request, if its client asked for progress.
     pub fn of_request(caller: &RequestContext<RoleServer>) -> Option<Self> {
         let token = caller.meta.get_progress_token()?;
-        Some(ProgressSink::Client {
+        Some(Self::new(ProgressTarget::Client {
             peer: caller.peer.clone(),
             token,
-        })
+        }))
+    }
+
+    /// Progress handed to an in-process consumer.
+    pub fn channel(sender: mpsc::UnboundedSender<ProgressNotificationParam>) -> Self {
+        Self::new(ProgressTarget::Channel(sender))
+    }
+
+    fn new(target: ProgressTarget) -> Self {
+        Self {
+            target,
+            high_water: Arc::default(),
+        }
+    }
+
+    /// Whether `progress` moves past everything sent so far (and records it).
+    fn advances(&self, progress: f64) -> bool {
+        let mut high_water = self.high_water.lock().expect("progress high-water lock");
+        if high_water.is_some_and(|seen| progress <= seen) {
+            return false;
+        }
+        *high_water = Some(progress);
+        true
     }
 
     async fn send(self, mut params: ProgressNotificationParam) {
-        match self {
-            ProgressSink::Client { peer, token } => {
+        if !self.advances(params.progress) {
+            return;
+        }
+        match self.target {
+            ProgressTarget::Client { peer, token } => {
                 params.progress_token = token;
                 if let Err(e) = peer.notify_progress(params).await {
                     tracing::debug!(error = %e, "client went away before its progress arrived");
                 }
             }
-            ProgressSink::Channel(sender) => {
+            ProgressTarget::Channel(sender) => {
                 let _ = sender.send(params);
             }
         }
     }
 }
 
-type RouteKey = (usize, ProgressToken);
+type RouteKey = (UpstreamId, ProgressToken);
 
 /// Removes the route when the forwarded call ends, however it ends.
 pub struct RouteGuard {
@@ -83,15 +117,15 @@ impl ProgressRoutes {
         self.routes.lock().expect("progress routes lock")
     }
 
-    /// Route progress for `ours` (the token on the call to `backend`) to
+    /// Route progress for `ours` (the token on the call to `upstream`) to
     /// `sink` until the guard drops.
     pub fn register(
         self: &Arc<Self>,
-        backend: usize,
+        upstream: UpstreamId,
         ours: ProgressToken,
         sink: ProgressSink,
     ) -> RouteGuard {
-        let key = (backend, ours);
+        let key = (upstream, ours);
         self.map().insert(key.clone(), sink);
         RouteGuard {
             routes: self.clone(),
@@ -99,20 +133,20 @@ impl ProgressRoutes {
         }
     }
 
-    fn lookup(&self, backend: usize, token: &ProgressToken) -> Option<ProgressSink> {
-        self.map().get(&(backend, token.clone())).cloned()
+    fn lookup(&self, upstream: UpstreamId, token: &ProgressToken) -> Option<ProgressSink> {
+        self.map().get(&(upstream, token.clone())).cloned()
     }
 }
 
-/// A backend's resource changed: (backend index, the backend's URI).
-pub type ResourceChange = (usize, String);
+/// An upstream's resource changed: (upstream, the upstream's URI).
+pub type ResourceChange = (UpstreamId, String);
 
-/// The client handler of one backend connection.
+/// The client handler of one upstream connection.
 #[derive(Clone)]
 pub struct ForwardingClient {
-    pub backend: usize,
+    pub upstream: UpstreamId,
     pub progress: Arc<ProgressRoutes>,
-    /// Where the backend's `notifications/resources/updated` go; none for
+    /// Where the upstream's `notifications/resources/updated` go; none for
     /// connections that subscribe to nothing.
     pub changes: Option<mpsc::UnboundedSender<ResourceChange>>,
 }
@@ -120,7 +154,7 @@ pub struct ForwardingClient {
 impl ClientHandler for ForwardingClient {
     fn get_info(&self) -> ClientConfig {
         let mut config = ClientConfig::default();
-        config.client_info = Implementation::new("jetsonmind-gateway", env!("CARGO_PKG_VERSION"));
+        config.client_info = Implementation::new("jetsonmind", env!("CARGO_PKG_VERSION"));
         config
     }
 
@@ -129,7 +163,7 @@ impl ClientHandler for ForwardingClient {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        if let Some(sink) = self.progress.lookup(self.backend, &params.progress_token) {
+        if let Some(sink) = self.progress.lookup(self.upstream, &params.progress_token) {
             sink.send(params).await;
         }
     }
@@ -140,37 +174,37 @@ impl ClientHandler for ForwardingClient {
         _context: NotificationContext<RoleClient>,
     ) {
         if let Some(changes) = &self.changes {
-            let _ = changes.send((self.backend, params.uri));
+            let _ = changes.send((self.upstream, params.uri));
         }
     }
 }
 
 /// Why a forwarded call produced no result.
+#[derive(Debug)]
 pub enum ForwardError {
-    /// The caller cancelled; the backend was told.
+    /// The caller cancelled; the upstream was told.
     Cancelled,
     Service(ServiceError),
 }
 
-/// Call a tool on a backend: its progress goes to `sink`, and if `cancel`
-/// fires (or this future is dropped) the backend gets `notifications/cancelled`.
+/// Call a tool upstream: its progress goes to `sink`, and if `cancel` fires
+/// (or this future is dropped) the upstream gets `notifications/cancelled`.
 pub async fn call_tool(
-    backend: &Peer<RoleClient>,
-    backend_index: usize,
+    upstream: &Peer<RoleClient>,
+    upstream_id: UpstreamId,
     routes: &Arc<ProgressRoutes>,
     params: CallToolRequestParams,
     sink: Option<ProgressSink>,
     cancel: &CancellationToken,
 ) -> Result<ServerResult, ForwardError> {
     let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-    let handle = backend
+    let handle = upstream
         .send_request_with_option(request, PeerRequestOptions::no_options())
         .await
         .map_err(ForwardError::Service)?;
-    let _route =
-        sink.map(|sink| routes.register(backend_index, handle.progress_token.clone(), sink));
+    let _route = sink.map(|sink| routes.register(upstream_id, handle.progress_token.clone(), sink));
     let mut abandon = CancelOnDrop {
-        peer: Some(backend.clone()),
+        peer: Some(upstream.clone()),
         id: handle.id.clone(),
     };
     let outcome = tokio::select! {
@@ -199,5 +233,22 @@ impl Drop for CancelOnDrop {
         tokio::spawn(async move {
             let _ = peer.send_notification(notification).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_only_moves_forward_across_clones() {
+        let (sender, _receiver) = mpsc::unbounded_channel();
+        let sink = ProgressSink::channel(sender);
+        let retry = sink.clone();
+        assert!(sink.advances(1.0));
+        assert!(sink.advances(5.0));
+        assert!(!retry.advances(1.0), "a retry starting over stays quiet");
+        assert!(!retry.advances(5.0));
+        assert!(retry.advances(6.0));
     }
 }

@@ -1,64 +1,137 @@
-//! One federated MCP server, as seen from the gateway: how to reach it,
-//! whether it is up, and what it offers.
+//! An upstream MCP server, seen from this process as a client: how to reach
+//! it, whether it is up, what it offers, and calls forwarded to it.
+//!
+//! The gateway federates upstreams and the control plane routes among
+//! replicas; both hold their peers as [`Upstream`]s, so connecting, health
+//! checks and forwarding are written once.
+
+pub mod forward;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use jetsonmind_core::rmcp::model::{
-    ClientRequest, PingRequest, SubscribeRequestParams, UnsubscribeRequestParams,
+use rmcp::model::{
+    ClientRequest, PingRequest, Resource, ResourceTemplate, SubscribeRequestParams, Tool,
+    UnsubscribeRequestParams,
 };
-use jetsonmind_core::rmcp::service::RunningService;
-use jetsonmind_core::rmcp::transport::StreamableHttpClientTransport;
-use jetsonmind_core::rmcp::{ClientCacheConfig, RoleClient, ServiceExt};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientCacheConfig, RoleClient, ServiceExt};
 use serde::Serialize;
 use tokio::io::DuplexStream;
+use tokio_util::sync::CancellationToken;
 
-use crate::forward::ForwardingClient;
-use crate::view::Offer;
+pub use forward::{
+    ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, ResourceChange, call_tool,
+};
 
 pub type Client = RunningService<RoleClient, ForwardingClient>;
 
-/// How to open a connection to a backend.
+/// Identifies one upstream for as long as the process runs (indices shift
+/// when replicas come and go; these never repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct UpstreamId(u64);
+
+impl UpstreamId {
+    /// A new id, never handed out before in this process.
+    pub fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A credential sent upstream; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// How to open a connection to an upstream.
 #[derive(Clone)]
 pub enum Connector {
-    /// Streamable HTTP endpoint, e.g. another node's gateway.
-    Http(String),
-    /// A server in this process; each call starts it on a fresh in-memory pipe.
+    /// Streamable HTTP endpoint, e.g. another node's gateway, with a bearer
+    /// token when it requires one.
+    Http { url: String, bearer: Option<Secret> },
+    /// A server in this process; each connection starts it on a fresh in-memory pipe.
     InProcess(Arc<dyn Fn() -> DuplexStream + Send + Sync>),
+    /// A program speaking MCP on its stdin/stdout, started for the connection.
+    Command(Vec<String>),
 }
 
 impl Connector {
-    fn describe(&self) -> String {
-        match self {
-            Connector::Http(url) => url.clone(),
-            Connector::InProcess(_) => "in-process".into(),
+    /// An HTTP endpoint without credentials.
+    pub fn http(url: impl Into<String>) -> Self {
+        Connector::Http {
+            url: url.into(),
+            bearer: None,
         }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Connector::Http { url, .. } => url.clone(),
+            Connector::InProcess(_) => "in-process".into(),
+            Connector::Command(argv) => format!("stdio: {}", argv.join(" ")),
+        }
+    }
+}
+
+/// What one upstream offers, as it names it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Offer {
+    pub tools: Vec<Tool>,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
+}
+
+impl Offer {
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name == name)
     }
 }
 
 #[derive(Default)]
 struct State {
     client: Option<Arc<Client>>,
+    /// Cancelled when this connection is given up, so calls still waiting
+    /// on it end at once instead of hanging on a dead peer.
+    lost: CancellationToken,
     offer: Option<Offer>,
     last_error: Option<String>,
     connected_since: Option<SystemTime>,
-    /// Resource subscriptions held on this connection (the backend's URIs).
+    /// Round trip of the last health check.
+    last_check: Option<Duration>,
+    /// Resource subscriptions held on this connection (the upstream's URIs).
     subscribed: BTreeSet<String>,
     /// Subscriptions this connection refused, with why; not asked again
     /// until it reconnects.
     refused: BTreeMap<String, String>,
 }
 
-pub struct Backend {
+pub struct Upstream {
+    pub id: UpstreamId,
     pub name: String,
     connector: Connector,
     state: Mutex<State>,
 }
 
-/// What `manage_connections` shows of a backend.
+/// What `manage_connections` and `monitor_health` show of an upstream.
 #[derive(Debug, Clone, Serialize)]
-pub struct BackendStatus {
+pub struct UpstreamStatus {
     pub name: String,
     pub endpoint: String,
     pub up: bool,
@@ -66,16 +139,24 @@ pub struct BackendStatus {
     pub resources: usize,
     pub templates: usize,
     pub connected_since_unix: Option<u64>,
+    pub last_check_ms: Option<f64>,
     pub last_error: Option<String>,
-    /// Resources whose changes are relayed from this backend now.
+    /// Resources whose changes are relayed from this upstream now.
     pub subscriptions: Vec<String>,
-    /// Resources whose subscription the backend refused, with its reason.
+    /// Resources whose subscription the upstream refused, with its reason.
     pub refused_subscriptions: BTreeMap<String, String>,
 }
 
-impl Backend {
+/// A live connection and the token that fires when it is given up.
+pub struct Connection {
+    pub client: Arc<Client>,
+    pub lost: CancellationToken,
+}
+
+impl Upstream {
     pub fn new(name: impl Into<String>, connector: Connector) -> Self {
         Self {
+            id: UpstreamId::fresh(),
             name: name.into(),
             connector,
             state: Mutex::new(State::default()),
@@ -83,29 +164,56 @@ impl Backend {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("backend state lock")
+        self.state.lock().expect("upstream state lock")
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     pub fn client(&self) -> Option<Arc<Client>> {
         self.state().client.clone()
     }
 
+    pub fn connection(&self) -> Option<Connection> {
+        let state = self.state();
+        let client = state.client.clone()?;
+        Some(Connection {
+            client,
+            lost: state.lost.clone(),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state().client.is_some()
+    }
+
     pub fn offer(&self) -> Option<Offer> {
         self.state().offer.clone()
     }
 
+    /// One tool of its offer (without copying the rest).
+    pub fn tool(&self, name: &str) -> Option<Tool> {
+        self.state().offer.as_ref()?.tool(name).cloned()
+    }
+
+    pub fn last_check(&self) -> Option<Duration> {
+        self.state().last_check
+    }
+
     /// Forget the connection after a failure; the next check reconnects.
-    /// Returns true when the backend was up until now.
+    /// Returns true when the upstream was up until now.
     pub fn mark_down(&self, error: impl Into<String>) -> bool {
         let mut state = self.state();
         let was_up = state.client.take().is_some();
+        state.lost.cancel();
         state.offer = None;
         state.connected_since = None;
         state.subscribed.clear();
         state.refused.clear();
         state.last_error = Some(error.into());
         if was_up {
-            tracing::warn!(backend = %self.name, error = ?state.last_error, "backend down");
+            tracing::warn!(upstream = %self.name, error = ?state.last_error, "upstream down");
         }
         was_up
     }
@@ -121,41 +229,60 @@ impl Backend {
                 Err(_) => return self.mark_down("connect timed out"),
             },
         };
+        let started = Instant::now();
         match tokio::time::timeout(timeout, fetch_offer(&client)).await {
-            Ok(Ok(offer)) => self.set_up(client, offer),
+            Ok(Ok(offer)) => self.set_up(client, offer, started.elapsed()),
             Ok(Err(e)) => self.mark_down(e),
             Err(_) => self.mark_down("health check timed out"),
         }
     }
 
-    fn set_up(&self, client: Arc<Client>, offer: Offer) -> bool {
+    fn set_up(&self, client: Arc<Client>, offer: Offer, round_trip: Duration) -> bool {
         let mut state = self.state();
         let changed = state.offer.as_ref() != Some(&offer);
         if state.client.is_none() {
-            tracing::info!(backend = %self.name, tools = offer.tools.len(), "backend up");
+            tracing::info!(upstream = %self.name, tools = offer.tools.len(), "upstream up");
             state.connected_since = Some(SystemTime::now());
+            state.lost = CancellationToken::new();
             state.subscribed.clear();
             state.refused.clear();
         }
         state.client = Some(client);
         state.offer = Some(offer);
         state.last_error = None;
+        state.last_check = Some(round_trip);
         changed
     }
 
     async fn connect(&self, handler: ForwardingClient) -> Result<Client, String> {
         let result = match &self.connector {
-            Connector::Http(url) => {
+            Connector::Http { url, bearer } => {
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                // Many calls share one connection: let them run side by side.
+                config.max_concurrent_requests = 256;
+                if let Some(Secret(token)) = bearer {
+                    config = config.auth_header(token.clone());
+                }
                 handler
-                    .serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+                    .serve(StreamableHttpClientTransport::from_config(config))
                     .await
             }
             Connector::InProcess(start) => handler.serve(start()).await,
+            Connector::Command(argv) => {
+                let (program, args) = argv
+                    .split_first()
+                    .ok_or_else(|| "empty command".to_string())?;
+                let mut command = tokio::process::Command::new(program);
+                command.args(args);
+                let child = rmcp::transport::TokioChildProcess::new(command)
+                    .map_err(|e| format!("cannot start `{program}`: {e}"))?;
+                handler.serve(child).await
+            }
         };
         let client =
             result.map_err(|e| format!("cannot connect to {}: {e}", self.connector.describe()))?;
-        // The gateway serves many principals over one connection and must
-        // see a dead backend at once: no shared or stale cached answers.
+        // Many principals are served over one connection, and a dead peer
+        // must be seen at once: no shared or stale cached answers.
         client
             .peer()
             .set_response_cache_config(ClientCacheConfig::disabled())
@@ -163,10 +290,10 @@ impl Backend {
         Ok(client)
     }
 
-    pub fn status(&self) -> BackendStatus {
+    pub fn status(&self) -> UpstreamStatus {
         let state = self.state();
         let count = |f: fn(&Offer) -> usize| state.offer.as_ref().map_or(0, f);
-        BackendStatus {
+        UpstreamStatus {
             name: self.name.clone(),
             endpoint: self.connector.describe(),
             up: state.client.is_some(),
@@ -177,15 +304,15 @@ impl Backend {
                 .connected_since
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
+            last_check_ms: state.last_check.map(|d| d.as_secs_f64() * 1000.0),
             last_error: state.last_error.clone(),
             subscriptions: state.subscribed.iter().cloned().collect(),
             refused_subscriptions: state.refused.clone(),
         }
     }
 
-    /// Hold subscriptions to exactly `wanted` (the backend's URIs) on the
-    /// current connection; its notifications reach the gateway's
-    /// [`ForwardingClient`].
+    /// Hold subscriptions to exactly `wanted` (the upstream's URIs) on the
+    /// current connection; its notifications reach the [`ForwardingClient`].
     #[allow(deprecated)] // resources/subscribe: the era in-process sessions speak
     pub async fn sync_subscriptions(&self, wanted: &BTreeSet<String>) {
         let Some(client) = self.client() else { return };
@@ -205,7 +332,7 @@ impl Backend {
             match outcome {
                 Ok(()) => state.subscribed.insert(uri.clone()),
                 Err(e) => {
-                    tracing::warn!(backend = %self.name, %uri, error = %e, "backend refused a subscription");
+                    tracing::warn!(upstream = %self.name, %uri, error = %e, "upstream refused a subscription");
                     state.refused.insert(uri.clone(), e.to_string()).is_none()
                 }
             };
@@ -220,10 +347,10 @@ impl Backend {
 }
 
 /// Ping first: list results may come from the client's cache and would not
-/// notice a dead backend.
+/// notice a dead upstream.
 async fn fetch_offer(client: &Client) -> Result<Offer, String> {
     let peer = client.peer();
-    let describe = |what: &str, e: jetsonmind_core::rmcp::ServiceError| format!("{what}: {e}");
+    let describe = |what: &str, e: rmcp::ServiceError| format!("{what}: {e}");
     peer.send_request(ClientRequest::PingRequest(PingRequest::default()))
         .await
         .map_err(|e| describe("ping", e))?;

@@ -1,0 +1,172 @@
+//! Which models stay in memory: a memory budget, least-recently-used
+//! eviction of idle models, and keep-alive (like Ollama's): a model unused
+//! for its keep-alive time is unloaded. Pure decisions, so they are tested
+//! without loading anything.
+
+use std::time::{Duration, Instant};
+
+/// A loaded model, as placement sees it.
+#[derive(Debug, Clone)]
+pub struct Resident {
+    pub name: String,
+    /// Memory it is counted for (weights and context reserve).
+    pub bytes: u64,
+    pub last_used: Instant,
+    /// Calls are running on it now: it cannot be unloaded.
+    pub in_use: bool,
+    /// Unloaded once idle this long; `None` keeps it until evicted.
+    pub keep_alive: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error(
+        "model `{model}` needs {} MiB but the memory budget is {} MiB (compute.memory_budget_bytes)",
+        .need >> 20, .budget >> 20
+    )]
+    LargerThanBudget {
+        model: String,
+        need: u64,
+        budget: u64,
+    },
+    #[error(
+        "model `{model}` needs {} MiB; {} MiB of the {} MiB budget is held by models in use ({}); \
+         try again when they are idle",
+        .need >> 20, .held >> 20, .budget >> 20, .busy.join(", ")
+    )]
+    BudgetHeldByBusyModels {
+        model: String,
+        need: u64,
+        held: u64,
+        budget: u64,
+        busy: Vec<String>,
+    },
+}
+
+/// The idle models to unload, least recently used first, so that a model
+/// of `need` bytes fits in `budget` beside what stays.
+pub fn evictions_for(
+    model: &str,
+    need: u64,
+    resident: &[Resident],
+    budget: u64,
+) -> Result<Vec<String>, PlacementError> {
+    if need > budget {
+        return Err(PlacementError::LargerThanBudget {
+            model: model.to_string(),
+            need,
+            budget,
+        });
+    }
+    let mut held: u64 = resident.iter().map(|r| r.bytes).sum();
+    let mut idle: Vec<&Resident> = resident.iter().filter(|r| !r.in_use).collect();
+    idle.sort_by_key(|r| r.last_used);
+    let mut evict = Vec::new();
+    for candidate in idle {
+        if held + need <= budget {
+            break;
+        }
+        held -= candidate.bytes;
+        evict.push(candidate.name.clone());
+    }
+    if held + need > budget {
+        return Err(PlacementError::BudgetHeldByBusyModels {
+            model: model.to_string(),
+            need,
+            held,
+            budget,
+            busy: resident
+                .iter()
+                .filter(|r| r.in_use)
+                .map(|r| r.name.clone())
+                .collect(),
+        });
+    }
+    Ok(evict)
+}
+
+/// Idle models whose keep-alive has run out at `now`.
+pub fn expired(resident: &[Resident], now: Instant) -> Vec<String> {
+    resident
+        .iter()
+        .filter(|r| !r.in_use)
+        .filter(|r| {
+            r.keep_alive
+                .is_some_and(|keep| now.duration_since(r.last_used) >= keep)
+        })
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn resident(name: &str, mib: u64, age_secs: u64, in_use: bool, now: Instant) -> Resident {
+        Resident {
+            name: name.into(),
+            bytes: mib * MIB,
+            last_used: now - Duration::from_secs(age_secs),
+            in_use,
+            keep_alive: Some(Duration::from_secs(300)),
+        }
+    }
+
+    #[test]
+    fn fits_without_evicting() {
+        let now = Instant::now();
+        let loaded = [resident("a", 100, 10, false, now)];
+        assert_eq!(
+            evictions_for("b", 100 * MIB, &loaded, 300 * MIB),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn evicts_least_recently_used_idle_models_first() {
+        let now = Instant::now();
+        let loaded = [
+            resident("recent", 100, 5, false, now),
+            resident("old", 100, 500, false, now),
+            resident("busy", 100, 900, true, now),
+        ];
+        assert_eq!(
+            evictions_for("new", 100 * MIB, &loaded, 300 * MIB),
+            Ok(vec!["old".to_string()])
+        );
+        assert_eq!(
+            evictions_for("new", 200 * MIB, &loaded, 300 * MIB),
+            Ok(vec!["old".to_string(), "recent".to_string()])
+        );
+    }
+
+    #[test]
+    fn never_overcommits() {
+        let now = Instant::now();
+        let loaded = [
+            resident("busy", 250, 1, true, now),
+            resident("idle", 10, 1, false, now),
+        ];
+        let err = evictions_for("new", 100 * MIB, &loaded, 300 * MIB).unwrap_err();
+        assert!(err.to_string().contains("busy"), "{err}");
+        let err = evictions_for("huge", 400 * MIB, &[], 300 * MIB).unwrap_err();
+        assert!(matches!(err, PlacementError::LargerThanBudget { .. }));
+        assert!(err.to_string().contains("400 MiB"), "{err}");
+    }
+
+    #[test]
+    fn keep_alive_expires_only_idle_models() {
+        let now = Instant::now();
+        let mut forever = resident("forever", 1, 10_000, false, now);
+        forever.keep_alive = None;
+        let loaded = [
+            resident("stale", 1, 301, false, now),
+            resident("fresh", 1, 10, false, now),
+            resident("stale-but-busy", 1, 999, true, now),
+            forever,
+        ];
+        assert_eq!(expired(&loaded, now), vec!["stale".to_string()]);
+    }
+}

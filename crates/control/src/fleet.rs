@@ -1,0 +1,767 @@
+//! A fleet: replicas of one MCP server (compute processes, or node gateways
+//! of a cluster) that each call is routed among.
+//!
+//! Every call is decided by [`routing::decide`] on the replicas' state; the
+//! chosen replica's breaker is consulted, the call is forwarded, and when the
+//! replica fails mid-call (its connection breaks, or a health check finds it
+//! dead) an idempotent call is sent to the next replica in the decision's
+//! order. When every replica that could serve is at its utilization ceiling
+//! the call waits for room, up to `queue_timeout`, and is then shed with a
+//! clear error. A server that is not replicated is a fleet of one.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use jetsonmind_core::config::{ControlConfig, GatewayConfig};
+use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ResourceContents, ServerResult,
+};
+use jetsonmind_core::rmcp::{ErrorData as McpError, ServiceError};
+use jetsonmind_core::tool_error;
+use jetsonmind_core::upstream::{
+    Connector, ForwardError, ForwardingClient, Offer, ProgressRoutes, ProgressSink, ResourceChange,
+    Upstream, UpstreamId, UpstreamStatus,
+};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::routing::{self, Blocked, Decision, Need, Policy, ReplicaState, Strategy};
+
+/// The `_meta` key under which a routed result says where it ran.
+pub const ROUTE_META_KEY: &str = "jetsonmind/route";
+
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub policy: Policy,
+    pub breaker: BreakerSettings,
+    pub max_attempts: u32,
+    pub queue_timeout: Duration,
+    pub max_queued: usize,
+    pub health_timeout: Duration,
+}
+
+impl FleetSettings {
+    pub fn new(control: &ControlConfig, gateway: &GatewayConfig) -> Self {
+        Self {
+            policy: Policy {
+                strategy: control.strategy,
+                utilization_ceiling: control.utilization_ceiling,
+                max_temperature_c: control.max_temperature_c,
+            },
+            breaker: BreakerSettings {
+                failures: control.breaker_failures,
+                cooldown: Duration::from_millis(control.breaker_cooldown_ms),
+            },
+            max_attempts: control.max_attempts,
+            queue_timeout: Duration::from_millis(control.queue_timeout_ms),
+            max_queued: control.max_queued,
+            health_timeout: Duration::from_millis(gateway.health_timeout_ms),
+        }
+    }
+}
+
+/// Where a replica came from, which decides whether `scale_cluster` may
+/// remove it.
+pub enum Origin {
+    /// Named in the config, or this process's own server.
+    Configured,
+    /// Started by `scale_cluster`; stopped when removed or when this process ends.
+    Started(Mutex<Option<tokio::process::Child>>),
+}
+
+pub struct Replica {
+    pub upstream: Upstream,
+    origin: Origin,
+    breaker: Mutex<Breaker>,
+    outstanding: AtomicUsize,
+    draining: AtomicBool,
+    latency_ms: Mutex<Option<f64>>,
+    report: Mutex<Option<ReplicaReport>>,
+    /// Of the calls the report counted, those that were not ours.
+    external_busy: AtomicUsize,
+    served: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// How much the newest call moves the latency average.
+const LATENCY_WEIGHT: f64 = 0.2;
+
+impl Replica {
+    fn new(upstream: Upstream, origin: Origin, breaker: BreakerSettings) -> Self {
+        Self {
+            upstream,
+            origin,
+            breaker: Mutex::new(Breaker::new(breaker)),
+            outstanding: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            latency_ms: Mutex::new(None),
+            report: Mutex::new(None),
+            external_busy: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.upstream.name
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
+
+    pub fn was_started_here(&self) -> bool {
+        matches!(self.origin, Origin::Started(_))
+    }
+
+    pub fn report(&self) -> Option<ReplicaReport> {
+        self.report.lock().expect("report lock").clone()
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().expect("breaker lock")
+    }
+
+    fn record_latency(&self, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let mut latency = self.latency_ms.lock().expect("latency lock");
+        *latency = Some(match *latency {
+            None => ms,
+            Some(avg) => avg + LATENCY_WEIGHT * (ms - avg),
+        });
+    }
+
+    fn state(&self, now: Instant) -> ReplicaState {
+        let report = self.report();
+        let latency = *self.latency_ms.lock().expect("latency lock");
+        ReplicaState {
+            name: self.name().to_string(),
+            endpoint: self.upstream.connector().describe(),
+            up: self.upstream.is_up(),
+            breaker: Some(self.breaker().state(now)),
+            draining: self.draining.load(Ordering::SeqCst),
+            outstanding: self.outstanding(),
+            external_busy: self.external_busy.load(Ordering::SeqCst),
+            capacity: report.as_ref().map(|r| r.capacity),
+            default_model: report.as_ref().map(|r| r.default_model.clone()),
+            loaded_models: report
+                .as_ref()
+                .map(|r| r.loaded.iter().map(|m| m.name.clone()).collect())
+                .unwrap_or_default(),
+            temperature_c: report.as_ref().and_then(|r| r.temperature_c),
+            loadable_bytes: report.as_ref().map(|r| r.loadable_bytes),
+            latency_ms: latency
+                .or_else(|| self.upstream.last_check().map(|d| d.as_secs_f64() * 1000.0)),
+        }
+    }
+
+    /// Stop the process `scale_cluster` started for it, if any.
+    pub async fn stop_process(&self) {
+        let Origin::Started(child) = &self.origin else {
+            return;
+        };
+        let child = child.lock().expect("child lock").take();
+        if let Some(mut child) = child {
+            terminate(&mut child).await;
+        }
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL.
+async fn terminate(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a pid we own; no memory is touched.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Counts a call in flight on a replica until dropped; then wakes the calls
+/// waiting for room.
+struct InFlight<'a> {
+    replica: &'a Replica,
+    released: &'a Notify,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.replica.outstanding.fetch_sub(1, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+}
+
+/// Counts a call waiting for room until dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How one try on one replica ended.
+pub enum Attempt {
+    /// The replica answered (a tool error is an answer too).
+    Answered(CallToolResult),
+    /// The replica refused the request at the protocol level.
+    Refused(McpError),
+    /// The caller cancelled.
+    Cancelled,
+    /// The replica could not be used or broke mid-call; `started` says
+    /// whether the call may have begun running there.
+    Failed { error: String, started: bool },
+}
+
+/// What `monitor_health` shows of one replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaHealth {
+    #[serde(flatten)]
+    pub connection: UpstreamStatus,
+    pub breaker: BreakerState,
+    pub failures_in_a_row: u32,
+    pub draining: bool,
+    pub started_here: bool,
+    pub outstanding: usize,
+    pub served: u64,
+    pub failed: u64,
+    pub latency_ms: Option<f64>,
+    pub utilization: Option<f64>,
+    pub report: Option<ReplicaReport>,
+}
+
+pub struct Fleet {
+    pub name: String,
+    settings: FleetSettings,
+    replicas: RwLock<Vec<Arc<Replica>>>,
+    progress: Arc<ProgressRoutes>,
+    /// Where the replicas' resource updates go (the gateway relays them).
+    changes: OnceLock<mpsc::UnboundedSender<ResourceChange>>,
+    released: Notify,
+    queued: AtomicUsize,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(name: impl Into<String>, settings: FleetSettings) -> Self {
+        Self {
+            name: name.into(),
+            settings,
+            replicas: RwLock::new(Vec::new()),
+            progress: Arc::default(),
+            changes: OnceLock::new(),
+            released: Notify::new(),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// A fleet of one: a server that is not replicated.
+    pub fn single(name: &str, connector: Connector, settings: FleetSettings) -> Arc<Self> {
+        let fleet = Self::new(name, settings);
+        fleet.add(Upstream::new(name, connector), Origin::Configured);
+        Arc::new(fleet)
+    }
+
+    /// Send the replicas' `notifications/resources/updated` to `changes`
+    /// (from connections made after this call). Only the first call counts.
+    pub fn relay_changes_to(&self, changes: mpsc::UnboundedSender<ResourceChange>) {
+        let _ = self.changes.set(changes);
+    }
+
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    /// Add a replica; it takes calls once a health check finds it up.
+    pub fn add(&self, upstream: Upstream, origin: Origin) -> Arc<Replica> {
+        let replica = Arc::new(Replica::new(upstream, origin, self.settings.breaker));
+        self.replicas
+            .write()
+            .expect("replicas lock")
+            .push(replica.clone());
+        replica
+    }
+
+    /// Take a replica out of the fleet (calls on it finish).
+    pub fn remove(&self, name: &str) -> Option<Arc<Replica>> {
+        let mut replicas = self.replicas.write().expect("replicas lock");
+        let at = replicas.iter().position(|r| r.name() == name)?;
+        Some(replicas.remove(at))
+    }
+
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.replicas.read().expect("replicas lock").clone()
+    }
+
+    pub fn replica(&self, name: &str) -> Option<Arc<Replica>> {
+        self.replicas().into_iter().find(|r| r.name() == name)
+    }
+
+    pub fn contains(&self, upstream: UpstreamId) -> bool {
+        self.replicas().iter().any(|r| r.upstream.id == upstream)
+    }
+
+    /// The replica that answers reads and holds subscriptions: the first
+    /// one up, in the order they were added.
+    pub fn primary(&self) -> Option<Arc<Replica>> {
+        self.replicas().into_iter().find(|r| r.upstream.is_up())
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.primary().is_some()
+    }
+
+    /// What the fleet offers: its primary's offer (replicas offer the same).
+    pub fn offer(&self) -> Option<Offer> {
+        self.primary().and_then(|r| r.upstream.offer())
+    }
+
+    fn handler(&self, replica: &Replica) -> ForwardingClient {
+        ForwardingClient {
+            upstream: replica.upstream.id,
+            progress: self.progress.clone(),
+            changes: self.changes.get().cloned(),
+        }
+    }
+
+    /// Check every replica once (connecting those that are down) and read
+    /// the status of those that report one. True when the fleet's offer
+    /// changed, or it came up or went down.
+    pub async fn check(&self) -> bool {
+        let before = (self.is_up(), self.offer());
+        let replicas = self.replicas();
+        let checks = replicas.iter().map(|replica| self.check_replica(replica));
+        futures::future::join_all(checks).await;
+        before != (self.is_up(), self.offer())
+    }
+
+    async fn check_replica(&self, replica: &Arc<Replica>) {
+        let timeout = self.settings.health_timeout;
+        replica.upstream.check(self.handler(replica), timeout).await;
+        let Some(client) = replica.upstream.client() else {
+            replica.breaker().record_failure(Instant::now());
+            return;
+        };
+        let reports = replica
+            .upstream
+            .offer()
+            .is_some_and(|o| o.resources.iter().any(|r| r.uri == REPLICA_STATUS_URI));
+        if !reports {
+            return;
+        }
+        let ours = replica.outstanding();
+        let read = client
+            .peer()
+            .read_resource_once(ReadResourceRequestParams::new(REPLICA_STATUS_URI));
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(ReadResourceResponse::Complete(result))) => {
+                let report = parse_report(&result);
+                if report.is_none() {
+                    tracing::warn!(replica = %replica.name(), "unreadable replica status");
+                }
+                // Our own calls are counted live; keep only the others' from the report.
+                let external = report
+                    .as_ref()
+                    .map_or(0, |r| (r.running + r.waiting).saturating_sub(ours));
+                replica.external_busy.store(external, Ordering::SeqCst);
+                *replica.report.lock().expect("report lock") = report;
+            }
+            Ok(Ok(_)) => {}
+            Err(_) | Ok(Err(_)) => {
+                replica
+                    .upstream
+                    .mark_down("status read failed or timed out");
+            }
+        }
+    }
+
+    /// The replicas' state as routing sees it.
+    pub fn states(&self) -> Vec<ReplicaState> {
+        let now = Instant::now();
+        self.replicas().iter().map(|r| r.state(now)).collect()
+    }
+
+    /// Where a call of `tool` with `arguments` would go now, and why.
+    pub fn decide(
+        &self,
+        tool: &str,
+        arguments: &JsonObject,
+        strategy: Option<Strategy>,
+        tried: &BTreeSet<String>,
+    ) -> Decision {
+        let states: Vec<ReplicaState> = self
+            .states()
+            .into_iter()
+            .filter(|s| !tried.contains(&s.name))
+            .collect();
+        let model = arguments.get("model").and_then(|m| m.as_str());
+        let model_bytes = self.model_bytes(model);
+        let need = Need {
+            tool,
+            model,
+            model_bytes,
+        };
+        let mut policy = self.settings.policy.clone();
+        if let Some(strategy) = strategy {
+            policy.strategy = strategy;
+        }
+        routing::decide(&need, &states, &policy)
+    }
+
+    /// What a model takes when loaded, as any replica reports it.
+    fn model_bytes(&self, model: Option<&str>) -> Option<u64> {
+        self.replicas().iter().find_map(|r| {
+            let report = r.report()?;
+            let model = model.unwrap_or(&report.default_model).to_string();
+            report
+                .model_bytes
+                .iter()
+                .find(|(name, _)| routing::same_model(name, &model))
+                .map(|(_, bytes)| *bytes)
+        })
+    }
+
+    /// Whether a call of `tool` may run twice: the tool says it is read-only
+    /// or idempotent.
+    pub fn is_idempotent(&self, tool: &str) -> bool {
+        self.primary()
+            .and_then(|primary| primary.upstream.tool(tool))
+            .and_then(|t| t.annotations)
+            .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
+    }
+
+    /// Route `params` to a replica, failing over and waiting for room as
+    /// the settings say. The result's `_meta` says where it ran.
+    pub async fn call_tool(
+        &self,
+        params: CallToolRequestParams,
+        strategy: Option<Strategy>,
+        sink: Option<ProgressSink>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, McpError> {
+        let tool = params.name.to_string();
+        let arguments = params.arguments.clone().unwrap_or_default();
+        let retry = self.is_idempotent(&tool);
+        let mut tried = BTreeSet::new();
+        let mut failures: Vec<String> = Vec::new();
+        let deadline = Instant::now() + self.settings.queue_timeout;
+        loop {
+            let decision = match self
+                .decision_with_room(&tool, &arguments, strategy, &tried, deadline, cancel)
+                .await
+            {
+                Ok(decision) => decision,
+                Err(refusal) => return refusal.into_result(&self.name, &tool, &failures),
+            };
+            let Some(replica) = decision.chosen().and_then(|name| self.replica(name)) else {
+                continue;
+            };
+            tried.insert(replica.name().to_string());
+            let attempt = self
+                .call_on(&replica, params.clone(), sink.clone(), cancel)
+                .await;
+            match attempt {
+                Attempt::Answered(mut result) => {
+                    annotate(&mut result, &self.name, replica.name(), tried.len());
+                    return Ok(result);
+                }
+                Attempt::Refused(error) => return Err(error),
+                Attempt::Cancelled => {
+                    return Err(McpError::internal_error("cancelled by the client", None));
+                }
+                Attempt::Failed { error, started } => {
+                    failures.push(format!("{}: {error}", replica.name()));
+                    let may_retry = retry || !started;
+                    if !may_retry {
+                        return Ok(tool_error(format!(
+                            "replica `{}` of `{}` failed during {tool}: {error}; not retried \
+                             because {tool} is not marked idempotent",
+                            replica.name(),
+                            self.name
+                        )));
+                    }
+                    if tried.len() >= self.settings.max_attempts as usize {
+                        return Ok(tool_error(format!(
+                            "{tool} failed on {} replica(s) of `{}`: {}",
+                            tried.len(),
+                            self.name,
+                            failures.join("; ")
+                        )));
+                    }
+                    tracing::warn!(fleet = %self.name, replica = %replica.name(), %tool, %error, "retrying on another replica");
+                }
+            }
+        }
+    }
+
+    /// A decision with a replica to go to, waiting for room while every
+    /// replica that could serve is at its ceiling.
+    async fn decision_with_room(
+        &self,
+        tool: &str,
+        arguments: &JsonObject,
+        strategy: Option<Strategy>,
+        tried: &BTreeSet<String>,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<Decision, Refusal> {
+        let mut queued = None;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let decision = self.decide(tool, arguments, strategy, tried);
+            match decision.blocked {
+                None => return Ok(decision),
+                Some(Blocked::NoneAvailable) => return Err(Refusal::Unavailable(decision.reason)),
+                Some(Blocked::Saturated) => {}
+            }
+            if queued.is_none() {
+                if self.queued.fetch_add(1, Ordering::SeqCst) >= self.settings.max_queued {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Refusal::Shed(decision.reason));
+                }
+                queued = Some(Queued(&self.queued));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Refusal::Shed(decision.reason));
+            }
+            // Reported load changes with health checks, not only with our
+            // own calls ending: look again now and then.
+            let pause = (deadline - now).min(Duration::from_millis(250));
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => return Err(Refusal::Cancelled),
+            }
+        }
+    }
+
+    /// One try of `params` on `replica`, bypassing routing but not its
+    /// breaker.
+    pub async fn call_on(
+        &self,
+        replica: &Replica,
+        params: CallToolRequestParams,
+        sink: Option<ProgressSink>,
+        cancel: &CancellationToken,
+    ) -> Attempt {
+        let Some(connection) = replica.upstream.connection() else {
+            return Attempt::Failed {
+                error: "down".into(),
+                started: false,
+            };
+        };
+        if !replica.breaker().try_acquire(Instant::now()) {
+            return Attempt::Failed {
+                error: "circuit breaker open".into(),
+                started: false,
+            };
+        }
+        replica.outstanding.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight {
+            replica,
+            released: &self.released,
+        };
+        let started = Instant::now();
+        let forwarded = jetsonmind_core::upstream::call_tool(
+            connection.client.peer(),
+            replica.upstream.id,
+            &self.progress,
+            params,
+            sink,
+            cancel,
+        );
+        let outcome = tokio::select! {
+            outcome = forwarded => outcome,
+            _ = connection.lost.cancelled() => Err(ForwardError::Service(ServiceError::TransportClosed)),
+        };
+        match outcome {
+            Ok(ServerResult::CallToolResult(result)) => {
+                replica.breaker().record_success();
+                replica.record_latency(started.elapsed());
+                replica.served.fetch_add(1, Ordering::Relaxed);
+                Attempt::Answered(result)
+            }
+            Ok(_) => {
+                replica.breaker().record_success();
+                Attempt::Answered(tool_error(format!(
+                    "replica `{}` answered with a result that cannot be relayed",
+                    replica.name()
+                )))
+            }
+            Err(ForwardError::Cancelled) => {
+                replica.breaker().release_trial();
+                Attempt::Cancelled
+            }
+            Err(ForwardError::Service(ServiceError::McpError(error))) => {
+                replica.breaker().record_success();
+                Attempt::Refused(error)
+            }
+            Err(ForwardError::Service(error)) => {
+                replica.breaker().record_failure(Instant::now());
+                replica.failed.fetch_add(1, Ordering::Relaxed);
+                // The connection is broken: calls still on it end now and
+                // the next health check reconnects or finds it dead.
+                replica.upstream.mark_down(error.to_string());
+                Attempt::Failed {
+                    error: error.to_string(),
+                    started: true,
+                }
+            }
+        }
+    }
+
+    /// Read from the primary, failing over to the next replica up when the
+    /// primary's connection breaks.
+    pub async fn read_resource(&self, uri: &str) -> Result<ReadResourceResult, McpError> {
+        let mut last_error = None;
+        for replica in self.replicas() {
+            let Some(client) = replica.upstream.client() else {
+                continue;
+            };
+            let read = client
+                .peer()
+                .read_resource_once(ReadResourceRequestParams::new(uri.to_string()))
+                .await;
+            match read {
+                Ok(ReadResourceResponse::Complete(result)) => return Ok(result),
+                Ok(_) => {
+                    return Err(McpError::internal_error(
+                        "the server asked for input; not relayed",
+                        None,
+                    ));
+                }
+                Err(ServiceError::McpError(error)) => return Err(error),
+                Err(e) => {
+                    replica.upstream.mark_down(e.to_string());
+                    last_error = Some(format!("{}: {e}", replica.name()));
+                }
+            }
+        }
+        Err(McpError::internal_error(
+            format!(
+                "`{}` is unavailable{}",
+                self.name,
+                last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+            ),
+            None,
+        ))
+    }
+
+    /// Hold exactly `wanted` subscriptions, on the primary only.
+    pub async fn sync_subscriptions(&self, wanted: &BTreeSet<String>) {
+        let primary = self.primary().map(|p| p.upstream.id);
+        let none = BTreeSet::new();
+        for replica in self.replicas() {
+            let uris = match Some(replica.upstream.id) == primary {
+                true => wanted,
+                false => &none,
+            };
+            replica.upstream.sync_subscriptions(uris).await;
+        }
+    }
+
+    /// Every replica's health, for `monitor_health` and `manage_connections`.
+    pub fn health(&self) -> Vec<ReplicaHealth> {
+        let now = Instant::now();
+        self.replicas()
+            .iter()
+            .map(|r| {
+                let state = r.state(now);
+                let breaker = r.breaker();
+                ReplicaHealth {
+                    connection: r.upstream.status(),
+                    breaker: breaker.state(now),
+                    failures_in_a_row: breaker.failures_in_a_row(),
+                    draining: state.draining,
+                    started_here: r.was_started_here(),
+                    outstanding: state.outstanding,
+                    served: r.served.load(Ordering::Relaxed),
+                    failed: r.failed.load(Ordering::Relaxed),
+                    latency_ms: state.latency_ms,
+                    utilization: state.utilization(),
+                    report: r.report(),
+                }
+            })
+            .collect()
+    }
+
+    /// Take `replica` out of rotation and wait, up to `timeout`, for its
+    /// calls to finish.
+    pub async fn drain(&self, replica: &Replica, timeout: Duration) -> bool {
+        replica.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while replica.outstanding() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let released = self.released.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(100), released).await;
+        }
+        true
+    }
+}
+
+/// Why a call got no replica.
+enum Refusal {
+    Unavailable(String),
+    Shed(String),
+    Cancelled,
+}
+
+impl Refusal {
+    fn into_result(
+        self,
+        fleet: &str,
+        tool: &str,
+        failures: &[String],
+    ) -> Result<CallToolResult, McpError> {
+        let earlier = match failures.is_empty() {
+            true => String::new(),
+            false => format!(" (after failures: {})", failures.join("; ")),
+        };
+        match self {
+            Refusal::Cancelled => Err(McpError::internal_error("cancelled by the client", None)),
+            Refusal::Unavailable(reason) => Ok(tool_error(format!(
+                "`{fleet}` is unavailable for {tool}: {reason}{earlier}; try again shortly"
+            ))),
+            Refusal::Shed(reason) => Ok(tool_error(format!(
+                "overloaded: {tool} was shed: {reason}; try again shortly{earlier}"
+            ))),
+        }
+    }
+}
+
+/// Say where a result came from, in its `_meta`.
+fn annotate(result: &mut CallToolResult, fleet: &str, replica: &str, attempts: usize) {
+    let meta = result.meta.get_or_insert_with(Default::default);
+    meta.0.insert(
+        ROUTE_META_KEY.into(),
+        json!({ "backend": fleet, "replica": replica, "attempts": attempts }),
+    );
+}
+
+fn parse_report(result: &ReadResourceResult) -> Option<ReplicaReport> {
+    result.contents.iter().find_map(|content| match content {
+        ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(text).ok(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    })
+}

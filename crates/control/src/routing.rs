@@ -1,0 +1,551 @@
+//! Which replica serves a call, and why: a pure function of the replicas'
+//! state, so every decision can be shown (`route_request`) and tested.
+//!
+//! First the guards take replicas out: down, breaker open, draining, too hot,
+//! at the utilization ceiling, or short of memory for a model they would have
+//! to load. The rest are ranked by the strategy; the first is chosen and the
+//! others are the order in which a failed idempotent call is retried.
+
+pub use jetsonmind_core::config::Strategy;
+use serde::Serialize;
+
+use crate::breaker::BreakerState;
+
+/// The guards and the ranking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub strategy: Strategy,
+    /// Largest share of a replica's capacity in use before it takes no more (0..=1).
+    pub utilization_ceiling: f64,
+    /// Hotter replicas are taken out of rotation until they cool down.
+    pub max_temperature_c: f64,
+}
+
+/// What the control plane knows of one replica at the moment of a decision.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaState {
+    pub name: String,
+    pub endpoint: String,
+    pub up: bool,
+    pub breaker: Option<BreakerState>,
+    /// Being removed: finishes what it has, takes nothing new.
+    pub draining: bool,
+    /// Calls this control plane has in flight on it.
+    pub outstanding: usize,
+    /// Calls from elsewhere it reported running or waiting at its last
+    /// health check (other gateways may send it work too).
+    pub external_busy: usize,
+    /// Calls it can hold at once (running slots + queue).
+    pub capacity: Option<usize>,
+    pub default_model: Option<String>,
+    pub loaded_models: Vec<String>,
+    pub temperature_c: Option<f64>,
+    /// The most memory a model it has not loaded may take here.
+    pub loadable_bytes: Option<u64>,
+    /// Recent call latency (moving average), or the health check's round trip
+    /// before any call.
+    pub latency_ms: Option<f64>,
+}
+
+impl ReplicaState {
+    /// Calls in flight on it: ours now, and others' as last reported.
+    pub fn busy(&self) -> usize {
+        self.outstanding + self.external_busy
+    }
+
+    /// In-flight work as a share of capacity.
+    pub fn utilization(&self) -> Option<f64> {
+        let capacity = self.capacity.filter(|c| *c > 0)?;
+        Some(self.busy() as f64 / capacity as f64)
+    }
+
+    /// Whether `model` (the replica's default when `None`) is loaded here.
+    pub fn holds(&self, model: Option<&str>) -> bool {
+        let Some(model) = model.or(self.default_model.as_deref()) else {
+            return false;
+        };
+        self.loaded_models.iter().any(|m| same_model(m, model))
+    }
+
+    /// One more call would still keep it under the ceiling.
+    fn has_room(&self, ceiling: f64) -> bool {
+        match self.capacity.filter(|c| *c > 0) {
+            None => true,
+            Some(capacity) => {
+                let busy = self.busy();
+                (busy + 1) as f64 <= ceiling * capacity as f64 || busy == 0
+            }
+        }
+    }
+}
+
+/// Store names may be given with or without `.gguf`.
+pub fn same_model(a: &str, b: &str) -> bool {
+    let bare = |s: &str| s.strip_suffix(".gguf").unwrap_or(s).to_string();
+    bare(a) == bare(b)
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Default)]
+pub struct Need<'a> {
+    pub tool: &'a str,
+    /// The model the call names; `None`: each replica's default.
+    pub model: Option<&'a str>,
+    /// Memory a replica needs free to load the model, when known.
+    pub model_bytes: Option<u64>,
+}
+
+/// Why a replica cannot take the call now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Exclusion {
+    Down,
+    BreakerOpen,
+    Draining,
+    Hot { temperature_c: f64, limit_c: f64 },
+    Saturated { utilization: f64, ceiling: f64 },
+    NoMemory { needed_bytes: u64, free_bytes: u64 },
+}
+
+impl Exclusion {
+    fn explain(&self) -> String {
+        match self {
+            Exclusion::Down => "down: failed its last health check".into(),
+            Exclusion::BreakerOpen => "circuit breaker open after repeated failures".into(),
+            Exclusion::Draining => "draining: being removed".into(),
+            Exclusion::Hot {
+                temperature_c,
+                limit_c,
+            } => format!("too hot: {temperature_c:.1} °C, limit {limit_c:.1} °C"),
+            Exclusion::Saturated {
+                utilization,
+                ceiling,
+            } => format!(
+                "at its utilization ceiling: {:.0}% in use, ceiling {:.0}%",
+                utilization * 100.0,
+                ceiling * 100.0
+            ),
+            Exclusion::NoMemory {
+                needed_bytes,
+                free_bytes,
+            } => format!(
+                "not enough free memory to load the model: needs {} MiB, {} MiB free",
+                needed_bytes >> 20,
+                free_bytes >> 20
+            ),
+        }
+    }
+}
+
+/// One replica in a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub replica: String,
+    /// 1 = chosen; absent when excluded.
+    pub rank: Option<usize>,
+    pub why: String,
+    pub excluded: Option<Exclusion>,
+    pub holds_model: bool,
+    pub outstanding: usize,
+    pub utilization: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub temperature_c: Option<f64>,
+}
+
+/// Why no replica was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Blocked {
+    /// Every replica that could serve is at its ceiling: wait, or shed.
+    Saturated,
+    /// None can serve at all.
+    NoneAvailable,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub strategy: Strategy,
+    pub tool: String,
+    pub model: Option<String>,
+    /// The chosen replica, then the fallbacks, best first.
+    pub order: Vec<String>,
+    pub blocked: Option<Blocked>,
+    pub reason: String,
+    pub candidates: Vec<Candidate>,
+}
+
+impl Decision {
+    pub fn chosen(&self) -> Option<&str> {
+        self.order.first().map(String::as_str)
+    }
+}
+
+/// Rank `replicas` for `need` under `policy`.
+pub fn decide(need: &Need, replicas: &[ReplicaState], policy: &Policy) -> Decision {
+    let mut candidates: Vec<(usize, Candidate)> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, candidate(need, r, policy)))
+        .collect();
+    let mut eligible: Vec<usize> = candidates
+        .iter()
+        .filter(|(_, c)| c.excluded.is_none())
+        .map(|(i, _)| *i)
+        .collect();
+    eligible.sort_by(|a, b| rank_key(policy.strategy, need, &replicas[*a], &replicas[*b]));
+    for (rank, index) in eligible.iter().enumerate() {
+        let candidate = &mut candidates[*index].1;
+        candidate.rank = Some(rank + 1);
+        candidate.why = ranked_why(policy.strategy, need, &replicas[*index], rank);
+    }
+    let order: Vec<String> = eligible.iter().map(|i| replicas[*i].name.clone()).collect();
+    let blocked = match order.is_empty() {
+        false => None,
+        true => Some(
+            match candidates
+                .iter()
+                .any(|(_, c)| matches!(c.excluded, Some(Exclusion::Saturated { .. })))
+            {
+                true => Blocked::Saturated,
+                false => Blocked::NoneAvailable,
+            },
+        ),
+    };
+    let reason = summary(policy, &order, &candidates, blocked);
+    Decision {
+        strategy: policy.strategy,
+        tool: need.tool.to_string(),
+        model: need.model.map(str::to_string),
+        order,
+        blocked,
+        reason,
+        candidates: candidates.into_iter().map(|(_, c)| c).collect(),
+    }
+}
+
+fn candidate(need: &Need, replica: &ReplicaState, policy: &Policy) -> Candidate {
+    let excluded = exclusion(need, replica, policy);
+    Candidate {
+        replica: replica.name.clone(),
+        rank: None,
+        why: excluded
+            .as_ref()
+            .map(Exclusion::explain)
+            .unwrap_or_default(),
+        excluded,
+        holds_model: replica.holds(need.model),
+        outstanding: replica.outstanding,
+        utilization: replica.utilization(),
+        latency_ms: replica.latency_ms,
+        temperature_c: replica.temperature_c,
+    }
+}
+
+fn exclusion(need: &Need, replica: &ReplicaState, policy: &Policy) -> Option<Exclusion> {
+    if !replica.up {
+        return Some(Exclusion::Down);
+    }
+    if replica.breaker == Some(BreakerState::Open) {
+        return Some(Exclusion::BreakerOpen);
+    }
+    if replica.draining {
+        return Some(Exclusion::Draining);
+    }
+    if let Some(temperature_c) = replica.temperature_c
+        && temperature_c > policy.max_temperature_c
+    {
+        return Some(Exclusion::Hot {
+            temperature_c,
+            limit_c: policy.max_temperature_c,
+        });
+    }
+    if let (Some(needed_bytes), Some(free_bytes)) = (need.model_bytes, replica.loadable_bytes)
+        && !replica.holds(need.model)
+        && needed_bytes > free_bytes
+    {
+        return Some(Exclusion::NoMemory {
+            needed_bytes,
+            free_bytes,
+        });
+    }
+    if !replica.has_room(policy.utilization_ceiling) {
+        return Some(Exclusion::Saturated {
+            utilization: replica.utilization().unwrap_or(1.0),
+            ceiling: policy.utilization_ceiling,
+        });
+    }
+    None
+}
+
+/// Expected wait: latency times the calls ahead, plus this one. Unknown
+/// latency counts as fast (a new replica gets tried).
+fn expected_wait(replica: &ReplicaState) -> f64 {
+    replica.latency_ms.unwrap_or(0.0) * (replica.busy() + 1) as f64
+}
+
+fn rank_key(
+    strategy: Strategy,
+    need: &Need,
+    a: &ReplicaState,
+    b: &ReplicaState,
+) -> std::cmp::Ordering {
+    let by_busy = || a.busy().cmp(&b.busy());
+    let by_latency = || {
+        let (x, y) = (a.latency_ms.unwrap_or(0.0), b.latency_ms.unwrap_or(0.0));
+        x.total_cmp(&y)
+    };
+    let by_wait = || expected_wait(a).total_cmp(&expected_wait(b));
+    let by_name = || a.name.cmp(&b.name);
+    match strategy {
+        Strategy::Affinity => b
+            .holds(need.model)
+            .cmp(&a.holds(need.model))
+            .then_with(by_busy)
+            .then_with(by_latency)
+            .then_with(by_name),
+        Strategy::LeastOutstanding => by_busy().then_with(by_latency).then_with(by_name),
+        Strategy::Latency => by_wait().then_with(by_busy).then_with(by_name),
+    }
+}
+
+fn ranked_why(strategy: Strategy, need: &Need, replica: &ReplicaState, rank: usize) -> String {
+    let model = match replica.holds(need.model) {
+        true => "model loaded",
+        false => "model not loaded",
+    };
+    let latency = replica
+        .latency_ms
+        .map_or("latency unknown".to_string(), |l| format!("{l:.1} ms"));
+    let facts = match strategy {
+        Strategy::Affinity => format!("{model}, {} in flight, {latency}", replica.busy()),
+        Strategy::LeastOutstanding => format!("{} in flight, {latency}", replica.busy()),
+        Strategy::Latency => format!(
+            "expected wait {:.1} ms ({} in flight, {latency})",
+            expected_wait(replica),
+            replica.busy()
+        ),
+    };
+    match rank {
+        0 => format!("chosen: {facts}"),
+        _ => format!("fallback {rank}: {facts}"),
+    }
+}
+
+fn summary(
+    policy: &Policy,
+    order: &[String],
+    candidates: &[(usize, Candidate)],
+    blocked: Option<Blocked>,
+) -> String {
+    let strategy = serde_json::to_value(policy.strategy)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match (order.first(), blocked) {
+        (Some(chosen), _) => {
+            let why = candidates
+                .iter()
+                .find(|(_, c)| &c.replica == chosen)
+                .map(|(_, c)| c.why.trim_start_matches("chosen: ").to_string())
+                .unwrap_or_default();
+            format!(
+                "{chosen} by {strategy} ({why}); {} fallback(s)",
+                order.len() - 1
+            )
+        }
+        (None, Some(Blocked::Saturated)) => format!(
+            "every replica that could serve is at its utilization ceiling ({:.0}%)",
+            policy.utilization_ceiling * 100.0
+        ),
+        (None, _) if candidates.is_empty() => "no replicas are registered".into(),
+        (None, _) => {
+            let reasons: Vec<String> = candidates
+                .iter()
+                .map(|(_, c)| format!("{}: {}", c.replica, c.why))
+                .collect();
+            format!("no replica can serve: {}", reasons.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(name: &str) -> ReplicaState {
+        ReplicaState {
+            name: name.into(),
+            up: true,
+            breaker: Some(BreakerState::Closed),
+            capacity: Some(10),
+            default_model: Some("small.gguf".into()),
+            ..ReplicaState::default()
+        }
+    }
+
+    fn policy(strategy: Strategy) -> Policy {
+        Policy {
+            strategy,
+            utilization_ceiling: 0.8,
+            max_temperature_c: 85.0,
+        }
+    }
+
+    fn need(model: Option<&str>) -> Need<'_> {
+        Need {
+            tool: "text_generate",
+            model,
+            model_bytes: None,
+        }
+    }
+
+    #[test]
+    fn affinity_prefers_the_replica_holding_the_model_even_when_busier() {
+        let mut a = replica("a");
+        a.outstanding = 3;
+        a.loaded_models = vec!["big.gguf".into()];
+        let b = replica("b");
+        let d = decide(&need(Some("big")), &[b, a], &policy(Strategy::Affinity));
+        assert_eq!(d.order, vec!["a", "b"]);
+        assert!(d.reason.contains("model loaded"), "{}", d.reason);
+        let d = decide(
+            &need(Some("big")),
+            &[replica("b"), {
+                let mut a = replica("a");
+                a.outstanding = 3;
+                a
+            }],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(
+            d.order,
+            vec!["b", "a"],
+            "without the model, least busy wins"
+        );
+    }
+
+    #[test]
+    fn the_default_model_counts_for_calls_that_name_none() {
+        let mut a = replica("a");
+        a.loaded_models = vec!["small.gguf".into()];
+        a.outstanding = 2;
+        let d = decide(&need(None), &[replica("b"), a], &policy(Strategy::Affinity));
+        assert_eq!(d.chosen(), Some("a"));
+    }
+
+    #[test]
+    fn least_outstanding_then_latency() {
+        let mut a = replica("a");
+        a.outstanding = 2;
+        let mut b = replica("b");
+        b.outstanding = 1;
+        b.latency_ms = Some(50.0);
+        let mut c = replica("c");
+        c.outstanding = 1;
+        c.latency_ms = Some(10.0);
+        let d = decide(&need(None), &[a, b, c], &policy(Strategy::LeastOutstanding));
+        assert_eq!(d.order, vec!["c", "b", "a"]);
+    }
+
+    #[test]
+    fn latency_weighs_the_queue() {
+        let mut fast_busy = replica("fast");
+        fast_busy.latency_ms = Some(10.0);
+        fast_busy.outstanding = 5; // expected 60 ms
+        let mut slow_idle = replica("slow");
+        slow_idle.latency_ms = Some(40.0); // expected 40 ms
+        let d = decide(
+            &need(None),
+            &[fast_busy, slow_idle],
+            &policy(Strategy::Latency),
+        );
+        assert_eq!(d.order, vec!["slow", "fast"]);
+    }
+
+    #[test]
+    fn guards_take_replicas_out_with_their_reason() {
+        let mut down = replica("down");
+        down.up = false;
+        let mut open = replica("open");
+        open.breaker = Some(BreakerState::Open);
+        let mut hot = replica("hot");
+        hot.temperature_c = Some(91.5);
+        let mut draining = replica("draining");
+        draining.draining = true;
+        let mut full = replica("full");
+        full.outstanding = 8;
+        let ok = replica("ok");
+        let d = decide(
+            &need(None),
+            &[down, open, hot, draining, full, ok],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["ok"]);
+        let why = |name: &str| {
+            d.candidates
+                .iter()
+                .find(|c| c.replica == name)
+                .unwrap()
+                .why
+                .clone()
+        };
+        assert!(why("down").starts_with("down"));
+        assert!(why("open").contains("breaker"));
+        assert!(why("hot").contains("91.5"), "{}", why("hot"));
+        assert!(why("draining").contains("draining"));
+        assert!(why("full").contains("80%"), "{}", why("full"));
+        assert!(why("ok").starts_with("chosen"));
+    }
+
+    #[test]
+    fn the_ceiling_blocks_as_saturated_and_an_idle_replica_always_has_room() {
+        let mut a = replica("a");
+        a.capacity = Some(5);
+        a.outstanding = 4; // 4/5 = 80%: one more would be 100%
+        let d = decide(&need(None), &[a], &policy(Strategy::Affinity));
+        assert_eq!(d.blocked, Some(Blocked::Saturated));
+        assert!(d.reason.contains("ceiling"), "{}", d.reason);
+
+        let mut tiny = replica("tiny");
+        tiny.capacity = Some(1);
+        let d = decide(&need(None), &[tiny], &policy(Strategy::Affinity));
+        assert_eq!(d.chosen(), Some("tiny"), "capacity 1 still takes one call");
+    }
+
+    #[test]
+    fn load_from_other_clients_adds_to_ours() {
+        let mut a = replica("a");
+        a.outstanding = 1;
+        a.external_busy = 7;
+        let b = replica("b");
+        let d = decide(&need(None), &[a, b], &policy(Strategy::LeastOutstanding));
+        assert_eq!(d.order, vec!["b"]);
+    }
+
+    #[test]
+    fn a_replica_without_room_for_the_model_is_skipped_unless_it_holds_it() {
+        let mut a = replica("a");
+        a.loadable_bytes = Some(100 << 20);
+        let mut b = replica("b");
+        b.loadable_bytes = Some(100 << 20);
+        b.loaded_models = vec!["big.gguf".into()];
+        let need = Need {
+            tool: "text_generate",
+            model: Some("big.gguf"),
+            model_bytes: Some(500 << 20),
+        };
+        let d = decide(&need, &[a, b], &policy(Strategy::LeastOutstanding));
+        assert_eq!(d.order, vec!["b"]);
+    }
+
+    #[test]
+    fn nothing_available_says_why_for_each() {
+        let mut a = replica("a");
+        a.up = false;
+        let d = decide(&need(None), &[a], &policy(Strategy::Affinity));
+        assert_eq!(d.blocked, Some(Blocked::NoneAvailable));
+        assert!(d.reason.contains("a: down"), "{}", d.reason);
+        let d = decide(&need(None), &[], &policy(Strategy::Affinity));
+        assert_eq!(d.reason, "no replicas are registered");
+    }
+}

@@ -1,0 +1,246 @@
+//! API keys, kept hashed: `<data dir>/api_keys.json` holds each key's id,
+//! name, scopes and the sha256 of the key, never the key itself. A key is
+//! shown once, when it is created.
+//!
+//! Keys are `jm_<id>_<secret>` with 256 random bits of secret, so a plain
+//! sha256 is enough at rest (a slow password hash protects guessable
+//! secrets; these are not guessable). The file is read again when it
+//! changes, so `jetsonmind keys create` takes effect on running servers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::scope::{Scopes, check_grantable};
+
+pub const KEYS_FILE: &str = "api_keys.json";
+const PREFIX: &str = "jm_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredKey {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Hex sha256 of the whole key.
+    pub sha256: String,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KeyFile {
+    keys: Vec<StoredKey>,
+}
+
+/// A key just created: the only time its secret is known.
+#[derive(Debug, Serialize)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("api keys file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no api key with id `{0}`")]
+    NotFound(String),
+}
+
+pub struct KeyStore {
+    path: PathBuf,
+    /// The keys as last read, and the file's modification time then.
+    cache: Mutex<(Vec<StoredKey>, Option<SystemTime>)>,
+}
+
+impl KeyStore {
+    pub fn open(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join(KEYS_FILE),
+            cache: Mutex::new((Vec::new(), None)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored keys (without secrets), as the file says now.
+    pub fn list(&self) -> Result<Vec<StoredKey>, KeyError> {
+        self.refresh()?;
+        Ok(self.cache.lock().expect("keys lock").0.clone())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list().map(|k| k.is_empty()).unwrap_or(true)
+    }
+
+    /// The key's id, name and scopes when `presented` is a valid key.
+    pub fn verify(&self, presented: &str) -> Option<(StoredKey, Scopes)> {
+        let id = presented.strip_prefix(PREFIX)?.split('_').next()?;
+        self.refresh().ok()?;
+        let digest = hex(&Sha256::digest(presented.as_bytes()));
+        let cache = self.cache.lock().expect("keys lock");
+        let key = cache.0.iter().find(|k| k.id == id)?;
+        constant_time_eq(key.sha256.as_bytes(), digest.as_bytes())
+            .then(|| (key.clone(), Scopes::new(key.scopes.clone())))
+    }
+
+    /// Create a key with `scopes`; the file keeps only its hash.
+    pub fn create(&self, name: &str, scopes: &[String]) -> Result<NewKey, KeyError> {
+        if scopes.is_empty() {
+            return Err(KeyError::Invalid("a key needs at least one scope".into()));
+        }
+        for scope in scopes {
+            check_grantable(scope).map_err(KeyError::Invalid)?;
+        }
+        let mut keys = self.list()?;
+        let id = random_hex(4)?;
+        let key = format!("{PREFIX}{id}_{}", random_hex(32)?);
+        keys.push(StoredKey {
+            id: id.clone(),
+            name: name.to_string(),
+            scopes: scopes.to_vec(),
+            sha256: hex(&Sha256::digest(key.as_bytes())),
+            created_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        self.write(keys)?;
+        Ok(NewKey {
+            id,
+            name: name.to_string(),
+            scopes: scopes.to_vec(),
+            key,
+        })
+    }
+
+    pub fn revoke(&self, id: &str) -> Result<StoredKey, KeyError> {
+        let mut keys = self.list()?;
+        let at = keys
+            .iter()
+            .position(|k| k.id == id)
+            .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
+        let revoked = keys.remove(at);
+        self.write(keys)?;
+        Ok(revoked)
+    }
+
+    fn file_error(&self, reason: impl ToString) -> KeyError {
+        KeyError::File {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Read the file again if it changed since the last read.
+    fn refresh(&self) -> Result<(), KeyError> {
+        let modified = match std::fs::metadata(&self.path) {
+            Ok(meta) => meta.modified().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *self.cache.lock().expect("keys lock") = (Vec::new(), None);
+                return Ok(());
+            }
+            Err(e) => return Err(self.file_error(e)),
+        };
+        if modified.is_some() && self.cache.lock().expect("keys lock").1 == modified {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| self.file_error(e))?;
+        let file: KeyFile = serde_json::from_str(&text).map_err(|e| self.file_error(e))?;
+        *self.cache.lock().expect("keys lock") = (file.keys, modified);
+        Ok(())
+    }
+
+    /// Atomically: a private temporary file, synced, renamed over the old.
+    fn write(&self, keys: Vec<StoredKey>) -> Result<(), KeyError> {
+        use std::io::Write;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| self.file_error(e))?;
+        let temp = self.path.with_extension("json.tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp).map_err(|e| self.file_error(e))?;
+        let text = serde_json::to_string_pretty(&KeyFile { keys: keys.clone() })
+            .map_err(|e| self.file_error(e))?;
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(|e| self.file_error(e))?;
+        std::fs::rename(&temp, &self.path).map_err(|e| self.file_error(e))?;
+        let modified = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| m.modified().ok());
+        *self.cache.lock().expect("keys lock") = (keys, modified);
+        Ok(())
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, KeyError> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer)
+        .map_err(|e| KeyError::Invalid(format!("no randomness from the system: {e}")))?;
+    Ok(hex(&buffer))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_verify_by_hash_and_are_never_stored_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path());
+        assert!(store.is_empty());
+        let made = store
+            .create("ci", &["tools:*".to_string(), "metrics".to_string()])
+            .unwrap();
+        assert!(made.key.starts_with(&format!("jm_{}_", made.id)));
+        let file = std::fs::read_to_string(store.path()).unwrap();
+        assert!(!file.contains(&made.key[made.key.len() - 16..]), "{file}");
+
+        let (stored, scopes) = store.verify(&made.key).unwrap();
+        assert_eq!(stored.name, "ci");
+        assert!(scopes.may_call("text_generate"));
+        let mut wrong = made.key.clone();
+        wrong.pop();
+        wrong.push('x');
+        assert!(store.verify(&wrong).is_none());
+        assert!(store.verify("jm_nope_secret").is_none());
+        assert!(store.verify("not-a-key").is_none());
+
+        // Another process (the CLI) sees the same file.
+        let other = KeyStore::open(dir.path());
+        assert!(other.verify(&made.key).is_some());
+        other.revoke(&made.id).unwrap();
+        assert!(
+            store.verify(&made.key).is_none(),
+            "a revoke elsewhere is seen"
+        );
+        assert!(matches!(other.revoke(&made.id), Err(KeyError::NotFound(_))));
+    }
+
+    #[test]
+    fn bad_scopes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path());
+        assert!(store.create("x", &[]).is_err());
+        let err = store.create("x", &["tool:everything".into()]).unwrap_err();
+        assert!(err.to_string().contains("tool:everything"), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! What a compute replica tells the control plane about itself: the
+//! `jetson://compute/status` resource. Compute writes it, control reads it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The resource every compute replica offers.
+pub const REPLICA_STATUS_URI: &str = "jetson://compute/status";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicaReport {
+    /// `host:pid` of the process.
+    pub replica: String,
+    pub default_model: String,
+    /// Generations running now, and waiting for a slot.
+    pub running: usize,
+    pub waiting: usize,
+    /// Calls it holds at once before answering "busy": slots + queue.
+    pub capacity: usize,
+    pub memory_budget_bytes: u64,
+    /// Counted for the loaded models.
+    pub memory_used_bytes: u64,
+    /// The most a model it has not loaded may take: budget not held by
+    /// models in use, and no more than the machine has free plus what
+    /// unloading idle models would give back.
+    pub loadable_bytes: u64,
+    /// MemAvailable of the machine.
+    pub free_memory_bytes: Option<u64>,
+    /// The hottest thermal zone.
+    pub temperature_c: Option<f64>,
+    pub loaded: Vec<LoadedModel>,
+    /// Memory each model of the store would be counted for when loaded.
+    pub model_bytes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoadedModel {
+    pub name: String,
+    pub bytes: u64,
+    /// Calls running on it now.
+    pub in_use: usize,
+    pub idle_secs: f64,
+    /// Unloaded once idle this long; absent: kept until its memory is needed.
+    pub keep_alive_secs: Option<u64>,
+}
