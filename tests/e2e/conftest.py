@@ -54,9 +54,14 @@ class Served:
 
 def start_serve(binary, data_dir, log, env=None):
     """`jetsonmind serve` on a free loopback port; its URL is read from its log."""
+    return start_jetsonmind(binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)], log, env)
+
+
+def start_jetsonmind(binary, args, log, env=None):
+    """A `jetsonmind` server process listening on a port it picked; its URL is read from its log."""
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            [str(binary), *args],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,
@@ -66,13 +71,13 @@ def start_serve(binary, data_dir, log, env=None):
     url = None
     while url is None and time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"jetsonmind serve exited early:\n{log.read_text()}")
+            pytest.fail(f"jetsonmind {args[0]} exited early:\n{log.read_text()}")
         found = re.search(r"listening on (http://\S+/mcp)", log.read_text())
         url = found.group(1) if found else None
         time.sleep(0.05)
     if url is None:
         process.kill()
-        pytest.fail(f"jetsonmind serve did not start:\n{log.read_text()}")
+        pytest.fail(f"jetsonmind {args[0]} did not start:\n{log.read_text()}")
     return Served(url, process, log)
 
 

@@ -12,7 +12,16 @@ from mcp.shared.exceptions import MCPError
 pytestmark = pytest.mark.anyio
 
 GATEWAY_TOOLS = {"manage_connections", "validate_request", "aggregate_responses", "handle_auth", "protocol_bridge"}
-COMPUTE_TOOLS = {"text_generate", "code_complete", "image_analyze", "audio_process", "multi_modal_inference", "embed"}
+COMPUTE_TOOLS = {
+    "text_generate",
+    "code_complete",
+    "image_analyze",
+    "audio_process",
+    "multi_modal_inference",
+    "embed",
+    "load_model",
+    "unload_model",
+}
 DATA_TOOLS = {"update_settings", "manage_models"}
 CONTROL_TOOLS = {"route_request", "optimize_system", "manage_resources", "monitor_health", "scale_cluster"}
 DATA_RESOURCES = {
@@ -22,6 +31,7 @@ DATA_RESOURCES = {
     "jetson://config/settings",
     "jetson://performance/analytics",
 }
+COMPUTE_RESOURCES = {"jetson://compute/status"}
 EXPECTED_VERSION = {"legacy": "2025-11-25", "auto": "2026-07-28"}
 
 
@@ -36,7 +46,7 @@ async def test_lists_all_four_servers(transport, mode):
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert tools == GATEWAY_TOOLS | COMPUTE_TOOLS | DATA_TOOLS | CONTROL_TOOLS
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
-        assert resources == DATA_RESOURCES
+        assert resources == DATA_RESOURCES | COMPUTE_RESOURCES
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert templates == {"jetson://models/{name}"}
 
@@ -60,7 +70,8 @@ async def test_calls_tools_through_the_gateway(transport, mode):
         backends = {b["name"]: b for b in result.structured_content["backends"]}
         assert set(backends) == {"compute", "data", "control"}
         assert all(b["up"] for b in backends.values())
-        assert backends["compute"]["tools"] == len(COMPUTE_TOOLS)
+        assert [r["name"] for r in backends["compute"]["replicas"]] == ["compute-local"]
+        assert backends["compute"]["replicas"][0]["tools"] == len(COMPUTE_TOOLS)
 
         result = await client.call_tool("validate_request", {"tool": "text_generate", "arguments": {"max_tokens": -1}})
         assert result.structured_content["valid"] is False
@@ -87,7 +98,7 @@ async def test_bad_input_gets_clear_errors(transport, mode):
             await client.read_resource("jetson://no/such/resource")
 
         # Still serving after all of that.
-        assert len((await client.list_tools()).tools) == 18
+        assert len((await client.list_tools()).tools) == len(GATEWAY_TOOLS | COMPUTE_TOOLS | DATA_TOOLS | CONTROL_TOOLS)
 
 
 def raw_post(url, body, headers=None):
@@ -111,5 +122,5 @@ async def test_http_limits_and_checks_keep_the_server_serving(served):
     assert raw_post(served.url, ping, {"origin": "http://evil.example"}) == 403
     assert raw_post(served.url, ping, {"host": "evil.example:80"}) == 403
     async with Client(served.url, mode="auto") as client:
-        assert len((await client.list_tools()).tools) == 18
+        assert len((await client.list_tools()).tools) == len(GATEWAY_TOOLS | COMPUTE_TOOLS | DATA_TOOLS | CONTROL_TOOLS)
     assert served.process.poll() is None

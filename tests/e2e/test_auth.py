@@ -1,0 +1,228 @@
+"""A gateway that requires authentication, driven by the official Python MCP
+SDK with API keys: unauthenticated and wrong-scope calls are refused with the
+right HTTP status and challenge, lists show only what a key may use, admin
+actions need the admin scope, per-client rate limits answer 429, and a client
+connection can be listed and closed."""
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from conftest import NO_CACHE, start_jetsonmind, stop_serve
+
+pytestmark = pytest.mark.anyio
+
+
+def create_key(binary, data_dir, name, *scopes):
+    args = [str(binary), "--data-dir", str(data_dir), "keys", "create", "--name", name]
+    for scope in scopes:
+        args += ["--scope", scope]
+    made = subprocess.run(args, capture_output=True, text=True, check=True)
+    return made.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def secured(binary, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("auth-data")
+    keys = {
+        "admin": create_key(binary, data_dir, "ops", "admin"),
+        "user": create_key(binary, data_dir, "app", "tools:*", "resources:*"),
+        "narrow": create_key(binary, data_dir, "bot", "tools:validate_request"),
+    }
+    listed = subprocess.run(
+        [str(binary), "--data-dir", str(data_dir), "keys", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    stored = (data_dir / "api_keys.json").read_text()
+    assert all(key not in stored and key not in listed for key in keys.values()), "keys are kept hashed"
+    env = {
+        **NO_CACHE,
+        "JETSONMIND_AUTH__REQUIRED": "true",
+        "JETSONMIND_HTTP__RATE_LIMIT_PER_SECOND": "1000",
+        "JETSONMIND_HTTP__RATE_LIMIT_BURST": "1000",
+    }
+    served = start_jetsonmind(
+        binary,
+        ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        tmp_path_factory.mktemp("auth-logs") / "serve.log",
+        env,
+    )
+    yield served, keys, data_dir
+    stop_serve(served)
+    log = served.log.read_text()
+    assert all(key not in log for key in keys.values()), "secrets never reach the log"
+
+
+class Statuses:
+    """HTTP error statuses and challenges the client met (the SDK hides them)."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def hook(self, response):
+        if response.status_code >= 400:
+            self.seen.append((response.status_code, response.headers.get("www-authenticate", "")))
+
+
+def client_with(url, token, statuses, mode="auto"):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [statuses.hook]}, timeout=60)
+    return http, Client(streamable_http_client(url, http_client=http), mode=mode)
+
+
+def raw_post(url, token, message):
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    headers["MCP-Protocol-Version"] = "2025-11-25"
+    request = urllib.request.Request(url, data=json.dumps(message).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def call(name, arguments):
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_unauthenticated_calls_get_401_with_a_challenge(secured, mode):
+    served, _, _ = secured
+    for token in [None, "jm_00000000_" + "0" * 64, "not-a-key"]:
+        statuses = Statuses()
+        http, client = client_with(served.url, token, statuses, mode)
+        async with http:
+            # The SDK raises its error inside an exception group.
+            with pytest.raises(Exception):
+                async with client:
+                    pass
+        assert statuses.seen, "the server answered with an HTTP error"
+        status, challenge = statuses.seen[-1]
+        assert status == 401
+        assert challenge.startswith("Bearer ")
+        if token:
+            assert 'error="invalid_token"' in challenge
+
+
+async def test_wrong_scope_gets_403_and_lists_show_only_what_a_key_may_use(secured):
+    served, keys, _ = secured
+    statuses = Statuses()
+    http, client = client_with(served.url, keys["narrow"], statuses)
+    async with http, client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert tools == {"validate_request", "handle_auth"}
+        assert (await client.list_resources()).resources == []
+        ok = await client.call_tool("validate_request", {"tool": "validate_request", "arguments": {}})
+        assert not ok.is_error
+        whoami = await client.call_tool("handle_auth", {"action": "whoami"})
+        assert whoami.structured_content["principal"]["name"] == "bot"
+        assert whoami.structured_content["principal"]["method"] == "api_key"
+        with pytest.raises(MCPError):
+            await client.call_tool("text_generate", {"prompt": "hi", "max_tokens": 2})
+    status, challenge = statuses.seen[-1]
+    assert status == 403
+    assert 'error="insufficient_scope"' in challenge and 'scope="tools:text_generate"' in challenge
+
+    status, headers, body = raw_post(served.url, keys["narrow"], call("monitor_health", {}))
+    assert status == 403
+    assert 'scope="tools:monitor_health"' in headers["www-authenticate"]
+    assert json.loads(body)["error"] == "insufficient_scope"
+    status, _, _ = raw_post(
+        served.url,
+        keys["narrow"],
+        {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "jetson://system/metrics"}},
+    )
+    assert status == 403
+
+
+async def test_admin_actions_need_the_admin_scope(secured):
+    served, keys, _ = secured
+    statuses = Statuses()
+    http, client = client_with(served.url, keys["user"], statuses)
+    async with http, client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert "text_generate" in tools and "monitor_health" in tools
+        assert "scale_cluster" not in tools and "protocol_bridge" not in tools
+        health = await client.call_tool("monitor_health", {})
+        assert health.structured_content["healthy"] == 1
+        refused = await client.call_tool("handle_auth", {"action": "create_key", "scopes": ["admin"]})
+        assert refused.is_error and "admin" in refused.content[0].text
+        with pytest.raises(MCPError):
+            await client.call_tool("scale_cluster", {"action": "status"})
+    assert statuses.seen[-1][0] == 403
+
+    statuses = Statuses()
+    http, client = client_with(served.url, keys["admin"], statuses)
+    async with http, client:
+        made = await client.call_tool(
+            "handle_auth", {"action": "create_key", "name": "temp", "scopes": ["tools:validate_request"]}
+        )
+        assert not made.is_error, made.content
+        new_key = made.structured_content["created"]["key"]
+        scale = await client.call_tool("scale_cluster", {"action": "status"})
+        assert not scale.is_error
+    status, _, _ = raw_post(served.url, new_key, call("validate_request", {"tool": "validate_request"}))
+    assert status == 200
+
+    async with httpx2.AsyncClient() as plain:
+        metrics = await plain.get(served.url.replace("/mcp", "/metrics"), headers={"Authorization": f"Bearer {keys['user']}"})
+        assert metrics.status_code == 403
+        metrics = await plain.get(served.url.replace("/mcp", "/metrics"), headers={"Authorization": f"Bearer {keys['admin']}"})
+        assert metrics.status_code == 200 and "jetsonmind" in metrics.text
+
+
+async def test_client_connections_are_listed_and_can_be_closed(secured):
+    served, keys, _ = secured
+    statuses = Statuses()
+    http, client = client_with(served.url, keys["admin"], statuses)
+    async with http, client:
+        listed = await client.call_tool("manage_connections", {"action": "list"})
+        clients = listed.structured_content["clients"]
+        mine = [c for c in clients if c["principal"] and c["principal"].startswith("key:")]
+        assert mine and all(c["requests"] >= 1 for c in mine)
+        victim = mine[0]["id"]
+        closed = await client.call_tool("manage_connections", {"action": "close", "id": victim})
+        assert closed.structured_content == {"closed": victim}
+        # The close was answered, then the connection ended; the client
+        # reconnects on its next request and the closed one is gone.
+        for _ in range(40):
+            listed = await client.call_tool("manage_connections", {"action": "list"})
+            if victim not in [c["id"] for c in listed.structured_content["clients"]]:
+                break
+            await anyio.sleep(0.1)
+        else:
+            pytest.fail(f"connection {victim} still open: {listed.structured_content['clients']}")
+        missing = await client.call_tool("manage_connections", {"action": "close", "id": 999999})
+        assert missing.is_error
+
+
+async def test_rate_limits_answer_429_per_client(binary, tmp_path):
+    data_dir = tmp_path / "data"
+    key = create_key(binary, data_dir, "burst", "tools:*")
+    env = {"JETSONMIND_HTTP__RATE_LIMIT_PER_SECOND": "2", "JETSONMIND_HTTP__RATE_LIMIT_BURST": "3",
+           "JETSONMIND_AUTH__REQUIRED": "true"}
+    served = start_jetsonmind(
+        binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)], tmp_path / "serve.log", env
+    )
+    try:
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        answers = [raw_post(served.url, key, ping) for _ in range(6)]
+        statuses = [status for status, _, _ in answers]
+        assert statuses[:3] == [200, 200, 200], statuses
+        assert 429 in statuses[3:], statuses
+        limited = next(headers for status, headers, _ in answers if status == 429)
+        assert int(limited["retry-after"]) >= 1
+        # Another client is not held back by this one.
+        other = create_key(binary, data_dir, "other", "tools:*")
+        assert raw_post(served.url, other, ping)[0] == 200
+    finally:
+        stop_serve(served)

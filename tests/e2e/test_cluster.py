@@ -1,0 +1,164 @@
+"""Three compute replicas (separate `jetsonmind compute` processes) behind
+`jetsonmind serve`'s gateway and control plane, driven by the official Python
+MCP SDK: one replica is killed with SIGKILL while a stream of real
+text_generate calls runs, and not one call is lost."""
+
+import json
+import os
+import signal
+
+import anyio
+import pytest
+from mcp import Client
+
+from conftest import NO_CACHE, start_jetsonmind, stop_serve
+
+pytestmark = pytest.mark.anyio
+
+CALLS = 24
+AT_ONCE = 3
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "What do bees make?",
+    "What is two plus two?",
+]
+
+
+@pytest.fixture
+def cluster(binary, data_dir, tmp_path):
+    """Three compute replicas, and `jetsonmind serve` routing among them (no local one)."""
+    replicas = [
+        start_jetsonmind(
+            binary,
+            ["compute", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            tmp_path / f"compute-{i}.log",
+            NO_CACHE,
+        )
+        for i in range(3)
+    ]
+    env = {
+        **NO_CACHE,
+        "JETSONMIND_CONTROL__LOCAL_REPLICA": "false",
+        "JETSONMIND_CONTROL__REPLICAS": json.dumps([r.url for r in replicas]),
+        "JETSONMIND_GATEWAY__HEALTH_INTERVAL_MS": "500",
+    }
+    gateway = start_jetsonmind(
+        binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)], tmp_path / "serve.log", env
+    )
+    yield gateway, replicas
+    stop_serve(gateway)
+    for replica in replicas:
+        if replica.process.poll() is None:
+            replica.process.kill()
+            replica.process.wait()
+
+
+async def health(client):
+    result = await client.call_tool("monitor_health", {})
+    assert not result.is_error, result
+    return result.structured_content
+
+
+async def wait_for(client, what, check, timeout=20):
+    with anyio.fail_after(timeout):
+        while True:
+            state = await health(client)
+            if check(state):
+                return state
+            await anyio.sleep(0.2)
+
+
+async def test_killing_a_replica_during_a_stream_of_calls_loses_none(cluster):
+    gateway, replicas = cluster
+    by_url = {r.url: r for r in replicas}
+    async with Client(gateway.url, mode="auto") as client:
+        await wait_for(client, "three healthy replicas", lambda s: s["healthy"] == 3)
+        results = []
+        done = anyio.Event()
+        killed = {}
+
+        async def one_call(i, limit):
+            async with limit:
+                result = await client.call_tool(
+                    "text_generate",
+                    {"prompt": QUESTIONS[i % len(QUESTIONS)], "max_tokens": 24, "temperature": 0},
+                )
+                results.append(result)
+                if len(results) == CALLS:
+                    done.set()
+
+        async def kill_a_busy_replica():
+            # After a few answers, SIGKILL a replica that has calls in flight.
+            while len(results) < 4:
+                await anyio.sleep(0.05)
+            with anyio.fail_after(30):
+                while True:
+                    state = await health(client)
+                    busy = [r for r in state["replicas"] if r["outstanding"] > 0 and r["up"]]
+                    if busy:
+                        victim = busy[0]
+                        by_url[victim["endpoint"]].process.send_signal(signal.SIGKILL)
+                        killed.update(victim)
+                        return
+                    await anyio.sleep(0.02)
+
+        limit = anyio.Semaphore(AT_ONCE)
+        async with anyio.create_task_group() as group:
+            group.start_soon(kill_a_busy_replica)
+            for i in range(CALLS):
+                group.start_soon(one_call, i, limit)
+
+        assert killed, "no replica was caught with calls in flight"
+        assert len(results) == CALLS
+        failures = [r for r in results if r.is_error]
+        assert not failures, [r.content for r in failures]
+        for result in results:
+            assert result.structured_content["text"].strip(), result
+        routes = [r.meta["jetsonmind/route"] for r in results]
+        retried = [route for route in routes if route["attempts"] > 1]
+        assert retried, f"the calls in flight on {killed['name']} should have been retried: {routes}"
+        assert all(route["replica"] != killed["name"] for route in retried)
+        served_by = {route["replica"] for route in routes}
+        assert len(served_by) >= 2, served_by
+
+        state = await wait_for(client, "the victim marked down", lambda s: s["healthy"] == 2)
+        victim = next(r for r in state["replicas"] if r["name"] == killed["name"])
+        assert not victim["up"]
+        assert victim["failed"] >= 1
+
+        # Routing shows the decision: the dead replica is out, and why.
+        result = await client.call_tool("route_request", {"tool": "text_generate", "arguments": {"prompt": "hi"}})
+        decision = result.structured_content["decision"]
+        assert killed["name"] not in decision["order"]
+        excluded = next(c for c in decision["candidates"] if c["replica"] == killed["name"])
+        assert excluded["why"].startswith("down"), excluded
+
+
+async def test_aggregate_responses_asks_every_replica(cluster):
+    gateway, _ = cluster
+    async with Client(gateway.url, mode="legacy") as client:
+        await wait_for(client, "three healthy replicas", lambda s: s["healthy"] == 3)
+        result = await client.call_tool(
+            "aggregate_responses",
+            {
+                "tool": "text_generate",
+                "arguments": {"prompt": "What is the capital of France?", "max_tokens": 12, "temperature": 0},
+                "strategy": "majority",
+            },
+        )
+        assert not result.is_error, result.content
+        answer = result.structured_content
+        # Greedy decoding of the same model: every replica says the same.
+        assert answer["asked"] == 3 and answer["votes"] == 3
+        assert "Paris" in answer["answer"]["text"]
+
+        result = await client.call_tool(
+            "aggregate_responses",
+            {"tool": "text_generate", "arguments": {"prompt": "Say hi.", "max_tokens": 4}, "strategy": "all"},
+        )
+        assert {a["replica"] for a in result.structured_content["answers"]} == {
+            "compute-1",
+            "compute-2",
+            "compute-3",
+        }
