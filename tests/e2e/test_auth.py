@@ -16,7 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import NO_CACHE, start_jetsonmind, stop_serve
+from conftest import DEFAULT_MODEL, MODELS, NO_CACHE, start_jetsonmind, stop_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -32,6 +32,12 @@ def create_key(binary, data_dir, name, *scopes):
 @pytest.fixture(scope="module")
 def secured(binary, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("auth-data")
+    model = MODELS / DEFAULT_MODEL
+    subprocess.run(
+        [str(binary), "--data-dir", str(data_dir), "models", "import", str(model), "--link"],
+        capture_output=True,
+        check=True,
+    )
     keys = {
         "admin": create_key(binary, data_dir, "ops", "admin"),
         "user": create_key(binary, data_dir, "app", "tools:*", "resources:*"),
@@ -178,6 +184,22 @@ async def test_admin_actions_need_the_admin_scope(secured):
         assert metrics.status_code == 403
         metrics = await plain.get(served.url.replace("/mcp", "/metrics"), headers={"Authorization": f"Bearer {keys['admin']}"})
         assert metrics.status_code == 200 and "jetsonmind" in metrics.text
+
+
+def test_openai_endpoint_takes_the_api_key_and_its_scopes(secured):
+    import openai
+
+    served, keys, _ = secured
+    base = served.url.replace("/mcp", "/v1")
+    allowed = openai.OpenAI(base_url=base, api_key=keys["user"])
+    answer = allowed.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+    )
+    assert answer.choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=base, api_key=keys["narrow"]).models.list()
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="jm_00000000_nope").models.list()
 
 
 async def test_client_connections_are_listed_and_can_be_closed(secured):

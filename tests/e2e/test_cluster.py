@@ -162,3 +162,51 @@ async def test_aggregate_responses_asks_every_replica(cluster):
             "compute-2",
             "compute-3",
         }
+
+
+async def test_scale_cluster_starts_and_stops_replicas_of_its_own(binary, data_dir, tmp_path):
+    served = start_jetsonmind(
+        binary,
+        ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        tmp_path / "serve.log",
+        {**NO_CACHE, "JETSONMIND_GATEWAY__HEALTH_INTERVAL_MS": "500"},
+    )
+    try:
+        async with Client(served.url, mode="auto") as client:
+            added = await client.call_tool("scale_cluster", {"action": "add", "count": 2})
+            assert not added.is_error, added.content
+            names = [a["name"] for a in added.structured_content["added"]]
+            assert names == ["compute-started-1", "compute-started-2"]
+            assert set(added.structured_content["up"]) == {"compute-local", *names}
+            pids = {int(r["report"]["replica"].split(":")[1]) for r in (await health(client))["replicas"]}
+            assert len(pids) == 3, "three processes serve"
+
+            # Work spreads over them (least loaded first among equals).
+            served_by = set()
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as group:
+                    for i in range(6):
+
+                        async def one(i=i):
+                            result = await client.call_tool(
+                                "text_generate", {"prompt": QUESTIONS[i % 4], "max_tokens": 16, "temperature": 0}
+                            )
+                            assert not result.is_error, result.content
+                            served_by.add(result.meta["jetsonmind/route"]["replica"])
+
+                        group.start_soon(one)
+            assert len(served_by) >= 2, served_by
+
+            too_many = await client.call_tool("scale_cluster", {"action": "add", "count": 16})
+            assert too_many.is_error and "max_replicas" in too_many.content[0].text
+
+            removed = await client.call_tool("scale_cluster", {"action": "remove", "count": 2})
+            assert [r["name"] for r in removed.structured_content["removed"]] == list(reversed(names))
+            assert all(r["drained"] for r in removed.structured_content["removed"])
+            state = await health(client)
+            assert [r["name"] for r in state["replicas"]] == ["compute-local"]
+            for pid in pids - {served.process.pid}:
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, 0)
+    finally:
+        stop_serve(served)
