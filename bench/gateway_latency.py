@@ -77,7 +77,7 @@ def mcp_stress(prefix, url, seconds, concurrency):
          "-d", str(seconds), "-c", str(concurrency), "--json"],
         check=True, capture_output=True, text=True,
     ).stdout
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(out)
     return {"p50_ms": summary["overall"]["p50"], "p99_ms": summary["overall"]["p99"],
             "calls_per_second": summary["requestsPerSecond"], "errors": summary["totalErrors"]}
 
