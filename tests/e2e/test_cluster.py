@@ -155,6 +155,14 @@ async def test_aggregate_responses_asks_every_replica(cluster):
 
         result = await client.call_tool(
             "aggregate_responses",
+            {"tool": "text_generate", "arguments": {"prompt": "Say hi.", "max_tokens": 4}, "strategy": "first"},
+        )
+        assert not result.is_error and result.structured_content["asked"] == 3
+        assert result.structured_content["replica"] in {"compute-1", "compute-2", "compute-3"}
+        assert result.structured_content["answer"]["text"]
+
+        result = await client.call_tool(
+            "aggregate_responses",
             {"tool": "text_generate", "arguments": {"prompt": "Say hi.", "max_tokens": 4}, "strategy": "all"},
         )
         assert {a["replica"] for a in result.structured_content["answers"]} == {

@@ -108,14 +108,7 @@ async fn setup() -> Setup {
     ];
     let unit = Unit(Arc::new(Catalog::new(tools, vec![], vec![]).unwrap()));
     let http = HttpConfig::default();
-    let metadata = auth.metadata().unwrap();
-    let metadata_routes =
-        auth::metadata_paths(&auth)
-            .into_iter()
-            .fold(Router::new(), |router, path| {
-                let metadata = metadata.clone();
-                router.route(&path, get(move || async move { axum::Json(metadata) }))
-            });
+    let metadata_routes = auth::metadata_routes(&auth);
     let routes = mcp_routes(
         UnitServer::new(Arc::new(unit), McpConfig::default()),
         &http,

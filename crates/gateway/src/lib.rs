@@ -161,15 +161,14 @@ impl Gateway {
             .backends
             .iter()
             .map(|b| {
-                let bearer = match &b.token_env {
-                    None => None,
-                    Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
-                        CoreError::Config(format!(
-                            "gateway backend `{}`: environment variable {var} (token_env) is not set",
-                            b.name
-                        ))
-                    })?)),
-                };
+                let bearer = b
+                    .token_env
+                    .as_deref()
+                    .map(Secret::from_env)
+                    .transpose()
+                    .map_err(|e| {
+                        CoreError::Config(format!("gateway backend `{}`: token_env: {e}", b.name))
+                    })?;
                 let fleet = Fleet::new(&b.name, fleet_settings.clone());
                 let endpoints = b.endpoints();
                 for (i, url) in endpoints.iter().enumerate() {

@@ -288,19 +288,6 @@ impl Shared {
         UnitServer::new(unit, config.mcp.clone()).with_observer(self.analytics.clone())
     }
 
-    /// RFC 9728 protected-resource metadata, where OAuth is configured.
-    fn metadata_routes(&self) -> Router {
-        let Some(metadata) = self.access.auth.metadata() else {
-            return Router::new();
-        };
-        auth::metadata_paths(&self.access.auth)
-            .into_iter()
-            .fold(Router::new(), |router, path| {
-                let metadata = metadata.clone();
-                router.route(&path, get(move || async move { axum::Json(metadata) }))
-            })
-    }
-
     /// Prometheus text at `/metrics`.
     fn metrics_route(&self) -> Router {
         let analytics = self.analytics.clone();
@@ -413,7 +400,9 @@ async fn serve_server<U: McpUnit>(
     let (listener, bound) = serve::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    let plain = shared.metrics_route().merge(shared.metadata_routes());
+    let plain = shared
+        .metrics_route()
+        .merge(auth::metadata_routes(&shared.access.auth));
     let extra = extra.merge(serve::guard_headers(plain, &config.http));
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
     let access = &shared.access;

@@ -209,8 +209,23 @@ fn split_origin(url: &str) -> (&str, &str) {
     }
 }
 
+/// RFC 9728 protected-resource metadata at its well-known paths; no routes
+/// without an OAuth issuer.
+pub fn metadata_routes(auth: &Auth) -> axum::Router {
+    let Some(metadata) = auth.metadata() else {
+        return axum::Router::new();
+    };
+    metadata_paths(auth)
+        .into_iter()
+        .fold(axum::Router::new(), |router, path| {
+            let metadata = metadata.clone();
+            let serve = move || async move { axum::Json(metadata) };
+            router.route(&path, axum::routing::get(serve))
+        })
+}
+
 /// The paths the metadata is served at: path-inserted and at the root.
-pub fn metadata_paths(auth: &Auth) -> Vec<String> {
+fn metadata_paths(auth: &Auth) -> Vec<String> {
     let Some(oauth) = auth.oauth.as_ref() else {
         return Vec::new();
     };

@@ -52,6 +52,14 @@ impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+
+    /// The secret held by environment variable `var` (config files name the
+    /// variable, never the secret).
+    pub fn from_env(var: &str) -> Result<Self, String> {
+        std::env::var(var)
+            .map(Self)
+            .map_err(|_| format!("environment variable {var} is not set"))
+    }
 }
 
 impl fmt::Debug for Secret {
