@@ -53,10 +53,17 @@ pub enum KeyError {
     NotFound(String),
 }
 
+/// Tells a changed file from an unchanged one without reading it.
+type FileStamp = (SystemTime, u64);
+
+fn stamp(meta: &std::fs::Metadata) -> Option<FileStamp> {
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 pub struct KeyStore {
     path: PathBuf,
-    /// The keys as last read, and the file's modification time then.
-    cache: Mutex<(Vec<StoredKey>, Option<SystemTime>)>,
+    /// The keys as last read, and the file's modification time and size then.
+    cache: Mutex<(Vec<StoredKey>, Option<FileStamp>)>,
 }
 
 impl KeyStore {
@@ -142,7 +149,7 @@ impl KeyStore {
     /// Read the file again if it changed since the last read.
     fn refresh(&self) -> Result<(), KeyError> {
         let modified = match std::fs::metadata(&self.path) {
-            Ok(meta) => meta.modified().ok(),
+            Ok(meta) => stamp(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 *self.cache.lock().expect("keys lock") = (Vec::new(), None);
                 return Ok(());
@@ -175,9 +182,7 @@ impl KeyStore {
             .and_then(|_| file.sync_all())
             .map_err(|e| self.file_error(e))?;
         std::fs::rename(&temp, &self.path).map_err(|e| self.file_error(e))?;
-        let modified = std::fs::metadata(&self.path)
-            .ok()
-            .and_then(|m| m.modified().ok());
+        let modified = std::fs::metadata(&self.path).ok().and_then(|m| stamp(&m));
         *self.cache.lock().expect("keys lock") = (keys, modified);
         Ok(())
     }
