@@ -283,10 +283,6 @@ impl Fleet {
         let _ = self.changes.set(changes);
     }
 
-    pub fn settings(&self) -> &FleetSettings {
-        &self.settings
-    }
-
     /// Add a replica; it takes calls once a health check finds it up.
     pub fn add(&self, upstream: Upstream, origin: Origin) -> Arc<Replica> {
         let replica = Arc::new(Replica::new(upstream, origin, self.settings.breaker));

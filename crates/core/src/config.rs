@@ -574,18 +574,13 @@ impl Config {
         self.validate_control()?;
         if let Some(oauth) = &self.auth.oauth {
             for (key, url) in [("jwks_url", &oauth.jwks_url), ("issuer", &oauth.issuer)] {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                if !is_http_url(url) {
                     return fail(format!("auth.oauth.{key} must be an http(s) URL"));
                 }
             }
         }
         for backend in &self.gateway.backends {
-            let ok_name = !backend.name.is_empty()
-                && backend
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
-            if !ok_name {
+            if !is_backend_name(&backend.name) {
                 return fail(format!(
                     "gateway backend name `{}`: use letters, digits and `-` only",
                     backend.name
@@ -644,8 +639,15 @@ impl Config {
     }
 }
 
-fn is_http_url(url: &str) -> bool {
+/// A Streamable HTTP endpoint's URL.
+pub fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// A backend name, used in prefixes (`node1_tool`, `node1+uri`): letters,
+/// digits and `-`.
+pub fn is_backend_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, CoreError> {

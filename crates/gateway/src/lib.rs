@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use jetsonmind_control::fleet::{Fleet, FleetSettings, ReplicaHealth};
 use jetsonmind_core::auth::{Auth, Principal, principal_of};
-use jetsonmind_core::config::GatewayConfig;
+use jetsonmind_core::config::{GatewayConfig, is_backend_name, is_http_url};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::model::{
@@ -519,8 +519,7 @@ impl Gateway {
 
     async fn add_bridge(&self, args: ProtocolBridgeArgs) -> Result<CallToolResult, String> {
         let name = args.name.ok_or("`name` is required to add a bridge")?;
-        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !valid {
+        if !is_backend_name(&name) {
             return Err(format!(
                 "bridge name `{name}`: use letters, digits and `-` only"
             ));
@@ -529,15 +528,12 @@ impl Gateway {
             return Err(format!("a backend named `{name}` exists already"));
         }
         let connector = match (args.url, args.command) {
-            (Some(url), None) if url.starts_with("http://") || url.starts_with("https://") => {
-                let bearer = match args.token_env {
-                    None => None,
-                    Some(var) => {
-                        Some(Secret::new(std::env::var(&var).map_err(|_| {
-                            format!("environment variable {var} is not set")
-                        })?))
-                    }
-                };
+            (Some(url), None) if is_http_url(&url) => {
+                let bearer = args
+                    .token_env
+                    .as_deref()
+                    .map(Secret::from_env)
+                    .transpose()?;
                 Connector::Http { url, bearer }
             }
             (Some(_), None) => return Err("`url` must start with http:// or https://".into()),

@@ -100,14 +100,11 @@ async fn serve_command(
             serve_gateway(backends, t, config, shutdown, shared).await
         }
         Command::Bridge { url, token_env } => {
-            let bearer = match token_env {
-                Some(var) => {
-                    Some(Secret::new(std::env::var(&var).with_context(|| {
-                        format!("--token-env {var}: the variable is not set")
-                    })?))
-                }
-                None => None,
-            };
+            let bearer = token_env
+                .as_deref()
+                .map(Secret::from_env)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--token-env: {e}"))?;
             let remote = Fleet::single(
                 "remote",
                 Connector::Http { url, bearer },
