@@ -1,9 +1,12 @@
 """Start a real `jetsonmind serve` for the end-to-end tests and stop it after."""
 
+import json
 import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,31 @@ def transport(request, served, binary, data_dir):
 def mode(request):
     """The handshake era, or the 2026-07-28 era that `auto` negotiates with this server."""
     return request.param
+
+
+def create_key(binary, data_dir, name, *scopes):
+    """`jetsonmind keys create`: the key, printed once."""
+    args = [str(binary), "--data-dir", str(data_dir), "keys", "create", "--name", name]
+    for scope in scopes:
+        args += ["--scope", scope]
+    made = subprocess.run(args, capture_output=True, text=True, check=True)
+    return made.stdout.strip()
+
+
+def raw_post(url, token, message, headers=None):
+    """One JSON-RPC message POSTed as a handshake-era client would: (status, headers, body)."""
+    sent = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    sent["MCP-Protocol-Version"] = "2025-11-25"
+    sent.update(headers or {})
+    request = urllib.request.Request(url, data=json.dumps(message).encode(), headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def call(name, arguments):
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}

@@ -6,8 +6,6 @@ connection can be listed and closed."""
 
 import json
 import subprocess
-import urllib.error
-import urllib.request
 
 import anyio
 import httpx2
@@ -16,17 +14,18 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import DEFAULT_MODEL, MODELS, NO_CACHE, start_jetsonmind, stop_serve
+from conftest import (
+    DEFAULT_MODEL,
+    MODELS,
+    NO_CACHE,
+    call,
+    create_key,
+    raw_post,
+    start_jetsonmind,
+    stop_serve,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def create_key(binary, data_dir, name, *scopes):
-    args = [str(binary), "--data-dir", str(data_dir), "keys", "create", "--name", name]
-    for scope in scopes:
-        args += ["--scope", scope]
-    made = subprocess.run(args, capture_output=True, text=True, check=True)
-    return made.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -81,23 +80,6 @@ def client_with(url, token, statuses, mode="auto"):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [statuses.hook]}, timeout=60)
     return http, Client(streamable_http_client(url, http_client=http), mode=mode)
-
-
-def raw_post(url, token, message):
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    headers["MCP-Protocol-Version"] = "2025-11-25"
-    request = urllib.request.Request(url, data=json.dumps(message).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-def call(name, arguments):
-    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import NO_CACHE, start_jetsonmind, stop_serve
+from conftest import NO_CACHE, raw_post, start_jetsonmind, stop_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -216,5 +216,47 @@ async def test_scale_cluster_starts_and_stops_replicas_of_its_own(binary, data_d
             for pid in pids - {served.process.pid}:
                 with pytest.raises(ProcessLookupError):
                     os.kill(pid, 0)
+    finally:
+        stop_serve(served)
+
+
+async def test_started_replicas_serve_a_gateway_without_a_local_one_and_only_it(binary, data_dir, tmp_path):
+    """Review items 4 and 11: a replica `scale_cluster` starts requires the
+    secret its launcher holds, and with `control.local_replica = false` its
+    tools reach the gateway's list."""
+    served = start_jetsonmind(
+        binary,
+        ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        tmp_path / "serve.log",
+        {
+            **NO_CACHE,
+            "JETSONMIND_CONTROL__LOCAL_REPLICA": "false",
+            "JETSONMIND_GATEWAY__HEALTH_INTERVAL_MS": "500",
+            # The client keeps a list for its ttlMs: let it see the change.
+            "JETSONMIND_MCP__LIST_TTL_MS": "0",
+        },
+    )
+    try:
+        async with Client(served.url, mode="auto") as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert "text_generate" not in tools, "no compute replica yet"
+            added = await client.call_tool("scale_cluster", {"action": "add", "count": 1})
+            assert not added.is_error, added.content
+            endpoint = added.structured_content["added"][0]["endpoint"]
+
+            with anyio.fail_after(10):
+                while "text_generate" not in {t.name for t in (await client.list_tools()).tools}:
+                    await anyio.sleep(0.2)
+            answer = await client.call_tool("text_generate", {"prompt": "Hi", "max_tokens": 4, "temperature": 0})
+            assert not answer.is_error, answer.content
+            assert answer.meta["jetsonmind/route"]["replica"] == "compute-started-1"
+
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            assert raw_post(endpoint, None, ping)[0] == 401, "no credentials"
+            assert raw_post(endpoint, "0" * 64, ping)[0] == 401, "a guessed secret"
+            assert raw_post(endpoint, "jm_00000000_" + "0" * 64, ping)[0] == 401, "a made-up key"
+
+            removed = await client.call_tool("scale_cluster", {"action": "remove", "count": 1})
+            assert not removed.is_error, removed.content
     finally:
         stop_serve(served)

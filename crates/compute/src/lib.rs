@@ -14,6 +14,7 @@ pub mod text;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use jetsonmind_core::auth::AccessLevel;
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::rmcp::model::{
@@ -197,17 +198,21 @@ fn catalog() -> Catalog {
             "embed",
             "Sentence embeddings for texts (semantic search, clustering).",
         )),
-        tool_from::<LoadModelArgs>(
-            "load_model",
-            "Load a model into this replica's memory now, within its memory budget (idle models \
-             are unloaded, least recently used first, to make room).",
-        )
-        .annotate(ToolAnnotations::new().idempotent(true).destructive(false)),
-        tool_from::<UnloadModelArgs>(
-            "unload_model",
-            "Unload an idle model from this replica's memory.",
-        )
-        .annotate(ToolAnnotations::new().idempotent(true)),
+        AccessLevel::Admin.mark(
+            tool_from::<LoadModelArgs>(
+                "load_model",
+                "Load a model into this replica's memory now, within its memory budget (idle \
+                 models are unloaded, least recently used first, to make room).",
+            )
+            .annotate(ToolAnnotations::new().idempotent(true).destructive(false)),
+        ),
+        AccessLevel::Admin.mark(
+            tool_from::<UnloadModelArgs>(
+                "unload_model",
+                "Unload an idle model from this replica's memory.",
+            )
+            .annotate(ToolAnnotations::new().idempotent(true)),
+        ),
     ];
     let resources = vec![
         Resource::new(REPLICA_STATUS_URI, "compute-status")

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use jetsonmind_core::auth::{AccessLevel, Principal, ToolAccess, delegate};
 use jetsonmind_core::config::{ControlConfig, GatewayConfig};
 use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::rmcp::model::{
@@ -254,6 +255,11 @@ pub struct Fleet {
     changes: OnceLock<mpsc::UnboundedSender<ResourceChange>>,
     released: Notify,
     queued: AtomicUsize,
+    /// What the fleet offered when last looked at, and how many times that
+    /// changed: whoever builds on the offer (the gateway's view) compares
+    /// generations, so a change another checker saw first is not missed.
+    observed: Mutex<(bool, Option<Offer>)>,
+    generation: AtomicU64,
 }
 
 impl Fleet {
@@ -267,6 +273,25 @@ impl Fleet {
             changes: OnceLock::new(),
             released: Notify::new(),
             queued: AtomicUsize::new(0),
+            observed: Mutex::new((false, None)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts changes of the offer (or of the fleet coming up or going
+    /// down) that anyone has observed; see [`Fleet::check`].
+    pub fn generation(&self) -> u64 {
+        self.observe();
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Record the offer now; a new generation when it differs.
+    fn observe(&self) {
+        let now = (self.is_up(), self.offer());
+        let mut observed = self.observed.lock().expect("observed lock");
+        if *observed != now {
+            *observed = now;
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -337,13 +362,14 @@ impl Fleet {
 
     /// Check every replica once (connecting those that are down) and read
     /// the status of those that report one. True when the fleet's offer
-    /// changed, or it came up or went down.
+    /// changed, or it came up or went down, during this check; a caller that
+    /// must not miss a change another check saw compares [`Fleet::generation`].
     pub async fn check(&self) -> bool {
-        let before = (self.is_up(), self.offer());
+        let before = self.generation();
         let replicas = self.replicas();
         let checks = replicas.iter().map(|replica| self.check_replica(replica));
         futures::future::join_all(checks).await;
-        before != (self.is_up(), self.offer())
+        before != self.generation()
     }
 
     async fn check_replica(&self, replica: &Arc<Replica>) {
@@ -441,11 +467,26 @@ impl Fleet {
             .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
     }
 
+    /// What authorizes `tool` on `replica`: the tool as the replica lists it.
+    /// A tool it does not list (yet) is checked as an ordinary tool here and
+    /// refused or checked by the replica itself.
+    fn access_at(replica: &Replica, tool: &str) -> ToolAccess {
+        replica
+            .upstream
+            .tool(tool)
+            .map(|t| ToolAccess::of(&t))
+            .unwrap_or_else(|| ToolAccess {
+                name: tool.to_string(),
+                level: AccessLevel::Scoped,
+            })
+    }
+
     /// Route `params` to a replica, failing over and waiting for room as
     /// the settings say. The result's `_meta` says where it ran.
     pub async fn call_tool(
         &self,
         params: CallToolRequestParams,
+        caller: &Principal,
         strategy: Option<Strategy>,
         sink: Option<ProgressSink>,
         cancel: &CancellationToken,
@@ -469,7 +510,7 @@ impl Fleet {
             };
             tried.insert(replica.name().to_string());
             let attempt = self
-                .call_on(&replica, params.clone(), sink.clone(), cancel)
+                .call_on(&replica, params.clone(), caller, sink.clone(), cancel)
                 .await;
             match attempt {
                 Attempt::Answered(mut result) => {
@@ -549,15 +590,27 @@ impl Fleet {
         }
     }
 
-    /// One try of `params` on `replica`, bypassing routing but not its
-    /// breaker.
+    /// One try of `params` on `replica` as `caller`, bypassing routing but
+    /// not its breaker.
+    ///
+    /// Every call this node sends to a replica passes here, whoever asked for
+    /// it (a client through the gateway, `aggregate_responses`,
+    /// `route_request`, `manage_resources`), so here it is authorized: as
+    /// `caller`, on the tool's own name and access level at the replica. The
+    /// caller goes along in `_meta`, and the replica checks again.
     pub async fn call_on(
         &self,
         replica: &Replica,
-        params: CallToolRequestParams,
+        mut params: CallToolRequestParams,
+        caller: &Principal,
         sink: Option<ProgressSink>,
         cancel: &CancellationToken,
     ) -> Attempt {
+        let access = Self::access_at(replica, &params.name);
+        if !caller.may_call(&access) {
+            return Attempt::Refused(caller.refusal(&access));
+        }
+        delegate(&mut params.meta, caller);
         let Some(connection) = replica.upstream.connection() else {
             return Attempt::Failed {
                 error: "down".into(),

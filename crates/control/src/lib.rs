@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use jetsonmind_core::auth::{AccessLevel, caller_of};
 use jetsonmind_core::config::Config;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::ErrorData as McpError;
@@ -52,22 +53,22 @@ fn catalog() -> Catalog {
             "route_request",
             "Pick the compute replica for a call (model affinity, load, latency, temperature) and say why.",
         ),
-        tool_from::<OptimizeSystemArgs>(
+        AccessLevel::Admin.mark(tool_from::<OptimizeSystemArgs>(
             "optimize_system",
             "Report or set the power mode and clocks of this device (nvpmodel / jetson_clocks on Jetson).",
-        ),
-        tool_from::<ManageResourcesArgs>(
+        )),
+        AccessLevel::Admin.mark(tool_from::<ManageResourcesArgs>(
             "manage_resources",
             "List, load or unload models within the memory budget.",
-        ),
+        )),
         tool_from::<MonitorHealthArgs>(
             "monitor_health",
             "Health of the compute replicas: liveness, queue depth, memory, temperature, latency.",
         ),
-        tool_from::<ScaleClusterArgs>(
+        AccessLevel::Admin.mark(tool_from::<ScaleClusterArgs>(
             "scale_cluster",
             "Show, add or remove compute replicas on this machine.",
-        ),
+        )),
     ];
     Catalog::new(tools, Vec::new(), Vec::new()).expect("the control catalog is valid")
 }
@@ -121,6 +122,7 @@ impl ControlServer {
             .fleet
             .call_tool(
                 params,
+                &caller_of(&call.context),
                 args.strategy,
                 ProgressSink::of_request(&call.context),
                 &call.context.ct,
@@ -179,13 +181,14 @@ impl ControlServer {
         if let (ResourceAction::Load, Some(keep)) = (args.action, args.keep_alive_secs) {
             arguments.insert("keep_alive_secs".into(), keep.into());
         }
+        let caller = caller_of(&call.context);
         let mut outcomes = Vec::new();
         let mut failed = false;
         for replica in targets {
             let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
             let attempt = self
                 .fleet
-                .call_on(&replica, params, None, &call.context.ct)
+                .call_on(&replica, params, &caller, None, &call.context.ct)
                 .await;
             let (ok, outcome) = describe_attempt(attempt);
             failed |= !ok;
@@ -316,7 +319,11 @@ impl ControlServer {
                 Ok(started) => {
                     let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
                     let name = format!("{}-started-{n}", self.fleet.name);
-                    let upstream = Upstream::new(&name, Connector::http(&started.url));
+                    let connector = Connector::Http {
+                        url: started.url.clone(),
+                        bearer: Some(started.secret),
+                    };
+                    let upstream = Upstream::new(&name, connector);
                     let origin = Origin::Started(std::sync::Mutex::new(Some(started.child)));
                     self.fleet.add(upstream, origin);
                     added.push(json!({ "name": name, "endpoint": started.url }));

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use jetsonmind_core::upstream::Secret;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How to start one more compute replica.
@@ -21,21 +22,28 @@ pub struct Launcher {
     pub start_timeout: Duration,
 }
 
-/// A started replica: its process and the URL it serves.
+/// A started replica: its process, the URL it serves, and the secret it
+/// requires of every caller (only this process holds it).
 pub struct Started {
     pub child: Child,
     pub url: String,
+    pub secret: Secret,
 }
 
 impl Launcher {
     /// Start `jetsonmind compute --listen 127.0.0.1:0` and wait for its URL.
+    ///
+    /// Its port is open to every local user, so it requires a secret made
+    /// for this launch, handed over on its stdin (never in its arguments or
+    /// environment, which other users can read).
     pub async fn start(&self) -> Result<Started, String> {
+        let secret = jetsonmind_core::auth::keys::random_hex(32).map_err(|e| e.to_string())?;
         let mut command = Command::new(&self.program);
         command
             .args(&self.global_args)
-            .args(["compute", "--listen", "127.0.0.1:0"])
+            .args(["compute", "--listen", "127.0.0.1:0", "--secret-from-stdin"])
             .envs(self.env.iter().cloned())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             // A replica never outlives the process that started it: killed
@@ -55,6 +63,12 @@ impl Launcher {
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin
+            .write_all(format!("{secret}\n").as_bytes())
+            .await
+            .map_err(|e| format!("cannot hand the replica its secret: {e}"))?;
+        drop(stdin);
         let stderr = child.stderr.take().expect("stderr is piped");
         let mut lines = BufReader::new(stderr).lines();
         let found = tokio::time::timeout(self.start_timeout, async {
@@ -87,7 +101,11 @@ impl Launcher {
                 tracing::debug!(target: "jetsonmind_control::replica", "{line}");
             }
         });
-        Ok(Started { child, url })
+        Ok(Started {
+            child,
+            url,
+            secret: Secret::new(secret),
+        })
     }
 }
 

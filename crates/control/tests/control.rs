@@ -12,6 +12,7 @@ use std::time::Duration;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin, ROUTE_META_KEY};
 use jetsonmind_control::power::Power;
+use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::{Config, HttpConfig, McpConfig};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::{json_resource, json_tool_result};
@@ -26,6 +27,12 @@ use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_from};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+/// A caller with every right: this machine's user.
+fn local() -> &'static Principal {
+    static LOCAL: std::sync::LazyLock<Principal> = std::sync::LazyLock::new(Principal::local);
+    &LOCAL
+}
 
 #[derive(schemars::JsonSchema, serde::Deserialize)]
 #[allow(dead_code)]
@@ -301,6 +308,7 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
     };
     let work = fleet.call_tool(
         call("echo", json!({"text": "survive", "delay_ms": 1000})),
+        local(),
         None,
         None,
         &never,
@@ -342,6 +350,7 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
     };
     let work = fleet.call_tool(
         call("write", json!({"text": "once", "delay_ms": 1000})),
+        local(),
         None,
         None,
         &never,
@@ -356,7 +365,13 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
 
     // The dead replica is out of rotation; calls go to the live one.
     let result = fleet
-        .call_tool(call("write", json!({"text": "next"})), None, None, &never)
+        .call_tool(
+            call("write", json!({"text": "next"})),
+            local(),
+            None,
+            None,
+            &never,
+        )
         .await
         .unwrap();
     assert_eq!(structured(&result)["by"], spared.name);
@@ -386,6 +401,7 @@ async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
 
     let busy = fleet.call_tool(
         call("echo", json!({"text": "first", "delay_ms": 150})),
+        local(),
         None,
         None,
         &never,
@@ -393,7 +409,13 @@ async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
     let queued = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         fleet
-            .call_tool(call("echo", json!({"text": "second"})), None, None, &never)
+            .call_tool(
+                call("echo", json!({"text": "second"})),
+                local(),
+                None,
+                None,
+                &never,
+            )
             .await
     };
     let (first, second) = tokio::join!(busy, queued);
@@ -406,6 +428,7 @@ async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
 
     let long = fleet.call_tool(
         call("echo", json!({"text": "long", "delay_ms": 1000})),
+        local(),
         None,
         None,
         &never,
@@ -415,6 +438,7 @@ async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
         fleet
             .call_tool(
                 call("echo", json!({"text": "too many"})),
+                local(),
                 None,
                 None,
                 &never,

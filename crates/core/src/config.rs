@@ -232,6 +232,9 @@ pub struct HttpConfig {
     pub rate_limit_per_second: f64,
     /// Requests a client may make at once above that rate.
     pub rate_limit_burst: u32,
+    /// Rate-limit unauthenticated clients on loopback too (local agents run
+    /// many parallel workers from one address, so by default they are not).
+    pub rate_limit_loopback: bool,
 }
 
 impl Default for HttpConfig {
@@ -246,6 +249,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 600_000,
             rate_limit_per_second: 100.0,
             rate_limit_burst: 200,
+            rate_limit_loopback: false,
         }
     }
 }

@@ -21,7 +21,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::Catalog;
-use crate::auth::{Principal, principal_of};
+use crate::auth::{Principal, ToolAccess, caller_of};
 use crate::config::McpConfig;
 use crate::error::tool_error;
 use crate::subscribe::{self, ResourceUpdates, SessionSubscriptions};
@@ -85,6 +85,13 @@ pub trait McpUnit: Send + Sync + 'static {
     /// Whether a client may subscribe to `uri`: by default, any listed resource.
     fn can_subscribe(&self, uri: &str) -> bool {
         self.catalog().resources().iter().any(|r| r.uri == uri)
+    }
+
+    /// What authorizes a call of `tool` as listed here: by default the
+    /// catalog's tool itself. A unit that runs tools elsewhere (the gateway)
+    /// says what they are where they run.
+    fn tool_access(&self, tool: &str) -> Option<ToolAccess> {
+        self.catalog().tool(tool).map(ToolAccess::of)
     }
 }
 
@@ -159,10 +166,26 @@ impl<U: McpUnit> UnitServer<U> {
     }
 }
 
-/// An HTTP caller sees the tools it may call (and `handle_auth`, which
-/// everyone may ask who they are).
-fn may_list_tool(principal: &Principal, tool: &str) -> bool {
-    tool == "handle_auth" || principal.scopes.may_call(tool)
+/// A caller sees the tools it may call.
+fn may_list_tool<U: McpUnit>(unit: &U, principal: &Principal, tool: &str) -> bool {
+    unit.tool_access(tool)
+        .is_some_and(|access| principal.may_call(&access))
+}
+
+/// Refuse reading or watching `uri` to a caller without its scope.
+fn check_read(principal: &Principal, uri: &str) -> Result<(), McpError> {
+    match principal.may_read(uri) {
+        true => Ok(()),
+        false => Err(McpError::new(
+            crate::auth::FORBIDDEN,
+            format!(
+                "forbidden: {} needs the scope {}",
+                principal.id,
+                crate::auth::scope::resource_scope(uri)
+            ),
+            Some(serde_json::json!({ "uri": uri })),
+        )),
+    }
 }
 
 /// The protocol revisions served: every handshake era from 2024-11-05 up to
@@ -202,13 +225,13 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let principal = principal_of(&context.extensions);
+        let caller = caller_of(&context);
         let tools: Vec<Tool> = self
             .unit
             .catalog()
             .tools()
             .iter()
-            .filter(|t| principal.as_ref().is_none_or(|p| may_list_tool(p, &t.name)))
+            .filter(|t| may_list_tool(self.unit.as_ref(), &caller, &t.name))
             .cloned()
             .collect();
         Ok(self.list_hints(|ttl, scope| {
@@ -223,13 +246,13 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let principal = principal_of(&context.extensions);
+        let caller = caller_of(&context);
         let resources: Vec<_> = self
             .unit
             .catalog()
             .resources()
             .iter()
-            .filter(|r| principal.as_ref().is_none_or(|p| p.scopes.may_read(&r.uri)))
+            .filter(|r| caller.may_read(&r.uri))
             .cloned()
             .collect();
         Ok(self.list_hints(|ttl, scope| {
@@ -244,17 +267,13 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let principal = principal_of(&context.extensions);
+        let caller = caller_of(&context);
         let templates: Vec<_> = self
             .unit
             .catalog()
             .templates()
             .iter()
-            .filter(|t| {
-                principal
-                    .as_ref()
-                    .is_none_or(|p| p.scopes.may_read(&t.uri_template))
-            })
+            .filter(|t| caller.may_read(&t.uri_template))
             .cloned()
             .collect();
         Ok(self.list_hints(|ttl, scope| {
@@ -269,6 +288,7 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        check_read(&caller_of(&context), &request.uri)?;
         let mut result = self.unit.read_resource(&request.uri, context).await?;
         result.ttl_ms.get_or_insert(self.settings.read_ttl_ms);
         result.cache_scope.get_or_insert(CacheScope::Private);
@@ -286,6 +306,7 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        check_read(&caller_of(&context), &request.uri)?;
         let updates = self.updates_for(&request.uri)?;
         // Stateless HTTP requests carry their HTTP parts; there is no session
         // to send a later notification on.
@@ -333,13 +354,17 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let stop = context.request_context().ct.clone();
-        let uris = context
+        let uris: std::collections::BTreeSet<String> = context
             .accepted()
             .resource_subscriptions
             .iter()
             .flatten()
             .cloned()
             .collect();
+        let caller = caller_of(context.request_context());
+        for uri in &uris {
+            check_read(&caller, uri)?;
+        }
         if let Some(updates) = self.unit.updates() {
             subscribe::listen(updates, uris, context.sink().clone(), stop.clone()).await;
         }
@@ -362,6 +387,12 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
             ));
         };
         drop(catalog);
+        let caller = caller_of(&context);
+        if let Some(access) = self.unit.tool_access(&name)
+            && !caller.may_call(&access)
+        {
+            return Err(caller.refusal(&access));
+        }
         let started = Instant::now();
         let outcome = if violations.is_empty() {
             let call = ToolCall {

@@ -18,6 +18,7 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
+use jetsonmind_core::auth::{AccessLevel, Principal, caller_of};
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::model::{
     CallToolResult, ReadResourceResult, Resource, ResourceTemplate,
@@ -31,7 +32,7 @@ use jetsonmind_core::{
 use crate::analytics::Analytics;
 use crate::cache::InferenceCache;
 use crate::schema::{ManageModelsArgs, ModelAction, UpdateSettingsArgs};
-use crate::settings::Settings;
+use crate::settings::{Authority, Settings};
 use crate::store::{ModelStore, StoreError};
 use crate::telemetry::LinuxReader;
 
@@ -76,11 +77,17 @@ impl DataServer {
         }
     }
 
-    async fn update_settings(&self, args: UpdateSettingsArgs) -> CallToolResult {
+    async fn update_settings(&self, args: UpdateSettingsArgs, caller: Principal) -> CallToolResult {
         let settings = self.state.settings.clone();
         let dry_run = args.dry_run.unwrap_or(false);
-        let outcome =
-            tokio::task::spawn_blocking(move || settings.update(&args.settings, dry_run)).await;
+        let authority = match caller.is_admin() {
+            true => Authority::Admin,
+            false => Authority::Operator,
+        };
+        let outcome = tokio::task::spawn_blocking(move || {
+            settings.update(&args.settings, dry_run, authority)
+        })
+        .await;
         match outcome {
             Ok(Ok(update)) => json_tool_result(&update),
             Ok(Err(e)) => tool_error(format!("settings not changed: {e}")),
@@ -166,18 +173,19 @@ fn catalog() -> Catalog {
             .with_mime_type("application/json"),
     ];
     let tools = vec![
-        tool_from::<UpdateSettingsArgs>(
+        AccessLevel::Admin.mark(tool_from::<UpdateSettingsArgs>(
             "update_settings",
             "Change settings of this node. They are checked against the whole configuration \
              (errors name the key), saved in the data dir, and subscribers of \
              jetson://config/settings are notified. The result says which keys are in effect \
-             now and which after a restart.",
-        ),
-        tool_from::<ManageModelsArgs>(
+             now and which after a restart. Settings that decide who is trusted (auth, \
+             gateway backends, allowed hosts and origins, replicas, power commands) need `admin`.",
+        )),
+        AccessLevel::Admin.mark(tool_from::<ManageModelsArgs>(
             "manage_models",
             "The model store: list models, verify a model's files against their sha256, or \
              remove a model.",
-        ),
+        )),
     ];
     Catalog::new(tools, resources, templates).expect("the data catalog is valid")
 }
@@ -203,7 +211,10 @@ impl McpUnit for DataServer {
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         match call.name.as_str() {
-            "update_settings" => Ok(self.update_settings(call.parse()?).await),
+            "update_settings" => {
+                let caller = caller_of(&call.context);
+                Ok(self.update_settings(call.parse()?, caller).await)
+            }
             "manage_models" => Ok(self.manage_models(call.parse()?).await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),

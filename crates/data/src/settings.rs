@@ -14,12 +14,52 @@ use tokio::sync::watch;
 /// The keys whose new values take effect without a restart.
 const LIVE_PREFIXES: &[&str] = &["cache.", "data.notify_interval_ms"];
 
+/// Settings that decide who is trusted or what runs on the host: only an
+/// administrator may change them, whoever else may call `update_settings`.
+pub const TRUST_KEYS: &[&str] = &[
+    "auth",
+    "gateway.backends",
+    "http.listen",
+    "http.allowed_hosts",
+    "http.allowed_origins",
+    "control.replicas",
+    "control.allow_power_changes",
+    "control.nvpmodel_query_command",
+    "control.nvpmodel_set_command",
+    "control.jetson_clocks_command",
+    "data.dir",
+];
+
+/// Whether the dotted `key` is, holds, or lies within a trust setting.
+fn touches_trust(key: &str) -> bool {
+    let within = |outer: &str, inner: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|r| r.starts_with('.'))
+    };
+    TRUST_KEYS
+        .iter()
+        .any(|trust| within(trust, key) || within(key, trust))
+}
+
+/// Who asks for an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// May change every setting.
+    Admin,
+    /// May change settings, but not the [`TRUST_KEYS`].
+    Operator,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("{0}")]
     Invalid(String),
     #[error("cannot save the settings: {0}")]
     Save(String),
+    #[error("{0} decide(s) who is trusted: only the admin scope may change them")]
+    Forbidden(String),
 }
 
 /// What an update did.
@@ -78,6 +118,7 @@ impl Settings {
         &self,
         patch: &Map<String, Value>,
         dry_run: bool,
+        authority: Authority,
     ) -> Result<Update, SettingsError> {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.sources.settings_path().map_err(invalid)?;
@@ -87,6 +128,14 @@ impl Settings {
         apply_patch(&mut settings, patch, "", &mut changed)?;
         if changed.is_empty() {
             return Err(SettingsError::Invalid("no settings given".into()));
+        }
+        let trust: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|key| touches_trust(key))
+            .collect();
+        if authority != Authority::Admin && !trust.is_empty() {
+            return Err(SettingsError::Forbidden(trust.join(", ")));
         }
         let config = self.check(&settings, &changed)?;
         let overridden = overridden_keys(&config, &settings, &changed);
@@ -272,6 +321,7 @@ mod tests {
             .update(
                 &patch(json!({"cache": {"ttl_secs": 60}, "compute": {"parallel": 2}})),
                 false,
+                Authority::Admin,
             )
             .unwrap();
         assert_eq!(update.changed, ["cache.ttl_secs", "compute.parallel"]);
@@ -284,7 +334,11 @@ mod tests {
         assert_eq!(restarted.current().compute.parallel, 2);
         // null resets to the default.
         restarted
-            .update(&patch(json!({"cache": {"ttl_secs": null}})), false)
+            .update(
+                &patch(json!({"cache": {"ttl_secs": null}})),
+                false,
+                Authority::Admin,
+            )
             .unwrap();
         assert_eq!(settings(dir.path(), &[]).current().cache.ttl_secs, 3600);
     }
@@ -303,7 +357,9 @@ mod tests {
             (json!({}), "no settings"),
         ];
         for (bad, named) in cases {
-            let err = live.update(&patch(bad.clone()), false).unwrap_err();
+            let err = live
+                .update(&patch(bad.clone()), false, Authority::Admin)
+                .unwrap_err();
             assert!(err.to_string().contains(named), "{bad}: {err}");
         }
         assert!(!dir.path().join("settings.toml").exists());
@@ -318,15 +374,50 @@ mod tests {
             .update(
                 &patch(json!({"cache": {"ttl_secs": 60, "max_bytes": 4096}})),
                 false,
+                Authority::Admin,
             )
             .unwrap();
         assert_eq!(update.overridden, ["cache.ttl_secs"]);
         assert_eq!(update.effective_now, ["cache.max_bytes"]);
         assert_eq!(live.current().cache.ttl_secs, 7);
         let dry = live
-            .update(&patch(json!({"cache": {"max_bytes": 8192}})), true)
+            .update(
+                &patch(json!({"cache": {"max_bytes": 8192}})),
+                true,
+                Authority::Admin,
+            )
             .unwrap();
         assert!(dry.dry_run);
         assert_eq!(live.current().cache.max_bytes, 4096);
+    }
+
+    #[test]
+    fn only_an_admin_changes_who_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = settings(dir.path(), &[]);
+        let before = live.current();
+        for attack in [
+            json!({"auth": {"oauth": {"issuer": "https://evil", "jwks_url": "https://evil/jwks",
+                                      "audience": "x"}}}),
+            json!({"auth": null}),
+            json!({"http": {"allowed_hosts": ["evil.example"]}}),
+            json!({"http": null}),
+            json!({"gateway": {"backends": []}}),
+            json!({"control": {"nvpmodel_set_command": ["sh", "-c", "id"]}}),
+        ] {
+            let err = live
+                .update(&patch(attack.clone()), false, Authority::Operator)
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("only the admin scope"),
+                "{attack}: {err}"
+            );
+        }
+        assert_eq!(live.current(), before, "nothing changed");
+        assert!(!dir.path().join("settings.toml").exists(), "nothing saved");
+        let ordinary = patch(json!({"cache": {"ttl_secs": 5}}));
+        live.update(&ordinary, false, Authority::Operator).unwrap();
+        let trusted = patch(json!({"http": {"allowed_hosts": ["edge.example"]}}));
+        live.update(&trusted, true, Authority::Admin).unwrap();
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use jetsonmind_control::fleet::{Attempt, Fleet};
+use jetsonmind_core::auth::Principal;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
 use jetsonmind_core::tool_error;
@@ -23,10 +24,13 @@ struct Answer {
     value: Value,
 }
 
+/// Send `tool` to every eligible replica of `fleet` as `caller`; each call is
+/// authorized where it is dispatched ([`Fleet::call_on`]).
 pub async fn fan_out(
     fleet: &Fleet,
     tool: &str,
     arguments: JsonObject,
+    caller: &Principal,
     strategy: AggregateStrategy,
     cancel: &CancellationToken,
 ) -> CallToolResult {
@@ -48,7 +52,7 @@ pub async fn fan_out(
             let params =
                 CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.clone());
             async move {
-                let attempt = fleet.call_on(replica, params, None, cancel).await;
+                let attempt = fleet.call_on(replica, params, caller, None, cancel).await;
                 answer(replica.name(), attempt)
             }
         })

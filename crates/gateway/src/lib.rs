@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use jetsonmind_control::fleet::{Fleet, FleetSettings, ReplicaHealth};
-use jetsonmind_core::auth::{Auth, Principal, principal_of};
+use jetsonmind_core::auth::{AccessLevel, Auth, Principal, ToolAccess, caller_of, principal_of};
 use jetsonmind_core::config::{GatewayConfig, is_backend_name, is_http_url};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::json_tool_result;
@@ -51,6 +51,8 @@ pub struct Gateway {
     configured: usize,
     own_tools: Vec<Tool>,
     view: RwLock<Arc<View>>,
+    /// Each backend's [`Fleet::generation`] the view was built from.
+    built_from: Mutex<Vec<u64>>,
     /// Changes of the federated resources, for the gateway's own subscribers.
     updates: Arc<ResourceUpdates>,
     changes: mpsc::UnboundedSender<ResourceChange>,
@@ -71,11 +73,11 @@ pub struct BackendStatus {
 
 fn own_tools() -> Vec<Tool> {
     vec![
-        tool_from::<ManageConnectionsArgs>(
+        AccessLevel::Admin.mark(tool_from::<ManageConnectionsArgs>(
             "manage_connections",
             "List the federated backends (state, replicas, what each offers) and the client \
              connections, or close a client connection.",
-        ),
+        )),
         tool_from::<ValidateRequestArgs>(
             "validate_request",
             "Check a tool call's arguments against the tool's input schema without running it.",
@@ -84,15 +86,16 @@ fn own_tools() -> Vec<Tool> {
             "aggregate_responses",
             "Fan one tool call out to every replica and combine the answers (first, all, majority).",
         ),
-        tool_from::<HandleAuthArgs>(
+        // Anyone may ask who they are; managing keys checks `admin` itself.
+        AccessLevel::Anyone.mark(tool_from::<HandleAuthArgs>(
             "handle_auth",
             "Show the caller's identity and scopes, or manage API keys.",
-        ),
-        tool_from::<ProtocolBridgeArgs>(
+        )),
+        AccessLevel::Admin.mark(tool_from::<ProtocolBridgeArgs>(
             "protocol_bridge",
             "Federate another MCP server into this gateway at run time (Streamable HTTP URL, or a \
              program speaking MCP on stdio), list the bridges, or remove one.",
-        ),
+        )),
     ]
 }
 
@@ -138,6 +141,7 @@ impl Gateway {
             fleet_settings,
             own_tools,
             view: RwLock::new(Arc::new(view)),
+            built_from: Mutex::default(),
             updates: Arc::default(),
             changes,
             incoming_changes: Mutex::new(Some(incoming)),
@@ -206,21 +210,23 @@ impl Gateway {
             .cloned()
     }
 
-    /// Check every backend once and rebuild the view if anything changed.
+    /// Check every backend once and rebuild the view if anything changed,
+    /// here or seen by another checker (the control server checks the
+    /// compute fleet it scales).
     pub async fn refresh(&self) {
         let backends = self.backends();
         let checks = backends.iter().map(|backend| backend.check());
-        let changed = futures::future::join_all(checks)
-            .await
-            .into_iter()
-            .any(|c| c);
-        if changed {
+        futures::future::join_all(checks).await;
+        let now: Vec<u64> = backends.iter().map(|b| b.generation()).collect();
+        if *self.built_from.lock().expect("built_from lock") != now {
             self.rebuild_view();
         }
     }
 
     fn rebuild_view(&self) {
         let backends = self.backends();
+        *self.built_from.lock().expect("built_from lock") =
+            backends.iter().map(|b| b.generation()).collect();
         let offers: Vec<_> = backends.iter().map(|b| b.offer()).collect();
         let live: Vec<_> = offers
             .iter()
@@ -360,6 +366,7 @@ impl Gateway {
         let outcome = backend
             .call_tool(
                 params,
+                &caller_of(&call.context),
                 None,
                 ProgressSink::of_request(&call.context),
                 &call.context.ct,
@@ -388,11 +395,13 @@ impl Gateway {
             }
             "aggregate_responses" => {
                 let args: AggregateResponsesArgs = call.parse()?;
-                Ok(self.aggregate(args, &call.context.ct).await)
+                let caller = caller_of(&call.context);
+                Ok(self.aggregate(args, &caller, &call.context.ct).await)
             }
             "handle_auth" => {
-                let principal = principal_of(&call.context.extensions);
-                Ok(self.handle_auth(call.parse()?, principal))
+                let caller = caller_of(&call.context);
+                let over_http = principal_of(&call.context.extensions).is_some();
+                Ok(self.handle_auth(call.parse()?, caller, over_http))
             }
             "protocol_bridge" => {
                 let args: ProtocolBridgeArgs = call.parse()?;
@@ -429,24 +438,31 @@ impl Gateway {
         }
     }
 
-    /// `principal` is `None` over stdio and in-process: this machine's user.
-    fn handle_auth(&self, args: HandleAuthArgs, principal: Option<Principal>) -> CallToolResult {
+    /// Who `caller` is; key management for admins (or `tools:handle_auth`).
+    fn handle_auth(
+        &self,
+        args: HandleAuthArgs,
+        caller: Principal,
+        over_http: bool,
+    ) -> CallToolResult {
         let auth = self.access.get().map(|(auth, _)| auth);
         if args.action == AuthAction::Whoami {
             return json_tool_result(&json!({
-                "principal": principal.clone().unwrap_or_else(Principal::local),
-                "transport": if principal.is_some() { "http" } else { "stdio or in-process" },
+                "principal": caller,
+                "transport": if over_http { "http" } else { "stdio or in-process" },
                 "authentication_required": auth.is_some_and(|a| a.required()),
             }));
         }
-        if let Some(principal) = &principal
-            && !principal.scopes.may_call("handle_auth")
-        {
+        let managing_keys = ToolAccess {
+            name: "handle_auth".into(),
+            level: AccessLevel::Admin,
+        };
+        if !caller.may_call(&managing_keys) {
             return tool_error(format!(
                 "{:?} needs the admin scope (or tools:handle_auth); {} holds: {}",
                 args.action,
-                principal.id,
-                principal.scopes.as_slice().join(" ")
+                caller.id,
+                caller.scopes.as_slice().join(" ")
             ));
         }
         let Some(auth) = auth else {
@@ -479,6 +495,7 @@ impl Gateway {
     async fn aggregate(
         &self,
         args: AggregateResponsesArgs,
+        caller: &Principal,
         cancel: &CancellationToken,
     ) -> CallToolResult {
         let Some((backend, original)) = self.route_of(&args.tool) else {
@@ -487,6 +504,13 @@ impl Gateway {
                 args.tool
             ));
         };
+        // Each fanned-out call is authorized where it is sent; saying so once
+        // here gives the caller one clear answer instead of one per replica.
+        if let Some(access) = self.tool_access(&args.tool)
+            && !caller.may_call(&access)
+        {
+            return tool_error(caller.refusal(&access).message.to_string());
+        }
         let view = self.current();
         if let Some(errors) = view.catalog.check_arguments(&args.tool, &args.arguments)
             && !errors.is_empty()
@@ -497,7 +521,15 @@ impl Gateway {
                 errors.join("; ")
             ));
         }
-        aggregate::fan_out(&backend, &original, args.arguments, args.strategy, cancel).await
+        aggregate::fan_out(
+            &backend,
+            &original,
+            args.arguments,
+            caller,
+            args.strategy,
+            cancel,
+        )
+        .await
     }
 
     async fn protocol_bridge(&self, args: ProtocolBridgeArgs) -> CallToolResult {
@@ -576,6 +608,21 @@ impl McpUnit for Gateway {
 
     fn updates(&self) -> Option<Arc<ResourceUpdates>> {
         Some(self.updates.clone())
+    }
+
+    /// A federated tool is authorized on its backend's own name and the
+    /// access level it declares there, never on the name it is listed under.
+    fn tool_access(&self, tool: &str) -> Option<ToolAccess> {
+        let view = self.current();
+        let listed = view.catalog.tool(tool)?;
+        let level = AccessLevel::of(listed);
+        Some(match view.tools.get(tool) {
+            Some(route) => ToolAccess {
+                name: route.original.clone(),
+                level,
+            },
+            None => ToolAccess::of(listed),
+        })
     }
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use http::StatusCode;
+use jetsonmind_core::auth::{FORBIDDEN, Principal, delegate};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
     ServerResult,
@@ -80,12 +82,16 @@ impl OpenAi {
         )
     }
 
+    /// `text_generate` through the gateway, as `caller` (the HTTP request's
+    /// principal; this pipe itself is trusted with everything).
     async fn generate(
         &self,
         arguments: JsonObject,
+        caller: &Principal,
         sink: Option<ProgressSink>,
     ) -> Result<Value, ApiError> {
-        let params = CallToolRequestParams::new("text_generate").with_arguments(arguments);
+        let mut params = CallToolRequestParams::new("text_generate").with_arguments(arguments);
+        delegate(&mut params.meta, caller);
         // Dropping this future (a client hanging up) cancels the generation.
         let never = CancellationToken::new();
         let call = upstream::call_tool(
@@ -99,6 +105,9 @@ impl OpenAi {
         match call.await {
             Ok(ServerResult::CallToolResult(result)) => tool_outcome(result),
             Ok(_) => Err(ApiError::server("unexpected result from text_generate")),
+            Err(ForwardError::Service(ServiceError::McpError(e))) if e.code == FORBIDDEN => {
+                Err(ApiError::forbidden(e.message.to_string()))
+            }
             Err(ForwardError::Service(ServiceError::McpError(e))) => {
                 Err(ApiError::invalid(e.message.to_string()))
             }
@@ -129,6 +138,15 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             code: None,
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: Some("insufficient_scope"),
             message: message.into(),
         }
     }
@@ -330,7 +348,12 @@ fn message_json(message: &ChatMessage) -> Result<Value, ApiError> {
     Ok(json!({"role": role, "content": content}))
 }
 
-async fn chat_completions(State(api): State<Arc<OpenAi>>, body: axum::body::Bytes) -> Response {
+async fn chat_completions(
+    State(api): State<Arc<OpenAi>>,
+    caller: Option<Extension<Principal>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let caller = caller.map_or_else(Principal::local, |Extension(p)| p);
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return ApiError::invalid(format!("invalid request body: {e}")).into_response(),
@@ -340,9 +363,9 @@ async fn chat_completions(State(api): State<Arc<OpenAi>>, body: axum::body::Byte
         Err(e) => return e.into_response(),
     };
     if request.stream {
-        return Sse::new(stream_completion(api, request, arguments)).into_response();
+        return Sse::new(stream_completion(api, request, arguments, caller)).into_response();
     }
-    match api.generate(arguments, None).await {
+    match api.generate(arguments, &caller, None).await {
         Ok(out) => Json(completion_body(
             &api.completion_id(),
             &request.model_name(),
@@ -386,13 +409,14 @@ fn stream_completion(
     api: Arc<OpenAi>,
     request: ChatRequest,
     arguments: JsonObject,
+    caller: Principal,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         let id = api.completion_id();
         let model = request.model_name();
         yield Ok(chunk(&id, &model, json!({"role": "assistant", "content": ""}), Value::Null));
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
-        let generation = api.generate(arguments, Some(ProgressSink::channel(progress_tx)));
+        let generation = api.generate(arguments, &caller, Some(ProgressSink::channel(progress_tx)));
         tokio::pin!(generation);
         let mut sent = String::new();
         let outcome = loop {

@@ -129,4 +129,9 @@ pub struct Transport {
     /// Serve Streamable HTTP at `http://ADDR/mcp` (default from config: 127.0.0.1:8080).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Read one line from stdin, a secret that callers must present as their
+    /// bearer token (besides any key or token the config accepts). How
+    /// `scale_cluster` starts replicas that only it can call.
+    #[arg(long, conflicts_with = "stdio", hide = true)]
+    pub secret_from_stdin: bool,
 }

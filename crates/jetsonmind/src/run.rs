@@ -11,7 +11,7 @@ use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::scale::Launcher;
-use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
+use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore, ToolResolver};
 use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::serve::{self, MCP_PATH};
@@ -169,9 +169,8 @@ fn launcher(cli: &Cli, config: &Config) -> anyhow::Result<Launcher> {
     Ok(Launcher {
         program,
         global_args,
-        // They listen on loopback for this process alone, which holds no
-        // credentials for them.
-        env: vec![("JETSONMIND_AUTH__REQUIRED".into(), "false".into())],
+        // Each is given a secret of its own on stdin and requires it.
+        env: Vec::new(),
         start_timeout: Duration::from_millis(config.control.replica_start_timeout_ms),
     })
 }
@@ -190,7 +189,11 @@ impl Access {
         let auth = match command.transport() {
             Some(t) if !t.stdio => {
                 let listen = t.listen.unwrap_or(config.http.listen);
-                Auth::new(&config.auth, keys, Some(listen))?
+                let auth = Auth::new(&config.auth, keys, Some(listen))?;
+                match t.secret_from_stdin {
+                    true => auth.with_launcher_secret(read_secret_line()?),
+                    false => auth,
+                }
             }
             _ => Auth::off(keys),
         };
@@ -401,12 +404,15 @@ async fn serve_server<U: McpUnit>(
         .metrics_route()
         .merge(auth::metadata_routes(&shared.access.auth));
     let extra = extra.merge(serve::guard_headers(plain, &config.http));
+    let unit = server.unit().clone();
+    let tools: ToolResolver = Arc::new(move |name| unit.tool_access(name));
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
     let access = &shared.access;
-    let gate = Gatekeeper::new(
+    let gate = Gatekeeper::with_tools(
         access.auth.clone(),
         &config.http,
         access.connections.clone(),
+        Some(tools),
     );
     let router = serve::with_limits(routes, &config.http)
         .layer(axum::middleware::from_fn_with_state(gate, auth::guard));
@@ -433,6 +439,20 @@ async fn serve_server<U: McpUnit>(
     eprintln!("{name} listening on http://{bound}{MCP_PATH}");
     serve::serve_http(listener, router, shutdown, access.connections.clone()).await?;
     Ok(())
+}
+
+/// The launcher's secret: one line on stdin, which it then closes.
+fn read_secret_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the secret from stdin")?;
+    let secret = line.trim().to_string();
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "--secret-from-stdin: expected a secret of at least 32 characters on stdin"
+    );
+    Ok(secret)
 }
 
 fn is_loopback_name(host: &str) -> bool {

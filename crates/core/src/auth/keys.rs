@@ -188,7 +188,8 @@ impl KeyStore {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String, KeyError> {
+/// `bytes` random bytes from the system, as hex.
+pub fn random_hex(bytes: usize) -> Result<String, KeyError> {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer)
         .map_err(|e| KeyError::Invalid(format!("no randomness from the system: {e}")))?;
@@ -199,7 +200,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -221,7 +222,7 @@ mod tests {
 
         let (stored, scopes) = store.verify(&made.key).unwrap();
         assert_eq!(stored.name, "ci");
-        assert!(scopes.may_call("text_generate"));
+        assert!(scopes.grants("tools:text_generate"));
         let mut wrong = made.key.clone();
         wrong.pop();
         wrong.push('x');

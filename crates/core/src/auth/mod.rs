@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{AuthConfig, HttpConfig};
@@ -30,10 +30,15 @@ use crate::ratelimit::RateLimiter;
 use crate::{CoreError, serve};
 pub use keys::KeyStore;
 use oauth::OAuthVerifier;
-pub use scope::Scopes;
+pub use scope::{AccessLevel, Scopes, ToolAccess};
 
 /// The caller of a request.
-#[derive(Debug, Clone, Serialize)]
+///
+/// A call forwarded by a gateway carries its caller along (`_meta`, see
+/// [`delegate`]); the server that receives it authorizes the call as that
+/// caller, bounded by the credential of every hop it came through (`via`), so
+/// a forwarded identity can only narrow what the forwarding connection may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// `key:ID`, `oauth:SUBJECT`, or `local` when authentication is off.
     pub id: String,
@@ -41,16 +46,31 @@ pub struct Principal {
     pub name: String,
     pub method: AuthMethod,
     pub scopes: Scopes,
+    /// The hops this caller's request came through, each bounding its rights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<Hop>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A connection a forwarded request came through, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    pub id: String,
+    pub scopes: Scopes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// Authentication is off (loopback, not required): every scope.
     None,
     ApiKey,
     OAuth,
+    /// The secret of a replica started by this node's `scale_cluster`.
+    Launcher,
 }
+
+/// The request `_meta` key a forwarded call's caller travels in.
+pub const CALLER_META_KEY: &str = "jetsonmind/caller";
 
 impl Principal {
     /// A caller on a server that does not require authentication.
@@ -60,15 +80,72 @@ impl Principal {
             name: "local".into(),
             method: AuthMethod::None,
             scopes: Scopes::all(),
+            via: Vec::new(),
         }
     }
+
+    fn scope_sets(&self) -> impl Iterator<Item = &Scopes> {
+        std::iter::once(&self.scopes).chain(self.via.iter().map(|hop| &hop.scopes))
+    }
+
+    pub fn grants(&self, scope: &str) -> bool {
+        self.scope_sets().all(|s| s.grants(scope))
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.scope_sets().all(Scopes::is_admin)
+    }
+
+    pub fn may_call(&self, tool: &ToolAccess) -> bool {
+        self.scope_sets().all(|s| s.may_call(tool))
+    }
+
+    pub fn may_read(&self, uri: &str) -> bool {
+        self.scope_sets().all(|s| s.may_read(uri))
+    }
+
+    /// This caller, as received over a connection authenticated as `hop`.
+    fn received_via(mut self, hop: &Principal) -> Self {
+        // A connection with every right (in-process, stdio, auth off) bounds nothing.
+        if hop.method != AuthMethod::None {
+            self.via.push(Hop {
+                id: hop.id.clone(),
+                scopes: hop.scopes.clone(),
+            });
+            self.via.extend(hop.via.iter().cloned());
+        }
+        self
+    }
+
+    /// Why `tool` is refused to this caller, as an MCP error.
+    pub fn refusal(&self, tool: &ToolAccess) -> rmcp::ErrorData {
+        let hint = match tool.level {
+            AccessLevel::Admin => " (an administrative tool: `admin` or exactly that scope)",
+            _ => "",
+        };
+        rmcp::ErrorData::new(
+            FORBIDDEN,
+            format!(
+                "forbidden: {} needs the scope {}{hint}",
+                self.id,
+                tool.scope()
+            ),
+            Some(json!({ "requiredScope": tool.scope(), "caller": self.id })),
+        )
+    }
 }
+
+/// JSON-RPC error code of a call the caller may not make (an
+/// implementation-defined server error).
+pub const FORBIDDEN: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32003);
 
 /// How an HTTP server admits requests.
 pub struct Auth {
     required: bool,
     keys: Arc<KeyStore>,
     oauth: Option<OAuthVerifier>,
+    /// Set on a replica started by `scale_cluster`: the secret its launcher holds.
+    launcher_secret: Option<String>,
 }
 
 /// Why a request was not admitted, as an RFC 6750 challenge.
@@ -107,7 +184,16 @@ impl Auth {
             required,
             keys,
             oauth: config.oauth.clone().map(OAuthVerifier::new),
+            launcher_secret: None,
         })
+    }
+
+    /// A replica started by another process's `scale_cluster`: it requires
+    /// credentials whatever it listens on, and its launcher's `secret` is one.
+    pub fn with_launcher_secret(mut self, secret: String) -> Self {
+        self.required = true;
+        self.launcher_secret = Some(secret);
+        self
     }
 
     /// No authentication: every caller is [`Principal::local`].
@@ -116,6 +202,7 @@ impl Auth {
             required: false,
             keys,
             oauth: None,
+            launcher_secret: None,
         }
     }
 
@@ -134,6 +221,17 @@ impl Auth {
         let Some(token) = bearer(headers) else {
             return Err(Refusal::unauthenticated(None, "credentials required"));
         };
+        if let Some(secret) = &self.launcher_secret
+            && keys::constant_time_eq(secret.as_bytes(), token.as_bytes())
+        {
+            return Ok(Principal {
+                id: "launcher".into(),
+                name: "the process that started this replica".into(),
+                method: AuthMethod::Launcher,
+                scopes: Scopes::all(),
+                via: Vec::new(),
+            });
+        }
         if token.starts_with("jm_") {
             return match self.keys.verify(token) {
                 Some((key, scopes)) => Ok(Principal {
@@ -141,6 +239,7 @@ impl Auth {
                     name: key.name,
                     method: AuthMethod::ApiKey,
                     scopes,
+                    via: Vec::new(),
                 }),
                 None => Err(Refusal::unauthenticated(
                     Some("invalid_token"),
@@ -160,6 +259,7 @@ impl Auth {
                 name: identity.subject,
                 method: AuthMethod::OAuth,
                 scopes: identity.scopes,
+                via: Vec::new(),
             }),
             Err(e) => Err(Refusal::unauthenticated(
                 Some("invalid_token"),
@@ -294,22 +394,63 @@ impl Refusal {
     }
 }
 
+/// Finds what authorizes a call of a tool by the name this server lists it
+/// under (a gateway resolves its renamed tools to their backend's).
+pub type ToolResolver = Arc<dyn Fn(&str) -> Option<ToolAccess> + Send + Sync>;
+
 /// Everything the [`guard`] middleware needs.
 pub struct Gatekeeper {
     pub auth: Arc<Auth>,
     pub limiter: RateLimiter,
     pub connections: Arc<Connections>,
     max_body_bytes: usize,
+    /// Whether unauthenticated loopback clients are rate-limited too.
+    limit_local: bool,
+    tools: Option<ToolResolver>,
 }
 
 impl Gatekeeper {
     pub fn new(auth: Arc<Auth>, http: &HttpConfig, connections: Arc<Connections>) -> Arc<Self> {
+        Self::with_tools(auth, http, connections, None)
+    }
+
+    /// A gatekeeper that checks tool calls on what `tools` resolves them to.
+    pub fn with_tools(
+        auth: Arc<Auth>,
+        http: &HttpConfig,
+        connections: Arc<Connections>,
+        tools: Option<ToolResolver>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             auth,
             limiter: RateLimiter::new(http.rate_limit_per_second, http.rate_limit_burst),
             connections,
             max_body_bytes: http.max_body_bytes,
+            limit_local: http.rate_limit_loopback,
+            tools,
         })
+    }
+
+    /// The rate bucket of a caller: its principal when authenticated, its
+    /// address otherwise; `None` for a local agent on loopback (by default).
+    fn rate_bucket(&self, principal: &Principal, peer: IpAddr) -> Option<String> {
+        match principal.method {
+            AuthMethod::None if peer.is_loopback() && !self.limit_local => None,
+            AuthMethod::None => Some(peer.to_string()),
+            // A launcher's calls are the node's own traffic, limited where it came in.
+            AuthMethod::Launcher => None,
+            _ => Some(principal.id.clone()),
+        }
+    }
+
+    fn tool_access(&self, name: &str) -> ToolAccess {
+        self.tools
+            .as_ref()
+            .and_then(|resolve| resolve(name))
+            .unwrap_or_else(|| ToolAccess {
+                name: name.to_string(),
+                level: AccessLevel::Scoped,
+            })
     }
 }
 
@@ -330,11 +471,9 @@ pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: 
     if let Some(id) = request.extensions().get::<ConnectionId>() {
         gate.connections.seen(*id, &principal.id);
     }
-    let client = match principal.method {
-        AuthMethod::None => client_address(&request).to_string(),
-        _ => principal.id.clone(),
-    };
-    if let Err(retry_after) = gate.limiter.check(&client) {
+    if let Some(bucket) = gate.rate_bucket(&principal, client_address(&request))
+        && let Err(retry_after) = gate.limiter.check(&bucket)
+    {
         return too_many_requests(retry_after);
     }
     let (parts, body) = request.into_parts();
@@ -347,17 +486,12 @@ pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: 
             }
         }
     };
-    let missing: Vec<&String> = needed
+    let missing: Vec<String> = needed
         .iter()
-        .filter(|scope| !principal.scopes.grants(scope))
+        .filter_map(|need| need.missing_for(&principal, &gate))
         .collect();
     if !missing.is_empty() {
-        let scopes = missing
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        return Refusal::insufficient(scopes).into_response(metadata_url);
+        return Refusal::insufficient(missing.join(" ")).into_response(metadata_url);
     }
     let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(principal);
@@ -384,17 +518,41 @@ fn too_many_requests(retry_after: std::time::Duration) -> Response {
     response
 }
 
-/// The scopes a request needs; the body is read (and handed back) for MCP POSTs.
+/// What a request asks to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Need {
+    /// A scope as such (`metrics`, `resources:URI`).
+    Scope(String),
+    /// A tool, by the name this server lists it under.
+    Tool(String),
+}
+
+impl Need {
+    /// The scope `principal` lacks for this, if any.
+    fn missing_for(&self, principal: &Principal, gate: &Gatekeeper) -> Option<String> {
+        match self {
+            Need::Scope(scope) => (!principal.grants(scope)).then(|| scope.clone()),
+            Need::Tool(name) => {
+                let access = gate.tool_access(name);
+                (!principal.may_call(&access)).then(|| access.scope())
+            }
+        }
+    }
+}
+
+/// What a request needs; the body is read (and handed back) for MCP POSTs.
 async fn needed_scopes(
     path: &str,
     method: &http::Method,
     body: Body,
     limit: usize,
-) -> Result<(Vec<String>, Body), Response> {
+) -> Result<(Vec<Need>, Body), Response> {
     let fixed = match path {
-        "/metrics" => Some(vec!["metrics".to_string()]),
-        "/v1/models" => Some(vec![scope::resource_scope("jetson://models/available")]),
-        "/v1/chat/completions" => Some(vec![scope::tool_scope("text_generate")]),
+        "/metrics" => Some(vec![Need::Scope("metrics".into())]),
+        "/v1/models" => Some(vec![Need::Scope(scope::resource_scope(
+            "jetson://models/available",
+        ))]),
+        "/v1/chat/completions" => Some(vec![Need::Tool("text_generate".into())]),
         _ => None,
     };
     if let Some(fixed) = fixed {
@@ -408,49 +566,63 @@ async fn needed_scopes(
         (StatusCode::PAYLOAD_TOO_LARGE, message).into_response()
     })?;
     let needed = serde_json::from_slice::<Value>(&bytes)
-        .map(|message| mcp_scopes(&message))
+        .map(|message| mcp_needs(&message))
         .unwrap_or_default();
     Ok((needed, Body::from(bytes)))
 }
 
 /// What one JSON-RPC message (or a batch) asks to use.
-fn mcp_scopes(message: &Value) -> Vec<String> {
+fn mcp_needs(message: &Value) -> Vec<Need> {
     if let Value::Array(batch) = message {
-        return batch.iter().flat_map(mcp_scopes).collect();
+        return batch.iter().flat_map(mcp_needs).collect();
     }
     let params = &message["params"];
     let method = message["method"].as_str().unwrap_or_default();
+    let resources = |uris: Vec<String>| {
+        uris.into_iter()
+            .map(|uri| Need::Scope(scope::resource_scope(&uri)))
+            .collect()
+    };
     match method {
-        "tools/call" => match params["name"].as_str() {
-            // Anyone may ask who they are; its other actions check `admin` themselves.
-            Some("handle_auth") => Vec::new(),
-            Some(tool) => vec![scope::tool_scope(tool)],
-            None => Vec::new(),
-        },
+        "tools/call" => params["name"]
+            .as_str()
+            .map(|tool| vec![Need::Tool(tool.to_string())])
+            .unwrap_or_default(),
         "resources/read" | "resources/subscribe" => params["uri"]
             .as_str()
-            .map(|uri| vec![scope::resource_scope(uri)])
+            .map(|uri| resources(vec![uri.to_string()]))
             .unwrap_or_default(),
-        "subscriptions/listen" => subscribed_uris(params)
-            .into_iter()
-            .map(|uri| scope::resource_scope(&uri))
-            .collect(),
+        "subscriptions/listen" => resources(subscribed_uris(params)),
         _ => Vec::new(),
     }
 }
 
-/// `resourceSubscriptions` wherever the listen request carries it.
-fn subscribed_uris(params: &Value) -> Vec<String> {
-    let lists = [
-        &params["resourceSubscriptions"],
-        &params["filter"]["resourceSubscriptions"],
-    ];
-    lists
-        .iter()
-        .filter_map(|list| list.as_array())
-        .flatten()
-        .filter_map(|uri| uri.as_str().map(str::to_string))
-        .collect()
+/// Every URI a listen request names, in whatever shape the request carries
+/// them (`resourceSubscriptions` at the top, under `filter`, under
+/// `notifications`, or anywhere a later revision puts it).
+pub fn subscribed_uris(params: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    collect_subscriptions(params, &mut found);
+    found
+}
+
+fn collect_subscriptions(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("resourceSubscriptions", Value::Array(uris)) => {
+                        found.extend(uris.iter().filter_map(|u| u.as_str().map(str::to_string)))
+                    }
+                    _ => collect_subscriptions(inner, found),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| collect_subscriptions(item, found)),
+        _ => {}
+    }
 }
 
 /// The principal of an MCP request served over HTTP; `None` over stdio and
@@ -460,6 +632,33 @@ pub fn principal_of(extensions: &rmcp::model::Extensions) -> Option<Principal> {
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>())
         .cloned()
+}
+
+/// Whom a request is authorized as: the caller a forwarding gateway named in
+/// `_meta`, bounded by the connection it came over; else the connection's
+/// own principal (`local` over stdio and in-process pipes).
+pub fn caller_of(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> Principal {
+    let connection = principal_of(&context.extensions).unwrap_or_else(Principal::local);
+    let named = context
+        .meta
+        .0
+        .0
+        .get(CALLER_META_KEY)
+        .and_then(|claim| serde_json::from_value::<Principal>(claim.clone()).ok());
+    match named {
+        Some(caller) => caller.received_via(&connection),
+        None => connection,
+    }
+}
+
+/// Name `caller` in a request forwarded on its behalf.
+pub fn delegate(meta: &mut Option<rmcp::model::RequestMetaObject>, caller: &Principal) {
+    if let Ok(value) = serde_json::to_value(caller) {
+        meta.get_or_insert_with(Default::default)
+            .0
+            .0
+            .insert(CALLER_META_KEY.into(), value);
+    }
 }
 
 #[cfg(test)]
@@ -479,19 +678,60 @@ mod tests {
     }
 
     #[test]
-    fn mcp_messages_need_the_scope_of_what_they_name() {
+    fn mcp_messages_need_what_they_name() {
         let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                           "params": {"name": "text_generate", "arguments": {}}});
-        assert_eq!(mcp_scopes(&call), vec!["tools:text_generate"]);
+        assert_eq!(mcp_needs(&call), vec![Need::Tool("text_generate".into())]);
         let read =
             json!({"method": "resources/read", "params": {"uri": "jetson://system/metrics"}});
-        assert_eq!(mcp_scopes(&read), vec!["resources:jetson://system/metrics"]);
-        let listen = json!({"method": "subscriptions/listen",
-                            "params": {"filter": {"resourceSubscriptions": ["a://x"]}}});
-        assert_eq!(mcp_scopes(&listen), vec!["resources:a://x"]);
-        let whoami = json!({"method": "tools/call", "params": {"name": "handle_auth"}});
-        assert!(mcp_scopes(&whoami).is_empty());
-        assert!(mcp_scopes(&json!({"method": "tools/list"})).is_empty());
+        let metrics = Need::Scope("resources:jetson://system/metrics".into());
+        assert_eq!(mcp_needs(&read), vec![metrics]);
+        assert!(mcp_needs(&json!({"method": "tools/list"})).is_empty());
+    }
+
+    #[test]
+    fn every_listen_shape_needs_its_resources() {
+        let settings = Need::Scope("resources:jetson://config/settings".into());
+        for params in [
+            json!({"resourceSubscriptions": ["jetson://config/settings"]}),
+            json!({"filter": {"resourceSubscriptions": ["jetson://config/settings"]}}),
+            // The shape the official SDKs send.
+            json!({"notifications": {"resourceSubscriptions": ["jetson://config/settings"]}}),
+        ] {
+            let listen = json!({"method": "subscriptions/listen", "params": params});
+            assert_eq!(mcp_needs(&listen), vec![settings.clone()], "{params}");
+        }
+    }
+
+    fn key(scopes: &[&str]) -> Principal {
+        Principal {
+            id: "key:k".into(),
+            name: "k".into(),
+            method: AuthMethod::ApiKey,
+            scopes: Scopes::new(scopes.iter().copied()),
+            via: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_forwarded_caller_is_bounded_by_every_hop() {
+        let update = ToolAccess {
+            name: "update_settings".into(),
+            level: AccessLevel::Admin,
+        };
+        // A `tools:*` key claiming to forward an admin: still not admin.
+        let claimed = Principal::local().received_via(&key(&["tools:*"]));
+        assert!(!claimed.may_call(&update));
+        assert!(!claimed.is_admin());
+        // Through an admin gateway connection, a narrow caller stays narrow.
+        let narrow = key(&["tools:text_generate"]).received_via(&key(&["admin"]));
+        assert!(!narrow.may_call(&update));
+        // The chain survives another hop (serialized in _meta).
+        let wire: Principal =
+            serde_json::from_value(serde_json::to_value(&narrow).unwrap()).unwrap();
+        let again = wire.received_via(&Principal::local());
+        assert_eq!(again.via, narrow.via);
+        assert!(!again.may_call(&update));
     }
 
     #[test]

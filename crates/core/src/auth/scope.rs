@@ -1,34 +1,97 @@
 //! Scopes: what a credential may do.
 //!
 //! - `tools:NAME` calls one tool; `tools:PREFIX*` the tools whose name starts
-//!   with PREFIX; `tools:*` every tool except the administrative ones.
+//!   with PREFIX; `tools:*` every tool except the administrative ones. NAME
+//!   is the tool's own name at the server that runs it, whatever a gateway
+//!   renamed it to.
 //! - `resources:URI` reads or watches one resource; `resources:PREFIX*` and
 //!   `resources:*` likewise.
 //! - `metrics` reads the Prometheus endpoint.
 //! - `admin` does everything, including what changes the node: keys,
 //!   bridges, settings, the model store, scaling, power modes.
+//!
+//! Which tools are administrative is said by the tool itself ([`ToolAccess`],
+//! carried in its `_meta`), so the flag travels with it through every
+//! gateway and survives renaming.
 
-use serde::Serialize;
+use rmcp::model::{MetaObject, Tool};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// Tools that change the node or who may use it: `tools:*` does not cover
-/// them; `admin` or their own `tools:NAME` does.
-pub const ADMIN_TOOLS: &[&str] = &[
-    "handle_auth",
-    "protocol_bridge",
-    "manage_connections",
-    "update_settings",
-    "manage_models",
-    "manage_resources",
-    "load_model",
-    "unload_model",
-    "scale_cluster",
-    "optimize_system",
-];
+/// The `_meta` key of a tool's access level.
+pub const ACCESS_META_KEY: &str = "jetsonmind/access";
 
 /// Every scope a server understands, for `scopes_supported`.
 pub const KNOWN_SCOPES: &[&str] = &["tools:*", "resources:*", "metrics", "admin"];
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Who may call a tool, beyond holding its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLevel {
+    /// `tools:NAME`, a wildcard over it, or `admin`.
+    #[default]
+    Scoped,
+    /// Changes the node or who may use it: `tools:NAME` or `admin`, never a wildcard.
+    Admin,
+    /// Anyone authenticated; the tool checks finer rights itself (`whoami`).
+    Anyone,
+}
+
+impl AccessLevel {
+    fn as_meta(self) -> Option<&'static str> {
+        match self {
+            AccessLevel::Scoped => None,
+            AccessLevel::Admin => Some("admin"),
+            AccessLevel::Anyone => Some("anyone"),
+        }
+    }
+
+    /// The level a tool declares; an unknown value is treated as admin, the
+    /// safe reading of a flag we do not understand.
+    pub fn of(tool: &Tool) -> Self {
+        let declared = tool.meta.as_ref().and_then(|m| m.0.get(ACCESS_META_KEY));
+        match declared.and_then(Value::as_str) {
+            None => AccessLevel::Scoped,
+            Some("anyone") => AccessLevel::Anyone,
+            Some(_) => AccessLevel::Admin,
+        }
+    }
+
+    /// `tool`, declaring this level in its `_meta`.
+    pub fn mark(self, mut tool: Tool) -> Tool {
+        if let Some(value) = self.as_meta() {
+            tool.meta
+                .get_or_insert_with(MetaObject::new)
+                .0
+                .insert(ACCESS_META_KEY.into(), Value::String(value.into()));
+        }
+        tool
+    }
+}
+
+/// What a call of a tool is authorized on: the tool's own name where it
+/// runs, and its access level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolAccess {
+    pub name: String,
+    pub level: AccessLevel,
+}
+
+impl ToolAccess {
+    pub fn of(tool: &Tool) -> Self {
+        Self {
+            name: tool.name.to_string(),
+            level: AccessLevel::of(tool),
+        }
+    }
+
+    /// The scope that grants it.
+    pub fn scope(&self) -> String {
+        tool_scope(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Scopes(Vec<String>);
 
 impl Scopes {
@@ -59,8 +122,15 @@ impl Scopes {
         self.is_admin() || self.0.iter().any(|granted| covers(granted, required))
     }
 
-    pub fn may_call(&self, tool: &str) -> bool {
-        self.grants(&tool_scope(tool))
+    /// Whether these scopes allow calling the tool `access` describes.
+    pub fn may_call(&self, access: &ToolAccess) -> bool {
+        let required = access.scope();
+        match access.level {
+            AccessLevel::Anyone => true,
+            AccessLevel::Scoped => self.grants(&required),
+            // A wildcard never reaches an administrative tool.
+            AccessLevel::Admin => self.is_admin() || self.0.contains(&required),
+        }
     }
 
     pub fn may_read(&self, uri: &str) -> bool {
@@ -77,19 +147,9 @@ pub fn resource_scope(uri: &str) -> String {
 }
 
 fn covers(granted: &str, required: &str) -> bool {
-    if granted == required {
-        return true;
-    }
-    let Some(prefix) = granted.strip_suffix('*') else {
-        return false;
-    };
-    if !required.starts_with(prefix) {
-        return false;
-    }
-    // A wildcard over tools never reaches the administrative ones.
-    match required.strip_prefix("tools:") {
-        Some(tool) => !ADMIN_TOOLS.contains(&tool),
-        None => true,
+    match granted.strip_suffix('*') {
+        Some(prefix) => required.starts_with(prefix),
+        None => granted == required,
     }
 }
 
@@ -113,12 +173,21 @@ pub fn check_grantable(scope: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn tool(name: &str, level: AccessLevel) -> ToolAccess {
+        ToolAccess {
+            name: name.into(),
+            level,
+        }
+    }
+
     #[test]
     fn wildcards_cover_prefixes_but_not_admin_tools() {
         let scopes = Scopes::new(["tools:*", "resources:jetson://system/*"]);
-        assert!(scopes.may_call("text_generate"));
-        assert!(!scopes.may_call("scale_cluster"));
-        assert!(!scopes.may_call("handle_auth"));
+        assert!(scopes.may_call(&tool("text_generate", AccessLevel::Scoped)));
+        assert!(!scopes.may_call(&tool("scale_cluster", AccessLevel::Admin)));
+        assert!(
+            !Scopes::new(["tools:scale*"]).may_call(&tool("scale_cluster", AccessLevel::Admin))
+        );
         assert!(scopes.may_read("jetson://system/metrics"));
         assert!(!scopes.may_read("jetson://config/settings"));
         assert!(!scopes.grants("metrics"));
@@ -127,12 +196,38 @@ mod tests {
     #[test]
     fn exact_scopes_and_admin() {
         let scopes = Scopes::parse("tools:text_generate tools:scale_cluster");
-        assert!(scopes.may_call("text_generate"));
-        assert!(scopes.may_call("scale_cluster"));
-        assert!(!scopes.may_call("code_complete"));
-        assert!(Scopes::all().may_call("protocol_bridge"));
+        assert!(scopes.may_call(&tool("text_generate", AccessLevel::Scoped)));
+        assert!(scopes.may_call(&tool("scale_cluster", AccessLevel::Admin)));
+        assert!(!scopes.may_call(&tool("code_complete", AccessLevel::Scoped)));
+        assert!(Scopes::all().may_call(&tool("protocol_bridge", AccessLevel::Admin)));
         assert!(Scopes::all().grants("metrics"));
-        assert!(!Scopes::default().may_call("text_generate"));
+        assert!(!Scopes::default().may_call(&tool("text_generate", AccessLevel::Scoped)));
+        assert!(Scopes::default().may_call(&tool("handle_auth", AccessLevel::Anyone)));
+    }
+
+    #[test]
+    fn the_level_travels_in_the_tools_meta() {
+        let plain = Tool::new("update_settings", "", rmcp::model::JsonObject::new());
+        assert_eq!(AccessLevel::of(&plain), AccessLevel::Scoped);
+        let admin = AccessLevel::Admin.mark(plain.clone());
+        assert_eq!(AccessLevel::of(&admin), AccessLevel::Admin);
+        // Renamed by a gateway, still administrative.
+        let mut renamed: Tool =
+            serde_json::from_value(serde_json::to_value(&admin).unwrap()).unwrap();
+        renamed.name = "data_update_settings".into();
+        assert_eq!(ToolAccess::of(&renamed).level, AccessLevel::Admin);
+        let mut odd = plain;
+        odd.meta = Some(MetaObject(
+            serde_json::json!({ACCESS_META_KEY: "root"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ));
+        assert_eq!(
+            AccessLevel::of(&odd),
+            AccessLevel::Admin,
+            "unknown levels fail closed"
+        );
     }
 
     #[test]
