@@ -230,3 +230,21 @@ async def test_rate_limits_answer_429_per_client(binary, tmp_path):
         assert raw_post(served.url, other, ping)[0] == 200
     finally:
         stop_serve(served)
+
+
+def test_parallel_local_agents_are_not_throttled(served):
+    """Review item 14: ten workers of a local agent, unauthenticated on
+    loopback with the default limits, get no 429 (authenticated callers are
+    limited per principal, above)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers, each = 10, 60
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+
+    def worker(_):
+        return [raw_post(served.url, None, ping)[0] for _ in range(each)]
+
+    with ThreadPoolExecutor(workers) as pool:
+        statuses = [s for batch in pool.map(worker, range(workers)) for s in batch]
+    assert len(statuses) == workers * each
+    assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
