@@ -275,9 +275,9 @@ impl McpUnit for ComputeServer {
     ) -> Result<ReadResourceResult, McpError> {
         match uri {
             REPLICA_STATUS_URI => json_resource(uri, &self.status().await),
-            _ => Err(McpError::resource_not_found(
+            _ => Err(jetsonmind_core::error::resource_not_found(
+                uri,
                 format!("no resource at {uri}"),
-                None,
             )),
         }
     }

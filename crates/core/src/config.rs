@@ -227,6 +227,23 @@ pub struct HttpConfig {
     pub queue_timeout_ms: u64,
     /// Longest a request may take before its response starts; then 408.
     pub request_timeout_ms: u64,
+    /// Longest wait for a request's headers, counted from when the
+    /// connection opens or its previous response ends (HTTP/1.1): a client
+    /// that sends nothing, or headers too slowly, is disconnected. So it also
+    /// closes HTTP/1.1 keep-alive connections idle this long.
+    pub header_read_timeout_ms: u64,
+    /// Longest a request's body may take to arrive, from its headers on; then
+    /// 408 and the connection is closed. Bodies are read whole before a
+    /// request takes one of `max_concurrent_requests`, so slow senders hold none.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 too, which `header_read_timeout_ms` does not cover).
+    pub idle_timeout_ms: u64,
+    /// Open client connections at most; one more is answered 503 and closed
+    /// at once, before it is read. Keep it under the process's file limit.
+    pub max_connections: usize,
+    /// Open connections from one IP address at most; more: as above.
+    pub max_connections_per_address: usize,
     /// Requests per second each client (API key, token subject, or address)
     /// may make on average; more get 429. 0 turns the limit off.
     pub rate_limit_per_second: f64,
@@ -247,6 +264,11 @@ impl Default for HttpConfig {
             max_concurrent_requests: 64,
             queue_timeout_ms: 5_000,
             request_timeout_ms: 600_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 512,
+            max_connections_per_address: 128,
             rate_limit_per_second: 100.0,
             rate_limit_burst: 200,
             rate_limit_loopback: false,
@@ -562,6 +584,7 @@ impl Config {
         if self.http.max_concurrent_requests == 0 {
             return fail("http.max_concurrent_requests must be at least 1".into());
         }
+        self.validate_connections()?;
         let compute = &self.compute;
         if compute.parallel == 0 || compute.context_size < 256 || compute.progress_every_tokens == 0
         {
@@ -602,6 +625,26 @@ impl Config {
                     backend.name
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_connections(&self) -> Result<(), CoreError> {
+        let http = &self.http;
+        let timeouts = [
+            http.header_read_timeout_ms,
+            http.body_read_timeout_ms,
+            http.idle_timeout_ms,
+        ];
+        if timeouts.contains(&0) {
+            return Err(CoreError::Config(
+                "http: header_read_timeout_ms, body_read_timeout_ms and idle_timeout_ms must be at least 1".into(),
+            ));
+        }
+        if http.max_connections == 0 || http.max_connections_per_address == 0 {
+            return Err(CoreError::Config(
+                "http: max_connections and max_connections_per_address must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -27,3 +27,10 @@ pub fn not_available(tool: &str, reason: &str) -> CallToolResult {
 pub fn tool_error(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
+
+/// The JSON-RPC error for a resource that does not exist (-32002), with the
+/// URI in `data.uri` as the spec (SEP-2164) asks, so clients need not parse
+/// the message to learn which one.
+pub fn resource_not_found(uri: &str, message: impl Into<String>) -> rmcp::ErrorData {
+    rmcp::ErrorData::resource_not_found(message.into(), Some(serde_json::json!({ "uri": uri })))
+}

@@ -11,6 +11,8 @@
 //! - [`replica`]: what a compute replica reports to the control plane.
 //! - [`error`]: the error type of this crate and the tool-error helpers.
 
+pub mod accept;
+pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod catalog;
@@ -18,8 +20,10 @@ pub mod config;
 pub mod connections;
 pub mod content;
 pub mod error;
+pub mod jsonrpc;
 pub mod ratelimit;
 pub mod replica;
+pub mod request_body;
 pub mod serve;
 pub mod subscribe;
 pub mod testing;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -16,30 +16,134 @@ use rmcp::{ServerHandler, ServiceExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio_util::task::TaskTracker;
-
 use crate::CoreError;
 use crate::cancel::{InFlight, track_cancellation};
 use crate::config::HttpConfig;
-use crate::connections::Connections;
+
+pub use crate::accept::{ConnectionLimits, serve_http, serve_http_with};
 
 /// The path the MCP endpoint is mounted at.
 pub const MCP_PATH: &str = "/mcp";
 
 /// Serve one MCP server on stdin/stdout until the client closes it.
 pub async fn serve_stdio<S: ServerHandler>(server: S) -> Result<(), CoreError> {
-    let running = server
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| CoreError::Service(e.to_string()))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| CoreError::Service(e.to_string()))?;
-    Ok(())
+    serve_lines(server, tokio::io::stdin(), tokio::io::stdout()).await
+}
+
+/// Serve newline-delimited JSON-RPC from `input` to `output`. rmcp skips a
+/// line that is not JSON without a word; such a line is answered here with
+/// JSON-RPC's parse error (-32700, id null), so a client is not left waiting.
+pub async fn serve_lines<S, R, W>(server: S, input: R, output: W) -> Result<(), CoreError>
+where
+    S: ServerHandler,
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (to_server, server_input) = tokio::io::duplex(1 << 16);
+    let (server_output, from_server) = tokio::io::duplex(1 << 16);
+    let (replies, replies_rx) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(sort_lines(input, to_server, replies));
+    let writer = tokio::spawn(write_lines(from_server, replies_rx, output));
+    let served = match server.serve((server_input, server_output)).await {
+        Ok(running) => running
+            .waiting()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    reader.abort();
+    let _ = writer.await;
+    served.map_err(CoreError::Service)
+}
+
+/// The longest input line passed on (rmcp's own limit).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Lines that are JSON go on to the server; others get a reply.
+async fn sort_lines<R: tokio::io::AsyncRead + Unpin>(
+    input: R,
+    mut to_server: tokio::io::DuplexStream,
+    replies: tokio::sync::mpsc::Sender<String>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut input = tokio::io::BufReader::new(input);
+    let mut line = Vec::new();
+    loop {
+        let length = match read_line(&mut input, &mut line, MAX_LINE_BYTES).await {
+            Ok(0) | Err(_) => return,
+            Ok(length) => length,
+        };
+        let reply = if length > MAX_LINE_BYTES {
+            Some(crate::jsonrpc::oversized_line_reply(MAX_LINE_BYTES))
+        } else if line.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            crate::jsonrpc::unparsable_line_reply(&line)
+        };
+        let passed = match reply {
+            Some(reply) => replies.send(reply).await.is_ok(),
+            None => to_server.write_all(&line).await.is_ok(),
+        };
+        if !passed {
+            return;
+        }
+    }
+}
+
+/// The next line of `input` into `line` (at most `max + 1` of its bytes
+/// kept): its whole length, newline included; 0 at the end of input.
+async fn read_line<R: tokio::io::AsyncRead + Unpin>(
+    input: &mut tokio::io::BufReader<R>,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncBufReadExt;
+    line.clear();
+    let mut length = 0;
+    loop {
+        let buffer = input.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(length);
+        }
+        let end = buffer.iter().position(|b| *b == b'\n');
+        let taken = end.map_or(buffer.len(), |at| at + 1);
+        let room = (max + 1).saturating_sub(line.len());
+        line.extend_from_slice(&buffer[..taken.min(room)]);
+        input.consume(taken);
+        length += taken;
+        if end.is_some() {
+            return Ok(length);
+        }
+    }
+}
+
+/// The server's lines and the replies to bad lines, never mixed mid-line.
+async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(
+    from_server: tokio::io::DuplexStream,
+    mut replies: tokio::sync::mpsc::Receiver<String>,
+    mut output: W,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut from_server = tokio::io::BufReader::new(from_server);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        tokio::select! {
+            read = from_server.read_until(b'\n', &mut line) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            Some(reply) = replies.recv() => {
+                line.extend_from_slice(reply.as_bytes());
+                line.push(b'\n');
+            }
+        }
+        if output.write_all(&line).await.is_err() || output.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = output.flush().await;
 }
 
 /// An axum router with the MCP endpoint at [`MCP_PATH`], behind the limits of `http`.
@@ -82,12 +186,25 @@ where
         ))
 }
 
-/// Concurrency and time limits over every route of `router`.
+/// Concurrency and time limits over every route of `router`, and the
+/// JSON-RPC checks of [`crate::jsonrpc`] on the MCP endpoint.
 pub fn with_limits(router: Router, http: &HttpConfig) -> Router {
-    router.layer(middleware::from_fn_with_state(
-        Arc::new(Limits::from(http)),
-        limit_requests,
-    ))
+    router
+        .layer(middleware::from_fn_with_state(
+            http.max_body_bytes,
+            check_mcp_messages,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Limits::from(http)),
+            limit_requests,
+        ))
+}
+
+async fn check_mcp_messages(state: State<usize>, request: Request, next: Next) -> Response {
+    match request.uri().path() == MCP_PATH {
+        true => crate::jsonrpc::check_messages(state, request, next).await,
+        false => next.run(request).await,
+    }
 }
 
 /// `Host` and `Origin` checks and the body limit, for routes that rmcp does
@@ -174,6 +291,7 @@ struct Limits {
     permits: Arc<Semaphore>,
     queue_timeout: Duration,
     request_timeout: Duration,
+    max_body_bytes: usize,
 }
 
 impl From<&HttpConfig> for Limits {
@@ -182,15 +300,23 @@ impl From<&HttpConfig> for Limits {
             permits: Arc::new(Semaphore::new(http.max_concurrent_requests)),
             queue_timeout: Duration::from_millis(http.queue_timeout_ms),
             request_timeout: Duration::from_millis(http.request_timeout_ms),
+            max_body_bytes: http.max_body_bytes,
         }
     }
 }
 
+/// The body is read whole before a permit is taken: a client sending it
+/// slowly waits on its own time (`http.body_read_timeout_ms`), not on a
+/// permit everyone needs.
 async fn limit_requests(
     State(limits): State<Arc<Limits>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let request = match read_body(request, limits.max_body_bytes).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
     let permit =
         tokio::time::timeout(limits.queue_timeout, limits.permits.clone().acquire_owned()).await;
     let Ok(Ok(_permit)) = permit else {
@@ -205,6 +331,22 @@ async fn limit_requests(
     }
 }
 
+async fn read_body(request: Request, max_bytes: usize) -> Result<Request, Response> {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, max_bytes).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Err(e) if crate::request_body::is_timeout(&e) => Err(plain_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+        Err(_) => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Payload Too Large: request body exceeds {max_bytes} bytes"),
+        )
+            .into_response()),
+    }
+}
+
 fn plain_error(status: StatusCode, message: &'static str) -> Response {
     (status, [(http::header::RETRY_AFTER, "1")], message).into_response()
 }
@@ -214,91 +356,6 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
-}
-
-/// Serve `router` until `shutdown` is cancelled, finishing requests in
-/// flight. Each connection is registered in `connections` (which can close
-/// it) and its requests carry its [`ConnectionId`] and peer address.
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    connections: Arc<Connections>,
-) -> Result<(), CoreError> {
-    let tasks = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        tasks.spawn(serve_connection(
-            stream,
-            peer,
-            router.clone(),
-            connections.clone(),
-            shutdown.clone(),
-        ));
-    }
-    drop(listener);
-    tasks.close();
-    tasks.wait().await;
-    Ok(())
-}
-
-/// How long a connection closed by `manage_connections` may finish the
-/// requests it is serving (the close request itself among them).
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    connections: Arc<Connections>,
-    shutdown: CancellationToken,
-) {
-    let registration = connections.register(peer);
-    let id = registration.id;
-    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-        let mut request = request.map(axum::body::Body::new);
-        request.extensions_mut().insert(ConnectInfo(peer));
-        request.extensions_mut().insert(id);
-        tower::ServiceExt::oneshot(router.clone(), request)
-    });
-    let connection = auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    tokio::pin!(connection);
-    let grace = tokio::select! {
-        outcome = connection.as_mut() => {
-            if let Err(e) = outcome {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        // Shutting down: finish what is in flight, however long it takes.
-        _ = shutdown.cancelled() => None,
-        _ = registration.close.cancelled() => {
-            tracing::info!(%peer, connection = id.0, "closing the connection on request");
-            Some(CLOSE_GRACE)
-        }
-    };
-    connection.as_mut().graceful_shutdown();
-    match grace {
-        None => {
-            let _ = connection.await;
-        }
-        Some(grace) => {
-            let _ = tokio::time::timeout(grace, connection).await;
-        }
-    }
 }
 
 /// Start `server` on an in-memory pipe and return the client end.

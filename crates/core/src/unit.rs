@@ -25,6 +25,8 @@ use crate::auth::{Principal, ToolAccess, caller_of};
 use crate::config::McpConfig;
 use crate::error::tool_error;
 use crate::subscribe::{self, ResourceUpdates, SessionSubscriptions};
+use crate::trace::TraceContext;
+use tracing::Instrument;
 
 /// The name, title and guidance a server introduces itself with.
 #[derive(Debug, Clone)]
@@ -72,7 +74,7 @@ pub trait McpUnit: Send + Sync + 'static {
         context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ReadResourceResult, McpError>> + Send {
         let _ = context;
-        let error = McpError::resource_not_found(format!("no resource at {uri}"), None);
+        let error = crate::error::resource_not_found(uri, format!("no resource at {uri}"));
         std::future::ready(Err(error))
     }
 
@@ -372,11 +374,49 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         Ok(())
     }
 
+    /// Every call runs as a span named by its request id (the trace id of
+    /// its `traceparent`, continued or new), which backends receive too and
+    /// the result's `_meta` carries back.
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let trace = TraceContext::of_request(&context.meta);
+        let span = tracing::info_span!(
+            "call",
+            request_id = %trace.trace_id,
+            server = self.unit.identity().name,
+            tool = %request.name,
+        );
+        let started = Instant::now();
+        let outcome = trace
+            .clone()
+            .scope(self.call_tool_checked(request, context))
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| {
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match &outcome {
+                Ok(result) => {
+                    tracing::debug!(elapsed_ms, is_error = result.is_error, "tool call done")
+                }
+                Err(e) => tracing::debug!(elapsed_ms, error = %e.message, "tool call refused"),
+            }
+        });
+        let mut result = outcome?;
+        trace.stamp(&mut result.meta);
+        Ok(CallToolResponse::Complete(result))
+    }
+}
+
+impl<U: McpUnit> UnitServer<U> {
+    /// A call of a known tool, with valid arguments, that its caller may make.
+    async fn call_tool_checked(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
         let catalog = self.unit.catalog();
         let name = request.name.to_string();
         let arguments = request.arguments.unwrap_or_default();
@@ -417,6 +457,6 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         }
         let mut result = outcome?;
         result.result_type.get_or_insert(ResultType::COMPLETE);
-        Ok(CallToolResponse::Complete(result))
+        Ok(result)
     }
 }

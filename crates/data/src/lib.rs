@@ -232,7 +232,7 @@ impl McpUnit for DataServer {
         match uri {
             SYSTEM_METRICS => json_resource(uri, &self.telemetry.snapshot().await),
             MODELS_AVAILABLE => {
-                let models = state.store.list().map_err(store_error)?;
+                let models = state.store.list().map_err(|e| store_error(e, uri))?;
                 json_resource(uri, &serde_json::json!({ "models": models }))
             }
             CONFIG_SETTINGS => json_resource(uri, &state.settings.current()),
@@ -242,19 +242,22 @@ impl McpUnit for DataServer {
                 &serde_json::json!({ "series": state.analytics.report() }),
             ),
             _ => match uri.strip_prefix(MODEL_PREFIX) {
-                Some(name) => json_resource(uri, &state.store.get(name).map_err(store_error)?),
-                None => Err(McpError::resource_not_found(
+                Some(name) => json_resource(
+                    uri,
+                    &state.store.get(name).map_err(|e| store_error(e, uri))?,
+                ),
+                None => Err(jetsonmind_core::error::resource_not_found(
+                    uri,
                     format!("no resource at {uri}"),
-                    None,
                 )),
             },
         }
     }
 }
 
-fn store_error(e: StoreError) -> McpError {
+fn store_error(e: StoreError, uri: &str) -> McpError {
     match e {
-        StoreError::NotFound(_) => McpError::resource_not_found(e.to_string(), None),
+        StoreError::NotFound(_) => jetsonmind_core::error::resource_not_found(uri, e.to_string()),
         other => McpError::internal_error(other.to_string(), None),
     }
 }

@@ -642,9 +642,9 @@ impl McpUnit for Gateway {
         let Some((route, backend)) =
             route.and_then(|r| Some((r.clone(), self.backend(r.backend)?)))
         else {
-            return Err(McpError::resource_not_found(
+            return Err(jetsonmind_core::error::resource_not_found(
+                uri,
                 format!("no resource at {uri}"),
-                None,
             ));
         };
         let was_up = backend.is_up();

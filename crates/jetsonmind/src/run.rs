@@ -188,6 +188,8 @@ impl Access {
         let keys = Arc::new(KeyStore::open(&config.data.dir));
         let auth = match command.transport() {
             Some(t) if !t.stdio => {
+                // A key file that cannot be read stops the start, saying why.
+                keys.list()?;
                 let listen = t.listen.unwrap_or(config.http.listen);
                 let auth = Auth::new(&config.auth, keys, Some(listen))?;
                 match t.secret_from_stdin {
@@ -437,7 +439,15 @@ async fn serve_server<U: McpUnit>(
     }
     // Tests and scripts read this line to find the port when listening on :0.
     eprintln!("{name} listening on http://{bound}{MCP_PATH}");
-    serve::serve_http(listener, router, shutdown, access.connections.clone()).await?;
+    let limits = serve::ConnectionLimits::from(&config.http);
+    serve::serve_http_with(
+        listener,
+        router,
+        limits,
+        shutdown,
+        access.connections.clone(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -84,14 +84,20 @@ impl KeyStore {
         Ok(self.cache.lock().expect("keys lock").0.clone())
     }
 
+    /// True only when the file is known to hold no key: one that cannot be
+    /// read or parsed may hold keys, and is reported by [`Self::list`].
     pub fn is_empty(&self) -> bool {
-        self.list().map(|k| k.is_empty()).unwrap_or(true)
+        self.list().is_ok_and(|k| k.is_empty())
     }
 
     /// The key's id, name and scopes when `presented` is a valid key.
     pub fn verify(&self, presented: &str) -> Option<(StoredKey, Scopes)> {
         let id = presented.strip_prefix(PREFIX)?.split('_').next()?;
-        self.refresh().ok()?;
+        if let Err(e) = self.refresh() {
+            // Every key is refused until the file is fixed: say why.
+            tracing::warn!(error = %e, "cannot read the api keys");
+            return None;
+        }
         let digest = hex(&Sha256::digest(presented.as_bytes()));
         let cache = self.cache.lock().expect("keys lock");
         let key = cache.0.iter().find(|k| k.id == id)?;
@@ -239,6 +245,16 @@ mod tests {
             "a revoke elsewhere is seen"
         );
         assert!(matches!(other.revoke(&made.id), Err(KeyError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_corrupt_key_file_is_reported_not_taken_for_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEYS_FILE), "{\"keys\": [").unwrap();
+        let store = KeyStore::open(dir.path());
+        assert!(!store.is_empty(), "it may hold keys");
+        let err = store.list().unwrap_err().to_string();
+        assert!(err.contains(KEYS_FILE) && err.contains("EOF"), "{err}");
     }
 
     #[test]
