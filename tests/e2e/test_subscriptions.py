@@ -1,7 +1,7 @@
 """Resource subscriptions through `jetsonmind serve`'s gateway, with the official
 Python MCP SDK: `subscriptions/listen` (2026-07-28) over HTTP and stdio, and
-`resources/subscribe` (handshake era) over stdio. Settings changed with
-`update_settings` notify subscribers, metrics notify every interval."""
+`resources/subscribe` (handshake era) over stdio and on an HTTP session. Settings
+changed with `update_settings` notify subscribers, metrics notify every interval."""
 
 import json
 import os
@@ -76,8 +76,8 @@ async def test_listen_receives_metrics_ticks_and_the_settings_change(gateway, fr
     assert "ttl_secs = 123" in (fresh_data / "settings.toml").read_text()
 
 
-@pytest.mark.parametrize("gateway", ["stdio"], indirect=True)
-async def test_handshake_era_subscribe_over_stdio(gateway):
+@pytest.mark.parametrize("gateway", ["stdio", "http"], indirect=True)
+async def test_handshake_era_subscribe(gateway):
     updates = []
 
     async def on_message(message):
@@ -101,11 +101,25 @@ async def test_handshake_era_subscribe_over_stdio(gateway):
         assert len(updates) == count
 
 
-@pytest.mark.parametrize("gateway", ["http"], indirect=True)
-async def test_handshake_era_subscribe_over_stateless_http_is_refused_clearly(gateway):
-    async with Client(gateway, mode="legacy") as client:
-        with pytest.raises(MCPError, match="stateless.*subscriptions/listen"):
-            await client.subscribe_resource(SETTINGS)
+async def test_sessions_are_capped_and_end_with_the_client(binary, fresh_data, tmp_path):
+    served = start_serve(binary, fresh_data, tmp_path / "serve.log", {"JETSONMIND_HTTP__MAX_SESSIONS": "1"})
+    try:
+        async with Client(served.url, mode="legacy") as first:
+            # The SDK raises the server's error inside exception groups.
+            refused = pytest.RaisesExc(MCPError, match="too many sessions.*http.max_sessions")
+            with pytest.RaisesGroup(refused, flatten_subgroups=True):
+                async with Client(served.url, mode="legacy"):
+                    pass
+            # The 2026-07-28 era needs no session.
+            async with Client(served.url, mode="auto") as modern:
+                assert modern.protocol_version == "2026-07-28"
+                await settings_of(modern)
+            await settings_of(first)
+        # Leaving sent DELETE: the session is gone, so there is room again.
+        async with Client(served.url, mode="legacy") as second:
+            await settings_of(second)
+    finally:
+        stop_serve(served)
 
 
 @pytest.mark.parametrize("gateway", ["http"], indirect=True)

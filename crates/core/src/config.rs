@@ -249,6 +249,14 @@ pub struct HttpConfig {
     pub rate_limit_per_second: f64,
     /// Requests a client may make at once above that rate.
     pub rate_limit_burst: u32,
+    /// Handshake-era sessions open at once (each `initialize` over HTTP opens
+    /// one, so that later notifications reach the client); one more
+    /// `initialize` gets 503. 0 serves that era statelessly, without
+    /// `resources/subscribe` over HTTP. The 2026-07-28 era needs no session.
+    pub max_sessions: usize,
+    /// A session with no request and no open stream for this long is closed;
+    /// its id then gets 404 and the client starts a new one.
+    pub session_idle_timeout_ms: u64,
     /// Rate-limit unauthenticated clients on loopback too (local agents run
     /// many parallel workers from one address, so by default they are not).
     pub rate_limit_loopback: bool,
@@ -271,6 +279,8 @@ impl Default for HttpConfig {
             max_connections_per_address: 128,
             rate_limit_per_second: 100.0,
             rate_limit_burst: 200,
+            max_sessions: 256,
+            session_idle_timeout_ms: 300_000,
             rate_limit_loopback: false,
         }
     }
@@ -585,6 +595,9 @@ impl Config {
             return fail("http.max_concurrent_requests must be at least 1".into());
         }
         self.validate_connections()?;
+        if self.http.session_idle_timeout_ms == 0 {
+            return fail("http.session_idle_timeout_ms must be at least 1".into());
+        }
         let compute = &self.compute;
         if compute.parallel == 0 || compute.context_size < 256 || compute.progress_every_tokens == 0
         {

@@ -25,6 +25,7 @@ pub mod ratelimit;
 pub mod replica;
 pub mod request_body;
 pub mod serve;
+pub mod sessions;
 pub mod subscribe;
 pub mod testing;
 pub mod unit;

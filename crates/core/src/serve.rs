@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::CoreError;
 use crate::cancel::{InFlight, track_cancellation};
 use crate::config::HttpConfig;
+use crate::sessions::{self, Sessions};
 
 pub use crate::accept::{ConnectionLimits, serve_http, serve_http_with};
 
@@ -158,32 +159,69 @@ where
 ///
 /// Stateless Streamable HTTP with JSON responses: every request stands
 /// alone, so any replica can answer it, and both the 2026-07-28 era (no
-/// handshake) and the handshake eras are served by the same endpoint. rmcp
-/// checks `Host`, `Origin` and the body size here.
+/// handshake) and the handshake eras are served by the same endpoint. A
+/// handshake-era `initialize` opens a session instead (unless
+/// `http.max_sessions` is 0), on which later notifications reach the client:
+/// see [`crate::sessions`]. rmcp checks `Host`, `Origin` and the body size.
 pub fn mcp_routes<S>(server: S, http: &HttpConfig, shutdown: CancellationToken) -> Router
 where
     S: ServerHandler + Clone + Send + Sync + 'static,
 {
-    let config = StreamableHttpServerConfig::default()
+    let config = endpoint_config(http, shutdown.clone())
         .with_legacy_session_mode(false)
-        .with_json_response(true)
+        .with_json_response(true);
+    let factory = server.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(factory.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let stateless =
+        Router::new()
+            .route_service(MCP_PATH, service)
+            .layer(middleware::from_fn_with_state(
+                InFlight::new(http.max_body_bytes),
+                track_cancellation,
+            ));
+    if http.max_sessions == 0 {
+        return stateless;
+    }
+    // Outside the cancellation layer: a session's cancels reach rmcp's
+    // session, which knows its requests by id.
+    stateless.layer(middleware::from_fn_with_state(
+        session_endpoint(server, http, shutdown),
+        sessions::route,
+    ))
+}
+
+/// What both endpoints check the same way.
+fn endpoint_config(http: &HttpConfig, shutdown: CancellationToken) -> StreamableHttpServerConfig {
+    StreamableHttpServerConfig::default()
         .with_allowed_hosts(http.allowed_hosts.clone())
         .with_allowed_origins(http.allowed_origins.clone())
         // With an empty list rmcp would let every Origin through.
         .enforce_origin_validation()
         .with_max_request_body_bytes(http.max_body_bytes)
-        .with_cancellation_token(shutdown);
-    let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    Router::new()
-        .route_service(MCP_PATH, service)
-        .layer(middleware::from_fn_with_state(
-            InFlight::new(http.max_body_bytes),
-            track_cancellation,
-        ))
+        .with_cancellation_token(shutdown)
+}
+
+/// rmcp in legacy session mode, for handshake-era sessions.
+fn session_endpoint<S>(server: S, http: &HttpConfig, shutdown: CancellationToken) -> Arc<Sessions>
+where
+    S: ServerHandler + Clone + Send + Sync + 'static,
+{
+    let mut manager = LocalSessionManager::default();
+    // Expiry is ours: rmcp's timer would also close a quiet open event stream.
+    manager.session_config.keep_alive = None;
+    // No empty SSE priming events: simple clients choke on them.
+    manager.session_config.sse_retry = None;
+    let manager = Arc::new(manager);
+    let config = endpoint_config(http, shutdown.clone())
+        .with_legacy_session_mode(true)
+        .with_sse_retry(None);
+    let service = StreamableHttpService::new(move || Ok(server.clone()), manager.clone(), config);
+    let endpoint = Router::new().route_service(MCP_PATH, service);
+    Sessions::new(manager, endpoint, http, shutdown)
 }
 
 /// Concurrency and time limits over every route of `router`, and the

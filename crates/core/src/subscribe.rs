@@ -3,7 +3,7 @@
 //! A unit announces that one of its resources changed with
 //! [`ResourceUpdates::publish`]; [`UnitServer`](crate::UnitServer) delivers
 //! that to each client subscribed to the URI, in either protocol era:
-//! `resources/subscribe` on a session (stdio, in-process), or a
+//! `resources/subscribe` on a session (stdio, in-process, an HTTP session), or a
 //! `subscriptions/listen` stream (2026-07-28). Units that do work to produce
 //! changes (a metrics ticker, the gateway's upstream subscriptions) ask
 //! [`ResourceUpdates::is_watched`] and wait on
@@ -191,12 +191,13 @@ pub(crate) async fn listen(
         .await
 }
 
-/// The error for `resources/subscribe` on a connection that cannot carry
-/// notifications later (stateless HTTP has no session to send them on).
+/// The error for `resources/subscribe` on a request that cannot carry
+/// notifications later (a stateless HTTP request has no session to send them on).
 pub(crate) fn needs_session() -> McpError {
     McpError::invalid_request(
-        "resources/subscribe needs a session to send updates on, and this HTTP endpoint is \
-         stateless: use subscriptions/listen (protocol 2026-07-28), or connect over stdio",
+        "resources/subscribe needs a session to send updates on, and this HTTP request is \
+         stateless (no Mcp-Session-Id): send it on the session `initialize` opened, use \
+         subscriptions/listen (protocol 2026-07-28), or connect over stdio",
         None,
     )
 }

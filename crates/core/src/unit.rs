@@ -310,9 +310,9 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
     ) -> Result<(), McpError> {
         check_read(&caller_of(&context), &request.uri)?;
         let updates = self.updates_for(&request.uri)?;
-        // Stateless HTTP requests carry their HTTP parts; there is no session
-        // to send a later notification on.
-        if context.extensions.get::<http::request::Parts>().is_some() {
+        // A stateless HTTP request has no session to send a later
+        // notification on; stdio, in-process pipes and HTTP sessions do.
+        if !crate::sessions::can_notify_later(&context.extensions) {
             return Err(subscribe::needs_session());
         }
         self.session

@@ -7,9 +7,10 @@ use std::time::Duration;
 use jetsonmind_core::config::{HttpConfig, McpConfig};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::CallToolResult;
+use jetsonmind_core::rmcp::model::Resource;
 use jetsonmind_core::serve::{bind, mcp_router, serve_http};
 use jetsonmind_core::{
-    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
+    Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -20,8 +21,11 @@ struct SleepArgs {
     ms: u64,
 }
 
-/// A unit with one tool that sleeps, to hold requests in flight.
-struct Sleeper(Arc<Catalog>);
+/// A unit with one tool that sleeps, to hold requests in flight, and one
+/// resource whose changes the test announces.
+struct Sleeper(Arc<Catalog>, Arc<ResourceUpdates>);
+
+const COUNTER: &str = "test://counter";
 
 impl McpUnit for Sleeper {
     fn identity(&self) -> UnitIdentity {
@@ -39,11 +43,15 @@ impl McpUnit for Sleeper {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(tool_error(format!("slept {ms} ms")))
     }
+    fn updates(&self) -> Option<Arc<ResourceUpdates>> {
+        Some(self.1.clone())
+    }
 }
 
 struct Server {
     url: String,
     shutdown: CancellationToken,
+    updates: Arc<ResourceUpdates>,
 }
 
 impl Drop for Server {
@@ -55,11 +63,13 @@ impl Drop for Server {
 async fn start(http: HttpConfig) -> Server {
     let catalog = Catalog::new(
         vec![tool_from::<SleepArgs>("sleep", "sleep")],
-        vec![],
+        vec![Resource::new(COUNTER, "counter")],
         vec![],
     )
     .unwrap();
-    let server = UnitServer::new(Arc::new(Sleeper(Arc::new(catalog))), McpConfig::default());
+    let updates = Arc::new(ResourceUpdates::default());
+    let unit = Sleeper(Arc::new(catalog), updates.clone());
+    let server = UnitServer::new(Arc::new(unit), McpConfig::default());
     let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let shutdown = CancellationToken::new();
     let router = mcp_router(server, &http, shutdown.clone());
@@ -72,6 +82,7 @@ async fn start(http: HttpConfig) -> Server {
     Server {
         url: format!("http://{addr}/mcp"),
         shutdown,
+        updates,
     }
 }
 
@@ -229,4 +240,252 @@ async fn a_slow_request_gets_408() {
     let response = post(&server.url, &legacy_call(2000)).send().await.unwrap();
     assert_eq!(response.status(), 408);
     call_ok(&server.url).await;
+}
+
+// Handshake-era sessions: what VS Code, Cursor and most agent frameworks use
+// over HTTP to hear of later changes.
+
+const SESSION: &str = "mcp-session-id";
+const HANDSHAKE_VERSION: &str = "2025-11-25";
+
+fn initialize_request(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": HANDSHAKE_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "raw-http-test", "version": "0"}
+    }})
+}
+
+fn subscribe_request(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "resources/subscribe", "params": {"uri": COUNTER}})
+}
+
+fn list_request(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"})
+}
+
+/// A POST on session `id`.
+fn on_session(url: &str, id: &str, body: &Value) -> reqwest::RequestBuilder {
+    post(url, body)
+        .header(SESSION, id)
+        .header("mcp-protocol-version", HANDSHAKE_VERSION)
+}
+
+/// The JSON-RPC messages of an SSE body (or the part of it read so far).
+fn sse_messages(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str(data.trim()).ok())
+        .collect()
+}
+
+/// The answer a session request's SSE response carries.
+async fn answer_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    let answer = sse_messages(&text)
+        .into_iter()
+        .find(|m| m.get("id").is_some());
+    answer.unwrap_or_else(|| panic!("no answer in {text}"))
+}
+
+/// `initialize`, then `notifications/initialized`: the new session's id.
+async fn open_session(url: &str) -> String {
+    let response = post(url, &initialize_request(0)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()[SESSION].to_str().unwrap().to_string();
+    let answer = answer_of(response).await;
+    assert_eq!(
+        answer["result"]["protocolVersion"], HANDSHAKE_VERSION,
+        "{answer}"
+    );
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let response = on_session(url, &id, &initialized).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    id
+}
+
+async fn delete_session(url: &str, id: &str) -> reqwest::StatusCode {
+    let response = reqwest::Client::new()
+        .delete(url)
+        .header(SESSION, id)
+        .header("mcp-protocol-version", HANDSHAKE_VERSION)
+        .send()
+        .await
+        .unwrap();
+    response.status()
+}
+
+/// The session's GET event stream, open.
+async fn event_stream(url: &str, id: &str) -> reqwest::Response {
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("accept", "text/event-stream")
+        .header(SESSION, id)
+        .header("mcp-protocol-version", HANDSHAKE_VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    response
+}
+
+/// Read `stream` until a message with `method` arrives.
+async fn next_notification(stream: &mut reqwest::Response, method: &str) -> Value {
+    let mut seen = String::new();
+    let read = async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(m) = sse_messages(&seen)
+                .into_iter()
+                .find(|m| m["method"] == method)
+            {
+                return Some(m);
+            }
+        }
+        None
+    };
+    // Only a guard against hanging on a stream that stays silent.
+    let found = tokio::time::timeout(Duration::from_secs(30), read).await;
+    found
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no {method} arrived"))
+}
+
+#[tokio::test]
+async fn handshake_era_sessions_carry_later_notifications() {
+    let server = start(HttpConfig::default()).await;
+    let session = open_session(&server.url).await;
+    let answer = answer_of(
+        on_session(&server.url, &session, &subscribe_request(1))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(answer.get("result").is_some(), "{answer}");
+    let mut events = event_stream(&server.url, &session).await;
+    // The subscription's relay starts on its own task.
+    while !server.updates.is_watched(COUNTER) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.updates.publish(COUNTER);
+    let update = next_notification(&mut events, "notifications/resources/updated").await;
+    assert_eq!(update["params"]["uri"], COUNTER, "{update}");
+
+    // Without a session there is nowhere to send an update later.
+    let response = post(&server.url, &subscribe_request(2))
+        .send()
+        .await
+        .unwrap();
+    let refused: Value = response.json().await.unwrap();
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stateless") && message.contains("subscriptions/listen"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn the_2026_era_stays_stateless() {
+    let server = start(HttpConfig::default()).await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": modern_meta()}});
+    let response = post(&server.url, &list)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get(SESSION).is_none());
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["tools"][0]["name"], "sleep", "{body}");
+}
+
+#[tokio::test]
+async fn a_deleted_or_unknown_session_gets_404() {
+    let server = start(HttpConfig::default()).await;
+    let session = open_session(&server.url).await;
+    let listed = on_session(&server.url, &session, &list_request(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer_of(listed).await["result"]["tools"][0]["name"],
+        "sleep"
+    );
+    assert_eq!(delete_session(&server.url, &session).await, 204);
+    let after = on_session(&server.url, &session, &list_request(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 404);
+    let unknown = on_session(&server.url, "no-such-session", &list_request(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(delete_session(&server.url, "no-such-session").await, 404);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_but_an_open_event_stream_keeps_its_session() {
+    let idle_ms = 200;
+    let http = HttpConfig {
+        session_idle_timeout_ms: idle_ms,
+        ..HttpConfig::default()
+    };
+    let server = start(http).await;
+    let watched = open_session(&server.url).await;
+    let _events = event_stream(&server.url, &watched).await;
+    let idle = open_session(&server.url).await;
+    // Each look is a request that keeps the session alive: look seldom.
+    let mut status = reqwest::StatusCode::OK;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(3 * idle_ms)).await;
+        let response = on_session(&server.url, &idle, &list_request(1))
+            .send()
+            .await
+            .unwrap();
+        status = response.status();
+        if status == 404 {
+            break;
+        }
+    }
+    assert_eq!(status, 404, "the idle session never expired");
+    // Quiet for as long, but its event stream is open.
+    let listed = on_session(&server.url, &watched, &list_request(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_cap_are_refused_clearly() {
+    let http = HttpConfig {
+        max_sessions: 1,
+        ..HttpConfig::default()
+    };
+    let server = start(http).await;
+    let first = open_session(&server.url).await;
+    let response = post(&server.url, &initialize_request(7))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get(SESSION).is_none());
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(refused["id"], 7, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("too many sessions") && message.contains("http.max_sessions"),
+        "{refused}"
+    );
+    // Requests that need no session are still served.
+    call_ok(&server.url).await;
+    assert_eq!(delete_session(&server.url, &first).await, 204);
+    open_session(&server.url).await;
 }
