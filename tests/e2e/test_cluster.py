@@ -260,3 +260,43 @@ async def test_started_replicas_serve_a_gateway_without_a_local_one_and_only_it(
             assert not removed.is_error, removed.content
     finally:
         stop_serve(served)
+
+
+async def test_one_request_id_follows_a_call_to_its_replica(binary, data_dir, tmp_path):
+    """A call's W3C trace id is its request id: continued from the caller's
+    `traceparent`, carried to the replica that runs it, in the log lines of
+    both processes, and in the result's `_meta`."""
+    debug = ["--log", "info,jetsonmind_core=debug"]
+    replica = start_jetsonmind(
+        binary, ["compute", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *debug], tmp_path / "compute.log"
+    )
+    env = {"JETSONMIND_CONTROL__LOCAL_REPLICA": "false", "JETSONMIND_CONTROL__REPLICAS": json.dumps([replica.url])}
+    served = start_jetsonmind(
+        binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *debug], tmp_path / "serve.log", env
+    )
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        generate = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {
+                "name": "text_generate",
+                "arguments": {"prompt": "Hi", "max_tokens": 2},
+                "_meta": {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            },
+        }
+        status, _, body = raw_post(served.url, None, generate)
+        assert status == 200, body
+        meta = json.loads(body)["result"]["_meta"]
+        assert meta["jetsonmind/requestId"] == trace_id
+        assert meta["traceparent"].split("-")[1] == trace_id
+        assert meta["jetsonmind/route"]["replica"] == "compute-1"
+        untraced = raw_post(served.url, None, {**generate, "params": {**generate["params"], "_meta": {}}})[2]
+        assert json.loads(untraced)["result"]["_meta"]["jetsonmind/requestId"] not in ("", trace_id)
+    finally:
+        stop_serve(served)
+        stop_serve(replica)
+    for log in [served.log, replica.log]:
+        lines = [line for line in log.read_text().splitlines() if "tool call done" in line]
+        assert any(f"request_id={trace_id}" in line and "text_generate" in line for line in lines), (log, lines)

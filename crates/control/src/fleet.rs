@@ -23,6 +23,7 @@ use jetsonmind_core::rmcp::model::{
 };
 use jetsonmind_core::rmcp::{ErrorData as McpError, ServiceError};
 use jetsonmind_core::tool_error;
+use jetsonmind_core::trace::TraceContext;
 use jetsonmind_core::upstream::{
     Connector, ForwardError, ForwardingClient, Offer, ProgressRoutes, ProgressSink, ResourceChange,
     Upstream, UpstreamId, UpstreamStatus,
@@ -611,6 +612,7 @@ impl Fleet {
             return Attempt::Refused(caller.refusal(&access));
         }
         delegate(&mut params.meta, caller);
+        TraceContext::propagate(&mut params.meta);
         let Some(connection) = replica.upstream.connection() else {
             return Attempt::Failed {
                 error: "down".into(),

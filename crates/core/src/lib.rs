@@ -28,6 +28,7 @@ pub mod serve;
 pub mod sessions;
 pub mod subscribe;
 pub mod testing;
+pub mod trace;
 pub mod unit;
 pub mod upstream;
 
