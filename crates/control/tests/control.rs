@@ -12,7 +12,7 @@ use std::time::Duration;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin, ROUTE_META_KEY};
 use jetsonmind_control::power::Power;
-use jetsonmind_core::auth::Principal;
+use jetsonmind_core::auth::{AccessLevel, AuthMethod, FORBIDDEN, Principal, Scopes, delegate};
 use jetsonmind_core::config::{Config, HttpConfig, McpConfig};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::{json_resource, json_tool_result};
@@ -64,8 +64,8 @@ impl FakeReplica {
         let tools = vec![
             tool_from::<WorkArgs>("echo", "answers with its text").annotate(idempotent),
             tool_from::<WorkArgs>("write", "changes something"),
-            tool_from::<ModelArgs>("load_model", "load"),
-            tool_from::<ModelArgs>("unload_model", "unload"),
+            AccessLevel::Admin.mark(tool_from::<ModelArgs>("load_model", "load")),
+            AccessLevel::Admin.mark(tool_from::<ModelArgs>("unload_model", "unload")),
         ];
         let resources = vec![Resource::new(REPLICA_STATUS_URI, "status")];
         Arc::new(Self {
@@ -635,4 +635,61 @@ async fn scaling_needs_a_launcher_and_reports_what_it_has() {
         text.contains("/action") && text.contains("/count"),
         "{text}"
     );
+}
+
+fn key(scopes: &[&str]) -> Principal {
+    Principal {
+        id: "key:test".into(),
+        name: "test".into(),
+        method: AuthMethod::ApiKey,
+        scopes: Scopes::new(scopes.iter().copied()),
+        via: Vec::new(),
+    }
+}
+
+/// Review item 1: a call dispatched for a caller is authorized as that
+/// caller on the tool as the replica declares it, and the replica checks
+/// the forwarded caller again.
+#[tokio::test]
+async fn dispatch_authorizes_the_caller_and_the_replica_checks_again() {
+    let fleet = Fleet::new("compute", settings(|_| {}));
+    let replica = FakeReplica::new("a");
+    in_process_replica(&fleet, &replica);
+    fleet.check().await;
+    let never = CancellationToken::new();
+    let star = key(&["tools:*"]);
+
+    let load = call("load_model", json!({"model": "big.gguf"}));
+    let refused = fleet
+        .call_tool(load.clone(), &star, None, None, &never)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, FORBIDDEN, "{refused:?}");
+    assert!(refused.message.contains("tools:load_model"), "{refused:?}");
+    assert_eq!(replica.calls.load(Ordering::SeqCst), 0, "never sent");
+    let echoed = fleet
+        .call_tool(
+            call("echo", json!({"text": "hi"})),
+            &star,
+            None,
+            None,
+            &never,
+        )
+        .await
+        .unwrap();
+    assert_eq!(structured(&echoed)["text"], "hi");
+    let admin = key(&["admin"]);
+    fleet
+        .call_tool(load.clone(), &admin, None, None, &never)
+        .await
+        .unwrap();
+    assert_eq!(replica.calls.load(Ordering::SeqCst), 2);
+
+    // Straight to the replica, naming a narrow caller: refused there too.
+    let direct = testing::connect(UnitServer::new(replica.clone(), McpConfig::default())).await;
+    let mut forwarded = load;
+    delegate(&mut forwarded.meta, &star);
+    let refused = direct.peer().call_tool(forwarded).await.unwrap_err();
+    assert!(refused.to_string().contains("forbidden"), "{refused}");
+    assert_eq!(replica.calls.load(Ordering::SeqCst), 2);
 }
