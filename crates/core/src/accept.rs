@@ -4,6 +4,7 @@
 //! `body_read_timeout_ms` for its body, and `idle_timeout_ms` with nothing in
 //! flight before it is closed.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::CoreError;
 use crate::admission::{ConnectionSlots, Refused, Slot};
 use crate::config::HttpConfig;
-use crate::connections::Connections;
+use crate::connections::{ConnectionId, Connections};
 use crate::request_body::{BodyOutcome, DeadlineBody, Guarded};
 
 /// How long a connection closed by `manage_connections` may finish the
@@ -140,24 +141,15 @@ impl Connection {
         let registration = connections.register(peer);
         let id = registration.id;
         let activity = Activity::new();
-        let limits = self.limits.clone();
-        let router = self.router.clone();
-        let watched = activity.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let busy = watched.begin();
-            let deadline = Instant::now() + limits.body_read_timeout;
-            let (parts, incoming) = request.into_parts();
-            let (body, outcome) = DeadlineBody::new(incoming, deadline);
-            let mut request = http::Request::from_parts(parts, axum::body::Body::new(body));
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request.extensions_mut().insert(id);
-            let router = router.clone();
-            let max_body_bytes = limits.max_body_bytes;
-            async move {
-                let response = tower::ServiceExt::oneshot(router, request).await?;
-                let response = finish(response, &outcome, max_body_bytes, deadline).await;
-                Ok::<_, std::convert::Infallible>(response.map(|b| Guarded::new(b, busy)))
-            }
+        let (router, limits, watched) =
+            (self.router.clone(), self.limits.clone(), activity.clone());
+        let service = hyper::service::service_fn(move |request| {
+            let context = RequestContext {
+                peer,
+                id,
+                busy: watched.begin(),
+            };
+            handle(request, router.clone(), limits.clone(), context)
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -198,6 +190,32 @@ impl Connection {
     }
 }
 
+/// Where a request came from, and its place among the connection's activity.
+struct RequestContext {
+    peer: SocketAddr,
+    id: ConnectionId,
+    busy: Busy,
+}
+
+/// One request: its body gets a deadline, its extensions the peer and the
+/// connection id, and it counts as activity until its response body ends.
+async fn handle(
+    request: http::Request<Incoming>,
+    router: Router,
+    limits: ConnectionLimits,
+    context: RequestContext,
+) -> Result<http::Response<Guarded<axum::body::Body, Busy>>, Infallible> {
+    let deadline = Instant::now() + limits.body_read_timeout;
+    let (parts, incoming) = request.into_parts();
+    let (body, outcome) = DeadlineBody::new(incoming, deadline);
+    let mut request = http::Request::from_parts(parts, axum::body::Body::new(body));
+    request.extensions_mut().insert(ConnectInfo(context.peer));
+    request.extensions_mut().insert(context.id);
+    let response = tower::ServiceExt::oneshot(router, request).await?;
+    let response = finish(response, &outcome, limits.max_body_bytes, deadline).await;
+    Ok(response.map(|body| Guarded::new(body, context.busy)))
+}
+
 /// The response, once the request's body is off the wire. A body that did
 /// not arrive in time gets 408 whatever a layer made of its error; a body
 /// that cannot be read to its end closes the connection after the response,
@@ -225,15 +243,22 @@ async fn finish(
     response
 }
 
-/// Requests in flight on a connection, when that number last changed, and
-/// whether any request came at all; watchers are woken on every change.
-#[derive(Clone, Default)]
+/// What a connection is doing; watchers are woken on every change.
+#[derive(Clone)]
 struct Activity(Arc<ActivityState>);
 
-#[derive(Default)]
 struct ActivityState {
-    now: Mutex<(usize, Option<Instant>, bool)>,
+    now: Mutex<Counts>,
     changed: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Counts {
+    in_flight: usize,
+    /// When `in_flight` last changed (or the connection opened).
+    since: Instant,
+    /// Whether any request came at all.
+    started: bool,
 }
 
 /// One request in flight, until its response body is done or dropped.
@@ -241,16 +266,22 @@ struct Busy(Activity);
 
 impl Activity {
     fn new() -> Self {
-        let activity = Self::default();
-        activity.0.now.lock().expect("activity lock").1 = Some(Instant::now());
-        activity
+        let counts = Counts {
+            in_flight: 0,
+            since: Instant::now(),
+            started: false,
+        };
+        Self(Arc::new(ActivityState {
+            now: Mutex::new(counts),
+            changed: tokio::sync::Notify::new(),
+        }))
     }
 
     fn change(&self, by: isize) {
         let mut now = self.0.now.lock().expect("activity lock");
-        now.0 = now.0.saturating_add_signed(by);
-        now.1 = Some(Instant::now());
-        now.2 = true;
+        now.in_flight = now.in_flight.saturating_add_signed(by);
+        now.since = Instant::now();
+        now.started = true;
         self.0.changed.notify_waiters();
     }
 
@@ -266,19 +297,18 @@ impl Activity {
     async fn idle_for(&self, first: Duration, then: Duration) {
         loop {
             let changed = self.0.changed.notified();
-            let (in_flight, since, started) = *self.0.now.lock().expect("activity lock");
-            let since = since.unwrap_or_else(Instant::now);
-            let timeout = if started { then } else { first };
-            if in_flight == 0 && since.elapsed() >= timeout {
+            let now = *self.0.now.lock().expect("activity lock");
+            if now.in_flight > 0 {
+                changed.await;
+                continue;
+            }
+            let expires = now.since + if now.started { then } else { first };
+            if Instant::now() >= expires {
                 return;
             }
-            if in_flight == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(since + timeout) => {}
-                    _ = changed => {}
-                }
-            } else {
-                changed.await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(expires) => {}
+                _ = changed => {}
             }
         }
     }
