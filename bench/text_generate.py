@@ -127,7 +127,10 @@ def main():
             sys.exit(f"{path} is missing: run ./setup.sh")
 
     data = tempfile.mkdtemp(prefix="jetsonmind-bench-")
-    os.symlink(ROOT / "models", Path(data) / "models")
+    # Imported by hard link into a data dir of its own: the repository's
+    # models/ stays as it is, so llama-bench below and the next run find the GGUF.
+    subprocess.run([str(BINARY), "--data-dir", data, "models", "import", str(MODEL), "--link"],
+                   check=True, capture_output=True)
     env = {"JETSONMIND_COMPUTE__THREADS": str(options.threads), "RUST_LOG": "warn", **dict(options.env or [])}
     serve, serve_url = start(["serve", "--listen", "127.0.0.1:0", "--data-dir", data], env)
     try:

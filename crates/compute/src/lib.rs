@@ -31,7 +31,7 @@ use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
 
 use crate::engine::llama::LlamaSettings;
-use crate::models::{ModelRegistry, Placement};
+use crate::models::{Loader, ModelRegistry, Placement};
 use crate::scheduler::Scheduler;
 use crate::schema::*;
 use crate::text::TextService;
@@ -50,6 +50,26 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 impl ComputeServer {
     /// `cache` and `store` are shared with the data server, which reports on them.
     pub fn new(config: &Config, cache: Arc<InferenceCache>, store: Arc<ModelStore>) -> Self {
+        Self::build(config, cache, store, None)
+    }
+
+    /// As [`Self::new`], loading models with `loader` instead of llama.cpp
+    /// (for tests: a load that takes as long as the test wants).
+    pub fn with_loader(
+        config: &Config,
+        cache: Arc<InferenceCache>,
+        store: Arc<ModelStore>,
+        loader: Loader,
+    ) -> Self {
+        Self::build(config, cache, store, Some(loader))
+    }
+
+    fn build(
+        config: &Config,
+        cache: Arc<InferenceCache>,
+        store: Arc<ModelStore>,
+        loader: Option<Loader>,
+    ) -> Self {
         let settings = config.compute.clone();
         let llama = LlamaSettings {
             threads: match settings.threads {
@@ -71,12 +91,16 @@ impl ComputeServer {
             },
             parallel: settings.parallel,
         };
-        let models = Arc::new(ModelRegistry::new(
+        let mut registry = ModelRegistry::new(
             store.clone(),
             settings.default_model.clone(),
             llama,
             placement,
-        ));
+        );
+        if let Some(loader) = loader {
+            registry = registry.with_loader(loader);
+        }
+        let models = Arc::new(registry);
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
         }
@@ -96,7 +120,8 @@ impl ComputeServer {
 
     async fn status(&self) -> ReplicaReport {
         let models = &self.text.models;
-        let residency = models.residency().await;
+        let residency = models.residency();
+        let estimates = models.store_estimates();
         let vitals = self.vitals.vitals();
         let budget = models.budget_bytes();
         let idle_bytes = residency.used_bytes - residency.busy_bytes;
@@ -117,7 +142,9 @@ impl ComputeServer {
             free_memory_bytes: vitals.available_memory_bytes,
             temperature_c: vitals.max_temperature_c,
             loaded: residency.loaded,
-            model_bytes: models.store_model_bytes(),
+            loading: residency.loading,
+            model_bytes: estimates.bytes,
+            unusable_models: estimates.unusable,
         }
     }
 
@@ -133,7 +160,7 @@ impl ComputeServer {
     }
 
     async fn unload_model(&self, args: UnloadModelArgs) -> CallToolResult {
-        match self.text.models.unload(&args.model).await {
+        match self.text.models.unload(&args.model) {
             Ok(bytes) => json_tool_result(&serde_json::json!({
                 "model": args.model,
                 "freed_bytes": bytes,
@@ -158,7 +185,7 @@ async fn sweep_idle_models(models: Weak<ModelRegistry>) {
         let Some(models) = models.upgrade() else {
             return;
         };
-        models.sweep().await;
+        models.sweep();
     }
 }
 

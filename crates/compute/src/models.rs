@@ -4,16 +4,20 @@
 //! recently used first, to make room, and a model idle past its keep-alive
 //! is unloaded by [`ModelRegistry::sweep`]. A model in use is never unloaded,
 //! so memory is never over-committed.
+//!
+//! A load runs on a task of its own, outside the registry's lock: the
+//! status read (and calls to other models) never wait for it, and callers
+//! of the model being loaded wait for that one load.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use jetsonmind_core::replica::LoadedModel;
 use jetsonmind_data::gguf;
 use jetsonmind_data::store::{ModelStore, StoreError};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
 use crate::engine::{EngineError, TextEngine};
@@ -29,6 +33,16 @@ pub struct Placement {
     pub parallel: usize,
 }
 
+/// Loads a model file into an engine (blocking). llama.cpp's by default;
+/// tests give their own.
+pub type Loader = Arc<
+    dyn Fn(&Path, &str, &LlamaSettings) -> Result<Arc<dyn TextEngine>, EngineError> + Send + Sync,
+>;
+
+/// The most memory a model may be counted for: beyond any machine, and far
+/// enough from `u64::MAX` that sums of such counts cannot overflow.
+const MAX_MODEL_BYTES: u64 = 1 << 60;
+
 struct Loaded {
     engine: Arc<dyn TextEngine>,
     bytes: u64,
@@ -43,12 +57,31 @@ impl Loaded {
     }
 }
 
+/// A load in progress. Its memory is already counted (and cannot be
+/// taken back); callers of the model wait on `done` for the one load.
+struct Loading {
+    bytes: u64,
+    keep_alive: Option<Duration>,
+    done: watch::Receiver<LoadState>,
+}
+
+/// `None` while loading; then why it failed, if it did.
+type LoadState = Option<Result<(), String>>;
+
+enum Slot {
+    Ready(Loaded),
+    Loading(Loading),
+}
+
 pub struct ModelRegistry {
     store: Arc<ModelStore>,
     default_model: String,
     settings: LlamaSettings,
     placement: Placement,
-    loaded: Mutex<HashMap<String, Loaded>>,
+    loader: Loader,
+    /// Held only for bookkeeping, never across a load or an await, so the
+    /// status read never waits for a model to load.
+    slots: Mutex<HashMap<String, Slot>>,
 }
 
 /// What a load did.
@@ -66,9 +99,28 @@ pub struct LoadOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct Residency {
     pub loaded: Vec<LoadedModel>,
+    /// Models being loaded now.
+    pub loading: Vec<String>,
+    /// Loaded and loading models together.
     pub used_bytes: u64,
-    /// Held by models with calls running: cannot be given back now.
+    /// Held by models with calls running or being loaded: cannot be given back now.
     pub busy_bytes: u64,
+}
+
+/// What each model of the store would be counted for when loaded, and the
+/// models that cannot be served, with why.
+#[derive(Debug, Clone, Default)]
+pub struct StoreEstimates {
+    pub bytes: BTreeMap<String, u64>,
+    pub unusable: BTreeMap<String, String>,
+}
+
+/// llama.cpp's loader.
+fn llama_loader() -> Loader {
+    Arc::new(|path: &Path, id: &str, settings: &LlamaSettings| {
+        let engine = LlamaEngine::load(path, id.to_string(), settings.clone())?;
+        Ok(Arc::new(engine) as Arc<dyn TextEngine>)
+    })
 }
 
 impl ModelRegistry {
@@ -83,8 +135,15 @@ impl ModelRegistry {
             default_model,
             settings,
             placement,
-            loaded: Mutex::new(HashMap::new()),
+            loader: llama_loader(),
+            slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Load models with `loader` instead of llama.cpp.
+    pub fn with_loader(mut self, loader: Loader) -> Self {
+        self.loader = loader;
+        self
     }
 
     pub fn default_model(&self) -> &str {
@@ -95,8 +154,17 @@ impl ModelRegistry {
         self.placement.budget_bytes
     }
 
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The engine for `name` (the default model when `None`), loading it if needed.
-    pub async fn get(&self, name: Option<&str>) -> Result<Arc<dyn TextEngine>, EngineError> {
+    pub async fn get(
+        self: &Arc<Self>,
+        name: Option<&str>,
+    ) -> Result<Arc<dyn TextEngine>, EngineError> {
         let (id, path) = self.resolve(name.unwrap_or(&self.default_model))?;
         let (engine, _) = self.ensure_loaded(&id, &path, None).await?;
         Ok(engine)
@@ -104,7 +172,7 @@ impl ModelRegistry {
 
     /// Load `name` now; `keep_alive` (when given) replaces its keep-alive.
     pub async fn load(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         keep_alive: Option<Option<Duration>>,
     ) -> Result<LoadOutcome, EngineError> {
@@ -113,103 +181,194 @@ impl ModelRegistry {
         Ok(outcome)
     }
 
+    /// The loaded engine, after the one load of it (started here or by
+    /// another caller) when it is not loaded yet.
     async fn ensure_loaded(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         path: &Path,
         keep_alive: Option<Option<Duration>>,
     ) -> Result<(Arc<dyn TextEngine>, LoadOutcome), EngineError> {
-        let mut loaded = self.loaded.lock().await;
-        if let Some(model) = loaded.get_mut(id) {
-            model.last_used = Instant::now();
-            if let Some(keep_alive) = keep_alive {
-                model.keep_alive = keep_alive;
-            }
-            let outcome = LoadOutcome {
-                model: id.to_string(),
-                already_loaded: true,
-                bytes: model.bytes,
-                unloaded: Vec::new(),
-                keep_alive_secs: model.keep_alive.map(|d| d.as_secs()),
+        // Set when this call started the load: the models it unloaded.
+        let mut started: Option<Vec<String>> = None;
+        loop {
+            let mut done = {
+                let mut slots = self.slots();
+                match slots.get_mut(id) {
+                    Some(Slot::Ready(model)) => {
+                        return Ok(use_loaded(id, model, keep_alive, started));
+                    }
+                    Some(Slot::Loading(loading)) => {
+                        if let Some(keep_alive) = keep_alive {
+                            loading.keep_alive = keep_alive;
+                        }
+                        loading.done.clone()
+                    }
+                    None => {
+                        let (done, evicted) = self.start_load(&mut slots, id, path, keep_alive)?;
+                        drop(slots);
+                        for name in &evicted {
+                            self.forget(name, "to make room");
+                        }
+                        started = Some(evicted);
+                        done
+                    }
+                }
             };
-            return Ok((model.engine.clone(), outcome));
+            let failure = match done.wait_for(Option::is_some).await {
+                Ok(state) => state.as_ref().and_then(|r| r.as_ref().err().cloned()),
+                Err(_) => Some("the model loader stopped".to_string()),
+            };
+            if let Some(reason) = failure {
+                return Err(EngineError::Load {
+                    path: id.to_string(),
+                    reason,
+                });
+            }
+            // Loaded: take it from its slot (or load it again if it was
+            // evicted in the meantime).
         }
-        let bytes = self.estimate_bytes(path)?;
+    }
+
+    /// Reserve the memory of `id` (unloading idle models to make room) and
+    /// load it on a task of its own: it completes even if every caller
+    /// waiting for it goes away. The models unloaded, for the caller to
+    /// record once the lock is released.
+    fn start_load(
+        self: &Arc<Self>,
+        slots: &mut HashMap<String, Slot>,
+        id: &str,
+        path: &Path,
+        keep_alive: Option<Option<Duration>>,
+    ) -> Result<(watch::Receiver<LoadState>, Vec<String>), EngineError> {
+        let refuse = |reason: String| EngineError::Load {
+            path: id.to_string(),
+            reason,
+        };
+        let bytes = self.estimate_bytes(path).map_err(refuse)?;
         let evict =
-            placement::evictions_for(id, bytes, &residents(&loaded), self.placement.budget_bytes)
-                .map_err(|e| EngineError::Load {
-                path: id.to_string(),
-                reason: e.to_string(),
-            })?;
+            placement::evictions_for(id, bytes, &residents(slots), self.placement.budget_bytes)
+                .map_err(|e| refuse(e.to_string()))?;
         for name in &evict {
-            loaded.remove(name);
-            self.forget(name, "to make room");
+            slots.remove(name);
         }
-        let settings = self.settings.clone();
-        let key = id.to_string();
-        let path = path.to_path_buf();
-        let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, key, settings))
-            .await
-            .map_err(|e| EngineError::Inference(format!("model loader stopped: {e}")))??;
+        let (report, done) = watch::channel(None);
+        slots.insert(
+            id.to_string(),
+            Slot::Loading(Loading {
+                bytes,
+                keep_alive: keep_alive.unwrap_or(self.placement.keep_alive),
+                done: done.clone(),
+            }),
+        );
+        let registry = self.clone();
+        let (id, path) = (id.to_string(), path.to_path_buf());
+        tokio::spawn(async move {
+            let loader = registry.loader.clone();
+            let settings = registry.settings.clone();
+            let key = id.clone();
+            let loaded = tokio::task::spawn_blocking(move || loader(&path, &key, &settings))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(EngineError::Inference(format!("model loader stopped: {e}")))
+                });
+            let _ = report.send(Some(registry.finish_load(&id, loaded)));
+        });
+        Ok((done, evict))
+    }
+
+    /// Turn the loading slot of `id` into a loaded model, or free it.
+    fn finish_load(
+        &self,
+        id: &str,
+        loaded: Result<Arc<dyn TextEngine>, EngineError>,
+    ) -> Result<(), String> {
+        let engine = match loaded {
+            Ok(engine) => engine,
+            Err(e) => {
+                self.slots().remove(id);
+                tracing::warn!(model = %id, error = %e, "model load failed");
+                return Err(match e {
+                    EngineError::Load { reason, .. } => reason,
+                    other => other.to_string(),
+                });
+            }
+        };
+        let bytes = {
+            let mut slots = self.slots();
+            let Some(Slot::Loading(loading)) = slots.remove(id) else {
+                return Err("the load was abandoned".into());
+            };
+            slots.insert(
+                id.to_string(),
+                Slot::Ready(Loaded {
+                    engine: engine.clone(),
+                    bytes: loading.bytes,
+                    last_used: Instant::now(),
+                    keep_alive: loading.keep_alive,
+                }),
+            );
+            loading.bytes
+        };
         tracing::info!(model = %id, parameters = engine.info().parameters, bytes, "model loaded");
         if let Err(e) = self.store.record_load(id) {
             tracing::warn!(model = %id, error = %e, "cannot record the load in the model store");
         }
-        let engine: Arc<dyn TextEngine> = Arc::new(engine);
-        let keep_alive = keep_alive.unwrap_or(self.placement.keep_alive);
-        loaded.insert(
-            id.to_string(),
-            Loaded {
-                engine: engine.clone(),
-                bytes,
-                last_used: Instant::now(),
-                keep_alive,
-            },
-        );
-        let outcome = LoadOutcome {
-            model: id.to_string(),
-            already_loaded: false,
-            bytes,
-            unloaded: evict,
-            keep_alive_secs: keep_alive.map(|d| d.as_secs()),
-        };
-        Ok((engine, outcome))
+        Ok(())
     }
 
-    /// Unload `name`; refused while calls run on it.
-    pub async fn unload(&self, name: &str) -> Result<u64, EngineError> {
+    /// Unload `name`; refused while calls run on it or while it loads.
+    pub fn unload(&self, name: &str) -> Result<u64, EngineError> {
         let (id, _) = self.resolve(name)?;
-        let mut loaded = self.loaded.lock().await;
         let refuse = |reason: String| EngineError::Load {
             path: id.clone(),
             reason,
         };
-        let Some(model) = loaded.get(&id) else {
-            return Err(refuse("it is not loaded".into()));
+        let bytes = {
+            let mut slots = self.slots();
+            let model = match slots.get(&id) {
+                Some(Slot::Ready(model)) => model,
+                Some(Slot::Loading(_)) => {
+                    return Err(refuse(
+                        "it is being loaded; try again when the load is done".into(),
+                    ));
+                }
+                None => return Err(refuse("it is not loaded".into())),
+            };
+            let in_use = model.in_use();
+            if in_use > 0 {
+                return Err(refuse(format!(
+                    "cannot unload: {in_use} call(s) are running on it; try again when they finish"
+                )));
+            }
+            let bytes = model.bytes;
+            slots.remove(&id);
+            bytes
         };
-        let in_use = model.in_use();
-        if in_use > 0 {
-            return Err(refuse(format!(
-                "cannot unload: {in_use} call(s) are running on it; try again when they finish"
-            )));
-        }
-        let bytes = model.bytes;
-        loaded.remove(&id);
         self.forget(&id, "on request");
         Ok(bytes)
     }
 
     /// Unload the idle models whose keep-alive ran out; their names.
-    pub async fn sweep(&self) -> Vec<String> {
-        let mut loaded = self.loaded.lock().await;
-        let now = Instant::now();
-        // The idle clock starts when the last call ends, seen here.
-        for model in loaded.values_mut().filter(|m| m.in_use() > 0) {
-            model.last_used = now;
-        }
-        let expired = placement::expired(&residents(&loaded), now);
+    pub fn sweep(&self) -> Vec<String> {
+        let expired = {
+            let mut slots = self.slots();
+            let now = Instant::now();
+            // The idle clock starts when the last call ends, seen here.
+            for slot in slots.values_mut() {
+                if let Slot::Ready(model) = slot
+                    && model.in_use() > 0
+                {
+                    model.last_used = now;
+                }
+            }
+            let expired = placement::expired(&residents(&slots), now);
+            for name in &expired {
+                slots.remove(name);
+            }
+            expired
+        };
         for name in &expired {
-            loaded.remove(name);
             self.forget(name, "keep-alive expired");
         }
         expired
@@ -222,12 +381,21 @@ impl ModelRegistry {
         }
     }
 
-    /// The loaded models and the memory they are counted for.
-    pub async fn residency(&self) -> Residency {
-        let loaded = self.loaded.lock().await;
+    /// The loaded and loading models and the memory they are counted for.
+    pub fn residency(&self) -> Residency {
+        let slots = self.slots();
         let now = Instant::now();
         let mut residency = Residency::default();
-        for (name, model) in loaded.iter() {
+        for (name, slot) in slots.iter() {
+            let model = match slot {
+                Slot::Ready(model) => model,
+                Slot::Loading(loading) => {
+                    residency.used_bytes += loading.bytes;
+                    residency.busy_bytes += loading.bytes;
+                    residency.loading.push(name.clone());
+                    continue;
+                }
+            };
             let in_use = model.in_use();
             residency.used_bytes += model.bytes;
             if in_use > 0 {
@@ -245,43 +413,59 @@ impl ModelRegistry {
             });
         }
         residency.loaded.sort_by(|a, b| a.name.cmp(&b.name));
+        residency.loading.sort();
         residency
     }
 
-    /// What each GGUF model of the store would be counted for when loaded.
-    pub fn store_model_bytes(&self) -> BTreeMap<String, u64> {
+    /// What each GGUF model of the store would be counted for when loaded;
+    /// a model whose header cannot be counted is listed as unusable, and
+    /// never keeps the others from being reported.
+    pub fn store_estimates(&self) -> StoreEstimates {
+        let mut estimates = StoreEstimates::default();
         let Ok(models) = self.store.list() else {
-            return BTreeMap::new();
+            return estimates;
         };
-        models
-            .iter()
-            .filter(|m| m.format == "gguf")
-            .filter_map(|m| {
-                let path = self.store.main_file(&m.name).ok()?;
-                Some((m.name.clone(), self.estimate_bytes(&path).ok()?))
-            })
-            .collect()
+        for model in models.iter().filter(|m| m.format == "gguf") {
+            let estimate = self
+                .store
+                .main_file(&model.name)
+                .map_err(|e| e.to_string())
+                .and_then(|path| self.estimate_bytes(&path));
+            match estimate {
+                Ok(bytes) => {
+                    estimates.bytes.insert(model.name.clone(), bytes);
+                }
+                Err(reason) => {
+                    estimates.unusable.insert(model.name.clone(), reason);
+                }
+            }
+        }
+        estimates
     }
 
     /// Weights as stored, plus the KV cache of `parallel` full contexts;
-    /// without attention facts in the header, a quarter more than the weights.
-    fn estimate_bytes(&self, path: &Path) -> Result<u64, EngineError> {
-        let error = |reason: String| EngineError::Load {
-            path: path.display().to_string(),
-            reason,
-        };
-        let weights = std::fs::metadata(path)
-            .map_err(|e| error(e.to_string()))?
-            .len();
-        let per_token = std::fs::File::open(path)
+    /// without attention facts in the header, a quarter more than the
+    /// weights. An error (why the model cannot be served) for a header whose
+    /// attention facts are not usable numbers.
+    fn estimate_bytes(&self, path: &Path) -> Result<u64, String> {
+        let weights = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        let metadata = std::fs::File::open(path)
             .ok()
-            .and_then(|file| gguf::read_metadata(std::io::BufReader::new(file)).ok())
-            .and_then(|metadata| gguf::kv_bytes_per_token(&metadata));
+            .and_then(|file| gguf::read_metadata(std::io::BufReader::new(file)).ok());
+        let per_token = match metadata {
+            Some(metadata) => gguf::kv_bytes_per_token(&metadata).map_err(|e| e.to_string())?,
+            None => None,
+        };
         let contexts = self.settings.context_size as u64 * self.placement.parallel.max(1) as u64;
-        Ok(match per_token {
-            Some(per_token) => weights + per_token * contexts,
-            None => weights + weights / 4,
-        })
+        let bytes = match per_token {
+            Some(per_token) => per_token
+                .checked_mul(contexts)
+                .and_then(|kv| kv.checked_add(weights)),
+            None => weights.checked_add(weights / 4),
+        };
+        bytes
+            .filter(|bytes| *bytes <= MAX_MODEL_BYTES)
+            .ok_or_else(|| "its header describes a model larger than any machine's memory".into())
     }
 
     /// A model is named as in the store; `.gguf` may be left off.
@@ -325,22 +509,53 @@ impl ModelRegistry {
     }
 }
 
-/// The loaded models as placement sees them; a model in use counts as used now.
-fn residents(loaded: &HashMap<String, Loaded>) -> Vec<Resident> {
+/// The models as placement sees them; one in use or loading counts as used
+/// now, and cannot be unloaded.
+fn residents(slots: &HashMap<String, Slot>) -> Vec<Resident> {
     let now = Instant::now();
-    loaded
+    slots
         .iter()
-        .map(|(name, model)| {
-            let in_use = model.in_use() > 0;
-            Resident {
-                name: name.clone(),
-                bytes: model.bytes,
-                last_used: if in_use { now } else { model.last_used },
-                in_use,
-                keep_alive: model.keep_alive,
+        .map(|(name, slot)| match slot {
+            Slot::Ready(model) => {
+                let in_use = model.in_use() > 0;
+                Resident {
+                    name: name.clone(),
+                    bytes: model.bytes,
+                    last_used: if in_use { now } else { model.last_used },
+                    in_use,
+                    keep_alive: model.keep_alive,
+                }
             }
+            Slot::Loading(loading) => Resident {
+                name: name.clone(),
+                bytes: loading.bytes,
+                last_used: now,
+                in_use: true,
+                keep_alive: loading.keep_alive,
+            },
         })
         .collect()
+}
+
+/// Take a loaded model for a call: it counts as used now.
+fn use_loaded(
+    id: &str,
+    model: &mut Loaded,
+    keep_alive: Option<Option<Duration>>,
+    started: Option<Vec<String>>,
+) -> (Arc<dyn TextEngine>, LoadOutcome) {
+    model.last_used = Instant::now();
+    if let Some(keep_alive) = keep_alive {
+        model.keep_alive = keep_alive;
+    }
+    let outcome = LoadOutcome {
+        model: id.to_string(),
+        already_loaded: started.is_none(),
+        bytes: model.bytes,
+        unloaded: started.unwrap_or_default(),
+        keep_alive_secs: model.keep_alive.map(|d| d.as_secs()),
+    };
+    (model.engine.clone(), outcome)
 }
 
 fn load_error(name: &str, e: StoreError) -> EngineError {

@@ -1,41 +1,259 @@
 //! The compute server driven through a real MCP client.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jetsonmind_compute::ComputeServer;
+use jetsonmind_compute::engine::llama::LlamaSettings;
+use jetsonmind_compute::engine::{
+    EngineError, FinishReason, Flow, GenerateRequest, Generation, ModelInfo, Partial, TextEngine,
+    Timings,
+};
+use jetsonmind_compute::models::Loader;
 use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::rmcp::ServiceError;
-use jetsonmind_core::rmcp::model::{CallToolRequestParams, ErrorCode};
+use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, ErrorCode, ReadResourceRequestParams, ResourceContents,
+};
+use jetsonmind_core::rmcp::service::{Peer, RunningService};
+use jetsonmind_core::rmcp::{RoleClient, ServiceError};
 use jetsonmind_core::{UnitServer, testing};
+use jetsonmind_data::gguf::build;
+use jetsonmind_data::store::{ImportOptions, ModelStore};
 use serde_json::json;
 
 fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     v.as_object().unwrap().clone()
 }
 
+type Client = RunningService<RoleClient, ()>;
+
 /// A compute server over an empty model store of its own.
-async fn client() -> (
-    jetsonmind_core::rmcp::service::RunningService<jetsonmind_core::rmcp::RoleClient, ()>,
-    tempfile::TempDir,
-) {
+async fn client() -> (Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = jetsonmind_data::store::ModelStore::open(dir.path()).unwrap();
+    let store = Arc::new(ModelStore::open(dir.path()).unwrap());
+    (client_with(&dir, store, None).await, dir)
+}
+
+/// A compute server over `store` (in `dir`), loading with `loader` when given.
+async fn client_with(
+    dir: &tempfile::TempDir,
+    store: Arc<ModelStore>,
+    loader: Option<Loader>,
+) -> Client {
     let mut config = jetsonmind_core::Config::default();
     config.data.dir = dir.path().to_path_buf();
-    let client = testing::connect(UnitServer::new(
-        Arc::new(ComputeServer::new(
-            &config,
-            Default::default(),
-            Arc::new(store),
-        )),
-        McpConfig::default(),
-    ))
-    .await;
-    (client, dir)
+    let server = match loader {
+        Some(loader) => ComputeServer::with_loader(&config, Default::default(), store, loader),
+        None => ComputeServer::new(&config, Default::default(), store),
+    };
+    // No read TTL: the client would answer a repeated status read from its cache.
+    let mcp = McpConfig {
+        read_ttl_ms: 0,
+        ..McpConfig::default()
+    };
+    testing::connect(UnitServer::new(Arc::new(server), mcp)).await
+}
+
+async fn status(client: &Peer<RoleClient>) -> ReplicaReport {
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(REPLICA_STATUS_URI))
+        .await
+        .unwrap();
+    match &read.contents[0] {
+        ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(text).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Import a GGUF of these header values (and a few bytes of "weights") as `name`.
+fn import_gguf(store: &ModelStore, dir: &std::path::Path, name: &str, numbers: &[(&str, u32)]) {
+    let mut bytes = build::header(&[("general.architecture", "llama")], numbers);
+    bytes.extend([0u8; 64]);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    store
+        .import(&path, &ImportOptions::default(), |_, _| {})
+        .unwrap();
+}
+
+/// A model that answers every prompt with "ok", for tests of everything
+/// around generation.
+struct FakeEngine(ModelInfo);
+
+impl FakeEngine {
+    fn loaded(id: &str) -> Result<Arc<dyn TextEngine>, EngineError> {
+        Ok(Arc::new(FakeEngine(ModelInfo {
+            id: id.to_string(),
+            architecture: Some("llama".into()),
+            parameters: 1,
+            size_bytes: 64,
+            context_train: 4096,
+            has_chat_template: false,
+            supports_fill_in_middle: false,
+        })))
+    }
+}
+
+impl TextEngine for FakeEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.0
+    }
+
+    fn generate(
+        &self,
+        _: &GenerateRequest,
+        _: &mut dyn FnMut(&Partial) -> Flow,
+    ) -> Result<Generation, EngineError> {
+        Ok(Generation {
+            text: "ok".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            finish_reason: FinishReason::Stop,
+            timings: Timings {
+                prompt_ms: 0.0,
+                generation_ms: 0.0,
+                prompt_tokens_per_second: 0.0,
+                generation_tokens_per_second: 0.0,
+            },
+        })
+    }
+}
+
+/// A loader that tells when a load starts, then holds it until told to
+/// finish: a model as slow to load as the test wants.
+struct HeldLoads {
+    started: tokio::sync::mpsc::UnboundedReceiver<String>,
+    release: std::sync::mpsc::Sender<()>,
+    count: Arc<AtomicUsize>,
+}
+
+fn held_loader() -> (Loader, HeldLoads) {
+    let (started_tx, started) = tokio::sync::mpsc::unbounded_channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let loader: Loader = Arc::new(move |_: &std::path::Path, id: &str, _: &LlamaSettings| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let _ = started_tx.send(id.to_string());
+        let _ = release_rx.lock().unwrap().recv();
+        FakeEngine::loaded(id)
+    });
+    (
+        loader,
+        HeldLoads {
+            started,
+            release,
+            count,
+        },
+    )
+}
+
+fn load_call(model: &str) -> CallToolRequestParams {
+    CallToolRequestParams::new("load_model").with_arguments(args(json!({"model": model})))
+}
+
+/// The review's case: a model slower to load than the control plane's
+/// health timeout made the status read wait behind the registry lock, and
+/// the replica was taken for dead. The load is held here until the test
+/// lets it go, so a status read that waited for it would never return.
+// Two workers: a status read that blocked one would still let the timeout fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_answers_while_a_model_loads_and_shows_it_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ModelStore::open(dir.path()).unwrap());
+    import_gguf(&store, dir.path(), "slow.gguf", &[("llama.block_count", 2)]);
+    let (loader, mut held) = held_loader();
+    let client = client_with(&dir, store, Some(loader)).await;
+
+    let first = tokio::spawn({
+        let peer = client.peer().clone();
+        async move { peer.call_tool(load_call("slow.gguf")).await.unwrap() }
+    });
+    assert_eq!(held.started.recv().await.unwrap(), "slow.gguf");
+    // A second caller of the same model waits for that load, not for a lock.
+    let second = tokio::spawn({
+        let peer = client.peer().clone();
+        async move { peer.call_tool(load_call("slow")).await.unwrap() }
+    });
+
+    let during = tokio::time::timeout(Duration::from_secs(60), status(client.peer()))
+        .await
+        .expect("the status read waited for the load");
+    assert_eq!(during.loading, ["slow.gguf"]);
+    assert!(during.loaded.is_empty(), "{during:?}");
+    assert!(
+        during.memory_used_bytes > 0,
+        "a loading model's memory is counted"
+    );
+
+    held.release.send(()).unwrap();
+    let outcomes = [first.await.unwrap(), second.await.unwrap()].map(|result| {
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        result.structured_content.unwrap()["already_loaded"].clone()
+    });
+    assert_eq!(
+        held.count.load(Ordering::SeqCst),
+        1,
+        "one load for both callers"
+    );
+    assert!(outcomes.contains(&json!(false)) && outcomes.contains(&json!(true)));
+    let after = status(client.peer()).await;
+    assert!(after.loading.is_empty(), "{after:?}");
+    assert_eq!(after.loaded.len(), 1);
+    assert_eq!(after.loaded[0].name, "slow.gguf");
+}
+
+/// The review's 246-byte GGUF: a fractional head count, registered (here
+/// by changing a stored file, as import now refuses it), made the status
+/// read panic and took text generation away for every model.
+#[tokio::test]
+async fn a_model_with_a_bad_header_is_reported_and_the_others_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ModelStore::open(dir.path()).unwrap());
+    let shape = [
+        ("llama.block_count", 2),
+        ("llama.embedding_length", 64),
+        ("llama.attention.head_count", 4),
+    ];
+    import_gguf(&store, dir.path(), "good.gguf", &shape);
+    import_gguf(&store, dir.path(), "bad.gguf", &shape[..2]);
+    let half_a_head = build::header_with_floats(
+        &[("general.architecture", "llama")],
+        &shape[..2],
+        &[("llama.attention.head_count", 0.5)],
+    );
+    std::fs::write(store.main_file("bad.gguf").unwrap(), half_a_head).unwrap();
+    let (loader, held) = held_loader();
+    held.release.send(()).unwrap();
+    let client = client_with(&dir, store, Some(loader)).await;
+
+    let report = status(client.peer()).await;
+    assert!(report.model_bytes.contains_key("good.gguf"), "{report:?}");
+    assert!(!report.model_bytes.contains_key("bad.gguf"), "{report:?}");
+    assert!(
+        report.unusable_models["bad.gguf"].contains("llama.attention.head_count"),
+        "{report:?}"
+    );
+    let refused = client.call_tool(load_call("bad.gguf")).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    let text = refused.content[0].as_text().unwrap().text.clone();
+    assert!(text.contains("whole number"), "{text}");
+    let generated = client
+        .call_tool(
+            CallToolRequestParams::new("text_generate")
+                .with_arguments(args(json!({"prompt": "hi", "model": "good"}))),
+        )
+        .await
+        .unwrap();
+    assert_ne!(generated.is_error, Some(true), "{generated:?}");
+    assert_eq!(generated.content[0].as_text().unwrap().text, "ok");
 }
 
 #[tokio::test]
-async fn lists_every_inference_tool_with_a_schema() {
+async fn lists_the_tools_this_node_can_run_with_a_schema() {
     let (client, _dir) = client().await;
     let tools = client.list_all_tools().await.unwrap();
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();

@@ -31,8 +31,13 @@ pub struct ReplicaReport {
     /// The hottest thermal zone.
     pub temperature_c: Option<f64>,
     pub loaded: Vec<LoadedModel>,
+    /// Models being loaded now (their memory is in `memory_used_bytes`).
+    pub loading: Vec<String>,
     /// Memory each model of the store would be counted for when loaded.
     pub model_bytes: BTreeMap<String, u64>,
+    /// Models of the store that cannot be served here, with why (a GGUF
+    /// header whose values are not usable): left out of `model_bytes`.
+    pub unusable_models: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

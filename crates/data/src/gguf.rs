@@ -51,7 +51,7 @@ pub fn read_metadata(mut input: impl Read) -> io::Result<BTreeMap<String, Value>
     for _ in 0..count {
         let key = read_string(&mut input)?;
         let kind = read_u32(&mut input)?;
-        if let Some(value) = read_value(&mut input, kind)? {
+        if let Some(value) = read_value(&mut input, kind, 0)? {
             metadata.insert(key, value);
         }
     }
@@ -72,6 +72,7 @@ pub fn describe(metadata: &BTreeMap<String, Value>) -> GgufInfo {
     let context_length = architecture
         .as_deref()
         .and_then(|arch| number(&format!("{arch}.context_length")))
+        .filter(|n| n.fract() == 0.0 && (0.0..=MAX_COUNT).contains(n))
         .map(|n| n as u64);
     GgufInfo {
         quantization: number("general.file_type").map(|t| file_type_name(t as u32)),
@@ -82,24 +83,102 @@ pub fn describe(metadata: &BTreeMap<String, Value>) -> GgufInfo {
     }
 }
 
+/// A header value llama.cpp would misread or that would break the memory
+/// estimate (a fractional head count divided by, a size that overflows).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("GGUF header: `{key}` {problem}")]
+pub struct BadValue {
+    pub key: String,
+    pub problem: String,
+}
+
+/// Largest value accepted for a count or size: llama.cpp reads them as u32.
+const MAX_COUNT: f64 = u32::MAX as f64;
+
+/// The shape keys (under the architecture's prefix) that must be whole numbers.
+const SHAPE_KEYS: &[&str] = &[
+    "context_length",
+    "block_count",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+];
+
+/// Check the values the store and the memory estimate use: whole numbers in
+/// range, and a KV cache size that can be computed.
+pub fn validate(metadata: &BTreeMap<String, Value>) -> Result<(), BadValue> {
+    whole(metadata, "general.file_type")?;
+    if let Some(arch) = architecture(metadata) {
+        for key in SHAPE_KEYS {
+            whole(metadata, &format!("{arch}.{key}"))?;
+        }
+    }
+    kv_bytes_per_token(metadata).map(|_| ())
+}
+
 /// Bytes of KV cache one token of context takes (f16 keys and values), from
-/// the layer count and attention shape; `None` when the header lacks them.
-pub fn kv_bytes_per_token(metadata: &BTreeMap<String, Value>) -> Option<u64> {
-    let arch = match metadata.get("general.architecture") {
-        Some(Value::Text(arch)) => arch.clone(),
-        _ => return None,
+/// the layer count and attention shape; `None` when the header lacks them,
+/// an error when they are not usable numbers.
+pub fn kv_bytes_per_token(metadata: &BTreeMap<String, Value>) -> Result<Option<u64>, BadValue> {
+    let Some(arch) = architecture(metadata) else {
+        return Ok(None);
     };
-    let number = |key: &str| match metadata.get(&format!("{arch}.{key}")) {
-        Some(Value::Number(n)) if *n > 0.0 => Some(*n as u64),
-        _ => None,
+    // Zero counts as absent: an attention-free model has no KV cache to count.
+    let number = |key: &str| -> Result<Option<u64>, BadValue> {
+        Ok(whole(metadata, &format!("{arch}.{key}"))?.filter(|n| *n > 0))
     };
-    let layers = number("block_count")?;
-    let heads = number("attention.head_count")?;
-    let kv_heads = number("attention.head_count_kv").unwrap_or(heads);
-    let head_dim = number("attention.key_length").unwrap_or(number("embedding_length")? / heads);
-    let value_dim = number("attention.value_length").unwrap_or(head_dim);
+    let (Some(layers), Some(heads)) = (number("block_count")?, number("attention.head_count")?)
+    else {
+        return Ok(None);
+    };
+    let kv_heads = number("attention.head_count_kv")?.unwrap_or(heads);
+    let head_dim = match (number("attention.key_length")?, number("embedding_length")?) {
+        (Some(length), _) => length,
+        (None, Some(width)) => width / heads,
+        (None, None) => return Ok(None),
+    };
+    let value_dim = number("attention.value_length")?.unwrap_or(head_dim);
     const F16: u64 = 2;
-    Some(layers * kv_heads * (head_dim + value_dim) * F16)
+    let bytes = head_dim
+        .checked_add(value_dim)
+        .and_then(|dims| dims.checked_mul(layers))
+        .and_then(|n| n.checked_mul(kv_heads))
+        .and_then(|n| n.checked_mul(F16));
+    match bytes {
+        Some(bytes) => Ok(Some(bytes)),
+        None => Err(BadValue {
+            key: format!("{arch}.attention"),
+            problem: "gives a KV cache too large to count".into(),
+        }),
+    }
+}
+
+fn architecture(metadata: &BTreeMap<String, Value>) -> Option<&str> {
+    match metadata.get("general.architecture") {
+        Some(Value::Text(arch)) if !arch.is_empty() => Some(arch),
+        _ => None,
+    }
+}
+
+/// `key` as a whole number from 0 to u32::MAX; `None` when absent.
+fn whole(metadata: &BTreeMap<String, Value>, key: &str) -> Result<Option<u64>, BadValue> {
+    let bad = |problem: String| BadValue {
+        key: key.to_string(),
+        problem,
+    };
+    match metadata.get(key) {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.fract() == 0.0 && (0.0..=MAX_COUNT).contains(n) => {
+            Ok(Some(*n as u64))
+        }
+        Some(Value::Number(n)) => Err(bad(format!(
+            "is {n}; it must be a whole number from 0 to {MAX_COUNT}"
+        ))),
+        Some(other) => Err(bad(format!("is {other:?}; it must be a number"))),
+    }
 }
 
 /// llama.cpp's `llama_ftype`: how most of the weights are stored.
@@ -143,7 +222,11 @@ fn file_type_name(file_type: u32) -> String {
     name.to_string()
 }
 
-fn read_value(input: &mut impl Read, kind: u32) -> io::Result<Option<Value>> {
+/// Deepest nesting of arrays in arrays followed: a bound against a crafted
+/// header recursing until the stack overflows.
+const MAX_ARRAY_DEPTH: u32 = 4;
+
+fn read_value(input: &mut impl Read, kind: u32, depth: u32) -> io::Result<Option<Value>> {
     let number = |n: f64| Ok(Some(Value::Number(n)));
     match kind {
         0 => number(read_array::<1>(input)?[0] as f64),
@@ -156,7 +239,7 @@ fn read_value(input: &mut impl Read, kind: u32) -> io::Result<Option<Value>> {
         7 => Ok(Some(Value::Bool(read_array::<1>(input)?[0] != 0))),
         8 => Ok(Some(Value::Text(read_string(input)?))),
         9 => {
-            skip_array(input)?;
+            skip_array(input, depth + 1)?;
             Ok(None)
         }
         10 => number(read_u64(input)? as f64),
@@ -166,7 +249,10 @@ fn read_value(input: &mut impl Read, kind: u32) -> io::Result<Option<Value>> {
     }
 }
 
-fn skip_array(input: &mut impl Read) -> io::Result<()> {
+fn skip_array(input: &mut impl Read, depth: u32) -> io::Result<()> {
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(invalid("arrays nested too deep"));
+    }
     let kind = read_u32(input)?;
     let len = read_u64(input)?;
     let fixed = match kind {
@@ -188,7 +274,7 @@ fn skip_array(input: &mut impl Read) -> io::Result<()> {
         }
         None => {
             for _ in 0..len {
-                read_value(input, kind)?;
+                read_value(input, kind, depth)?;
             }
         }
     }
@@ -223,9 +309,10 @@ fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_string())
 }
 
-/// Builds GGUF headers for tests (here and in the store's tests).
-#[cfg(test)]
-pub(crate) mod build {
+/// Builds GGUF headers: for tests (here, the store's, the compute
+/// server's) and the fuzz target's seeds.
+pub mod build {
+    /// A GGUF string: u64 length, then the bytes.
     pub fn string(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
@@ -233,10 +320,20 @@ pub(crate) mod build {
 
     /// A GGUF v3 header with the given string and u32 pairs and one string array.
     pub fn header(strings: &[(&str, &str)], numbers: &[(&str, u32)]) -> Vec<u8> {
+        header_with_floats(strings, numbers, &[])
+    }
+
+    /// As [`header`], with f32 pairs too.
+    pub fn header_with_floats(
+        strings: &[(&str, &str)],
+        numbers: &[(&str, u32)],
+        floats: &[(&str, f32)],
+    ) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(3u32.to_le_bytes());
         out.extend(0u64.to_le_bytes());
-        out.extend(((strings.len() + numbers.len() + 1) as u64).to_le_bytes());
+        let count = strings.len() + numbers.len() + floats.len() + 1;
+        out.extend((count as u64).to_le_bytes());
         string(&mut out, "tokenizer.ggml.tokens");
         out.extend(9u32.to_le_bytes());
         out.extend(8u32.to_le_bytes());
@@ -251,6 +348,11 @@ pub(crate) mod build {
         for (key, value) in numbers {
             string(&mut out, key);
             out.extend(4u32.to_le_bytes());
+            out.extend(value.to_le_bytes());
+        }
+        for (key, value) in floats {
+            string(&mut out, key);
+            out.extend(6u32.to_le_bytes());
             out.extend(value.to_le_bytes());
         }
         out
@@ -298,9 +400,128 @@ mod tests {
             ],
         );
         let metadata = read_metadata(&bytes[..]).unwrap();
-        assert_eq!(kv_bytes_per_token(&metadata), Some(30 * 3 * (64 + 64) * 2));
+        assert_eq!(
+            kv_bytes_per_token(&metadata),
+            Ok(Some(30 * 3 * (64 + 64) * 2))
+        );
+        assert_eq!(validate(&metadata), Ok(()));
         let bare = build::header(&[("general.architecture", "llama")], &[]);
-        assert_eq!(kv_bytes_per_token(&read_metadata(&bare[..]).unwrap()), None);
+        assert_eq!(
+            kv_bytes_per_token(&read_metadata(&bare[..]).unwrap()),
+            Ok(None)
+        );
+    }
+
+    /// The header of the review's 246-byte file: half an attention head made
+    /// the memory estimate divide by zero.
+    #[test]
+    fn fractional_or_out_of_range_shapes_are_errors_not_panics() {
+        let half_a_head = build::header_with_floats(
+            &[("general.architecture", "llama")],
+            &[("llama.block_count", 30), ("llama.embedding_length", 576)],
+            &[("llama.attention.head_count", 0.5)],
+        );
+        let metadata = read_metadata(&half_a_head[..]).unwrap();
+        let err = kv_bytes_per_token(&metadata).unwrap_err();
+        assert_eq!(err.key, "llama.attention.head_count");
+        assert!(err.to_string().contains("whole number"), "{err}");
+        assert_eq!(validate(&metadata), Err(err));
+
+        let negative = build::header_with_floats(
+            &[("general.architecture", "llama")],
+            &[],
+            &[("llama.context_length", -1.0)],
+        );
+        let metadata = read_metadata(&negative[..]).unwrap();
+        assert_eq!(validate(&metadata).unwrap_err().key, "llama.context_length");
+        assert_eq!(describe(&metadata).context_length, None);
+
+        let huge = build::header(
+            &[("general.architecture", "llama")],
+            &[
+                ("llama.block_count", u32::MAX),
+                ("llama.attention.head_count", u32::MAX),
+                ("llama.attention.key_length", u32::MAX),
+            ],
+        );
+        let metadata = read_metadata(&huge[..]).unwrap();
+        assert!(kv_bytes_per_token(&metadata).is_err());
+        assert!(validate(&metadata).is_err());
+    }
+
+    /// A header shaped like a real small model's (SmolLM2-135M), to mutate.
+    fn realistic_header() -> Vec<u8> {
+        build::header_with_floats(
+            &[
+                ("general.architecture", "llama"),
+                ("general.name", "SmolLM2 135M Instruct"),
+                ("general.license", "apache-2.0"),
+                ("general.size_label", "135M"),
+            ],
+            &[
+                ("general.file_type", 3),
+                ("llama.context_length", 8192),
+                ("llama.block_count", 30),
+                ("llama.embedding_length", 576),
+                ("llama.feed_forward_length", 1536),
+                ("llama.attention.head_count", 9),
+                ("llama.attention.head_count_kv", 3),
+            ],
+            &[("llama.rope.freq_base", 100000.0)],
+        )
+    }
+
+    /// Everything the store and the compute server do with a header.
+    fn use_every_reader(bytes: &[u8]) {
+        if let Ok(metadata) = read_metadata(bytes) {
+            let _ = describe(&metadata);
+            let _ = validate(&metadata);
+            let _ = kv_bytes_per_token(&metadata);
+        }
+    }
+
+    /// The deterministic half of `fuzz/` (cargo-fuzz needs nightly): every
+    /// prefix of a real-shaped header, and every byte of it flipped or set to
+    /// an edge value, is read without a panic.
+    #[test]
+    fn no_truncation_or_byte_mutation_of_a_header_panics() {
+        let header = realistic_header();
+        assert_eq!(validate(&read_metadata(&header[..]).unwrap()), Ok(()));
+        for cut in 0..header.len() {
+            assert!(read_metadata(&header[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut mutated = header.clone();
+        for at in 0..header.len() {
+            for value in [
+                header[at] ^ 0x01,
+                header[at] ^ 0x80,
+                header[at] ^ 0xff,
+                0x00,
+                0x7f,
+                0xff,
+            ] {
+                mutated[at] = value;
+                use_every_reader(&mutated);
+            }
+            mutated[at] = header[at];
+        }
+    }
+
+    #[test]
+    fn deeply_nested_arrays_are_refused_not_followed() {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        build::string(&mut bytes, "nested");
+        bytes.extend(9u32.to_le_bytes());
+        for _ in 0..100_000 {
+            // An array of one array of ...
+            bytes.extend(9u32.to_le_bytes());
+            bytes.extend(1u64.to_le_bytes());
+        }
+        let err = read_metadata(&bytes[..]).unwrap_err();
+        assert!(err.to_string().contains("nested too deep"), "{err}");
     }
 
     #[test]

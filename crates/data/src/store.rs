@@ -6,17 +6,28 @@
 //! ```text
 //! blobs/sha256-<hex>    one file per distinct content, named by its digest
 //! tmp/<pid>-<n>.partial imports in progress
+//! tmp/<pid>-<n>.removing blobs a removal is deleting
+//! names                 `<sha256> <model> <file>` per imported file, appended
 //! ```
 //!
 //! and the registry (names, metadata, which file is which, who has a model
 //! loaded) in the node's SQLite database.
 //!
 //! Crash safety: an import copies into `tmp/`, syncs, then, inside one
-//! database transaction, renames the copy to its blob and inserts the rows.
-//! A model is listed only once that transaction has committed, so a crash at
-//! any point (kill -9 included) leaves either the complete model or nothing
-//! listed. What a crash leaves behind (a partial copy, a blob no row points
-//! to) is removed the next time the store is opened.
+//! database transaction, hard-links the copy to its blob and inserts the
+//! rows; the copy in `tmp/` goes once that transaction has committed. A
+//! model is listed only after the commit, so a crash at any point (kill -9
+//! included) leaves either the complete model or nothing listed. A removal
+//! likewise links the blobs it will delete into `tmp/` before its commit.
+//!
+//! So a blob no row points to is deleted only when it is provably ours to
+//! delete: the same file as an entry in `tmp/` of a process that is gone
+//! (an import or removal cut short). Any other unreferenced blob (the
+//! database was deleted or emptied, or replaced by an older copy) is a
+//! model someone has, registered again: under the name `names` (a log of
+//! what each imported blob was called) gives it, else, for a GGUF, a name
+//! from its header (its digest is its name); what cannot be described is
+//! left in place. Model files are never deleted to match a database.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -59,6 +70,8 @@ pub enum StoreError {
     Db(#[from] DbError),
     #[error("model store database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: not a GGUF model llama.cpp can load: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
 }
 
 /// A model as the store lists it.
@@ -136,6 +149,9 @@ pub struct ModelStore {
     conn: Mutex<Connection>,
 }
 
+/// The log of imported files' names, in `models/`.
+const NAMES_LOG: &str = "names";
+
 /// Unique partial-file names within this process.
 static PARTIALS: AtomicU64 = AtomicU64::new(0);
 
@@ -152,8 +168,7 @@ impl ModelStore {
         for sub in [store.blobs(), store.tmp()] {
             std::fs::create_dir_all(&sub).map_err(io(&sub))?;
         }
-        store.remove_dead_partials();
-        store.collect_garbage()?;
+        store.recover_blobs()?;
         store.adopt_loose_files();
         Ok(store)
     }
@@ -205,7 +220,7 @@ impl ModelStore {
         let inputs = model_inputs(source)?;
         let format = model_format(&inputs)?;
         let gguf = match format {
-            "gguf" => gguf_info(&inputs[0]),
+            "gguf" => gguf_info(&inputs[0])?,
             _ => gguf::GgufInfo::default(),
         };
         let total = inputs
@@ -232,6 +247,7 @@ impl ModelStore {
                 .unwrap_or_else(|| absolute(source).display().to_string()),
         };
         self.commit(&model, &staged)?;
+        self.log_names(&model.name, &staged.files);
         self.get(&model.name)
     }
 
@@ -242,12 +258,12 @@ impl ModelStore {
         link: bool,
         mut progress: impl FnMut(u64),
     ) -> Result<StagedFile, StoreError> {
-        let partial = self.tmp().join(format!(
-            "{}-{}.partial",
-            std::process::id(),
-            PARTIALS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let linked = link && std::fs::hard_link(input, &partial).is_ok();
+        let partial = self.tmp_entry("partial");
+        // To the file itself: a hard link to a symlink would make the blob a symlink.
+        let linked = link
+            && std::fs::canonicalize(input)
+                .and_then(|real| std::fs::hard_link(real, &partial))
+                .is_ok();
         let mut guard = RemoveOnDrop(Some(partial.clone()));
         let (sha256, size_bytes) = if linked {
             hash_file(&partial, &mut progress)?
@@ -263,51 +279,89 @@ impl ModelStore {
         })
     }
 
-    /// Move staged files to their blobs and register the model, atomically.
+    /// Append what the files of `model` are called to the names log, the
+    /// one record of names a lost database does not take with it. Best
+    /// effort: without it, a lost database costs names, not models.
+    fn log_names(&self, model: &str, files: &[StagedFile]) {
+        let lines: String = files
+            .iter()
+            .map(|f| format!("{} {model} {}\n", f.sha256, f.path))
+            .collect();
+        let path = self.dir.join(NAMES_LOG);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut log| log.write_all(lines.as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!(file = %path.display(), error = %e, "cannot log the model's name");
+        }
+    }
+
+    /// The last name logged for each digest: (model, file).
+    fn logged_names(&self) -> BTreeMap<String, (String, String)> {
+        let log = std::fs::read_to_string(self.dir.join(NAMES_LOG)).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, ' ');
+                let (digest, model, file) = (fields.next()?, fields.next()?, fields.next()?);
+                Some((digest.to_string(), (model.to_string(), file.to_string())))
+            })
+            .collect()
+    }
+
+    /// Link staged files to their blobs and register the model, atomically.
     fn commit(&self, model: &NewModel, staged: &Staged) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if exists(&tx, &model.name)? {
             return Err(StoreError::Exists(model.name.clone()));
         }
-        // Inside the write transaction, so garbage collection (which takes
-        // it too) never sees a blob between its rename and its row.
+        // Inside the write transaction, so the blob sweep of another process
+        // (which takes it too) never sees a blob between its link and its row.
+        let created = self.link_blobs(staged)?;
+        let files: Vec<ModelFile> = staged
+            .files
+            .iter()
+            .map(|f| ModelFile {
+                path: f.path.clone(),
+                sha256: f.sha256.clone(),
+                size_bytes: f.size_bytes,
+            })
+            .collect();
+        let committed = insert_model(&tx, model, &files).and_then(|()| Ok(tx.commit()?));
+        if committed.is_err() {
+            for blob in created {
+                let _ = std::fs::remove_file(blob);
+            }
+        }
+        committed
+    }
+
+    /// Give each staged file its blob, hard-linked so that the partial in
+    /// `tmp/` marks the blob as this import's until the commit. Where hard
+    /// links are not supported it is renamed (a crash then leaves a blob
+    /// that is registered again at the next open, not deleted). The blobs
+    /// created, to undo a failed commit.
+    fn link_blobs(&self, staged: &Staged) -> Result<Vec<PathBuf>, StoreError> {
+        let mut created = Vec::new();
         for file in &staged.files {
             let blob = self.blob(&file.sha256);
             if blob.exists() {
-                let _ = std::fs::remove_file(&file.partial);
-            } else {
-                std::fs::rename(&file.partial, &blob).map_err(io(&blob))?;
+                continue;
             }
+            let placed = std::fs::hard_link(&file.partial, &blob)
+                .or_else(|_| std::fs::rename(&file.partial, &blob));
+            if let Err(e) = placed {
+                for blob in created {
+                    let _ = std::fs::remove_file(blob);
+                }
+                return Err(io(&blob)(e));
+            }
+            created.push(blob);
         }
         sync_dir(&self.blobs());
-        let gguf = &model.gguf;
-        tx.execute(
-            "INSERT INTO models (name, format, architecture, quantization, parameters_label,
-                 context_length, size_bytes, license, source, imported_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                model.name,
-                model.format,
-                gguf.architecture,
-                gguf.quantization,
-                gguf.parameters_label,
-                gguf.context_length.map(|n| n as i64),
-                staged.files.iter().map(|f| f.size_bytes).sum::<u64>() as i64,
-                gguf.license.clone().or_else(|| model.license.clone()),
-                model.source,
-                now_ms(),
-            ],
-        )?;
-        for file in &staged.files {
-            tx.execute(
-                "INSERT INTO model_files (model, path, sha256, size_bytes) VALUES (?1, ?2, ?3, ?4)",
-                params![model.name, file.path, file.sha256, file.size_bytes as i64],
-            )?;
-        }
-        bump_generation(&tx)?;
-        tx.commit()?;
-        Ok(())
+        Ok(created)
     }
 
     fn exists(&self, name: &str) -> Result<bool, StoreError> {
@@ -357,20 +411,64 @@ impl ModelStore {
     /// Take a model out of the store; its blobs go unless another model shares them.
     pub fn remove(&self, name: &str) -> Result<ModelInfo, StoreError> {
         let model = self.get(name)?;
-        {
+        let doomed = {
             let mut conn = self.conn();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if tx.execute("DELETE FROM models WHERE name = ?1", [name])? == 0 {
                 return Err(StoreError::NotFound(name.to_string()));
             }
             tx.execute("DELETE FROM model_loads WHERE model = ?1", [name])?;
+            let doomed = self.journal_removals(&tx, &model)?;
             bump_generation(&tx)?;
             tx.commit()?;
+            doomed
+        };
+        // After the commit: a crash here leaves the journal entries in
+        // `tmp/`, by which the next open knows these blobs are garbage.
+        for (blob, journal) in doomed {
+            let _ = std::fs::remove_file(blob);
+            let _ = std::fs::remove_file(journal);
         }
-        // After the commit: a crash here leaves unreferenced blobs, which the
-        // next open removes; never a listed model without its file.
-        self.collect_garbage()?;
         Ok(model)
+    }
+
+    /// The blobs of `model` no other model shares, each hard-linked into
+    /// `tmp/` as proof for the next open that they were being removed.
+    fn journal_removals(
+        &self,
+        tx: &Connection,
+        model: &ModelInfo,
+    ) -> Result<Vec<(PathBuf, PathBuf)>, StoreError> {
+        let mut doomed = Vec::new();
+        for file in &model.files {
+            let shared = tx
+                .query_row(
+                    "SELECT 1 FROM model_files WHERE sha256 = ?1",
+                    [&file.sha256],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            let blob = self.blob(&file.sha256);
+            if shared || doomed.iter().any(|(b, _)| *b == blob) {
+                continue;
+            }
+            let journal = self.tmp_entry("removing");
+            // Without hard links the blob stays: kept is better than lost.
+            if std::fs::hard_link(&blob, &journal).is_ok() {
+                doomed.push((blob, journal));
+            }
+        }
+        Ok(doomed)
+    }
+
+    /// A new name in `tmp/`, owned by this process.
+    fn tmp_entry(&self, kind: &str) -> PathBuf {
+        self.tmp().join(format!(
+            "{}-{}.{kind}",
+            std::process::id(),
+            PARTIALS.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 
     /// Re-hash every file of a model and compare with what was recorded.
@@ -453,55 +551,128 @@ impl ModelStore {
         Ok(loads)
     }
 
-    /// Partial copies whose importing process is gone.
-    fn remove_dead_partials(&self) {
-        for entry in std::fs::read_dir(self.tmp())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.split('-').next().and_then(|p| p.parse().ok());
-            if pid.is_none_or(|pid| !process_alive(pid)) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-
-    /// Blobs no model refers to: left by a crash or by a removal.
-    fn collect_garbage(&self) -> Result<(), StoreError> {
+    /// At open: delete the blobs an interrupted import or removal of a
+    /// process now gone left unreferenced, and what it left in `tmp/`;
+    /// register again the GGUF blobs nothing refers to for another reason
+    /// (a lost registry). See the module documentation.
+    fn recover_blobs(&self) -> Result<(), StoreError> {
+        let (dead, live) = self.tmp_entries_by_owner();
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // One process at a time: two starting at once must not both register a blob.
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let referenced: std::collections::HashSet<String> = tx
             .prepare("SELECT DISTINCT sha256 FROM model_files")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        for entry in std::fs::read_dir(self.blobs())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let digest = name.strip_prefix("sha256-").unwrap_or(&name);
-            if !referenced.contains(digest) {
-                tracing::info!(blob = %name, "removing a model file no model refers to");
-                let _ = std::fs::remove_file(entry.path());
+        let mut orphans = Vec::new();
+        for blob in self.blob_paths() {
+            let Some(digest) = blob_digest(&blob) else {
+                continue;
+            };
+            if referenced.contains(&digest) {
+                continue;
+            }
+            let identity = file_identity(&blob);
+            if identity.is_some_and(|id| dead.contains(&id)) {
+                tracing::info!(blob = %blob.display(), "removing the blob of an import or removal cut short");
+                let _ = std::fs::remove_file(&blob);
+            } else if identity.is_none_or(|id| !live.contains(&id)) {
+                // (Linked from a running process's entry: it is importing
+                // or removing this blob right now.)
+                orphans.push((blob, digest));
             }
         }
+        if !orphans.is_empty() {
+            self.register_orphans(&mut tx, orphans);
+        }
         tx.commit()?;
+        drop(conn);
+        self.remove_dead_tmp_entries();
         Ok(())
     }
 
+    /// The (device, inode) of each `tmp/` entry: of processes gone, of processes running.
+    fn tmp_entries_by_owner(&self) -> (Vec<FileId>, Vec<FileId>) {
+        let mut dead = Vec::new();
+        let mut live = Vec::new();
+        for path in dir_entries(&self.tmp()) {
+            let Some(identity) = file_identity(&path) else {
+                continue;
+            };
+            if tmp_owner_alive(&path) {
+                live.push(identity);
+            } else {
+                dead.push(identity);
+            }
+        }
+        (dead, live)
+    }
+
+    /// After [`Self::recover_blobs`] has used them as proof.
+    fn remove_dead_tmp_entries(&self) {
+        for path in dir_entries(&self.tmp()) {
+            if !tmp_owner_alive(&path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    fn blob_paths(&self) -> Vec<PathBuf> {
+        dir_entries(&self.blobs())
+    }
+
+    /// Register blobs no model refers to: by the names log, as the models
+    /// they were imported as; the rest one by one from their GGUF headers.
+    fn register_orphans(
+        &self,
+        tx: &mut rusqlite::Transaction<'_>,
+        orphans: Vec<(PathBuf, String)>,
+    ) {
+        let logged = self.logged_names();
+        let mut by_model: BTreeMap<String, Vec<Orphan>> = BTreeMap::new();
+        let mut unnamed = Vec::new();
+        for (blob, digest) in orphans {
+            match logged.get(&digest) {
+                Some((model, file)) => by_model.entry(model.clone()).or_default().push(Orphan {
+                    blob,
+                    digest,
+                    file: file.clone(),
+                }),
+                None => unnamed.push((blob, digest)),
+            }
+        }
+        for (name, mut files) in by_model {
+            // The weights first: the main file of the model.
+            files.sort_by_key(|f| (extension(Path::new(&f.file)).is_none(), f.file.clone()));
+            if let Err(e) = register_orphan(tx, Some(&name), &files) {
+                tracing::warn!(model = %name, error = %e, "cannot register this model again");
+                unnamed.extend(files.into_iter().map(|f| (f.blob, f.digest)));
+            }
+        }
+        for (blob, digest) in unnamed {
+            let file = Orphan {
+                file: String::new(),
+                blob,
+                digest,
+            };
+            if let Err(e) = register_orphan(tx, None, std::slice::from_ref(&file)) {
+                tracing::warn!(blob = %file.blob.display(), error = %e,
+                    "no model refers to this file and it cannot be registered again; left in place");
+            }
+        }
+    }
+
     /// Model files put straight into `models/` (how earlier versions stored
-    /// them, or by hand) are imported under their file name, then removed.
+    /// them, or by hand) are imported under their file name. A file the data
+    /// dir owns (a plain file in a plain `models/` directory) is then
+    /// removed; one reached through a symlink is the user's, and stays.
     fn adopt_loose_files(&self) {
-        let loose = std::fs::read_dir(&self.dir)
+        let owned_dir = !is_symlink(&self.dir);
+        let loose = dir_entries(&self.dir)
             .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
             .filter(|p| p.is_file() && extension(p).is_some());
         for path in loose {
+            let owned = owned_dir && !is_symlink(&path);
             let options = ImportOptions {
                 source: Some(format!("adopted from {}", path.display())),
                 link: true,
@@ -509,17 +680,19 @@ impl ModelStore {
             };
             let adopted = match self.import(&path, &options, |_, _| {}) {
                 Ok(_) => true,
+                // Taken in at an earlier start: nothing to do for a file we leave anyway.
+                Err(StoreError::Exists(_)) if !owned => continue,
                 // A crash after an earlier adoption's commit: the same bytes are in.
                 Err(StoreError::Exists(name)) => self.holds_same_file(&name, &path),
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot take this file into the model store");
-                    false
+                    continue;
                 }
             };
-            if adopted {
-                let _ = std::fs::remove_file(&path);
-            } else {
+            if !adopted {
                 tracing::warn!(file = %path.display(), "left in place: a different model has this name");
+            } else if owned {
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
@@ -599,6 +772,39 @@ fn bump_generation(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The rows of a model and its files.
+fn insert_model(
+    conn: &Connection,
+    model: &NewModel,
+    files: &[ModelFile],
+) -> Result<(), StoreError> {
+    let gguf = &model.gguf;
+    conn.execute(
+        "INSERT INTO models (name, format, architecture, quantization, parameters_label,
+             context_length, size_bytes, license, source, imported_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            model.name,
+            model.format,
+            gguf.architecture,
+            gguf.quantization,
+            gguf.parameters_label,
+            gguf.context_length.map(|n| n as i64),
+            files.iter().map(|f| f.size_bytes).sum::<u64>() as i64,
+            gguf.license.clone().or_else(|| model.license.clone()),
+            model.source,
+            now_ms(),
+        ],
+    )?;
+    for file in files {
+        conn.execute(
+            "INSERT INTO model_files (model, path, sha256, size_bytes) VALUES (?1, ?2, ?3, ?4)",
+            params![model.name, file.path, file.sha256, file.size_bytes as i64],
+        )?;
+    }
+    bump_generation(conn)
+}
+
 struct NewModel {
     name: String,
     format: &'static str,
@@ -661,32 +867,184 @@ fn model_inputs(source: &Path) -> Result<Vec<PathBuf>, StoreError> {
 
 /// The format of the first (main) file: GGUF by its magic, others by extension.
 fn model_format(inputs: &[PathBuf]) -> Result<&'static str, StoreError> {
-    let main = &inputs[0];
+    format_of(&inputs[0], &inputs[0])
+}
+
+/// The format of `content`, a file named `name`.
+fn format_of(name: &Path, content: &Path) -> Result<&'static str, StoreError> {
     let mut magic = [0u8; 4];
-    let is_gguf = std::fs::File::open(main)
+    let is_gguf = std::fs::File::open(content)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && &magic == b"GGUF";
-    match (is_gguf, extension(main)) {
+    match (is_gguf, extension(name)) {
         (true, _) => Ok("gguf"),
         (false, Some("onnx")) => Ok("onnx"),
         (false, Some("safetensors")) => Ok("safetensors"),
-        _ => Err(StoreError::UnknownFormat(main.clone())),
+        _ => Err(StoreError::UnknownFormat(content.to_path_buf())),
     }
 }
 
-/// A GGUF's description; a header we cannot read is no reason to refuse
-/// a file llama.cpp may still load, so it only leaves the fields empty.
-fn gguf_info(path: &Path) -> gguf::GgufInfo {
-    let read =
-        std::fs::File::open(path).and_then(|f| gguf::read_metadata(std::io::BufReader::new(f)));
-    match read {
-        Ok(metadata) => gguf::describe(&metadata),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "cannot read the GGUF header");
-            gguf::GgufInfo::default()
+/// A GGUF's description, its header checked: one that does not read, or
+/// holds values llama.cpp would misread, is refused with the reason.
+fn gguf_info(path: &Path) -> Result<gguf::GgufInfo, StoreError> {
+    Ok(gguf::describe(&read_gguf(path)?))
+}
+
+fn read_gguf(path: &Path) -> Result<BTreeMap<String, gguf::Value>, StoreError> {
+    let bad = |reason: String| StoreError::BadGguf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let metadata = gguf::read_metadata(std::io::BufReader::new(file))
+        .map_err(|e| bad(format!("its header does not read: {e}")))?;
+    gguf::validate(&metadata).map_err(|e| bad(e.to_string()))?;
+    Ok(metadata)
+}
+
+/// A blob no model refers to, and the file name it was imported under
+/// (empty when not logged).
+struct Orphan {
+    blob: PathBuf,
+    digest: String,
+    file: String,
+}
+
+/// Register `files` (the main one first) as one model: `name`, or for a
+/// lone GGUF a name from its header. All of its rows or none.
+fn register_orphan(
+    tx: &mut rusqlite::Transaction<'_>,
+    name: Option<&str>,
+    files: &[Orphan],
+) -> Result<(), StoreError> {
+    let main = &files[0];
+    let format = format_of(Path::new(&main.file), &main.blob)?;
+    let (gguf, metadata) = match format {
+        "gguf" => {
+            let metadata = read_gguf(&main.blob)?;
+            (gguf::describe(&metadata), Some(metadata))
+        }
+        _ => Default::default(),
+    };
+    let name = match (name, &metadata) {
+        (Some(name), _) if !exists(tx, name)? => name.to_string(),
+        (_, Some(metadata)) => recovered_name(tx, metadata, &gguf, &main.digest)?,
+        (Some(name), None) => return Err(StoreError::Exists(name.to_string())),
+        (None, None) => return Err(StoreError::UnknownFormat(main.blob.clone())),
+    };
+    let rows: Vec<ModelFile> = files
+        .iter()
+        .map(|f| ModelFile {
+            path: if f.file.is_empty() {
+                name.clone()
+            } else {
+                f.file.clone()
+            },
+            sha256: f.digest.clone(),
+            size_bytes: std::fs::metadata(&f.blob).map_or(0, |m| m.len()),
+        })
+        .collect();
+    let model = NewModel {
+        name,
+        format,
+        gguf,
+        license: None,
+        source: format!(
+            "registered again from {} (no model referred to it)",
+            main.blob.display()
+        ),
+    };
+    let savepoint = tx.savepoint()?;
+    insert_model(&savepoint, &model, &rows)?;
+    savepoint.commit()?;
+    tracing::warn!(model = %model.name, files = rows.len(),
+        "no model referred to these files (was the database deleted?): registered again");
+    Ok(())
+}
+
+/// The name a recovered GGUF the names log does not know gets:
+/// `<general.name>.<quantization>.gguf`, as GGUF files are usually named,
+/// with the digest added when that is taken.
+fn recovered_name(
+    conn: &Connection,
+    metadata: &BTreeMap<String, gguf::Value>,
+    info: &gguf::GgufInfo,
+    digest: &str,
+) -> Result<String, StoreError> {
+    let short = &digest[..12];
+    let stem = match metadata.get("general.name") {
+        Some(gguf::Value::Text(name)) => name_safe(name),
+        _ => String::new(),
+    };
+    let mut candidates = Vec::new();
+    if !stem.is_empty() {
+        let base = match info.quantization.as_deref() {
+            Some(quant) if !quant.contains(' ') => format!("{stem}.{quant}"),
+            _ => stem,
+        };
+        candidates.push(format!("{base}.gguf"));
+        candidates.push(format!("{base}-{short}.gguf"));
+    }
+    candidates.push(format!("recovered-{short}.gguf"));
+    for name in candidates {
+        if check_name(&name).is_ok() && !exists(conn, &name)? {
+            return Ok(name);
         }
     }
+    Err(StoreError::Exists(format!("recovered-{short}.gguf")))
+}
+
+/// `text` in the characters a model name may use, runs of others as one `-`.
+fn name_safe(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_') {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches(['-', '.']).chars().take(80).collect()
+}
+
+/// The digest a blob is named by, when it is named as the store names them.
+fn blob_digest(blob: &Path) -> Option<String> {
+    let digest = file_name(blob).strip_prefix("sha256-")?.to_string();
+    let hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some(digest)
+}
+
+/// Which file this is, whatever its name: (device, inode).
+type FileId = (u64, u64);
+
+fn file_identity(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether the process that made a `tmp/` entry (`<pid>-<n>.<kind>`) still runs.
+fn tmp_owner_alive(entry: &Path) -> bool {
+    file_name(entry)
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .is_some_and(process_alive)
+}
+
+fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 fn extension(path: &Path) -> Option<&'static str> {
@@ -964,6 +1322,23 @@ mod tests {
         assert!(store.list().unwrap().is_empty());
     }
 
+    /// A pid no process has: what a killed process leaves in `tmp/` is named so.
+    const DEAD: &str = "999999999";
+
+    fn fake_blob(models: &Path, fill: &str, content: &[u8]) -> PathBuf {
+        let blob = models.join(format!("blobs/sha256-{}", fill.repeat(32)));
+        std::fs::write(&blob, content).unwrap();
+        blob
+    }
+
+    fn names(store: &ModelStore) -> Vec<String> {
+        store.list().unwrap().into_iter().map(|m| m.name).collect()
+    }
+
+    fn is_empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).unwrap().next().is_none()
+    }
+
     #[test]
     fn leftovers_of_a_crash_are_cleaned_and_loose_files_adopted() {
         let dir = tempfile::tempdir().unwrap();
@@ -971,24 +1346,205 @@ mod tests {
         let store = ModelStore::open(&data).unwrap();
         let generation = store.generation().unwrap();
         drop(store);
-        // What a killed import leaves: a partial of a dead process, an orphan blob.
+        // What a killed import leaves: its partial, and the blob linked to it
+        // with no row yet.
         let models = data.join("models");
-        std::fs::write(models.join("tmp/999999999-0.partial"), b"half").unwrap();
-        std::fs::write(models.join("blobs/sha256-0123"), b"orphan").unwrap();
+        let killed = fake_blob(&models, "ab", b"half");
+        std::fs::hard_link(&killed, models.join(format!("tmp/{DEAD}-0.partial"))).unwrap();
+        std::fs::write(models.join(format!("tmp/{DEAD}-1.partial")), b"half").unwrap();
+        // A blob nothing proves is ours, and not a GGUF to register: it stays.
+        let stranger = fake_blob(&models, "cd", b"not a model");
         // What an earlier version left: a model file straight in models/.
         gguf_file(&models, "old.gguf", b"old weights");
         let store = ModelStore::open(&data).unwrap();
-        let names: Vec<String> = store.list().unwrap().into_iter().map(|m| m.name).collect();
-        assert_eq!(names, ["old.gguf"]);
+        assert_eq!(names(&store), ["old.gguf"]);
         assert!(!models.join("old.gguf").exists());
-        assert!(
-            std::fs::read_dir(models.join("tmp"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
-        assert_eq!(blobs(&store).len(), 1);
+        assert!(is_empty(&models.join("tmp")));
+        assert!(!killed.exists());
+        assert_eq!(std::fs::read(&stranger).unwrap(), b"not a model");
+        assert_eq!(blobs(&store).len(), 2);
         assert!(store.generation().unwrap() > generation);
+    }
+
+    /// A removal killed after its commit leaves its blob to the next open;
+    /// one killed before its commit leaves the model whole.
+    #[test]
+    fn a_removal_cut_short_is_finished_or_undone_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ModelStore::open(&data).unwrap();
+        for name in ["gone.gguf", "kept.gguf"] {
+            let source = gguf_file(dir.path(), name, name.as_bytes());
+            store
+                .import(&source, &ImportOptions::default(), |_, _| {})
+                .unwrap();
+        }
+        for (n, name) in ["gone.gguf", "kept.gguf"].iter().enumerate() {
+            let journal = store.tmp().join(format!("{DEAD}-{n}.removing"));
+            std::fs::hard_link(store.main_file(name).unwrap(), journal).unwrap();
+        }
+        let gone = store.main_file("gone.gguf").unwrap();
+        store
+            .conn()
+            .execute("DELETE FROM models WHERE name = 'gone.gguf'", [])
+            .unwrap();
+        drop(store);
+        let store = ModelStore::open(&data).unwrap();
+        assert_eq!(names(&store), ["kept.gguf"]);
+        assert!(!gone.exists());
+        assert!(store.verify("kept.gguf").unwrap().ok);
+        assert!(is_empty(&store.tmp()));
+        store.remove("kept.gguf").unwrap();
+        assert!(blobs(&store).is_empty());
+        assert!(is_empty(&store.tmp()));
+    }
+
+    /// A GGUF with a `general.name`, a GGUF without, and a directory model.
+    fn three_models(dir: &Path, store: &ModelStore) -> Vec<ModelInfo> {
+        let named = dir.join("named.gguf");
+        let mut bytes = gguf::build::header(
+            &[
+                ("general.architecture", "llama"),
+                ("general.name", "Tiny Test (v2)"),
+            ],
+            &[("general.file_type", 3)],
+        );
+        bytes.extend(b"weights");
+        std::fs::write(&named, &bytes).unwrap();
+        let unnamed = gguf_file(dir, "unnamed.gguf", b"other weights");
+        let minilm = dir.join("minilm");
+        std::fs::create_dir(&minilm).unwrap();
+        std::fs::write(minilm.join("config.json"), b"{}").unwrap();
+        std::fs::write(minilm.join("model.safetensors"), b"\x02\0\0\0\0\0\0\0{}").unwrap();
+        [named, unnamed, minilm]
+            .iter()
+            .map(|source| {
+                store
+                    .import(source, &ImportOptions::default(), |_, _| {})
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// What identifies a model apart from when and where from it was imported.
+    fn identity(model: &ModelInfo) -> (String, String, Vec<ModelFile>, Option<String>) {
+        let files = model.files.clone();
+        (
+            model.name.clone(),
+            model.format.clone(),
+            files,
+            model.quantization.clone(),
+        )
+    }
+
+    /// The review's case: a deleted or emptied database made the next open
+    /// delete every model file. They are registered again instead: under
+    /// their names while the names log has them, else from their headers.
+    #[test]
+    fn models_outlive_a_deleted_or_emptied_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ModelStore::open(&data).unwrap();
+        let imported = three_models(dir.path(), &store);
+        let blob_count = blobs(&store).len();
+        drop(store);
+        let database = data.join(db::DB_FILE);
+        std::fs::remove_file(&database).unwrap();
+        let store = ModelStore::open(&data).unwrap();
+        let listed = store.list().unwrap();
+        let mut expected: Vec<_> = imported.iter().map(identity).collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(listed.iter().map(identity).collect::<Vec<_>>(), expected);
+        for model in &listed {
+            assert!(store.verify(&model.name).unwrap().ok, "{}", model.name);
+        }
+        drop(store);
+
+        // Emptied, and the names log gone too: GGUFs are named by their
+        // headers; the directory model's files stay, unlisted.
+        std::fs::File::create(&database).unwrap();
+        std::fs::remove_file(data.join("models").join(NAMES_LOG)).unwrap();
+        let store = ModelStore::open(&data).unwrap();
+        let recovered = format!("recovered-{}.gguf", &imported[1].sha256[..12]);
+        assert_eq!(
+            names(&store),
+            ["Tiny-Test-v2.Q4_1.gguf", recovered.as_str()]
+        );
+        assert_eq!(
+            store.get("Tiny-Test-v2.Q4_1.gguf").unwrap().sha256,
+            imported[0].sha256
+        );
+        assert_eq!(blobs(&store).len(), blob_count);
+    }
+
+    /// The review's 246-byte GGUF imported fine, then broke every status read.
+    #[test]
+    fn a_gguf_header_llama_cpp_would_misread_is_refused_at_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(&dir.path().join("data")).unwrap();
+        let half_a_head = gguf::build::header_with_floats(
+            &[("general.architecture", "llama")],
+            &[("llama.block_count", 30), ("llama.embedding_length", 576)],
+            &[("llama.attention.head_count", 0.5)],
+        );
+        let path = dir.path().join("crafted.gguf");
+        std::fs::write(&path, &half_a_head).unwrap();
+        let err = store
+            .import(&path, &ImportOptions::default(), |_, _| {})
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BadGguf { .. }), "{err}");
+        assert!(
+            err.to_string().contains("llama.attention.head_count"),
+            "{err}"
+        );
+        std::fs::write(&path, &half_a_head[..40]).unwrap();
+        let err = store
+            .import(&path, &ImportOptions::default(), |_, _| {})
+            .unwrap_err();
+        assert!(err.to_string().contains("header does not read"), "{err}");
+        assert!(store.list().unwrap().is_empty());
+        assert!(blobs(&store).is_empty());
+    }
+
+    /// The review's case: `models/` linked to a directory of the user's
+    /// (the repository's `models/`) lost its GGUF to the blob store.
+    #[test]
+    fn files_reached_through_a_symlink_are_adopted_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("their-models");
+        std::fs::create_dir(&theirs).unwrap();
+        let original = gguf_file(&theirs, "mine.gguf", b"my weights");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let target = gguf_file(&elsewhere, "linked.gguf", b"linked weights");
+        let content = (
+            std::fs::read(&original).unwrap(),
+            std::fs::read(&target).unwrap(),
+        );
+
+        let linked_dir = dir.path().join("linked-dir");
+        std::fs::create_dir(&linked_dir).unwrap();
+        std::os::unix::fs::symlink(&theirs, linked_dir.join("models")).unwrap();
+        let plain_dir = dir.path().join("plain-dir");
+        std::fs::create_dir_all(plain_dir.join("models")).unwrap();
+        let linked_file = plain_dir.join("models/linked.gguf");
+        std::os::unix::fs::symlink(&target, &linked_file).unwrap();
+
+        // Twice: a second start must find everything as the first left it.
+        for _ in 0..2 {
+            let store = ModelStore::open(&linked_dir).unwrap();
+            assert_eq!(names(&store), ["mine.gguf"]);
+            assert_eq!(
+                std::fs::read(store.main_file("mine.gguf").unwrap()).unwrap(),
+                content.0
+            );
+            let store = ModelStore::open(&plain_dir).unwrap();
+            assert_eq!(names(&store), ["linked.gguf"]);
+            assert!(is_symlink(&linked_file));
+            assert!(!is_symlink(&store.main_file("linked.gguf").unwrap()));
+            assert_eq!(std::fs::read(&original).unwrap(), content.0);
+            assert_eq!(std::fs::read(&target).unwrap(), content.1);
+        }
     }
 
     #[test]

@@ -181,3 +181,62 @@ fn imports_killed_midway_leave_only_complete_models() {
         "{listed:?}"
     );
 }
+
+/// The review's case: a deleted or emptied `jetsonmind.db` made the next
+/// start delete every model file as garbage. The model is registered again
+/// from its blob instead, under the name its header gives.
+#[test]
+fn models_outlive_a_deleted_or_emptied_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = default_model();
+    let out = jetsonmind(
+        &data,
+        &["models", "import", model.to_str().unwrap(), "--link"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let database = data.join("jetsonmind.db");
+    let lose_database: [fn(&Path); 2] = [
+        |db| std::fs::remove_file(db).unwrap(),
+        |db| std::fs::File::create(db).unwrap().set_len(0).unwrap(),
+    ];
+    for lose in lose_database {
+        lose(&database);
+        let models = list(&data);
+        assert_eq!(names(&models), [MODEL]);
+        assert_eq!(models[0]["sha256"], MODEL_SHA256);
+        assert_eq!(models[0]["quantization"], "Q4_1");
+        let verify = jetsonmind(&data, &["models", "verify", MODEL]);
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+    assert!(model.is_file());
+}
+
+/// The review's case: bench/text_generate.py linked the repository's
+/// `models/` into a data dir, and the first start moved the GGUF found
+/// there into the blob store: the bench's own second half then lacked it.
+#[test]
+fn a_models_dir_linked_to_the_users_keeps_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("their-models");
+    std::fs::create_dir(&theirs).unwrap();
+    let original = theirs.join("theirs.gguf");
+    big_gguf(&original, 4096);
+    let content = std::fs::read(&original).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&theirs, data.join("models")).unwrap();
+    // Two starts in a row, as the bench does.
+    for _ in 0..2 {
+        assert_eq!(names(&list(&data)), ["theirs.gguf"]);
+        assert_eq!(std::fs::read(&original).unwrap(), content);
+    }
+}
