@@ -150,10 +150,13 @@ impl TextService {
     fn chat_turns(&self, args: &TextGenerateArgs) -> Result<Vec<(ChatRole, String)>, CallError> {
         let turns = match (&args.prompt, &args.messages) {
             (Some(prompt), None) => vec![(ChatRole::User, prompt.clone())],
-            (None, Some(messages)) => messages
-                .iter()
-                .map(|m| (m.role, m.content.clone()))
-                .collect(),
+            (None, Some(messages)) => {
+                self.check_turn_count(messages.len())?;
+                messages
+                    .iter()
+                    .map(|m| (m.role, m.content.clone()))
+                    .collect()
+            }
             (Some(_), Some(_)) => {
                 return Err(CallError::Invalid(
                     "give `prompt` or `messages`, not both".into(),
@@ -166,6 +169,26 @@ impl TextService {
         }
         self.check_prompt_size(turns.iter().map(|(_, text)| text.len()).sum())?;
         Ok(turns)
+    }
+
+    /// Before any template or tokenizer work, which grows with the turns:
+    /// within `compute.max_messages`, and no more turns than the context has
+    /// tokens (every turn takes at least one).
+    fn check_turn_count(&self, turns: usize) -> Result<(), CallError> {
+        let limit = self.settings.max_messages;
+        if turns > limit {
+            return Err(CallError::Invalid(format!(
+                "`messages` has {turns} turns; the limit is {limit} (compute.max_messages)"
+            )));
+        }
+        let context = self.settings.context_size as usize;
+        if turns > context {
+            return Err(CallError::Invalid(format!(
+                "`messages` has {turns} turns, more than the context of {context} tokens can hold \
+                 (compute.context_size); each turn takes at least one"
+            )));
+        }
+        Ok(())
     }
 
     fn check_prompt_size(&self, bytes: usize) -> Result<(), CallError> {

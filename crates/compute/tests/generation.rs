@@ -344,6 +344,47 @@ async fn bad_requests_get_clear_errors() {
         .unwrap());
 }
 
+/// The review's case: 40,000 one-word turns (1.4 MB) went through the
+/// chat template and the tokenizer (97 s, holding the only slot) before
+/// being refused as too long. They are refused on their count, first.
+#[tokio::test]
+async fn too_many_turns_are_refused_before_any_template_work() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (small, _) = client(config(|c| c.compute.context_size = 256)).await;
+    let (client, _) = client(config(|_| {})).await;
+    let turns: Vec<Value> = (0..40_000)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "a"}))
+        .collect();
+    let result = client
+        .call_tool(call("text_generate", json!({"messages": turns})))
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+    assert!(
+        text(&result).contains("40000 turns; the limit is 1024 (compute.max_messages)"),
+        "{}",
+        text(&result)
+    );
+    let few = json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4});
+    ok(client.call_tool(call("text_generate", few)).await.unwrap());
+    let status = status(&client).await;
+    assert_eq!(
+        (status["running"].clone(), status["waiting"].clone()),
+        (json!(0), json!(0))
+    );
+
+    // Fewer than the limit, but more than the context has tokens.
+    let result = small
+        .call_tool(call("text_generate", json!({"messages": &turns[..300]})))
+        .await
+        .unwrap();
+    assert!(
+        text(&result).contains("300 turns, more than the context of 256 tokens"),
+        "{}",
+        text(&result)
+    );
+}
+
 #[tokio::test]
 async fn deterministic_calls_are_answered_from_the_cache() {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -428,6 +428,10 @@ pub struct ComputeConfig {
     pub queue_depth: usize,
     /// Longest prompt accepted, in bytes (all messages together).
     pub max_prompt_bytes: usize,
+    /// Most chat turns (`messages`) one call may send: each costs template
+    /// and tokenizer work before the prompt's length is known, and takes at
+    /// least one token of the context.
+    pub max_messages: usize,
     /// A progress notification every this many generated tokens.
     pub progress_every_tokens: u32,
     /// Memory the loaded models may take together (weights and context
@@ -449,6 +453,7 @@ impl Default for ComputeConfig {
             parallel: 1,
             queue_depth: 16,
             max_prompt_bytes: 64 * 1024,
+            max_messages: 1024,
             progress_every_tokens: 4,
             memory_budget_bytes: 0,
             keep_alive_secs: 300,
@@ -604,6 +609,9 @@ impl Config {
             return fail(
                 "compute: parallel >= 1, context_size >= 256 and progress_every_tokens >= 1".into(),
             );
+        }
+        if compute.max_messages == 0 {
+            return fail("compute.max_messages must be at least 1".into());
         }
         if self.data.notify_interval_ms < 50 || self.data.analytics_flush_ms < 100 {
             return fail("data: notify_interval_ms >= 50 and analytics_flush_ms >= 100".into());
