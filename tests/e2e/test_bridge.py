@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import anyio
+import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
@@ -83,14 +85,27 @@ async def test_protocol_bridge_federates_a_stdio_server_at_run_time(binary, data
     served = start_jetsonmind(
         binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)], tmp_path / "serve.log"
     )
+    told = anyio.Event()
+
+    async def on_message(message):
+        if isinstance(message, types.ToolListChangedNotification):
+            told.set()
+
     try:
-        async with Client(served.url, mode="auto") as client:
+        # A handshake-era client on an HTTP session watches the list.
+        async with (
+            Client(served.url, mode="legacy", message_handler=on_message) as watcher,
+            Client(served.url, mode="auto") as client,
+        ):
             added = await client.call_tool(
                 "protocol_bridge", {"action": "add", "name": "py", "command": [sys.executable, str(script)]}
             )
             assert not added.is_error, added.content
             assert added.structured_content["up"] is True
             assert added.structured_content["tools"] == ["shout"]
+            with anyio.fail_after(10):
+                await told.wait()
+            assert "shout" in {t.name for t in (await watcher.list_tools(cache_mode="bypass")).tools}
             tools = {t.name for t in (await client.list_tools(cache_mode="bypass")).tools}
             assert "shout" in tools
             result = await client.call_tool("shout", {"text": "hello"})

@@ -1,8 +1,10 @@
 //! The compute server: inference tools.
 //!
-//! The tools and their input schemas are the contract; each engine is added
-//! behind it. A tool whose engine is not on this node says so (`isError`),
-//! it never returns a made-up answer.
+//! A tool is listed only where its engine runs: a listed tool that always
+//! fails makes a model pick it and waste turns. `image_analyze`,
+//! `audio_process`, `multi_modal_inference` and `embed` have their input
+//! schemas ([`schema`]) but no engine in this binary yet, so they are not
+//! offered; each is listed once its engine is built in.
 
 pub mod engine;
 pub mod models;
@@ -22,9 +24,7 @@ use jetsonmind_core::rmcp::model::{
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
-use jetsonmind_core::{
-    Catalog, Config, McpUnit, ToolCall, UnitIdentity, not_available, tool_error, tool_from,
-};
+use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
@@ -209,22 +209,6 @@ fn catalog() -> Catalog {
             "code_complete",
             "Complete code at a point (fill-in-the-middle when the model supports it).",
         )),
-        inference(tool_from::<ImageAnalyzeArgs>(
-            "image_analyze",
-            "Classify an image or read its text (OCR) with a local vision model.",
-        )),
-        inference(tool_from::<AudioProcessArgs>(
-            "audio_process",
-            "Transcribe speech to text, or speak text to audio, locally.",
-        )),
-        inference(tool_from::<MultiModalArgs>(
-            "multi_modal_inference",
-            "Answer a prompt about an image and/or audio clip by combining local models.",
-        )),
-        inference(tool_from::<EmbedArgs>(
-            "embed",
-            "Sentence embeddings for texts (semantic search, clustering).",
-        )),
         AccessLevel::Admin.mark(
             tool_from::<LoadModelArgs>(
                 "load_model",
@@ -257,8 +241,8 @@ impl McpUnit for ComputeServer {
         UnitIdentity {
             name: "jetsonmind-compute",
             title: "JetsonMind compute",
-            instructions: "Local AI inference on this device: text generation, code completion, \
-                           vision, audio and embeddings.",
+            instructions: "Local AI inference on this device: text generation and code \
+                           completion.",
         }
     }
 
@@ -267,32 +251,24 @@ impl McpUnit for ComputeServer {
     }
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        let reason = match call.name.as_str() {
+        match call.name.as_str() {
             "text_generate" => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                return Ok(self.text.text_generate(args, &raw, call.context).await);
+                Ok(self.text.text_generate(args, &raw, call.context).await)
             }
             "code_complete" => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                return Ok(self.text.code_complete(args, &raw, call.context).await);
+                Ok(self.text.code_complete(args, &raw, call.context).await)
             }
-            "image_analyze" | "multi_modal_inference" => {
-                "the vision engine is not built into this binary yet"
-            }
-            "load_model" => return Ok(self.load_model(call.parse()?).await),
-            "unload_model" => return Ok(self.unload_model(call.parse()?).await),
-            "audio_process" => "the audio engine is not built into this binary yet",
-            "embed" => "the embedding engine is not built into this binary yet",
-            other => {
-                return Err(McpError::invalid_params(
-                    format!("unknown tool: {other}"),
-                    None,
-                ));
-            }
-        };
-        Ok(not_available(&call.name, reason))
+            "load_model" => Ok(self.load_model(call.parse()?).await),
+            "unload_model" => Ok(self.unload_model(call.parse()?).await),
+            other => Err(McpError::invalid_params(
+                format!("unknown tool: {other}"),
+                None,
+            )),
+        }
     }
 
     async fn read_resource(

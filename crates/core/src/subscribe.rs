@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::service::{Peer, SubscriptionSink};
 use rmcp::{ErrorData as McpError, RoleServer};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Changes not yet delivered to a slow subscriber before it counts as lagging
@@ -144,11 +144,92 @@ impl Drop for Watch {
     }
 }
 
-/// The `resources/subscribe` subscriptions of one session (handshake era).
-/// Dropped with the session, which ends its relays.
+/// Announces that a unit's lists changed, so its clients list again instead
+/// of calling what went away or missing what came (the gateway, whose merged
+/// lists follow its backends).
+pub struct ListChanges {
+    versions: watch::Sender<ListVersions>,
+}
+
+/// How often each list changed so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ListVersions {
+    tools: u64,
+    resources: u64,
+}
+
+impl Default for ListChanges {
+    fn default() -> Self {
+        Self {
+            versions: watch::channel(ListVersions::default()).0,
+        }
+    }
+}
+
+impl ListChanges {
+    /// Tell clients that the tool list, the resource list (with its
+    /// templates), or both changed.
+    pub fn announce(&self, tools: bool, resources: bool) {
+        self.versions.send_modify(|v| {
+            v.tools += u64::from(tools);
+            v.resources += u64::from(resources);
+        });
+    }
+
+    /// Changes from now on (not from when a relay task first runs), for
+    /// [`relay_list_changes`].
+    fn follow(&self) -> ListFollower {
+        let receiver = self.versions.subscribe();
+        let seen = *receiver.borrow();
+        ListFollower { receiver, seen }
+    }
+}
+
+struct ListFollower {
+    receiver: watch::Receiver<ListVersions>,
+    /// The versions the client knows of.
+    seen: ListVersions,
+}
+
+/// Deliver each change `follower` sees through `tools` / `resources` (which
+/// say whether the client is still there) until `stop` fires or it is gone.
+async fn relay_list_changes<T, R, TF, RF>(
+    follower: ListFollower,
+    stop: CancellationToken,
+    tools: T,
+    resources: R,
+) where
+    T: Fn() -> TF,
+    R: Fn() -> RF,
+    TF: Future<Output = bool>,
+    RF: Future<Output = bool>,
+{
+    let ListFollower {
+        mut receiver,
+        mut seen,
+    } = follower;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = receiver.changed() => if changed.is_err() { return },
+        }
+        let now = *receiver.borrow_and_update();
+        let delivered = (now.tools == seen.tools || tools().await)
+            && (now.resources == seen.resources || resources().await);
+        if !delivered {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// The `resources/subscribe` subscriptions of one session (handshake era),
+/// and the relay of its list changes. Dropped with the session, which ends
+/// its relays.
 #[derive(Default)]
 pub(crate) struct SessionSubscriptions {
     relays: Mutex<HashMap<String, DropGuard>>,
+    lists: Mutex<Option<DropGuard>>,
 }
 
 impl SessionSubscriptions {
@@ -174,6 +255,39 @@ impl SessionSubscriptions {
         let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
         relays.remove(uri).is_some()
     }
+
+    /// Tell this session's client of every list change, once started.
+    pub fn follow_list_changes(&self, changes: Arc<ListChanges>, peer: Peer<RoleServer>) {
+        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        if lists.is_some() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        *lists = Some(stop.clone().drop_guard());
+        let follower = changes.follow();
+        let tools_peer = peer.clone();
+        tokio::spawn(async move {
+            let tools = || async { tools_peer.notify_tool_list_changed().await.is_ok() };
+            let resources = || async { peer.notify_resource_list_changed().await.is_ok() };
+            relay_list_changes(follower, stop, tools, resources).await
+        });
+    }
+}
+
+/// Serve the list changes a `subscriptions/listen` stream (2026-07-28) asked
+/// for until it is cancelled.
+pub(crate) async fn listen_lists(
+    changes: Arc<ListChanges>,
+    filter: &rmcp::model::SubscriptionFilter,
+    sink: SubscriptionSink,
+    stop: CancellationToken,
+) {
+    let wants_tools = filter.tools_list_changed == Some(true);
+    let wants_resources = filter.resources_list_changed == Some(true);
+    let tools = || async { !wants_tools || sink.notify_tool_list_changed().await.is_ok() };
+    let resources =
+        || async { !wants_resources || sink.notify_resource_list_changed().await.is_ok() };
+    relay_list_changes(changes.follow(), stop, tools, resources).await
 }
 
 /// Serve one `subscriptions/listen` stream (2026-07-28) until it is cancelled.
@@ -223,6 +337,34 @@ mod tests {
         drop(second);
         assert!(!updates.is_watched("a://x"));
         assert!(updates.watched().is_empty());
+    }
+
+    #[tokio::test]
+    async fn list_changes_reach_a_follower_as_what_changed() {
+        let changes = Arc::new(ListChanges::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let follower = changes.follow();
+        let relay = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let said = |what: &'static str| {
+                    let tx = tx.clone();
+                    move || {
+                        let tx = tx.clone();
+                        async move { tx.send(what).is_ok() }
+                    }
+                };
+                relay_list_changes(follower, stop, said("tools"), said("resources")).await
+            }
+        });
+        changes.announce(true, false);
+        assert_eq!(rx.recv().await, Some("tools"));
+        changes.announce(false, true);
+        assert_eq!(rx.recv().await, Some("resources"));
+        stop.cancel();
+        relay.await.unwrap();
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -17,14 +17,14 @@ use rmcp::model::{
     ReadResourceResult, ResultType, ServerCapabilities, ServerConfig, SubscribeRequestParams,
     SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::Catalog;
 use crate::auth::{Principal, ToolAccess, caller_of};
 use crate::config::McpConfig;
 use crate::error::tool_error;
-use crate::subscribe::{self, ResourceUpdates, SessionSubscriptions};
+use crate::subscribe::{self, ListChanges, ResourceUpdates, SessionSubscriptions};
 use crate::trace::TraceContext;
 use tracing::Instrument;
 
@@ -87,6 +87,12 @@ pub trait McpUnit: Send + Sync + 'static {
     /// Whether a client may subscribe to `uri`: by default, any listed resource.
     fn can_subscribe(&self, uri: &str) -> bool {
         self.catalog().resources().iter().any(|r| r.uri == uri)
+    }
+
+    /// Where this unit announces that its lists changed; `None` when they
+    /// never do (a catalog fixed when the server starts).
+    fn list_changes(&self) -> Option<Arc<ListChanges>> {
+        None
     }
 
     /// What authorizes a call of `tool` as listed here: by default the
@@ -211,6 +217,14 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         let mut info = ServerConfig::new(capabilities);
         info.server_info = implementation;
         info.instructions = Some(identity.instructions.to_string());
+        if self.unit.list_changes().is_some() {
+            if let Some(tools) = info.capabilities.tools.as_mut() {
+                tools.list_changed = Some(true);
+            }
+            if let Some(resources) = info.capabilities.resources.as_mut() {
+                resources.list_changed = Some(true);
+            }
+        }
         info
     }
 
@@ -335,23 +349,39 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         }
     }
 
+    /// A handshake-era session (stdio, in-process, HTTP) hears of list
+    /// changes from now on; stateless HTTP requests never get here.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Some(changes) = self.unit.list_changes() {
+            self.session
+                .follow_list_changes(changes, context.peer.clone());
+        }
+    }
+
     fn accepted_subscription_filter(
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        self.unit.updates()?;
+        let updates = self.unit.updates();
+        let lists = self.unit.list_changes().is_some();
+        if updates.is_none() && !lists {
+            return None;
+        }
         let uris: Vec<String> = requested
             .resource_subscriptions
             .iter()
             .flatten()
-            .filter(|uri| self.unit.can_subscribe(uri))
+            .filter(|uri| updates.is_some() && self.unit.can_subscribe(uri))
             .cloned()
             .collect();
-        Some(
-            SubscriptionFilter::builder()
-                .resource_subscriptions(uris)
-                .build(),
-        )
+        let mut accepted = SubscriptionFilter::builder()
+            .resource_subscriptions(uris)
+            .build();
+        if lists {
+            accepted.tools_list_changed = requested.tools_list_changed;
+            accepted.resources_list_changed = requested.resources_list_changed;
+        }
+        Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
@@ -367,9 +397,18 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         for uri in &uris {
             check_read(&caller, uri)?;
         }
-        if let Some(updates) = self.unit.updates() {
-            subscribe::listen(updates, uris, context.sink().clone(), stop.clone()).await;
-        }
+        let resources = async {
+            if let Some(updates) = self.unit.updates() {
+                subscribe::listen(updates, uris, context.sink().clone(), stop.clone()).await;
+            }
+        };
+        let lists = async {
+            if let Some(changes) = self.unit.list_changes() {
+                let (filter, sink) = (context.accepted(), context.sink().clone());
+                subscribe::listen_lists(changes, filter, sink, stop.clone()).await;
+            }
+        };
+        tokio::join!(resources, lists);
         stop.cancelled().await;
         Ok(())
     }

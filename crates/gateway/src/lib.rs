@@ -25,6 +25,7 @@ use jetsonmind_core::rmcp::model::{
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
+use jetsonmind_core::subscribe::ListChanges;
 use jetsonmind_core::upstream::{Connector, ProgressSink, ResourceChange, Secret};
 use jetsonmind_core::{
     Catalog, CoreError, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, not_available,
@@ -55,6 +56,8 @@ pub struct Gateway {
     built_from: Mutex<Vec<u64>>,
     /// Changes of the federated resources, for the gateway's own subscribers.
     updates: Arc<ResourceUpdates>,
+    /// Changes of the merged lists, for the gateway's own clients.
+    list_changes: Arc<ListChanges>,
     changes: mpsc::UnboundedSender<ResourceChange>,
     /// Taken by [`Gateway::start`], which relays what arrives.
     incoming_changes: Mutex<Option<mpsc::UnboundedReceiver<ResourceChange>>>,
@@ -143,6 +146,7 @@ impl Gateway {
             view: RwLock::new(Arc::new(view)),
             built_from: Mutex::default(),
             updates: Arc::default(),
+            list_changes: Arc::default(),
             changes,
             incoming_changes: Mutex::new(Some(incoming)),
             access: OnceLock::new(),
@@ -238,7 +242,15 @@ impl Gateway {
             separator: &self.settings.separator,
         };
         match View::merge(&self.own_tools, &live, &naming) {
-            Ok(view) => *self.view.write().expect("view lock") = Arc::new(view),
+            Ok(view) => {
+                let mut current = self.view.write().expect("view lock");
+                let (tools, resources) = lists_changed(&current.catalog, &view.catalog);
+                *current = Arc::new(view);
+                drop(current);
+                if tools || resources {
+                    self.list_changes.announce(tools, resources);
+                }
+            }
             // A backend tool with an uncompilable schema: keep serving the old view.
             Err(e) => tracing::error!(error = %e, "cannot merge backend offers"),
         }
@@ -592,6 +604,14 @@ impl Gateway {
     }
 }
 
+/// Which of a client's lists differ between two catalogs: (tools,
+/// resources with their templates).
+fn lists_changed(old: &Catalog, new: &Catalog) -> (bool, bool) {
+    let tools = old.tools() != new.tools();
+    let resources = old.resources() != new.resources() || old.templates() != new.templates();
+    (tools, resources)
+}
+
 impl McpUnit for Gateway {
     fn identity(&self) -> UnitIdentity {
         UnitIdentity {
@@ -608,6 +628,10 @@ impl McpUnit for Gateway {
 
     fn updates(&self) -> Option<Arc<ResourceUpdates>> {
         Some(self.updates.clone())
+    }
+
+    fn list_changes(&self) -> Option<Arc<ListChanges>> {
+        Some(self.list_changes.clone())
     }
 
     /// A federated tool is authorized on its backend's own name and the

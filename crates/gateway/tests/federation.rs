@@ -149,9 +149,10 @@ async fn gateway(backends: Vec<Backend>) -> Arc<Gateway> {
     gateway
 }
 
-/// A client that records the progress it is sent.
+/// A client that records the progress it is sent, and is woken when it
+/// hears that the tool list changed.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Progress>>>);
+struct Recorder(Arc<Mutex<Vec<Progress>>>, Arc<tokio::sync::Notify>);
 
 /// (progress, total) as received.
 type Progress = (f64, Option<f64>);
@@ -163,6 +164,10 @@ impl ClientHandler for Recorder {
         _: NotificationContext<RoleClient>,
     ) {
         self.0.lock().unwrap().push((params.progress, params.total));
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.1.notify_one();
     }
 }
 
@@ -273,12 +278,16 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
     let server = HttpServer::start(ticker.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = server.addr;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
-    let client = connect(&gateway, Recorder::default()).await;
+    let recorder = Recorder::default();
+    let client = connect(&gateway, recorder.clone()).await;
     assert_eq!(tool_names(&client).await, with_own(&["tick"]));
 
     drop(server);
     tokio::time::sleep(Duration::from_millis(100)).await;
     gateway.refresh().await;
+    // The client is told, so it lists again instead of calling what is gone.
+    let told = tokio::time::timeout(Duration::from_secs(30), recorder.1.notified()).await;
+    assert!(told.is_ok(), "no tools/list_changed arrived");
     assert_eq!(tool_names(&client).await, with_own(&[]));
     let status = &gateway.backend_status()[0];
     let replica = &status.replicas[0].connection;
