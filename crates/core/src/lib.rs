@@ -16,6 +16,7 @@ pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod catalog;
+pub mod client_log;
 pub mod config;
 pub mod connections;
 pub mod content;
@@ -36,7 +37,7 @@ pub use catalog::{Catalog, tool_from};
 pub use config::Config;
 pub use error::{CoreError, not_available, tool_error};
 pub use subscribe::ResourceUpdates;
-pub use unit::{CallObserver, McpUnit, ToolCall, UnitIdentity, UnitServer};
+pub use unit::{CallObserver, McpUnit, ToolCall, UnitIdentity, UnitServer, completion};
 
 /// Re-exported so the server crates name one rmcp, the one pinned here.
 pub use rmcp;

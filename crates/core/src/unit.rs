@@ -11,17 +11,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
-    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, ResultType, ServerCapabilities, ServerConfig, SubscribeRequestParams,
-    SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
+    CompleteResult, CompletionInfo, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, ResultType,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::Catalog;
 use crate::auth::{Principal, ToolAccess, caller_of};
+use crate::client_log::{self, ClientLog, ConnectionLevel};
 use crate::config::McpConfig;
 use crate::error::tool_error;
 use crate::subscribe::{self, ListChanges, ResourceUpdates, SessionSubscriptions};
@@ -101,6 +104,58 @@ pub trait McpUnit: Send + Sync + 'static {
     fn tool_access(&self, tool: &str) -> Option<ToolAccess> {
         self.catalog().tool(tool).map(ToolAccess::of)
     }
+
+    /// The prompts this unit offers; none by default. Listing them needs no
+    /// scope: a prompt only writes messages; what it embeds is checked when
+    /// it is got (a prompt that reads a resource checks that resource).
+    fn prompts(&self) -> Vec<Prompt> {
+        Vec::new()
+    }
+
+    /// The messages of prompt `name`; unknown names are `invalid_params`.
+    fn get_prompt(
+        &self,
+        name: &str,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetPromptResult, McpError>> + Send {
+        let _ = (arguments, context);
+        std::future::ready(Err(unknown_prompt(name)))
+    }
+
+    /// Values for the argument of a prompt or the variable of a resource
+    /// template that `request` names (the reference is one this unit
+    /// lists), as [`completion`] makes them; none by default.
+    fn complete(
+        &self,
+        request: &CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CompletionInfo, McpError>> + Send {
+        let _ = (request, context);
+        std::future::ready(Ok(CompletionInfo::default()))
+    }
+}
+
+/// The error for a prompt this server does not offer.
+pub fn unknown_prompt(name: &str) -> McpError {
+    McpError::invalid_params(format!("unknown prompt: {name}"), None)
+}
+
+/// A completion: the `candidates` that start with what the client `typed`,
+/// at most the 100 MCP allows, saying when there were more.
+pub fn completion(candidates: impl IntoIterator<Item = String>, typed: &str) -> CompletionInfo {
+    let matching: Vec<String> = candidates
+        .into_iter()
+        .filter(|c| c.starts_with(typed))
+        .collect();
+    let total = matching.len();
+    let values: Vec<String> = matching
+        .into_iter()
+        .take(CompletionInfo::MAX_VALUES)
+        .collect();
+    let has_more = total > values.len();
+    CompletionInfo::with_pagination(values, Some(total as u32), has_more)
+        .expect("values are cut to the maximum")
 }
 
 /// Serves any [`McpUnit`] over MCP. Cloning is cheap (a few `Arc`s); each
@@ -111,6 +166,8 @@ pub struct UnitServer<U> {
     settings: Arc<McpConfig>,
     observer: Option<Arc<dyn CallObserver>>,
     session: Arc<SessionSubscriptions>,
+    /// What this connection asked for with `logging/setLevel`.
+    log_level: ConnectionLevel,
 }
 
 /// Told of every call of a known tool once it has an outcome (analytics).
@@ -131,6 +188,7 @@ impl<U> Clone for UnitServer<U> {
             settings: self.settings.clone(),
             observer: self.observer.clone(),
             session: Arc::default(),
+            log_level: ConnectionLevel::default(),
         }
     }
 }
@@ -142,6 +200,7 @@ impl<U: McpUnit> UnitServer<U> {
             settings: Arc::new(settings),
             observer: None,
             session: Arc::default(),
+            log_level: ConnectionLevel::default(),
         }
     }
 
@@ -181,7 +240,7 @@ fn may_list_tool<U: McpUnit>(unit: &U, principal: &Principal, tool: &str) -> boo
 }
 
 /// Refuse reading or watching `uri` to a caller without its scope.
-fn check_read(principal: &Principal, uri: &str) -> Result<(), McpError> {
+pub fn check_read(principal: &Principal, uri: &str) -> Result<(), McpError> {
     match principal.may_read(uri) {
         true => Ok(()),
         false => Err(McpError::new(
@@ -208,10 +267,19 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         let builder = ServerCapabilities::builder()
             .enable_tools()
             .enable_resources();
-        let capabilities = match self.unit.updates() {
+        let mut capabilities = match self.unit.updates() {
             Some(_) => builder.enable_resources_subscribe().build(),
             None => builder.build(),
         };
+        let prompts = !self.unit.prompts().is_empty();
+        if prompts {
+            capabilities.prompts = Some(Default::default());
+        }
+        // Prompt arguments and template variables are what can be completed.
+        if prompts || !self.unit.catalog().templates().is_empty() {
+            capabilities.completions = Some(Default::default());
+        }
+        capabilities.logging = Some(Default::default());
         let mut implementation = Implementation::new(identity.name, env!("CARGO_PKG_VERSION"));
         implementation.title = Some(identity.title.to_string());
         let mut info = ServerConfig::new(capabilities);
@@ -413,6 +481,94 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         Ok(())
     }
 
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let prompts = self.unit.prompts();
+        Ok(self.list_hints(|ttl, scope| {
+            ListPromptsResult::with_all_items(prompts)
+                .with_ttl_ms(ttl)
+                .with_cache_scope(scope)
+        }))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if !self.unit.prompts().iter().any(|p| p.name == request.name) {
+            return Err(unknown_prompt(&request.name));
+        }
+        let arguments = request.arguments.unwrap_or_default();
+        let mut result = self
+            .unit
+            .get_prompt(&request.name, arguments, context)
+            .await?;
+        result.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(GetPromptResponse::Complete(result))
+    }
+
+    /// A template's variables are completed for those who may read it;
+    /// prompt arguments for anyone (a prompt runs nothing).
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        match &request.r#ref {
+            Reference::Resource(template) => {
+                check_read(&caller_of(&context), &template.uri)?;
+                let known = self
+                    .unit
+                    .catalog()
+                    .templates()
+                    .iter()
+                    .any(|t| t.uri_template == template.uri);
+                if !known {
+                    return Err(crate::error::resource_not_found(
+                        &template.uri,
+                        format!("no resource template {}", template.uri),
+                    ));
+                }
+            }
+            Reference::Prompt(prompt) => {
+                if !self.unit.prompts().iter().any(|p| p.name == prompt.name) {
+                    return Err(unknown_prompt(&prompt.name));
+                }
+            }
+            _ => {
+                return Err(McpError::invalid_params(
+                    "unknown completion reference",
+                    None,
+                ));
+            }
+        }
+        let completion = self.unit.complete(&request, context).await?;
+        Ok(CompleteResult::new(completion))
+    }
+
+    /// The level holds for this connection's later tool calls; a stateless
+    /// request has no later, so it is told how to ask per request instead.
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        if !crate::sessions::can_notify_later(&context.extensions) {
+            return Err(McpError::invalid_request(
+                "logging/setLevel needs a session (initialize first, and send its \
+                 Mcp-Session-Id), or put io.modelcontextprotocol/logLevel in each request's _meta",
+                None,
+            ));
+        }
+        self.log_level.set(request.level);
+        Ok(())
+    }
+
     /// Every call runs as a span named by its request id (the trace id of
     /// its `traceparent`, continued or new), which backends receive too and
     /// the result's `_meta` carries back.
@@ -429,11 +585,9 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
             tool = %request.name,
         );
         let started = Instant::now();
-        let outcome = trace
-            .clone()
-            .scope(self.call_tool_checked(request, context))
-            .instrument(span.clone())
-            .await;
+        let client_log = self.client_log(&context, &trace);
+        let work = client_log::scope(client_log, self.call_tool_checked(request, context));
+        let outcome = trace.clone().scope(work).instrument(span.clone()).await;
         span.in_scope(|| {
             let elapsed_ms = started.elapsed().as_millis() as u64;
             match &outcome {
@@ -450,6 +604,22 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
 }
 
 impl<U: McpUnit> UnitServer<U> {
+    /// Where a call's log events go: the level in the request's `_meta` (the
+    /// stateless era), else the connection's; nowhere when neither is set.
+    #[allow(deprecated)]
+    fn client_log(
+        &self,
+        context: &RequestContext<RoleServer>,
+        trace: &TraceContext,
+    ) -> Option<ClientLog> {
+        let level = context.meta.log_level().or_else(|| self.log_level.get())?;
+        Some(ClientLog {
+            peer: context.peer.clone(),
+            level,
+            request_id: trace.trace_id.clone(),
+        })
+    }
+
     /// A call of a known tool, with valid arguments, that its caller may make.
     async fn call_tool_checked(
         &self,
@@ -497,5 +667,26 @@ impl<U: McpUnit> UnitServer<U> {
         let mut result = outcome?;
         result.result_type.get_or_insert(ResultType::COMPLETE);
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::completion;
+
+    #[test]
+    fn completions_filter_by_prefix_and_stop_at_the_mcp_maximum() {
+        let names = (0..150).map(|i| format!("model-{i:03}"));
+        let all = completion(names.clone(), "model-");
+        assert_eq!(all.values.len(), 100);
+        assert_eq!((all.total, all.has_more), (Some(150), Some(true)));
+        let some = completion(names, "model-14");
+        assert_eq!(
+            some.values,
+            (140..150)
+                .map(|i| format!("model-{i:03}"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(some.has_more, Some(false));
     }
 }

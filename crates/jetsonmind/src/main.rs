@@ -27,15 +27,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr: in stdio mode stdout carries the MCP messages.
+/// Logs go to stderr: in stdio mode stdout carries the MCP messages. A tool
+/// call's own events also go to its client when it asked for log messages
+/// (`logging/setLevel`), whatever the filter for stderr says.
 fn init_logging(filter: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     // Colours only for a person at a terminal; files and journals get plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(jetsonmind_core::client_log::layer())
         .init();
 }
