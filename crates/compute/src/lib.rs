@@ -9,6 +9,7 @@
 pub mod engine;
 pub mod models;
 pub mod placement;
+pub mod prompts;
 pub mod scheduler;
 pub mod schema;
 pub mod text;
@@ -20,7 +21,8 @@ use jetsonmind_core::auth::AccessLevel;
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::rmcp::model::{
-    CallToolResult, ReadResourceResult, Resource, Tool, ToolAnnotations,
+    CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
+    ReadResourceResult, Resource, Tool, ToolAnnotations,
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
@@ -42,6 +44,8 @@ pub struct ComputeServer {
     vitals: LinuxReader,
     /// `host:pid`, how this replica names itself in its status.
     replica: String,
+    /// The models prompts name and complete.
+    store: Arc<ModelStore>,
 }
 
 /// How often idle models are checked against their keep-alive.
@@ -115,6 +119,7 @@ impl ComputeServer {
             text,
             vitals,
             replica: format!("{}:{}", store.node(), std::process::id()),
+            store,
         }
     }
 
@@ -269,6 +274,27 @@ impl McpUnit for ComputeServer {
                 None,
             )),
         }
+    }
+
+    fn prompts(&self) -> Vec<Prompt> {
+        prompts::prompts()
+    }
+
+    async fn get_prompt(
+        &self,
+        name: &str,
+        arguments: JsonObject,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResult, McpError> {
+        prompts::get(name, &arguments, &self.store)
+    }
+
+    async fn complete(
+        &self,
+        request: &CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompletionInfo, McpError> {
+        prompts::complete(&request.r#ref, &request.argument, &self.store)
     }
 
     async fn read_resource(

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod db;
 pub mod gguf;
 mod notify;
+pub mod prompts;
 pub mod schema;
 pub mod settings;
 pub mod store;
@@ -21,7 +22,8 @@ use std::sync::Arc;
 use jetsonmind_core::auth::{AccessLevel, Principal, caller_of};
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::model::{
-    CallToolResult, ReadResourceResult, Resource, ResourceTemplate,
+    CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
+    ReadResourceResult, Resource, ResourceTemplate,
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
@@ -168,7 +170,7 @@ fn catalog() -> Catalog {
         ),
     ];
     let templates = vec![
-        ResourceTemplate::new("jetson://models/{name}", "model")
+        ResourceTemplate::new(prompts::MODEL_TEMPLATE, "model")
             .with_description("One model of the model store, by name.")
             .with_mime_type("application/json"),
     ];
@@ -221,6 +223,37 @@ impl McpUnit for DataServer {
                 None,
             )),
         }
+    }
+
+    fn prompts(&self) -> Vec<Prompt> {
+        prompts::prompts()
+    }
+
+    /// The prompt embeds the metrics, so it needs what reading them needs.
+    async fn get_prompt(
+        &self,
+        name: &str,
+        _arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResult, McpError> {
+        if name != prompts::EXPLAIN_DEVICE_HEALTH {
+            return Err(jetsonmind_core::unit::unknown_prompt(name));
+        }
+        jetsonmind_core::unit::check_read(&caller_of(&context), SYSTEM_METRICS)?;
+        let metrics = self.read_resource(SYSTEM_METRICS, context).await?;
+        prompts::explain_device_health(metrics)
+    }
+
+    async fn complete(
+        &self,
+        request: &CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompletionInfo, McpError> {
+        prompts::complete(&request.r#ref, &request.argument, || {
+            let models = self.state.store.list();
+            let models = models.map_err(|e| store_error(e, MODELS_AVAILABLE))?;
+            Ok(models.into_iter().map(|m| m.name).collect())
+        })
     }
 
     async fn read_resource(

@@ -405,3 +405,88 @@ async fn models_are_verified_and_removed_through_the_tool() {
         tool_text(&again)
     );
 }
+
+/// Import a tiny GGUF into the store at `dir` under each of `names`.
+fn import_tiny_models(dir: &std::path::Path, names: &[&str]) {
+    let store = ModelStore::open(dir).unwrap();
+    for name in names {
+        let source = dir.join(format!("{name}.source"));
+        tiny_gguf(&source);
+        let options = jetsonmind_data::store::ImportOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        store.import(&source, &options, |_, _| {}).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_health_prompt_embeds_the_current_metrics() {
+    use jetsonmind_core::rmcp::model::{ContentBlock, GetPromptRequestParams};
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(dir.path()).await;
+    let prompts = client.list_all_prompts().await.unwrap();
+    let names: Vec<_> = prompts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["explain_device_health"]);
+
+    let prompt = client
+        .get_prompt(GetPromptRequestParams::new("explain_device_health"))
+        .await
+        .unwrap();
+    let ContentBlock::Resource(embedded) = &prompt.messages[0].content else {
+        panic!(
+            "expected the metrics embedded first, got {:?}",
+            prompt.messages[0]
+        );
+    };
+    let ResourceContents::TextResourceContents { uri, text, .. } = &embedded.resource else {
+        panic!("expected JSON text, got {:?}", embedded.resource);
+    };
+    assert_eq!(uri, "jetson://system/metrics");
+    let metrics: Value = serde_json::from_str(text).unwrap();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let mem_total_kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert_eq!(metrics["memory"]["total_bytes"], mem_total_kb * 1024);
+    let ContentBlock::Text(question) = &prompt.messages[1].content else {
+        panic!("expected the question second");
+    };
+    assert!(question.text.contains("temperatures"), "{}", question.text);
+
+    let unknown = client
+        .get_prompt(GetPromptRequestParams::new("no_such_prompt"))
+        .await
+        .unwrap_err();
+    assert!(unknown.to_string().contains("unknown prompt"), "{unknown}");
+}
+
+#[tokio::test]
+async fn model_names_complete_the_model_template_by_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    import_tiny_models(dir.path(), &["llama-a.gguf", "llama-b.gguf", "qwen.gguf"]);
+    let client = client(dir.path()).await;
+    let info = client.peer_info().unwrap();
+    assert!(info.capabilities.completions.is_some());
+    let llamas = client
+        .complete_resource_argument("jetson://models/{name}", "name", "llama", None)
+        .await
+        .unwrap();
+    assert_eq!(llamas.values, vec!["llama-a.gguf", "llama-b.gguf"]);
+    assert_eq!(llamas.has_more, Some(false));
+    let all = client
+        .complete_resource_simple("jetson://models/{name}", "name", "")
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let unknown = client
+        .complete_resource_simple("jetson://nothing/{x}", "x", "")
+        .await
+        .unwrap_err();
+    assert!(
+        unknown.to_string().contains("jetson://nothing/{x}"),
+        "{unknown}"
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod openai;
+mod prompts;
 pub mod schema;
 pub mod view;
 
@@ -21,7 +22,8 @@ use jetsonmind_core::config::{GatewayConfig, is_backend_name, is_http_url};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ReadResourceResult, Tool,
+    CallToolRequestParams, CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult,
+    JsonObject, Prompt, ReadResourceResult, Tool,
 };
 use jetsonmind_core::rmcp::service::RequestContext;
 use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
@@ -655,6 +657,28 @@ impl McpUnit for Gateway {
             Some(route) => self.forward_call(route.backend, route.original, call).await,
             None => self.call_own_tool(call).await,
         }
+    }
+
+    fn prompts(&self) -> Vec<Prompt> {
+        self.current().prompts.clone()
+    }
+
+    async fn get_prompt(
+        &self,
+        name: &str,
+        arguments: JsonObject,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResult, McpError> {
+        self.forward_get_prompt(name, arguments, &caller_of(&context))
+            .await
+    }
+
+    async fn complete(
+        &self,
+        request: &CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompletionInfo, McpError> {
+        self.forward_complete(request, &caller_of(&context)).await
     }
 
     async fn read_resource(

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jetsonmind_core::config::PrefixMode;
-use jetsonmind_core::rmcp::model::Tool;
+use jetsonmind_core::rmcp::model::{Prompt, Tool};
 use jetsonmind_core::{Catalog, CoreError};
 
 pub use jetsonmind_core::upstream::Offer;
@@ -26,6 +26,10 @@ pub struct View {
     pub resources: HashMap<String, Route>,
     /// (exposed template, route to the backend's template), in catalog order.
     pub templates: Vec<(String, Route)>,
+    /// Named like tools (a prompt of another backend never hides a tool's
+    /// name, but the two lists are separate in MCP).
+    pub prompts: Vec<Prompt>,
+    pub prompt_routes: HashMap<String, Route>,
 }
 
 pub struct Naming<'a> {
@@ -98,12 +102,24 @@ impl View {
             template_routes.push((exposed, route));
         }
 
+        let (prompts, prompt_routes) = merge_prompts(offers, naming);
         Ok(View {
             catalog: Arc::new(Catalog::new(tools, resources, templates)?),
             tools: tool_routes,
             resources: resource_routes,
             templates: template_routes,
+            prompts,
+            prompt_routes,
         })
+    }
+
+    /// The backend and original template of an exposed template (as a
+    /// completion names it).
+    pub fn template_route(&self, exposed: &str) -> Option<Route> {
+        self.templates
+            .iter()
+            .find(|(template, _)| template == exposed)
+            .map(|(_, route)| route.clone())
     }
 
     /// The backend and original URI for a resource read, exact URIs first,
@@ -125,6 +141,24 @@ impl View {
                 }
             })
     }
+}
+
+fn merge_prompts(
+    offers: &[(usize, &str, &Offer)],
+    naming: &Naming,
+) -> (Vec<Prompt>, HashMap<String, Route>) {
+    let items = offers
+        .iter()
+        .flat_map(|(i, b, o)| o.prompts.iter().map(move |p| (*i, *b, p.name.clone(), p)));
+    let mut prompts = Vec::new();
+    let mut routes = HashMap::new();
+    for (exposed, route, prompt) in name_all(items, &[], naming, |n, b, x| n.tool(b, x)) {
+        let mut prompt = prompt.clone();
+        prompt.name = exposed.clone();
+        prompts.push(prompt);
+        routes.insert(exposed, route);
+    }
+    (prompts, routes)
 }
 
 /// Name every item: keep its own name unless the prefix mode or a collision
@@ -219,6 +253,7 @@ mod tests {
                 .iter()
                 .map(|t| ResourceTemplate::new(*t, "t"))
                 .collect(),
+            prompts: Vec::new(),
         }
     }
 
@@ -338,6 +373,45 @@ mod tests {
         let view = View::merge(&[], &[(0, "n", &a)], &always).unwrap();
         assert_eq!(names(&view), vec!["n.t"]);
         assert!(view.resources.contains_key("n+u://x"));
+    }
+
+    #[test]
+    fn prompts_are_named_like_tools_and_route_back() {
+        let prompt = |name: &str| Prompt::new(name, None::<String>, None);
+        let mut compute = offer(&[], &[], &[]);
+        compute.prompts = vec![prompt("summarize"), prompt("shared")];
+        let mut data = offer(&[], &[], &["jetson://models/{name}"]);
+        data.prompts = vec![prompt("shared")];
+        let collisions = Naming {
+            mode: PrefixMode::Collisions,
+            separator: "_",
+        };
+        let view = View::merge(
+            &[],
+            &[(0, "compute", &compute), (1, "data", &data)],
+            &collisions,
+        )
+        .unwrap();
+        let mut names: Vec<_> = view.prompts.iter().map(|p| p.name.clone()).collect();
+        names.sort();
+        assert_eq!(names, vec!["compute_shared", "data_shared", "summarize"]);
+        assert_eq!(
+            view.prompt_routes["data_shared"],
+            Route {
+                backend: 1,
+                original: "shared".into()
+            }
+        );
+        assert_eq!(view.prompt_routes["summarize"].backend, 0);
+        let template = view.template_route("jetson://models/{name}").unwrap();
+        assert_eq!(
+            template,
+            Route {
+                backend: 1,
+                original: "jetson://models/{name}".into()
+            }
+        );
+        assert_eq!(view.template_route("jetson://models/x"), None);
     }
 
     #[test]

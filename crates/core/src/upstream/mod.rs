@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rmcp::model::{
-    ClientRequest, PingRequest, Resource, ResourceTemplate, SubscribeRequestParams, Tool,
+    ClientRequest, PingRequest, Prompt, Resource, ResourceTemplate, SubscribeRequestParams, Tool,
     UnsubscribeRequestParams,
 };
 use rmcp::service::RunningService;
@@ -104,6 +104,7 @@ pub struct Offer {
     pub tools: Vec<Tool>,
     pub resources: Vec<Resource>,
     pub templates: Vec<ResourceTemplate>,
+    pub prompts: Vec<Prompt>,
 }
 
 impl Offer {
@@ -384,9 +385,17 @@ async fn fetch_offer(client: &Client) -> Result<Offer, String> {
         ),
         None => (Vec::new(), Vec::new()),
     };
+    let prompts = match capabilities.prompts {
+        Some(_) => peer
+            .list_all_prompts()
+            .await
+            .map_err(|e| describe("prompts/list", e))?,
+        None => Vec::new(),
+    };
     Ok(Offer {
         tools,
         resources,
         templates,
+        prompts,
     })
 }
