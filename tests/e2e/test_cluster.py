@@ -244,7 +244,7 @@ async def test_started_replicas_serve_a_gateway_without_a_local_one_and_only_it(
             assert not added.is_error, added.content
             endpoint = added.structured_content["added"][0]["endpoint"]
 
-            with anyio.fail_after(10):
+            with anyio.fail_after(30):
                 while "text_generate" not in {t.name for t in (await client.list_tools()).tools}:
                     await anyio.sleep(0.2)
             answer = await client.call_tool("text_generate", {"prompt": "Hi", "max_tokens": 4, "temperature": 0})

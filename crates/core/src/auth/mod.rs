@@ -651,8 +651,13 @@ pub fn caller_of(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> P
     }
 }
 
-/// Name `caller` in a request forwarded on its behalf.
+/// Name `caller` in a request forwarded on its behalf. This machine's own
+/// unauthenticated user (stdio, auth off) has no identity to pass on and
+/// bounds nothing: the next server sees the forwarding connection's own.
 pub fn delegate(meta: &mut Option<rmcp::model::RequestMetaObject>, caller: &Principal) {
+    if caller.method == AuthMethod::None && caller.via.is_empty() {
+        return;
+    }
     if let Ok(value) = serde_json::to_value(caller) {
         meta.get_or_insert_with(Default::default)
             .0
