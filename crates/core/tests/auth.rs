@@ -8,7 +8,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use axum::Router;
 use axum::routing::get;
-use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
+use jetsonmind_core::auth::{self, AccessLevel, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::{AuthConfig, HttpConfig, McpConfig, OAuthConfig};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::rmcp::ErrorData as McpError;
@@ -104,19 +104,19 @@ async fn setup() -> Setup {
     let auth = Arc::new(Auth::new(&config, keys, Some(addr)).unwrap());
     let tools = vec![
         tool_from::<Empty>("echo", "anyone with tools:*"),
-        tool_from::<Empty>("scale_cluster", "admin only"),
+        AccessLevel::Admin.mark(tool_from::<Empty>("scale_cluster", "admin only")),
     ];
-    let unit = Unit(Arc::new(Catalog::new(tools, vec![], vec![]).unwrap()));
+    let unit = Arc::new(Unit(Arc::new(Catalog::new(tools, vec![], vec![]).unwrap())));
     let http = HttpConfig::default();
     let metadata_routes = auth::metadata_routes(&auth);
     let routes = mcp_routes(
-        UnitServer::new(Arc::new(unit), McpConfig::default()),
+        UnitServer::new(unit.clone(), McpConfig::default()),
         &http,
         shutdown.clone(),
     )
     .merge(metadata_routes);
     let connections = Arc::new(Connections::default());
-    let gate = Gatekeeper::new(auth, &http, connections.clone());
+    let gate = Gatekeeper::new(auth, &http, connections.clone(), auth::resolver(unit));
     let router =
         with_limits(routes, &http).layer(axum::middleware::from_fn_with_state(gate, auth::guard));
     tokio::spawn(serve_http(listener, router, shutdown.clone(), connections));

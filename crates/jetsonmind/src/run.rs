@@ -11,7 +11,7 @@ use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::scale::Launcher;
-use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore, ToolResolver};
+use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::serve::{self, MCP_PATH};
@@ -406,15 +406,14 @@ async fn serve_server<U: McpUnit>(
         .metrics_route()
         .merge(auth::metadata_routes(&shared.access.auth));
     let extra = extra.merge(serve::guard_headers(plain, &config.http));
-    let unit = server.unit().clone();
-    let tools: ToolResolver = Arc::new(move |name| unit.tool_access(name));
+    let tools = auth::resolver(server.unit().clone());
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
     let access = &shared.access;
-    let gate = Gatekeeper::with_tools(
+    let gate = Gatekeeper::new(
         access.auth.clone(),
         &config.http,
         access.connections.clone(),
-        Some(tools),
+        tools,
     );
     let router = serve::with_limits(routes, &config.http)
         .layer(axum::middleware::from_fn_with_state(gate, auth::guard));

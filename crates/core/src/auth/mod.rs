@@ -406,20 +406,17 @@ pub struct Gatekeeper {
     max_body_bytes: usize,
     /// Whether unauthenticated loopback clients are rate-limited too.
     limit_local: bool,
-    tools: Option<ToolResolver>,
+    tools: ToolResolver,
 }
 
 impl Gatekeeper {
-    pub fn new(auth: Arc<Auth>, http: &HttpConfig, connections: Arc<Connections>) -> Arc<Self> {
-        Self::with_tools(auth, http, connections, None)
-    }
-
-    /// A gatekeeper that checks tool calls on what `tools` resolves them to.
-    pub fn with_tools(
+    /// A gatekeeper that checks tool calls on what `tools` resolves them to
+    /// (`McpUnit::tool_access` of the server behind it: see [`resolver`]).
+    pub fn new(
         auth: Arc<Auth>,
         http: &HttpConfig,
         connections: Arc<Connections>,
-        tools: Option<ToolResolver>,
+        tools: ToolResolver,
     ) -> Arc<Self> {
         Arc::new(Self {
             auth,
@@ -444,14 +441,16 @@ impl Gatekeeper {
     }
 
     fn tool_access(&self, name: &str) -> ToolAccess {
-        self.tools
-            .as_ref()
-            .and_then(|resolve| resolve(name))
-            .unwrap_or_else(|| ToolAccess {
-                name: name.to_string(),
-                level: AccessLevel::Scoped,
-            })
+        (self.tools)(name).unwrap_or_else(|| ToolAccess {
+            name: name.to_string(),
+            level: AccessLevel::Scoped,
+        })
     }
+}
+
+/// What the guard in front of `unit` checks a tool call on.
+pub fn resolver<U: crate::McpUnit>(unit: Arc<U>) -> ToolResolver {
+    Arc::new(move |name| unit.tool_access(name))
 }
 
 /// Authenticate, rate-limit and authorize every request but the metadata.
