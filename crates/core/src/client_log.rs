@@ -11,13 +11,16 @@
 //! `tracing` layer that sends the events of JetsonMind's own crates emitted
 //! in that task, at or above the level, to that client, with the call's
 //! request id. It never blocks: each message is sent from a task of its own.
-//! Events of other tasks (a blocking generation thread, a backend process)
-//! reach no client.
+//! A backend served in the same process (`jetsonmind serve`) runs the call in
+//! a task of its own but continues its trace, so its events find the client
+//! by request id. Events of other tasks (a blocking generation thread) and of
+//! other processes reach no client.
 
 #![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); both eras are served.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rmcp::RoleServer;
 use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
@@ -63,9 +66,49 @@ tokio::task_local! {
     static CLIENT: Option<ClientLog>;
 }
 
+/// The calls being served whose client asked for log messages, by request
+/// id: the first hop of a trace that registered keeps it.
+static BY_REQUEST: LazyLock<Mutex<HashMap<String, ClientLog>>> = LazyLock::new(Default::default);
+
 /// Run `work` with its events sent to `client` (none when `None`).
 pub async fn scope<F: Future>(client: Option<ClientLog>, work: F) -> F::Output {
+    let _registered = client.as_ref().and_then(Registered::new);
     CLIENT.scope(client, work).await
+}
+
+/// A call's entry in [`BY_REQUEST`], removed when the call ends.
+struct Registered(String);
+
+impl Registered {
+    fn new(client: &ClientLog) -> Option<Self> {
+        let mut calls = BY_REQUEST.lock().unwrap_or_else(|e| e.into_inner());
+        let id = client.request_id.clone();
+        match calls.entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(client.clone());
+                Some(Self(id))
+            }
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut calls = BY_REQUEST.lock().unwrap_or_else(|e| e.into_inner());
+        calls.remove(&self.0);
+    }
+}
+
+/// The client of the call this task serves: its own, else the one that
+/// started the trace in this process.
+fn current_client() -> Option<ClientLog> {
+    if let Ok(Some(client)) = CLIENT.try_with(Clone::clone) {
+        return Some(client);
+    }
+    let trace = crate::trace::TraceContext::current()?;
+    let calls = BY_REQUEST.lock().unwrap_or_else(|e| e.into_inner());
+    calls.get(&trace.trace_id).cloned()
 }
 
 /// The `tracing` layer that sends a call's events to its client. Install it
@@ -82,7 +125,7 @@ struct ClientLogLayer;
 
 impl<S: Subscriber> Layer<S> for ClientLogLayer {
     fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
-        let Ok(Some(client)) = CLIENT.try_with(Clone::clone) else {
+        let Some(client) = current_client() else {
             return;
         };
         let level = mcp_level(*event.metadata().level());

@@ -1,10 +1,15 @@
 //! Helpers for driving a server through a real rmcp client, in tests and
 //! examples: the same MCP messages a remote client would send.
 
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, ServerHandler, ServiceExt};
+use std::sync::{Arc, Mutex};
+
+#[allow(deprecated)] // MCP logging, deprecated by SEP-2577, is still served.
+use rmcp::model::{CallToolResult, LoggingMessageNotificationParam};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, ServerHandler, ServiceExt};
 
 use crate::serve::in_process;
+use crate::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_from};
 
 /// A handshake-era client connected to `server` over an in-memory pipe.
 pub async fn connect<S: ServerHandler>(server: S) -> RunningService<RoleClient, ()> {
@@ -27,4 +32,105 @@ pub async fn resource_uris(peer: &rmcp::service::Peer<RoleClient>) -> Vec<String
     let mut uris: Vec<String> = resources.into_iter().map(|r| r.uri).collect();
     uris.sort();
     uris
+}
+
+/// Send the log events of tool calls to their clients (the layer the binary
+/// installs), on this thread until the guard drops: use a current-thread runtime.
+pub fn log_to_clients() -> tracing::subscriber::DefaultGuard {
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(crate::client_log::layer())
+        .set_default()
+}
+
+/// The request id a tool result names in its `_meta`.
+pub fn request_id_of(result: &CallToolResult) -> String {
+    let meta = result.meta.as_ref().expect("a result with _meta");
+    meta.0[crate::trace::REQUEST_ID_META_KEY]
+        .as_str()
+        .expect("a request id")
+        .to_string()
+}
+
+#[derive(schemars::JsonSchema, serde::Deserialize)]
+struct NoArgs {}
+
+/// A unit whose tool `chat` logs at several levels while it runs: under
+/// JetsonMind's targets (debug "looking around", warn "memory is low" with
+/// `free_bytes = 42`, error "the fan stopped") and once under another crate's.
+pub struct Chatty(Arc<Catalog>);
+
+impl Default for Chatty {
+    fn default() -> Self {
+        let tools = vec![tool_from::<NoArgs>("chat", "logs while it runs")];
+        Self(Arc::new(
+            Catalog::new(tools, vec![], vec![]).expect("a valid catalog"),
+        ))
+    }
+}
+
+impl McpUnit for Chatty {
+    fn identity(&self) -> UnitIdentity {
+        UnitIdentity {
+            name: "chatty",
+            title: "Chatty",
+            instructions: "test unit",
+        }
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.0.clone()
+    }
+
+    async fn call_tool(&self, _call: ToolCall) -> Result<CallToolResult, McpError> {
+        tracing::debug!(target: "jetsonmind_test", step = 1, "looking around");
+        tracing::warn!(target: "jetsonmind_test", free_bytes = 42u64, "memory is low");
+        tracing::error!(target: "jetsonmind_test", "the fan stopped");
+        tracing::error!(target: "other_crate", "not ours: never sent");
+        Ok(CallToolResult::success(vec![]))
+    }
+}
+
+/// A client that keeps the log messages it is sent.
+#[allow(deprecated)]
+#[derive(Clone, Default)]
+pub struct LogListener(
+    Arc<Mutex<Vec<LoggingMessageNotificationParam>>>,
+    Arc<tokio::sync::Notify>,
+);
+
+#[allow(deprecated)]
+impl ClientHandler for LogListener {
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(params);
+        self.1.notify_one();
+    }
+}
+
+#[allow(deprecated)]
+impl LogListener {
+    /// The first `count` messages; a generous bound turns "never sent"
+    /// into a failure instead of a hang (not a speed check).
+    pub async fn wait_for(&self, count: usize) -> Vec<LoggingMessageNotificationParam> {
+        let received = || self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let arrived = async {
+            loop {
+                let notified = self.1.notified();
+                if received().len() >= count {
+                    return received();
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), arrived)
+            .await
+            .unwrap_or_else(|_| panic!("{count} log messages never arrived: {:?}", received()))
+    }
 }

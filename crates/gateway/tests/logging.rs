@@ -1,0 +1,48 @@
+//! Log messages through the gateway: a backend served in this process logs
+//! while it runs a call, and the gateway's client, which asked for warnings,
+//! receives them with the call's request id.
+
+#![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); it is still served.
+
+use std::sync::Arc;
+
+use jetsonmind_control::fleet::{Fleet, FleetSettings};
+use jetsonmind_core::UnitServer;
+use jetsonmind_core::config::{Config, GatewayConfig, McpConfig};
+use jetsonmind_core::rmcp::ServiceExt;
+use jetsonmind_core::rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevelRequestParams};
+use jetsonmind_core::serve::in_process;
+use jetsonmind_core::testing::{self, Chatty, LogListener, request_id_of};
+use jetsonmind_core::upstream::Connector;
+use jetsonmind_gateway::Gateway;
+
+// One thread: the subscriber set here sees every task of the test.
+#[tokio::test(flavor = "current_thread")]
+async fn an_in_process_backends_events_reach_the_gateways_client() {
+    let _logging = testing::log_to_clients();
+    let backend = UnitServer::new(Arc::new(Chatty::default()), McpConfig::default());
+    let connector = Connector::InProcess(Arc::new(move || in_process(backend.clone())));
+    let config = Config::default();
+    let settings = FleetSettings::new(&config.control, &config.gateway);
+    let fleet = Fleet::single("chatty", connector, settings.clone());
+    let gateway = Gateway::new(GatewayConfig::default(), settings, vec![fleet]).unwrap();
+    gateway.refresh().await;
+    let listener = LogListener::default();
+    let server = UnitServer::new(gateway, McpConfig::default());
+    let client = listener.clone().serve(in_process(server)).await.unwrap();
+
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
+        .await
+        .unwrap();
+    let result = client
+        .call_tool(CallToolRequestParams::new("chat"))
+        .await
+        .unwrap();
+    let messages = listener.wait_for(2).await;
+    let levels: Vec<_> = messages.iter().map(|m| m.level).collect();
+    assert_eq!(levels, vec![LoggingLevel::Warning, LoggingLevel::Error]);
+    assert_eq!(messages[0].data["message"], "memory is low");
+    let id = request_id_of(&result);
+    assert!(messages.iter().all(|m| m.data["requestId"] == id.as_str()));
+}
