@@ -12,7 +12,7 @@ use std::time::Duration;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin, ROUTE_META_KEY};
 use jetsonmind_control::power::Power;
-use jetsonmind_core::auth::{AccessLevel, AuthMethod, FORBIDDEN, Principal, Scopes, delegate};
+use jetsonmind_core::auth::{AccessLevel, FORBIDDEN, Principal, Scopes, delegate};
 use jetsonmind_core::config::{Config, HttpConfig, McpConfig};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::{json_resource, json_tool_result};
@@ -638,13 +638,7 @@ async fn scaling_needs_a_launcher_and_reports_what_it_has() {
 }
 
 fn key(scopes: &[&str]) -> Principal {
-    Principal {
-        id: "key:test".into(),
-        name: "test".into(),
-        method: AuthMethod::ApiKey,
-        scopes: Scopes::new(scopes.iter().copied()),
-        via: Vec::new(),
-    }
+    Principal::api_key("test", "test", Scopes::new(scopes.iter().copied()))
 }
 
 /// Review item 1: a call dispatched for a caller is authorized as that

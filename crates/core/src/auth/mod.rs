@@ -84,6 +84,17 @@ impl Principal {
         }
     }
 
+    /// The holder of the API key `id`.
+    pub fn api_key(id: &str, name: impl Into<String>, scopes: Scopes) -> Self {
+        Self {
+            id: format!("key:{id}"),
+            name: name.into(),
+            method: AuthMethod::ApiKey,
+            scopes,
+            via: Vec::new(),
+        }
+    }
+
     fn scope_sets(&self) -> impl Iterator<Item = &Scopes> {
         std::iter::once(&self.scopes).chain(self.via.iter().map(|hop| &hop.scopes))
     }
@@ -234,13 +245,7 @@ impl Auth {
         }
         if token.starts_with("jm_") {
             return match self.keys.verify(token) {
-                Some((key, scopes)) => Ok(Principal {
-                    id: format!("key:{}", key.id),
-                    name: key.name,
-                    method: AuthMethod::ApiKey,
-                    scopes,
-                    via: Vec::new(),
-                }),
+                Some((key, scopes)) => Ok(Principal::api_key(&key.id, key.name, scopes)),
                 None => Err(Refusal::unauthenticated(
                     Some("invalid_token"),
                     "unknown or revoked API key",
@@ -708,13 +713,7 @@ mod tests {
     }
 
     fn key(scopes: &[&str]) -> Principal {
-        Principal {
-            id: "key:k".into(),
-            name: "k".into(),
-            method: AuthMethod::ApiKey,
-            scopes: Scopes::new(scopes.iter().copied()),
-            via: Vec::new(),
-        }
+        Principal::api_key("k", "k", Scopes::new(scopes.iter().copied()))
     }
 
     #[test]
