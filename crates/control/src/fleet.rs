@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use jetsonmind_core::auth::{AccessLevel, Principal, ToolAccess, delegate};
+use jetsonmind_core::auth::{Principal, ToolAccess, delegate};
 use jetsonmind_core::config::{ControlConfig, GatewayConfig};
 use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::rmcp::model::{
@@ -362,15 +362,13 @@ impl Fleet {
     }
 
     /// Check every replica once (connecting those that are down) and read
-    /// the status of those that report one. True when the fleet's offer
-    /// changed, or it came up or went down, during this check; a caller that
-    /// must not miss a change another check saw compares [`Fleet::generation`].
-    pub async fn check(&self) -> bool {
-        let before = self.generation();
+    /// the status of those that report one. Whoever builds on the offer
+    /// learns of a change by [`Fleet::generation`], whichever check saw it.
+    pub async fn check(&self) {
         let replicas = self.replicas();
         let checks = replicas.iter().map(|replica| self.check_replica(replica));
         futures::future::join_all(checks).await;
-        before != self.generation()
+        self.observe();
     }
 
     async fn check_replica(&self, replica: &Arc<Replica>) {
@@ -476,10 +474,7 @@ impl Fleet {
             .upstream
             .tool(tool)
             .map(|t| ToolAccess::of(&t))
-            .unwrap_or_else(|| ToolAccess {
-                name: tool.to_string(),
-                level: AccessLevel::Scoped,
-            })
+            .unwrap_or_else(|| ToolAccess::scoped(tool))
     }
 
     /// Route `params` to a replica, failing over and waiting for room as

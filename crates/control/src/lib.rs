@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use jetsonmind_core::auth::{AccessLevel, caller_of};
+use jetsonmind_core::auth::AccessLevel;
 use jetsonmind_core::config::Config;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::ErrorData as McpError;
@@ -122,7 +122,7 @@ impl ControlServer {
             .fleet
             .call_tool(
                 params,
-                &caller_of(&call.context),
+                &call.caller,
                 args.strategy,
                 ProgressSink::of_request(&call.context),
                 &call.context.ct,
@@ -181,14 +181,13 @@ impl ControlServer {
         if let (ResourceAction::Load, Some(keep)) = (args.action, args.keep_alive_secs) {
             arguments.insert("keep_alive_secs".into(), keep.into());
         }
-        let caller = caller_of(&call.context);
         let mut outcomes = Vec::new();
         let mut failed = false;
         for replica in targets {
             let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
             let attempt = self
                 .fleet
-                .call_on(&replica, params, &caller, None, &call.context.ct)
+                .call_on(&replica, params, &call.caller, None, &call.context.ct)
                 .await;
             let (ok, outcome) = describe_attempt(attempt);
             failed |= !ok;

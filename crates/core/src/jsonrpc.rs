@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use rmcp::model::{ClientJsonRpcMessage, ErrorCode};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The header SEP-2243 mirrors the JSON-RPC method into.
@@ -62,7 +63,7 @@ fn judge(body: &[u8]) -> Verdict {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let id = message.get("id").cloned();
-    if let Err(e) = serde_json::from_value::<ClientJsonRpcMessage>(value.clone()) {
+    if let Err(e) = ClientJsonRpcMessage::deserialize(&value) {
         // Echo the id only when it is one JSON-RPC allows.
         let id = id.filter(|id| id.is_string() || id.is_i64() || id.is_u64());
         return refuse(

@@ -45,6 +45,9 @@ pub struct ToolCall {
     pub arguments: JsonObject,
     /// Progress reporting, cancellation (`context.ct`) and the request `_meta`.
     pub context: RequestContext<RoleServer>,
+    /// Whom the call is authorized as ([`caller_of`] its context), already
+    /// found allowed to call this tool; calls it makes for the caller go as them.
+    pub caller: Principal,
 }
 
 impl ToolCall {
@@ -648,6 +651,7 @@ impl<U: McpUnit> UnitServer<U> {
                 name: name.clone(),
                 arguments,
                 context,
+                caller,
             };
             self.unit.call_tool(call).await
         } else {

@@ -213,10 +213,9 @@ impl McpUnit for DataServer {
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         match call.name.as_str() {
-            "update_settings" => {
-                let caller = caller_of(&call.context);
-                Ok(self.update_settings(call.parse()?, caller).await)
-            }
+            "update_settings" => Ok(self
+                .update_settings(call.parse()?, call.caller.clone())
+                .await),
             "manage_models" => Ok(self.manage_models(call.parse()?).await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),

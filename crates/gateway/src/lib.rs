@@ -380,7 +380,7 @@ impl Gateway {
         let outcome = backend
             .call_tool(
                 params,
-                &caller_of(&call.context),
+                &call.caller,
                 None,
                 ProgressSink::of_request(&call.context),
                 &call.context.ct,
@@ -409,13 +409,11 @@ impl Gateway {
             }
             "aggregate_responses" => {
                 let args: AggregateResponsesArgs = call.parse()?;
-                let caller = caller_of(&call.context);
-                Ok(self.aggregate(args, &caller, &call.context.ct).await)
+                Ok(self.aggregate(args, &call.caller, &call.context.ct).await)
             }
             "handle_auth" => {
-                let caller = caller_of(&call.context);
                 let over_http = principal_of(&call.context.extensions).is_some();
-                Ok(self.handle_auth(call.parse()?, caller, over_http))
+                Ok(self.handle_auth(call.parse()?, call.caller.clone(), over_http))
             }
             "protocol_bridge" => {
                 let args: ProtocolBridgeArgs = call.parse()?;

@@ -446,10 +446,7 @@ impl Gatekeeper {
     }
 
     fn tool_access(&self, name: &str) -> ToolAccess {
-        (self.tools)(name).unwrap_or_else(|| ToolAccess {
-            name: name.to_string(),
-            level: AccessLevel::Scoped,
-        })
+        (self.tools)(name).unwrap_or_else(|| ToolAccess::scoped(name))
     }
 }
 

@@ -77,6 +77,15 @@ pub struct ToolAccess {
 }
 
 impl ToolAccess {
+    /// An ordinary tool: what a name is checked as when its server does not
+    /// say more (it may then refuse or check the call itself).
+    pub fn scoped(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            level: AccessLevel::Scoped,
+        }
+    }
+
     pub fn of(tool: &Tool) -> Self {
         Self {
             name: tool.name.to_string(),
