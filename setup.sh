@@ -14,7 +14,7 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-r
     python3 python3-venv python3-pip iproute2 >/dev/null
 
 say "Rust toolchain"
-min_rust="1.88"
+min_rust="1.89"
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"

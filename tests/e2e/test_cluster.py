@@ -115,7 +115,7 @@ async def test_killing_a_replica_during_a_stream_of_calls_loses_none(cluster):
         assert not failures, [r.content for r in failures]
         for result in results:
             assert result.structured_content["text"].strip(), result
-        routes = [r.meta["jetsonmind/route"] for r in results]
+        routes = [r.meta["jetsonmind/route"][-1] for r in results]
         retried = [route for route in routes if route["attempts"] > 1]
         assert retried, f"the calls in flight on {killed['name']} should have been retried: {routes}"
         assert all(route["replica"] != killed["name"] for route in retried)
@@ -200,7 +200,7 @@ async def test_scale_cluster_starts_and_stops_replicas_of_its_own(binary, data_d
                                 "text_generate", {"prompt": QUESTIONS[i % 4], "max_tokens": 16, "temperature": 0}
                             )
                             assert not result.is_error, result.content
-                            served_by.add(result.meta["jetsonmind/route"]["replica"])
+                            served_by.add(result.meta["jetsonmind/route"][-1]["replica"])
 
                         group.start_soon(one)
             assert len(served_by) >= 2, served_by
@@ -249,7 +249,7 @@ async def test_started_replicas_serve_a_gateway_without_a_local_one_and_only_it(
                     await anyio.sleep(0.2)
             answer = await client.call_tool("text_generate", {"prompt": "Hi", "max_tokens": 4, "temperature": 0})
             assert not answer.is_error, answer.content
-            assert answer.meta["jetsonmind/route"]["replica"] == "compute-started-1"
+            assert answer.meta["jetsonmind/route"][-1]["replica"] == "compute-started-1"
 
             ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
             assert raw_post(endpoint, None, ping)[0] == 401, "no credentials"
@@ -291,7 +291,7 @@ async def test_one_request_id_follows_a_call_to_its_replica(binary, data_dir, tm
         meta = json.loads(body)["result"]["_meta"]
         assert meta["jetsonmind/requestId"] == trace_id
         assert meta["traceparent"].split("-")[1] == trace_id
-        assert meta["jetsonmind/route"]["replica"] == "compute-1"
+        assert meta["jetsonmind/route"][-1]["replica"] == "compute-1"
         untraced = raw_post(served.url, None, {**generate, "params": {**generate["params"], "_meta": {}}})[2]
         assert json.loads(untraced)["result"]["_meta"]["jetsonmind/requestId"] not in ("", trace_id)
     finally:

@@ -76,6 +76,8 @@ pub enum Origin {
     Configured,
     /// Started by `scale_cluster`; stopped when removed or when this process ends.
     Started(Mutex<Option<tokio::process::Child>>),
+    /// Another node of the cluster serves it; it leaves when the node does.
+    Discovered { node: String },
 }
 
 pub struct Replica {
@@ -123,6 +125,14 @@ impl Replica {
         matches!(self.origin, Origin::Started(_))
     }
 
+    /// The cluster node that serves it, when another node does.
+    pub fn remote_node(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Discovered { node } => Some(node),
+            _ => None,
+        }
+    }
+
     pub fn report(&self) -> Option<ReplicaReport> {
         self.report.lock().expect("report lock").clone()
     }
@@ -140,11 +150,12 @@ impl Replica {
         });
     }
 
-    fn state(&self, now: Instant) -> ReplicaState {
+    fn state(&self, now: Instant, local_node: Option<&str>) -> ReplicaState {
         let report = self.report();
         let latency = *self.latency_ms.lock().expect("latency lock");
         ReplicaState {
             name: self.name().to_string(),
+            node: self.remote_node().or(local_node).map(str::to_string),
             endpoint: self.upstream.connector().describe(),
             up: self.upstream.is_up(),
             breaker: Some(self.breaker().state(now)),
@@ -235,6 +246,9 @@ pub enum Attempt {
 pub struct ReplicaHealth {
     #[serde(flatten)]
     pub connection: UpstreamStatus,
+    /// The cluster node it runs on (none on a single device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub breaker: BreakerState,
     pub failures_in_a_row: u32,
     pub draining: bool,
@@ -261,6 +275,8 @@ pub struct Fleet {
     /// generations, so a change another checker saw first is not missed.
     observed: Mutex<(bool, Option<Offer>)>,
     generation: AtomicU64,
+    /// This node's id, once it joins a cluster.
+    node: OnceLock<String>,
 }
 
 impl Fleet {
@@ -276,7 +292,51 @@ impl Fleet {
             queued: AtomicUsize::new(0),
             observed: Mutex::new((false, None)),
             generation: AtomicU64::new(0),
+            node: OnceLock::new(),
         }
+    }
+
+    /// Name this node (its cluster id): routes and health say where the
+    /// fleet's own replicas run. Only the first call counts.
+    pub fn set_node(&self, node: &str) {
+        let _ = self.node.set(node.to_string());
+    }
+
+    fn local_node(&self) -> Option<&str> {
+        self.node.get().map(String::as_str)
+    }
+
+    /// Make the fleet's cluster replicas exactly one per node in `nodes`
+    /// (node id, how to reach this fleet's server there): replicas of nodes
+    /// that joined are added (they take calls once a check finds them up),
+    /// those of nodes that left are dropped, their calls failing over now.
+    /// Returns whether anything changed.
+    pub fn follow_nodes(&self, nodes: Vec<(String, Connector)>) -> bool {
+        let wanted: BTreeSet<&str> = nodes.iter().map(|(node, _)| node.as_str()).collect();
+        let gone: Vec<Arc<Replica>> = self
+            .replicas()
+            .into_iter()
+            .filter(|r| r.remote_node().is_some_and(|node| !wanted.contains(node)))
+            .collect();
+        for replica in &gone {
+            replica.upstream.mark_down("its node left the cluster");
+            self.remove(replica.name());
+            tracing::info!(fleet = %self.name, replica = %replica.name(), "cluster replica left");
+        }
+        let mut joined = false;
+        for (node, connector) in nodes {
+            let have = self
+                .replicas()
+                .iter()
+                .any(|r| r.remote_node() == Some(node.as_str()));
+            if !have {
+                let name = format!("{}@{node}", self.name);
+                tracing::info!(fleet = %self.name, replica = %name, "cluster replica joined");
+                self.add(Upstream::new(name, connector), Origin::Discovered { node });
+                joined = true;
+            }
+        }
+        joined || !gone.is_empty()
     }
 
     /// Counts changes of the offer (or of the fleet coming up or going
@@ -414,7 +474,8 @@ impl Fleet {
     /// The replicas' state as routing sees it.
     pub fn states(&self) -> Vec<ReplicaState> {
         let now = Instant::now();
-        self.replicas().iter().map(|r| r.state(now)).collect()
+        let node = self.local_node();
+        self.replicas().iter().map(|r| r.state(now, node)).collect()
     }
 
     /// Where a call of `tool` with `arguments` would go now, and why.
@@ -510,7 +571,8 @@ impl Fleet {
                 .await;
             match attempt {
                 Attempt::Answered(mut result) => {
-                    annotate(&mut result, &self.name, replica.name(), tried.len());
+                    let node = replica.remote_node().or(self.local_node());
+                    annotate(&mut result, &self.name, replica.name(), node, tried.len());
                     return Ok(result);
                 }
                 Attempt::Refused(error) => return Err(error),
@@ -730,10 +792,11 @@ impl Fleet {
         self.replicas()
             .iter()
             .map(|r| {
-                let state = r.state(now);
+                let state = r.state(now, self.local_node());
                 let breaker = r.breaker();
                 ReplicaHealth {
                     connection: r.upstream.status(),
+                    node: state.node.clone(),
                     breaker: breaker.state(now),
                     failures_in_a_row: breaker.failures_in_a_row(),
                     draining: state.draining,
@@ -795,13 +858,30 @@ impl Refusal {
     }
 }
 
-/// Say where a result came from, in its `_meta`.
-fn annotate(result: &mut CallToolResult, fleet: &str, replica: &str, attempts: usize) {
+/// Say where a result came from, in its `_meta`: one entry per routing hop,
+/// appended as the result passes back, so the last entry is the hop nearest
+/// the client and the first the one nearest the server that ran the call.
+fn annotate(
+    result: &mut CallToolResult,
+    fleet: &str,
+    replica: &str,
+    node: Option<&str>,
+    attempts: usize,
+) {
+    let mut hop = json!({ "backend": fleet, "replica": replica, "attempts": attempts });
+    if let Some(node) = node {
+        hop["node"] = json!(node);
+    }
     let meta = result.meta.get_or_insert_with(Default::default);
-    meta.0.insert(
-        ROUTE_META_KEY.into(),
-        json!({ "backend": fleet, "replica": replica, "attempts": attempts }),
-    );
+    let route = meta
+        .0
+        .entry(ROUTE_META_KEY.to_string())
+        .or_insert_with(|| json!([]));
+    match route {
+        serde_json::Value::Array(hops) => hops.push(hop),
+        // A server that records a single hop: keep it as the first.
+        earlier => *earlier = json!([earlier.take(), hop]),
+    }
 }
 
 fn parse_report(result: &ReadResourceResult) -> Option<ReplicaReport> {

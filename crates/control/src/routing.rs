@@ -25,6 +25,9 @@ pub struct Policy {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplicaState {
     pub name: String,
+    /// The cluster node it runs on (none on a single device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub endpoint: String,
     pub up: bool,
     pub breaker: Option<BreakerState>,

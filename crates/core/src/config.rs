@@ -28,6 +28,142 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub control: ControlConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// The edge-cluster tier: nodes that share one NATS JetStream cluster.
+/// Off (a single device, no NATS) while `urls` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (`nats://host:4222`); any one is enough,
+    /// the client learns the rest. `serve --cluster` sets these.
+    pub urls: Vec<String>,
+    /// The cluster's name: the first token of its subjects and buckets, so
+    /// clusters can share NATS servers. Letters, digits, `-` and `_`.
+    pub name: String,
+    /// This node's id in the cluster; the host name when empty. `serve --node` sets it.
+    pub node: String,
+    /// The local servers other nodes route calls to (each node serves all
+    /// of its servers to directed calls; these join the cluster's fleets).
+    pub share: Vec<String>,
+    /// NATS user (with `password_env`).
+    pub user: Option<String>,
+    /// The environment variable that holds the NATS password.
+    pub password_env: Option<String>,
+    /// The environment variable that holds a NATS token.
+    pub token_env: Option<String>,
+    /// A file holding an NKey seed (`SU...`).
+    pub nkey_file: Option<PathBuf>,
+    /// A NATS credentials file (JWT and seed, `.creds`).
+    pub creds_file: Option<PathBuf>,
+    /// CA certificate (PEM) that NATS servers must be signed by; implies TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Require TLS even without a CA file (system roots).
+    pub tls_required: bool,
+    /// How often a node writes its status to the membership bucket.
+    pub heartbeat_ms: u64,
+    /// A node not heard from this long leaves every view (and the bucket
+    /// forgets it: its entries' max age).
+    pub node_ttl_ms: u64,
+    /// Replicas of the membership bucket; 0: as many servers as the NATS
+    /// cluster has, at most 3.
+    pub kv_replicas: usize,
+    /// How often an open session to another node is checked to be alive
+    /// (a node that died is seen within this and `probe_timeout_ms`).
+    pub probe_ms: u64,
+    /// How long one message to another node may wait for its receipt.
+    pub probe_timeout_ms: u64,
+    /// A session no message reached for this long is closed by its server.
+    pub session_idle_ms: u64,
+    /// Largest MCP message carried over NATS; larger ones are sent in parts
+    /// of NATS `max_payload`, and beyond this refused with a JSON-RPC error.
+    pub max_message_bytes: usize,
+    /// Sessions one node serves at once; more are refused.
+    pub max_sessions: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            name: "jetsonmind".into(),
+            node: String::new(),
+            share: vec!["compute".into()],
+            user: None,
+            password_env: None,
+            token_env: None,
+            nkey_file: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            heartbeat_ms: 1_000,
+            node_ttl_ms: 4_000,
+            kv_replicas: 0,
+            probe_ms: 1_000,
+            probe_timeout_ms: 2_000,
+            session_idle_ms: 60_000,
+            max_message_bytes: 64 << 20,
+            max_sessions: 1_024,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this process joins a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.urls.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), CoreError> {
+        let fail = |msg: String| Err(CoreError::Config(format!("cluster.{msg}")));
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !is_subject_token(&self.name) {
+            return fail(format!(
+                "name `{}`: use letters, digits, `-` and `_` only",
+                self.name
+            ));
+        }
+        if !self.node.is_empty() && !is_subject_token(&self.node) {
+            return fail(format!(
+                "node `{}`: use letters, digits, `-` and `_` only",
+                self.node
+            ));
+        }
+        if let Some(url) = self.urls.iter().find(|u| !u.contains("://")) {
+            return fail(format!(
+                "urls: `{url}` is not a NATS URL (nats://host:port)"
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.probe_ms == 0 || self.probe_timeout_ms == 0 {
+            return fail("heartbeat_ms, probe_ms and probe_timeout_ms must be at least 1".into());
+        }
+        if self.node_ttl_ms < 2 * self.heartbeat_ms {
+            return fail("node_ttl_ms must be at least twice heartbeat_ms".into());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return fail("tls_cert_file and tls_key_file go together".into());
+        }
+        if self.max_message_bytes < 4096 || self.max_sessions == 0 {
+            return fail("max_message_bytes >= 4096 and max_sessions >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A token of a NATS subject or a bucket name: letters, digits, `-`, `_`.
+pub fn is_subject_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Who may call: API keys and OAuth 2.1 bearer tokens, with scopes.
@@ -668,6 +804,7 @@ impl Config {
             ));
         }
         Ok(())
+        self.cluster.validate()?;
     }
 
     fn validate_control(&self) -> Result<(), CoreError> {

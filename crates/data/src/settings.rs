@@ -28,6 +28,7 @@ pub const TRUST_KEYS: &[&str] = &[
     "control.nvpmodel_set_command",
     "control.jetson_clocks_command",
     "data.dir",
+    "cluster",
 ];
 
 /// Whether the dotted `key` is, holds, or lies within a trust setting.

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run all four servers in one process; clients talk to the gateway.
-    Serve(Transport),
+    Serve(Serve),
     /// Run the compute server alone (inference tools).
     Compute(Transport),
     /// Run the data server alone (models, metrics, cache, settings, analytics).
@@ -58,7 +58,7 @@ impl Command {
     /// How a serving command serves; `None` for the others.
     pub fn transport(&self) -> Option<&Transport> {
         match self {
-            Command::Serve(t)
+            Command::Serve(Serve { transport: t, .. })
             | Command::Compute(t)
             | Command::Data(t)
             | Command::Control(t)
@@ -119,6 +119,31 @@ pub enum ModelsCommand {
     Verify { name: String },
     /// Take a model out of the store.
     Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct Serve {
+    #[command(flatten)]
+    pub transport: Transport,
+    /// Join an edge cluster through these NATS servers (comma-separated),
+    /// e.g. `nats://10.0.0.2:4222,nats://10.0.0.3:4222`; sets `cluster.urls`.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// This node's id in the cluster (default: the host name); sets `cluster.node`.
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+impl Serve {
+    /// The cluster flags over the configuration's `[cluster]`.
+    pub fn apply(&self, cluster: &mut jetsonmind_core::config::ClusterConfig) {
+        if !self.cluster.is_empty() {
+            cluster.urls = self.cluster.clone();
+        }
+        if let Some(node) = &self.node {
+            cluster.node = node.clone();
+        }
+    }
 }
 
 #[derive(Debug, Args)]

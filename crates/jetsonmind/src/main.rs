@@ -1,6 +1,7 @@
 //! `jetsonmind`: every JetsonMind MCP server, alone or all together.
 
 mod cli;
+mod cluster;
 mod keys;
 mod models;
 mod run;

@@ -15,7 +15,7 @@ use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::serve::{self, MCP_PATH};
-use jetsonmind_core::upstream::{Connector, Secret, Upstream};
+use jetsonmind_core::upstream::{Connector, OpenPipe, Secret, Upstream};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
@@ -34,7 +34,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         env: std::env::vars().collect(),
         data_dir: cli.data_dir.clone(),
     };
-    let config = sources.load().context("loading config")?;
+    let mut config = sources.load().context("loading config")?;
+    if let Command::Serve(serve) = &cli.command {
+        serve.apply(&mut config.cluster);
+        config.validate().context("checking the cluster flags")?;
+    }
     match cli.command {
         Command::Config => {
             print!("{}", config.to_toml());
@@ -77,7 +81,7 @@ async fn serve_command(
             serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Control(t) => {
-            let replicas = shared.compute_fleet::<ComputeServer>(&config, None);
+            let replicas = shared.compute_fleet(&config, None);
             tokio::spawn(check_every(
                 replicas.clone(),
                 Duration::from_millis(config.gateway.health_interval_ms),
@@ -91,13 +95,17 @@ async fn serve_command(
             let backends = Gateway::configured_backends(&config.gateway, &shared.fleet_settings)?;
             serve_gateway(backends, t, config, shutdown, shared).await
         }
-        Command::Serve(t) => {
-            let mut backends = in_process_backends(&config, shared)?;
+        Command::Serve(serve) => {
+            let local = in_process_servers(&config, shared)?;
+            let mut backends = local.backends();
             backends.extend(Gateway::configured_backends(
                 &config.gateway,
                 &shared.fleet_settings,
             )?);
-            serve_gateway(backends, t, config, shutdown, shared).await
+            if config.cluster.enabled() {
+                crate::cluster::join(&config, local.served, backends.clone(), &shutdown).await?;
+            }
+            serve_gateway(backends, serve.transport, config, shutdown, shared).await
         }
         Command::Bridge { url, token_env } => {
             let bearer = token_env
@@ -241,17 +249,11 @@ impl Shared {
 
     /// The compute replicas: this process's own server (when given and
     /// `control.local_replica` is on), then those at `control.replicas`.
-    fn compute_fleet<U: McpUnit>(
-        &self,
-        config: &Config,
-        local: Option<UnitServer<U>>,
-    ) -> Arc<Fleet> {
+    fn compute_fleet(&self, config: &Config, local: Option<OpenPipe>) -> Arc<Fleet> {
         let fleet = Fleet::new("compute", self.fleet_settings.clone());
-        if let Some(server) = local.filter(|_| config.control.local_replica) {
-            let connector =
-                Connector::InProcess(Arc::new(move || serve::in_process(server.clone())));
+        if let Some(open) = local.filter(|_| config.control.local_replica) {
             fleet.add(
-                Upstream::new("compute-local", connector),
+                Upstream::new("compute-local", Connector::InProcess(open)),
                 Origin::Configured,
             );
         }
@@ -308,30 +310,65 @@ impl Shared {
     }
 }
 
-/// compute (replicas: this process's own server and any others), data and
-/// control, the local ones reached through in-memory MCP pipes.
-fn in_process_backends(config: &Config, shared: &Shared) -> anyhow::Result<Vec<Backend>> {
+/// The servers of `serve`: compute (replicas: this process's own server and
+/// any others), data and control, the local ones reached through in-memory
+/// MCP pipes.
+struct LocalServers {
+    compute: Arc<Fleet>,
+    data: Backend,
+    control: Backend,
+    /// What this node serves to the cluster: each local server by name.
+    served: Vec<(String, OpenPipe)>,
+}
+
+impl LocalServers {
+    fn backends(&self) -> Vec<Backend> {
+        vec![
+            self.compute.clone(),
+            self.data.clone(),
+            self.control.clone(),
+        ]
+    }
+}
+
+fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalServers> {
     let node = shared.node_state()?;
+    let mut served = Vec::new();
     let local_compute = match config.control.local_replica {
-        true => Some(shared.server(
-            ComputeServer::new(config, node.cache.clone(), node.store.clone()),
-            config,
-        )),
+        true => {
+            let server = shared.server(
+                ComputeServer::new(config, node.cache.clone(), node.store.clone()),
+                config,
+            );
+            let open = pipe_to(server);
+            served.push(("compute".to_string(), open.clone()));
+            Some(open)
+        }
         false => None,
     };
     let compute = shared.compute_fleet(config, local_compute);
-    let control = shared.control(compute.clone(), config);
-    let data = DataServer::new(node);
-    Ok(vec![
+    let control = pipe_to(shared.server(shared.control(compute.clone(), config), config));
+    let data = pipe_to(shared.server(DataServer::new(node), config));
+    served.push(("data".to_string(), data.clone()));
+    served.push(("control".to_string(), control.clone()));
+    let single = |name: &str, open: OpenPipe| {
+        Fleet::single(
+            name,
+            Connector::InProcess(open),
+            shared.fleet_settings.clone(),
+        )
+    };
+    Ok(LocalServers {
         compute,
-        in_process("data", shared.server(data, config), shared),
-        in_process("control", shared.server(control, config), shared),
-    ])
+        data: single("data", data),
+        control: single("control", control),
+        served,
+    })
 }
 
-fn in_process<U: McpUnit>(name: &str, server: UnitServer<U>, shared: &Shared) -> Backend {
-    let connector = Connector::InProcess(Arc::new(move || serve::in_process(server.clone())));
-    Fleet::single(name, connector, shared.fleet_settings.clone())
+/// Opens a fresh in-memory MCP session with `server` per connection.
+fn pipe_to<U: McpUnit>(server: UnitServer<U>) -> OpenPipe {
+    Arc::new(move || serve::in_process(server.clone()))
 }
 
 /// The gateway over `backends`; on HTTP also the OpenAI-compatible `/v1` routes.

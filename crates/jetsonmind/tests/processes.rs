@@ -148,7 +148,7 @@ async fn a_gateway_process_federates_a_killed_and_restarted_backend() {
         "{result}"
     );
     assert_eq!(
-        result["result"]["_meta"]["jetsonmind/route"]["backend"],
+        result["result"]["_meta"]["jetsonmind/route"][0]["backend"],
         "ctl"
     );
 

@@ -68,6 +68,10 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Opens a fresh connection as an in-memory pipe: the other end is a server
+/// in this process, or a bridge to one elsewhere (another node over NATS).
+pub type OpenPipe = Arc<dyn Fn() -> DuplexStream + Send + Sync>;
+
 /// How to open a connection to an upstream.
 #[derive(Clone)]
 pub enum Connector {
@@ -75,7 +79,10 @@ pub enum Connector {
     /// token when it requires one.
     Http { url: String, bearer: Option<Secret> },
     /// A server in this process; each connection starts it on a fresh in-memory pipe.
-    InProcess(Arc<dyn Fn() -> DuplexStream + Send + Sync>),
+    InProcess(OpenPipe),
+    /// A pipe to a bridge that carries the messages elsewhere (a server on
+    /// another node of the cluster); `label` says where, for status pages.
+    Pipe { label: String, open: OpenPipe },
     /// A program speaking MCP on its stdin/stdout, started for the connection.
     Command(Vec<String>),
 }
@@ -93,6 +100,7 @@ impl Connector {
         match self {
             Connector::Http { url, .. } => url.clone(),
             Connector::InProcess(_) => "in-process".into(),
+            Connector::Pipe { label, .. } => label.clone(),
             Connector::Command(argv) => format!("stdio: {}", argv.join(" ")),
         }
     }
@@ -276,7 +284,9 @@ impl Upstream {
                     .serve(StreamableHttpClientTransport::from_config(config))
                     .await
             }
-            Connector::InProcess(start) => handler.serve(start()).await,
+            Connector::InProcess(open) | Connector::Pipe { open, .. } => {
+                handler.serve(open()).await
+            }
             Connector::Command(argv) => {
                 let (program, args) = argv
                     .split_first()

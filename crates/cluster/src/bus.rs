@@ -1,0 +1,135 @@
+//! One node's connection to the cluster's NATS servers, and the names of
+//! what the cluster shares there.
+
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions};
+use jetsonmind_core::config::{ClusterConfig, is_subject_token};
+
+use crate::ClusterError;
+
+/// A node on the bus: its NATS client, its id and the cluster's settings.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: Client,
+    pub config: ClusterConfig,
+    /// This node's id in the cluster.
+    pub node: String,
+}
+
+impl Bus {
+    /// Connect to the cluster's NATS servers. The first connection must
+    /// succeed (a typo in a URL says so at start); later losses reconnect
+    /// forever, and the node rejoins on its own.
+    pub async fn connect(config: &ClusterConfig) -> Result<Self, ClusterError> {
+        let node = node_id(config);
+        let options = connect_options(config, &node).await?;
+        let client =
+            options
+                .connect(config.urls.as_slice())
+                .await
+                .map_err(|e| ClusterError::Connect {
+                    urls: config.urls.join(","),
+                    reason: e.to_string(),
+                })?;
+        tracing::info!(cluster = %config.name, %node, servers = %config.urls.join(","), "joined the NATS bus");
+        Ok(Self {
+            client,
+            config: config.clone(),
+            node,
+        })
+    }
+
+    /// Where `node` serves its server `server` (directed calls).
+    pub fn server_subject(&self, node: &str, server: &str) -> String {
+        format!("jm.{}.node.{node}.{server}", self.config.name)
+    }
+
+    /// The membership bucket: one key per live node.
+    pub fn members_bucket(&self) -> String {
+        format!("{}_members", self.config.name)
+    }
+
+    /// The most a single NATS message may carry on this connection.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.probe_timeout_ms)
+    }
+}
+
+/// The configured node id, else this host's name made into a subject token.
+fn node_id(config: &ClusterConfig) -> String {
+    if !config.node.is_empty() {
+        return config.node.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let token: String = host
+        .trim()
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                true => c,
+                false => '-',
+            },
+        )
+        .collect();
+    match is_subject_token(&token) {
+        true => token,
+        false => "node".into(),
+    }
+}
+
+async fn connect_options(
+    config: &ClusterConfig,
+    node: &str,
+) -> Result<ConnectOptions, ClusterError> {
+    let secret = |var: &Option<String>, what: &str| -> Result<Option<String>, ClusterError> {
+        var.as_deref()
+            .map(|var| {
+                std::env::var(var).map_err(|_| {
+                    ClusterError::Config(format!("{what}: environment variable {var} is not set"))
+                })
+            })
+            .transpose()
+    };
+    let mut options = ConnectOptions::new()
+        .name(format!("jetsonmind {node}"))
+        .max_reconnects(None)
+        // A cut link is noticed by pings: a few heartbeats, not minutes.
+        .ping_interval(Duration::from_millis(config.heartbeat_ms.max(500) * 2))
+        .connection_timeout(Duration::from_millis(config.probe_timeout_ms.max(1_000)))
+        .request_timeout(Some(Duration::from_millis(config.probe_timeout_ms)));
+    if let Some(user) = &config.user {
+        let password = secret(&config.password_env, "cluster.password_env")?.unwrap_or_default();
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(token) = secret(&config.token_env, "cluster.token_env")? {
+        options = options.token(token);
+    }
+    if let Some(path) = &config.nkey_file {
+        let seed = std::fs::read_to_string(path).map_err(|e| {
+            ClusterError::Config(format!("cluster.nkey_file {}: {e}", path.display()))
+        })?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let Some(path) = &config.creds_file {
+        options = options.credentials_file(path).await.map_err(|e| {
+            ClusterError::Config(format!("cluster.creds_file {}: {e}", path.display()))
+        })?;
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls_required {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}

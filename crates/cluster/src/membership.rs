@@ -1,0 +1,231 @@
+//! Who is in the cluster: each node heartbeats its status into a JetStream
+//! KV bucket (one key per node, entries age out after `node_ttl_ms`), and
+//! every node watches the bucket.
+//!
+//! The view is watched, not polled: a node that leaves deletes its key, and
+//! every watcher hears it at once; a node that dies stops writing, and its
+//! entry ages out (the bucket's limit markers tell watchers). Each watcher
+//! also forgets a node it has not heard from for `node_ttl_ms` by its own
+//! clock, so a node cut off from NATS drops the others from its view too,
+//! and everyone comes back with the next heartbeats once the link heals.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Bus, ClusterError};
+
+/// What a node says of itself in each heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub version: String,
+    /// Its servers, each reachable at its subject for directed calls.
+    pub servers: Vec<String>,
+    /// The servers other nodes route calls to (they join their fleets).
+    pub shared: Vec<String>,
+    pub started_unix: u64,
+    pub heartbeat_unix: u64,
+    /// Every replica the node runs, as its control plane sees them
+    /// (capacity, in flight, queue, loaded models, memory, temperature).
+    #[serde(default)]
+    pub replicas: serde_json::Value,
+}
+
+/// The live nodes, by id (this node included).
+pub type View = BTreeMap<String, NodeStatus>;
+
+/// This node's membership: its heartbeat and its view of the others.
+pub struct Membership {
+    view: watch::Receiver<View>,
+}
+
+impl Membership {
+    /// Join: heartbeat `status()` every `heartbeat_ms` and watch the others,
+    /// until `shutdown` (then this node's key is deleted, so the others see
+    /// it leave at once).
+    pub async fn join(
+        bus: &Bus,
+        status: impl Fn() -> NodeStatus + Send + Sync + 'static,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ClusterError> {
+        let bucket = open_bucket(bus).await?;
+        let (sender, view) = watch::channel(View::new());
+        let status = Arc::new(status);
+        beat(&bucket, &bus.node, &status()).await?;
+        tokio::spawn(heartbeat(
+            bucket.clone(),
+            bus.clone(),
+            status,
+            shutdown.clone(),
+        ));
+        tokio::spawn(follow(bucket, bus.clone(), sender, shutdown));
+        Ok(Self { view })
+    }
+
+    /// The view now, and a receiver that hears each change.
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+}
+
+/// The membership bucket, created by the first node that needs it.
+async fn open_bucket(bus: &Bus) -> Result<kv::Store, ClusterError> {
+    let js = jetstream::new(bus.client.clone());
+    let name = bus.members_bucket();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    let ttl = Duration::from_millis(bus.config.node_ttl_ms);
+    let config = kv::Config {
+        bucket: name.clone(),
+        description: "JetsonMind nodes: one key per live node, its last heartbeat".into(),
+        history: 1,
+        max_age: ttl,
+        // Watchers hear an entry age out (server 2.11+).
+        limit_markers: Some(ttl),
+        storage: jetstream::stream::StorageType::Memory,
+        num_replicas: bucket_replicas(bus),
+        ..Default::default()
+    };
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another node created it meanwhile.
+        Err(created) => js.get_key_value(&name).await.map_err(|_| {
+            ClusterError::JetStream(format!("cannot create the bucket {name}: {created}"))
+        }),
+    }
+}
+
+/// `kv_replicas`, or as many NATS servers as the cluster has (at most 3).
+fn bucket_replicas(bus: &Bus) -> usize {
+    match bus.config.kv_replicas {
+        0 => bus.client.server_info().connect_urls.len().clamp(1, 3),
+        n => n,
+    }
+}
+
+async fn beat(bucket: &kv::Store, node: &str, status: &NodeStatus) -> Result<(), ClusterError> {
+    let value = serde_json::to_vec(status).map_err(|e| ClusterError::JetStream(e.to_string()))?;
+    bucket
+        .put(node, Bytes::from(value))
+        .await
+        .map(|_| ())
+        .map_err(|e| ClusterError::JetStream(format!("heartbeat: {e}")))
+}
+
+async fn heartbeat(
+    bucket: kv::Store,
+    bus: Bus,
+    status: Arc<impl Fn() -> NodeStatus + Send + Sync>,
+    shutdown: CancellationToken,
+) {
+    let period = Duration::from_millis(bus.config.heartbeat_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if let Err(e) = beat(&bucket, &bus.node, &status()).await {
+            // Cut off from NATS: the others forget this node; it comes back
+            // with the first heartbeat that gets through.
+            tracing::debug!(error = %e, "heartbeat not delivered");
+        }
+    }
+    let _ = bucket.delete(&bus.node).await;
+}
+
+/// Keep `view` up to date from the bucket, re-watching after errors.
+async fn follow(
+    bucket: kv::Store,
+    bus: Bus,
+    view: watch::Sender<View>,
+    shutdown: CancellationToken,
+) {
+    let ttl = Duration::from_millis(bus.config.node_ttl_ms);
+    let tick = Duration::from_millis(bus.config.heartbeat_ms);
+    let mut heard: BTreeMap<String, (NodeStatus, Instant)> = BTreeMap::new();
+    while !shutdown.is_cancelled() {
+        let mut entries = match bucket.watch_with_history(">").await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the membership bucket; retrying");
+                expire(&mut heard, ttl, &view);
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                entry = entries.next() => match entry {
+                    Some(Ok(entry)) => apply(&mut heard, entry),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "membership watch broke; re-watching");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            expire(&mut heard, ttl, &view);
+        }
+    }
+}
+
+fn apply(heard: &mut BTreeMap<String, (NodeStatus, Instant)>, entry: kv::Entry) {
+    match entry.operation {
+        kv::Operation::Put => match serde_json::from_slice::<NodeStatus>(&entry.value) {
+            Ok(status) if status.node == entry.key => {
+                heard.insert(entry.key, (status, Instant::now()));
+            }
+            _ => {
+                tracing::warn!(key = %entry.key, "unreadable node status in the membership bucket")
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => {
+            heard.remove(&entry.key);
+        }
+    }
+}
+
+/// Forget nodes not heard from within `ttl`, and publish the view when it
+/// changed.
+fn expire(
+    heard: &mut BTreeMap<String, (NodeStatus, Instant)>,
+    ttl: Duration,
+    view: &watch::Sender<View>,
+) {
+    let now = Instant::now();
+    heard.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+    let live: View = heard
+        .iter()
+        .map(|(node, (status, _))| (node.clone(), status.clone()))
+        .collect();
+    view.send_if_modified(|current| {
+        let changed = current.keys().ne(live.keys())
+            || current
+                .iter()
+                .zip(&live)
+                .any(|((_, a), (_, b))| a.shared != b.shared);
+        *current = live;
+        changed
+    });
+}
+
+/// Seconds since the epoch, for status stamps.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
