@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = ROOT / "target" / "release" / "jetsonmind"
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,11 +109,6 @@ def call_latencies(url, calls):
             times.append((time.perf_counter() - started) * 1000)
     connection.close()
     return times
-
-
-def percentile(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def main():
