@@ -18,6 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jetsonmind_core::auth::AccessLevel;
+use jetsonmind_core::config::ComputeEngine;
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::rmcp::model::{
@@ -33,6 +34,7 @@ use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
 
 use crate::engine::llama::LlamaSettings;
+use crate::engine::simulated;
 use crate::models::{Loader, ModelRegistry, Placement};
 use crate::scheduler::Scheduler;
 use crate::schema::*;
@@ -46,6 +48,8 @@ pub struct ComputeServer {
     replica: String,
     /// The models prompts name and complete.
     store: Arc<ModelStore>,
+    /// The inference simulator answers: every tool result says so.
+    simulated: bool,
 }
 
 /// How often idle models are checked against their keep-alive.
@@ -101,6 +105,16 @@ impl ComputeServer {
             llama,
             placement,
         );
+        let simulated = settings.engine == ComputeEngine::Simulated;
+        if simulated {
+            tracing::warn!(
+                prompt_token_us = settings.simulator.prompt_token_us,
+                output_token_us = settings.simulator.output_token_us,
+                "compute.engine = \"simulated\": the inference simulator answers every call, \
+                 for benchmarks only; no model runs and the text is made up"
+            );
+            registry = registry.simulated(settings.simulator.clone());
+        }
         if let Some(loader) = loader {
             registry = registry.with_loader(loader);
         }
@@ -120,6 +134,7 @@ impl ComputeServer {
             vitals,
             replica: format!("{}:{}", store.node(), std::process::id()),
             store,
+            simulated,
         }
     }
 
@@ -171,6 +186,28 @@ impl ComputeServer {
                 "freed_bytes": bytes,
             })),
             Err(e) => tool_error(e.to_string()),
+        }
+    }
+
+    /// The tool's own result, before the engine is named in it.
+    async fn dispatch(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        match call.name.as_str() {
+            "text_generate" => {
+                let args = call.parse()?;
+                let raw = Value::Object(call.arguments);
+                Ok(self.text.text_generate(args, &raw, call.context).await)
+            }
+            "code_complete" => {
+                let args = call.parse()?;
+                let raw = Value::Object(call.arguments);
+                Ok(self.text.code_complete(args, &raw, call.context).await)
+            }
+            "load_model" => Ok(self.load_model(call.parse()?).await),
+            "unload_model" => Ok(self.unload_model(call.parse()?).await),
+            other => Err(McpError::invalid_params(
+                format!("unknown tool: {other}"),
+                None,
+            )),
         }
     }
 }
@@ -256,24 +293,15 @@ impl McpUnit for ComputeServer {
     }
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        match call.name.as_str() {
-            "text_generate" => {
-                let args = call.parse()?;
-                let raw = Value::Object(call.arguments);
-                Ok(self.text.text_generate(args, &raw, call.context).await)
-            }
-            "code_complete" => {
-                let args = call.parse()?;
-                let raw = Value::Object(call.arguments);
-                Ok(self.text.code_complete(args, &raw, call.context).await)
-            }
-            "load_model" => Ok(self.load_model(call.parse()?).await),
-            "unload_model" => Ok(self.unload_model(call.parse()?).await),
-            other => Err(McpError::invalid_params(
-                format!("unknown tool: {other}"),
-                None,
-            )),
+        let mut result = self.dispatch(call).await?;
+        if self.simulated {
+            let meta = result.meta.get_or_insert_with(Default::default);
+            meta.0.insert(
+                simulated::ENGINE_META_KEY.into(),
+                simulated::ENGINE_NAME.into(),
+            );
         }
+        Ok(result)
     }
 
     fn prompts(&self) -> Vec<Prompt> {

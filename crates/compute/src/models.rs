@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use jetsonmind_core::config::SimulatorConfig;
 use jetsonmind_core::replica::LoadedModel;
 use jetsonmind_data::gguf;
 use jetsonmind_data::store::{ModelStore, StoreError};
 use tokio::sync::watch;
 
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
+use crate::engine::simulated::SimulatedEngine;
 use crate::engine::{EngineError, TextEngine};
 use crate::placement::{self, Resident};
 
@@ -42,6 +44,13 @@ pub type Loader = Arc<
 /// The most memory a model may be counted for: beyond any machine, and far
 /// enough from `u64::MAX` that sums of such counts cannot overflow.
 const MAX_MODEL_BYTES: u64 = 1 << 60;
+
+/// What a simulated model is counted for: it holds nothing, but a token
+/// amount keeps the memory budget bounding how many names can be loaded.
+pub const SIMULATED_MODEL_BYTES: u64 = 1 << 20;
+
+/// The longest model name the simulator takes (a file name's limit).
+const MAX_SIMULATED_NAME_BYTES: usize = 255;
 
 struct Loaded {
     engine: Arc<dyn TextEngine>,
@@ -79,6 +88,8 @@ pub struct ModelRegistry {
     settings: LlamaSettings,
     placement: Placement,
     loader: Loader,
+    /// Models are simulated: any name loads, from no file (benchmarks).
+    simulated: bool,
     /// Held only for bookkeeping, never across a load or an await, so the
     /// status read never waits for a model to load.
     slots: Mutex<HashMap<String, Slot>>,
@@ -115,6 +126,14 @@ pub struct StoreEstimates {
     pub unusable: BTreeMap<String, String>,
 }
 
+/// The simulator's loader: no file is read.
+fn simulated_loader(times: SimulatorConfig) -> Loader {
+    Arc::new(move |_: &Path, id: &str, settings: &LlamaSettings| {
+        let engine = SimulatedEngine::new(id, times.clone(), settings.context_size);
+        Ok(Arc::new(engine) as Arc<dyn TextEngine>)
+    })
+}
+
 /// llama.cpp's loader.
 fn llama_loader() -> Loader {
     Arc::new(|path: &Path, id: &str, settings: &LlamaSettings| {
@@ -136,6 +155,7 @@ impl ModelRegistry {
             settings,
             placement,
             loader: llama_loader(),
+            simulated: false,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -143,6 +163,14 @@ impl ModelRegistry {
     /// Load models with `loader` instead of llama.cpp.
     pub fn with_loader(mut self, loader: Loader) -> Self {
         self.loader = loader;
+        self
+    }
+
+    /// Simulate every model (benchmarks only): any name loads with no
+    /// file, counted for [`SIMULATED_MODEL_BYTES`].
+    pub fn simulated(mut self, times: SimulatorConfig) -> Self {
+        self.loader = simulated_loader(times);
+        self.simulated = true;
         self
     }
 
@@ -245,7 +273,7 @@ impl ModelRegistry {
             path: id.to_string(),
             reason,
         };
-        let bytes = self.estimate_bytes(path).map_err(refuse)?;
+        let bytes = self.bytes_to_load(path).map_err(refuse)?;
         let evict =
             placement::evictions_for(id, bytes, &residents(slots), self.placement.budget_bytes)
                 .map_err(|e| refuse(e.to_string()))?;
@@ -311,6 +339,10 @@ impl ModelRegistry {
             loading.bytes
         };
         tracing::info!(model = %id, parameters = engine.info().parameters, bytes, "model loaded");
+        if self.simulated {
+            // The store holds no such model: nothing to record.
+            return Ok(());
+        }
         if let Err(e) = self.store.record_load(id) {
             tracing::warn!(model = %id, error = %e, "cannot record the load in the model store");
         }
@@ -376,6 +408,9 @@ impl ModelRegistry {
 
     fn forget(&self, name: &str, why: &str) {
         tracing::info!(model = %name, "model unloaded: {why}");
+        if self.simulated {
+            return;
+        }
         if let Err(e) = self.store.record_unload(name) {
             tracing::warn!(model = %name, error = %e, "cannot record the unload in the model store");
         }
@@ -422,10 +457,21 @@ impl ModelRegistry {
     /// never keeps the others from being reported.
     pub fn store_estimates(&self) -> StoreEstimates {
         let mut estimates = StoreEstimates::default();
+        if self.simulated {
+            estimates
+                .bytes
+                .insert(self.default_model.clone(), SIMULATED_MODEL_BYTES);
+        }
         let Ok(models) = self.store.list() else {
             return estimates;
         };
         for model in models.iter().filter(|m| m.format == "gguf") {
+            if self.simulated {
+                estimates
+                    .bytes
+                    .insert(model.name.clone(), SIMULATED_MODEL_BYTES);
+                continue;
+            }
             let estimate = self
                 .store
                 .main_file(&model.name)
@@ -441,6 +487,14 @@ impl ModelRegistry {
             }
         }
         estimates
+    }
+
+    /// What loading the model at `path` is counted for.
+    fn bytes_to_load(&self, path: &Path) -> Result<u64, String> {
+        match self.simulated {
+            true => Ok(SIMULATED_MODEL_BYTES),
+            false => self.estimate_bytes(path),
+        }
     }
 
     /// Weights as stored, plus the KV cache of `parallel` full contexts;
@@ -478,6 +532,9 @@ impl ModelRegistry {
                         .into(),
             });
         }
+        if self.simulated {
+            return simulated_name(name).map(|id| (id, PathBuf::new()));
+        }
         let mut ids = vec![name.to_string()];
         if !name.ends_with(".gguf") {
             ids.push(format!("{name}.gguf"));
@@ -507,6 +564,23 @@ impl ModelRegistry {
             ),
         })
     }
+}
+
+/// Any name is a simulated model, once it is a name: not empty, not too long.
+fn simulated_name(name: &str) -> Result<String, EngineError> {
+    let refuse = |reason: String| EngineError::Load {
+        path: name.to_string(),
+        reason,
+    };
+    if name.trim().is_empty() {
+        return Err(refuse("the model name is empty".into()));
+    }
+    if name.len() > MAX_SIMULATED_NAME_BYTES {
+        return Err(refuse(format!(
+            "a model name is at most {MAX_SIMULATED_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(name.to_string())
 }
 
 /// The models as placement sees them; one in use or loading counts as used

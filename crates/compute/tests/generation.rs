@@ -1,21 +1,20 @@
 //! Text generation with the real default model (SmolLM2-135M-Instruct Q4_1,
 //! fetched into `<repo>/models` by `./setup.sh`), through a real MCP client.
 
+mod support;
+
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ProgressNotificationParam,
-};
-use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
-use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
+use jetsonmind_core::rmcp::ServiceExt;
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
 use jetsonmind_data::store::{ImportOptions, ModelStore};
 use serde_json::{Value, json};
+use support::{Client, Progress, call, ok, status, text};
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -53,62 +52,12 @@ fn config(edit: impl FnOnce(&mut Config)) -> Config {
     config
 }
 
-#[derive(Clone, Default)]
-struct Progress(Arc<Mutex<Vec<Update>>>);
-
-/// (tokens so far, text so far) as notified.
-type Update = (f64, Option<String>);
-
-impl ClientHandler for Progress {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _: NotificationContext<RoleClient>,
-    ) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((params.progress, params.message));
-    }
-}
-
-impl Progress {
-    fn count(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-}
-
 /// One generation test at a time: each runs llama.cpp on every core, and
 /// llama.cpp's spinning threads slow to a crawl when they outnumber the cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn client(config: Config) -> (RunningService<RoleClient, Progress>, Progress) {
-    let server = UnitServer::new(
-        Arc::new(ComputeServer::new(
-            &config,
-            Default::default(),
-            store().1.clone(),
-        )),
-        McpConfig::default(),
-    );
-    let progress = Progress::default();
-    (
-        progress.clone().serve(in_process(server)).await.unwrap(),
-        progress,
-    )
-}
-
-fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
-    CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
-}
-
-fn text(result: &CallToolResult) -> String {
-    result.content[0].as_text().unwrap().text.clone()
-}
-
-fn ok(result: CallToolResult) -> Value {
-    assert_ne!(result.is_error, Some(true), "{}", text(&result));
-    result.structured_content.unwrap()
+async fn client(config: Config) -> (Client, Progress) {
+    support::connect(&config, store().1.clone()).await
 }
 
 #[tokio::test]
@@ -431,24 +380,6 @@ async fn deterministic_calls_are_answered_from_the_cache() {
     );
     let report = cache.report();
     assert_eq!((report.hits, report.misses, report.entries), (1, 1, 1));
-}
-
-/// The status resource, as the control plane reads it.
-async fn status(client: &RunningService<RoleClient, Progress>) -> Value {
-    let read = client
-        .read_resource(
-            jetsonmind_core::rmcp::model::ReadResourceRequestParams::new(
-                jetsonmind_core::replica::REPLICA_STATUS_URI,
-            ),
-        )
-        .await
-        .unwrap();
-    match &read.contents[0] {
-        jetsonmind_core::rmcp::model::ResourceContents::TextResourceContents { text, .. } => {
-            serde_json::from_str(text).unwrap()
-        }
-        other => panic!("{other:?}"),
-    }
 }
 
 fn loaded_names(status: &Value) -> Vec<String> {

@@ -577,7 +577,47 @@ pub struct ComputeConfig {
     /// An idle model is unloaded after this long (like Ollama's keep_alive);
     /// 0 keeps it until its memory is needed.
     pub keep_alive_secs: u64,
+    /// What generates text: llama.cpp, or the simulator (benchmarks only).
+    pub engine: ComputeEngine,
+    /// The simulator's token times; read only with `engine = "simulated"`.
+    pub simulator: SimulatorConfig,
 }
+
+/// The engine behind `text_generate` and `code_complete`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeEngine {
+    /// llama.cpp over the GGUF models of the store.
+    #[default]
+    Llama,
+    /// For benchmarks only: no model file and no CPU, a fixed time slept per
+    /// token, and every result says it is simulated.
+    Simulated,
+}
+
+/// The inference simulator (`compute.engine = "simulated"`): a call takes
+/// these times, slept, per token of its prompt and of its answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Microseconds per prompt token (prompt processing, "prefill").
+    pub prompt_token_us: u64,
+    /// Microseconds per generated token.
+    pub output_token_us: u64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            prompt_token_us: 200,
+            output_token_us: 10_000,
+        }
+    }
+}
+
+/// The longest time the simulator may take per token: one second, slower
+/// than any real device, so a typo cannot hold a slot for hours.
+pub const MAX_SIMULATED_TOKEN_US: u64 = 1_000_000;
 
 impl Default for ComputeConfig {
     fn default() -> Self {
@@ -593,6 +633,8 @@ impl Default for ComputeConfig {
             progress_every_tokens: 4,
             memory_budget_bytes: 0,
             keep_alive_secs: 300,
+            engine: ComputeEngine::Llama,
+            simulator: SimulatorConfig::default(),
         }
     }
 }
@@ -749,6 +791,12 @@ impl Config {
         if compute.max_messages == 0 {
             return fail("compute.max_messages must be at least 1".into());
         }
+        let simulator = &compute.simulator;
+        if simulator.prompt_token_us.max(simulator.output_token_us) > MAX_SIMULATED_TOKEN_US {
+            return fail(format!(
+                "compute.simulator: prompt_token_us and output_token_us must be at most {MAX_SIMULATED_TOKEN_US}"
+            ));
+        }
         if self.data.notify_interval_ms < 50 || self.data.analytics_flush_ms < 100 {
             return fail("data: notify_interval_ms >= 50 and analytics_flush_ms >= 100".into());
         }
@@ -756,6 +804,7 @@ impl Config {
             return fail("gateway.separator must not be empty".into());
         }
         self.validate_control()?;
+        self.cluster.validate()?;
         if let Some(oauth) = &self.auth.oauth {
             for (key, url) in [("jwks_url", &oauth.jwks_url), ("issuer", &oauth.issuer)] {
                 if !is_http_url(url) {
@@ -804,7 +853,6 @@ impl Config {
             ));
         }
         Ok(())
-        self.cluster.validate()?;
     }
 
     fn validate_control(&self) -> Result<(), CoreError> {
@@ -978,6 +1026,28 @@ mod tests {
         let table: toml::Table = example.parse().unwrap();
         let config = parse_table(table).unwrap();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn the_simulator_is_chosen_and_timed_from_the_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("JETSONMIND_COMPUTE__ENGINE", "simulated"),
+                ("JETSONMIND_COMPUTE__SIMULATOR__OUTPUT_TOKEN_US", "500"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.compute.engine, ComputeEngine::Simulated);
+        assert_eq!(config.compute.simulator.output_token_us, 500);
+        assert_eq!(config.compute.simulator.prompt_token_us, 200);
+        assert_eq!(Config::default().compute.engine, ComputeEngine::Llama);
+        let slow = env(&[("JETSONMIND_COMPUTE__SIMULATOR__OUTPUT_TOKEN_US", "1000001")]);
+        let err = Config::load(None, slow).unwrap_err();
+        assert!(err.to_string().contains("output_token_us"), "{err}");
+        let unknown = env(&[("JETSONMIND_COMPUTE__ENGINE", "mock")]);
+        let err = Config::load(None, unknown).unwrap_err();
+        assert!(err.to_string().contains("simulated"), "{err}");
     }
 
     #[test]

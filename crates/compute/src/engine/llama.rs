@@ -16,7 +16,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::{
     EngineError, FinishReason, Flow, GenerateRequest, Generation, ModelInfo, Partial, Prompt,
-    TextEngine, Timings, cut_at_stop, per_second,
+    TextEngine, Timings, cut_at_stop, per_second, stop_safe_len,
 };
 use crate::schema::ChatRole;
 
@@ -306,20 +306,6 @@ fn valid_utf8_prefix(bytes: &[u8]) -> &str {
     }
 }
 
-/// How much of `text` can be shown: not a tail that might grow into a stop string.
-fn stop_safe_len(text: &str, stop: &[String]) -> usize {
-    let mut safe = text.len();
-    for s in stop {
-        for k in (1..s.len()).rev() {
-            if s.is_char_boundary(k) && text.ends_with(&s[..k]) {
-                safe = safe.min(text.len() - k);
-                break;
-            }
-        }
-    }
-    safe
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,14 +314,6 @@ mod tests {
     fn argmax_takes_the_first_highest() {
         assert_eq!(argmax(&[0.1, 2.0, -1.0, 2.0]), LlamaToken(1));
         assert_eq!(argmax(&[-3.0]), LlamaToken(0));
-    }
-
-    #[test]
-    fn holds_back_a_possible_stop_prefix() {
-        let stop = vec!["\nUser:".to_string()];
-        assert_eq!(stop_safe_len("hello\nUs", &stop), 5);
-        assert_eq!(stop_safe_len("hello", &stop), 5);
-        assert_eq!(stop_safe_len("hello\n", &stop), 5);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! added next to llama.cpp without touching the tools.
 
 pub mod llama;
+pub mod simulated;
 
 use serde::Serialize;
 
@@ -138,6 +139,20 @@ pub fn cut_at_stop(text: &mut String, stop: &[String]) -> bool {
     }
 }
 
+/// How much of `text` can be shown: not a tail that might grow into a stop string.
+pub fn stop_safe_len(text: &str, stop: &[String]) -> usize {
+    let mut safe = text.len();
+    for s in stop {
+        for k in (1..s.len()).rev() {
+            if s.is_char_boundary(k) && text.ends_with(&s[..k]) {
+                safe = safe.min(text.len() - k);
+                break;
+            }
+        }
+    }
+    safe
+}
+
 pub fn per_second(tokens: u32, ms: f64) -> f64 {
     if ms > 0.0 {
         tokens as f64 * 1000.0 / ms
@@ -161,6 +176,14 @@ mod tests {
         let mut text = "nothing here".to_string();
         assert!(!cut_at_stop(&mut text, &["zzz".into()]));
         assert_eq!(text, "nothing here");
+    }
+
+    #[test]
+    fn holds_back_a_possible_stop_prefix() {
+        let stop = vec!["\nUser:".to_string()];
+        assert_eq!(stop_safe_len("hello\nUs", &stop), 5);
+        assert_eq!(stop_safe_len("hello", &stop), 5);
+        assert_eq!(stop_safe_len("hello\n", &stop), 5);
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! Helpers shared by the compute tests that generate text through a real
+//! MCP client.
+
+use std::sync::{Arc, Mutex};
+
+use jetsonmind_compute::ComputeServer;
+use jetsonmind_core::replica::REPLICA_STATUS_URI;
+use jetsonmind_core::config::McpConfig;
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceRequestParams,
+    ResourceContents,
+};
+use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
+use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
+use jetsonmind_core::serve::in_process;
+use jetsonmind_core::{Config, UnitServer};
+use jetsonmind_data::store::ModelStore;
+use serde_json::Value;
+
+/// The progress notifications a client heard.
+#[derive(Clone, Default)]
+pub struct Progress(pub Arc<Mutex<Vec<Update>>>);
+
+/// (tokens so far, text so far) as notified.
+pub type Update = (f64, Option<String>);
+
+impl ClientHandler for Progress {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((params.progress, params.message));
+    }
+}
+
+impl Progress {
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+pub type Client = RunningService<RoleClient, Progress>;
+
+/// A client of a compute server of `config` over `store`, and what it hears.
+pub async fn connect(config: &Config, store: Arc<ModelStore>) -> (Client, Progress) {
+    let server = UnitServer::new(
+        Arc::new(ComputeServer::new(config, Default::default(), store)),
+        McpConfig::default(),
+    );
+    let progress = Progress::default();
+    (
+        progress.clone().serve(in_process(server)).await.unwrap(),
+        progress,
+    )
+}
+
+pub fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
+}
+
+pub fn text(result: &CallToolResult) -> String {
+    result.content[0].as_text().unwrap().text.clone()
+}
+
+/// The structured content of a result that is not an error.
+pub fn ok(result: CallToolResult) -> Value {
+    assert_ne!(result.is_error, Some(true), "{}", text(&result));
+    result.structured_content.unwrap()
+}
+
+/// The status resource, as the control plane reads it.
+pub async fn status(client: &Client) -> Value {
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(REPLICA_STATUS_URI))
+        .await
+        .unwrap();
+    match &read.contents[0] {
+        ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(text).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
