@@ -237,8 +237,10 @@ class Cluster:
         return [server.process.pid for server in self.nats.servers if server.process is not None]
 
     def cpu(self):
-        """CPU seconds used so far by: the jetsonmind nodes, the nats-servers, the machine."""
-        return cpu_seconds(self.node_pids()), cpu_seconds(self.nats_pids()), machine_busy_seconds()
+        """CPU seconds used so far by: the jetsonmind nodes, the nats-servers, the machine, node 1."""
+        first = self.node_pids()[:1]
+        return (cpu_seconds(self.node_pids()), cpu_seconds(self.nats_pids()), machine_busy_seconds(),
+                cpu_seconds(first))
 
     def cpu_cores(self, seconds):
         """Cores used meanwhile by each of `cpu()`, over the next `seconds` of idling."""
@@ -335,7 +337,7 @@ def run_load(cluster, urls, options):
         load(urls, generate_call(options.max_tokens), options.warmup, options.seconds)
     )
     wall = time.monotonic() - wall_before
-    nodes_cpu, nats_cpu, machine_cpu = [(after - was) / wall for was, after in zip(before, cluster.cpu())]
+    nodes_cpu, nats_cpu, machine_cpu, node1_cpu = [(after - was) / wall for was, after in zip(before, cluster.cpu())]
     calls_per_second = len(latencies) / options.seconds
     per_node = {name: 0 for name in cluster.nodes}
     for (_, node), calls in served_by.items():
@@ -351,6 +353,7 @@ def run_load(cluster, urls, options):
         "p99_ms": percentile(latencies, 99) if latencies else None,
         "client_cpu_cores": (time.process_time() - client_before) / wall,
         "nodes_cpu_cores": nodes_cpu,
+        "node1_cpu_cores": node1_cpu,
         "nats_cpu_cores": nats_cpu,
         # What one call costs the servers, all processes on its way together.
         "servers_cpu_ms_per_call": (nodes_cpu + nats_cpu) * 1000 / calls_per_second if calls_per_second else None,
@@ -384,7 +387,8 @@ def scaling(cluster, n, options):
     try:
         for name in names:
             asyncio.run(wait_for_replicas(cluster.url(name), names))
-        idle = dict(zip(("idle_nodes_cpu_cores", "idle_nats_cpu_cores", "idle_machine_cpu_cores"),
+        idle = dict(zip(("idle_nodes_cpu_cores", "idle_nats_cpu_cores", "idle_machine_cpu_cores",
+                         "idle_node1_cpu_cores"),
                         cluster.cpu_cores(options.idle_seconds)))
         callers = range(n * per_node)
         rows = []
@@ -463,8 +467,8 @@ def scaling_table(rows, options):
         f"output token; {options.seconds} s counted after {options.warmup} s of warm-up",
         "",
         "| nodes | load via | engine | callers | calls | errors | calls/s | efficiency | p50 ms | p99 ms "
-        "| calls per node | CPU: client | nodes (idle) | nats (idle) | ms per call | machine |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| calls per node | CPU: client | nodes (idle) | node 1 | nats (idle) | ms per call | machine |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         by_node = list(r["calls_by_node"].values()) or [0]
@@ -473,14 +477,15 @@ def scaling_table(rows, options):
             f"| {fmt(r['calls_per_second'])} | {fmt(r['efficiency'], 3)} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
             f"| {min(by_node)}-{max(by_node)} | {fmt(r['client_cpu_cores'], 2)} "
             f"| {fmt(r['nodes_cpu_cores'], 2)} ({fmt(r['idle_nodes_cpu_cores'], 2)}) "
+            f"| {fmt(r['node1_cpu_cores'], 2)} "
             f"| {fmt(r['nats_cpu_cores'], 2)} ({fmt(r['idle_nats_cpu_cores'], 2)}) "
             f"| {fmt(r['servers_cpu_ms_per_call'], 2)} | {fmt(r['machine_cpu_cores'], 2)} of {r['machine_cores']} |"
         )
     lines += [
         "",
         "CPU in cores over a run (warm-up included): client = this script; nodes = the jetsonmind processes "
-        "(idle before the load in brackets); nats = the nats-servers; ms per call = nodes + nats CPU per call; "
-        "machine = every process on the machine, anyone else's too.",
+        "(idle before the load in brackets), node 1 among them; nats = the nats-servers; "
+        "ms per call = nodes + nats CPU per call; machine = every process on the machine, anyone else's too.",
     ]
     return lines
 
