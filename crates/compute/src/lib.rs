@@ -17,16 +17,17 @@ pub mod text;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use jetsonmind_core::auth::AccessLevel;
+use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_contract::inference::{CODE_COMPLETE, LOAD_MODEL, TEXT_GENERATE, UNLOAD_MODEL};
+use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::ComputeEngine;
 use jetsonmind_core::content::{json_resource, json_tool_result};
-use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
     ReadResourceResult, Resource, Tool, ToolAnnotations,
 };
-use jetsonmind_core::rmcp::service::RequestContext;
-use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::store::ModelStore;
@@ -192,18 +193,18 @@ impl ComputeServer {
     /// The tool's own result, before the engine is named in it.
     async fn dispatch(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         match call.name.as_str() {
-            "text_generate" => {
+            TEXT_GENERATE => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
                 Ok(self.text.text_generate(args, &raw, call.context).await)
             }
-            "code_complete" => {
+            CODE_COMPLETE => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
                 Ok(self.text.code_complete(args, &raw, call.context).await)
             }
-            "load_model" => Ok(self.load_model(call.parse()?).await),
-            "unload_model" => Ok(self.unload_model(call.parse()?).await),
+            LOAD_MODEL => Ok(self.load_model(call.parse()?).await),
+            UNLOAD_MODEL => Ok(self.unload_model(call.parse()?).await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),
                 None,
@@ -244,16 +245,16 @@ fn available_cores() -> usize {
 fn catalog() -> Catalog {
     let tools = vec![
         inference(tool_from::<TextGenerateArgs>(
-            "text_generate",
+            TEXT_GENERATE,
             "Generate text with a local language model from a prompt or chat messages.",
         )),
         inference(tool_from::<CodeCompleteArgs>(
-            "code_complete",
+            CODE_COMPLETE,
             "Complete code at a point (fill-in-the-middle when the model supports it).",
         )),
         AccessLevel::Admin.mark(
             tool_from::<LoadModelArgs>(
-                "load_model",
+                LOAD_MODEL,
                 "Load a model into this replica's memory now, within its memory budget (idle \
                  models are unloaded, least recently used first, to make room).",
             )
@@ -261,7 +262,7 @@ fn catalog() -> Catalog {
         ),
         AccessLevel::Admin.mark(
             tool_from::<UnloadModelArgs>(
-                "unload_model",
+                UNLOAD_MODEL,
                 "Unload an idle model from this replica's memory.",
             )
             .annotate(ToolAnnotations::new().idempotent(true)),
@@ -312,7 +313,7 @@ impl McpUnit for ComputeServer {
         &self,
         name: &str,
         arguments: JsonObject,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<GetPromptResult, McpError> {
         prompts::get(name, &arguments, &self.store)
     }
@@ -320,7 +321,7 @@ impl McpUnit for ComputeServer {
     async fn complete(
         &self,
         request: &CompleteRequestParams,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<CompletionInfo, McpError> {
         prompts::complete(&request.r#ref, &request.argument, &self.store)
     }
@@ -328,7 +329,7 @@ impl McpUnit for ComputeServer {
     async fn read_resource(
         &self,
         uri: &str,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<ReadResourceResult, McpError> {
         match uri {
             REPLICA_STATUS_URI => json_resource(uri, &self.status().await),

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use jetsonmind_contract::replica::LoadedModel;
 use jetsonmind_core::config::SimulatorConfig;
-use jetsonmind_core::replica::LoadedModel;
 use jetsonmind_data::gguf;
 use jetsonmind_data::store::{ModelStore, StoreError};
 use tokio::sync::watch;

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use jetsonmind_contract::inference::{CODE_COMPLETE, GenerationProgress, TEXT_GENERATE};
 use jetsonmind_core::config::ComputeConfig;
-use jetsonmind_core::rmcp::RoleServer;
-use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
-use jetsonmind_core::rmcp::service::RequestContext;
+use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
+use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
 use jetsonmind_core::tool_error;
+use jetsonmind_core::unit::CallContext;
+use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_data::cache::{InferenceCache, cache_key};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -46,16 +48,15 @@ impl TextService {
         &self,
         args: TextGenerateArgs,
         arguments: &Value,
-        context: RequestContext<RoleServer>,
+        context: CallContext,
     ) -> CallToolResult {
         let result = async {
             let turns = self.chat_turns(&args)?;
             let engine = self.models.get(args.model.as_deref()).await?;
             // Greedy decoding, or a given seed, always gives the same text.
             let deterministic = args.temperature == Some(0.0) || args.seed.is_some();
-            let key =
-                deterministic.then(|| cache_key("text_generate", &engine.info().id, arguments));
-            self.cached_or_run("text_generate", &engine, key, async {
+            let key = deterministic.then(|| cache_key(TEXT_GENERATE, &engine.info().id, arguments));
+            self.cached_or_run(TEXT_GENERATE, &engine, key, async {
                 let request = GenerateRequest {
                     prompt: Prompt::Chat(turns),
                     max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
@@ -84,7 +85,7 @@ impl TextService {
         &self,
         args: CodeCompleteArgs,
         arguments: &Value,
-        context: RequestContext<RoleServer>,
+        context: CallContext,
     ) -> CallToolResult {
         let result = async {
             if args.code.trim().is_empty() && args.suffix.as_deref().unwrap_or("").trim().is_empty()
@@ -99,8 +100,8 @@ impl TextService {
             self.check_prompt_size(bytes)?;
             let engine = self.models.get(args.model.as_deref()).await?;
             // Completion is greedy, so always cacheable.
-            let key = Some(cache_key("code_complete", &engine.info().id, arguments));
-            self.cached_or_run("code_complete", &engine, key, async {
+            let key = Some(cache_key(CODE_COMPLETE, &engine.info().id, arguments));
+            self.cached_or_run(CODE_COMPLETE, &engine, key, async {
                 let fim = engine.info().supports_fill_in_middle;
                 let prompt = if fim {
                     fill_in_middle(&args)
@@ -207,14 +208,14 @@ impl TextService {
         &self,
         engine: Arc<dyn TextEngine>,
         request: GenerateRequest,
-        context: &RequestContext<RoleServer>,
+        context: &CallContext,
     ) -> Result<Generation, CallError> {
-        let _slot = self.scheduler.admit(&context.ct).await?;
+        let _slot = self.scheduler.admit(&context.cancel).await?;
         let cancelled = Arc::new(AtomicBool::new(false));
         let _stop_on_drop = SetOnDrop(cancelled.clone());
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let relay = tokio::spawn(relay_progress(
-            context.clone(),
+            context.progress.clone(),
             progress_rx,
             request.max_tokens,
         ));
@@ -231,7 +232,7 @@ impl TextService {
                 Flow::Continue
             })
         });
-        let watch = context.ct.clone();
+        let watch = context.cancel.clone();
         let outcome = tokio::select! {
             outcome = generation => outcome,
             _ = watch.cancelled() => {
@@ -256,21 +257,23 @@ impl Drop for SetOnDrop {
 }
 
 async fn relay_progress(
-    context: RequestContext<RoleServer>,
+    sink: Option<ProgressSink>,
     mut updates: mpsc::UnboundedReceiver<(u32, String)>,
     max_tokens: u32,
 ) {
-    let Some(token) = context.meta.get_progress_token() else {
+    let Some(sink) = sink else {
         while updates.recv().await.is_some() {}
         return;
     };
+    // The sink puts the caller's own progress token in.
+    let token = ProgressToken(NumberOrString::Number(0));
     while let Some((tokens, text)) = updates.recv().await {
-        let progress = ProgressNotificationParam::new(token.clone(), tokens as f64)
-            .with_total(max_tokens as f64)
-            .with_message(text);
-        if context.peer.notify_progress(progress).await.is_err() {
-            break;
-        }
+        let progress = GenerationProgress {
+            tokens,
+            max_tokens,
+            text,
+        };
+        sink.report(progress.notification(token.clone())).await;
     }
 }
 

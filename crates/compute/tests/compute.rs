@@ -11,8 +11,8 @@ use jetsonmind_compute::engine::{
     Timings,
 };
 use jetsonmind_compute::models::Loader;
+use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, ErrorCode, ReadResourceRequestParams, ResourceContents,
 };
@@ -313,7 +313,7 @@ async fn the_status_reports_capacity_memory_and_an_empty_residency() {
         }
         other => panic!("{other:?}"),
     };
-    let report: jetsonmind_core::replica::ReplicaReport = serde_json::from_str(&text).unwrap();
+    let report: ReplicaReport = serde_json::from_str(&text).unwrap();
     let config = jetsonmind_core::Config::default();
     assert_eq!(
         report.capacity,

@@ -14,30 +14,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use jetsonmind_contract::access::ToolFlags;
+use jetsonmind_contract::inference::model_named;
+use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_contract::route::{self, Hop};
 use jetsonmind_core::auth::{Principal, ToolAccess, delegate};
 use jetsonmind_core::config::{ControlConfig, GatewayConfig};
-use jetsonmind_core::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, ResourceContents, ServerResult,
+    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceResult, ResourceContents,
 };
-use jetsonmind_core::rmcp::{ErrorData as McpError, ServiceError};
 use jetsonmind_core::tool_error;
 use jetsonmind_core::trace::TraceContext;
 use jetsonmind_core::upstream::{
-    Connector, ForwardError, ForwardingClient, Offer, ProgressRoutes, ProgressSink, ResourceChange,
-    Upstream, UpstreamId, UpstreamStatus,
+    Connector, Offer, ProgressRoutes, ProgressSink, ResourceChange, Upstream, UpstreamId,
+    UpstreamStatus,
 };
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::link::{LinkError, McpLink, Relay, ReplicaLink};
 use crate::routing::{self, Blocked, Decision, Need, Policy, ReplicaState, Strategy};
-
-/// The `_meta` key under which a routed result says where it ran.
-pub const ROUTE_META_KEY: &str = "jetsonmind/route";
 
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
@@ -81,7 +80,8 @@ pub enum Origin {
 }
 
 pub struct Replica {
-    pub upstream: Upstream,
+    /// How calls reach it (MCP over HTTP, stdio, a pipe or NATS; or directly).
+    pub link: Arc<dyn ReplicaLink>,
     origin: Origin,
     breaker: Mutex<Breaker>,
     outstanding: AtomicUsize,
@@ -98,9 +98,9 @@ pub struct Replica {
 const LATENCY_WEIGHT: f64 = 0.2;
 
 impl Replica {
-    fn new(upstream: Upstream, origin: Origin, breaker: BreakerSettings) -> Self {
+    fn new(link: Arc<dyn ReplicaLink>, origin: Origin, breaker: BreakerSettings) -> Self {
         Self {
-            upstream,
+            link,
             origin,
             breaker: Mutex::new(Breaker::new(breaker)),
             outstanding: AtomicUsize::new(0),
@@ -114,7 +114,7 @@ impl Replica {
     }
 
     pub fn name(&self) -> &str {
-        &self.upstream.name
+        self.link.name()
     }
 
     pub fn outstanding(&self) -> usize {
@@ -156,8 +156,8 @@ impl Replica {
         ReplicaState {
             name: self.name().to_string(),
             node: self.remote_node().or(local_node).map(str::to_string),
-            endpoint: self.upstream.connector().describe(),
-            up: self.upstream.is_up(),
+            endpoint: self.link.describe(),
+            up: self.link.is_up(),
             breaker: Some(self.breaker().state(now)),
             draining: self.draining.load(Ordering::SeqCst),
             outstanding: self.outstanding(),
@@ -171,7 +171,7 @@ impl Replica {
             temperature_c: report.as_ref().and_then(|r| r.temperature_c),
             loadable_bytes: report.as_ref().map(|r| r.loadable_bytes),
             latency_ms: latency
-                .or_else(|| self.upstream.last_check().map(|d| d.as_secs_f64() * 1000.0)),
+                .or_else(|| self.link.last_check().map(|d| d.as_secs_f64() * 1000.0)),
         }
     }
 
@@ -319,7 +319,7 @@ impl Fleet {
             .filter(|r| r.remote_node().is_some_and(|node| !wanted.contains(node)))
             .collect();
         for replica in &gone {
-            replica.upstream.mark_down("its node left the cluster");
+            replica.link.mark_down("its node left the cluster");
             self.remove(replica.name());
             tracing::info!(fleet = %self.name, replica = %replica.name(), "cluster replica left");
         }
@@ -371,7 +371,12 @@ impl Fleet {
 
     /// Add a replica; it takes calls once a health check finds it up.
     pub fn add(&self, upstream: Upstream, origin: Origin) -> Arc<Replica> {
-        let replica = Arc::new(Replica::new(upstream, origin, self.settings.breaker));
+        self.add_link(Arc::new(McpLink::new(upstream)), origin)
+    }
+
+    /// Add a replica reached through `link`.
+    pub fn add_link(&self, link: Arc<dyn ReplicaLink>, origin: Origin) -> Arc<Replica> {
+        let replica = Arc::new(Replica::new(link, origin, self.settings.breaker));
         self.replicas
             .write()
             .expect("replicas lock")
@@ -395,13 +400,13 @@ impl Fleet {
     }
 
     pub fn contains(&self, upstream: UpstreamId) -> bool {
-        self.replicas().iter().any(|r| r.upstream.id == upstream)
+        self.replicas().iter().any(|r| r.link.id() == upstream)
     }
 
     /// The replica that answers reads and holds subscriptions: the first
     /// one up, in the order they were added.
     pub fn primary(&self) -> Option<Arc<Replica>> {
-        self.replicas().into_iter().find(|r| r.upstream.is_up())
+        self.replicas().into_iter().find(|r| r.link.is_up())
     }
 
     pub fn is_up(&self) -> bool {
@@ -410,12 +415,12 @@ impl Fleet {
 
     /// What the fleet offers: its primary's offer (replicas offer the same).
     pub fn offer(&self) -> Option<Offer> {
-        self.primary().and_then(|r| r.upstream.offer())
+        self.primary().and_then(|r| r.link.offer())
     }
 
-    fn handler(&self, replica: &Replica) -> ForwardingClient {
-        ForwardingClient {
-            upstream: replica.upstream.id,
+    /// Where the links send progress and resource changes.
+    fn relay(&self) -> Relay {
+        Relay {
             progress: self.progress.clone(),
             changes: self.changes.get().cloned(),
         }
@@ -433,24 +438,22 @@ impl Fleet {
 
     async fn check_replica(&self, replica: &Arc<Replica>) {
         let timeout = self.settings.health_timeout;
-        replica.upstream.check(self.handler(replica), timeout).await;
-        let Some(client) = replica.upstream.client() else {
+        replica.link.check(&self.relay(), timeout).await;
+        if !replica.link.is_up() {
             replica.breaker().record_failure(Instant::now());
             return;
-        };
+        }
         let reports = replica
-            .upstream
+            .link
             .offer()
             .is_some_and(|o| o.resources.iter().any(|r| r.uri == REPLICA_STATUS_URI));
         if !reports {
             return;
         }
         let ours = replica.outstanding();
-        let read = client
-            .peer()
-            .read_resource_once(ReadResourceRequestParams::new(REPLICA_STATUS_URI));
+        let read = replica.link.read_resource(REPLICA_STATUS_URI);
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(ReadResourceResponse::Complete(result))) => {
+            Ok(Ok(result)) => {
                 let report = parse_report(&result);
                 if report.is_none() {
                     tracing::warn!(replica = %replica.name(), "unreadable replica status");
@@ -462,12 +465,7 @@ impl Fleet {
                 replica.external_busy.store(external, Ordering::SeqCst);
                 *replica.report.lock().expect("report lock") = report;
             }
-            Ok(Ok(_)) => {}
-            Err(_) | Ok(Err(_)) => {
-                replica
-                    .upstream
-                    .mark_down("status read failed or timed out");
-            }
+            Ok(Err(_)) | Err(_) => replica.link.mark_down("status read failed or timed out"),
         }
     }
 
@@ -491,7 +489,7 @@ impl Fleet {
             .into_iter()
             .filter(|s| !tried.contains(&s.name))
             .collect();
-        let model = arguments.get("model").and_then(|m| m.as_str());
+        let model = model_named(arguments);
         let model_bytes = self.model_bytes(model);
         let need = Need {
             tool,
@@ -522,9 +520,8 @@ impl Fleet {
     /// or idempotent.
     pub fn is_idempotent(&self, tool: &str) -> bool {
         self.primary()
-            .and_then(|primary| primary.upstream.tool(tool))
-            .and_then(|t| t.annotations)
-            .is_some_and(|a| a.read_only_hint == Some(true) || a.idempotent_hint == Some(true))
+            .and_then(|primary| primary.link.tool(tool))
+            .is_some_and(|t| ToolFlags::of(&t).may_run_twice())
     }
 
     /// What authorizes `tool` on `replica`: the tool as the replica lists it.
@@ -532,7 +529,7 @@ impl Fleet {
     /// refused or checked by the replica itself.
     fn access_at(replica: &Replica, tool: &str) -> ToolAccess {
         replica
-            .upstream
+            .link
             .tool(tool)
             .map(|t| ToolAccess::of(&t))
             .unwrap_or_else(|| ToolAccess::scoped(tool))
@@ -670,12 +667,12 @@ impl Fleet {
         }
         delegate(&mut params.meta, caller);
         TraceContext::propagate(&mut params.meta);
-        let Some(connection) = replica.upstream.connection() else {
+        if !replica.link.is_up() {
             return Attempt::Failed {
                 error: "down".into(),
                 started: false,
             };
-        };
+        }
         if !replica.breaker().try_acquire(Instant::now()) {
             return Attempt::Failed {
                 error: "circuit breaker open".into(),
@@ -688,48 +685,37 @@ impl Fleet {
             released: &self.released,
         };
         let started = Instant::now();
-        let forwarded = jetsonmind_core::upstream::call_tool(
-            connection.client.peer(),
-            replica.upstream.id,
-            &self.progress,
-            params,
-            sink,
-            cancel,
-        );
-        let outcome = tokio::select! {
-            outcome = forwarded => outcome,
-            _ = connection.lost.cancelled() => Err(ForwardError::Service(ServiceError::TransportClosed)),
-        };
+        let relay = self.relay();
+        let outcome = replica.link.call_tool(&relay, params, sink, cancel).await;
         match outcome {
-            Ok(ServerResult::CallToolResult(result)) => {
+            Ok(result) => {
                 replica.breaker().record_success();
                 replica.record_latency(started.elapsed());
                 replica.served.fetch_add(1, Ordering::Relaxed);
                 Attempt::Answered(result)
             }
-            Ok(_) => {
-                replica.breaker().record_success();
-                Attempt::Answered(tool_error(format!(
-                    "replica `{}` answered with a result that cannot be relayed",
-                    replica.name()
-                )))
-            }
-            Err(ForwardError::Cancelled) => {
+            Err(LinkError::Cancelled) => {
                 replica.breaker().release_trial();
                 Attempt::Cancelled
             }
-            Err(ForwardError::Service(ServiceError::McpError(error))) => {
+            Err(LinkError::Refused(error)) => {
                 replica.breaker().record_success();
                 Attempt::Refused(error)
             }
-            Err(ForwardError::Service(error)) => {
+            Err(LinkError::Unavailable(error)) => {
+                replica.breaker().release_trial();
+                Attempt::Failed {
+                    error,
+                    started: false,
+                }
+            }
+            // The link is down now: calls still on it end, and the next
+            // health check reconnects or finds it dead.
+            Err(LinkError::Broken(error)) => {
                 replica.breaker().record_failure(Instant::now());
                 replica.failed.fetch_add(1, Ordering::Relaxed);
-                // The connection is broken: calls still on it end now and
-                // the next health check reconnects or finds it dead.
-                replica.upstream.mark_down(error.to_string());
                 Attempt::Failed {
-                    error: error.to_string(),
+                    error,
                     started: true,
                 }
             }
@@ -740,25 +726,14 @@ impl Fleet {
     /// primary's connection breaks.
     pub async fn read_resource(&self, uri: &str) -> Result<ReadResourceResult, McpError> {
         let mut last_error = None;
-        for replica in self.replicas() {
-            let Some(client) = replica.upstream.client() else {
-                continue;
-            };
-            let read = client
-                .peer()
-                .read_resource_once(ReadResourceRequestParams::new(uri.to_string()))
-                .await;
-            match read {
-                Ok(ReadResourceResponse::Complete(result)) => return Ok(result),
-                Ok(_) => {
-                    return Err(McpError::internal_error(
-                        "the server asked for input; not relayed",
-                        None,
-                    ));
+        for replica in self.replicas().into_iter().filter(|r| r.link.is_up()) {
+            match replica.link.read_resource(uri).await {
+                Ok(result) => return Ok(result),
+                Err(LinkError::Refused(error)) => return Err(error),
+                Err(LinkError::Cancelled) => {
+                    return Err(McpError::internal_error("cancelled", None));
                 }
-                Err(ServiceError::McpError(error)) => return Err(error),
-                Err(e) => {
-                    replica.upstream.mark_down(e.to_string());
+                Err(LinkError::Unavailable(e) | LinkError::Broken(e)) => {
                     last_error = Some(format!("{}: {e}", replica.name()));
                 }
             }
@@ -775,14 +750,14 @@ impl Fleet {
 
     /// Hold exactly `wanted` subscriptions, on the primary only.
     pub async fn sync_subscriptions(&self, wanted: &BTreeSet<String>) {
-        let primary = self.primary().map(|p| p.upstream.id);
+        let primary = self.primary().map(|p| p.link.id());
         let none = BTreeSet::new();
         for replica in self.replicas() {
-            let uris = match Some(replica.upstream.id) == primary {
+            let uris = match Some(replica.link.id()) == primary {
                 true => wanted,
                 false => &none,
             };
-            replica.upstream.sync_subscriptions(uris).await;
+            replica.link.sync_subscriptions(uris).await;
         }
     }
 
@@ -795,7 +770,7 @@ impl Fleet {
                 let state = r.state(now, self.local_node());
                 let breaker = r.breaker();
                 ReplicaHealth {
-                    connection: r.upstream.status(),
+                    connection: r.link.status(),
                     node: state.node.clone(),
                     breaker: breaker.state(now),
                     failures_in_a_row: breaker.failures_in_a_row(),
@@ -858,9 +833,7 @@ impl Refusal {
     }
 }
 
-/// Say where a result came from, in its `_meta`: one entry per routing hop,
-/// appended as the result passes back, so the last entry is the hop nearest
-/// the client and the first the one nearest the server that ran the call.
+/// Say where a result came from: this fleet's hop, appended to its route.
 fn annotate(
     result: &mut CallToolResult,
     fleet: &str,
@@ -868,20 +841,13 @@ fn annotate(
     node: Option<&str>,
     attempts: usize,
 ) {
-    let mut hop = json!({ "backend": fleet, "replica": replica, "attempts": attempts });
-    if let Some(node) = node {
-        hop["node"] = json!(node);
-    }
-    let meta = result.meta.get_or_insert_with(Default::default);
-    let route = meta
-        .0
-        .entry(ROUTE_META_KEY.to_string())
-        .or_insert_with(|| json!([]));
-    match route {
-        serde_json::Value::Array(hops) => hops.push(hop),
-        // A server that records a single hop: keep it as the first.
-        earlier => *earlier = json!([earlier.take(), hop]),
-    }
+    let hop = Hop {
+        backend: fleet.to_string(),
+        replica: replica.to_string(),
+        node: node.map(str::to_string),
+        attempts,
+    };
+    route::append(result.meta.get_or_insert_with(Default::default), &hop);
 }
 
 fn parse_report(result: &ReadResourceResult) -> Option<ReplicaReport> {

@@ -7,6 +7,7 @@
 
 pub mod breaker;
 pub mod fleet;
+pub mod link;
 pub mod power;
 pub mod routing;
 pub mod scale;
@@ -17,12 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use jetsonmind_core::auth::AccessLevel;
+use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_contract::inference::{LOAD_MODEL, ModelAction, TEXT_GENERATE, UNLOAD_MODEL};
 use jetsonmind_core::config::Config;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
-use jetsonmind_core::upstream::{Connector, ProgressSink, Upstream};
+use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use serde_json::{Value, json};
 
@@ -30,10 +32,6 @@ use crate::fleet::{Attempt, Fleet, Origin, Replica};
 use crate::power::Power;
 use crate::scale::Launcher;
 use crate::schema::*;
-
-/// The compute tools that load and unload models on one replica.
-pub const LOAD_MODEL_TOOL: &str = "load_model";
-pub const UNLOAD_MODEL_TOOL: &str = "unload_model";
 
 pub struct ControlServer {
     catalog: Arc<Catalog>,
@@ -124,8 +122,8 @@ impl ControlServer {
                 params,
                 &call.caller,
                 args.strategy,
-                ProgressSink::of_request(&call.context),
-                &call.context.ct,
+                call.context.progress.clone(),
+                &call.context.cancel,
             )
             .await?;
         Ok(json_tool_result(
@@ -173,21 +171,22 @@ impl ControlServer {
             Ok(targets) => targets,
             Err(message) => return Ok(tool_error(message)),
         };
-        let (tool, mut arguments) = match args.action {
-            ResourceAction::Load => (LOAD_MODEL_TOOL, JsonObject::new()),
-            _ => (UNLOAD_MODEL_TOOL, JsonObject::new()),
+        let (tool, keep_alive_secs) = match args.action {
+            ResourceAction::Load => (LOAD_MODEL, args.keep_alive_secs),
+            _ => (UNLOAD_MODEL, None),
         };
-        arguments.insert("model".into(), Value::String(model));
-        if let (ResourceAction::Load, Some(keep)) = (args.action, args.keep_alive_secs) {
-            arguments.insert("keep_alive_secs".into(), keep.into());
+        let arguments = ModelAction {
+            model,
+            keep_alive_secs,
         }
+        .arguments();
         let mut outcomes = Vec::new();
         let mut failed = false;
         for replica in targets {
             let params = CallToolRequestParams::new(tool).with_arguments(arguments.clone());
             let attempt = self
                 .fleet
-                .call_on(&replica, params, &call.caller, None, &call.context.ct)
+                .call_on(&replica, params, &call.caller, None, &call.context.cancel)
                 .await;
             let (ok, outcome) = describe_attempt(attempt);
             failed |= !ok;
@@ -207,7 +206,7 @@ impl ControlServer {
                 let report = r.report();
                 json!({
                     "replica": r.name(),
-                    "up": r.upstream.is_up(),
+                    "up": r.link.is_up(),
                     "memory_budget_bytes": report.as_ref().map(|r| r.memory_budget_bytes),
                     "memory_used_bytes": report.as_ref().map(|r| r.memory_used_bytes),
                     "loadable_bytes": report.as_ref().map(|r| r.loadable_bytes),
@@ -236,9 +235,9 @@ impl ControlServer {
             ResourceAction::Load => {
                 let mut arguments = JsonObject::new();
                 arguments.insert("model".into(), Value::String(model.to_string()));
-                let decision =
-                    self.fleet
-                        .decide("text_generate", &arguments, None, &BTreeSet::new());
+                let decision = self
+                    .fleet
+                    .decide(TEXT_GENERATE, &arguments, None, &BTreeSet::new());
                 decision
                     .chosen()
                     .and_then(|name| self.fleet.replica(name))
@@ -285,8 +284,8 @@ impl ControlServer {
             .map(|r| {
                 json!({
                     "name": r.name(),
-                    "endpoint": r.upstream.connector().describe(),
-                    "up": r.upstream.is_up(),
+                    "endpoint": r.link.describe(),
+                    "up": r.link.is_up(),
                     "started_here": r.was_started_here(),
                     "outstanding": r.outstanding(),
                 })
@@ -342,7 +341,7 @@ impl ControlServer {
             .fleet
             .replicas()
             .iter()
-            .filter(|r| r.upstream.is_up())
+            .filter(|r| r.link.is_up())
             .map(|r| r.name().to_string())
             .collect();
         json_tool_result(&json!({ "added": added, "up": up }))

@@ -9,19 +9,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jetsonmind_contract::replica::{LoadedModel, REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_contract::route;
 use jetsonmind_control::ControlServer;
-use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin, ROUTE_META_KEY};
+use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::power::Power;
 use jetsonmind_core::auth::{AccessLevel, FORBIDDEN, Principal, Scopes, delegate};
 use jetsonmind_core::config::{Config, HttpConfig, McpConfig};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::{json_resource, json_tool_result};
-use jetsonmind_core::replica::{LoadedModel, REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, ReadResourceResult, Resource, ToolAnnotations,
 };
-use jetsonmind_core::rmcp::service::RequestContext;
-use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_from};
@@ -138,7 +138,7 @@ impl McpUnit for FakeReplica {
     async fn read_resource(
         &self,
         uri: &str,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<ReadResourceResult, McpError> {
         json_resource(uri, &*self.report.lock().unwrap())
     }
@@ -316,9 +316,9 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
     let (result, ()) = tokio::join!(work, killer);
     let result = result.unwrap();
     assert_eq!(structured(&result)["by"], *survivor);
-    let route = &result.meta.as_ref().unwrap().0[ROUTE_META_KEY];
-    assert_eq!(route.as_array().map(Vec::len), Some(1), "one hop: {route}");
-    assert_eq!(route[0]["attempts"], 2, "{route}");
+    let hops = route::hops(result.meta.as_ref().unwrap());
+    assert_eq!(hops.len(), 1, "one hop: {hops:?}");
+    assert_eq!(hops[0].attempts, 2, "{hops:?}");
     assert_eq!(
         victim.calls.load(Ordering::SeqCst),
         1,

@@ -23,7 +23,6 @@ pub mod content;
 pub mod error;
 pub mod jsonrpc;
 pub mod ratelimit;
-pub mod replica;
 pub mod request_body;
 pub mod serve;
 pub mod sessions;

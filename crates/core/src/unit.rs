@@ -19,8 +19,10 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
     UnsubscribeRequestParams,
 };
+use rmcp::model::{Extensions, RequestMetaObject};
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use tokio_util::sync::CancellationToken;
 
 use crate::Catalog;
 use crate::auth::{Principal, ToolAccess, caller_of};
@@ -29,6 +31,8 @@ use crate::config::McpConfig;
 use crate::error::tool_error;
 use crate::subscribe::{self, ListChanges, ResourceUpdates, SessionSubscriptions};
 use crate::trace::TraceContext;
+use crate::upstream::{Offer, ProgressSink};
+use futures::future::BoxFuture;
 use tracing::Instrument;
 
 /// The name, title and guidance a server introduces itself with.
@@ -43,11 +47,36 @@ pub struct UnitIdentity {
 pub struct ToolCall {
     pub name: String,
     pub arguments: JsonObject,
-    /// Progress reporting, cancellation (`context.ct`) and the request `_meta`.
-    pub context: RequestContext<RoleServer>,
-    /// Whom the call is authorized as ([`caller_of`] its context), already
+    /// Progress reporting, cancellation and the request `_meta`.
+    pub context: CallContext,
+    /// Whom the call is authorized as ([`caller_of`] its request), already
     /// found allowed to call this tool; calls it makes for the caller go as them.
     pub caller: Principal,
+}
+
+/// What a tool call carries besides its arguments, however it arrived (an
+/// MCP request, or a direct call from this process's control plane).
+pub struct CallContext {
+    /// The request's `_meta` (trace, the caller a forwarder named, log level).
+    pub meta: RequestMetaObject,
+    /// Fires when the caller cancels or goes away.
+    pub cancel: CancellationToken,
+    /// Where progress goes, when the caller asked for it.
+    pub progress: Option<ProgressSink>,
+    /// The HTTP request's parts, when it came over HTTP.
+    pub extensions: Extensions,
+}
+
+impl CallContext {
+    /// The context of an MCP request.
+    pub fn of_request(context: &RequestContext<RoleServer>) -> Self {
+        Self {
+            meta: context.meta.clone(),
+            cancel: context.ct.clone(),
+            progress: ProgressSink::of_request(context),
+            extensions: context.extensions.clone(),
+        }
+    }
 }
 
 impl ToolCall {
@@ -74,12 +103,13 @@ pub trait McpUnit: Send + Sync + 'static {
     ) -> impl Future<Output = Result<CallToolResult, McpError>> + Send;
 
     /// Read a resource; unknown URIs give `McpError::resource_not_found`.
+    /// `caller` may read it (checked before).
     fn read_resource(
         &self,
         uri: &str,
-        context: RequestContext<RoleServer>,
+        caller: &Principal,
     ) -> impl Future<Output = Result<ReadResourceResult, McpError>> + Send {
-        let _ = context;
+        let _ = caller;
         let error = crate::error::resource_not_found(uri, format!("no resource at {uri}"));
         std::future::ready(Err(error))
     }
@@ -120,9 +150,9 @@ pub trait McpUnit: Send + Sync + 'static {
         &self,
         name: &str,
         arguments: JsonObject,
-        context: RequestContext<RoleServer>,
+        caller: &Principal,
     ) -> impl Future<Output = Result<GetPromptResult, McpError>> + Send {
-        let _ = (arguments, context);
+        let _ = (arguments, caller);
         std::future::ready(Err(unknown_prompt(name)))
     }
 
@@ -132,9 +162,9 @@ pub trait McpUnit: Send + Sync + 'static {
     fn complete(
         &self,
         request: &CompleteRequestParams,
-        context: RequestContext<RoleServer>,
+        caller: &Principal,
     ) -> impl Future<Output = Result<CompletionInfo, McpError>> + Send {
-        let _ = (request, context);
+        let _ = (request, caller);
         std::future::ready(Ok(CompletionInfo::default()))
     }
 }
@@ -171,6 +201,95 @@ pub struct UnitServer<U> {
     session: Arc<SessionSubscriptions>,
     /// What this connection asked for with `logging/setLevel`.
     log_level: ConnectionLevel,
+}
+
+/// A server in this process, called directly: no MCP messages, no JSON,
+/// the same checks as over MCP (authorization as the caller named in the
+/// request's `_meta`, validation, tracing, analytics). What the control
+/// plane's in-process replica link holds.
+pub trait LocalServer: Send + Sync + 'static {
+    /// What it offers, as a client would list it with every right.
+    fn offer(&self) -> Offer;
+    /// Whether clients can follow changes of it (resource subscriptions or
+    /// list changes), which only an MCP session carries.
+    fn announces_changes(&self) -> bool;
+    fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: CallContext,
+    ) -> BoxFuture<'_, Result<CallToolResult, McpError>>;
+    fn read<'a>(
+        &'a self,
+        uri: &'a str,
+        meta: &'a RequestMetaObject,
+    ) -> BoxFuture<'a, Result<ReadResourceResult, McpError>>;
+    fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+    ) -> BoxFuture<'_, Result<GetPromptResult, McpError>>;
+    fn complete(
+        &self,
+        request: CompleteRequestParams,
+    ) -> BoxFuture<'_, Result<CompleteResult, McpError>>;
+}
+
+/// Whom a direct call runs as: the caller its `_meta` names, bounded by this
+/// process's own (unauthenticated) user, as over an in-process pipe.
+fn direct_caller(meta: &RequestMetaObject) -> Principal {
+    crate::auth::caller_named_in(meta, Principal::local())
+}
+
+impl<U: McpUnit> LocalServer for UnitServer<U> {
+    fn offer(&self) -> Offer {
+        let catalog = self.unit.catalog();
+        Offer {
+            tools: catalog.tools().to_vec(),
+            resources: catalog.resources().to_vec(),
+            templates: catalog.templates().to_vec(),
+            prompts: self.unit.prompts(),
+        }
+    }
+
+    fn announces_changes(&self) -> bool {
+        self.unit.updates().is_some() || self.unit.list_changes().is_some()
+    }
+
+    fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: CallContext,
+    ) -> BoxFuture<'_, Result<CallToolResult, McpError>> {
+        let caller = direct_caller(&context.meta);
+        Box::pin(UnitServer::call(self, request, caller, context))
+    }
+
+    fn read<'a>(
+        &'a self,
+        uri: &'a str,
+        meta: &'a RequestMetaObject,
+    ) -> BoxFuture<'a, Result<ReadResourceResult, McpError>> {
+        Box::pin(async move { UnitServer::read(self, uri, &direct_caller(meta)).await })
+    }
+
+    fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+    ) -> BoxFuture<'_, Result<GetPromptResult, McpError>> {
+        Box::pin(async move {
+            let caller = direct_caller(&request.meta.clone().unwrap_or_default());
+            self.prompt(request, &caller).await
+        })
+    }
+
+    fn complete(
+        &self,
+        request: CompleteRequestParams,
+    ) -> BoxFuture<'_, Result<CompleteResult, McpError>> {
+        Box::pin(async move {
+            let caller = direct_caller(&request.meta.clone().unwrap_or_default());
+            self.completion_for(request, &caller).await
+        })
+    }
 }
 
 /// Told of every call of a known tool once it has an outcome (analytics).
@@ -375,13 +494,7 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        check_read(&caller_of(&context), &request.uri)?;
-        let mut result = self.unit.read_resource(&request.uri, context).await?;
-        result.ttl_ms.get_or_insert(self.settings.read_ttl_ms);
-        result.cache_scope.get_or_insert(CacheScope::Private);
-        // Relayed results (the gateway's) may come from a handshake-era peer
-        // that left the discriminator out; rmcp strips it again for such peers.
-        result.result_type.get_or_insert(ResultType::COMPLETE);
+        let result = self.read(&request.uri, &caller_of(&context)).await?;
         Ok(ReadResourceResponse::Complete(result))
     }
 
@@ -502,55 +615,16 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        if !self.unit.prompts().iter().any(|p| p.name == request.name) {
-            return Err(unknown_prompt(&request.name));
-        }
-        let arguments = request.arguments.unwrap_or_default();
-        let mut result = self
-            .unit
-            .get_prompt(&request.name, arguments, context)
-            .await?;
-        result.result_type.get_or_insert(ResultType::COMPLETE);
+        let result = self.prompt(request, &caller_of(&context)).await?;
         Ok(GetPromptResponse::Complete(result))
     }
 
-    /// A template's variables are completed for those who may read it;
-    /// prompt arguments for anyone (a prompt runs nothing).
     async fn complete(
         &self,
         request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        match &request.r#ref {
-            Reference::Resource(template) => {
-                check_read(&caller_of(&context), &template.uri)?;
-                let known = self
-                    .unit
-                    .catalog()
-                    .templates()
-                    .iter()
-                    .any(|t| t.uri_template == template.uri);
-                if !known {
-                    return Err(crate::error::resource_not_found(
-                        &template.uri,
-                        format!("no resource template {}", template.uri),
-                    ));
-                }
-            }
-            Reference::Prompt(prompt) => {
-                if !self.unit.prompts().iter().any(|p| p.name == prompt.name) {
-                    return Err(unknown_prompt(&prompt.name));
-                }
-            }
-            _ => {
-                return Err(McpError::invalid_params(
-                    "unknown completion reference",
-                    None,
-                ));
-            }
-        }
-        let completion = self.unit.complete(&request, context).await?;
-        Ok(CompleteResult::new(completion))
+        self.completion_for(request, &caller_of(&context)).await
     }
 
     /// The level holds for this connection's later tool calls; a stateless
@@ -581,6 +655,41 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let trace = TraceContext::of_request(&context.meta);
+        let client_log = self.client_log(&context, &trace);
+        let caller = caller_of(&context);
+        let context = CallContext::of_request(&context);
+        let result = self
+            .call_in(trace, request, caller, context, client_log)
+            .await?;
+        Ok(CallToolResponse::Complete(result))
+    }
+}
+
+impl<U: McpUnit> UnitServer<U> {
+    /// A tool call as `caller`: authorized, validated, observed, in a span
+    /// named by its request id, its result stamped with that id. Both the
+    /// MCP handler and direct in-process callers come here.
+    pub async fn call(
+        &self,
+        request: CallToolRequestParams,
+        caller: Principal,
+        context: CallContext,
+    ) -> Result<CallToolResult, McpError> {
+        let trace = TraceContext::of_request(&context.meta);
+        // Its events reach the client the caller's own call logs to.
+        self.call_in(trace, request, caller, context, None).await
+    }
+
+    /// [`UnitServer::call`] as part of `trace`, its events sent to
+    /// `client_log` when given.
+    async fn call_in(
+        &self,
+        trace: TraceContext,
+        request: CallToolRequestParams,
+        caller: Principal,
+        context: CallContext,
+        client_log: Option<ClientLog>,
+    ) -> Result<CallToolResult, McpError> {
         let span = tracing::info_span!(
             "call",
             request_id = %trace.trace_id,
@@ -588,8 +697,13 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
             tool = %request.name,
         );
         let started = Instant::now();
-        let client_log = self.client_log(&context, &trace);
-        let work = client_log::scope(client_log, self.call_tool_checked(request, context));
+        let checked = self.call_tool_checked(request, caller, context);
+        let work = async move {
+            match client_log {
+                Some(log) => client_log::scope(Some(log), checked).await,
+                None => checked.await,
+            }
+        };
         let outcome = trace.clone().scope(work).instrument(span.clone()).await;
         span.in_scope(|| {
             let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -602,11 +716,82 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         });
         let mut result = outcome?;
         trace.stamp(&mut result.meta);
-        Ok(CallToolResponse::Complete(result))
+        Ok(result)
     }
-}
 
-impl<U: McpUnit> UnitServer<U> {
+    /// The messages of prompt `name` for `caller`.
+    async fn prompt(
+        &self,
+        request: GetPromptRequestParams,
+        caller: &Principal,
+    ) -> Result<GetPromptResult, McpError> {
+        if !self.unit.prompts().iter().any(|p| p.name == request.name) {
+            return Err(unknown_prompt(&request.name));
+        }
+        let arguments = request.arguments.unwrap_or_default();
+        let mut result = self
+            .unit
+            .get_prompt(&request.name, arguments, caller)
+            .await?;
+        result.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(result)
+    }
+
+    /// A template's variables are completed for those who may read it;
+    /// prompt arguments for anyone (a prompt runs nothing).
+    async fn completion_for(
+        &self,
+        request: CompleteRequestParams,
+        caller: &Principal,
+    ) -> Result<CompleteResult, McpError> {
+        match &request.r#ref {
+            Reference::Resource(template) => {
+                check_read(caller, &template.uri)?;
+                let known = self
+                    .unit
+                    .catalog()
+                    .templates()
+                    .iter()
+                    .any(|t| t.uri_template == template.uri);
+                if !known {
+                    return Err(crate::error::resource_not_found(
+                        &template.uri,
+                        format!("no resource template {}", template.uri),
+                    ));
+                }
+            }
+            Reference::Prompt(prompt) => {
+                if !self.unit.prompts().iter().any(|p| p.name == prompt.name) {
+                    return Err(unknown_prompt(&prompt.name));
+                }
+            }
+            _ => {
+                return Err(McpError::invalid_params(
+                    "unknown completion reference",
+                    None,
+                ));
+            }
+        }
+        let completion = self.unit.complete(&request, caller).await?;
+        Ok(CompleteResult::new(completion))
+    }
+
+    /// A resource read as `caller`, with this server's cache hints.
+    pub async fn read(
+        &self,
+        uri: &str,
+        caller: &Principal,
+    ) -> Result<ReadResourceResult, McpError> {
+        check_read(caller, uri)?;
+        let mut result = self.unit.read_resource(uri, caller).await?;
+        result.ttl_ms.get_or_insert(self.settings.read_ttl_ms);
+        result.cache_scope.get_or_insert(CacheScope::Private);
+        // Relayed results (the gateway's) may come from a handshake-era peer
+        // that left the discriminator out; rmcp strips it again for such peers.
+        result.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(result)
+    }
+
     /// Where a call's log events go: the level in the request's `_meta` (the
     /// stateless era), else the connection's; nowhere when neither is set.
     #[allow(deprecated)]
@@ -627,7 +812,8 @@ impl<U: McpUnit> UnitServer<U> {
     async fn call_tool_checked(
         &self,
         request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        caller: Principal,
+        context: CallContext,
     ) -> Result<CallToolResult, McpError> {
         let catalog = self.unit.catalog();
         let name = request.name.to_string();
@@ -639,7 +825,6 @@ impl<U: McpUnit> UnitServer<U> {
             ));
         };
         drop(catalog);
-        let caller = caller_of(&context);
         if let Some(access) = self.unit.tool_access(&name)
             && !caller.may_call(&access)
         {

@@ -19,14 +19,14 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-use jetsonmind_core::auth::{AccessLevel, Principal, caller_of};
+use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_core::auth::Principal;
 use jetsonmind_core::content::{json_resource, json_tool_result};
+use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
     ReadResourceResult, Resource, ResourceTemplate,
 };
-use jetsonmind_core::rmcp::service::RequestContext;
-use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
 use jetsonmind_core::{
     Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, tool_error, tool_from,
 };
@@ -233,20 +233,20 @@ impl McpUnit for DataServer {
         &self,
         name: &str,
         _arguments: JsonObject,
-        context: RequestContext<RoleServer>,
+        caller: &Principal,
     ) -> Result<GetPromptResult, McpError> {
         if name != prompts::EXPLAIN_DEVICE_HEALTH {
             return Err(jetsonmind_core::unit::unknown_prompt(name));
         }
-        jetsonmind_core::unit::check_read(&caller_of(&context), SYSTEM_METRICS)?;
-        let metrics = self.read_resource(SYSTEM_METRICS, context).await?;
+        jetsonmind_core::unit::check_read(caller, SYSTEM_METRICS)?;
+        let metrics = self.read_resource(SYSTEM_METRICS, caller).await?;
         prompts::explain_device_health(metrics)
     }
 
     async fn complete(
         &self,
         request: &CompleteRequestParams,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<CompletionInfo, McpError> {
         prompts::complete(&request.r#ref, &request.argument, || {
             let models = self.state.store.list();
@@ -258,7 +258,7 @@ impl McpUnit for DataServer {
     async fn read_resource(
         &self,
         uri: &str,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<ReadResourceResult, McpError> {
         let state = &self.state;
         match uri {

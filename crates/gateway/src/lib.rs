@@ -16,19 +16,19 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use jetsonmind_contract::access::AccessLevel;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, ReplicaHealth};
-use jetsonmind_core::auth::{AccessLevel, Auth, Principal, ToolAccess, caller_of, principal_of};
+use jetsonmind_core::auth::{Auth, Principal, ToolAccess, principal_of};
 use jetsonmind_core::config::{GatewayConfig, is_backend_name, is_http_url};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::json_tool_result;
+use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult,
     JsonObject, Prompt, ReadResourceResult, Tool,
 };
-use jetsonmind_core::rmcp::service::RequestContext;
-use jetsonmind_core::rmcp::{ErrorData as McpError, RoleServer};
 use jetsonmind_core::subscribe::ListChanges;
-use jetsonmind_core::upstream::{Connector, ProgressSink, ResourceChange, Secret};
+use jetsonmind_core::upstream::{Connector, ResourceChange, Secret};
 use jetsonmind_core::{
     Catalog, CoreError, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, not_available,
     tool_error, tool_from,
@@ -382,8 +382,8 @@ impl Gateway {
                 params,
                 &call.caller,
                 None,
-                ProgressSink::of_request(&call.context),
-                &call.context.ct,
+                call.context.progress.clone(),
+                &call.context.cancel,
             )
             .await;
         if was_up && !backend.is_up() {
@@ -409,7 +409,9 @@ impl Gateway {
             }
             "aggregate_responses" => {
                 let args: AggregateResponsesArgs = call.parse()?;
-                Ok(self.aggregate(args, &call.caller, &call.context.ct).await)
+                Ok(self
+                    .aggregate(args, &call.caller, &call.context.cancel)
+                    .await)
             }
             "handle_auth" => {
                 let over_http = principal_of(&call.context.extensions).is_some();
@@ -665,24 +667,23 @@ impl McpUnit for Gateway {
         &self,
         name: &str,
         arguments: JsonObject,
-        context: RequestContext<RoleServer>,
+        caller: &Principal,
     ) -> Result<GetPromptResult, McpError> {
-        self.forward_get_prompt(name, arguments, &caller_of(&context))
-            .await
+        self.forward_get_prompt(name, arguments, caller).await
     }
 
     async fn complete(
         &self,
         request: &CompleteRequestParams,
-        context: RequestContext<RoleServer>,
+        caller: &Principal,
     ) -> Result<CompletionInfo, McpError> {
-        self.forward_complete(request, &caller_of(&context)).await
+        self.forward_complete(request, caller).await
     }
 
     async fn read_resource(
         &self,
         uri: &str,
-        _context: RequestContext<RoleServer>,
+        _caller: &Principal,
     ) -> Result<ReadResourceResult, McpError> {
         let route = self.current().resource_route(uri);
         let Some((route, backend)) =

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use http::StatusCode;
+use jetsonmind_contract::inference::{GenerationProgress, TEXT_GENERATE};
 use jetsonmind_core::auth::{FORBIDDEN, Principal, delegate};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
@@ -90,7 +91,7 @@ impl OpenAi {
         caller: &Principal,
         sink: Option<ProgressSink>,
     ) -> Result<Value, ApiError> {
-        let mut params = CallToolRequestParams::new("text_generate").with_arguments(arguments);
+        let mut params = CallToolRequestParams::new(TEXT_GENERATE).with_arguments(arguments);
         delegate(&mut params.meta, caller);
         // Dropping this future (a client hanging up) cancels the generation.
         let never = CancellationToken::new();
@@ -423,7 +424,8 @@ fn stream_completion(
             tokio::select! {
                 outcome = &mut generation => break outcome,
                 Some(update) = progress.recv() => {
-                    let delta = update.message.as_deref().and_then(|text| text.strip_prefix(sent.as_str()));
+                    let so_far = GenerationProgress::read(&update).map(|p| p.text);
+                    let delta = so_far.as_deref().and_then(|text| text.strip_prefix(sent.as_str()));
                     if let Some(delta) = delta.filter(|d| !d.is_empty()).map(str::to_string) {
                         sent.push_str(&delta);
                         yield Ok(chunk(&id, &model, json!({"content": delta}), Value::Null));

@@ -2,14 +2,16 @@
 //! the prompt or template, under the backend's own name, on behalf of the
 //! caller (so the backend checks what the prompt embeds against the caller).
 
+use jetsonmind_control::fleet::Replica;
+use jetsonmind_control::link::LinkError;
 use jetsonmind_core::auth::{Principal, delegate};
+use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CompleteRequestParams, CompletionInfo, GetPromptRequestParams, GetPromptResult, JsonObject,
     Reference,
 };
-use jetsonmind_core::rmcp::service::Peer;
-use jetsonmind_core::rmcp::{ErrorData as McpError, RoleClient, ServiceError};
 use jetsonmind_core::unit::unknown_prompt;
+use std::sync::Arc;
 
 use crate::Gateway;
 use crate::view::Route;
@@ -23,12 +25,14 @@ impl Gateway {
     ) -> Result<GetPromptResult, McpError> {
         let route = self.current().prompt_routes.get(name).cloned();
         let route = route.ok_or_else(|| unknown_prompt(name))?;
-        let (backend, peer) = self.primary_peer(&route)?;
+        let (backend, primary) = self.primary(&route)?;
         let mut params = GetPromptRequestParams::new(route.original).with_arguments(arguments);
         delegate(&mut params.meta, caller);
-        peer.get_prompt(params)
+        primary
+            .link
+            .get_prompt(params)
             .await
-            .map_err(|e| self.upstream_error(&backend, e))
+            .map_err(|e| upstream_error(&backend, e))
     }
 
     /// A prompt reference goes to the prompt's backend, a template reference
@@ -55,40 +59,38 @@ impl Gateway {
             }
             _ => return Ok(CompletionInfo::default()),
         };
-        let (backend, peer) = self.primary_peer(&route)?;
+        let (backend, primary) = self.primary(&route)?;
         let mut params = CompleteRequestParams::new(reference, request.argument.clone());
         params.context = request.context.clone();
         delegate(&mut params.meta, caller);
-        let result = peer.complete(params).await;
+        let result = primary.link.complete(params).await;
         result
             .map(|r| r.completion)
-            .map_err(|e| self.upstream_error(&backend, e))
+            .map_err(|e| upstream_error(&backend, e))
     }
 
-    /// The backend's name and a peer of its first live replica.
-    fn primary_peer(&self, route: &Route) -> Result<(String, Peer<RoleClient>), McpError> {
+    /// The backend's name and its first live replica.
+    fn primary(&self, route: &Route) -> Result<(String, Arc<Replica>), McpError> {
         let backend = self.backend(route.backend);
         let name = backend.as_ref().map(|b| b.name.clone()).unwrap_or_default();
-        let client = backend
-            .and_then(|b| b.primary())
-            .and_then(|replica| replica.upstream.client());
-        match client {
-            Some(client) => Ok((name, client.peer().clone())),
+        match backend.and_then(|b| b.primary()) {
+            Some(replica) => Ok((name, replica)),
             None => Err(McpError::internal_error(
                 format!("`{name}` is unavailable"),
                 None,
             )),
         }
     }
+}
 
-    /// The backend's own refusal as it is; a broken connection as the
-    /// backend being unavailable (the health loop takes it out of the view).
-    fn upstream_error(&self, backend: &str, error: ServiceError) -> McpError {
-        match error {
-            ServiceError::McpError(error) => error,
-            other => {
-                McpError::internal_error(format!("`{backend}` is unavailable ({other})"), None)
-            }
+/// The backend's own refusal as it is; a broken connection as the backend
+/// being unavailable (the health loop takes it out of the view).
+fn upstream_error(backend: &str, error: LinkError) -> McpError {
+    match error {
+        LinkError::Refused(error) => error,
+        LinkError::Cancelled => McpError::internal_error("cancelled", None),
+        LinkError::Unavailable(e) | LinkError::Broken(e) => {
+            McpError::internal_error(format!("`{backend}` is unavailable ({e})"), None)
         }
     }
 }

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings};
+use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::{Config, GatewayConfig, HttpConfig, McpConfig};
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceResult,
-    RequestMetaObject, Resource, ResourceContents,
+    CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
+    ProgressToken, ReadResourceResult, RequestMetaObject, Resource, ResourceContents,
 };
-use jetsonmind_core::rmcp::service::{NotificationContext, RequestContext, RunningService};
+use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
 use jetsonmind_core::rmcp::{
-    ClientCacheConfig, ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServiceExt,
+    ClientCacheConfig, ClientHandler, ErrorData as McpError, RoleClient, ServiceExt,
 };
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::upstream::Connector;
@@ -65,19 +66,19 @@ impl McpUnit for Ticker {
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         let count = call.arguments["count"].as_u64().unwrap();
         let interval = Duration::from_millis(call.arguments["interval_ms"].as_u64().unwrap());
-        let token = call.context.meta.get_progress_token();
         for i in 1..=count {
             tokio::select! {
-                _ = call.context.ct.cancelled() => {
+                _ = call.context.cancel.cancelled() => {
                     self.cancelled.store(true, Ordering::SeqCst);
                     return Ok(tool_error("cancelled"));
                 }
                 _ = tokio::time::sleep(interval) => {}
             }
-            if let Some(token) = &token {
-                let progress = ProgressNotificationParam::new(token.clone(), i as f64)
-                    .with_total(count as f64);
-                let _ = call.context.peer.notify_progress(progress).await;
+            if let Some(sink) = &call.context.progress {
+                let token = ProgressToken(NumberOrString::Number(0));
+                let progress =
+                    ProgressNotificationParam::new(token, i as f64).with_total(count as f64);
+                sink.report(progress).await;
             }
         }
         Ok(CallToolResult::structured(json!({ "ticks": count })))
@@ -85,7 +86,7 @@ impl McpUnit for Ticker {
     async fn read_resource(
         &self,
         uri: &str,
-        _: RequestContext<RoleServer>,
+        _: &Principal,
     ) -> Result<ReadResourceResult, McpError> {
         Ok(ReadResourceResult::new(vec![ResourceContents::text(
             "ok", uri,

@@ -10,11 +10,13 @@ use axum::routing::get;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
+use jetsonmind_control::link::{DirectLink, McpLink, ReplicaLink};
 use jetsonmind_control::scale::Launcher;
 use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::serve::{self, MCP_PATH};
+use jetsonmind_core::unit::LocalServer;
 use jetsonmind_core::upstream::{Connector, OpenPipe, Secret, Upstream};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::analytics::Analytics;
@@ -249,13 +251,10 @@ impl Shared {
 
     /// The compute replicas: this process's own server (when given and
     /// `control.local_replica` is on), then those at `control.replicas`.
-    fn compute_fleet(&self, config: &Config, local: Option<OpenPipe>) -> Arc<Fleet> {
+    fn compute_fleet(&self, config: &Config, local: Option<Arc<dyn ReplicaLink>>) -> Arc<Fleet> {
         let fleet = Fleet::new("compute", self.fleet_settings.clone());
-        if let Some(open) = local.filter(|_| config.control.local_replica) {
-            fleet.add(
-                Upstream::new("compute-local", Connector::InProcess(open)),
-                Origin::Configured,
-            );
+        if let Some(link) = local.filter(|_| config.control.local_replica) {
+            fleet.add_link(link, Origin::Configured);
         }
         for (i, url) in config.control.replicas.iter().enumerate() {
             let name = format!("compute-{}", i + 1);
@@ -340,28 +339,25 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
                 ComputeServer::new(config, node.cache.clone(), node.store.clone()),
                 config,
             );
-            let open = pipe_to(server);
-            served.push(("compute".to_string(), open.clone()));
-            Some(open)
+            served.push(("compute".to_string(), pipe_to(server.clone())));
+            Some(local_link("compute-local", server))
         }
         false => None,
     };
     let compute = shared.compute_fleet(config, local_compute);
-    let control = pipe_to(shared.server(shared.control(compute.clone(), config), config));
-    let data = pipe_to(shared.server(DataServer::new(node), config));
-    served.push(("data".to_string(), data.clone()));
-    served.push(("control".to_string(), control.clone()));
-    let single = |name: &str, open: OpenPipe| {
-        Fleet::single(
-            name,
-            Connector::InProcess(open),
-            shared.fleet_settings.clone(),
-        )
+    let control = shared.server(shared.control(compute.clone(), config), config);
+    let data = shared.server(DataServer::new(node), config);
+    served.push(("data".to_string(), pipe_to(data.clone())));
+    served.push(("control".to_string(), pipe_to(control.clone())));
+    let single = |name: &str, link: Arc<dyn ReplicaLink>| {
+        let fleet = Fleet::new(name, shared.fleet_settings.clone());
+        fleet.add_link(link, Origin::Configured);
+        Arc::new(fleet)
     };
     Ok(LocalServers {
         compute,
-        data: single("data", data),
-        control: single("control", control),
+        data: single("data", local_link("data", data)),
+        control: single("control", local_link("control", control)),
         served,
     })
 }
@@ -369,6 +365,20 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
 /// Opens a fresh in-memory MCP session with `server` per connection.
 fn pipe_to<U: McpUnit>(server: UnitServer<U>) -> OpenPipe {
     Arc::new(move || serve::in_process(server.clone()))
+}
+
+/// How this process's gateway reaches its own `server`: directly (no MCP
+/// messages), unless the server announces changes, which only an MCP
+/// session carries: then over an in-memory pipe.
+fn local_link<U: McpUnit>(name: &str, server: UnitServer<U>) -> Arc<dyn ReplicaLink> {
+    let direct: Arc<dyn LocalServer> = Arc::new(server.clone());
+    match DirectLink::new(name, direct) {
+        Some(link) => Arc::new(link),
+        None => {
+            let upstream = Upstream::new(name, Connector::InProcess(pipe_to(server)));
+            Arc::new(McpLink::new(upstream))
+        }
+    }
 }
 
 /// The gateway over `backends`; on HTTP also the OpenAI-compatible `/v1` routes.

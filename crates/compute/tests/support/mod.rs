@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use jetsonmind_compute::ComputeServer;
-use jetsonmind_core::replica::REPLICA_STATUS_URI;
+use jetsonmind_contract::replica::REPLICA_STATUS_URI;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceRequestParams,

@@ -640,8 +640,13 @@ pub fn principal_of(extensions: &rmcp::model::Extensions) -> Option<Principal> {
 /// own principal (`local` over stdio and in-process pipes).
 pub fn caller_of(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> Principal {
     let connection = principal_of(&context.extensions).unwrap_or_else(Principal::local);
-    let named = context
-        .meta
+    caller_named_in(&context.meta, connection)
+}
+
+/// The caller `meta` names, bounded by the `connection` it came over; the
+/// connection's own principal when it names none.
+pub fn caller_named_in(meta: &rmcp::model::RequestMetaObject, connection: Principal) -> Principal {
+    let named = meta
         .0
         .0
         .get(CALLER_META_KEY)

@@ -14,59 +14,13 @@
 //! carried in its `_meta`), so the flag travels with it through every
 //! gateway and survives renaming.
 
-use rmcp::model::{MetaObject, Tool};
+use rmcp::model::Tool;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-/// The `_meta` key of a tool's access level.
-pub const ACCESS_META_KEY: &str = "jetsonmind/access";
+pub use jetsonmind_contract::access::{ACCESS_META_KEY, AccessLevel};
 
 /// Every scope a server understands, for `scopes_supported`.
 pub const KNOWN_SCOPES: &[&str] = &["tools:*", "resources:*", "metrics", "admin"];
-
-/// Who may call a tool, beyond holding its scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccessLevel {
-    /// `tools:NAME`, a wildcard over it, or `admin`.
-    #[default]
-    Scoped,
-    /// Changes the node or who may use it: `tools:NAME` or `admin`, never a wildcard.
-    Admin,
-    /// Anyone authenticated; the tool checks finer rights itself (`whoami`).
-    Anyone,
-}
-
-impl AccessLevel {
-    fn as_meta(self) -> Option<&'static str> {
-        match self {
-            AccessLevel::Scoped => None,
-            AccessLevel::Admin => Some("admin"),
-            AccessLevel::Anyone => Some("anyone"),
-        }
-    }
-
-    /// The level a tool declares; an unknown value is treated as admin, the
-    /// safe reading of a flag we do not understand.
-    pub fn of(tool: &Tool) -> Self {
-        let declared = tool.meta.as_ref().and_then(|m| m.0.get(ACCESS_META_KEY));
-        match declared.and_then(Value::as_str) {
-            None => AccessLevel::Scoped,
-            Some("anyone") => AccessLevel::Anyone,
-            Some(_) => AccessLevel::Admin,
-        }
-    }
-
-    /// `tool`, declaring this level in its `_meta`.
-    pub fn mark(self, mut tool: Tool) -> Tool {
-        if let Some(value) = self.as_meta() {
-            tool.meta
-                .get_or_insert_with(MetaObject::new)
-                .0
-                .insert(ACCESS_META_KEY.into(), Value::String(value.into()));
-        }
-        tool
-    }
-}
 
 /// What a call of a tool is authorized on: the tool's own name where it
 /// runs, and its access level.
@@ -215,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn the_level_travels_in_the_tools_meta() {
+    fn a_renamed_tool_keeps_its_level() {
         let plain = Tool::new("update_settings", "", rmcp::model::JsonObject::new());
         assert_eq!(AccessLevel::of(&plain), AccessLevel::Scoped);
         let admin = AccessLevel::Admin.mark(plain.clone());
@@ -225,18 +179,6 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&admin).unwrap()).unwrap();
         renamed.name = "data_update_settings".into();
         assert_eq!(ToolAccess::of(&renamed).level, AccessLevel::Admin);
-        let mut odd = plain;
-        odd.meta = Some(MetaObject(
-            serde_json::json!({ACCESS_META_KEY: "root"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        ));
-        assert_eq!(
-            AccessLevel::of(&odd),
-            AccessLevel::Admin,
-            "unknown levels fail closed"
-        );
     }
 
     #[test]

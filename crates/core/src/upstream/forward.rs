@@ -80,13 +80,14 @@ impl ProgressSink {
         true
     }
 
-    async fn send(self, mut params: ProgressNotificationParam) {
+    /// Tell the caller; its own progress token replaces the one in `params`.
+    pub async fn report(&self, mut params: ProgressNotificationParam) {
         if !self.advances(params.progress) {
             return;
         }
-        match self.target {
+        match &self.target {
             ProgressTarget::Client { peer, token } => {
-                params.progress_token = token;
+                params.progress_token = token.clone();
                 if let Err(e) = peer.notify_progress(params).await {
                     tracing::debug!(error = %e, "client went away before its progress arrived");
                 }
@@ -164,7 +165,7 @@ impl ClientHandler for ForwardingClient {
         _context: NotificationContext<RoleClient>,
     ) {
         if let Some(sink) = self.progress.lookup(self.upstream, &params.progress_token) {
-            sink.send(params).await;
+            sink.report(params).await;
         }
     }
 

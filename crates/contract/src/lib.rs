@@ -1,0 +1,18 @@
+//! What JetsonMind servers agree on across crate and process boundaries.
+//!
+//! Servers know each other only as MCP peers; where one depends on what
+//! another says, the shape is written here once, and both sides use it:
+//!
+//! - [`access`]: a tool's flags (admin, idempotent, read-only), carried in
+//!   the tool itself so they travel through every gateway and rename.
+//! - [`replica`]: the status a compute replica reports to the control plane.
+//! - [`route`]: the route record a result carries back, one hop per router.
+//! - [`inference`]: the inference tools the control plane calls or routes by
+//!   (their names, the model a call names, generation progress).
+//!
+//! This crate has no behaviour beyond reading and writing these shapes.
+
+pub mod access;
+pub mod inference;
+pub mod replica;
+pub mod route;
