@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Bus, ClusterError};
@@ -45,6 +46,10 @@ pub type View = BTreeMap<String, NodeStatus>;
 /// This node's membership: its heartbeat and its view of the others.
 pub struct Membership {
     view: watch::Receiver<View>,
+    /// Ends the heartbeat and the watch (so does the shutdown token).
+    leave: CancellationToken,
+    /// The heartbeat, which deletes this node's key as it ends.
+    heartbeat: JoinHandle<()>,
 }
 
 impl Membership {
@@ -60,14 +65,28 @@ impl Membership {
         let (sender, view) = watch::channel(View::new());
         let status = Arc::new(status);
         beat(&bucket, &bus.node, &status()).await?;
-        tokio::spawn(heartbeat(
+        let leave = shutdown.child_token();
+        let heartbeat = tokio::spawn(heartbeat(
             bucket.clone(),
             bus.clone(),
             status,
-            shutdown.clone(),
+            leave.clone(),
         ));
-        tokio::spawn(follow(bucket, bus.clone(), sender, shutdown));
-        Ok(Self { view })
+        tokio::spawn(follow(bucket, bus.clone(), sender, leave.clone()));
+        Ok(Self {
+            view,
+            leave,
+            heartbeat,
+        })
+    }
+
+    /// Leave now, and return once this node's key is deleted (or NATS could
+    /// not be reached to delete it). A process that exits right after its
+    /// shutdown token fires may not get to delete it: call this first, and
+    /// the others see it leave at once instead of after `node_ttl_ms`.
+    pub async fn leave(self) {
+        self.leave.cancel();
+        let _ = self.heartbeat.await;
     }
 
     /// The view now, and a receiver that hears each change.
@@ -75,6 +94,9 @@ impl Membership {
         self.view.clone()
     }
 }
+
+/// The shortest life NATS gives an age-out marker.
+const MIN_MARKER_TTL: Duration = Duration::from_secs(1);
 
 /// The membership bucket, created by the first node that needs it.
 async fn open_bucket(bus: &Bus) -> Result<kv::Store, ClusterError> {
@@ -89,8 +111,9 @@ async fn open_bucket(bus: &Bus) -> Result<kv::Store, ClusterError> {
         description: "JetsonMind nodes: one key per live node, its last heartbeat".into(),
         history: 1,
         max_age: ttl,
-        // Watchers hear an entry age out (server 2.11+).
-        limit_markers: Some(ttl),
+        // Watchers hear an entry age out (server 2.11+). The server keeps
+        // such a marker at least a second, and refuses the bucket otherwise.
+        limit_markers: Some(ttl.max(MIN_MARKER_TTL)),
         storage: jetstream::stream::StorageType::Memory,
         num_replicas: bucket_replicas(bus),
         ..Default::default()
@@ -122,7 +145,7 @@ async fn beat(bucket: &kv::Store, node: &str, status: &NodeStatus) -> Result<(),
 }
 
 async fn heartbeat(
-    bucket: kv::Store,
+    mut bucket: kv::Store,
     bus: Bus,
     status: Arc<impl Fn() -> NodeStatus + Send + Sync>,
     shutdown: CancellationToken,
@@ -137,6 +160,11 @@ async fn heartbeat(
             // Cut off from NATS: the others forget this node; it comes back
             // with the first heartbeat that gets through.
             tracing::debug!(error = %e, "heartbeat not delivered");
+            // Or the NATS servers restarted and lost the bucket (it lives
+            // in memory): make it again, or no heartbeat ever lands.
+            if let Ok(reopened) = open_bucket(&bus).await {
+                bucket = reopened;
+            }
         }
     }
     let _ = bucket.delete(&bus.node).await;

@@ -252,6 +252,7 @@ impl NodeService {
             });
         }
         tokio::spawn(sessions.clone().expire_idle(shutdown));
+        until_subscribed(bus, &service).await?;
         Ok(Self { service })
     }
 
@@ -259,6 +260,19 @@ impl NodeService {
     pub async fn stop(self) {
         let _ = self.service.stop().await;
     }
+}
+
+/// Return once the NATS server has this connection's subscriptions, so a
+/// session opened right after finds its responder. (`flush` only writes
+/// them out.) The server reads a connection in order: a request that comes
+/// back through it, sent after them, has found them in place.
+async fn until_subscribed(bus: &Bus, service: &Service) -> Result<(), ClusterError> {
+    let ping = format!("$SRV.PING.{SERVICE_NAME}.{}", service.info().await.id);
+    bus.client
+        .request(ping, Bytes::new())
+        .await
+        .map(|_| ())
+        .map_err(|e| ClusterError::Service(format!("the service does not answer: {e}")))
 }
 
 struct LocalServer {
@@ -468,13 +482,18 @@ impl Sessions {
     }
 
     /// Close sessions nothing reached for `session_idle_ms` (their client
-    /// went away without closing them).
+    /// went away without closing them); at shutdown, close them all, so
+    /// their servers end and their clients hear it now.
     async fn expire_idle(self: Arc<Self>, shutdown: CancellationToken) {
         let idle = Duration::from_millis(self.bus.config.session_idle_ms);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(idle / 4) => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Each pump ends with its session and tells its client.
+                    self.lock().clear();
+                    return;
+                }
             }
             let now = Instant::now();
             self.lock()

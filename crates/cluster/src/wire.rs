@@ -52,6 +52,8 @@ pub struct Reassembly {
     buffer: Vec<u8>,
     limit: usize,
     refused: bool,
+    /// The part `(i, n)` that must come next, while a message is under way.
+    expected: Option<(usize, usize)>,
 }
 
 /// What one NATS message added up to.
@@ -73,6 +75,7 @@ impl Reassembly {
             buffer: Vec::new(),
             limit,
             refused: false,
+            expected: None,
         }
     }
 
@@ -80,6 +83,7 @@ impl Reassembly {
         let part = headers.and_then(|h| h.get(PART)).map(|v| v.as_str());
         let Some(part) = part else {
             self.buffer.clear();
+            self.expected = None;
             return match payload.len() > self.limit {
                 true => Assembled::TooLarge,
                 false => Assembled::Message(payload.to_vec()),
@@ -91,7 +95,14 @@ impl Reassembly {
         if i == 1 {
             self.buffer.clear();
             self.refused = false;
+        } else if self.expected != Some((i, n)) {
+            // A part went missing (a slow consumer drops messages) or
+            // belongs to another message: what was joined is no message.
+            self.buffer = Vec::new();
+            self.expected = None;
+            return Assembled::Malformed;
         }
+        self.expected = (i < n).then_some((i + 1, n));
         if !self.refused {
             self.refused = self.buffer.len() + payload.len() > self.limit;
             match self.refused {
@@ -193,6 +204,40 @@ mod tests {
                 .iter()
                 .all(|a| *a == Assembled::Partial)
         );
+    }
+
+    #[test]
+    fn a_missing_or_foreign_part_is_malformed_not_joined() {
+        let message: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let parts = parts(&message, 2048);
+        let push = |joined: &mut Reassembly, (part, payload): &(Option<String>, Bytes)| {
+            let mut headers = HeaderMap::new();
+            headers.insert(PART, part.as_deref().expect("a part"));
+            joined.push(Some(&headers), payload)
+        };
+        let mut joined = Reassembly::new(1 << 20);
+        let lost_second: Vec<Assembled> = parts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, part)| push(&mut joined, part))
+            .collect();
+        assert_eq!(lost_second[0], Assembled::Partial);
+        assert_eq!(lost_second[1], Assembled::Malformed);
+        assert!(
+            !lost_second
+                .iter()
+                .any(|a| matches!(a, Assembled::Message(_))),
+            "a message with a part missing was delivered"
+        );
+
+        let mut joined = Reassembly::new(1 << 20);
+        let other = super::parts(&[b'z'; 5_000], 2048);
+        assert_eq!(push(&mut joined, &parts[0]), Assembled::Partial);
+        assert_eq!(push(&mut joined, &other[1]), Assembled::Malformed);
+        // The next message starts over and arrives whole.
+        let outcome: Vec<Assembled> = parts.iter().map(|p| push(&mut joined, p)).collect();
+        assert_eq!(outcome.last(), Some(&Assembled::Message(message)));
     }
 
     #[test]
