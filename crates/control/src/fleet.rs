@@ -277,6 +277,8 @@ pub struct Fleet {
     generation: AtomicU64,
     /// This node's id, once it joins a cluster.
     node: OnceLock<String>,
+    /// Woken when the generation changes (the gateway rebuilds its view).
+    on_change: OnceLock<Arc<Notify>>,
 }
 
 impl Fleet {
@@ -293,7 +295,14 @@ impl Fleet {
             observed: Mutex::new((false, None)),
             generation: AtomicU64::new(0),
             node: OnceLock::new(),
+            on_change: OnceLock::new(),
         }
+    }
+
+    /// Wake `notify` whenever the offer changes or the fleet comes up or
+    /// goes down, whoever saw it. Only the first call counts.
+    pub fn wake_on_change(&self, notify: Arc<Notify>) {
+        let _ = self.on_change.set(notify);
     }
 
     /// Name this node (its cluster id): routes and health say where the
@@ -353,6 +362,9 @@ impl Fleet {
         if *observed != now {
             *observed = now;
             self.generation.fetch_add(1, Ordering::SeqCst);
+            if let Some(notify) = self.on_change.get() {
+                notify.notify_one();
+            }
         }
     }
 

@@ -35,7 +35,7 @@ use jetsonmind_core::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use schema::*;
@@ -56,6 +56,8 @@ pub struct Gateway {
     view: RwLock<Arc<View>>,
     /// Each backend's [`Fleet::generation`] the view was built from.
     built_from: Mutex<Vec<u64>>,
+    /// Woken by any backend whose generation changed.
+    backend_changed: Arc<Notify>,
     /// Changes of the federated resources, for the gateway's own subscribers.
     updates: Arc<ResourceUpdates>,
     /// Changes of the merged lists, for the gateway's own clients.
@@ -137,8 +139,10 @@ impl Gateway {
         };
         let view = View::merge(&own_tools, &[], &naming)?;
         let (changes, incoming) = mpsc::unbounded_channel();
+        let backend_changed = Arc::new(Notify::new());
         for backend in &backends {
             backend.relay_changes_to(changes.clone());
+            backend.wake_on_change(backend_changed.clone());
         }
         Ok(Arc::new(Self {
             configured: backends.len(),
@@ -147,6 +151,7 @@ impl Gateway {
             own_tools,
             view: RwLock::new(Arc::new(view)),
             built_from: Mutex::default(),
+            backend_changed,
             updates: Arc::default(),
             list_changes: Arc::default(),
             changes,
@@ -223,7 +228,12 @@ impl Gateway {
         let backends = self.backends();
         let checks = backends.iter().map(|backend| backend.check());
         futures::future::join_all(checks).await;
-        let now: Vec<u64> = backends.iter().map(|b| b.generation()).collect();
+        self.rebuild_if_changed();
+    }
+
+    /// Rebuild the view if any backend's generation moved since it was built.
+    fn rebuild_if_changed(&self) {
+        let now: Vec<u64> = self.backends().iter().map(|b| b.generation()).collect();
         if *self.built_from.lock().expect("built_from lock") != now {
             self.rebuild_view();
         }
@@ -266,10 +276,16 @@ impl Gateway {
         let interval = self.health_interval();
         let health = shutdown.clone();
         tokio::spawn(async move {
+            // Ticks that a rebuild woke in between still come on time.
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = health.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => gateway.refresh().await,
+                    _ = ticks.tick() => gateway.refresh().await,
+                    // A replica joined or left (a cluster node): at once.
+                    _ = gateway.backend_changed.notified() => gateway.rebuild_if_changed(),
                 }
             }
         });
@@ -588,6 +604,7 @@ impl Gateway {
         };
         let fleet = Fleet::single(&name, connector, self.fleet_settings.clone());
         fleet.relay_changes_to(self.changes.clone());
+        fleet.wake_on_change(self.backend_changed.clone());
         fleet.check().await;
         let status = fleet.health();
         self.backends

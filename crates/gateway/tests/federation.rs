@@ -302,6 +302,34 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
 }
 
 #[tokio::test]
+async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health_tick() {
+    // A cluster node's replica joins a fleet the gateway already serves;
+    // the health loop is an hour away, so only the fleet's wake can do it.
+    let server = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let fleet = Arc::new(Fleet::new("compute", fleet_settings()));
+    let settings = GatewayConfig {
+        health_interval_ms: 3_600_000,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(settings, fleet_settings(), vec![fleet.clone()]).unwrap();
+    let shutdown = CancellationToken::new();
+    gateway.start(shutdown.clone()).await;
+    let recorder = Recorder::default();
+    let client = connect(&gateway, recorder.clone()).await;
+    assert_eq!(tool_names(&client).await, with_own(&[]));
+
+    fleet.add(
+        jetsonmind_core::upstream::Upstream::new("compute@n2", Connector::http(server.url())),
+        jetsonmind_control::fleet::Origin::Discovered { node: "n2".into() },
+    );
+    fleet.check().await;
+    let told = tokio::time::timeout(Duration::from_secs(30), recorder.1.notified()).await;
+    assert!(told.is_ok(), "the view was not rebuilt");
+    assert_eq!(tool_names(&client).await, with_own(&["tick"]));
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn progress_reaches_the_caller_through_the_gateway() {
     let server = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
