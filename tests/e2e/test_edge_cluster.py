@@ -8,6 +8,7 @@ server; a node cut off by a network partition leaves and comes back."""
 import signal
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import pytest
@@ -31,7 +32,10 @@ CLUSTER_ENV = {
 
 
 def start_nodes(binary, tmp_path, nats, names, **where):
-    return {name: start_cluster_node(binary, tmp_path, nats.urls, name, CLUSTER_ENV, **where) for name in names}
+    """All at once, as devices boot: they race to create the membership bucket on a fresh cluster."""
+    with ThreadPoolExecutor(len(names)) as pool:
+        started = pool.map(lambda name: start_cluster_node(binary, tmp_path, nats.urls, name, CLUSTER_ENV, **where), names)
+        return dict(zip(names, started))
 
 
 @pytest.fixture

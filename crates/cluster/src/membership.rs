@@ -61,10 +61,9 @@ impl Membership {
         status: impl Fn() -> NodeStatus + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> Result<Self, ClusterError> {
-        let bucket = open_bucket(bus).await?;
-        let (sender, view) = watch::channel(View::new());
         let status = Arc::new(status);
-        beat(&bucket, &bus.node, &status()).await?;
+        let bucket = first_beat(bus, &status()).await?;
+        let (sender, view) = watch::channel(View::new());
         let leave = shutdown.child_token();
         let heartbeat = tokio::spawn(heartbeat(
             bucket.clone(),
@@ -92,6 +91,29 @@ impl Membership {
     /// The view now, and a receiver that hears each change.
     pub fn view(&self) -> watch::Receiver<View> {
         self.view.clone()
+    }
+}
+
+/// Open the bucket and write this node's first heartbeat. Nodes that start
+/// together race to create the bucket, and a replicated bucket just created
+/// may not take writes until its stream has a leader: retry for a while.
+async fn first_beat(bus: &Bus, status: &NodeStatus) -> Result<kv::Store, ClusterError> {
+    let patience = Duration::from_millis(bus.config.node_ttl_ms).max(Duration::from_secs(10));
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let attempt = async {
+            let bucket = open_bucket(bus).await?;
+            beat(&bucket, &bus.node, status).await?;
+            Ok::<_, ClusterError>(bucket)
+        };
+        match attempt.await {
+            Ok(bucket) => return Ok(bucket),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "membership bucket not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn join(
     served: Vec<(String, OpenPipe)>,
     fleets: Vec<Arc<Fleet>>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ClusterNode> {
     let bus = Bus::connect(&config.cluster).await?;
     for fleet in &fleets {
         fleet.set_node(&bus.node);
@@ -36,12 +36,25 @@ pub async fn join(
         .await
         .context("joining the cluster's membership")?;
     tokio::spawn(follow(bus, membership.view(), fleets, shutdown.clone()));
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        service.stop().await;
-    });
-    Ok(())
+    Ok(ClusterNode {
+        service,
+        membership,
+    })
+}
+
+/// This node in the cluster, until it leaves.
+pub struct ClusterNode {
+    service: NodeService,
+    membership: Membership,
+}
+
+impl ClusterNode {
+    /// Stop serving and delete this node's key, so the others see it leave
+    /// at once (not when its heartbeat ages out).
+    pub async fn leave(self) {
+        self.service.stop().await;
+        self.membership.leave().await;
+    }
 }
 
 /// What this node says of itself in each heartbeat: its servers, the ones

@@ -104,10 +104,18 @@ async fn serve_command(
                 &config.gateway,
                 &shared.fleet_settings,
             )?);
-            if config.cluster.enabled() {
-                crate::cluster::join(&config, local.served, backends.clone(), &shutdown).await?;
+            let cluster = match config.cluster.enabled() {
+                true => {
+                    let served = local.served;
+                    Some(crate::cluster::join(&config, served, backends.clone(), &shutdown).await?)
+                }
+                false => None,
+            };
+            let served = serve_gateway(backends, serve.transport, config, shutdown, shared).await;
+            if let Some(node) = cluster {
+                node.leave().await;
             }
-            serve_gateway(backends, serve.transport, config, shutdown, shared).await
+            served
         }
         Command::Bridge { url, token_env } => {
             let bearer = token_env
