@@ -45,6 +45,12 @@ impl Bus {
         format!("jm.{}.node.{node}.{server}", self.config.name)
     }
 
+    /// Where any node serving `server` answers: its queue group (one node per
+    /// request), for clients that do not care which node serves them.
+    pub fn any_subject(&self, server: &str) -> String {
+        format!("jm.{}.any.{server}", self.config.name)
+    }
+
     /// The membership bucket: one key per live node.
     pub fn members_bucket(&self) -> String {
         format!("{}_members", self.config.name)

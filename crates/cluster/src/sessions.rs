@@ -38,25 +38,38 @@ pub const SERVICE_NAME: &str = "jetsonmind";
 
 /// A connector to `server` on `node`: each connection opens a new session.
 pub fn connector(bus: &Bus, node: &str, server: &str) -> Connector {
-    let bus = bus.clone();
     let subject = bus.server_subject(node, server);
-    let label = format!("nats: {node}/{server}");
-    let open: OpenPipe = Arc::new(move || open_session(bus.clone(), subject.clone()));
+    pipe_connector(bus, format!("nats: {node}/{server}"), server, subject)
+}
+
+/// A connector to `server` on whichever node its queue group picks for each
+/// new session; the session then stays on that node.
+pub fn any_connector(bus: &Bus, server: &str) -> Connector {
+    let subject = bus.any_subject(server);
+    pipe_connector(bus, format!("nats: any/{server}"), server, subject)
+}
+
+fn pipe_connector(bus: &Bus, label: String, server: &str, subject: String) -> Connector {
+    let bus = bus.clone();
+    let server = server.to_string();
+    let open: OpenPipe =
+        Arc::new(move || open_session(bus.clone(), server.clone(), subject.clone()));
     Connector::Pipe { label, open }
 }
 
-/// A pipe whose other end is a session with the server at `subject`.
-fn open_session(bus: Bus, subject: String) -> DuplexStream {
+/// A pipe whose other end is a session with `server`, opened at `subject`.
+fn open_session(bus: Bus, server: String, subject: String) -> DuplexStream {
     let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
     tokio::spawn(async move {
         let session = ClientSession {
             id: bus.client.new_inbox().replace("_INBOX.", ""),
             inbox: bus.client.new_inbox(),
             bus,
-            subject,
+            server,
+            subject: std::sync::Mutex::new(subject),
         };
         if let Err(why) = session.run(ours).await {
-            tracing::debug!(subject = %session.subject, %why, "cluster session ended");
+            tracing::debug!(subject = %session.subject(), %why, "cluster session ended");
         }
     });
     theirs
@@ -65,7 +78,9 @@ fn open_session(bus: Bus, subject: String) -> DuplexStream {
 struct ClientSession {
     bus: Bus,
     id: String,
-    subject: String,
+    server: String,
+    /// Where its messages go: the node that holds the session, once known.
+    subject: std::sync::Mutex<String>,
     inbox: String,
 }
 
@@ -73,6 +88,18 @@ struct ClientSession {
 type Broken = String;
 
 impl ClientSession {
+    fn subject(&self) -> String {
+        self.subject.lock().expect("subject lock").clone()
+    }
+
+    /// Go on at the node a receipt says holds the session.
+    fn follow(&self, receipt: &Message) {
+        if let Some(node) = wire::header(receipt.headers.as_ref(), wire::NODE) {
+            *self.subject.lock().expect("subject lock") =
+                self.bus.server_subject(&node, &self.server);
+        }
+    }
+
     async fn run(&self, pipe: DuplexStream) -> Result<(), Broken> {
         let mut replies = self
             .bus
@@ -146,8 +173,9 @@ impl ClientSession {
             }
             let receipt = self.request(headers, payload).await?;
             if let Some(error) = wire::header(receipt.headers.as_ref(), wire::ERROR) {
-                return Err(format!("{} refused the message: {error}", self.subject));
+                return Err(format!("{} refused the message: {error}", self.subject()));
             }
+            self.follow(&receipt);
         }
         Ok(None)
     }
@@ -157,7 +185,7 @@ impl ClientSession {
             .request(self.headers(Some(wire::PROBE)), Bytes::new())
             .await?;
         match wire::header(receipt.headers.as_ref(), wire::ERROR) {
-            Some(error) => Err(format!("{}: {error}", self.subject)),
+            Some(error) => Err(format!("{}: {error}", self.subject())),
             None => Ok(()),
         }
     }
@@ -167,14 +195,15 @@ impl ClientSession {
             .headers(headers)
             .payload(payload)
             .timeout(Some(self.bus.probe_timeout()));
+        let subject = self.subject();
         self.bus
             .client
-            .send_request(self.subject.clone(), request)
+            .send_request(subject.clone(), request)
             .await
             .map_err(|e| match e.kind() {
-                RequestErrorKind::NoResponders => format!("{}: no node serves it", self.subject),
-                RequestErrorKind::TimedOut => format!("{}: no receipt in time", self.subject),
-                _ => format!("{}: {e}", self.subject),
+                RequestErrorKind::NoResponders => format!("{subject}: no node serves it"),
+                RequestErrorKind::TimedOut => format!("{subject}: no receipt in time"),
+                _ => format!("{subject}: {e}"),
             })
     }
 
@@ -183,7 +212,7 @@ impl ClientSession {
         let _ = self
             .bus
             .client
-            .publish_with_headers(self.subject.clone(), headers, Bytes::new())
+            .publish_with_headers(self.subject(), headers, Bytes::new())
             .await;
     }
 }
@@ -228,28 +257,28 @@ impl NodeService {
             .map_err(|e| ClusterError::Service(e.to_string()))?;
         let sessions = Arc::new(Sessions::new(bus));
         for (name, open) in servers {
-            let subject = bus.server_subject(&bus.node, &name);
-            let endpoint = service
+            // Directed calls at this node's subject; sessions for any node
+            // through the server's queue group (one member answers each).
+            let directed = service
                 .endpoint_builder()
                 .name(&name)
-                .add(subject)
+                .add(bus.server_subject(&bus.node, &name))
+                .await
+                .map_err(|e| ClusterError::Service(e.to_string()))?;
+            let any = service
+                .endpoint_builder()
+                .name(format!("{name}-any"))
+                .queue_group(&name)
+                .add(bus.any_subject(&name))
                 .await
                 .map_err(|e| ClusterError::Service(e.to_string()))?;
             let server = Arc::new(LocalServer { name, open });
-            let sessions = sessions.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut endpoint = endpoint;
-                loop {
-                    tokio::select! {
-                        request = endpoint.next() => match request {
-                            Some(request) => sessions.handle(&server, request).await,
-                            None => break,
-                        },
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
-            });
+            for endpoint in [directed, any] {
+                let serving = sessions
+                    .clone()
+                    .serve(server.clone(), endpoint, shutdown.clone());
+                tokio::spawn(serving);
+            }
         }
         tokio::spawn(sessions.clone().expire_idle(shutdown));
         until_subscribed(bus, &service).await?;
@@ -306,6 +335,24 @@ impl Sessions {
         self.open.lock().expect("sessions lock")
     }
 
+    /// Answer one endpoint's requests until it or `shutdown` ends.
+    async fn serve(
+        self: Arc<Self>,
+        server: Arc<LocalServer>,
+        mut endpoint: async_nats::service::endpoint::Endpoint,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                request = endpoint.next() => match request {
+                    Some(request) => self.handle(&server, request).await,
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
     async fn handle(
         self: &Arc<Self>,
         server: &Arc<LocalServer>,
@@ -313,7 +360,7 @@ impl Sessions {
     ) {
         let headers = request.message.headers.as_ref();
         let Some(id) = wire::header(headers, wire::SESSION) else {
-            return receipt(&request, Some("no session id")).await;
+            return receipt(&request, &self.bus.node, Some("no session id")).await;
         };
         let kind = wire::header(headers, wire::KIND);
         let refused = match kind.as_deref() {
@@ -324,7 +371,7 @@ impl Sessions {
             }
             _ => self.accept(server, &id, headers, &request.message.payload),
         };
-        receipt(&request, refused.as_deref()).await;
+        receipt(&request, &self.bus.node, refused.as_deref()).await;
     }
 
     /// Note the session is in use; why not, when it is unknown.
@@ -503,8 +550,9 @@ impl Sessions {
 }
 
 /// The receipt of one client message: empty, or why it was refused.
-async fn receipt(request: &async_nats::service::Request, refused: Option<&str>) {
+async fn receipt(request: &async_nats::service::Request, node: &str, refused: Option<&str>) {
     let mut headers = HeaderMap::new();
+    headers.insert(wire::NODE, node);
     if let Some(why) = refused {
         headers.insert(wire::ERROR, why);
     }

@@ -20,6 +20,9 @@ pub const KIND: &str = "Jm-Kind";
 pub const PART: &str = "Jm-Part";
 /// On a receipt: why the message was refused.
 pub const ERROR: &str = "Jm-Error";
+/// On a receipt: the node that holds the session (a session opened through
+/// a server's queue group goes on at that node's own subject).
+pub const NODE: &str = "Jm-Node";
 
 pub const PROBE: &str = "probe";
 pub const CLOSE: &str = "close";

@@ -529,3 +529,75 @@ async fn a_node_that_shuts_down_closes_its_sessions() {
         .await
         .expect("the session ends");
 }
+
+/// How many requests each node's endpoint `endpoint` answered, by service
+/// instance (one per node), as the NATS service API reports them (`$SRV.STATS`).
+async fn requests_by_instance(
+    bus: &Bus,
+    endpoint: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    use futures::StreamExt;
+    let inbox = bus.client.new_inbox();
+    let mut answers = bus.client.subscribe(inbox.clone()).await.unwrap();
+    let subject = format!("$SRV.STATS.{}", sessions::SERVICE_NAME);
+    bus.client
+        .publish_with_reply(subject, inbox, Bytes::new())
+        .await
+        .unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    let gather = tokio::time::sleep(std::time::Duration::from_millis(500));
+    tokio::pin!(gather);
+    loop {
+        tokio::select! {
+            Some(answer) = answers.next() => {
+                let stats: Value = serde_json::from_slice(&answer.payload).unwrap();
+                let instance = stats["id"].as_str().unwrap().to_string();
+                let served = stats["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == endpoint)
+                    .map_or(0, |e| e["num_requests"].as_u64().unwrap());
+                counts.insert(instance, served);
+            }
+            _ = &mut gather => return counts,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_for_any_node_spread_over_the_queue_group_and_stay_on_their_node() {
+    let server = NatsServer::start();
+    let probe = Probe::new();
+    let shutdown = CancellationToken::new();
+    let _a = ServingNode::start(node_config(&server, "a"), &probe, &shutdown).await;
+    let _c = ServingNode::start(node_config(&server, "c"), &probe, &shutdown).await;
+    let calling = connect(&node_config(&server, "b")).await;
+    let open = match sessions::any_connector(&calling, SERVER) {
+        Connector::Pipe { label, open } => {
+            assert_eq!(label, "nats: any/probe");
+            open
+        }
+        _ => panic!("a cluster connector is a pipe"),
+    };
+    // Each session's later messages must reach the node that opened it:
+    // anywhere else they are refused as an unknown session.
+    for i in 0..12 {
+        let client = within("an MCP session to any node", ().serve(open()))
+            .await
+            .expect("a session through the queue group");
+        for times in 1..=3 {
+            let text = format!("s{i}");
+            assert_eq!(
+                echo(&client, &text, times).await.unwrap(),
+                text.repeat(times)
+            );
+        }
+    }
+    let opened = requests_by_instance(&calling, "probe-any").await;
+    assert_eq!(opened.len(), 2, "two nodes serve: {opened:?}");
+    assert!(
+        opened.values().all(|&n| n > 0),
+        "the queue group used one node only: {opened:?}"
+    );
+}
