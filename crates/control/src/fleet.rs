@@ -46,6 +46,7 @@ pub struct FleetSettings {
     pub queue_timeout: Duration,
     pub max_queued: usize,
     pub health_timeout: Duration,
+    pub relist_interval: Duration,
 }
 
 impl FleetSettings {
@@ -64,6 +65,7 @@ impl FleetSettings {
             queue_timeout: Duration::from_millis(control.queue_timeout_ms),
             max_queued: control.max_queued,
             health_timeout: Duration::from_millis(gateway.health_timeout_ms),
+            relist_interval: Duration::from_millis(gateway.relist_interval_ms),
         }
     }
 }
@@ -435,6 +437,7 @@ impl Fleet {
         Relay {
             progress: self.progress.clone(),
             changes: self.changes.get().cloned(),
+            relist_after: self.settings.relist_interval,
         }
     }
 

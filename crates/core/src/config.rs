@@ -460,10 +460,13 @@ pub struct GatewayConfig {
     pub prefix: PrefixMode,
     /// Put between backend name and tool name when prefixing: `node1_text_generate`.
     pub separator: String,
-    /// How often backends are checked and their lists refreshed.
+    /// How often backends are checked (a ping, and the status of compute replicas).
     pub health_interval_ms: u64,
     /// How long one health check may take before the backend counts as gone.
     pub health_timeout_ms: u64,
+    /// A live backend's lists are fetched again when it says they changed
+    /// (`list_changed`), when it reconnects, and at least this often.
+    pub relist_interval_ms: u64,
     /// Remote MCP servers to federate (another gateway works too).
     pub backends: Vec<BackendConfig>,
 }
@@ -475,6 +478,7 @@ impl Default for GatewayConfig {
             separator: "_".into(),
             health_interval_ms: 2_000,
             health_timeout_ms: 2_000,
+            relist_interval_ms: 30_000,
             backends: Vec::new(),
         }
     }

@@ -52,6 +52,7 @@ impl OpenAi {
         let progress = Arc::new(ProgressRoutes::default());
         let id = UpstreamId::fresh();
         let handler = ForwardingClient {
+            lists_changed: None,
             upstream: id,
             progress: progress.clone(),
             changes: None,

@@ -33,6 +33,7 @@ impl McpLink {
             upstream: self.upstream.id,
             progress: relay.progress.clone(),
             changes: relay.changes.clone(),
+            lists_changed: Some(self.upstream.lists_changed()),
         }
     }
 
@@ -96,7 +97,10 @@ impl ReplicaLink for McpLink {
 
     fn check<'a>(&'a self, relay: &'a Relay, timeout: Duration) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            self.upstream.check(self.handler(relay), timeout).await;
+            let handler = self.handler(relay);
+            self.upstream
+                .check(handler, timeout, relay.relist_after)
+                .await;
         })
     }
 

@@ -57,6 +57,8 @@ pub enum LinkError {
 pub struct Relay {
     pub progress: Arc<ProgressRoutes>,
     pub changes: Option<mpsc::UnboundedSender<ResourceChange>>,
+    /// A live replica's lists are fetched again at least this often.
+    pub relist_after: Duration,
 }
 
 /// One replica, as the control plane reaches it.

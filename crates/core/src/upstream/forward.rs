@@ -3,6 +3,7 @@
 //! and a call its caller abandons is cancelled upstream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
@@ -150,6 +151,16 @@ pub struct ForwardingClient {
     /// Where the upstream's `notifications/resources/updated` go; none for
     /// connections that subscribe to nothing.
     pub changes: Option<mpsc::UnboundedSender<ResourceChange>>,
+    /// Set when the upstream says a list changed ([`super::Upstream::lists_changed`]).
+    pub lists_changed: Option<Arc<AtomicBool>>,
+}
+
+impl ForwardingClient {
+    fn lists_changed(&self) {
+        if let Some(flag) = &self.lists_changed {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 impl ClientHandler for ForwardingClient {
@@ -167,6 +178,18 @@ impl ClientHandler for ForwardingClient {
         if let Some(sink) = self.progress.lookup(self.upstream, &params.progress_token) {
             sink.report(params).await;
         }
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.lists_changed();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.lists_changed();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.lists_changed();
     }
 
     async fn on_resource_updated(

@@ -9,7 +9,7 @@ pub mod forward;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -132,6 +132,8 @@ struct State {
     connected_since: Option<SystemTime>,
     /// Round trip of the last health check.
     last_check: Option<Duration>,
+    /// When the offer was last fetched whole.
+    listed_at: Option<Instant>,
     /// Resource subscriptions held on this connection (the upstream's URIs).
     subscribed: BTreeSet<String>,
     /// Subscriptions this connection refused, with why; not asked again
@@ -144,6 +146,8 @@ pub struct Upstream {
     pub name: String,
     connector: Connector,
     state: Mutex<State>,
+    /// The upstream said its lists changed since they were fetched.
+    lists_changed: Arc<AtomicBool>,
 }
 
 /// What `manage_connections` and `monitor_health` show of an upstream.
@@ -177,6 +181,7 @@ impl Upstream {
             name: name.into(),
             connector,
             state: Mutex::new(State::default()),
+            lists_changed: Arc::default(),
         }
     }
 
@@ -237,7 +242,17 @@ impl Upstream {
 
     /// Check liveness and refresh the offer, connecting first when needed.
     /// Returns true when the offer changed (including up/down).
-    pub async fn check(&self, handler: ForwardingClient, timeout: Duration) -> bool {
+    ///
+    /// A live connection is pinged; its lists are fetched again only when the
+    /// upstream said they changed (`notifications/*/list_changed`), or they
+    /// are older than `relist_after`: a cluster of N nodes checks N x N
+    /// replicas, and a compute replica's lists never change while it runs.
+    pub async fn check(
+        &self,
+        handler: ForwardingClient,
+        timeout: Duration,
+        relist_after: Duration,
+    ) -> bool {
         let client = match self.client() {
             Some(client) => client,
             None => match tokio::time::timeout(timeout, self.connect(handler)).await {
@@ -247,15 +262,51 @@ impl Upstream {
             },
         };
         let started = Instant::now();
-        match tokio::time::timeout(timeout, fetch_offer(&client)).await {
-            Ok(Ok(offer)) => self.set_up(client, offer, started.elapsed()),
+        let known = self.known_offer(relist_after);
+        let listing = known.is_none();
+        let check = async {
+            match known {
+                Some(offer) => ping(&client).await.map(|()| offer),
+                None => fetch_offer(&client).await,
+            }
+        };
+        match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(offer)) => self.set_up(client, offer, started.elapsed(), listing),
             Ok(Err(e)) => self.mark_down(e),
             Err(_) => self.mark_down("health check timed out"),
         }
     }
 
-    fn set_up(&self, client: Arc<Client>, offer: Offer, round_trip: Duration) -> bool {
+    /// The offer as last fetched, while it may still be trusted.
+    fn known_offer(&self, relist_after: Duration) -> Option<Offer> {
+        let changed = self.lists_changed.swap(false, Ordering::SeqCst);
+        let state = self.state();
+        let fresh = state
+            .listed_at
+            .is_some_and(|at| at.elapsed() < relist_after);
+        match (changed, fresh) {
+            (false, true) => state.offer.clone(),
+            _ => None,
+        }
+    }
+
+    /// Set by the connection's handler when the upstream says its lists
+    /// changed; the next check fetches them.
+    pub fn lists_changed(&self) -> Arc<AtomicBool> {
+        self.lists_changed.clone()
+    }
+
+    fn set_up(
+        &self,
+        client: Arc<Client>,
+        offer: Offer,
+        round_trip: Duration,
+        listed: bool,
+    ) -> bool {
         let mut state = self.state();
+        if listed {
+            state.listed_at = Some(Instant::now());
+        }
         let changed = state.offer.as_ref() != Some(&offer);
         if state.client.is_none() {
             tracing::info!(upstream = %self.name, tools = offer.tools.len(), "upstream up");
@@ -365,14 +416,22 @@ impl Upstream {
     }
 }
 
+/// Whether the upstream answers at all.
+async fn ping(client: &Client) -> Result<(), String> {
+    client
+        .peer()
+        .send_request(ClientRequest::PingRequest(PingRequest::default()))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("ping: {e}"))
+}
+
 /// Ping first: list results may come from the client's cache and would not
 /// notice a dead upstream.
 async fn fetch_offer(client: &Client) -> Result<Offer, String> {
     let peer = client.peer();
     let describe = |what: &str, e: rmcp::ServiceError| format!("{what}: {e}");
-    peer.send_request(ClientRequest::PingRequest(PingRequest::default()))
-        .await
-        .map_err(|e| describe("ping", e))?;
+    ping(client).await?;
     let capabilities = peer
         .peer_info()
         .map(|info| info.capabilities.clone())
