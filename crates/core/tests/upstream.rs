@@ -76,7 +76,11 @@ async fn a_live_upstream_is_listed_again_only_when_it_says_its_lists_changed() {
     for _ in 0..3 {
         check(&upstream, NEVER).await;
     }
-    assert_eq!(listed_since(&unit, before), 0, "pings only while nothing changed");
+    assert_eq!(
+        listed_since(&unit, before),
+        0,
+        "pings only while nothing changed"
+    );
 
     unit.changes.announce(true, false);
     let told = async {
@@ -88,7 +92,10 @@ async fn a_live_upstream_is_listed_again_only_when_it_says_its_lists_changed() {
         .await
         .expect("the list change reaches the client");
     check(&upstream, NEVER).await;
-    assert!(listed_since(&unit, before) > 0, "listed again after the change");
+    assert!(
+        listed_since(&unit, before) > 0,
+        "listed again after the change"
+    );
 
     let before = unit.listed.load(Ordering::SeqCst);
     check(&upstream, Duration::ZERO).await;
