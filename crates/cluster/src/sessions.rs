@@ -159,11 +159,7 @@ impl ClientSession {
     /// deliver to the client instead, when the message cannot be carried.
     async fn send(&self, message: &[u8]) -> Result<Option<Vec<u8>>, Broken> {
         let limit = self.bus.config.max_message_bytes;
-        if message.len() > limit {
-            let why = format!(
-                "the message ({} bytes) is larger than cluster.max_message_bytes ({limit})",
-                message.len()
-            );
+        if let Some(why) = wire::oversize(message, limit, "message") {
             return Ok(wire::refusal(message, &why));
         }
         for (part, payload) in wire::parts(message, self.bus.max_payload()) {
@@ -497,13 +493,9 @@ impl Sessions {
     async fn publish(&self, reply_to: &str, message: &[u8]) {
         let limit = self.bus.config.max_message_bytes;
         let refused;
-        let message = match message.len() > limit {
-            false => message,
-            true => {
-                let why = format!(
-                    "the answer ({} bytes) is larger than cluster.max_message_bytes ({limit})",
-                    message.len()
-                );
+        let message = match wire::oversize(message, limit, "answer") {
+            None => message,
+            Some(why) => {
                 let Some(answer) = wire::refusal(message, &why) else {
                     return;
                 };

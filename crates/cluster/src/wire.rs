@@ -129,6 +129,17 @@ fn parse_part(value: &str) -> Option<(usize, usize)> {
     (1..=n).contains(&i).then_some((i, n))
 }
 
+/// Why `message` (`what` it is, for the reason) cannot be carried, when it is
+/// larger than `limit` (`cluster.max_message_bytes`).
+pub fn oversize(message: &[u8], limit: usize, what: &str) -> Option<String> {
+    (message.len() > limit).then(|| {
+        format!(
+            "the {what} ({} bytes) is larger than cluster.max_message_bytes ({limit})",
+            message.len()
+        )
+    })
+}
+
 /// What to deliver instead of `message` when it cannot be carried: for a
 /// request or a response, a JSON-RPC error with its id, so whoever waits on
 /// that id hears why instead of waiting; `None` for a notification.

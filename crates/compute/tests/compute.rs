@@ -13,9 +13,7 @@ use jetsonmind_compute::engine::{
 use jetsonmind_compute::models::Loader;
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, ErrorCode, ReadResourceRequestParams, ResourceContents,
-};
+use jetsonmind_core::rmcp::model::{CallToolRequestParams, ErrorCode};
 use jetsonmind_core::rmcp::service::{Peer, RunningService};
 use jetsonmind_core::rmcp::{RoleClient, ServiceError};
 use jetsonmind_core::{UnitServer, testing};
@@ -57,14 +55,7 @@ async fn client_with(
 }
 
 async fn status(client: &Peer<RoleClient>) -> ReplicaReport {
-    let read = client
-        .read_resource(ReadResourceRequestParams::new(REPLICA_STATUS_URI))
-        .await
-        .unwrap();
-    match &read.contents[0] {
-        ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(text).unwrap(),
-        other => panic!("{other:?}"),
-    }
+    testing::read_json(client, REPLICA_STATUS_URI).await
 }
 
 /// Import a GGUF of these header values (and a few bytes of "weights") as `name`.

@@ -372,8 +372,21 @@ impl Fleet {
 
     /// A fleet of one: a server that is not replicated.
     pub fn single(name: &str, connector: Connector, settings: FleetSettings) -> Arc<Self> {
+        Self::single_link(
+            name,
+            Arc::new(McpLink::new(Upstream::new(name, connector))),
+            settings,
+        )
+    }
+
+    /// A fleet of one, reached through `link`.
+    pub fn single_link(
+        name: &str,
+        link: Arc<dyn ReplicaLink>,
+        settings: FleetSettings,
+    ) -> Arc<Self> {
         let fleet = Self::new(name, settings);
-        fleet.add(Upstream::new(name, connector), Origin::Configured);
+        fleet.add_link(link, Origin::Configured);
         Arc::new(fleet)
     }
 

@@ -26,6 +26,23 @@ pub async fn tool_names(peer: &rmcp::service::Peer<RoleClient>) -> Vec<String> {
     names
 }
 
+/// The JSON a resource at `uri` holds (its first text contents).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    peer: &rmcp::service::Peer<RoleClient>,
+    uri: &str,
+) -> T {
+    let read = peer
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(uri))
+        .await
+        .expect("resources/read");
+    match &read.contents[0] {
+        rmcp::model::ResourceContents::TextResourceContents { text, .. } => {
+            serde_json::from_str(text).expect("a JSON resource")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The URIs of the resources `peer` lists, sorted.
 pub async fn resource_uris(peer: &rmcp::service::Peer<RoleClient>) -> Vec<String> {
     let resources = peer.list_all_resources().await.expect("resources/list");
@@ -112,6 +129,28 @@ impl ClientHandler for LogListener {
             .push(params);
         self.1.notify_one();
     }
+}
+
+/// Ask for warnings, call [`Chatty`]'s `chat` and check that its warning and
+/// error (not its debug event) reach the client, naming the call's request id.
+#[allow(deprecated)]
+pub async fn chat_warnings_reach(client: &RunningService<RoleClient, LogListener>) {
+    use rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevelRequestParams};
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
+        .await
+        .expect("logging/setLevel");
+    let result = client
+        .call_tool(CallToolRequestParams::new("chat"))
+        .await
+        .expect("tools/call chat");
+    let messages = client.service().wait_for(2).await;
+    let levels: Vec<_> = messages.iter().map(|m| m.level).collect();
+    assert_eq!(levels, vec![LoggingLevel::Warning, LoggingLevel::Error]);
+    assert_eq!(messages[0].data["message"], "memory is low");
+    assert_eq!(messages[0].data["fields"]["free_bytes"], 42);
+    let id = request_id_of(&result);
+    assert!(messages.iter().all(|m| m.data["requestId"] == id.as_str()));
 }
 
 #[allow(deprecated)]

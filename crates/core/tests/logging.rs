@@ -26,21 +26,7 @@ async fn a_calls_events_at_the_clients_level_reach_it_with_the_request_id() {
     let _logging = testing::log_to_clients();
     let (client, listener) = connect().await;
     assert!(client.peer_info().unwrap().capabilities.logging.is_some());
-    client
-        .set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
-        .await
-        .unwrap();
-    let result = client
-        .call_tool(CallToolRequestParams::new("chat"))
-        .await
-        .unwrap();
-    let id = request_id_of(&result);
-    let messages = listener.wait_for(2).await;
-    let levels: Vec<_> = messages.iter().map(|m| m.level).collect();
-    assert_eq!(levels, vec![LoggingLevel::Warning, LoggingLevel::Error]);
-    assert_eq!(messages[0].data["message"], "memory is low");
-    assert_eq!(messages[0].data["fields"]["free_bytes"], 42);
-    assert!(messages.iter().all(|m| m.data["requestId"] == id.as_str()));
+    testing::chat_warnings_reach(&client).await;
 
     client
         .set_level(SetLevelRequestParams::new(LoggingLevel::Debug))

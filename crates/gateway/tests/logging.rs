@@ -10,9 +10,8 @@ use jetsonmind_control::fleet::{Fleet, FleetSettings};
 use jetsonmind_core::UnitServer;
 use jetsonmind_core::config::{Config, GatewayConfig, McpConfig};
 use jetsonmind_core::rmcp::ServiceExt;
-use jetsonmind_core::rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevelRequestParams};
 use jetsonmind_core::serve::in_process;
-use jetsonmind_core::testing::{self, Chatty, LogListener, request_id_of};
+use jetsonmind_core::testing::{self, Chatty, LogListener};
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_gateway::Gateway;
 
@@ -29,20 +28,6 @@ async fn an_in_process_backends_events_reach_the_gateways_client() {
     gateway.refresh().await;
     let listener = LogListener::default();
     let server = UnitServer::new(gateway, McpConfig::default());
-    let client = listener.clone().serve(in_process(server)).await.unwrap();
-
-    client
-        .set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
-        .await
-        .unwrap();
-    let result = client
-        .call_tool(CallToolRequestParams::new("chat"))
-        .await
-        .unwrap();
-    let messages = listener.wait_for(2).await;
-    let levels: Vec<_> = messages.iter().map(|m| m.level).collect();
-    assert_eq!(levels, vec![LoggingLevel::Warning, LoggingLevel::Error]);
-    assert_eq!(messages[0].data["message"], "memory is low");
-    let id = request_id_of(&result);
-    assert!(messages.iter().all(|m| m.data["requestId"] == id.as_str()));
+    let client = listener.serve(in_process(server)).await.unwrap();
+    testing::chat_warnings_reach(&client).await;
 }

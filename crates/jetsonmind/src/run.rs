@@ -357,11 +357,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
     let data = shared.server(DataServer::new(node), config);
     served.push(("data".to_string(), pipe_to(data.clone())));
     served.push(("control".to_string(), pipe_to(control.clone())));
-    let single = |name: &str, link: Arc<dyn ReplicaLink>| {
-        let fleet = Fleet::new(name, shared.fleet_settings.clone());
-        fleet.add_link(link, Origin::Configured);
-        Arc::new(fleet)
-    };
+    let single = |name: &str, link| Fleet::single_link(name, link, shared.fleet_settings.clone());
     Ok(LocalServers {
         compute,
         data: single("data", local_link("data", data)),

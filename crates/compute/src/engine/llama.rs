@@ -182,13 +182,7 @@ impl TextEngine for LlamaEngine {
             .settings
             .context_size
             .min(self.info.context_train.max(256));
-        if prompt_len + request.max_tokens > limit {
-            return Err(EngineError::ContextOverflow {
-                prompt_tokens: prompt_len,
-                max_tokens: request.max_tokens,
-                context: limit,
-            });
-        }
+        EngineError::unless_it_fits(prompt_len, request.max_tokens, limit)?;
         // Only as much KV cache as this call can use: cheap to create.
         let n_ctx = (prompt_len + request.max_tokens)
             .next_multiple_of(256)

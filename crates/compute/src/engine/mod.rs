@@ -112,6 +112,20 @@ pub enum EngineError {
     Inference(String),
 }
 
+impl EngineError {
+    /// Refuse a call whose prompt and answer cannot both fit in `context` tokens.
+    pub fn unless_it_fits(prompt_tokens: u32, max_tokens: u32, context: u32) -> Result<(), Self> {
+        match prompt_tokens.saturating_add(max_tokens) > context {
+            true => Err(EngineError::ContextOverflow {
+                prompt_tokens,
+                max_tokens,
+                context,
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
 /// A loaded model that generates text. Calls block: run them off the async runtime.
 pub trait TextEngine: Send + Sync {
     fn info(&self) -> &ModelInfo;

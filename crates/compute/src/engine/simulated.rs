@@ -148,14 +148,7 @@ impl TextEngine for SimulatedEngine {
         if prompt_len == 0 {
             return Err(EngineError::EmptyPrompt);
         }
-        let context = self.info.context_train;
-        if prompt_len.saturating_add(request.max_tokens) > context {
-            return Err(EngineError::ContextOverflow {
-                prompt_tokens: prompt_len,
-                max_tokens: request.max_tokens,
-                context,
-            });
-        }
+        EngineError::unless_it_fits(prompt_len, request.max_tokens, self.info.context_train)?;
         sleep_until(Instant::now() + self.prompt_time(prompt_len));
 
         let started = Instant::now();

@@ -7,8 +7,7 @@ use jetsonmind_compute::ComputeServer;
 use jetsonmind_contract::replica::REPLICA_STATUS_URI;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ReadResourceRequestParams,
-    ResourceContents,
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam,
 };
 use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
 use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
@@ -74,12 +73,5 @@ pub fn ok(result: CallToolResult) -> Value {
 
 /// The status resource, as the control plane reads it.
 pub async fn status(client: &Client) -> Value {
-    let read = client
-        .read_resource(ReadResourceRequestParams::new(REPLICA_STATUS_URI))
-        .await
-        .unwrap();
-    match &read.contents[0] {
-        ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(text).unwrap(),
-        other => panic!("{other:?}"),
-    }
+    jetsonmind_core::testing::read_json(client.peer(), REPLICA_STATUS_URI).await
 }
