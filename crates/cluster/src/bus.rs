@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, kv, object_store};
 use async_nats::{Client, ConnectOptions};
 use jetsonmind_core::config::{ClusterConfig, is_subject_token};
 
@@ -53,7 +54,79 @@ impl Bus {
 
     /// The membership bucket: one key per live node.
     pub fn members_bucket(&self) -> String {
-        format!("{}_members", self.config.name)
+        self.bucket_name("members")
+    }
+
+    /// The name of one of the cluster's buckets: `<cluster>_<what>`.
+    pub fn bucket_name(&self, what: &str) -> String {
+        format!("{}_{what}", self.config.name)
+    }
+
+    /// How many copies the cluster's buckets keep: `kv_replicas`, or as
+    /// many NATS servers as the cluster has (at most 3).
+    pub fn bucket_replicas(&self) -> usize {
+        match self.config.kv_replicas {
+            0 => self.client.server_info().connect_urls.len().clamp(1, 3),
+            n => n,
+        }
+    }
+
+    /// The KV bucket `config.bucket`, created with `config` if no node has
+    /// made it yet. Nodes that start together race to create it, and a
+    /// replicated bucket just made may have no stream leader yet: wrap the
+    /// first opening in [`Self::patiently`].
+    pub async fn key_value(&self, config: kv::Config) -> Result<kv::Store, ClusterError> {
+        let js = jetstream::new(self.client.clone());
+        if let Ok(store) = js.get_key_value(&config.bucket).await {
+            return Ok(store);
+        }
+        match js.create_key_value(config.clone()).await {
+            Ok(store) => Ok(store),
+            Err(created) => js
+                .get_key_value(&config.bucket)
+                .await
+                .map_err(|_| bucket_error(&config.bucket, created)),
+        }
+    }
+
+    /// The object store `config.bucket`, opened as [`Self::key_value`]
+    /// opens a KV bucket.
+    pub async fn object_store(
+        &self,
+        config: object_store::Config,
+    ) -> Result<object_store::ObjectStore, ClusterError> {
+        let js = jetstream::new(self.client.clone());
+        if let Ok(store) = js.get_object_store(&config.bucket).await {
+            return Ok(store);
+        }
+        match js.create_object_store(config.clone()).await {
+            Ok(store) => Ok(store),
+            Err(created) => js
+                .get_object_store(&config.bucket)
+                .await
+                .map_err(|_| bucket_error(&config.bucket, created)),
+        }
+    }
+
+    /// Retry `attempt` (what): until it succeeds or `node_ttl_ms`, at least
+    /// 10 s, has passed. For a node's first use of the cluster's buckets.
+    pub async fn patiently<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, ClusterError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ClusterError>>,
+    {
+        let patience = Duration::from_millis(self.config.node_ttl_ms).max(Duration::from_secs(10));
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match attempt().await {
+                Ok(done) => return Ok(done),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "{what}: not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The most a single NATS message may carry on this connection.
@@ -64,6 +137,10 @@ impl Bus {
     pub fn probe_timeout(&self) -> Duration {
         Duration::from_millis(self.config.probe_timeout_ms)
     }
+}
+
+fn bucket_error(bucket: &str, error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::JetStream(format!("cannot open the bucket {bucket}: {error}"))
 }
 
 /// The configured node id, else this host's name made into a subject token.

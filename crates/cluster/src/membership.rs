@@ -94,27 +94,14 @@ impl Membership {
     }
 }
 
-/// Open the bucket and write this node's first heartbeat. Nodes that start
-/// together race to create the bucket, and a replicated bucket just created
-/// may not take writes until its stream has a leader: retry for a while.
+/// Open the bucket and write this node's first heartbeat.
 async fn first_beat(bus: &Bus, status: &NodeStatus) -> Result<kv::Store, ClusterError> {
-    let patience = Duration::from_millis(bus.config.node_ttl_ms).max(Duration::from_secs(10));
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let attempt = async {
-            let bucket = open_bucket(bus).await?;
-            beat(&bucket, &bus.node, status).await?;
-            Ok::<_, ClusterError>(bucket)
-        };
-        match attempt.await {
-            Ok(bucket) => return Ok(bucket),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "membership bucket not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    bus.patiently("the membership bucket", || async {
+        let bucket = open_bucket(bus).await?;
+        beat(&bucket, &bus.node, status).await?;
+        Ok(bucket)
+    })
+    .await
 }
 
 /// The shortest life NATS gives an age-out marker.
@@ -122,14 +109,9 @@ const MIN_MARKER_TTL: Duration = Duration::from_secs(1);
 
 /// The membership bucket, created by the first node that needs it.
 async fn open_bucket(bus: &Bus) -> Result<kv::Store, ClusterError> {
-    let js = jetstream::new(bus.client.clone());
-    let name = bus.members_bucket();
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
     let ttl = Duration::from_millis(bus.config.node_ttl_ms);
-    let config = kv::Config {
-        bucket: name.clone(),
+    bus.key_value(kv::Config {
+        bucket: bus.members_bucket(),
         description: "JetsonMind nodes: one key per live node, its last heartbeat".into(),
         history: 1,
         max_age: ttl,
@@ -137,24 +119,10 @@ async fn open_bucket(bus: &Bus) -> Result<kv::Store, ClusterError> {
         // such a marker at least a second, and refuses the bucket otherwise.
         limit_markers: Some(ttl.max(MIN_MARKER_TTL)),
         storage: jetstream::stream::StorageType::Memory,
-        num_replicas: bucket_replicas(bus),
+        num_replicas: bus.bucket_replicas(),
         ..Default::default()
-    };
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another node created it meanwhile.
-        Err(created) => js.get_key_value(&name).await.map_err(|_| {
-            ClusterError::JetStream(format!("cannot create the bucket {name}: {created}"))
-        }),
-    }
-}
-
-/// `kv_replicas`, or as many NATS servers as the cluster has (at most 3).
-fn bucket_replicas(bus: &Bus) -> usize {
-    match bus.config.kv_replicas {
-        0 => bus.client.server_info().connect_urls.len().clamp(1, 3),
-        n => n,
-    }
+    })
+    .await
 }
 
 async fn beat(bucket: &kv::Store, node: &str, status: &NodeStatus) -> Result<(), ClusterError> {

@@ -1,0 +1,48 @@
+//! What a JetsonMind cluster holds in common, on NATS JetStream: everything
+//! a user changes at one node holds at every node.
+//!
+//! - [`settings`]: cluster-wide settings in one KV document, written with
+//!   compare-and-set on its revision and applied live by every node.
+//! - [`keys`]: API key hashes and scopes in a KV bucket, mirrored into each
+//!   node's key file; a revoked key is a delete marker, refused everywhere.
+//! - [`models`]: model files in an Object Store (chunked, sha256) with a
+//!   registry in KV; nodes pull what they must run and check it.
+//!
+//! JetStream replicates, orders and stores all of it; nothing here is a
+//! protocol of our own.
+
+pub mod keys;
+pub mod models;
+pub mod settings;
+
+use async_nats::jetstream::{kv, stream::StorageType};
+use jetsonmind_cluster::{Bus, ClusterError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("NATS JetStream: {0}")]
+    JetStream(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StateError {
+    fn jetstream(error: impl std::fmt::Display) -> Self {
+        Self::JetStream(error.to_string())
+    }
+}
+
+/// A KV bucket of the cluster's state (`<cluster>_<what>`): on disk,
+/// replicated as the cluster's buckets are.
+fn durable_bucket(bus: &Bus, what: &str, description: &str, history: i64) -> kv::Config {
+    kv::Config {
+        bucket: bus.bucket_name(what),
+        description: description.into(),
+        history,
+        storage: StorageType::File,
+        num_replicas: bus.bucket_replicas(),
+        ..Default::default()
+    }
+}
