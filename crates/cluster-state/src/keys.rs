@@ -1,0 +1,181 @@
+//! API keys shared by the cluster: a KV bucket holds each key's id, name,
+//! scopes and hash (never the key), and every node mirrors it into its own
+//! key file, which its gateway reads on each request.
+//!
+//! Revoking deletes the key's entry; the delete marker stays in the bucket,
+//! so a node that was away when a key was revoked cannot bring the key back
+//! when it rejoins with the key still in its file.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::StreamExt;
+use jetsonmind_cluster::Bus;
+use jetsonmind_core::auth::KeyStore;
+use jetsonmind_core::auth::keys::{NewKey, StoredKey, mint};
+use tokio_util::sync::CancellationToken;
+
+use crate::{StateError, durable_bucket};
+
+/// The cluster's keys bucket, as one node uses it.
+#[derive(Clone)]
+pub struct ClusterKeys {
+    bucket: kv::Store,
+}
+
+impl ClusterKeys {
+    /// Open the bucket (made by the first node that needs it).
+    pub async fn open(bus: &Bus) -> Result<Self, StateError> {
+        let config = durable_bucket(
+            bus,
+            "keys",
+            "JetsonMind API keys: id, name, scopes and sha256 of each key",
+            1,
+        );
+        let bucket = bus
+            .patiently("the keys bucket", || bus.key_value(config.clone()))
+            .await?;
+        Ok(Self { bucket })
+    }
+
+    /// Create a key with `scopes` for the whole cluster; shown once.
+    pub async fn create(&self, name: &str, scopes: &[String]) -> Result<NewKey, StateError> {
+        let (stored, new) = mint(name, scopes).map_err(|e| StateError::Invalid(e.to_string()))?;
+        self.bucket
+            .create(&stored.id, encode(&stored)?)
+            .await
+            .map_err(StateError::jetstream)?;
+        Ok(new)
+    }
+
+    /// Revoke key `id` at every node.
+    pub async fn revoke(&self, id: &str) -> Result<StoredKey, StateError> {
+        let key = self
+            .get(id)
+            .await?
+            .ok_or_else(|| StateError::Invalid(format!("no api key with id `{id}`")))?;
+        self.bucket
+            .delete(id)
+            .await
+            .map_err(StateError::jetstream)?;
+        Ok(key)
+    }
+
+    /// The live keys (without secrets).
+    pub async fn list(&self) -> Result<Vec<StoredKey>, StateError> {
+        let mut ids = self.bucket.keys().await.map_err(StateError::jetstream)?;
+        let mut keys = Vec::new();
+        while let Some(id) = ids.next().await {
+            let id = id.map_err(StateError::jetstream)?;
+            if let Some(key) = self.get(&id).await? {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<StoredKey>, StateError> {
+        match self.bucket.get(id).await.map_err(StateError::jetstream)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Offer the keys of `store` the cluster has never seen (a node that
+    /// joins with keys of its own). A key the cluster revoked stays revoked.
+    /// Returns how many were added.
+    pub async fn offer(&self, store: &KeyStore) -> Result<usize, StateError> {
+        let mut added = 0;
+        for key in store
+            .list()
+            .map_err(|e| StateError::Invalid(e.to_string()))?
+        {
+            // Revision 0: only when the bucket never held this id, not
+            // even as a delete marker.
+            match self.bucket.update(&key.id, encode(&key)?, 0).await {
+                Ok(_) => added += 1,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(StateError::jetstream(e)),
+            }
+        }
+        Ok(added)
+    }
+
+    /// Keep `store`'s file equal to the cluster's keys until `shutdown`.
+    pub fn mirror(&self, store: Arc<KeyStore>, shutdown: CancellationToken) {
+        tokio::spawn(self.clone().follow(store, shutdown));
+    }
+
+    async fn follow(self, store: Arc<KeyStore>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.bucket.watch_with_history(">").await {
+                Ok(changes) => {
+                    if self.mirror_changes(changes, &store, &shutdown).await {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot watch the cluster's keys"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Apply a watch of the bucket to the key file; true once `shutdown`.
+    async fn mirror_changes(
+        &self,
+        mut changes: kv::Watch,
+        store: &KeyStore,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut keys: BTreeMap<String, StoredKey> = BTreeMap::new();
+        loop {
+            let entry = tokio::select! {
+                change = changes.next() => change,
+                _ = shutdown.cancelled() => return true,
+            };
+            let entry = match entry {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "keys watch broke; re-watching");
+                    return false;
+                }
+                None => return false,
+            };
+            match entry.operation {
+                kv::Operation::Put => match decode(&entry.value) {
+                    Ok(key) => {
+                        keys.insert(entry.key.clone(), key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %entry.key, error = %e, "unreadable api key entry")
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    keys.remove(&entry.key);
+                }
+            }
+            // Write once the watch has caught up, not per entry of the snapshot.
+            if entry.delta == 0
+                && let Err(e) = store.replace(keys.values().cloned().collect())
+            {
+                tracing::warn!(error = %e, "cannot mirror the cluster's api keys");
+            }
+        }
+    }
+}
+
+fn encode(key: &StoredKey) -> Result<Bytes, StateError> {
+    serde_json::to_vec(key)
+        .map(Bytes::from)
+        .map_err(|e| StateError::Invalid(e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<StoredKey, StateError> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Invalid(format!("api key entry: {e}")))
+}

@@ -648,6 +648,33 @@ impl Default for ComputeConfig {
 /// variables and flags, which are set for one run.
 pub const SETTINGS_FILE: &str = "settings.toml";
 
+/// The cluster-wide settings this node last had from its cluster (their
+/// revision and values), kept so the node starts with them before it joins:
+/// they win over `settings.toml`.
+pub const CLUSTER_SETTINGS_FILE: &str = "cluster_settings.json";
+
+/// The cluster-wide settings as a node keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterLayer {
+    /// The revision of the cluster's settings they are; 0: none yet.
+    pub revision: u64,
+    /// Sections of keys, as in the config file.
+    pub values: toml::Table,
+}
+
+impl ClusterLayer {
+    /// The layer kept in `data_dir`; empty when there is none.
+    pub fn read(data_dir: &Path) -> Result<Self, CoreError> {
+        let path = data_dir.join(CLUSTER_SETTINGS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| CoreError::Config(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(CoreError::Config(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
 /// Where a configuration comes from, kept so it can be built again with
 /// changed settings.
 #[derive(Debug, Clone, Default)]
@@ -661,11 +688,18 @@ pub struct ConfigSources {
 }
 
 impl ConfigSources {
-    /// Defaults < file < `<data dir>/settings.toml` < environment < flags.
+    /// Defaults < file < `<data dir>/settings.toml` < the cluster's
+    /// settings as last known < environment < flags.
     pub fn load(&self) -> Result<Config, CoreError> {
         let data_dir = self.data_dir_before_settings()?;
-        let settings = read_settings(&data_dir)?;
+        let mut settings = read_settings(&data_dir)?;
+        merge(&mut settings, &ClusterLayer::read(&data_dir)?.values);
         self.load_with(&settings)
+    }
+
+    /// The data dir the settings files live in.
+    pub fn settings_dir(&self) -> Result<PathBuf, CoreError> {
+        self.data_dir_before_settings()
     }
 
     /// The configuration with `settings` as the run-time settings layer.

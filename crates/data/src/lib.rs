@@ -86,13 +86,11 @@ impl DataServer {
             true => Authority::Admin,
             false => Authority::Operator,
         };
-        let outcome = tokio::task::spawn_blocking(move || {
-            settings.update(&args.settings, dry_run, authority)
-        })
-        .await;
+        let outcome = settings
+            .update(&args.settings, dry_run, authority, args.if_revision)
+            .await;
         match outcome {
-            Ok(Ok(update)) => json_tool_result(&update),
-            Ok(Err(e)) => tool_error(format!("settings not changed: {e}")),
+            Ok(update) => json_tool_result(&update),
             Err(e) => tool_error(format!("settings not changed: {e}")),
         }
     }
@@ -177,11 +175,14 @@ fn catalog() -> Catalog {
     let tools = vec![
         AccessLevel::Admin.mark(tool_from::<UpdateSettingsArgs>(
             "update_settings",
-            "Change settings of this node. They are checked against the whole configuration \
-             (errors name the key), saved in the data dir, and subscribers of \
-             jetson://config/settings are notified. The result says which keys are in effect \
-             now and which after a restart. Settings that decide who is trusted (auth, \
-             gateway backends, allowed hosts and origins, replicas, power commands) need `admin`.",
+            "Change settings. They are checked against the whole configuration (errors name \
+             the key), saved, and subscribers of jetson://config/settings are notified. In a \
+             cluster, all but a node's own keys (scope.node_keys of jetson://config/settings) \
+             are written for every node, compare-and-set: if another node changed one of them \
+             since `if_revision`, nothing is written and the error names it. The result says \
+             which keys are in effect now and which after a restart. Settings that decide who \
+             is trusted (auth, gateway backends, allowed hosts and origins, replicas, power \
+             commands) need `admin`.",
         )),
         AccessLevel::Admin.mark(tool_from::<ManageModelsArgs>(
             "manage_models",
@@ -267,7 +268,7 @@ impl McpUnit for DataServer {
                 let models = state.store.list().map_err(|e| store_error(e, uri))?;
                 json_resource(uri, &serde_json::json!({ "models": models }))
             }
-            CONFIG_SETTINGS => json_resource(uri, &state.settings.current()),
+            CONFIG_SETTINGS => json_resource(uri, &settings_report(&state.settings)?),
             CACHE_INFERENCE => json_resource(uri, &state.cache.report()),
             PERFORMANCE_ANALYTICS => json_resource(
                 uri,
@@ -285,6 +286,16 @@ impl McpUnit for DataServer {
             },
         }
     }
+}
+
+/// The settings in effect, and which of them are the cluster's (`scope`).
+fn settings_report(settings: &Settings) -> Result<serde_json::Value, McpError> {
+    let mut report = serde_json::to_value(settings.current())
+        .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+    if let serde_json::Value::Object(fields) = &mut report {
+        fields.insert("scope".into(), serde_json::json!(settings.scope()));
+    }
+    Ok(report)
 }
 
 fn store_error(e: StoreError, uri: &str) -> McpError {

@@ -12,6 +12,11 @@ pub struct UpdateSettingsArgs {
     pub settings: Map<String, Value>,
     /// Only check the settings; save nothing.
     pub dry_run: Option<bool>,
+    /// In a cluster: the revision of the settings these changes were made
+    /// from (`scope.revision` of jetson://config/settings). If another node
+    /// changed one of these keys since, nothing is written and the error
+    /// names the key. Default: the revision this node has applied.
+    pub if_revision: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -1,11 +1,23 @@
 //! Settings changed at run time: validated against the whole configuration,
-//! persisted in `<data dir>/settings.toml`, and published to whoever follows
-//! them (the inference cache, the change notifier, subscribers of
-//! `jetson://config/settings`).
+//! persisted, and published to whoever follows them (the inference cache,
+//! the change notifier, subscribers of `jetson://config/settings`).
+//!
+//! On one device every setting is saved in `<data dir>/settings.toml`. In a
+//! cluster, the cluster-wide ones (all but [`NODE_KEYS`]) are written to the
+//! cluster's shared settings instead ([`SharedSettings`], compare-and-set on
+//! a revision), and every node applies what the cluster holds as a layer
+//! over its own file ([`Settings::apply_shared`]), kept in
+//! `<data dir>/cluster_settings.json` so a restarted node starts with it.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use jetsonmind_core::config::{ConfigSources, merge, read_settings};
+use jetsonmind_core::config::{
+    CLUSTER_SETTINGS_FILE, ClusterLayer, ConfigSources, merge, read_settings,
+};
 use jetsonmind_core::{Config, CoreError};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -31,17 +43,44 @@ pub const TRUST_KEYS: &[&str] = &[
     "cluster",
 ];
 
+/// Settings of one node, which stay with it in a cluster: where it listens
+/// and keeps its data, its hardware, its own backends and how it reaches the
+/// cluster. Every other setting is cluster-wide.
+pub const NODE_KEYS: &[&str] = &[
+    "http",
+    "data.dir",
+    "cluster",
+    "telemetry",
+    "compute.threads",
+    "compute.gpu_layers",
+    "compute.memory_budget_bytes",
+    "gateway.backends",
+    "control.replicas",
+    "control.local_replica",
+    "control.allow_power_changes",
+    "control.nvpmodel_query_command",
+    "control.nvpmodel_set_command",
+    "control.jetson_clocks_command",
+];
+
+/// Whether dotted `inner` is `outer` or lies within it.
+fn within(outer: &str, inner: &str) -> bool {
+    inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// Whether the dotted `key` is, holds, or lies within a trust setting.
 fn touches_trust(key: &str) -> bool {
-    let within = |outer: &str, inner: &str| {
-        inner == outer
-            || inner
-                .strip_prefix(outer)
-                .is_some_and(|r| r.starts_with('.'))
-    };
     TRUST_KEYS
         .iter()
         .any(|trust| within(trust, key) || within(key, trust))
+}
+
+/// Whether the dotted `key` is one node's own (see [`NODE_KEYS`]).
+pub fn is_node_key(key: &str) -> bool {
+    NODE_KEYS.iter().any(|own| within(own, key))
 }
 
 /// Who asks for an update.
@@ -61,6 +100,34 @@ pub enum SettingsError {
     Save(String),
     #[error("{0} decide(s) who is trusted: only the admin scope may change them")]
     Forbidden(String),
+    #[error(
+        "conflict: {} changed elsewhere since revision {base} (the cluster's settings are at \
+         revision {revision} now); read jetson://config/settings and retry",
+        keys.join(", ")
+    )]
+    Conflict {
+        keys: Vec<String>,
+        base: u64,
+        revision: u64,
+    },
+    #[error("the cluster's settings cannot be reached: {0}")]
+    Unavailable(String),
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the cluster-wide settings of a cluster live (the cluster-state
+/// crate keeps them in JetStream).
+pub trait SharedSettings: Send + Sync {
+    /// Set (`Some`) or reset (`None`) each dotted key, unless one of them
+    /// changed after revision `base`: then [`SettingsError::Conflict`],
+    /// naming them. Changes to other keys since `base` are kept. Returns the
+    /// settings as written.
+    fn write(
+        &self,
+        changes: Vec<(String, Option<toml::Value>)>,
+        base: u64,
+    ) -> BoxFuture<'_, Result<ClusterLayer, SettingsError>>;
 }
 
 /// What an update did.
@@ -74,23 +141,55 @@ pub struct Update {
     pub after_restart: Vec<String>,
     /// The ones an environment variable or flag overrides for this run.
     pub overridden: Vec<String>,
+    /// The ones written for the whole cluster (the rest are this node's).
+    pub cluster_wide: Vec<String>,
+    /// The revision of the cluster's settings after the update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// Only checked, nothing saved.
     pub dry_run: bool,
 }
+
+/// Which settings are the cluster's and which this node's.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Scope {
+    /// Whether cluster-wide settings are written to a cluster.
+    pub cluster: bool,
+    /// The revision of the cluster's settings applied here (0: none); pass
+    /// it as `if_revision` to `update_settings`.
+    pub revision: u64,
+    /// The keys the cluster sets, in effect here.
+    pub cluster_values: Vec<String>,
+    /// The keys that stay with each node.
+    pub node_keys: &'static [&'static str],
+}
+
+/// How long an update waits for nothing in particular: a bound on writing
+/// to the cluster, which answers in milliseconds when reachable.
+const SHARED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Settings {
     sources: ConfigSources,
     current: watch::Sender<Config>,
     /// One update at a time: read, merge, write.
-    writing: std::sync::Mutex<()>,
+    writing: tokio::sync::Mutex<()>,
+    /// The cluster's settings as applied here.
+    layer: watch::Sender<ClusterLayer>,
+    shared: OnceLock<Arc<dyn SharedSettings>>,
 }
 
 impl Settings {
     pub fn new(sources: ConfigSources, config: Config) -> Self {
+        let layer = sources
+            .settings_dir()
+            .and_then(|dir| ClusterLayer::read(&dir))
+            .unwrap_or_default();
         Self {
             sources,
             current: watch::Sender::new(config),
-            writing: std::sync::Mutex::new(()),
+            writing: tokio::sync::Mutex::new(()),
+            layer: watch::Sender::new(layer),
+            shared: OnceLock::new(),
         }
     }
 
@@ -113,20 +212,89 @@ impl Settings {
         self.current.subscribe()
     }
 
+    /// From now on, write cluster-wide settings to `shared` (once: a node
+    /// joins one cluster).
+    pub fn share_with(&self, shared: Arc<dyn SharedSettings>) -> Result<(), SettingsError> {
+        self.shared
+            .set(shared)
+            .map_err(|_| SettingsError::Invalid("the settings are already shared".into()))
+    }
+
+    /// Which settings are the cluster's and which this node's.
+    pub fn scope(&self) -> Scope {
+        let layer = self.layer.borrow();
+        let mut cluster_values = Vec::new();
+        leaf_keys(&layer.values, "", &mut cluster_values);
+        Scope {
+            cluster: self.shared.get().is_some(),
+            revision: layer.revision,
+            cluster_values,
+            node_keys: NODE_KEYS,
+        }
+    }
+
+    /// The cluster's settings at `revision` (older revisions than the one
+    /// applied are ignored): kept in the data dir, then in effect here.
+    pub fn apply_shared(&self, layer: ClusterLayer) {
+        let newer = self.layer.send_if_modified(|applied| {
+            let newer = layer.revision > applied.revision;
+            if newer {
+                *applied = layer.clone();
+            }
+            newer
+        });
+        if newer {
+            if let Err(e) = self.save_layer(&layer) {
+                tracing::warn!(error = %e, "cannot keep the cluster's settings in the data dir");
+            }
+            self.reload();
+        }
+    }
+
+    /// The configuration again from the files and the cluster's layer.
+    fn reload(&self) {
+        let layer = self.layer.borrow().clone();
+        let loaded = self
+            .sources
+            .settings_dir()
+            .and_then(|dir| read_settings(&dir))
+            .and_then(|local| self.sources.load_with(&layered(&local, &layer.values)));
+        match loaded {
+            Ok(config) => {
+                self.current.send_if_modified(|current| {
+                    let changed = *current != config;
+                    *current = config;
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!(
+                revision = layer.revision,
+                error = %strip_config_prefix(&e),
+                "the cluster's settings do not fit this node; keeping the last ones that did"
+            ),
+        }
+    }
+
     /// Apply `patch` (sections of keys, as in the TOML file; `null` resets a
-    /// key to its default), check the result, save it, publish it.
-    pub fn update(
+    /// key to its default), check the result, save it, publish it. In a
+    /// cluster, the cluster-wide keys are written to the cluster unless one
+    /// of them changed after revision `if_revision` (default: the one
+    /// applied here).
+    pub async fn update(
         &self,
         patch: &Map<String, Value>,
         dry_run: bool,
         authority: Authority,
+        if_revision: Option<u64>,
     ) -> Result<Update, SettingsError> {
-        let _one_at_a_time = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.writing.lock().await;
         let path = self.sources.settings_path().map_err(invalid)?;
-        let data_dir = path.parent().unwrap_or(Path::new("."));
-        let mut settings = read_settings(data_dir).map_err(invalid)?;
+        let data_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let local = read_settings(&data_dir).map_err(invalid)?;
+        let layer = self.layer.borrow().clone();
+        let mut view = layered(&local, &layer.values);
         let mut changed = Vec::new();
-        apply_patch(&mut settings, patch, "", &mut changed)?;
+        apply_patch(&mut view, patch, "", &mut changed)?;
         if changed.is_empty() {
             return Err(SettingsError::Invalid("no settings given".into()));
         }
@@ -138,26 +306,66 @@ impl Settings {
         if authority != Authority::Admin && !trust.is_empty() {
             return Err(SettingsError::Forbidden(trust.join(", ")));
         }
-        let config = self.check(&settings, &changed)?;
-        let overridden = overridden_keys(&config, &settings, &changed);
+        let shared = self.shared.get().cloned();
+        let (cluster_wide, own): (Vec<String>, Vec<String>) = changed
+            .iter()
+            .cloned()
+            .partition(|key| shared.is_some() && !is_node_key(key));
+        let mut new_local = local.clone();
+        let mut new_layer = layer.values.clone();
+        for key in &own {
+            set_key(&mut new_local, key, get_key(&view, key));
+            // On one device a value kept from a cluster must not hide it.
+            set_key(&mut new_layer, key, None);
+        }
+        for key in &cluster_wide {
+            set_key(&mut new_layer, key, get_key(&view, key));
+        }
+        let config = self.check(&layered(&new_local, &new_layer), &changed)?;
+        let overridden = overridden_keys(&config, &view, &changed);
         let (effective_now, after_restart) = changed
             .iter()
             .filter(|k| !overridden.contains(k))
             .cloned()
             .partition(|k| LIVE_PREFIXES.iter().any(|p| k.starts_with(p)));
+        let mut revision = None;
         if !dry_run {
-            save(&path, &settings)?;
-            self.current.send_replace(config);
+            if let Some(shared) = shared.filter(|_| !cluster_wide.is_empty()) {
+                let changes = cluster_wide
+                    .iter()
+                    .map(|key| (key.clone(), get_key(&view, key)))
+                    .collect();
+                let base = if_revision.unwrap_or(layer.revision);
+                let written =
+                    tokio::time::timeout(SHARED_WRITE_TIMEOUT, shared.write(changes, base))
+                        .await
+                        .map_err(|_| SettingsError::Unavailable("no answer in time".into()))??;
+                revision = Some(written.revision);
+                self.apply_shared(written);
+            }
+            if new_local != local {
+                save(&path, &new_local)?;
+            }
+            if self.shared.get().is_none() && new_layer != layer.values {
+                let kept = ClusterLayer {
+                    revision: layer.revision,
+                    values: new_layer,
+                };
+                self.save_layer(&kept)?;
+                self.layer.send_replace(kept);
+            }
+            self.reload();
         }
         Ok(Update {
             changed,
             effective_now,
             after_restart,
             overridden,
+            cluster_wide,
+            revision,
             dry_run,
         })
     }
-
     /// The whole configuration with `settings`; an error names the key at fault.
     fn check(&self, settings: &toml::Table, changed: &[String]) -> Result<Config, SettingsError> {
         match self.sources.load_with(settings) {
@@ -173,6 +381,75 @@ impl Settings {
                     })
                     .unwrap_or_else(|| strip_config_prefix(&whole)),
             )),
+        }
+    }
+}
+
+impl Settings {
+    /// Keep `layer` in the data dir, atomically.
+    fn save_layer(&self, layer: &ClusterLayer) -> Result<(), SettingsError> {
+        let dir = self.sources.settings_dir().map_err(invalid)?;
+        let text =
+            serde_json::to_string_pretty(layer).map_err(|e| SettingsError::Save(e.to_string()))?;
+        write_atomically(&dir.join(CLUSTER_SETTINGS_FILE), text.as_bytes())
+    }
+}
+
+/// `local` with the cluster's `values` over it.
+fn layered(local: &toml::Table, values: &toml::Table) -> toml::Table {
+    let mut view = local.clone();
+    merge(&mut view, values);
+    view
+}
+
+/// The value at dotted `key`, if set.
+pub fn get_key(table: &toml::Table, key: &str) -> Option<toml::Value> {
+    let (parents, last) = match key.rsplit_once('.') {
+        Some((parents, last)) => (Some(parents), last),
+        None => (None, key),
+    };
+    let mut node = table;
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        node = node.get(part)?.as_table()?;
+    }
+    node.get(last).cloned()
+}
+
+/// Set (`Some`) or remove (`None`) dotted `key`; sections left empty go.
+pub fn set_key(table: &mut toml::Table, key: &str, value: Option<toml::Value>) {
+    match key.split_once('.') {
+        None => match value {
+            Some(value) => {
+                table.insert(key.to_string(), value);
+            }
+            None => {
+                table.remove(key);
+            }
+        },
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let Some(inner) = entry.as_table_mut() {
+                set_key(inner, rest, value);
+                if inner.is_empty() {
+                    table.remove(section);
+                }
+            }
+        }
+    }
+}
+
+/// Every dotted key of `table` that holds a value (not a section).
+fn leaf_keys(table: &toml::Table, prefix: &str, keys: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(inner) => leaf_keys(inner, &format!("{path}."), keys),
+            _ => keys.push(path),
         }
     }
 }
@@ -272,21 +549,27 @@ fn overridden_keys(config: &Config, settings: &toml::Table, changed: &[String]) 
         .collect()
 }
 
-/// Write atomically: a crash leaves the old file or the new, never half of one.
+/// Save `settings.toml`.
 fn save(path: &Path, settings: &toml::Table) -> Result<(), SettingsError> {
-    use std::io::Write;
-    let fail = |e: std::io::Error| SettingsError::Save(format!("{}: {e}", path.display()));
     let text = format!(
         "# Run-time settings of JetsonMind, written by update_settings.\n\
          # They win over the config file; environment variables and flags win over them.\n{}",
         toml::to_string_pretty(settings).map_err(|e| SettingsError::Save(e.to_string()))?
     );
+    write_atomically(path, text.as_bytes())
+}
+
+/// Write atomically: a crash leaves the old file or the new, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| SettingsError::Save(format!("{}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    let partial = path.with_extension("toml.partial");
+    let mut partial = PathBuf::from(path);
+    partial.as_mut_os_string().push(".partial");
     let mut file = std::fs::File::create(&partial).map_err(fail)?;
-    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
     file.sync_all().map_err(fail)?;
     std::fs::rename(&partial, path).map_err(fail)
 }
@@ -313,8 +596,8 @@ mod tests {
         value.as_object().unwrap().clone()
     }
 
-    #[test]
-    fn updates_are_checked_saved_published_and_survive_a_restart() {
+    #[tokio::test]
+    async fn updates_are_checked_saved_published_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let live = settings(dir.path(), &[]);
         let mut follower = live.follow();
@@ -323,7 +606,9 @@ mod tests {
                 &patch(json!({"cache": {"ttl_secs": 60}, "compute": {"parallel": 2}})),
                 false,
                 Authority::Admin,
+                None,
             )
+            .await
             .unwrap();
         assert_eq!(update.changed, ["cache.ttl_secs", "compute.parallel"]);
         assert_eq!(update.effective_now, ["cache.ttl_secs"]);
@@ -339,13 +624,15 @@ mod tests {
                 &patch(json!({"cache": {"ttl_secs": null}})),
                 false,
                 Authority::Admin,
+                None,
             )
+            .await
             .unwrap();
         assert_eq!(settings(dir.path(), &[]).current().cache.ttl_secs, 3600);
     }
 
-    #[test]
-    fn errors_name_the_key_and_nothing_is_saved() {
+    #[tokio::test]
+    async fn errors_name_the_key_and_nothing_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let live = settings(dir.path(), &[]);
         let cases = [
@@ -359,7 +646,8 @@ mod tests {
         ];
         for (bad, named) in cases {
             let err = live
-                .update(&patch(bad.clone()), false, Authority::Admin)
+                .update(&patch(bad.clone()), false, Authority::Admin, None)
+                .await
                 .unwrap_err();
             assert!(err.to_string().contains(named), "{bad}: {err}");
         }
@@ -367,8 +655,8 @@ mod tests {
         assert_eq!(live.current(), settings(dir.path(), &[]).current());
     }
 
-    #[test]
-    fn environment_wins_and_dry_runs_save_nothing() {
+    #[tokio::test]
+    async fn environment_wins_and_dry_runs_save_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let live = settings(dir.path(), &[("JETSONMIND_CACHE__TTL_SECS", "7")]);
         let update = live
@@ -376,7 +664,9 @@ mod tests {
                 &patch(json!({"cache": {"ttl_secs": 60, "max_bytes": 4096}})),
                 false,
                 Authority::Admin,
+                None,
             )
+            .await
             .unwrap();
         assert_eq!(update.overridden, ["cache.ttl_secs"]);
         assert_eq!(update.effective_now, ["cache.max_bytes"]);
@@ -386,14 +676,16 @@ mod tests {
                 &patch(json!({"cache": {"max_bytes": 8192}})),
                 true,
                 Authority::Admin,
+                None,
             )
+            .await
             .unwrap();
         assert!(dry.dry_run);
         assert_eq!(live.current().cache.max_bytes, 4096);
     }
 
-    #[test]
-    fn only_an_admin_changes_who_is_trusted() {
+    #[tokio::test]
+    async fn only_an_admin_changes_who_is_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let live = settings(dir.path(), &[]);
         let before = live.current();
@@ -407,7 +699,8 @@ mod tests {
             json!({"control": {"nvpmodel_set_command": ["sh", "-c", "id"]}}),
         ] {
             let err = live
-                .update(&patch(attack.clone()), false, Authority::Operator)
+                .update(&patch(attack.clone()), false, Authority::Operator, None)
+                .await
                 .unwrap_err();
             assert!(
                 err.to_string().contains("only the admin scope"),
@@ -417,8 +710,12 @@ mod tests {
         assert_eq!(live.current(), before, "nothing changed");
         assert!(!dir.path().join("settings.toml").exists(), "nothing saved");
         let ordinary = patch(json!({"cache": {"ttl_secs": 5}}));
-        live.update(&ordinary, false, Authority::Operator).unwrap();
+        live.update(&ordinary, false, Authority::Operator, None)
+            .await
+            .unwrap();
         let trusted = patch(json!({"http": {"allowed_hosts": ["edge.example"]}}));
-        live.update(&trusted, true, Authority::Admin).unwrap();
+        live.update(&trusted, true, Authority::Admin, None)
+            .await
+            .unwrap();
     }
 }

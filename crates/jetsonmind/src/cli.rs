@@ -49,7 +49,7 @@ pub enum Command {
     /// Manage the model store.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Manage API keys (stored hashed in the data dir).
+    /// Manage API keys: hashed in the data dir, or the cluster's when `[cluster]` is set.
     #[command(subcommand)]
     Keys(KeysCommand),
 }
@@ -135,14 +135,21 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// The cluster flags over the configuration's `[cluster]`.
-    pub fn apply(&self, cluster: &mut jetsonmind_core::config::ClusterConfig) {
+    /// The cluster flags, as the environment overrides they are: they win
+    /// over the config file and the settings, and stay in force when the
+    /// settings change at run time.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
         if !self.cluster.is_empty() {
-            cluster.urls = self.cluster.clone();
+            let urls = self.cluster.iter().cloned().map(toml::Value::String);
+            let urls = toml::Value::Array(urls.collect());
+            env.push(("JETSONMIND_CLUSTER__URLS".into(), urls.to_string()));
         }
         if let Some(node) = &self.node {
-            cluster.node = node.clone();
+            let node = toml::Value::String(node.clone());
+            env.push(("JETSONMIND_CLUSTER__NODE".into(), node.to_string()));
         }
+        env
     }
 }
 

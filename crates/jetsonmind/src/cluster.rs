@@ -8,11 +8,21 @@ use anyhow::Context;
 use jetsonmind_cluster::membership::unix_now;
 use jetsonmind_cluster::sessions::{self, NodeService};
 use jetsonmind_cluster::{Bus, Membership, NodeStatus, View};
+use jetsonmind_cluster_state::keys::ClusterKeys;
+use jetsonmind_cluster_state::settings::ClusterSettings;
 use jetsonmind_control::fleet::Fleet;
 use jetsonmind_core::Config;
+use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::upstream::OpenPipe;
+use jetsonmind_data::settings::Settings;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// What this node holds in common with the cluster once it joins.
+pub struct NodeState {
+    pub settings: Arc<Settings>,
+    pub keys: Arc<KeyStore>,
+}
 
 /// Join the cluster `config.cluster` names, serving `served` and following
 /// the other nodes' shared servers into `fleets` (by fleet name), until
@@ -21,9 +31,11 @@ pub async fn join(
     config: &Config,
     served: Vec<(String, OpenPipe)>,
     fleets: Vec<Arc<Fleet>>,
+    state: NodeState,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ClusterNode> {
     let bus = Bus::connect(&config.cluster).await?;
+    share_state(&bus, state, shutdown).await?;
     for fleet in &fleets {
         fleet.set_node(&bus.node);
     }
@@ -40,6 +52,32 @@ pub async fn join(
         service,
         membership,
     })
+}
+
+/// Apply the cluster's settings and keys here, and share this node's.
+async fn share_state(
+    bus: &Bus,
+    state: NodeState,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    ClusterSettings::open(bus)
+        .await?
+        .join(state.settings, shutdown.clone())
+        .await
+        .context("sharing the settings")?;
+    let keys = ClusterKeys::open(bus).await?;
+    let offered = keys
+        .offer(&state.keys)
+        .await
+        .context("sharing the api keys")?;
+    if offered > 0 {
+        tracing::info!(
+            keys = offered,
+            "this node's api keys now work at every node"
+        );
+    }
+    keys.mirror(state.keys, shutdown.clone());
+    Ok(())
 }
 
 /// This node in the cluster, until it leaves.

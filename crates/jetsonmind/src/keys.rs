@@ -1,33 +1,66 @@
-//! `jetsonmind keys`: API keys in the data dir, hashed at rest.
+//! `jetsonmind keys`: API keys, hashed at rest. On one device they live in
+//! the data dir; with `[cluster]` set they are the cluster's, and every
+//! node mirrors them into its own key file.
 
 use anyhow::Context;
+use jetsonmind_cluster::Bus;
+use jetsonmind_cluster_state::keys::ClusterKeys;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
+use jetsonmind_core::auth::keys::{NewKey, StoredKey};
 
 use crate::cli::KeysCommand;
 
-pub fn run(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
-    let store = KeyStore::open(&config.data.dir);
+pub async fn run(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
+    match config.cluster.enabled() {
+        true => in_cluster(command, config).await,
+        false => on_this_node(command, &KeyStore::open(&config.data.dir)),
+    }
+}
+
+fn on_this_node(command: KeysCommand, store: &KeyStore) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { name, scopes } => {
-            let key = store.create(&name, &scopes).context("creating the key")?;
-            eprintln!(
-                "created key {} ({}) with scopes {}; it is shown once, keep it safe:",
-                key.id,
-                key.name,
-                key.scopes.join(" ")
-            );
-            println!("{}", key.key);
+            created(&store.create(&name, &scopes).context("creating the key")?)
         }
-        KeysCommand::List => {
-            for key in store.list()? {
-                println!("{}\t{}\t{}", key.id, key.name, key.scopes.join(" "));
-            }
-        }
-        KeysCommand::Revoke { id } => {
-            let key = store.revoke(&id)?;
-            eprintln!("revoked key {} ({})", key.id, key.name);
-        }
+        KeysCommand::List => listed(&store.list()?),
+        KeysCommand::Revoke { id } => revoked(&store.revoke(&id)?),
     }
     Ok(())
+}
+
+async fn in_cluster(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
+    let bus = Bus::connect(&config.cluster).await?;
+    let keys = ClusterKeys::open(&bus).await?;
+    match command {
+        KeysCommand::Create { name, scopes } => created(
+            &keys
+                .create(&name, &scopes)
+                .await
+                .context("creating the key")?,
+        ),
+        KeysCommand::List => listed(&keys.list().await?),
+        KeysCommand::Revoke { id } => revoked(&keys.revoke(&id).await?),
+    }
+    Ok(())
+}
+
+fn created(key: &NewKey) {
+    eprintln!(
+        "created key {} ({}) with scopes {}; it is shown once, keep it safe:",
+        key.id,
+        key.name,
+        key.scopes.join(" ")
+    );
+    println!("{}", key.key);
+}
+
+fn listed(keys: &[StoredKey]) {
+    for key in keys {
+        println!("{}\t{}\t{}", key.id, key.name, key.scopes.join(" "));
+    }
+}
+
+fn revoked(key: &StoredKey) {
+    eprintln!("revoked key {} ({})", key.id, key.name);
 }

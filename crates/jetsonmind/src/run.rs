@@ -31,23 +31,22 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command, Transport};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let sources = ConfigSources {
+    let mut sources = ConfigSources {
         file: cli.config.clone(),
         env: std::env::vars().collect(),
         data_dir: cli.data_dir.clone(),
     };
-    let mut config = sources.load().context("loading config")?;
     if let Command::Serve(serve) = &cli.command {
-        serve.apply(&mut config.cluster);
-        config.validate().context("checking the cluster flags")?;
+        sources.env.extend(serve.overrides());
     }
+    let config = sources.load().context("loading config")?;
     match cli.command {
         Command::Config => {
             print!("{}", config.to_toml());
             return Ok(());
         }
         Command::Models(command) => return crate::models::run(command, &config),
-        Command::Keys(command) => return crate::keys::run(command, &config),
+        Command::Keys(command) => return crate::keys::run(command, &config).await,
         _ => {}
     }
     let shutdown = CancellationToken::new();
@@ -107,7 +106,18 @@ async fn serve_command(
             let cluster = match config.cluster.enabled() {
                 true => {
                     let served = local.served;
-                    Some(crate::cluster::join(&config, served, backends.clone(), &shutdown).await?)
+                    let state = crate::cluster::NodeState {
+                        settings: shared.settings.clone(),
+                        keys: shared.access.auth.keys().clone(),
+                    };
+                    let node = crate::cluster::join(
+                        &config,
+                        served,
+                        backends.clone(),
+                        state,
+                        &shutdown,
+                    );
+                    Some(node.await?)
                 }
                 false => None,
             };

@@ -183,3 +183,14 @@ pub async fn connect(config: &ClusterConfig) -> Bus {
         .await
         .expect("a connection to the test nats-server")
 }
+
+/// Wait until `holds()` is true, polling: for state another node applies
+/// from a watch, with no event to await here.
+pub async fn until(what: &str, holds: impl Fn() -> bool) {
+    within(what, async {
+        while !holds() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}

@@ -107,31 +107,16 @@ impl KeyStore {
 
     /// Create a key with `scopes`; the file keeps only its hash.
     pub fn create(&self, name: &str, scopes: &[String]) -> Result<NewKey, KeyError> {
-        if scopes.is_empty() {
-            return Err(KeyError::Invalid("a key needs at least one scope".into()));
-        }
-        for scope in scopes {
-            check_grantable(scope).map_err(KeyError::Invalid)?;
-        }
         let mut keys = self.list()?;
-        let id = random_hex(4)?;
-        let key = format!("{PREFIX}{id}_{}", random_hex(32)?);
-        keys.push(StoredKey {
-            id: id.clone(),
-            name: name.to_string(),
-            scopes: scopes.to_vec(),
-            sha256: hex(&Sha256::digest(key.as_bytes())),
-            created_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        });
+        let (stored, new) = mint(name, scopes)?;
+        keys.push(stored);
         self.write(keys)?;
-        Ok(NewKey {
-            id,
-            name: name.to_string(),
-            scopes: scopes.to_vec(),
-            key,
-        })
+        Ok(new)
+    }
+
+    /// Make the file hold exactly `keys` (a cluster's keys, mirrored here).
+    pub fn replace(&self, keys: Vec<StoredKey>) -> Result<(), KeyError> {
+        self.write(keys)
     }
 
     pub fn revoke(&self, id: &str) -> Result<StoredKey, KeyError> {
@@ -192,6 +177,35 @@ impl KeyStore {
         *self.cache.lock().expect("keys lock") = (keys, modified);
         Ok(())
     }
+}
+
+/// A new key with `scopes`: what to store (its hash) and what to show once
+/// (the key itself).
+pub fn mint(name: &str, scopes: &[String]) -> Result<(StoredKey, NewKey), KeyError> {
+    if scopes.is_empty() {
+        return Err(KeyError::Invalid("a key needs at least one scope".into()));
+    }
+    for scope in scopes {
+        check_grantable(scope).map_err(KeyError::Invalid)?;
+    }
+    let id = random_hex(4)?;
+    let key = format!("{PREFIX}{id}_{}", random_hex(32)?);
+    let stored = StoredKey {
+        id: id.clone(),
+        name: name.to_string(),
+        scopes: scopes.to_vec(),
+        sha256: hex(&Sha256::digest(key.as_bytes())),
+        created_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let new = NewKey {
+        id,
+        name: name.to_string(),
+        scopes: scopes.to_vec(),
+        key,
+    };
+    Ok((stored, new))
 }
 
 /// `bytes` random bytes from the system, as hex.
