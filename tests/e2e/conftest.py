@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -120,6 +121,14 @@ def start_cluster_node(binary, tmp_path, nats_urls, node, env=None, netns=None, 
     inside = urllib.parse.urlsplit(served.url)
     served.url = inside._replace(netloc=f"127.0.0.1:{netns.forward(host, inside.port, inside.hostname)}").geturl()
     return served
+
+
+def start_nodes(binary, tmp_path, nats, names, env=None, **where):
+    """Cluster nodes `names`, all at once, as devices boot (they race to create the cluster's buckets
+    on a fresh cluster): {name: Served}."""
+    with ThreadPoolExecutor(len(names)) as pool:
+        started = pool.map(lambda name: start_cluster_node(binary, tmp_path, nats.urls, name, env, **where), names)
+        return dict(zip(names, started))
 
 
 @pytest.fixture

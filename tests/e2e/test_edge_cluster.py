@@ -8,13 +8,12 @@ server; a node cut off by a network partition leaves and comes back."""
 import signal
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import pytest
 from mcp import Client
 
-from conftest import NO_CACHE, start_cluster_node, stop_serve
+from conftest import NO_CACHE, start_cluster_node, start_nodes, stop_serve
 from test_cluster import QUESTIONS, health, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -31,16 +30,9 @@ CLUSTER_ENV = {
 }
 
 
-def start_nodes(binary, tmp_path, nats, names, **where):
-    """All at once, as devices boot: they race to create the membership bucket on a fresh cluster."""
-    with ThreadPoolExecutor(len(names)) as pool:
-        started = pool.map(lambda name: start_cluster_node(binary, tmp_path, nats.urls, name, CLUSTER_ENV, **where), names)
-        return dict(zip(names, started))
-
-
 @pytest.fixture
 def four_nodes(binary, tmp_path, nats_cluster):
-    nodes = start_nodes(binary, tmp_path, nats_cluster, NODES)
+    nodes = start_nodes(binary, tmp_path, nats_cluster, NODES, CLUSTER_ENV)
     yield nodes
     for node in nodes.values():
         if node.process.poll() is None:

@@ -18,7 +18,7 @@ use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::auth::keys::{NewKey, StoredKey, mint};
 use tokio_util::sync::CancellationToken;
 
-use crate::{StateError, durable_bucket};
+use crate::{StateError, durable_bucket, open_bucket};
 
 /// The cluster's keys bucket, as one node uses it.
 #[derive(Clone)]
@@ -35,9 +35,7 @@ impl ClusterKeys {
             "JetsonMind API keys: id, name, scopes and sha256 of each key",
             1,
         );
-        let bucket = bus
-            .patiently("the keys bucket", || bus.key_value(config.clone()))
-            .await?;
+        let bucket = open_bucket(bus, config).await?;
         Ok(Self { bucket })
     }
 

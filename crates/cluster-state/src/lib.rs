@@ -34,6 +34,25 @@ impl StateError {
     }
 }
 
+/// Open the KV bucket `config` names, once it serves reads: a replicated
+/// bucket just made answers "no responders" until its stream has a leader,
+/// and nodes that start together race to make it.
+async fn open_bucket(bus: &Bus, config: kv::Config) -> Result<kv::Store, StateError> {
+    let what = format!("the bucket {}", config.bucket);
+    let opened = bus
+        .patiently(&what, || async {
+            let bucket = bus.key_value(config.clone()).await?;
+            // A key no one writes: reading it proves the stream answers.
+            bucket
+                .get("ready")
+                .await
+                .map_err(|e| ClusterError::JetStream(format!("{what}: {e}")))?;
+            Ok(bucket)
+        })
+        .await?;
+    Ok(opened)
+}
+
 /// A KV bucket of the cluster's state (`<cluster>_<what>`): on disk,
 /// replicated as the cluster's buckets are.
 fn durable_bucket(bus: &Bus, what: &str, description: &str, history: i64) -> kv::Config {

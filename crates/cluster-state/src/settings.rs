@@ -21,7 +21,7 @@ use jetsonmind_data::settings::{BoxFuture, Settings, SettingsError, SharedSettin
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{StateError, durable_bucket};
+use crate::{StateError, durable_bucket, open_bucket};
 
 /// The one key of the settings bucket.
 const DOCUMENT: &str = "settings";
@@ -52,9 +52,7 @@ impl ClusterSettings {
             "JetsonMind cluster-wide settings: one document, written compare-and-set",
             5,
         );
-        let bucket = bus
-            .patiently("the settings bucket", || bus.key_value(config.clone()))
-            .await?;
+        let bucket = open_bucket(bus, config).await?;
         Ok(Self {
             bucket,
             node: bus.node.clone(),

@@ -219,7 +219,13 @@ impl Access {
                 // A key file that cannot be read stops the start, saying why.
                 keys.list()?;
                 let listen = t.listen.unwrap_or(config.http.listen);
-                let auth = Auth::new(&config.auth, keys, Some(listen))?;
+                let auth = match (command, config.cluster.enabled()) {
+                    // The cluster's keys are mirrored here once the node joins.
+                    (Command::Serve(_), true) => {
+                        Auth::with_keys_to_come(&config.auth, keys, Some(listen))
+                    }
+                    _ => Auth::new(&config.auth, keys, Some(listen))?,
+                };
                 match t.secret_from_stdin {
                     true => auth.with_launcher_secret(read_secret_line()?),
                     false => auth,

@@ -191,12 +191,24 @@ impl Auth {
                  with `jetsonmind keys create --name NAME --scope tools:*` or set [auth.oauth]"
             )));
         }
-        Ok(Self {
-            required,
+        Ok(Self::with_keys_to_come(config, keys, listen))
+    }
+
+    /// As [`Self::new`], for keys that arrive after the start (a cluster's,
+    /// mirrored once the node joins): with none yet, every request that
+    /// needs a key is refused, instead of the start failing.
+    pub fn with_keys_to_come(
+        config: &AuthConfig,
+        keys: Arc<KeyStore>,
+        listen: Option<SocketAddr>,
+    ) -> Self {
+        let exposed = listen.is_some_and(|addr| !addr.ip().is_loopback());
+        Self {
+            required: config.required || exposed,
             keys,
             oauth: config.oauth.clone().map(OAuthVerifier::new),
             launcher_secret: None,
-        })
+        }
     }
 
     /// A replica started by another process's `scale_cluster`: it requires

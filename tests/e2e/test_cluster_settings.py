@@ -1,0 +1,165 @@
+"""What a cluster shares through JetStream KV: settings and API keys. Three nats-servers (one
+JetStream cluster) and three `jetsonmind serve --cluster` nodes that require an API key, driven by
+the official Python MCP SDK. A key created with `jetsonmind keys create` against the cluster works
+at every node and, once revoked, is refused at every node; a setting changed at one node holds at
+the others; two changes of one key made from the same revision conflict, and the loser is told
+which key."""
+
+import json
+import os
+import subprocess
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from conftest import NO_CACHE, start_nodes, stop_serve
+from test_auth import Statuses, client_with
+
+pytestmark = pytest.mark.anyio
+
+NODES = ["node1", "node2", "node3"]
+ENV = {**NO_CACHE, "JETSONMIND_AUTH__REQUIRED": "true", "JETSONMIND_MCP__LIST_TTL_MS": "0"}
+# A bound against hanging, not a speed check: "within seconds" on a loaded 2-core machine.
+SETTLE_SECS = 20
+
+
+@pytest.fixture
+def three_nodes(binary, tmp_path, nats_cluster):
+    nodes = start_nodes(binary, tmp_path, nats_cluster, NODES, ENV)
+    yield nodes, nats_cluster
+    for node in nodes.values():
+        stop_serve(node)
+
+
+def cluster_keys(binary, nats, *args):
+    """`jetsonmind keys ARGS` against the cluster: its `[cluster]` set by the environment."""
+    env = {**os.environ, "JETSONMIND_CLUSTER__URLS": json.dumps(nats.urls.split(","))}
+    done = subprocess.run([str(binary), "keys", *args], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def create_key(binary, nats, name, *scopes):
+    args = ["create", "--name", name]
+    for scope in scopes:
+        args += ["--scope", scope]
+    return cluster_keys(binary, nats, *args)
+
+
+def key_id(key):
+    """`jm_<id>_<secret>`: the id `keys revoke` takes."""
+    return key.split("_")[1]
+
+
+async def eventually(what, attempt):
+    """Retry `attempt()` until it returns something true; its last value."""
+    with anyio.fail_after(SETTLE_SECS):
+        while True:
+            value = await attempt()
+            if value:
+                return value
+            await anyio.sleep(0.2)
+
+
+async def session_works(url, key):
+    """Whether a session with `key` opens and lists tools at `url` (else the HTTP status met)."""
+    statuses = Statuses()
+    http, client = client_with(url, key, statuses)
+    async with http:
+        try:
+            async with client:
+                return bool(await client.list_tools())
+        except Exception:
+            assert statuses.seen, "refused with an HTTP error"
+            return False
+
+
+async def settings(client):
+    read = await client.read_resource("jetson://config/settings")
+    return json.loads(read.contents[0].text)
+
+
+async def update(client, change, if_revision=None):
+    arguments = {"settings": change}
+    if if_revision is not None:
+        arguments["if_revision"] = if_revision
+    return await client.call_tool("update_settings", arguments)
+
+
+async def test_a_key_made_at_one_node_works_everywhere_until_revoked(three_nodes, binary):
+    nodes, nats = three_nodes
+    key = create_key(binary, nats, "ci", "tools:*", "resources:*")
+    # Mirrored into every node's key file within seconds.
+    await eventually("node3 accepting the key", lambda: session_works(nodes["node3"].url, key))
+    assert await session_works(nodes["node2"].url, key)
+    listed = cluster_keys(binary, nats, "list")
+    assert key_id(key) in listed and key not in listed, "ids are listed, never keys"
+
+    cluster_keys(binary, nats, "revoke", key_id(key))
+
+    async def refused_everywhere():
+        return not any([await session_works(node.url, key) for node in nodes.values()])
+
+    await eventually("every node refusing the revoked key", refused_everywhere)
+    for node in nodes.values():
+        assert key not in node.log.read_text(), "secrets never reach the log"
+
+
+async def test_a_setting_changed_at_one_node_holds_everywhere_and_a_concurrent_change_conflicts(
+    three_nodes, binary
+):
+    nodes, nats = three_nodes
+    admin = create_key(binary, nats, "admin", "admin")
+    await eventually("every node accepting the admin key", lambda: all_accept(nodes, admin))
+    async with connected(nodes["node1"].url, admin) as node1, connected(nodes["node3"].url, admin) as node3:
+        before = await settings(node1)
+        assert before["scope"]["cluster"] is True
+        assert "http" in before["scope"]["node_keys"], before["scope"]
+
+        # Both have read the same revision of the cluster's settings.
+        async def same_revision():
+            seen = [(await settings(client))["scope"]["revision"] for client in (node1, node3)]
+            return seen[0] == seen[1] and seen  # a list: true even at revision 0
+
+        revision = (await eventually("node1 and node3 at one revision", same_revision))[0]
+        won = await update(node1, {"cache": {"ttl_secs": 61}}, revision)
+        assert not won.is_error, won.content
+        assert won.structured_content["cluster_wide"] == ["cache.ttl_secs"], won.structured_content
+
+        lost = await update(node3, {"cache": {"ttl_secs": 62}}, revision)
+        assert lost.is_error, lost.content
+        message = lost.content[0].text
+        assert "conflict" in message and "cache.ttl_secs" in message, message
+
+        # The loser reads again and retries: it wins now.
+        async def applied_at_node3():
+            current = await settings(node3)
+            return current["cache"]["ttl_secs"] == 61 and current
+
+        fresh = await eventually("node3 applying node1's change", applied_at_node3)
+        retried = await update(node3, {"cache": {"ttl_secs": 63}}, fresh["scope"]["revision"])
+        assert not retried.is_error, retried.content
+
+        # A node's own key stays with it.
+        own = await update(node3, {"compute": {"threads": 1}})
+        assert not own.is_error and own.structured_content["cluster_wide"] == [], own.content
+
+    async def node2_agrees():
+        async with connected(nodes["node2"].url, admin) as node2:
+            current = await settings(node2)
+        return current["cache"]["ttl_secs"] == 63 and current["compute"]["threads"] != 1
+
+    await eventually("node2 holding the cluster's value", node2_agrees)
+
+
+@asynccontextmanager
+async def connected(url, key):
+    """An MCP session at `url` with `key` as its bearer token."""
+    http, client = client_with(url, key, Statuses())
+    async with http, client:
+        yield client
+
+
+async def all_accept(nodes, key):
+    return all([await session_works(node.url, key) for node in nodes.values()])
