@@ -3,9 +3,10 @@
 //! machine (WAL mode lets readers and one writer work at once).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+use rusqlite::backup::{Backup, StepResult};
 
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "jetsonmind.db";
@@ -84,6 +85,8 @@ pub enum DbError {
     },
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("database {0} stayed locked for {BUSY_TIMEOUT:?}; try again")]
+    Busy(PathBuf),
 }
 
 /// Open (creating if needed) the database in `data_dir`, migrated to the
@@ -114,6 +117,36 @@ pub fn open(data_dir: &Path) -> Result<Connection, DbError> {
         },
     })?;
     Ok(conn)
+}
+
+/// Copy the database behind `conn` to a new file `dest`, as it is now, while
+/// other connections (other processes too) go on reading and writing it:
+/// SQLite's online backup, all pages in one step, so under one read
+/// transaction: a consistent copy that no concurrent write can make restart.
+/// The copy is a file on its own (rollback journal, no `-wal` beside it).
+pub fn copy_online(conn: &Connection, dest: &Path) -> Result<(), DbError> {
+    let sqlite = |source| DbError::Sqlite {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let mut copy = Connection::open(dest).map_err(sqlite)?;
+    {
+        let backup = Backup::new(conn, &mut copy).map_err(sqlite)?;
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match backup.step(-1).map_err(sqlite)? {
+                StepResult::Done => break,
+                StepResult::More => {}
+                // A checkpoint or a migration holds a lock for a moment.
+                StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return Err(DbError::Busy(dest.to_path_buf())),
+            }
+        }
+    }
+    copy.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(sqlite)
 }
 
 enum Migration {

@@ -131,6 +131,22 @@ pub struct FileCheck {
 
 /// How to import.
 #[derive(Debug, Clone, Default)]
+/// What a backup takes of the store: see [`ModelStore::snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The blobs the copied database refers to, each once.
+    pub blobs: Vec<SnapshotBlob>,
+    /// The names log, its complete lines only.
+    pub names_log: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotBlob {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
 pub struct ImportOptions {
     /// The model's name; the file or directory name by default.
     pub name: Option<String>,
@@ -150,7 +166,7 @@ pub struct ModelStore {
 }
 
 /// The log of imported files' names, in `models/`.
-const NAMES_LOG: &str = "names";
+pub const NAMES_LOG: &str = "names";
 
 /// Unique partial-file names within this process.
 static PARTIALS: AtomicU64 = AtomicU64::new(0);
@@ -483,6 +499,43 @@ impl ModelStore {
                     Ok((sha, _)) if sha == file.sha256 => (Some(sha), None),
                     Ok((sha, _)) => (Some(sha), Some("content changed".to_string())),
                     Err(e) => (None, Some(e.to_string())),
+    /// For a backup: the database copied to `database` as it is now, while
+    /// other processes go on using it ([`db::copy_online`]), the blobs that
+    /// copy refers to, and the names log. The copy records no loads: none of
+    /// the processes it names runs where it will be restored. Blobs no row
+    /// refers to (an import not yet committed, a removal not yet finished)
+    /// are left out, so a restore brings back exactly the models listed now.
+    pub fn snapshot(&self, database: &Path) -> Result<Snapshot, StoreError> {
+        db::copy_online(&self.conn(), database)?;
+        let copy = Connection::open(database)?;
+        copy.execute("DELETE FROM model_loads", [])?;
+        let blobs = copy
+            .prepare("SELECT DISTINCT sha256, size_bytes FROM model_files ORDER BY sha256")?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .map(|row| {
+                let (sha256, size) = row?;
+                Ok(SnapshotBlob {
+                    path: self.blob(&sha256),
+                    sha256,
+                    size_bytes: size as u64,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Snapshot {
+            blobs,
+            names_log: self.names_log_lines(),
+        })
+    }
+
+    /// The names log up to its last complete line (an import may be
+    /// appending to it right now).
+    fn names_log_lines(&self) -> Vec<u8> {
+        let mut log = std::fs::read(self.dir.join(NAMES_LOG)).unwrap_or_default();
+        let complete = log.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+        log.truncate(complete);
+        log
+    }
+
                 };
                 FileCheck {
                     path: file.path.clone(),
@@ -1288,6 +1341,83 @@ mod tests {
             files["model.safetensors"]
         );
     }
+    /// Models of the store's database `copy` (a snapshot), by name.
+    fn models_in(copy: &Path) -> Vec<String> {
+        let conn = Connection::open(copy).unwrap();
+        let mut statement = conn
+            .prepare("SELECT name FROM models ORDER BY name")
+            .unwrap();
+        let names = statement.query_map([], |r| r.get(0)).unwrap();
+        names.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn a_snapshot_has_the_committed_models_their_blobs_and_no_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ModelStore::open(&data).unwrap();
+        let mut digests = Vec::new();
+        for (name, payload) in [("a.gguf", b"aaaa"), ("b.gguf", b"bbbb")] {
+            let source = gguf_file(dir.path(), name, payload);
+            let model = store
+                .import(&source, &ImportOptions::default(), |_, _| {})
+                .unwrap();
+            digests.push(model.sha256);
+        }
+        digests.sort();
+        store.record_load("a.gguf").unwrap();
+        // Another process's write transaction, open while the snapshot is taken.
+        let writer = Connection::open(data.join(db::DB_FILE)).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        writer
+            .execute("DELETE FROM models WHERE name = 'b.gguf'", [])
+            .unwrap();
+
+        let copy = dir.path().join("copy.db");
+        let snapshot = store.snapshot(&copy).unwrap();
+        writer.execute_batch("COMMIT").unwrap();
+
+        assert_eq!(models_in(&copy), ["a.gguf", "b.gguf"]);
+        let loads: i64 = Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT count(*) FROM model_loads", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(loads, 0);
+        assert!(
+            !store.get("a.gguf").unwrap().loaded_on.is_empty(),
+            "the store's own loads stay"
+        );
+        let taken: Vec<&str> = snapshot.blobs.iter().map(|b| b.sha256.as_str()).collect();
+        assert_eq!(taken, digests);
+        for blob in &snapshot.blobs {
+            assert_eq!(blob.path, store.blob(&blob.sha256));
+            assert_eq!(blob.size_bytes, blob.path.metadata().unwrap().len());
+        }
+        let names = String::from_utf8(snapshot.names_log).unwrap();
+        assert!(names.ends_with(" b.gguf b.gguf\n"), "{names}");
+        assert!(
+            !copy.with_extension("db-wal").exists(),
+            "the copy is a file on its own"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_leaves_out_an_unfinished_line_of_the_names_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ModelStore::open(&data).unwrap();
+        let source = gguf_file(dir.path(), "a.gguf", b"aaaa");
+        store
+            .import(&source, &ImportOptions::default(), |_, _| {})
+            .unwrap();
+        let log = store.dir().join(NAMES_LOG);
+        let complete = std::fs::read(&log).unwrap();
+        let mut appending = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        appending.write_all(b"0123 half").unwrap();
+        let snapshot = store.snapshot(&dir.path().join("copy.db")).unwrap();
+        assert_eq!(snapshot.names_log, complete);
+    }
+
 
     #[test]
     fn refuses_bad_names_and_unknown_files() {
