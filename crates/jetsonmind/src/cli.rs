@@ -52,6 +52,25 @@ pub enum Command {
     /// Manage API keys: hashed in the data dir, or the cluster's when `[cluster]` is set.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Back up this node's state into one archive: database, settings, API
+    /// keys, model store, config file. Safe while the servers run; prints
+    /// each part's size and, on stdout, the archive's path.
+    Backup {
+        /// Where to write it (default: `<data dir>/backups/jetsonmind-<UTC time>.tar`).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Restore a backup into the data dir (stop its servers first). Every
+    /// file is checked against the backup's manifest before the data dir is
+    /// touched; it is then replaced in one step.
+    Restore {
+        /// The archive `jetsonmind backup` wrote.
+        archive: PathBuf,
+        /// Restore over a data dir that is not empty; what is there is moved
+        /// to `<data dir>.before-restore-<time>`, not deleted.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Command {
@@ -63,9 +82,12 @@ impl Command {
             | Command::Data(t)
             | Command::Control(t)
             | Command::Gateway(t) => Some(t),
-            Command::Bridge { .. } | Command::Config | Command::Models(_) | Command::Keys(_) => {
-                None
-            }
+            Command::Bridge { .. }
+            | Command::Config
+            | Command::Models(_)
+            | Command::Keys(_)
+            | Command::Backup { .. }
+            | Command::Restore { .. } => None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `jetsonmind`: every JetsonMind MCP server, alone or all together.
 
+mod backup;
 mod cli;
 mod cluster;
 mod keys;

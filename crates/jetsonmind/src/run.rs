@@ -36,6 +36,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         env: std::env::vars().collect(),
         data_dir: cli.data_dir.clone(),
     };
+    // Before the config is loaded: the settings a restore replaces may be
+    // what does not load.
+    if let Command::Restore { archive, force } = &cli.command {
+        return crate::backup::restore_command(&sources, archive, *force);
+    }
     if let Command::Serve(serve) = &cli.command {
         sources.env.extend(serve.overrides());
     }
@@ -44,6 +49,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config => {
             print!("{}", config.to_toml());
             return Ok(());
+        }
+        Command::Backup { output } => {
+            return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
         Command::Models(command) => return crate::models::run(command, &config),
         Command::Keys(command) => return crate::keys::run(command, &config).await,
@@ -150,7 +158,11 @@ async fn serve_command(
             let server = shared.server_arc(gateway, &config);
             Ok(serve::serve_stdio(server).await?)
         }
-        Command::Config | Command::Models(_) | Command::Keys(_) => {
+        Command::Config
+        | Command::Models(_)
+        | Command::Keys(_)
+        | Command::Backup { .. }
+        | Command::Restore { .. } => {
             unreachable!("handled before serving")
         }
     }
