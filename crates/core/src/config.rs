@@ -79,6 +79,19 @@ pub struct ClusterConfig {
     pub probe_timeout_ms: u64,
     /// A session no message reached for this long is closed by its server.
     pub session_idle_ms: u64,
+    /// How often a node publishes its telemetry and analytics to the
+    /// cluster's telemetry stream (what `jetson://system/metrics` and
+    /// `jetson://performance/analytics` show of it at other nodes).
+    pub telemetry_interval_ms: u64,
+    /// A node's telemetry older than this is dropped (the stream's max age):
+    /// a node that stopped publishing leaves the cluster's views then, if
+    /// the membership has not dropped it first. At least twice the interval.
+    pub telemetry_max_age_ms: u64,
+    /// Telemetry snapshots the stream keeps per node (the latest is shown).
+    pub telemetry_history: i64,
+    /// How long `jetsonmind cluster status` may wait for NATS in all before
+    /// it gives up, saying so.
+    pub status_timeout_ms: u64,
     /// Largest MCP message carried over NATS; larger ones are sent in parts
     /// of NATS `max_payload`, and beyond this refused with a JSON-RPC error.
     pub max_message_bytes: usize,
@@ -108,6 +121,10 @@ impl Default for ClusterConfig {
             probe_ms: 1_000,
             probe_timeout_ms: 2_000,
             session_idle_ms: 60_000,
+            telemetry_interval_ms: 2_000,
+            telemetry_max_age_ms: 180_000,
+            telemetry_history: 5,
+            status_timeout_ms: 10_000,
             max_message_bytes: 64 << 20,
             max_sessions: 1_024,
         }
@@ -148,6 +165,7 @@ impl ClusterConfig {
         if self.node_ttl_ms < 2 * self.heartbeat_ms {
             return fail("node_ttl_ms must be at least twice heartbeat_ms".into());
         }
+        self.validate_telemetry()?;
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return fail("tls_cert_file and tls_key_file go together".into());
         }
@@ -164,6 +182,25 @@ pub fn is_subject_token(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl ClusterConfig {
+    fn validate_telemetry(&self) -> Result<(), CoreError> {
+        let fail = |msg: &str| Err(CoreError::Config(format!("cluster.{msg}")));
+        if self.telemetry_interval_ms == 0 || self.status_timeout_ms == 0 {
+            return fail("telemetry_interval_ms and status_timeout_ms must be at least 1");
+        }
+        // Shorter, and a live node's snapshot would age out between two.
+        if self.telemetry_max_age_ms < 2 * self.telemetry_interval_ms.max(500) {
+            return fail(
+                "telemetry_max_age_ms must be at least twice telemetry_interval_ms (and 1000)",
+            );
+        }
+        if !(1..=100).contains(&self.telemetry_history) {
+            return fail("telemetry_history must be 1 to 100");
+        }
+        Ok(())
+    }
 }
 
 /// Who may call: API keys and OAuth 2.1 bearer tokens, with scopes.
@@ -1099,5 +1136,27 @@ mod tests {
         .unwrap();
         let err = Config::load(Some(&file), []).unwrap_err();
         assert!(err.to_string().contains("n1"), "{err}");
+    }
+
+    #[test]
+    fn cluster_telemetry_limits_are_checked() {
+        let cluster = |key: &str, value: &str| {
+            env(&[
+                ("JETSONMIND_CLUSTER__URLS", "[\"nats://127.0.0.1:4222\"]"),
+                (key, value),
+            ])
+        };
+        let ok = Config::load(None, cluster("JETSONMIND_CLUSTER__TELEMETRY_HISTORY", "1"));
+        assert_eq!(ok.unwrap().cluster.telemetry_interval_ms, 2_000);
+        for (key, value, named) in [
+            ("TELEMETRY_INTERVAL_MS", "0", "telemetry_interval_ms"),
+            ("STATUS_TIMEOUT_MS", "0", "status_timeout_ms"),
+            ("TELEMETRY_MAX_AGE_MS", "3999", "telemetry_max_age_ms"),
+            ("TELEMETRY_HISTORY", "0", "telemetry_history"),
+        ] {
+            let err = Config::load(None, cluster(&format!("JETSONMIND_CLUSTER__{key}"), value));
+            let err = err.unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use crate::db::{self, DbError, now_ms};
 use jetsonmind_core::CallObserver;
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::CallToolResult;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Samples kept per (server, tool, model); older ones leave the windows early.
 const SAMPLES_PER_KEY: usize = 4096;
@@ -91,6 +91,24 @@ pub struct SeriesReport {
     pub completion_tokens: u64,
     pub windows: BTreeMap<String, WindowReport>,
 }
+
+/// One tool of one server in short, its models together: what a node
+/// tells the cluster of its calls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ToolSummary {
+    pub server: String,
+    pub tool: String,
+    /// Since the analytics began (lifetime counters).
+    pub calls: u64,
+    pub errors: u64,
+    pub completion_tokens: u64,
+    /// Latency percentiles over [`SUMMARY_WINDOW`]; none without calls there.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// The window of a [`ToolSummary`]'s percentiles (the "5m" window).
+pub const SUMMARY_WINDOW: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WindowReport {
@@ -214,6 +232,32 @@ impl Analytics {
             .collect()
     }
 
+    /// Per server and tool, its models together: lifetime counters and
+    /// the percentiles of the last [`SUMMARY_WINDOW`] over all its samples.
+    pub fn tool_summary(&self) -> Vec<ToolSummary> {
+        let series = self.series.lock().expect("analytics lock");
+        let now = Instant::now();
+        let mut tools: BTreeMap<(&str, &str), (ToolSummary, Vec<f64>)> = BTreeMap::new();
+        for (key, s) in series.iter() {
+            let (summary, recent) = tools
+                .entry((key.server.as_str(), key.tool.as_str()))
+                .or_insert_with(|| (ToolSummary::empty(&key.server, &key.tool), Vec::new()));
+            summary.calls += s.calls;
+            summary.errors += s.errors;
+            summary.completion_tokens += s.completion_tokens;
+            recent.extend(in_window(&s.samples, now, SUMMARY_WINDOW).map(|s| s.latency_ms));
+        }
+        tools
+            .into_values()
+            .map(|(mut summary, mut recent)| {
+                recent.sort_by(f64::total_cmp);
+                summary.p50_ms = percentile(&recent, 0.5);
+                summary.p99_ms = percentile(&recent, 0.99);
+                summary
+            })
+            .collect()
+    }
+
     /// Prometheus text exposition: lifetime counters and 5-minute quantiles.
     pub fn prometheus(&self) -> String {
         let series = self.series.lock().expect("analytics lock");
@@ -279,6 +323,20 @@ impl Analytics {
             );
         }
         out
+    }
+}
+
+impl ToolSummary {
+    fn empty(server: &str, tool: &str) -> Self {
+        Self {
+            server: server.to_string(),
+            tool: tool.to_string(),
+            calls: 0,
+            errors: 0,
+            completion_tokens: 0,
+            p50_ms: None,
+            p99_ms: None,
+        }
     }
 }
 
@@ -527,6 +585,47 @@ mod tests {
         // The cached answer's speed is left out of the mean.
         assert_eq!(minute.tokens_per_second, Some(100.0));
         assert_eq!((report[1].errors, report[1].model.as_str()), (1, ""));
+    }
+
+    #[test]
+    fn a_tool_summary_puts_its_models_together() {
+        let analytics = Analytics::default();
+        let answer = |model: &str| {
+            Ok(CallToolResult::structured(json!({
+                "model": model,
+                "usage": {"completion_tokens": 3},
+            })))
+        };
+        for ms in 1..=50 {
+            let model = if ms % 2 == 0 { "a.gguf" } else { "b.gguf" };
+            let elapsed = Duration::from_millis(ms);
+            analytics.tool_called("compute", "text_generate", elapsed, &answer(model));
+        }
+        let failed = Ok(tool_error("no"));
+        analytics.tool_called("gateway", "text_generate", Duration::ZERO, &failed);
+        let summary = analytics.tool_summary();
+        assert_eq!(summary.len(), 2, "{summary:?}");
+        let compute = &summary[0];
+        assert_eq!(
+            (compute.server.as_str(), compute.tool.as_str()),
+            ("compute", "text_generate")
+        );
+        assert_eq!(
+            (compute.calls, compute.errors, compute.completion_tokens),
+            (50, 0, 150)
+        );
+        // Percentiles over both models' samples, not either's alone.
+        assert_eq!(compute.p50_ms.map(f64::round), Some(25.0));
+        assert_eq!(compute.p99_ms.map(f64::round), Some(50.0));
+        assert_eq!(
+            (summary[1].server.as_str(), summary[1].errors),
+            ("gateway", 1)
+        );
+        let json = serde_json::to_value(compute).unwrap();
+        assert_eq!(
+            serde_json::from_value::<ToolSummary>(json).unwrap(),
+            *compute
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod cache;
+pub mod cluster_view;
 pub mod db;
 pub mod gguf;
 mod notify;
@@ -58,6 +59,8 @@ pub struct NodeState {
 pub struct DataServer {
     state: NodeState,
     telemetry: LinuxReader,
+    /// The other nodes' telemetry and analytics, once this node joins a cluster.
+    cluster: std::sync::OnceLock<Arc<dyn cluster_view::ClusterView>>,
     updates: Arc<ResourceUpdates>,
     catalog: Arc<Catalog>,
 }
@@ -74,6 +77,7 @@ impl DataServer {
         Self {
             state,
             telemetry,
+            cluster: std::sync::OnceLock::new(),
             updates,
             catalog: Arc::new(catalog()),
         }
@@ -149,7 +153,8 @@ fn catalog() -> Catalog {
             SYSTEM_METRICS,
             "system-metrics",
             "Live CPU, memory, load, disks, network, temperatures; on a Jetson also GPU, \
-             power rails, fan and power mode.",
+             power rails, fan and power mode. In a cluster, `cluster` has every live node's \
+             (`nodes`) and the totals.",
         ),
         json(
             CACHE_INFERENCE,
@@ -164,7 +169,8 @@ fn catalog() -> Catalog {
         json(
             PERFORMANCE_ANALYTICS,
             "performance-analytics",
-            "Per-tool and per-model calls, errors, latency percentiles and tokens/s.",
+            "Per-tool and per-model calls, errors, latency percentiles and tokens/s. In a \
+             cluster, `cluster` has every live node's calls per tool (`nodes`) and the totals.",
         ),
     ];
     let templates = vec![
@@ -262,6 +268,9 @@ impl McpUnit for DataServer {
         _caller: &Principal,
     ) -> Result<ReadResourceResult, McpError> {
         let state = &self.state;
+        if let Some(content) = self.with_cluster(uri).await? {
+            return json_resource(uri, &content);
+        }
         match uri {
             SYSTEM_METRICS => json_resource(uri, &self.telemetry.snapshot().await),
             MODELS_AVAILABLE => {
@@ -270,10 +279,7 @@ impl McpUnit for DataServer {
             }
             CONFIG_SETTINGS => json_resource(uri, &settings_report(&state.settings)?),
             CACHE_INFERENCE => json_resource(uri, &state.cache.report()),
-            PERFORMANCE_ANALYTICS => json_resource(
-                uri,
-                &serde_json::json!({ "series": state.analytics.report() }),
-            ),
+            PERFORMANCE_ANALYTICS => json_resource(uri, &self.analytics_content()),
             _ => match uri.strip_prefix(MODEL_PREFIX) {
                 Some(name) => json_resource(
                     uri,
@@ -302,5 +308,55 @@ fn store_error(e: StoreError, uri: &str) -> McpError {
     match e {
         StoreError::NotFound(_) => jetsonmind_core::error::resource_not_found(uri, e.to_string()),
         other => McpError::internal_error(other.to_string(), None),
+    }
+}
+
+/// The whole cluster in `jetson://system/metrics` and
+/// `jetson://performance/analytics` (see [`cluster_view`]).
+impl DataServer {
+    /// Show the cluster's nodes in the metrics and analytics (only the
+    /// first call counts).
+    pub fn show_cluster(&self, view: Arc<dyn cluster_view::ClusterView>) {
+        let _ = self.cluster.set(view);
+    }
+
+    /// What this node tells the cluster of itself: its metrics as
+    /// `jetson://system/metrics` has them, and its calls per tool.
+    pub async fn node_snapshot(&self, node: &str) -> cluster_view::NodeSnapshot {
+        let metrics = serde_json::to_value(self.telemetry.snapshot().await);
+        cluster_view::NodeSnapshot {
+            node: node.to_string(),
+            published_unix_ms: u64::try_from(db::now_ms()).unwrap_or(0),
+            metrics: metrics.unwrap_or_default(),
+            tools: self.state.analytics.tool_summary(),
+        }
+    }
+
+    /// In a cluster, the metrics or analytics of this node with the
+    /// cluster's in `cluster` (or why they cannot be read); `None` for other
+    /// resources and on one device.
+    async fn with_cluster(&self, uri: &str) -> Result<Option<serde_json::Value>, McpError> {
+        let Some(view) = self.cluster.get() else {
+            return Ok(None);
+        };
+        let (mut content, cluster_part): (_, fn(&cluster_view::Snapshots) -> _) = match uri {
+            SYSTEM_METRICS => {
+                let metrics = serde_json::to_value(self.telemetry.snapshot().await);
+                let metrics = metrics.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                (metrics, cluster_view::metrics_view)
+            }
+            PERFORMANCE_ANALYTICS => (self.analytics_content(), cluster_view::analytics_view),
+            _ => return Ok(None),
+        };
+        content["cluster"] = match view.snapshots().await {
+            Ok(snapshots) => cluster_part(&snapshots),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        Ok(Some(content))
+    }
+
+    /// This node's `jetson://performance/analytics`.
+    fn analytics_content(&self) -> serde_json::Value {
+        serde_json::json!({ "series": self.state.analytics.report() })
     }
 }
