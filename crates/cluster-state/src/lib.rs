@@ -7,6 +7,9 @@
 //!   node's key file; a revoked key is a delete marker, refused everywhere.
 //! - [`models`]: model files in an Object Store (chunked, sha256) with a
 //!   registry in KV; nodes pull what they must run and check it.
+//! - [`views`]: each node's telemetry and analytics in a stream, so any
+//!   node shows the whole cluster's metrics and analytics; [`status`]
+//!   reads all of the above for `jetsonmind cluster status`.
 //!
 //! JetStream replicates, orders and stores all of it; nothing here is a
 //! protocol of our own.
@@ -14,6 +17,8 @@
 pub mod keys;
 pub mod models;
 pub mod settings;
+pub mod status;
+pub mod views;
 
 use async_nats::jetstream::{kv, stream::StorageType};
 use jetsonmind_cluster::{Bus, ClusterError};

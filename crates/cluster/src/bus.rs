@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, object_store};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use async_nats::{Client, ConnectOptions};
 use jetsonmind_core::config::{ClusterConfig, is_subject_token};
 
@@ -50,6 +50,11 @@ impl Bus {
     /// request), for clients that do not care which node serves them.
     pub fn any_subject(&self, server: &str) -> String {
         format!("jm.{}.any.{server}", self.config.name)
+    }
+
+    /// Where `node` publishes its telemetry (the cluster's telemetry stream).
+    pub fn telemetry_subject(&self, node: &str) -> String {
+        format!("jm.{}.telemetry.{node}", self.config.name)
     }
 
     /// The membership bucket: one key per live node.
@@ -105,6 +110,22 @@ impl Bus {
                 .get_object_store(&config.bucket)
                 .await
                 .map_err(|_| bucket_error(&config.bucket, created)),
+        }
+    }
+
+    /// The stream `config.name`, created with `config` if no node has made
+    /// it yet, opened as [`Self::key_value`] opens a KV bucket.
+    pub async fn stream(&self, config: stream::Config) -> Result<stream::Stream, ClusterError> {
+        let js = jetstream::new(self.client.clone());
+        if let Ok(stream) = js.get_stream(&config.name).await {
+            return Ok(stream);
+        }
+        match js.create_stream(config.clone()).await {
+            Ok(stream) => Ok(stream),
+            Err(created) => js
+                .get_stream(&config.name)
+                .await
+                .map_err(|_| bucket_error(&config.name, created)),
         }
     }
 
