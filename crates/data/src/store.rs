@@ -7,6 +7,8 @@
 //! blobs/sha256-<hex>    one file per distinct content, named by its digest
 //! tmp/<pid>-<n>.partial imports in progress
 //! tmp/<pid>-<n>.removing blobs a removal is deleting
+//! tmp/<pid>-<n>.download/ files on their way in from elsewhere (a model
+//!                       pulled from the cluster), imported from there
 //! names                 `<sha256> <model> <file>` per imported file, appended
 //! ```
 //!
@@ -478,6 +480,16 @@ impl ModelStore {
         Ok(doomed)
     }
 
+    /// A private directory under `tmp/` for files on their way into the
+    /// store (a model downloaded from elsewhere, then imported with
+    /// `link`): removed with what it holds when dropped, and by the next
+    /// open once this process is gone (killed mid-download).
+    pub fn scratch_dir(&self) -> Result<ScratchDir, StoreError> {
+        let dir = self.tmp_entry("download");
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        Ok(ScratchDir(dir))
+    }
+
     /// A new name in `tmp/`, owned by this process.
     fn tmp_entry(&self, kind: &str) -> PathBuf {
         self.tmp().join(format!(
@@ -664,9 +676,14 @@ impl ModelStore {
     /// After [`Self::recover_blobs`] has used them as proof.
     fn remove_dead_tmp_entries(&self) {
         for path in dir_entries(&self.tmp()) {
-            if !tmp_owner_alive(&path) {
-                let _ = std::fs::remove_file(path);
+            if tmp_owner_alive(&path) {
+                continue;
             }
+            // A download's scratch directory goes with what it holds.
+            let _ = match std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                true => std::fs::remove_dir_all(path),
+                false => std::fs::remove_file(path),
+            };
         }
     }
 
@@ -885,6 +902,21 @@ struct StagedFile {
     partial: PathBuf,
     sha256: String,
     size_bytes: u64,
+}
+
+/// See [`ModelStore::scratch_dir`].
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct RemoveOnDrop(Option<PathBuf>);
@@ -1494,6 +1526,32 @@ mod tests {
         assert_eq!(std::fs::read(&stranger).unwrap(), b"not a model");
         assert_eq!(blobs(&store).len(), 2);
         assert!(store.generation().unwrap() > generation);
+    }
+
+    /// A download cut short leaves nothing: its scratch directory goes when
+    /// dropped (an error) and, after kill -9, at the next open.
+    #[test]
+    fn a_download_scratch_dir_goes_when_dropped_or_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ModelStore::open(&data).unwrap();
+        let scratch = store.scratch_dir().unwrap();
+        std::fs::write(scratch.path().join("half.gguf"), b"GGUF half").unwrap();
+        let live = scratch.path().to_path_buf();
+        drop(store);
+        // Its process (this one) still runs: the next open leaves it.
+        let store = ModelStore::open(&data).unwrap();
+        assert!(live.join("half.gguf").is_file());
+        drop(scratch);
+        assert!(is_empty(&store.tmp()));
+        // What a killed download leaves, a directory of a dead process's.
+        let killed = store.tmp().join(format!("{DEAD}-3.download"));
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join("half.gguf"), b"GGUF half").unwrap();
+        drop(store);
+        let store = ModelStore::open(&data).unwrap();
+        assert!(is_empty(&store.tmp()));
+        assert!(store.list().unwrap().is_empty());
     }
 
     /// A removal killed after its commit leaves its blob to the next open;
