@@ -170,6 +170,11 @@ impl Replica {
                 .as_ref()
                 .map(|r| r.loaded.iter().map(|m| m.name.clone()).collect())
                 .unwrap_or_default(),
+            stored_models: report
+                .as_ref()
+                .map(|r| r.model_bytes.keys().cloned().collect())
+                .unwrap_or_default(),
+            local: self.remote_node().is_none(),
             temperature_c: report.as_ref().and_then(|r| r.temperature_c),
             loadable_bytes: report.as_ref().map(|r| r.loadable_bytes),
             latency_ms: latency
