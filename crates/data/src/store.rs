@@ -131,8 +131,6 @@ pub struct FileCheck {
     pub problem: Option<String>,
 }
 
-/// How to import.
-#[derive(Debug, Clone, Default)]
 /// What a backup takes of the store: see [`ModelStore::snapshot`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -149,6 +147,8 @@ pub struct SnapshotBlob {
     pub size_bytes: u64,
 }
 
+/// How to import.
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     /// The model's name; the file or directory name by default.
     pub name: Option<String>,
@@ -499,18 +499,6 @@ impl ModelStore {
         ))
     }
 
-    /// Re-hash every file of a model and compare with what was recorded.
-    pub fn verify(&self, name: &str) -> Result<Verification, StoreError> {
-        let model = self.get(name)?;
-        let files: Vec<FileCheck> = model
-            .files
-            .iter()
-            .map(|file| {
-                let blob = self.blob(&file.sha256);
-                let (actual, problem) = match hash_file(&blob, |_| {}) {
-                    Ok((sha, _)) if sha == file.sha256 => (Some(sha), None),
-                    Ok((sha, _)) => (Some(sha), Some("content changed".to_string())),
-                    Err(e) => (None, Some(e.to_string())),
     /// For a backup: the database copied to `database` as it is now, while
     /// other processes go on using it ([`db::copy_online`]), the blobs that
     /// copy refers to, and the names log. The copy records no loads: none of
@@ -548,6 +536,18 @@ impl ModelStore {
         log
     }
 
+    /// Re-hash every file of a model and compare with what was recorded.
+    pub fn verify(&self, name: &str) -> Result<Verification, StoreError> {
+        let model = self.get(name)?;
+        let files: Vec<FileCheck> = model
+            .files
+            .iter()
+            .map(|file| {
+                let blob = self.blob(&file.sha256);
+                let (actual, problem) = match hash_file(&blob, |_| {}) {
+                    Ok((sha, _)) if sha == file.sha256 => (Some(sha), None),
+                    Ok((sha, _)) => (Some(sha), Some("content changed".to_string())),
+                    Err(e) => (None, Some(e.to_string())),
                 };
                 FileCheck {
                     path: file.path.clone(),
@@ -1341,38 +1341,6 @@ mod tests {
         assert!(check.files[0].actual_sha256.is_none(), "{check:?}");
     }
 
-    #[test]
-    fn directory_models_keep_every_file_weights_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("minilm");
-        std::fs::create_dir(&model).unwrap();
-        std::fs::write(model.join("config.json"), b"{}").unwrap();
-        std::fs::write(model.join("tokenizer.json"), b"{\"t\":1}").unwrap();
-        std::fs::write(
-            model.join("model.safetensors"),
-            b"\x08\0\0\0\0\0\0\0{}      ",
-        )
-        .unwrap();
-        let store = ModelStore::open(&dir.path().join("data")).unwrap();
-        let info = store
-            .import(&model, &ImportOptions::default(), |_, _| {})
-            .unwrap();
-        assert_eq!(info.name, "minilm");
-        assert_eq!(info.format, "safetensors");
-        let files = store.files("minilm").unwrap();
-        assert_eq!(
-            files.keys().collect::<Vec<_>>(),
-            ["config.json", "model.safetensors", "tokenizer.json"]
-        );
-        assert_eq!(
-            std::fs::read(&files["tokenizer.json"]).unwrap(),
-            b"{\"t\":1}"
-        );
-        assert_eq!(
-            store.main_file("minilm").unwrap(),
-            files["model.safetensors"]
-        );
-    }
     /// Models of the store's database `copy` (a snapshot), by name.
     fn models_in(copy: &Path) -> Vec<String> {
         let conn = Connection::open(copy).unwrap();
@@ -1450,6 +1418,38 @@ mod tests {
         assert_eq!(snapshot.names_log, complete);
     }
 
+    #[test]
+    fn directory_models_keep_every_file_weights_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("minilm");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), b"{}").unwrap();
+        std::fs::write(model.join("tokenizer.json"), b"{\"t\":1}").unwrap();
+        std::fs::write(
+            model.join("model.safetensors"),
+            b"\x08\0\0\0\0\0\0\0{}      ",
+        )
+        .unwrap();
+        let store = ModelStore::open(&dir.path().join("data")).unwrap();
+        let info = store
+            .import(&model, &ImportOptions::default(), |_, _| {})
+            .unwrap();
+        assert_eq!(info.name, "minilm");
+        assert_eq!(info.format, "safetensors");
+        let files = store.files("minilm").unwrap();
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["config.json", "model.safetensors", "tokenizer.json"]
+        );
+        assert_eq!(
+            std::fs::read(&files["tokenizer.json"]).unwrap(),
+            b"{\"t\":1}"
+        );
+        assert_eq!(
+            store.main_file("minilm").unwrap(),
+            files["model.safetensors"]
+        );
+    }
 
     #[test]
     fn refuses_bad_names_and_unknown_files() {
