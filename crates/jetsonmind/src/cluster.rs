@@ -9,12 +9,16 @@ use jetsonmind_cluster::membership::unix_now;
 use jetsonmind_cluster::sessions::{self, NodeService};
 use jetsonmind_cluster::{Bus, Membership, NodeStatus, View};
 use jetsonmind_cluster_state::keys::ClusterKeys;
+use jetsonmind_cluster_state::models::{ClusterModels, ModelHooks};
 use jetsonmind_cluster_state::settings::ClusterSettings;
+use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::fleet::Fleet;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::upstream::OpenPipe;
+use jetsonmind_data::DataServer;
 use jetsonmind_data::settings::Settings;
+use jetsonmind_data::store::ModelStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +26,15 @@ use tokio_util::sync::CancellationToken;
 pub struct NodeState {
     pub settings: Arc<Settings>,
     pub keys: Arc<KeyStore>,
+}
+
+/// The servers of this node that use the cluster's models, and their store.
+pub struct ModelUsers {
+    pub store: Arc<ModelStore>,
+    /// Publishes, and lists the cluster's models.
+    pub data: Arc<DataServer>,
+    /// Pulls the models calls name that only the cluster has.
+    pub compute: Option<Arc<ComputeServer>>,
 }
 
 /// Join the cluster `config.cluster` names, serving `served` and following
@@ -32,6 +45,7 @@ pub async fn join(
     served: Vec<(String, OpenPipe)>,
     fleets: Vec<Arc<Fleet>>,
     state: NodeState,
+    models: ModelUsers,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ClusterNode> {
     let bus = Bus::connect(&config.cluster).await?;
@@ -47,6 +61,7 @@ pub async fn join(
     let membership = Membership::join(&bus, status, shutdown.clone())
         .await
         .context("joining the cluster's membership")?;
+    share_models(&bus, models, membership.view()).await?;
     tokio::spawn(follow(bus, membership.view(), fleets, shutdown.clone()));
     Ok(ClusterNode {
         service,
@@ -77,6 +92,24 @@ async fn share_state(
         );
     }
     keys.mirror(state.keys, shutdown.clone());
+    Ok(())
+}
+
+/// Let this node's servers publish to, list and pull from the cluster's
+/// models (where each is held and loaded: from the membership `view`).
+async fn share_models(
+    bus: &Bus,
+    users: ModelUsers,
+    view: watch::Receiver<View>,
+) -> anyhow::Result<()> {
+    let models = ClusterModels::open(bus)
+        .await
+        .context("opening the cluster's model buckets")?;
+    let hooks = Arc::new(ModelHooks::new(models, users.store, view));
+    users.data.join_cluster(hooks.clone());
+    if let Some(compute) = users.compute {
+        compute.set_model_source(hooks);
+    }
     Ok(())
 }
 

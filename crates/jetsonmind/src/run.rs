@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { output } => {
             return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
-        Command::Models(command) => return crate::models::run(command, &config),
+        Command::Models(command) => return crate::models::run(command, &config).await,
         Command::Keys(command) => return crate::keys::run(command, &config).await,
         _ => {}
     }
@@ -123,6 +123,7 @@ async fn serve_command(
                         served,
                         backends.clone(),
                         state,
+                        local.models,
                         &shutdown,
                     );
                     Some(node.await?)
@@ -354,6 +355,8 @@ struct LocalServers {
     control: Backend,
     /// What this node serves to the cluster: each local server by name.
     served: Vec<(String, OpenPipe)>,
+    /// The servers that use the cluster's models, once it joins one.
+    models: crate::cluster::ModelUsers,
 }
 
 impl LocalServers {
@@ -368,13 +371,16 @@ impl LocalServers {
 
 fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalServers> {
     let node = shared.node_state()?;
+    let store = node.store.clone();
     let mut served = Vec::new();
+    let mut compute_server = None;
     let local_compute = match config.control.local_replica {
         true => {
             let server = shared.server(
                 ComputeServer::new(config, node.cache.clone(), node.store.clone()),
                 config,
             );
+            compute_server = Some(server.unit().clone());
             served.push(("compute".to_string(), pipe_to(server.clone())));
             Some(local_link("compute-local", server))
         }
@@ -383,6 +389,11 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
     let compute = shared.compute_fleet(config, local_compute);
     let control = shared.server(shared.control(compute.clone(), config), config);
     let data = shared.server(DataServer::new(node), config);
+    let models = crate::cluster::ModelUsers {
+        store,
+        data: data.unit().clone(),
+        compute: compute_server,
+    };
     served.push(("data".to_string(), pipe_to(data.clone())));
     served.push(("control".to_string(), pipe_to(control.clone())));
     let single = |name: &str, link| Fleet::single_link(name, link, shared.fleet_settings.clone());
@@ -391,6 +402,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         data: single("data", local_link("data", data)),
         control: single("control", local_link("control", control)),
         served,
+        models,
     })
 }
 
