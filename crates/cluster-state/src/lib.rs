@@ -16,6 +16,7 @@
 
 pub mod keys;
 pub mod models;
+pub mod placement;
 pub mod settings;
 pub mod status;
 pub mod views;

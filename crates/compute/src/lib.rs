@@ -35,6 +35,7 @@ use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
 
+use crate::engine::EngineError;
 use crate::engine::llama::LlamaSettings;
 use crate::engine::simulated;
 use crate::models::{Loader, ModelRegistry, ModelSource, Placement};
@@ -174,6 +175,18 @@ impl ComputeServer {
     /// registry, once the node joins; only the first call counts).
     pub fn set_model_source(&self, source: Arc<dyn ModelSource>) {
         self.text.models.set_source(source);
+    }
+
+    /// Load `model` (pulled first if only the cluster has it) and keep it
+    /// loaded, never unloaded for being idle, until [`Self::release`]: a
+    /// replica that a placement asked of this node.
+    pub async fn keep_loaded(&self, model: &str) -> Result<(), EngineError> {
+        self.text.models.load(model, Some(None), None).await.map(|_| ())
+    }
+
+    /// Unload `model`, which a placement no longer wants here.
+    pub fn release(&self, model: &str) -> Result<(), EngineError> {
+        self.text.models.unload(model).map(|_| ())
     }
 
     async fn load_model(&self, args: LoadModelArgs, context: CallContext) -> CallToolResult {

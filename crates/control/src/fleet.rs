@@ -355,6 +355,22 @@ impl Fleet {
         joined || !gone.is_empty()
     }
 
+    /// Drain the replicas that run on the cluster nodes `drained` (they take
+    /// no new calls; those in flight finish) and undrain the others. The
+    /// replicas `scale_cluster` started here are left to it.
+    pub fn drain_nodes(&self, drained: &BTreeSet<String>) {
+        for replica in self.replicas() {
+            if replica.was_started_here() {
+                continue;
+            }
+            let node = replica.remote_node().or(self.local_node());
+            let drain = node.is_some_and(|node| drained.contains(node));
+            if replica.draining.swap(drain, Ordering::SeqCst) != drain {
+                tracing::info!(fleet = %self.name, replica = %replica.name(), drain, "node drain");
+            }
+        }
+    }
+
     /// Counts changes of the offer (or of the fleet coming up or going
     /// down) that anyone has observed; see [`Fleet::check`].
     pub fn generation(&self) -> u64 {

@@ -117,6 +117,7 @@ async fn serve_command(
                     let state = crate::cluster::NodeState {
                         settings: shared.settings.clone(),
                         keys: shared.access.auth.keys().clone(),
+                        data: local.models.data.clone(),
                     };
                     let node = crate::cluster::join(
                         &config,
@@ -393,6 +394,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         store,
         data: data.unit().clone(),
         compute: compute_server,
+        control: control.unit().clone(),
     };
     served.push(("data".to_string(), pipe_to(data.clone())));
     served.push(("control".to_string(), pipe_to(control.clone())));
