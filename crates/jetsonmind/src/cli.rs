@@ -49,6 +49,9 @@ pub enum Command {
     /// Manage the model store.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Look at the edge cluster: its nodes, replicas, models and health.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Manage API keys: hashed in the data dir, or the cluster's when `[cluster]` is set.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -77,6 +80,7 @@ impl Command {
     /// How a serving command serves; `None` for the others.
     pub fn transport(&self) -> Option<&Transport> {
         match self {
+            Command::Cluster(_) => None,
             Command::Serve(Serve { transport: t, .. })
             | Command::Compute(t)
             | Command::Data(t)
@@ -111,6 +115,29 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes (status, age, servers, replicas, loaded models, memory,
+    /// temperature, calls, p99), the cluster's models and placements, as
+    /// NATS holds them now.
+    Status {
+        /// NATS servers to ask (comma-separated); sets `cluster.urls`.
+        #[arg(long, value_delimiter = ',')]
+        cluster: Vec<String>,
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl ClusterCommand {
+    /// `--cluster`, as the environment override it is (as for `serve`).
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let ClusterCommand::Status { cluster, .. } = self;
+        urls_override(cluster).into_iter().collect()
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Add a model to the store: a .gguf/.onnx/.safetensors file, or a
     /// directory of one with its tokenizer and config. Atomic; sha256 recorded.
@@ -141,12 +168,6 @@ pub enum ModelsCommand {
     Verify { name: String },
     /// Take a model out of the store.
     Remove { name: String },
-    /// Upload a model of this store to the cluster `[cluster]` names (its
-    /// files once, checked), so any node can pull and run it.
-    Publish { name: String },
-    /// Download a model the cluster has into this store, every file checked
-    /// against the sha256 it was published with.
-    Pull { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -167,12 +188,7 @@ impl Serve {
     /// over the config file and the settings, and stay in force when the
     /// settings change at run time.
     pub fn overrides(&self) -> Vec<(String, String)> {
-        let mut env = Vec::new();
-        if !self.cluster.is_empty() {
-            let urls = self.cluster.iter().cloned().map(toml::Value::String);
-            let urls = toml::Value::Array(urls.collect());
-            env.push(("JETSONMIND_CLUSTER__URLS".into(), urls.to_string()));
-        }
+        let mut env: Vec<_> = urls_override(&self.cluster).into_iter().collect();
         if let Some(node) = &self.node {
             let node = toml::Value::String(node.clone());
             env.push(("JETSONMIND_CLUSTER__NODE".into(), node.to_string()));
@@ -194,4 +210,14 @@ pub struct Transport {
     /// `scale_cluster` starts replicas that only it can call.
     #[arg(long, conflicts_with = "stdio", hide = true)]
     pub secret_from_stdin: bool,
+}
+
+/// `cluster.urls` set to `urls` through the environment, unless empty.
+fn urls_override(urls: &[String]) -> Option<(String, String)> {
+    if urls.is_empty() {
+        return None;
+    }
+    let urls = urls.iter().cloned().map(toml::Value::String);
+    let urls = toml::Value::Array(urls.collect());
+    Some(("JETSONMIND_CLUSTER__URLS".into(), urls.to_string()))
 }

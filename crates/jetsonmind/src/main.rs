@@ -3,6 +3,7 @@
 mod backup;
 mod cli;
 mod cluster;
+mod cluster_cli;
 mod keys;
 mod models;
 mod run;

@@ -44,6 +44,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve(serve) = &cli.command {
         sources.env.extend(serve.overrides());
     }
+    if let Command::Cluster(cluster) = &cli.command {
+        sources.env.extend(cluster.overrides());
+    }
     let config = sources.load().context("loading config")?;
     match cli.command {
         Command::Config => {
@@ -53,8 +56,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { output } => {
             return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
-        Command::Models(command) => return crate::models::run(command, &config).await,
+        Command::Models(command) => return crate::models::run(command, &config),
         Command::Keys(command) => return crate::keys::run(command, &config).await,
+        Command::Cluster(command) => return crate::cluster_cli::run(command, &config).await,
         _ => {}
     }
     let shutdown = CancellationToken::new();
@@ -78,6 +82,7 @@ async fn serve_command(
     shared: &Shared,
 ) -> anyhow::Result<()> {
     match command {
+        Command::Cluster(_) => unreachable!("handled before serving"),
         Command::Compute(t) => {
             let node = shared.node_state()?;
             let compute = ComputeServer::new(&config, node.cache, node.store);
@@ -117,14 +122,12 @@ async fn serve_command(
                     let state = crate::cluster::NodeState {
                         settings: shared.settings.clone(),
                         keys: shared.access.auth.keys().clone(),
-                        data: local.models.data.clone(),
                     };
                     let node = crate::cluster::join(
                         &config,
                         served,
                         backends.clone(),
                         state,
-                        local.models,
                         &shutdown,
                     );
                     Some(node.await?)
@@ -356,8 +359,6 @@ struct LocalServers {
     control: Backend,
     /// What this node serves to the cluster: each local server by name.
     served: Vec<(String, OpenPipe)>,
-    /// The servers that use the cluster's models, once it joins one.
-    models: crate::cluster::ModelUsers,
 }
 
 impl LocalServers {
@@ -372,16 +373,13 @@ impl LocalServers {
 
 fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalServers> {
     let node = shared.node_state()?;
-    let store = node.store.clone();
     let mut served = Vec::new();
-    let mut compute_server = None;
     let local_compute = match config.control.local_replica {
         true => {
             let server = shared.server(
                 ComputeServer::new(config, node.cache.clone(), node.store.clone()),
                 config,
             );
-            compute_server = Some(server.unit().clone());
             served.push(("compute".to_string(), pipe_to(server.clone())));
             Some(local_link("compute-local", server))
         }
@@ -390,12 +388,6 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
     let compute = shared.compute_fleet(config, local_compute);
     let control = shared.server(shared.control(compute.clone(), config), config);
     let data = shared.server(DataServer::new(node), config);
-    let models = crate::cluster::ModelUsers {
-        store,
-        data: data.unit().clone(),
-        compute: compute_server,
-        control: control.unit().clone(),
-    };
     served.push(("data".to_string(), pipe_to(data.clone())));
     served.push(("control".to_string(), pipe_to(control.clone())));
     let single = |name: &str, link| Fleet::single_link(name, link, shared.fleet_settings.clone());
@@ -404,7 +396,6 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         data: single("data", local_link("data", data)),
         control: single("control", local_link("control", control)),
         served,
-        models,
     })
 }
 
