@@ -45,14 +45,19 @@ def make_data_dir(binary, path):
     """`path` as a data dir with the default model imported (hard-linked, so it costs no copy)."""
     if not (MODELS / DEFAULT_MODEL).is_file():
         pytest.fail(f"{MODELS / DEFAULT_MODEL} is missing: run ./setup.sh")
+    import_model(binary, path, MODELS / DEFAULT_MODEL, "--link")
+    return path
+
+
+def import_model(binary, data_dir, source, *args):
+    """`jetsonmind models import SOURCE ARGS` into the store of `data_dir`."""
     imported = subprocess.run(
-        [str(binary), "--data-dir", str(path), "models", "import", str(MODELS / DEFAULT_MODEL), "--link"],
+        [str(binary), "--data-dir", str(data_dir), "models", "import", str(source), *args],
         capture_output=True,
         text=True,
     )
     if imported.returncode != 0:
-        pytest.fail(f"cannot import the default model: {imported.stderr}")
-    return path
+        pytest.fail(f"cannot import {source}: {imported.stderr}")
 
 
 class Served:
@@ -108,10 +113,7 @@ def start_cluster_node(binary, tmp_path, nats_urls, node, env=None, netns=None, 
     (default model imported; kept when the node is started again), each start logging to a new
     tmp_path/<node>[.N].log. With `netns`, it runs inside host `host` and its URL is a loopback port
     here forwarded to it."""
-    data = tmp_path / f"{node}-data"
-    if not data.exists():
-        data.mkdir(parents=True)
-        make_data_dir(binary, data)
+    data = cluster_node_data(binary, tmp_path, node)
     starts = len(list(tmp_path.glob(f"{node}.*log")))
     log = tmp_path / (f"{node}.{starts}.log" if starts else f"{node}.log")
     cluster_args = ["--cluster", nats_urls, "--node", node]
@@ -121,6 +123,15 @@ def start_cluster_node(binary, tmp_path, nats_urls, node, env=None, netns=None, 
     inside = urllib.parse.urlsplit(served.url)
     served.url = inside._replace(netloc=f"127.0.0.1:{netns.forward(host, inside.port, inside.hostname)}").geturl()
     return served
+
+
+def cluster_node_data(binary, tmp_path, node):
+    """The data dir `start_cluster_node` gives `node`: made with the default model the first time."""
+    data = tmp_path / f"{node}-data"
+    if not data.exists():
+        data.mkdir(parents=True)
+        make_data_dir(binary, data)
+    return data
 
 
 def start_nodes(binary, tmp_path, nats, names, env=None, **where):

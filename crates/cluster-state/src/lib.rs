@@ -16,6 +16,7 @@
 
 pub mod keys;
 pub mod models;
+pub mod placement;
 pub mod settings;
 pub mod status;
 pub mod views;
@@ -31,6 +32,21 @@ pub enum StateError {
     JetStream(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Store(#[from] jetsonmind_data::store::StoreError),
+    #[error("no model named `{0}` is published in the cluster")]
+    NotPublished(String),
+    #[error("{file}: its content has digest {actual}, not the {expected} published; refused")]
+    DigestMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{file}: nothing arrived for {after:?} (cluster.model_stall_ms); download abandoned")]
+    Stalled {
+        file: String,
+        after: std::time::Duration,
+    },
 }
 
 impl StateError {

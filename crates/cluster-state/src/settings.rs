@@ -17,7 +17,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use jetsonmind_cluster::Bus;
 use jetsonmind_core::config::ClusterLayer;
-use jetsonmind_data::settings::{BoxFuture, Settings, SettingsError, SharedSettings, set_key};
+use jetsonmind_data::settings::{
+    BoxFuture, Settings, SettingsError, SharedSettings, get_key, is_node_key, leaf_keys, set_key,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +89,47 @@ impl ClusterSettings {
                 revision,
                 values: document.values,
             }))
+    }
+
+    /// Add this node's cluster-wide `settings` (a `settings.toml`) that the
+    /// cluster does not set yet; the cluster's own values win. Returns the
+    /// keys added and the keys the cluster already sets differently.
+    pub async fn adopt(&self, settings: &toml::Table) -> Result<Adopted, StateError> {
+        let mut local = Vec::new();
+        leaf_keys(settings, "", &mut local);
+        local.retain(|key| !is_node_key(key));
+        loop {
+            let (document, revision) = self.document().await?.unwrap_or_default();
+            let (set, unset): (Vec<String>, Vec<String>) = local
+                .iter()
+                .cloned()
+                .partition(|key| get_key(&document.values, key).is_some());
+            let differing = set
+                .into_iter()
+                .filter(|key| get_key(&document.values, key) != get_key(settings, key))
+                .collect();
+            if unset.is_empty() {
+                return Ok(Adopted {
+                    added: unset,
+                    differing,
+                });
+            }
+            let changes = unset
+                .iter()
+                .map(|key| (key.clone(), get_key(settings, key)))
+                .collect();
+            match self.write_changes(changes, revision).await {
+                Ok(_) => {
+                    return Ok(Adopted {
+                        added: unset,
+                        differing,
+                    });
+                }
+                // Changed meanwhile: look again.
+                Err(SettingsError::Conflict { .. }) => continue,
+                Err(e) => return Err(StateError::Invalid(e.to_string())),
+            }
+        }
     }
 
     async fn document(&self) -> Result<Option<(Document, u64)>, StateError> {
@@ -190,6 +233,15 @@ impl SharedSettings for ClusterSettings {
     ) -> BoxFuture<'_, Result<ClusterLayer, SettingsError>> {
         Box::pin(self.write_changes(changes, base))
     }
+}
+
+/// What [`ClusterSettings::adopt`] did.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Adopted {
+    /// This node's keys the cluster now sets too.
+    pub added: Vec<String>,
+    /// This node's keys the cluster sets to other values (the cluster's win).
+    pub differing: Vec<String>,
 }
 
 /// Whether `key`, a key within it, or a section holding it was changed by a

@@ -216,3 +216,31 @@ async fn keys_created_anywhere_work_everywhere_and_revoked_ones_stay_revoked() {
     assert!(keys.list().await.unwrap().iter().all(|k| k.id != own.id));
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_joining_node_adds_the_settings_the_cluster_lacks_and_keeps_the_clusters() {
+    let server = NatsServer::start();
+    let stop = CancellationToken::new();
+    let dir1 = tempfile::tempdir().unwrap();
+    let node1 = joined(&server, "node1", dir1.path(), &stop).await;
+    set(&node1, json!({"cache": {"max_bytes": 4096}}), None)
+        .await
+        .unwrap();
+
+    let newcomer = connect(&node_config(&server, "node2")).await;
+    let shared = ClusterSettings::open(&newcomer).await.unwrap();
+    let local: toml::Table =
+        toml::from_str("[cache]\nttl_secs = 77\nmax_bytes = 1\n[compute]\nthreads = 2\n").unwrap();
+    let adopted = shared.adopt(&local).await.unwrap();
+    assert_eq!(adopted.added, ["cache.ttl_secs"]);
+    assert_eq!(adopted.differing, ["cache.max_bytes"]);
+    until("node1 applying the newcomer's setting", || {
+        node1.current().cache.ttl_secs == 77
+    })
+    .await;
+    assert_eq!(node1.current().cache.max_bytes, 4096, "the cluster's value wins");
+    assert_ne!(node1.current().compute.threads, 2, "a node's own key is not shared");
+    let again = shared.adopt(&local).await.unwrap();
+    assert!(again.added.is_empty(), "{again:?}");
+    stop.cancel();
+}

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{Bus, ClusterError};
 
 /// What a node says of itself in each heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node: String,
     pub version: String,
@@ -38,6 +38,12 @@ pub struct NodeStatus {
     /// (capacity, in flight, queue, loaded models, memory, temperature).
     #[serde(default)]
     pub replicas: serde_json::Value,
+    /// Drained: it takes no new calls and runs no placements.
+    #[serde(default)]
+    pub draining: bool,
+    /// The device's power mode (nvpmodel's name on a Jetson), if it has one.
+    #[serde(default)]
+    pub power_mode: Option<String>,
 }
 
 /// The live nodes, by id (this node included).
@@ -234,7 +240,7 @@ fn expire(
             || current
                 .iter()
                 .zip(&live)
-                .any(|((_, a), (_, b))| a.shared != b.shared);
+                .any(|((_, a), (_, b))| a.shared != b.shared || a.draining != b.draining);
         *current = live;
         changed
     });

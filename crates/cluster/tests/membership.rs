@@ -82,6 +82,8 @@ fn status_of(node: &str) -> impl Fn() -> NodeStatus + Send + Sync + 'static {
         started_unix: 0,
         heartbeat_unix: unix_now(),
         replicas: (beats.fetch_add(1, Ordering::Relaxed) + 1).into(),
+        draining: false,
+        power_mode: None,
     }
 }
 

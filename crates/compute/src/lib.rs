@@ -28,15 +28,17 @@ use jetsonmind_core::rmcp::model::{
     CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
     ReadResourceResult, Resource, Tool, ToolAnnotations,
 };
+use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
 
+use crate::engine::EngineError;
 use crate::engine::llama::LlamaSettings;
 use crate::engine::simulated;
-use crate::models::{Loader, ModelRegistry, Placement};
+use crate::models::{Loader, ModelRegistry, ModelSource, Placement};
 use crate::scheduler::Scheduler;
 use crate::schema::*;
 use crate::text::TextService;
@@ -169,12 +171,36 @@ impl ComputeServer {
         }
     }
 
-    async fn load_model(&self, args: LoadModelArgs) -> CallToolResult {
+    /// Pull models this node's store lacks from `source` (the cluster's
+    /// registry, once the node joins; only the first call counts).
+    pub fn set_model_source(&self, source: Arc<dyn ModelSource>) {
+        self.text.models.set_source(source);
+    }
+
+    /// Load `model` (pulled first if only the cluster has it) and keep it
+    /// loaded, never unloaded for being idle, until [`Self::release`]: a
+    /// replica that a placement asked of this node.
+    pub async fn keep_loaded(&self, model: &str) -> Result<(), EngineError> {
+        self.text.models.load(model, Some(None), None).await.map(|_| ())
+    }
+
+    /// Unload `model`, which a placement no longer wants here.
+    pub fn release(&self, model: &str) -> Result<(), EngineError> {
+        self.text.models.unload(model).map(|_| ())
+    }
+
+    async fn load_model(&self, args: LoadModelArgs, context: CallContext) -> CallToolResult {
         let keep_alive = args.keep_alive_secs.map(|secs| match secs {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         });
-        match self.text.models.load(&args.model, keep_alive).await {
+        let progress = context.progress.as_ref();
+        match self
+            .text
+            .models
+            .load(&args.model, keep_alive, progress)
+            .await
+        {
             Ok(outcome) => json_tool_result(&outcome),
             Err(e) => tool_error(e.to_string()),
         }
@@ -203,7 +229,7 @@ impl ComputeServer {
                 let raw = Value::Object(call.arguments);
                 Ok(self.text.code_complete(args, &raw, call.context).await)
             }
-            LOAD_MODEL => Ok(self.load_model(call.parse()?).await),
+            LOAD_MODEL => Ok(self.load_model(call.parse()?, call.context).await),
             UNLOAD_MODEL => Ok(self.unload_model(call.parse()?).await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),

@@ -10,12 +10,18 @@
 //! of the model being loaded wait for that one load.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use jetsonmind_contract::inference::TransferProgress;
 use jetsonmind_contract::replica::LoadedModel;
 use jetsonmind_core::config::SimulatorConfig;
+use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
+use jetsonmind_core::upstream::ProgressSink;
+use jetsonmind_core::upstream::forward::TransferCallback;
 use jetsonmind_data::gguf;
 use jetsonmind_data::store::{ModelStore, StoreError};
 use tokio::sync::watch;
@@ -40,6 +46,20 @@ pub struct Placement {
 pub type Loader = Arc<
     dyn Fn(&Path, &str, &LlamaSettings) -> Result<Arc<dyn TextEngine>, EngineError> + Send + Sync,
 >;
+
+/// Where a model this node's store lacks can come from: the cluster's
+/// registry, once the node has joined one (the cluster-state crate
+/// implements it on JetStream).
+pub trait ModelSource: Send + Sync {
+    /// Bring the model `name` into the store, checked, if the source has it;
+    /// `Ok(false)` when it has none of that name. `progress(done, total)`
+    /// follows the download in bytes.
+    fn fetch(
+        &self,
+        name: String,
+        progress: TransferCallback,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + '_>>;
+}
 
 /// The most memory a model may be counted for: beyond any machine, and far
 /// enough from `u64::MAX` that sums of such counts cannot overflow.
@@ -93,6 +113,8 @@ pub struct ModelRegistry {
     /// Held only for bookkeeping, never across a load or an await, so the
     /// status read never waits for a model to load.
     slots: Mutex<HashMap<String, Slot>>,
+    /// Where models the store lacks are pulled from; none on one device.
+    source: OnceLock<Arc<dyn ModelSource>>,
 }
 
 /// What a load did.
@@ -157,7 +179,14 @@ impl ModelRegistry {
             loader: llama_loader(),
             simulated: false,
             slots: Mutex::new(HashMap::new()),
+            source: OnceLock::new(),
         }
+    }
+
+    /// Pull models the store lacks from `source` (set once the node joins
+    /// a cluster; only the first call counts).
+    pub fn set_source(&self, source: Arc<dyn ModelSource>) {
+        let _ = self.source.set(source);
     }
 
     /// Load models with `loader` instead of llama.cpp.
@@ -188,12 +217,16 @@ impl ModelRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The engine for `name` (the default model when `None`), loading it if needed.
+    /// The engine for `name` (the default model when `None`), loading it
+    /// if needed (pulled from the cluster first when only the cluster has
+    /// it; `progress` hears the download).
     pub async fn get(
         self: &Arc<Self>,
         name: Option<&str>,
+        progress: Option<&ProgressSink>,
     ) -> Result<Arc<dyn TextEngine>, EngineError> {
-        let (id, path) = self.resolve(name.unwrap_or(&self.default_model))?;
+        let name = name.unwrap_or(&self.default_model);
+        let (id, path) = self.resolve_or_pull(name, progress).await?;
         let (engine, _) = self.ensure_loaded(&id, &path, None).await?;
         Ok(engine)
     }
@@ -203,10 +236,56 @@ impl ModelRegistry {
         self: &Arc<Self>,
         name: &str,
         keep_alive: Option<Option<Duration>>,
+        progress: Option<&ProgressSink>,
     ) -> Result<LoadOutcome, EngineError> {
-        let (id, path) = self.resolve(name)?;
+        let (id, path) = self.resolve_or_pull(name, progress).await?;
         let (_, outcome) = self.ensure_loaded(&id, &path, keep_alive).await?;
         Ok(outcome)
+    }
+
+    /// [`Self::resolve`]; a model the store lacks is first pulled from the
+    /// cluster, when this node is in one and the cluster has it.
+    async fn resolve_or_pull(
+        &self,
+        name: &str,
+        progress: Option<&ProgressSink>,
+    ) -> Result<(String, PathBuf), EngineError> {
+        let source = match self.source.get() {
+            Some(source) if !self.simulated && !name.contains(['/', '\\']) => source,
+            _ => return self.resolve(name),
+        };
+        if let Some(found) = self.lookup(name)? {
+            return Ok(found);
+        }
+        for id in candidate_ids(name) {
+            let (reporter, relay) = match progress.cloned() {
+                Some(sink) => {
+                    let (reporter, relay) = pull_reporter(sink, &id);
+                    (reporter, Some(relay))
+                }
+                None => (Box::new(|_, _| {}) as TransferCallback, None),
+            };
+            let pulled = source.fetch(id.clone(), reporter).await;
+            // The pull's progress reaches the caller before the generation's.
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
+            match pulled {
+                Ok(true) => return self.resolve(&id),
+                Ok(false) => continue,
+                Err(reason) => {
+                    return Err(EngineError::Load {
+                        path: id,
+                        reason: format!(
+                            "not in this node's store, and pulling it from the cluster \
+                             failed: {reason}"
+                        ),
+                    });
+                }
+            }
+        }
+        // Neither here nor in the cluster: the single device's answer.
+        self.resolve(name)
     }
 
     /// The loaded engine, after the one load of it (started here or by
@@ -535,25 +614,8 @@ impl ModelRegistry {
         if self.simulated {
             return simulated_name(name).map(|id| (id, PathBuf::new()));
         }
-        let mut ids = vec![name.to_string()];
-        if !name.ends_with(".gguf") {
-            ids.push(format!("{name}.gguf"));
-        }
-        for id in &ids {
-            match self.store.get(id) {
-                Ok(model) if model.format != "gguf" => {
-                    return Err(EngineError::Load {
-                        path: id.clone(),
-                        reason: format!("a {} model, not a GGUF language model", model.format),
-                    });
-                }
-                Ok(_) => {
-                    let path = self.store.main_file(id).map_err(|e| load_error(id, e))?;
-                    return Ok((id.clone(), path));
-                }
-                Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(load_error(id, e)),
-            }
+        if let Some(found) = self.lookup(name)? {
+            return Ok(found);
         }
         Err(EngineError::Load {
             path: name.to_string(),
@@ -564,6 +626,56 @@ impl ModelRegistry {
             ),
         })
     }
+
+    /// The store's model `name` stands for, with its main file; `None` when
+    /// the store has none of that name.
+    fn lookup(&self, name: &str) -> Result<Option<(String, PathBuf)>, EngineError> {
+        for id in candidate_ids(name) {
+            match self.store.get(&id) {
+                Ok(model) if model.format != "gguf" => {
+                    return Err(EngineError::Load {
+                        path: id,
+                        reason: format!("a {} model, not a GGUF language model", model.format),
+                    });
+                }
+                Ok(_) => {
+                    let path = self.store.main_file(&id).map_err(|e| load_error(&id, e))?;
+                    return Ok(Some((id, path)));
+                }
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(load_error(&id, e)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The store names `name` may stand for: itself, or with `.gguf` added.
+fn candidate_ids(name: &str) -> Vec<String> {
+    let mut ids = vec![name.to_string()];
+    if !name.ends_with(".gguf") {
+        ids.push(format!("{name}.gguf"));
+    }
+    ids
+}
+
+/// A pull's progress, told to the caller of the call that needs the model;
+/// the relay ends once the callback is dropped and all is told.
+fn pull_reporter(
+    sink: ProgressSink,
+    model: &str,
+) -> (TransferCallback, tokio::task::JoinHandle<()>) {
+    let model = model.to_string();
+    sink.percent_reporter(move |done, total| {
+        let progress = TransferProgress {
+            verb: "pulling",
+            model: &model,
+            done,
+            total,
+        };
+        // The sink puts the caller's own progress token in.
+        progress.notification(ProgressToken(NumberOrString::Number(0)))
+    })
 }
 
 /// Any name is a simulated model, once it is a name: not empty, not too long.

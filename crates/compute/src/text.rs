@@ -52,7 +52,10 @@ impl TextService {
     ) -> CallToolResult {
         let result = async {
             let turns = self.chat_turns(&args)?;
-            let engine = self.models.get(args.model.as_deref()).await?;
+            let engine = self
+                .models
+                .get(args.model.as_deref(), context.progress.as_ref())
+                .await?;
             // Greedy decoding, or a given seed, always gives the same text.
             let deterministic = args.temperature == Some(0.0) || args.seed.is_some();
             let key = deterministic.then(|| cache_key(TEXT_GENERATE, &engine.info().id, arguments));
@@ -98,7 +101,10 @@ impl TextService {
                 + args.context.as_ref().map_or(0, String::len)
                 + args.suffix.as_ref().map_or(0, String::len);
             self.check_prompt_size(bytes)?;
-            let engine = self.models.get(args.model.as_deref()).await?;
+            let engine = self
+                .models
+                .get(args.model.as_deref(), context.progress.as_ref())
+                .await?;
             // Completion is greedy, so always cacheable.
             let key = Some(cache_key(CODE_COMPLETE, &engine.info().id, arguments));
             self.cached_or_run(CODE_COMPLETE, &engine, key, async {

@@ -55,13 +55,47 @@ impl GenerationProgress {
             .with_message(self.text.clone())
     }
 
-    /// The progress a notification reports; `None` when it carries no text.
+    /// The progress a notification reports; `None` when it carries no text
+    /// or no total (then it is not a generation's: a [`TransferProgress`]).
     pub fn read(notification: &ProgressNotificationParam) -> Option<Self> {
         Some(Self {
             tokens: notification.progress as u32,
-            max_tokens: notification.total.unwrap_or_default() as u32,
+            max_tokens: notification.total? as u32,
             text: notification.message.clone()?,
         })
+    }
+}
+
+/// Where a model transfer stands: `verb` (`pulling`, `publishing`) `model`,
+/// `done` of `total` bytes. The progress is the fraction done, kept below
+/// 1, so that the token counts of a generation that follows in the same
+/// call still move forward; it has no total, which tells it from a
+/// [`GenerationProgress`], and says the bytes in its message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferProgress<'a> {
+    pub verb: &'a str,
+    pub model: &'a str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// The most a transfer's progress reaches.
+const TRANSFER_DONE: f64 = 0.999;
+
+impl TransferProgress<'_> {
+    pub fn notification(&self, token: ProgressToken) -> ProgressNotificationParam {
+        let fraction = match self.total {
+            0 => TRANSFER_DONE,
+            total => (self.done as f64 / total as f64).min(TRANSFER_DONE),
+        };
+        let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+        ProgressNotificationParam::new(token, fraction).with_message(format!(
+            "{} {}: {:.1} of {:.1} MiB",
+            self.verb,
+            self.model,
+            mib(self.done),
+            mib(self.total)
+        ))
     }
 }
 
@@ -81,6 +115,24 @@ mod tests {
         assert_eq!(
             GenerationProgress::read(&progress.notification(token)),
             Some(progress)
+        );
+    }
+
+    #[test]
+    fn a_transfer_is_not_read_as_generated_text_and_stays_below_a_first_token() {
+        let token = ProgressToken(NumberOrString::Number(7));
+        let transfer = TransferProgress {
+            verb: "pulling",
+            model: "m.gguf",
+            done: 3 << 20,
+            total: 3 << 20,
+        }
+        .notification(token);
+        assert_eq!(GenerationProgress::read(&transfer), None);
+        assert!(transfer.progress < 1.0, "{}", transfer.progress);
+        assert_eq!(
+            transfer.message.as_deref(),
+            Some("pulling m.gguf: 3.0 of 3.0 MiB")
         );
     }
 

@@ -170,6 +170,11 @@ impl Replica {
                 .as_ref()
                 .map(|r| r.loaded.iter().map(|m| m.name.clone()).collect())
                 .unwrap_or_default(),
+            stored_models: report
+                .as_ref()
+                .map(|r| r.model_bytes.keys().cloned().collect())
+                .unwrap_or_default(),
+            local: self.remote_node().is_none(),
             temperature_c: report.as_ref().and_then(|r| r.temperature_c),
             loadable_bytes: report.as_ref().map(|r| r.loadable_bytes),
             latency_ms: latency
@@ -348,6 +353,22 @@ impl Fleet {
             }
         }
         joined || !gone.is_empty()
+    }
+
+    /// Drain the replicas that run on the cluster nodes `drained` (they take
+    /// no new calls; those in flight finish) and undrain the others. The
+    /// replicas `scale_cluster` started here are left to it.
+    pub fn drain_nodes(&self, drained: &BTreeSet<String>) {
+        for replica in self.replicas() {
+            if replica.was_started_here() {
+                continue;
+            }
+            let node = replica.remote_node().or(self.local_node());
+            let drain = node.is_some_and(|node| drained.contains(node));
+            if replica.draining.swap(drain, Ordering::SeqCst) != drain {
+                tracing::info!(fleet = %self.name, replica = %replica.name(), drain, "node drain");
+            }
+        }
     }
 
     /// Counts changes of the offer (or of the fleet coming up or going

@@ -8,14 +8,15 @@
 pub mod breaker;
 pub mod fleet;
 pub mod link;
+pub mod placement;
 pub mod power;
 pub mod routing;
 pub mod scale;
 pub mod schema;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
@@ -29,6 +30,7 @@ use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool
 use serde_json::{Value, json};
 
 use crate::fleet::{Attempt, Fleet, Origin, Replica};
+use crate::placement::{ClusterPlacement, Placement};
 use crate::power::Power;
 use crate::scale::Launcher;
 use crate::schema::*;
@@ -43,6 +45,8 @@ pub struct ControlServer {
     /// One scaling action at a time.
     scaling: tokio::sync::Mutex<()>,
     started: AtomicUsize,
+    /// The cluster's placements, once this node joins a cluster.
+    cluster: OnceLock<Arc<dyn ClusterPlacement>>,
 }
 
 fn catalog() -> Catalog {
@@ -65,7 +69,10 @@ fn catalog() -> Catalog {
         ),
         AccessLevel::Admin.mark(tool_from::<ScaleClusterArgs>(
             "scale_cluster",
-            "Show, add or remove compute replicas on this machine.",
+            "Show, add or remove compute replicas on this machine; in a cluster, place a \
+             model's replicas across the nodes (`place` with `model`, `replicas` and \
+             `strategy`: spread, pack, or hardware: by temperature headroom, free memory and \
+             power mode), and drain or undrain a node.",
         )),
     ];
     Catalog::new(tools, Vec::new(), Vec::new()).expect("the control catalog is valid")
@@ -85,7 +92,14 @@ impl ControlServer {
             drain_timeout: Duration::from_millis(config.control.drain_timeout_ms),
             scaling: tokio::sync::Mutex::new(()),
             started: AtomicUsize::new(0),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Place models across the cluster this node joined (only the first
+    /// call counts).
+    pub fn join_cluster(&self, placement: Arc<dyn ClusterPlacement>) {
+        let _ = self.cluster.set(placement);
     }
 
     /// Power commands read this root instead of `/` (tests).
@@ -270,13 +284,49 @@ impl ControlServer {
         let _one_at_a_time = self.scaling.lock().await;
         let count = args.count.unwrap_or(1) as usize;
         match args.action {
-            ScaleAction::Status => self.scale_status(),
+            ScaleAction::Status => self.scale_status().await,
             ScaleAction::Add => self.add_replicas(count).await,
             ScaleAction::Remove => self.remove_replicas(count, args.replica.as_deref()).await,
+            ScaleAction::Place | ScaleAction::Drain | ScaleAction::Undrain => {
+                self.scale_across_cluster(args).await
+            }
         }
     }
 
-    fn scale_status(&self) -> CallToolResult {
+    /// The cluster scope of `scale_cluster`: placements and drains.
+    async fn scale_across_cluster(&self, args: ScaleClusterArgs) -> CallToolResult {
+        let Some(cluster) = self.cluster.get() else {
+            return tool_error(
+                "placing models and draining nodes needs a cluster: this node has not joined \
+                 one (`jetsonmind serve --cluster nats://HOST:4222`)",
+            );
+        };
+        let done = match args.action {
+            ScaleAction::Place => {
+                let (Some(model), Some(replicas)) = (args.model, args.replicas) else {
+                    return tool_error("`place` needs `model` and `replicas`");
+                };
+                let placement = Placement {
+                    model,
+                    replicas: replicas as usize,
+                    strategy: args.strategy.unwrap_or_default(),
+                };
+                cluster.place(placement).await
+            }
+            drain => {
+                let Some(node) = args.node else {
+                    return tool_error("`drain` and `undrain` need `node`");
+                };
+                cluster.drain(node, drain == ScaleAction::Drain).await
+            }
+        };
+        match done {
+            Ok(()) => self.scale_status().await,
+            Err(e) => tool_error(e),
+        }
+    }
+
+    async fn scale_status(&self) -> CallToolResult {
         let replicas: Vec<Value> = self
             .fleet
             .replicas()
@@ -291,10 +341,18 @@ impl ControlServer {
                 })
             })
             .collect();
+        let cluster = match self.cluster.get() {
+            Some(cluster) => match cluster.status().await {
+                Ok(status) => status,
+                Err(e) => json!({ "error": e }),
+            },
+            None => Value::Null,
+        };
         json_tool_result(&json!({
             "replicas": replicas,
             "max_replicas": self.max_replicas,
             "can_start_replicas": self.launcher.is_some(),
+            "cluster": cluster,
         }))
     }
 

@@ -5,6 +5,11 @@
 //! at the utilization ceiling, or short of memory for a model they would have
 //! to load. The rest are ranked by the strategy; the first is chosen and the
 //! others are the order in which a failed idempotent call is retried.
+//!
+//! In a cluster, affinity ranks by where the model is: loaded, then in the
+//! replica's store, and when no replica has it at all (only the cluster's
+//! registry does), this node's own replica, so that the model is pulled
+//! where the call came in.
 
 pub use jetsonmind_core::config::Strategy;
 use serde::Serialize;
@@ -42,6 +47,10 @@ pub struct ReplicaState {
     pub capacity: Option<usize>,
     pub default_model: Option<String>,
     pub loaded_models: Vec<String>,
+    /// The models in its store it can load.
+    pub stored_models: Vec<String>,
+    /// This node's own replica, not another node's.
+    pub local: bool,
     pub temperature_c: Option<f64>,
     /// The most memory a model it has not loaded may take here.
     pub loadable_bytes: Option<u64>,
@@ -70,6 +79,23 @@ impl ReplicaState {
         self.loaded_models.iter().any(|m| same_model(m, model))
     }
 
+    /// Whether `model` (the replica's default when `None`) is in its store.
+    pub fn stores(&self, model: Option<&str>) -> bool {
+        let Some(model) = model.or(self.default_model.as_deref()) else {
+            return false;
+        };
+        self.stored_models.iter().any(|m| same_model(m, model))
+    }
+
+    /// Where the model is, for affinity: loaded, stored, neither.
+    fn has(&self, model: Option<&str>) -> Placement {
+        match (self.holds(model), self.stores(model)) {
+            (true, _) => Placement::Loaded,
+            (false, true) => Placement::Stored,
+            (false, false) => Placement::Elsewhere,
+        }
+    }
+
     /// One more call would still keep it under the ceiling.
     fn has_room(&self, ceiling: f64) -> bool {
         match self.capacity.filter(|c| *c > 0) {
@@ -80,6 +106,14 @@ impl ReplicaState {
             }
         }
     }
+}
+
+/// Where a replica has the model a call names; better first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Placement {
+    Loaded,
+    Stored,
+    Elsewhere,
 }
 
 /// Store names may be given with or without `.gguf`.
@@ -115,7 +149,7 @@ impl Exclusion {
         match self {
             Exclusion::Down => "down: failed its last health check".into(),
             Exclusion::BreakerOpen => "circuit breaker open after repeated failures".into(),
-            Exclusion::Draining => "draining: being removed".into(),
+            Exclusion::Draining => "draining: being removed, or its node is drained".into(),
             Exclusion::Hot {
                 temperature_c,
                 limit_c,
@@ -195,11 +229,21 @@ pub fn decide(need: &Need, replicas: &[ReplicaState], policy: &Policy) -> Decisi
         .filter(|(_, c)| c.excluded.is_none())
         .map(|(i, _)| *i)
         .collect();
-    eligible.sort_by(|a, b| rank_key(policy.strategy, need, &replicas[*a], &replicas[*b]));
+    // No replica that can take the call has the model: it comes from the
+    // cluster, best to this node.
+    let pull_here = eligible
+        .iter()
+        .all(|i| replicas[*i].has(need.model) == Placement::Elsewhere);
+    let ranking = Ranking {
+        strategy: policy.strategy,
+        need,
+        pull_here,
+    };
+    eligible.sort_by(|a, b| ranking.order(&replicas[*a], &replicas[*b]));
     for (rank, index) in eligible.iter().enumerate() {
         let candidate = &mut candidates[*index].1;
         candidate.rank = Some(rank + 1);
-        candidate.why = ranked_why(policy.strategy, need, &replicas[*index], rank);
+        candidate.why = ranking.why(&replicas[*index], rank);
     }
     let order: Vec<String> = eligible.iter().map(|i| replicas[*i].name.clone()).collect();
     let blocked = match order.is_empty() {
@@ -286,51 +330,66 @@ fn expected_wait(replica: &ReplicaState) -> f64 {
     replica.latency_ms.unwrap_or(0.0) * (replica.busy() + 1) as f64
 }
 
-fn rank_key(
+/// How one decision ranks its eligible replicas.
+struct Ranking<'a> {
     strategy: Strategy,
-    need: &Need,
-    a: &ReplicaState,
-    b: &ReplicaState,
-) -> std::cmp::Ordering {
-    let by_busy = || a.busy().cmp(&b.busy());
-    let by_latency = || {
-        let (x, y) = (a.latency_ms.unwrap_or(0.0), b.latency_ms.unwrap_or(0.0));
-        x.total_cmp(&y)
-    };
-    let by_wait = || expected_wait(a).total_cmp(&expected_wait(b));
-    let by_name = || a.name.cmp(&b.name);
-    match strategy {
-        Strategy::Affinity => b
-            .holds(need.model)
-            .cmp(&a.holds(need.model))
-            .then_with(by_busy)
-            .then_with(by_latency)
-            .then_with(by_name),
-        Strategy::LeastOutstanding => by_busy().then_with(by_latency).then_with(by_name),
-        Strategy::Latency => by_wait().then_with(by_busy).then_with(by_name),
-    }
+    need: &'a Need<'a>,
+    /// No replica has the model: affinity puts this node's own first.
+    pull_here: bool,
 }
 
-fn ranked_why(strategy: Strategy, need: &Need, replica: &ReplicaState, rank: usize) -> String {
-    let model = match replica.holds(need.model) {
-        true => "model loaded",
-        false => "model not loaded",
-    };
-    let latency = replica
-        .latency_ms
-        .map_or("latency unknown".to_string(), |l| format!("{l:.1} ms"));
-    let facts = match strategy {
-        Strategy::Affinity => format!("{model}, {} in flight, {latency}", replica.busy()),
-        Strategy::LeastOutstanding => format!("{} in flight, {latency}", replica.busy()),
-        Strategy::Latency => format!(
-            "expected wait {:.1} ms ({} in flight, {latency})",
-            expected_wait(replica),
-            replica.busy()
-        ),
-    };
-    match rank {
-        0 => format!("chosen: {facts}"),
-        _ => format!("fallback {rank}: {facts}"),
+impl Ranking<'_> {
+    fn order(&self, a: &ReplicaState, b: &ReplicaState) -> std::cmp::Ordering {
+        let by_busy = || a.busy().cmp(&b.busy());
+        let by_latency = || {
+            let (x, y) = (a.latency_ms.unwrap_or(0.0), b.latency_ms.unwrap_or(0.0));
+            x.total_cmp(&y)
+        };
+        let by_wait = || expected_wait(a).total_cmp(&expected_wait(b));
+        let by_name = || a.name.cmp(&b.name);
+        let model = self.need.model;
+        let by_pull_here = || match self.pull_here {
+            true => b.local.cmp(&a.local),
+            false => std::cmp::Ordering::Equal,
+        };
+        match self.strategy {
+            Strategy::Affinity => a
+                .has(model)
+                .cmp(&b.has(model))
+                .then_with(by_pull_here)
+                .then_with(by_busy)
+                .then_with(by_latency)
+                .then_with(by_name),
+            Strategy::LeastOutstanding => by_busy().then_with(by_latency).then_with(by_name),
+            Strategy::Latency => by_wait().then_with(by_busy).then_with(by_name),
+        }
+    }
+
+    fn why(&self, replica: &ReplicaState, rank: usize) -> String {
+        let model = match replica.has(self.need.model) {
+            Placement::Loaded => "model loaded",
+            Placement::Stored => "model in its store",
+            Placement::Elsewhere if self.pull_here && replica.local => {
+                "model not loaded, pulled here from the cluster"
+            }
+            Placement::Elsewhere => "model not loaded",
+        };
+        let latency = replica
+            .latency_ms
+            .map_or("latency unknown".to_string(), |l| format!("{l:.1} ms"));
+        let facts = match self.strategy {
+            Strategy::Affinity => format!("{model}, {} in flight, {latency}", replica.busy()),
+            Strategy::LeastOutstanding => format!("{} in flight, {latency}", replica.busy()),
+            Strategy::Latency => format!(
+                "expected wait {:.1} ms ({} in flight, {latency})",
+                expected_wait(replica),
+                replica.busy()
+            ),
+        };
+        match rank {
+            0 => format!("chosen: {facts}"),
+            _ => format!("fallback {rank}: {facts}"),
+        }
     }
 }
 
@@ -425,6 +484,50 @@ mod tests {
             vec!["b", "a"],
             "without the model, least busy wins"
         );
+    }
+
+    /// Loaded beats stored beats neither; and a model no replica has (the
+    /// cluster's registry does) goes to this node's own replica, even when
+    /// busier, so it is pulled where the call came in.
+    #[test]
+    fn affinity_prefers_loaded_then_stored_then_this_node_for_a_pull() {
+        let mut stored = replica("stored@n2");
+        stored.stored_models = vec!["big.gguf".into()];
+        let mut loaded = replica("loaded@n3");
+        loaded.loaded_models = vec!["big.gguf".into()];
+        loaded.stored_models = vec!["big.gguf".into()];
+        loaded.outstanding = 2;
+        let mut local = replica("local");
+        local.local = true;
+        local.outstanding = 1;
+        let replicas = [local.clone(), stored.clone(), loaded];
+        let d = decide(&need(Some("big")), &replicas, &policy(Strategy::Affinity));
+        assert_eq!(d.order, vec!["loaded@n3", "stored@n2", "local"]);
+        let d = decide(
+            &need(Some("big")),
+            &[local.clone(), stored],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["stored@n2", "local"]);
+        assert!(d.reason.contains("model in its store"), "{}", d.reason);
+
+        let elsewhere = replica("idle@n2");
+        let d = decide(
+            &need(Some("big")),
+            &[elsewhere.clone(), local.clone()],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["local", "idle@n2"]);
+        assert!(d.reason.contains("pulled here"), "{}", d.reason);
+        // A model some replica has: this node gets no preference.
+        let mut other = replica("other@n3");
+        other.stored_models = vec!["small.gguf".into()];
+        let d = decide(
+            &need(Some("small")),
+            &[local, elsewhere, other],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["other@n3", "idle@n2", "local"]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use jetsonmind_core::config::Strategy;
 use schemars::JsonSchema;
+
+use crate::placement::PlacementStrategy;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -70,9 +72,20 @@ pub struct MonitorHealthArgs {
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ScaleAction {
+    /// This machine's replicas and, in a cluster, the placements.
     Status,
+    /// Start compute replicas on this machine.
     Add,
+    /// Stop replicas this machine started.
     Remove,
+    /// In a cluster: keep `replicas` replicas of `model` across the nodes,
+    /// chosen by `strategy` (0 replicas removes the placement).
+    Place,
+    /// In a cluster: `node` takes no new calls, finishes those in flight,
+    /// and its placements move elsewhere.
+    Drain,
+    /// In a cluster: bring a drained `node` back.
+    Undrain,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -84,4 +97,14 @@ pub struct ScaleClusterArgs {
     pub count: Option<u32>,
     /// For `remove`: this replica instead of the most recently started ones.
     pub replica: Option<String>,
+    /// For `place`: the model to place.
+    pub model: Option<String>,
+    /// For `place`: how many nodes should run it (`target_size` also works).
+    #[serde(alias = "target_size")]
+    #[schemars(range(min = 0, max = 1024))]
+    pub replicas: Option<u32>,
+    /// For `place`: how its nodes are chosen (default `spread`).
+    pub strategy: Option<PlacementStrategy>,
+    /// For `drain` and `undrain`: the node's id.
+    pub node: Option<String>,
 }

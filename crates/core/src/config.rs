@@ -97,6 +97,18 @@ pub struct ClusterConfig {
     pub max_message_bytes: usize,
     /// Sessions one node serves at once; more are refused.
     pub max_sessions: usize,
+    /// How often each node checks the cluster's placements against what it
+    /// runs (it also checks on every change of the placements).
+    pub reconcile_ms: u64,
+    /// Largest chunk a model file is stored in, in the cluster's model
+    /// Object Store (never more than the NATS servers' `max_payload`).
+    pub model_chunk_bytes: usize,
+    /// A model download from the cluster that receives nothing for this
+    /// long is abandoned, and nothing of it is kept.
+    pub model_stall_ms: u64,
+    /// Largest the cluster's model Object Store may grow, per copy; 0: no
+    /// limit but the NATS servers' own.
+    pub model_bucket_max_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -127,6 +139,10 @@ impl Default for ClusterConfig {
             status_timeout_ms: 10_000,
             max_message_bytes: 64 << 20,
             max_sessions: 1_024,
+            reconcile_ms: 2_000,
+            model_chunk_bytes: 1 << 20,
+            model_stall_ms: 30_000,
+            model_bucket_max_bytes: 0,
         }
     }
 }
@@ -171,6 +187,12 @@ impl ClusterConfig {
         }
         if self.max_message_bytes < 4096 || self.max_sessions == 0 {
             return fail("max_message_bytes >= 4096 and max_sessions >= 1".into());
+        }
+        if self.reconcile_ms == 0 {
+            return fail("reconcile_ms must be at least 1".into());
+        }
+        if self.model_chunk_bytes < 4096 || self.model_stall_ms == 0 {
+            return fail("model_chunk_bytes >= 4096 and model_stall_ms >= 1".into());
         }
         Ok(())
     }

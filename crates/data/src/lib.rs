@@ -10,6 +10,7 @@ pub mod analytics;
 pub mod cache;
 pub mod cluster_view;
 pub mod db;
+pub mod distribution;
 pub mod gguf;
 mod notify;
 pub mod prompts;
@@ -18,22 +19,25 @@ pub mod settings;
 pub mod store;
 pub mod telemetry;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_contract::inference::TransferProgress;
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
-    CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
-    ReadResourceResult, Resource, ResourceTemplate,
+    CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject,
+    NumberOrString, ProgressToken, Prompt, ReadResourceResult, Resource, ResourceTemplate,
 };
+use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::{
     Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, tool_error, tool_from,
 };
 
 use crate::analytics::Analytics;
 use crate::cache::InferenceCache;
+use crate::distribution::{ModelDistribution, TransferCallback};
 use crate::schema::{ManageModelsArgs, ModelAction, UpdateSettingsArgs};
 use crate::settings::{Authority, Settings};
 use crate::store::{ModelStore, StoreError};
@@ -63,6 +67,8 @@ pub struct DataServer {
     cluster: std::sync::OnceLock<Arc<dyn cluster_view::ClusterView>>,
     updates: Arc<ResourceUpdates>,
     catalog: Arc<Catalog>,
+    /// The cluster's models, once this node joins a cluster.
+    distribution: OnceLock<Arc<dyn ModelDistribution>>,
 }
 
 impl DataServer {
@@ -80,7 +86,14 @@ impl DataServer {
             cluster: std::sync::OnceLock::new(),
             updates,
             catalog: Arc::new(catalog()),
+            distribution: OnceLock::new(),
         }
+    }
+
+    /// Publish models to, and list those of, the cluster this node has
+    /// joined (only the first call counts).
+    pub fn join_cluster(&self, distribution: Arc<dyn ModelDistribution>) {
+        let _ = self.distribution.set(distribution);
     }
 
     async fn update_settings(&self, args: UpdateSettingsArgs, caller: Principal) -> CallToolResult {
@@ -99,7 +112,14 @@ impl DataServer {
         }
     }
 
-    async fn manage_models(&self, args: ManageModelsArgs) -> CallToolResult {
+    async fn manage_models(
+        &self,
+        args: ManageModelsArgs,
+        progress: Option<ProgressSink>,
+    ) -> CallToolResult {
+        if matches!(args.action, ModelAction::Publish | ModelAction::Unpublish) {
+            return self.distribute(args, progress).await;
+        }
         let store = self.state.store.clone();
         let name = args.name.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -109,6 +129,9 @@ impl DataServer {
                 ModelAction::List => Ok(serde_json::json!({ "models": store.list()? })),
                 ModelAction::Verify => serde_json::to_value(store.verify(&named()?)?),
                 ModelAction::Remove => serde_json::to_value(store.remove(&named()?)?),
+                ModelAction::Publish | ModelAction::Unpublish => {
+                    unreachable!("the cluster's actions are handled above")
+                }
             })
         })
         .await;
@@ -119,6 +142,82 @@ impl DataServer {
             Err(e) => tool_error(format!("model store task failed: {e}")),
         }
     }
+}
+
+impl DataServer {
+    /// `publish` and `unpublish`: the cluster's registry.
+    async fn distribute(
+        &self,
+        args: ManageModelsArgs,
+        progress: Option<ProgressSink>,
+    ) -> CallToolResult {
+        let Some(distribution) = self.distribution.get() else {
+            return tool_error(
+                "publishing needs a cluster: this node has not joined one \
+                 (`jetsonmind serve --cluster nats://HOST:4222`)",
+            );
+        };
+        let Some(name) = args.name else {
+            return tool_error("`name` is required for this action");
+        };
+        let outcome = match args.action {
+            ModelAction::Unpublish => distribution.unpublish(name).await,
+            _ => {
+                let (reporter, relay) = publish_reporter(progress, &name);
+                let published = distribution.publish(name, reporter).await;
+                // Every progress notification goes out before the result.
+                if let Some(relay) = relay {
+                    let _ = relay.await;
+                }
+                published
+            }
+        };
+        match outcome {
+            Ok(entry) => CallToolResult::structured(entry),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    /// `jetson://models/available`: this node's store; in a cluster also
+    /// the cluster's models (`cluster`), or why they cannot be read.
+    async fn models_available(&self) -> Result<serde_json::Value, McpError> {
+        let models = self
+            .state
+            .store
+            .list()
+            .map_err(|e| store_error(e, MODELS_AVAILABLE))?;
+        let mut available = serde_json::json!({ "models": models });
+        if let Some(distribution) = self.distribution.get() {
+            available["cluster"] = match distribution.available().await {
+                Ok(cluster) => cluster,
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+        }
+        Ok(available)
+    }
+}
+
+/// A publish's progress, told to its caller when it asked; the relay ends
+/// once the callback is dropped and all is told.
+fn publish_reporter(
+    progress: Option<ProgressSink>,
+    model: &str,
+) -> (TransferCallback, Option<tokio::task::JoinHandle<()>>) {
+    let Some(sink) = progress else {
+        return (Box::new(|_, _| {}), None);
+    };
+    let model = model.to_string();
+    let (reporter, relay) = sink.percent_reporter(move |done, total| {
+        let progress = TransferProgress {
+            verb: "publishing",
+            model: &model,
+            done,
+            total,
+        };
+        // The sink puts the caller's own progress token in.
+        progress.notification(ProgressToken(NumberOrString::Number(0)))
+    });
+    (reporter, Some(relay))
 }
 
 /// A `manage_models` failure, as the message the caller sees.
@@ -147,7 +246,9 @@ fn catalog() -> Catalog {
             MODELS_AVAILABLE,
             "models-available",
             "Models in this node's model store: format, architecture, quantization, size, \
-             licence, source, digest, and which processes have them loaded.",
+             licence, source, digest, and which processes have them loaded. In a cluster, \
+             `cluster` lists the models published to it, each with the nodes that hold it and \
+             those that have it loaded.",
         ),
         json(
             SYSTEM_METRICS,
@@ -193,7 +294,9 @@ fn catalog() -> Catalog {
         AccessLevel::Admin.mark(tool_from::<ManageModelsArgs>(
             "manage_models",
             "The model store: list models, verify a model's files against their sha256, or \
-             remove a model.",
+             remove a model. In a cluster, `publish` uploads a model to the cluster (any node \
+             can then run it: it is pulled and checked where a call needs it) and \
+             `unpublish` withdraws it.",
         )),
     ];
     Catalog::new(tools, resources, templates).expect("the data catalog is valid")
@@ -223,7 +326,9 @@ impl McpUnit for DataServer {
             "update_settings" => Ok(self
                 .update_settings(call.parse()?, call.caller.clone())
                 .await),
-            "manage_models" => Ok(self.manage_models(call.parse()?).await),
+            "manage_models" => Ok(self
+                .manage_models(call.parse()?, call.context.progress.clone())
+                .await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),
                 None,
@@ -273,10 +378,7 @@ impl McpUnit for DataServer {
         }
         match uri {
             SYSTEM_METRICS => json_resource(uri, &self.telemetry.snapshot().await),
-            MODELS_AVAILABLE => {
-                let models = state.store.list().map_err(|e| store_error(e, uri))?;
-                json_resource(uri, &serde_json::json!({ "models": models }))
-            }
+            MODELS_AVAILABLE => json_resource(uri, &self.models_available().await?),
             CONFIG_SETTINGS => json_resource(uri, &settings_report(&state.settings)?),
             CACHE_INFERENCE => json_resource(uri, &state.cache.report()),
             PERFORMANCE_ANALYTICS => json_resource(uri, &self.analytics_content()),

@@ -28,12 +28,18 @@ pub enum ModelAction {
     Verify,
     /// Take a model out of the store (its files go unless another model shares them).
     Remove,
+    /// In a cluster: upload a model of this node's store to the cluster's
+    /// model registry, from which any node pulls it when a call needs it.
+    Publish,
+    /// In a cluster: withdraw a model from the cluster's registry (this
+    /// node's store keeps it).
+    Unpublish,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManageModelsArgs {
     pub action: ModelAction,
-    /// The model's name, for `verify` and `remove`.
+    /// The model's name, for all but `list`.
     pub name: Option<String>,
 }

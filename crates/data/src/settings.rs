@@ -444,7 +444,7 @@ pub fn set_key(table: &mut toml::Table, key: &str, value: Option<toml::Value>) {
 }
 
 /// Every dotted key of `table` that holds a value (not a section).
-fn leaf_keys(table: &toml::Table, prefix: &str, keys: &mut Vec<String>) {
+pub fn leaf_keys(table: &toml::Table, prefix: &str, keys: &mut Vec<String>) {
     for (key, value) in table {
         let path = format!("{prefix}{key}");
         match value {

@@ -7,6 +7,8 @@
 //! blobs/sha256-<hex>    one file per distinct content, named by its digest
 //! tmp/<pid>-<n>.partial imports in progress
 //! tmp/<pid>-<n>.removing blobs a removal is deleting
+//! tmp/<pid>-<n>.download/ files on their way in from elsewhere (a model
+//!                       pulled from the cluster), imported from there
 //! names                 `<sha256> <model> <file>` per imported file, appended
 //! ```
 //!
@@ -129,8 +131,6 @@ pub struct FileCheck {
     pub problem: Option<String>,
 }
 
-/// How to import.
-#[derive(Debug, Clone, Default)]
 /// What a backup takes of the store: see [`ModelStore::snapshot`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -147,6 +147,8 @@ pub struct SnapshotBlob {
     pub size_bytes: u64,
 }
 
+/// How to import.
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     /// The model's name; the file or directory name by default.
     pub name: Option<String>,
@@ -478,6 +480,16 @@ impl ModelStore {
         Ok(doomed)
     }
 
+    /// A private directory under `tmp/` for files on their way into the
+    /// store (a model downloaded from elsewhere, then imported with
+    /// `link`): removed with what it holds when dropped, and by the next
+    /// open once this process is gone (killed mid-download).
+    pub fn scratch_dir(&self) -> Result<ScratchDir, StoreError> {
+        let dir = self.tmp_entry("download");
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        Ok(ScratchDir(dir))
+    }
+
     /// A new name in `tmp/`, owned by this process.
     fn tmp_entry(&self, kind: &str) -> PathBuf {
         self.tmp().join(format!(
@@ -487,18 +499,6 @@ impl ModelStore {
         ))
     }
 
-    /// Re-hash every file of a model and compare with what was recorded.
-    pub fn verify(&self, name: &str) -> Result<Verification, StoreError> {
-        let model = self.get(name)?;
-        let files: Vec<FileCheck> = model
-            .files
-            .iter()
-            .map(|file| {
-                let blob = self.blob(&file.sha256);
-                let (actual, problem) = match hash_file(&blob, |_| {}) {
-                    Ok((sha, _)) if sha == file.sha256 => (Some(sha), None),
-                    Ok((sha, _)) => (Some(sha), Some("content changed".to_string())),
-                    Err(e) => (None, Some(e.to_string())),
     /// For a backup: the database copied to `database` as it is now, while
     /// other processes go on using it ([`db::copy_online`]), the blobs that
     /// copy refers to, and the names log. The copy records no loads: none of
@@ -536,6 +536,18 @@ impl ModelStore {
         log
     }
 
+    /// Re-hash every file of a model and compare with what was recorded.
+    pub fn verify(&self, name: &str) -> Result<Verification, StoreError> {
+        let model = self.get(name)?;
+        let files: Vec<FileCheck> = model
+            .files
+            .iter()
+            .map(|file| {
+                let blob = self.blob(&file.sha256);
+                let (actual, problem) = match hash_file(&blob, |_| {}) {
+                    Ok((sha, _)) if sha == file.sha256 => (Some(sha), None),
+                    Ok((sha, _)) => (Some(sha), Some("content changed".to_string())),
+                    Err(e) => (None, Some(e.to_string())),
                 };
                 FileCheck {
                     path: file.path.clone(),
@@ -664,9 +676,14 @@ impl ModelStore {
     /// After [`Self::recover_blobs`] has used them as proof.
     fn remove_dead_tmp_entries(&self) {
         for path in dir_entries(&self.tmp()) {
-            if !tmp_owner_alive(&path) {
-                let _ = std::fs::remove_file(path);
+            if tmp_owner_alive(&path) {
+                continue;
             }
+            // A download's scratch directory goes with what it holds.
+            let _ = match std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                true => std::fs::remove_dir_all(path),
+                false => std::fs::remove_file(path),
+            };
         }
     }
 
@@ -885,6 +902,21 @@ struct StagedFile {
     partial: PathBuf,
     sha256: String,
     size_bytes: u64,
+}
+
+/// See [`ModelStore::scratch_dir`].
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct RemoveOnDrop(Option<PathBuf>);
@@ -1309,38 +1341,6 @@ mod tests {
         assert!(check.files[0].actual_sha256.is_none(), "{check:?}");
     }
 
-    #[test]
-    fn directory_models_keep_every_file_weights_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("minilm");
-        std::fs::create_dir(&model).unwrap();
-        std::fs::write(model.join("config.json"), b"{}").unwrap();
-        std::fs::write(model.join("tokenizer.json"), b"{\"t\":1}").unwrap();
-        std::fs::write(
-            model.join("model.safetensors"),
-            b"\x08\0\0\0\0\0\0\0{}      ",
-        )
-        .unwrap();
-        let store = ModelStore::open(&dir.path().join("data")).unwrap();
-        let info = store
-            .import(&model, &ImportOptions::default(), |_, _| {})
-            .unwrap();
-        assert_eq!(info.name, "minilm");
-        assert_eq!(info.format, "safetensors");
-        let files = store.files("minilm").unwrap();
-        assert_eq!(
-            files.keys().collect::<Vec<_>>(),
-            ["config.json", "model.safetensors", "tokenizer.json"]
-        );
-        assert_eq!(
-            std::fs::read(&files["tokenizer.json"]).unwrap(),
-            b"{\"t\":1}"
-        );
-        assert_eq!(
-            store.main_file("minilm").unwrap(),
-            files["model.safetensors"]
-        );
-    }
     /// Models of the store's database `copy` (a snapshot), by name.
     fn models_in(copy: &Path) -> Vec<String> {
         let conn = Connection::open(copy).unwrap();
@@ -1418,6 +1418,38 @@ mod tests {
         assert_eq!(snapshot.names_log, complete);
     }
 
+    #[test]
+    fn directory_models_keep_every_file_weights_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("minilm");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), b"{}").unwrap();
+        std::fs::write(model.join("tokenizer.json"), b"{\"t\":1}").unwrap();
+        std::fs::write(
+            model.join("model.safetensors"),
+            b"\x08\0\0\0\0\0\0\0{}      ",
+        )
+        .unwrap();
+        let store = ModelStore::open(&dir.path().join("data")).unwrap();
+        let info = store
+            .import(&model, &ImportOptions::default(), |_, _| {})
+            .unwrap();
+        assert_eq!(info.name, "minilm");
+        assert_eq!(info.format, "safetensors");
+        let files = store.files("minilm").unwrap();
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["config.json", "model.safetensors", "tokenizer.json"]
+        );
+        assert_eq!(
+            std::fs::read(&files["tokenizer.json"]).unwrap(),
+            b"{\"t\":1}"
+        );
+        assert_eq!(
+            store.main_file("minilm").unwrap(),
+            files["model.safetensors"]
+        );
+    }
 
     #[test]
     fn refuses_bad_names_and_unknown_files() {
@@ -1494,6 +1526,32 @@ mod tests {
         assert_eq!(std::fs::read(&stranger).unwrap(), b"not a model");
         assert_eq!(blobs(&store).len(), 2);
         assert!(store.generation().unwrap() > generation);
+    }
+
+    /// A download cut short leaves nothing: its scratch directory goes when
+    /// dropped (an error) and, after kill -9, at the next open.
+    #[test]
+    fn a_download_scratch_dir_goes_when_dropped_or_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = ModelStore::open(&data).unwrap();
+        let scratch = store.scratch_dir().unwrap();
+        std::fs::write(scratch.path().join("half.gguf"), b"GGUF half").unwrap();
+        let live = scratch.path().to_path_buf();
+        drop(store);
+        // Its process (this one) still runs: the next open leaves it.
+        let store = ModelStore::open(&data).unwrap();
+        assert!(live.join("half.gguf").is_file());
+        drop(scratch);
+        assert!(is_empty(&store.tmp()));
+        // What a killed download leaves, a directory of a dead process's.
+        let killed = store.tmp().join(format!("{DEAD}-3.download"));
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join("half.gguf"), b"GGUF half").unwrap();
+        drop(store);
+        let store = ModelStore::open(&data).unwrap();
+        assert!(is_empty(&store.tmp()));
+        assert!(store.list().unwrap().is_empty());
     }
 
     /// A removal killed after its commit leaves its blob to the next open;

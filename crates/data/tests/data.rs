@@ -406,6 +406,35 @@ async fn models_are_verified_and_removed_through_the_tool() {
     );
 }
 
+/// On one device there is no cluster to publish to: a clear error, and
+/// the models resource keeps its shape (no `cluster`).
+#[tokio::test]
+async fn publishing_without_a_cluster_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    import_tiny_models(dir.path(), &["tiny.gguf"]);
+    let client = client(dir.path()).await;
+    for action in ["publish", "unpublish"] {
+        let refused = client
+            .call_tool(call(
+                "manage_models",
+                json!({"action": action, "name": "tiny.gguf"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(refused.is_error, Some(true));
+        assert!(
+            tool_text(&refused).contains("publishing needs a cluster"),
+            "{}",
+            tool_text(&refused)
+        );
+    }
+    let models = read_json(&client, "jetson://models/available")
+        .await
+        .unwrap();
+    let fields: Vec<&String> = models.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["models"]);
+}
+
 /// Import a tiny GGUF into the store at `dir` under each of `names`.
 fn import_tiny_models(dir: &std::path::Path, names: &[&str]) {
     let store = ModelStore::open(dir).unwrap();

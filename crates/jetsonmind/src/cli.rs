@@ -168,6 +168,12 @@ pub enum ModelsCommand {
     Verify { name: String },
     /// Take a model out of the store.
     Remove { name: String },
+    /// Upload a model of this store to the cluster `[cluster]` names (its
+    /// files once, checked), so any node can pull and run it.
+    Publish { name: String },
+    /// Download a model the cluster has into this store, every file checked
+    /// against the sha256 it was published with.
+    Pull { name: String },
 }
 
 #[derive(Debug, Args)]

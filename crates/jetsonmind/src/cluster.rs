@@ -2,19 +2,30 @@
 //! bus, its heartbeat, and the other nodes' servers in this node's fleets,
 //! so this gateway routes among every node's replicas.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use jetsonmind_cluster::membership::unix_now;
 use jetsonmind_cluster::sessions::{self, NodeService};
 use jetsonmind_cluster::{Bus, Membership, NodeStatus, View};
 use jetsonmind_cluster_state::keys::ClusterKeys;
+use jetsonmind_cluster_state::placement::{self, ClusterPlacements, LocalModels, Placements};
+use jetsonmind_cluster_state::models::{ClusterModels, ModelHooks};
 use jetsonmind_cluster_state::settings::ClusterSettings;
+use jetsonmind_cluster_state::views::ClusterViews;
+use jetsonmind_compute::ComputeServer;
+use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::Fleet;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::upstream::OpenPipe;
+use jetsonmind_data::DataServer;
 use jetsonmind_data::settings::Settings;
+use jetsonmind_data::store::ModelStore;
+use jetsonmind_data::telemetry::JetsonReader;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +33,20 @@ use tokio_util::sync::CancellationToken;
 pub struct NodeState {
     pub settings: Arc<Settings>,
     pub keys: Arc<KeyStore>,
+    /// Publishes this node's telemetry, and shows the cluster's.
+    pub data: Arc<DataServer>,
+}
+
+/// The servers of this node that use the cluster's models, and their store.
+pub struct ModelUsers {
+    pub store: Arc<ModelStore>,
+    /// Publishes, and lists the cluster's models.
+    pub data: Arc<DataServer>,
+    /// Pulls the models calls name that only the cluster has, and runs the
+    /// replicas placements ask of this node.
+    pub compute: Option<Arc<ComputeServer>>,
+    /// Places models across the cluster (`scale_cluster`).
+    pub control: Arc<ControlServer>,
 }
 
 /// Join the cluster `config.cluster` names, serving `served` and following
@@ -32,9 +57,11 @@ pub async fn join(
     served: Vec<(String, OpenPipe)>,
     fleets: Vec<Arc<Fleet>>,
     state: NodeState,
+    models: ModelUsers,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ClusterNode> {
     let bus = Bus::connect(&config.cluster).await?;
+    let data = state.data.clone();
     share_state(&bus, state, shutdown).await?;
     for fleet in &fleets {
         fleet.set_node(&bus.node);
@@ -43,11 +70,37 @@ pub async fn join(
     let service = NodeService::start(&bus, served, shutdown.clone())
         .await
         .context("serving this node's servers on the bus")?;
-    let status = node_status(&bus, &config.cluster.share, servers, fleets.clone());
+    let placements = ClusterPlacements::open(
+        &bus,
+        config.control.max_temperature_c,
+        shutdown.clone(),
+    )
+    .await
+    .context("opening the cluster's placements")?;
+    let status = node_status(
+        &bus,
+        &config.cluster.share,
+        servers,
+        fleets.clone(),
+        placements.follow(),
+    );
     let membership = Membership::join(&bus, status, shutdown.clone())
         .await
         .context("joining the cluster's membership")?;
-    tokio::spawn(follow(bus, membership.view(), fleets, shutdown.clone()));
+    let placements = Arc::new(placements.seeing(membership.view()));
+    ClusterViews::open(&bus)
+        .await
+        .context("opening the cluster's telemetry stream")?
+        .join(data, membership.view(), shutdown.clone());
+    share_models(&bus, &models, membership.view()).await?;
+    place_models(config, &bus, models, placements.clone(), shutdown);
+    tokio::spawn(follow(
+        bus,
+        membership.view(),
+        placements.follow(),
+        fleets,
+        shutdown.clone(),
+    ));
     Ok(ClusterNode {
         service,
         membership,
@@ -80,6 +133,63 @@ async fn share_state(
     Ok(())
 }
 
+/// Let this node's servers publish to, list and pull from the cluster's
+/// models (where each is held and loaded: from the membership `view`).
+async fn share_models(
+    bus: &Bus,
+    users: &ModelUsers,
+    view: watch::Receiver<View>,
+) -> anyhow::Result<()> {
+    let models = ClusterModels::open(bus)
+        .await
+        .context("opening the cluster's model buckets")?;
+    let hooks = Arc::new(ModelHooks::new(models, users.store.clone(), view));
+    users.data.join_cluster(hooks.clone());
+    if let Some(compute) = &users.compute {
+        compute.set_model_source(hooks);
+    }
+    Ok(())
+}
+
+/// Let `scale_cluster` place models across the cluster, and run here the
+/// replicas the placements assign to this node.
+fn place_models(
+    config: &Config,
+    bus: &Bus,
+    users: ModelUsers,
+    placements: Arc<ClusterPlacements>,
+    shutdown: &CancellationToken,
+) {
+    users.control.join_cluster(placements.clone());
+    // A node without a local compute replica runs no placements.
+    if let Some(compute) = users.compute {
+        placement::reconcile(
+            placements,
+            bus.node.clone(),
+            Arc::new(PlacedHere(compute)),
+            Duration::from_millis(config.cluster.reconcile_ms),
+            shutdown.clone(),
+        );
+    }
+}
+
+/// This node's compute, as placements drive it.
+struct PlacedHere(Arc<ComputeServer>);
+
+impl LocalModels for PlacedHere {
+    fn keep_loaded(
+        &self,
+        model: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let model = model.to_string();
+        Box::pin(async move { self.0.keep_loaded(&model).await.map_err(|e| e.to_string()) })
+    }
+
+    fn release(&self, model: &str) -> Result<(), String> {
+        self.0.release(model).map_err(|e| e.to_string())
+    }
+}
+
 /// This node in the cluster, until it leaves.
 pub struct ClusterNode {
     service: NodeService,
@@ -102,8 +212,10 @@ fn node_status(
     share: &[String],
     servers: Vec<String>,
     fleets: Vec<Arc<Fleet>>,
+    placements: watch::Receiver<Placements>,
 ) -> impl Fn() -> NodeStatus + Send + Sync + 'static {
     let node = bus.node.clone();
+    let jetson = JetsonReader::new("/");
     let shared: Vec<String> = share
         .iter()
         .filter(|name| servers.contains(name))
@@ -125,6 +237,11 @@ fn node_status(
             started_unix: started,
             heartbeat_unix: unix_now(),
             replicas: replicas.into(),
+            draining: placements.borrow().drained.contains(&node),
+            power_mode: jetson
+                .read()
+                .and_then(|device| device.power_mode)
+                .and_then(|mode| mode.name),
         }
     }
 }
@@ -134,11 +251,13 @@ fn node_status(
 async fn follow(
     bus: Bus,
     mut view: watch::Receiver<View>,
+    mut placements: watch::Receiver<Placements>,
     fleets: Vec<Arc<Fleet>>,
     shutdown: CancellationToken,
 ) {
     loop {
         let nodes = view.borrow_and_update().clone();
+        let drained = placements.borrow_and_update().drained.clone();
         for fleet in &fleets {
             let sharing = nodes
                 .values()
@@ -153,9 +272,14 @@ async fn follow(
                 let fleet = fleet.clone();
                 tokio::spawn(async move { fleet.check().await });
             }
+            // A drained node's data and control still serve it.
+            if fleet.name == placement::PLACED_SERVER {
+                fleet.drain_nodes(&drained);
+            }
         }
         tokio::select! {
             changed = view.changed() => if changed.is_err() { return },
+            changed = placements.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }

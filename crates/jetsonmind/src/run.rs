@@ -56,7 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { output } => {
             return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
-        Command::Models(command) => return crate::models::run(command, &config),
+        Command::Models(command) => return crate::models::run(command, &config).await,
         Command::Keys(command) => return crate::keys::run(command, &config).await,
         Command::Cluster(command) => return crate::cluster_cli::run(command, &config).await,
         _ => {}
@@ -122,12 +122,14 @@ async fn serve_command(
                     let state = crate::cluster::NodeState {
                         settings: shared.settings.clone(),
                         keys: shared.access.auth.keys().clone(),
+                        data: local.models.data.clone(),
                     };
                     let node = crate::cluster::join(
                         &config,
                         served,
                         backends.clone(),
                         state,
+                        local.models,
                         &shutdown,
                     );
                     Some(node.await?)
@@ -359,6 +361,8 @@ struct LocalServers {
     control: Backend,
     /// What this node serves to the cluster: each local server by name.
     served: Vec<(String, OpenPipe)>,
+    /// The servers that use the cluster's models, once it joins one.
+    models: crate::cluster::ModelUsers,
 }
 
 impl LocalServers {
@@ -373,13 +377,16 @@ impl LocalServers {
 
 fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalServers> {
     let node = shared.node_state()?;
+    let store = node.store.clone();
     let mut served = Vec::new();
+    let mut compute_server = None;
     let local_compute = match config.control.local_replica {
         true => {
             let server = shared.server(
                 ComputeServer::new(config, node.cache.clone(), node.store.clone()),
                 config,
             );
+            compute_server = Some(server.unit().clone());
             served.push(("compute".to_string(), pipe_to(server.clone())));
             Some(local_link("compute-local", server))
         }
@@ -388,6 +395,12 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
     let compute = shared.compute_fleet(config, local_compute);
     let control = shared.server(shared.control(compute.clone(), config), config);
     let data = shared.server(DataServer::new(node), config);
+    let models = crate::cluster::ModelUsers {
+        store,
+        data: data.unit().clone(),
+        compute: compute_server,
+        control: control.unit().clone(),
+    };
     served.push(("data".to_string(), pipe_to(data.clone())));
     served.push(("control".to_string(), pipe_to(control.clone())));
     let single = |name: &str, link| Fleet::single_link(name, link, shared.fleet_settings.clone());
@@ -396,6 +409,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         data: single("data", local_link("data", data)),
         control: single("control", local_link("control", control)),
         served,
+        models,
     })
 }
 

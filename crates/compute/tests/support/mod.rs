@@ -1,6 +1,8 @@
 //! Helpers shared by the compute tests that generate text through a real
 //! MCP client.
 
+#![allow(dead_code)] // Each test file uses its own part of this module.
+
 use std::sync::{Arc, Mutex};
 
 use jetsonmind_compute::ComputeServer;
@@ -46,10 +48,17 @@ pub type Client = RunningService<RoleClient, Progress>;
 
 /// A client of a compute server of `config` over `store`, and what it hears.
 pub async fn connect(config: &Config, store: Arc<ModelStore>) -> (Client, Progress) {
-    let server = UnitServer::new(
-        Arc::new(ComputeServer::new(config, Default::default(), store)),
-        McpConfig::default(),
-    );
+    serve(Arc::new(ComputeServer::new(
+        config,
+        Default::default(),
+        store,
+    )))
+    .await
+}
+
+/// A client of `server`, and what it hears.
+pub async fn serve(server: Arc<ComputeServer>) -> (Client, Progress) {
+    let server = UnitServer::new(server, McpConfig::default());
     let progress = Progress::default();
     (
         progress.clone().serve(in_process(server)).await.unwrap(),

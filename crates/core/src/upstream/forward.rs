@@ -98,7 +98,36 @@ impl ProgressSink {
             }
         }
     }
+
+    /// A callback for a transfer's `(done, total)` bytes, callable from any
+    /// thread, that tells this sink of each whole percent, in order: a
+    /// download of a million chunks is a hundred notifications. `describe`
+    /// makes each one. The relay ends once the callback is dropped and all
+    /// is told: await it before what should follow the transfer's progress.
+    pub fn percent_reporter(
+        self,
+        describe: impl Fn(u64, u64) -> ProgressNotificationParam + Send + 'static,
+    ) -> (TransferCallback, tokio::task::JoinHandle<()>) {
+        let (sender, mut updates) = mpsc::unbounded_channel::<(u64, u64)>();
+        let relay = tokio::spawn(async move {
+            while let Some((done, total)) = updates.recv().await {
+                self.report(describe(done, total)).await;
+            }
+        });
+        let mut last = None;
+        let callback = Box::new(move |done: u64, total: u64| {
+            let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+            if last != Some(percent) {
+                last = Some(percent);
+                let _ = sender.send((done, total));
+            }
+        });
+        (callback, relay)
+    }
 }
+
+/// A transfer's progress, as it goes: bytes done, of total.
+pub type TransferCallback = Box<dyn FnMut(u64, u64) + Send>;
 
 type RouteKey = (UpstreamId, ProgressToken);
 
