@@ -20,10 +20,10 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 use jetsonmind_cluster::{Bus, View};
+use jetsonmind_contract::replica::ReplicaReport;
 use jetsonmind_control::placement::{
     BoxFuture, ClusterPlacement, Placement, PlacementError, PlacementStrategy,
 };
-use jetsonmind_contract::replica::ReplicaReport;
 use jetsonmind_core::config::is_subject_token;
 use serde::Deserialize;
 use serde_json::json;
@@ -283,7 +283,10 @@ fn power_budget_w(mode: Option<&str>) -> f64 {
     if mode.to_ascii_uppercase().starts_with("MAXN") {
         return f64::INFINITY;
     }
-    let digits: String = mode.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let digits: String = mode
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     digits.parse().unwrap_or(0.0)
 }
 
@@ -314,7 +317,9 @@ pub fn candidates(view: &View, drained: &BTreeSet<String>) -> Vec<Candidate> {
                 ..Default::default()
             };
             for report in own.filter_map(|replica| replica.report) {
-                candidate.loaded.extend(report.loaded.into_iter().map(|m| m.name));
+                candidate
+                    .loaded
+                    .extend(report.loaded.into_iter().map(|m| m.name));
                 candidate.temperature_c = max(candidate.temperature_c, report.temperature_c);
                 candidate.free_memory_bytes =
                     candidate.free_memory_bytes.or(report.free_memory_bytes);
@@ -346,9 +351,9 @@ pub fn assign(
         let mut ranked: Vec<&Candidate> = candidates.iter().collect();
         ranked.sort_by(|a, b| {
             let runs = |c: &Candidate| !c.loaded.contains(&placement.model);
-            runs(a).cmp(&runs(b)).then_with(|| {
-                rank(placement.strategy, a, b, &planned, max_temperature_c)
-            })
+            runs(a)
+                .cmp(&runs(b))
+                .then_with(|| rank(placement.strategy, a, b, &planned, max_temperature_c))
         });
         let nodes: Vec<String> = ranked
             .into_iter()
@@ -393,7 +398,10 @@ fn rank(
 /// This node's compute, as placements drive it.
 pub trait LocalModels: Send + Sync {
     /// Load `model` and keep it loaded (pulling it first if the store lacks it).
-    fn keep_loaded(&self, model: &str) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    fn keep_loaded(
+        &self,
+        model: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
     /// Unload `model` (a placement no longer wants it here).
     fn release(&self, model: &str) -> Result<(), String>;
 }
@@ -454,10 +462,9 @@ impl Reconciler {
             .map(|c| c.loaded)
             .unwrap_or_default();
         for model in &mine {
-            let evicted = self
-                .placed
-                .get(*model)
-                .is_some_and(|at| at.elapsed() > self.reload_after && !loaded_here.contains(*model));
+            let evicted = self.placed.get(*model).is_some_and(|at| {
+                at.elapsed() > self.reload_after && !loaded_here.contains(*model)
+            });
             if !self.placed.contains_key(*model) || evicted {
                 self.load((*model).clone());
             }
@@ -478,7 +485,12 @@ impl Reconciler {
     }
 
     fn load(&mut self, model: String) {
-        if !self.loading.lock().expect("loading lock").insert(model.clone()) {
+        if !self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .insert(model.clone())
+        {
             return;
         }
         self.placed.insert(model.clone(), Instant::now());
@@ -561,14 +573,20 @@ mod tests {
         (warm.temperature_c, warm.free_memory_bytes) = (Some(55.0), Some(8 << 30));
         let wanted = placements(&[("m", 3, PlacementStrategy::Hardware)]);
         let nodes = [hot.clone(), roomy, cool.clone(), warm];
-        assert_eq!(assign(&wanted, &nodes, 80.0)["m"], ["roomy", "cool", "warm"]);
+        assert_eq!(
+            assign(&wanted, &nodes, 80.0)["m"],
+            ["roomy", "cool", "warm"]
+        );
         // Equal otherwise, the higher power budget wins.
         let mut strong = cool.clone();
         strong.node = "strong".into();
         strong.power_mode = Some("25W".into());
         cool.power_mode = Some("15W".into());
         let wanted = placements(&[("m", 1, PlacementStrategy::Hardware)]);
-        assert_eq!(assign(&wanted, &[cool.clone(), strong.clone(), hot], 80.0)["m"], ["strong"]);
+        assert_eq!(
+            assign(&wanted, &[cool.clone(), strong.clone(), hot], 80.0)["m"],
+            ["strong"]
+        );
         let mut maxn = cool;
         maxn.node = "maxn".into();
         maxn.power_mode = Some("MAXN_SUPER".into());

@@ -238,8 +238,16 @@ async fn a_joining_node_adds_the_settings_the_cluster_lacks_and_keeps_the_cluste
         node1.current().cache.ttl_secs == 77
     })
     .await;
-    assert_eq!(node1.current().cache.max_bytes, 4096, "the cluster's value wins");
-    assert_ne!(node1.current().compute.threads, 2, "a node's own key is not shared");
+    assert_eq!(
+        node1.current().cache.max_bytes,
+        4096,
+        "the cluster's value wins"
+    );
+    assert_ne!(
+        node1.current().compute.threads,
+        2,
+        "a node's own key is not shared"
+    );
     let again = shared.adopt(&local).await.unwrap();
     assert!(again.added.is_empty(), "{again:?}");
     stop.cancel();

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_core::config::{
-    CLUSTER_SETTINGS_FILE, ClusterLayer, ConfigSources, merge, read_settings,
+    CLUSTER_SETTINGS_FILE, ClusterLayer, ConfigSources, SETTINGS_FILE, merge, read_settings,
 };
 use jetsonmind_core::{Config, CoreError};
 use serde::Serialize;
@@ -249,6 +249,33 @@ impl Settings {
             }
             self.reload();
         }
+    }
+
+    /// Make the cluster's settings this node's own, for good (the node leaves
+    /// its cluster): the cluster-wide values last applied go into
+    /// `settings.toml` over the file's (they were the ones in effect), the
+    /// layer kept for the cluster goes, and `cluster.urls` and
+    /// `cluster.node` set at run time are reset. Returns the keys taken over.
+    pub fn leave_cluster(&self) -> Result<Vec<String>, SettingsError> {
+        let dir = self.sources.settings_dir().map_err(invalid)?;
+        let mut local = read_settings(&dir).map_err(invalid)?;
+        let layer = self.layer.borrow().clone();
+        let mut kept = Vec::new();
+        leaf_keys(&layer.values, "", &mut kept);
+        merge(&mut local, &layer.values);
+        for key in ["cluster.urls", "cluster.node"] {
+            set_key(&mut local, key, None);
+        }
+        save(&dir.join(SETTINGS_FILE), &local)?;
+        match std::fs::remove_file(dir.join(CLUSTER_SETTINGS_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SettingsError::Save(format!("{CLUSTER_SETTINGS_FILE}: {e}")));
+            }
+            _ => {}
+        }
+        self.layer.send_replace(ClusterLayer::default());
+        self.reload();
+        Ok(kept)
     }
 
     /// The configuration again from the files and the cluster's layer.
@@ -682,6 +709,39 @@ mod tests {
             .unwrap();
         assert!(dry.dry_run);
         assert_eq!(live.current().cache.max_bytes, 4096);
+    }
+
+    #[tokio::test]
+    async fn leaving_the_cluster_keeps_its_settings_as_this_nodes_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = settings(dir.path(), &[]);
+        node.update(
+            &patch(json!({"cache": {"ttl_secs": 5, "max_bytes": 4096},
+                          "cluster": {"urls": ["nats://a:4222"], "node": "n1"}})),
+            false,
+            Authority::Admin,
+            None,
+        )
+        .await
+        .unwrap();
+        let values: toml::Table = toml::from_str("[cache]\nttl_secs = 60\n").unwrap();
+        node.apply_shared(ClusterLayer {
+            revision: 3,
+            values,
+        });
+        assert_eq!(
+            node.current().cache.ttl_secs,
+            60,
+            "the cluster's value wins"
+        );
+        assert!(dir.path().join(CLUSTER_SETTINGS_FILE).exists());
+
+        assert_eq!(node.leave_cluster().unwrap(), ["cache.ttl_secs"]);
+        assert!(!dir.path().join(CLUSTER_SETTINGS_FILE).exists());
+        let restarted = settings(dir.path(), &[]).current();
+        assert_eq!(restarted.cache.ttl_secs, 60, "kept as this node's own");
+        assert_eq!(restarted.cache.max_bytes, 4096);
+        assert!(restarted.cluster.urls.is_empty() && restarted.cluster.node.is_empty());
     }
 
     #[tokio::test]

@@ -127,13 +127,39 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Bring this device into a cluster: share its settings the cluster
+    /// does not set, its API keys and (with --publish-models) its models,
+    /// then record the cluster in its settings, so `jetsonmind serve` joins.
+    /// Stop `serve` first. See scripts/migrate_single_to_cluster.sh.
+    Join {
+        /// The cluster's NATS servers (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        cluster: Vec<String>,
+        /// This node's id in the cluster (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// Publish every model of the store the cluster lacks.
+        #[arg(long)]
+        publish_models: bool,
+    },
+    /// Take this node out of its cluster for good: the cluster's settings
+    /// become its own; its keys and models stay. Stop `serve` first.
+    Leave,
 }
 
 impl ClusterCommand {
-    /// `--cluster`, as the environment override it is (as for `serve`).
+    /// `--cluster` and `--node`, as the environment overrides they are (as
+    /// for `serve`).
     pub fn overrides(&self) -> Vec<(String, String)> {
-        let ClusterCommand::Status { cluster, .. } = self;
-        urls_override(cluster).into_iter().collect()
+        match self {
+            ClusterCommand::Status { cluster, .. } => urls_override(cluster).into_iter().collect(),
+            ClusterCommand::Join { cluster, node, .. } => {
+                let mut env: Vec<_> = urls_override(cluster).into_iter().collect();
+                env.extend(node_override(node.as_deref()));
+                env
+            }
+            ClusterCommand::Leave => Vec::new(),
+        }
     }
 }
 
@@ -195,10 +221,7 @@ impl Serve {
     /// settings change at run time.
     pub fn overrides(&self) -> Vec<(String, String)> {
         let mut env: Vec<_> = urls_override(&self.cluster).into_iter().collect();
-        if let Some(node) = &self.node {
-            let node = toml::Value::String(node.clone());
-            env.push(("JETSONMIND_CLUSTER__NODE".into(), node.to_string()));
-        }
+        env.extend(node_override(self.node.as_deref()));
         env
     }
 }
@@ -216,6 +239,12 @@ pub struct Transport {
     /// `scale_cluster` starts replicas that only it can call.
     #[arg(long, conflicts_with = "stdio", hide = true)]
     pub secret_from_stdin: bool,
+}
+
+/// `cluster.node` set to `node` through the environment, when given.
+fn node_override(node: Option<&str>) -> Option<(String, String)> {
+    let node = toml::Value::String(node?.to_string());
+    Some(("JETSONMIND_CLUSTER__NODE".into(), node.to_string()))
 }
 
 /// `cluster.urls` set to `urls` through the environment, unless empty.

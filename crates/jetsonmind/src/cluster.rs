@@ -12,8 +12,8 @@ use jetsonmind_cluster::membership::unix_now;
 use jetsonmind_cluster::sessions::{self, NodeService};
 use jetsonmind_cluster::{Bus, Membership, NodeStatus, View};
 use jetsonmind_cluster_state::keys::ClusterKeys;
-use jetsonmind_cluster_state::placement::{self, ClusterPlacements, LocalModels, Placements};
 use jetsonmind_cluster_state::models::{ClusterModels, ModelHooks};
+use jetsonmind_cluster_state::placement::{self, ClusterPlacements, LocalModels, Placements};
 use jetsonmind_cluster_state::settings::ClusterSettings;
 use jetsonmind_cluster_state::views::ClusterViews;
 use jetsonmind_compute::ComputeServer;
@@ -70,13 +70,10 @@ pub async fn join(
     let service = NodeService::start(&bus, served, shutdown.clone())
         .await
         .context("serving this node's servers on the bus")?;
-    let placements = ClusterPlacements::open(
-        &bus,
-        config.control.max_temperature_c,
-        shutdown.clone(),
-    )
-    .await
-    .context("opening the cluster's placements")?;
+    let placements =
+        ClusterPlacements::open(&bus, config.control.max_temperature_c, shutdown.clone())
+            .await
+            .context("opening the cluster's placements")?;
     let status = node_status(
         &bus,
         &config.cluster.share,

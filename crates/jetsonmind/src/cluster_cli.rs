@@ -18,10 +18,8 @@ use jetsonmind_data::cluster_view::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::ClusterCommand;
 
-pub async fn run(command: ClusterCommand, config: &Config) -> anyhow::Result<()> {
-    let ClusterCommand::Status { json, .. } = command;
+pub async fn status(json: bool, config: &Config) -> anyhow::Result<()> {
     let cluster = &config.cluster;
     anyhow::ensure!(
         cluster.enabled(),

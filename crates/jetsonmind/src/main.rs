@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod cluster_cli;
 mod keys;
+mod migrate;
 mod models;
 mod run;
 

@@ -28,7 +28,7 @@ use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Gateway};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, Transport};
+use crate::cli::{Cli, ClusterCommand, Command, Transport};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut sources = ConfigSources {
@@ -58,7 +58,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Models(command) => return crate::models::run(command, &config).await,
         Command::Keys(command) => return crate::keys::run(command, &config).await,
-        Command::Cluster(command) => return crate::cluster_cli::run(command, &config).await,
+        Command::Cluster(ClusterCommand::Status { json, .. }) => {
+            return crate::cluster_cli::status(json, &config).await;
+        }
+        Command::Cluster(ClusterCommand::Join { publish_models, .. }) => {
+            return crate::migrate::join(&config, &sources, publish_models).await;
+        }
+        Command::Cluster(ClusterCommand::Leave) => return crate::migrate::leave(&config, &sources),
         _ => {}
     }
     let shutdown = CancellationToken::new();

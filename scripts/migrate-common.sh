@@ -1,0 +1,91 @@
+# Shared by migrate_single_to_cluster.sh and migrate_cluster_to_single.sh: the jetsonmind command
+# with the node's flags, timed steps, stopping and starting `jetsonmind serve`, the check through a
+# node's gateway. Sourced, not run; the caller sets bin, python, data_dir, config, listen, serve_pid,
+# token_env.
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin="${bin:-$repo/target/release/jetsonmind}"
+python="${PYTHON:-$repo/.venv/bin/python}"
+
+# `jetsonmind` with this node's --data-dir and --config.
+jm() {
+    local global=()
+    [ -n "${data_dir:-}" ] && global+=(--data-dir "$data_dir")
+    [ -n "${config:-}" ] && global+=(--config "$config")
+    "$bin" "${global[@]}" "$@"
+}
+
+# The data dir the configuration names (once --data-dir and --config are known).
+resolve_data_dir() {
+    [ -x "$bin" ] || { echo "$bin: not built (./setup.sh)" >&2; exit 2; }
+    data_dir=$(jm config | sed -n 's/^dir = "\(.*\)"$/\1/p' | head -1)
+    [ -n "$data_dir" ] || { echo "cannot tell the data dir from \`jetsonmind config\`" >&2; exit 1; }
+}
+
+steps=()
+started_all=$(date +%s.%N)
+
+# step NAME COMMAND...: run it, record its time; stop at the first failure.
+step() {
+    local name=$1 start end
+    shift
+    echo "==> $name"
+    start=$(date +%s.%N)
+    if ! "$@"; then
+        echo "stopped at step '$name'; the backup is in $data_dir/backups" >&2
+        exit 1
+    fi
+    end=$(date +%s.%N)
+    steps+=("$(awk -v n="$name" -v a="$start" -v b="$end" 'BEGIN { printf "%-9s %7.1f s", n, b - a }')")
+}
+
+# summary TITLE: each step's time and the total.
+summary() {
+    echo
+    echo "$1, step by step:"
+    printf '  %s\n' "${steps[@]}"
+    awk -v a="$started_all" -v b="$(date +%s.%N)" 'BEGIN { printf "  %-9s %7.1f s\n", "total", b - a }'
+}
+
+backup() { jm backup; }
+
+# Whether process PID runs (an exited child its parent has not reaped yet does not).
+running() {
+    kill -0 "$1" 2>/dev/null && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+# Stop the running `jetsonmind serve` (--serve-pid, else the one start_node recorded).
+stop_serve() {
+    local pid=${serve_pid:-$(cat "$data_dir/serve.pid" 2>/dev/null || true)}
+    [ -n "$pid" ] || { echo "(no --serve-pid: nothing to stop)"; return 0; }
+    kill -TERM "$pid" 2>/dev/null || { echo "(pid $pid is not running)"; return 0; }
+    local deadline=$((SECONDS + 30))
+    while running "$pid"; do
+        [ $SECONDS -lt $deadline ] || { echo "serve (pid $pid) did not stop" >&2; return 1; }
+        sleep 0.1
+    done
+}
+
+# Start `jetsonmind serve` in the background (log and pid in the data dir); wait until it serves.
+start_node() {
+    local args=(serve) log="$data_dir/serve.log"
+    [ -n "${listen:-}" ] && args+=(--listen "$listen")
+    nohup "$bin" ${data_dir:+--data-dir "$data_dir"} ${config:+--config "$config"} "${args[@]}" >"$log" 2>&1 &
+    echo $! >"$data_dir/serve.pid"
+    local deadline=$((SECONDS + 60))
+    until grep -q "listening on http" "$log"; do
+        kill -0 "$(cat "$data_dir/serve.pid")" 2>/dev/null || { cat "$log" >&2; return 1; }
+        [ $SECONDS -lt $deadline ] || { echo "serve did not start: $log" >&2; return 1; }
+        sleep 0.2
+    done
+    served_url=$(grep -o 'listening on http[^ ]*' "$log" | head -1 | sed 's/^listening on //')
+    echo "serving at $served_url (pid $(cat "$data_dir/serve.pid"), log $log)"
+}
+
+# check_via URL: this node's key, settings and models work through the gateway at URL.
+check_via() {
+    local args=(--via "$1" --settings "$data_dir/settings.toml" --models "$data_dir/.models.json")
+    [ -n "${token_env:-}" ] && args+=(--token-env "$token_env")
+    jm models list --json >"$data_dir/.models.json"
+    "$python" "$repo/scripts/check_through_node.py" "${args[@]}"
+}
