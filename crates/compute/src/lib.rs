@@ -181,7 +181,11 @@ impl ComputeServer {
     /// loaded, never unloaded for being idle, until [`Self::release`]: a
     /// replica that a placement asked of this node.
     pub async fn keep_loaded(&self, model: &str) -> Result<(), EngineError> {
-        self.text.models.load(model, Some(None), None).await.map(|_| ())
+        self.text
+            .models
+            .load(model, Some(None), None)
+            .await
+            .map(|_| ())
     }
 
     /// Unload `model`, which a placement no longer wants here.

@@ -18,7 +18,6 @@ use jetsonmind_data::cluster_view::{
 use serde::Serialize;
 use serde_json::Value;
 
-
 pub async fn status(json: bool, config: &Config) -> anyhow::Result<()> {
     let cluster = &config.cluster;
     anyhow::ensure!(
