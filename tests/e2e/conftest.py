@@ -138,8 +138,14 @@ def start_nodes(binary, tmp_path, nats, names, env=None, **where):
     """Cluster nodes `names`, all at once, as devices boot (they race to create the cluster's buckets
     on a fresh cluster): {name: Served}."""
     with ThreadPoolExecutor(len(names)) as pool:
-        started = pool.map(lambda name: start_cluster_node(binary, tmp_path, nats.urls, name, env, **where), names)
-        return dict(zip(names, started))
+        starting = {name: pool.submit(start_cluster_node, binary, tmp_path, nats.urls, name, env, **where) for name in names}
+    started = {name: future.result() for name, future in starting.items() if future.exception() is None}
+    failed = [future.exception() for future in starting.values() if future.exception() is not None]
+    if failed:
+        for served in started.values():  # no node outlives a start that failed
+            stop_serve(served)
+        raise failed[0]
+    return started
 
 
 @pytest.fixture

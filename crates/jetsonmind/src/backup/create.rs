@@ -114,7 +114,7 @@ fn beside(output: &Path, suffix: &str) -> PathBuf {
 /// the model store.
 fn entries(source: &Source, snapshot: &Snapshot, database: &Path) -> anyhow::Result<Vec<Entry>> {
     use jetsonmind_core::auth::keys::KEYS_FILE;
-    use jetsonmind_core::config::SETTINGS_FILE;
+    use jetsonmind_core::config::{CLUSTER_SETTINGS_FILE, SETTINGS_FILE};
     use jetsonmind_data::db::DB_FILE;
     let data_dir = source.data_dir;
     let mut entries = vec![Entry {
@@ -126,7 +126,7 @@ fn entries(source: &Source, snapshot: &Snapshot, database: &Path) -> anyhow::Res
             sha256: None,
         },
     }];
-    for name in [SETTINGS_FILE, KEYS_FILE] {
+    for name in [SETTINGS_FILE, CLUSTER_SETTINGS_FILE, KEYS_FILE] {
         if let Some(entry) = small_file(name, &data_dir.join(name))? {
             entries.push(entry);
         }

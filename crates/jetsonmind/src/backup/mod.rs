@@ -6,6 +6,7 @@
 //! ```text
 //! jetsonmind.db               the database, copied consistently while servers run
 //! settings.toml               run-time settings (when any were saved)
+//! cluster_settings.json       the cluster's settings as this node last had them (a cluster node)
 //! api_keys.json               API keys, hashed (mode 0600 in the archive and restored)
 //! models/names                the store's names log
 //! models/blobs/sha256-<hex>   every model file the copied database refers to
@@ -176,11 +177,11 @@ impl Part {
     /// backup never holds (so never a path outside the data dir).
     fn of(path: &str) -> Option<Part> {
         use jetsonmind_core::auth::keys::KEYS_FILE;
-        use jetsonmind_core::config::SETTINGS_FILE;
+        use jetsonmind_core::config::{CLUSTER_SETTINGS_FILE, SETTINGS_FILE};
         use jetsonmind_data::db::DB_FILE;
         match path {
             DB_FILE => Some(Part::Database),
-            SETTINGS_FILE => Some(Part::Settings),
+            SETTINGS_FILE | CLUSTER_SETTINGS_FILE => Some(Part::Settings),
             KEYS_FILE => Some(Part::ApiKeys),
             CONFIG_ENTRY => Some(Part::ConfigFile),
             _ if path == names_log_entry() || blob_digest(path).is_some() => Some(Part::ModelStore),

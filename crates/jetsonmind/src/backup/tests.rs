@@ -26,6 +26,8 @@ fn node(root: &Path) -> PathBuf {
         .create("ops", &["admin".to_string()])
         .unwrap();
     std::fs::write(data.join("settings.toml"), "[cache]\nttl_secs = 77\n").unwrap();
+    let cluster = r#"{"revision": 4, "values": {"cache": {"max_bytes": 4096}}}"#;
+    std::fs::write(data.join("cluster_settings.json"), cluster).unwrap();
     data
 }
 
@@ -115,17 +117,18 @@ fn a_backup_restores_into_a_fresh_dir_all_of_it_keys_private() {
     assert_eq!(manifest.config_file.as_deref(), Some(config.as_path()));
     let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
-        paths[..5],
+        paths[..6],
         [
             "jetsonmind.db",
             "settings.toml",
+            "cluster_settings.json",
             "api_keys.json",
             "config.toml",
             "models/names"
         ]
     );
-    assert_eq!(paths.len(), 6, "{paths:?}");
-    let blob = &manifest.files[5];
+    assert_eq!(paths.len(), 7, "{paths:?}");
+    let blob = &manifest.files[6];
     assert_eq!(blob.sha256, format!("{:x}", Sha256::digest(weights())));
     assert_eq!(blob.path, format!("{BLOB_PREFIX}{}", blob.sha256));
 
@@ -134,7 +137,12 @@ fn a_backup_restores_into_a_fresh_dir_all_of_it_keys_private() {
     assert_eq!(restored.manifest, manifest);
     assert_eq!(restored.aside, None);
     assert_eq!(state(&target), state(&data));
-    for file in ["api_keys.json", "settings.toml", "models/names"] {
+    for file in [
+        "api_keys.json",
+        "settings.toml",
+        "cluster_settings.json",
+        "models/names",
+    ] {
         assert_eq!(
             std::fs::read(target.join(file)).unwrap(),
             std::fs::read(data.join(file)).unwrap(),
