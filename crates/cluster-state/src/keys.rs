@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::auth::keys::{NewKey, StoredKey, mint};
 use tokio_util::sync::CancellationToken;
 
-use crate::{StateError, durable_bucket, open_bucket};
+use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
 
 /// The cluster's keys bucket, as one node uses it.
 #[derive(Clone)]
@@ -102,68 +101,52 @@ impl ClusterKeys {
         Ok(added)
     }
 
-    /// Keep `store`'s file equal to the cluster's keys until `shutdown`.
-    pub fn mirror(&self, store: Arc<KeyStore>, shutdown: CancellationToken) {
-        tokio::spawn(self.clone().follow(store, shutdown));
+    /// Make `store`'s file hold the cluster's keys now, and keep it so until
+    /// `shutdown`. Returns once the file holds them, so a node serves no key
+    /// the cluster revoked while it was away.
+    pub async fn mirror(
+        &self,
+        store: Arc<KeyStore>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StateError> {
+        let keys = self.list().await?;
+        store
+            .replace(keys)
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        tokio::spawn(follow_bucket(
+            self.bucket.clone(),
+            ">",
+            shutdown,
+            mirror_into(store),
+        ));
+        Ok(())
     }
+}
 
-    async fn follow(self, store: Arc<KeyStore>, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match self.bucket.watch_with_history(">").await {
-                Ok(changes) => {
-                    if self.mirror_changes(changes, &store, &shutdown).await {
-                        return;
-                    }
+/// A follower of the keys bucket that writes `store`'s file each time the
+/// watch has caught up (not per entry of the first snapshot).
+fn mirror_into(store: Arc<KeyStore>) -> impl FnMut(Watched) + Send {
+    let mut keys: BTreeMap<String, StoredKey> = BTreeMap::new();
+    move |watched| {
+        let entry = match watched {
+            Watched::Again => return keys.clear(),
+            Watched::Entry(entry) => entry,
+        };
+        match entry.operation {
+            kv::Operation::Put => match decode(&entry.value) {
+                Ok(key) => {
+                    keys.insert(entry.key.clone(), key);
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot watch the cluster's keys"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.cancelled() => return,
+                Err(e) => tracing::warn!(id = %entry.key, error = %e, "unreadable api key entry"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                keys.remove(&entry.key);
             }
         }
-    }
-
-    /// Apply a watch of the bucket to the key file; true once `shutdown`.
-    async fn mirror_changes(
-        &self,
-        mut changes: kv::Watch,
-        store: &KeyStore,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut keys: BTreeMap<String, StoredKey> = BTreeMap::new();
-        loop {
-            let entry = tokio::select! {
-                change = changes.next() => change,
-                _ = shutdown.cancelled() => return true,
-            };
-            let entry = match entry {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "keys watch broke; re-watching");
-                    return false;
-                }
-                None => return false,
-            };
-            match entry.operation {
-                kv::Operation::Put => match decode(&entry.value) {
-                    Ok(key) => {
-                        keys.insert(entry.key.clone(), key);
-                    }
-                    Err(e) => {
-                        tracing::warn!(id = %entry.key, error = %e, "unreadable api key entry")
-                    }
-                },
-                kv::Operation::Delete | kv::Operation::Purge => {
-                    keys.remove(&entry.key);
-                }
-            }
-            // Write once the watch has caught up, not per entry of the snapshot.
-            if entry.delta == 0
-                && let Err(e) = store.replace(keys.values().cloned().collect())
-            {
-                tracing::warn!(error = %e, "cannot mirror the cluster's api keys");
-            }
+        if entry.delta == 0
+            && let Err(e) = store.replace(keys.values().cloned().collect())
+        {
+            tracing::warn!(error = %e, "cannot mirror the cluster's api keys");
         }
     }
 }

@@ -21,8 +21,12 @@ pub mod settings;
 pub mod status;
 pub mod views;
 
+use std::time::Duration;
+
 use async_nats::jetstream::{kv, stream::StorageType};
+use futures::StreamExt;
 use jetsonmind_cluster::{Bus, ClusterError};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -72,6 +76,51 @@ async fn open_bucket(bus: &Bus, config: kv::Config) -> Result<kv::Store, StateEr
         })
         .await?;
     Ok(opened)
+}
+
+/// What a bucket's follower hears.
+enum Watched {
+    /// A new watch begins (the first, or again after one broke): the
+    /// current entries follow, then each change.
+    Again,
+    Entry(kv::Entry),
+}
+
+/// Follow the entries of `bucket` matching `key` (a key or a wildcard) into
+/// `on`, until `shutdown`. A watch that breaks (a NATS server restarted or
+/// lost) is started again after a pause, from the current entries.
+async fn follow_bucket(
+    bucket: kv::Store,
+    key: &str,
+    shutdown: CancellationToken,
+    mut on: impl FnMut(Watched) + Send,
+) {
+    while !shutdown.is_cancelled() {
+        match bucket.watch_with_history(key).await {
+            Ok(mut changes) => {
+                on(Watched::Again);
+                loop {
+                    let change = tokio::select! {
+                        change = changes.next() => change,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    match change {
+                        Some(Ok(entry)) => on(Watched::Entry(entry)),
+                        Some(Err(e)) => {
+                            tracing::debug!(bucket = %bucket.name, error = %e, "watch broke; watching again");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(bucket = %bucket.name, error = %e, "cannot watch"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// A KV bucket of the cluster's state (`<cluster>_<what>`): on disk,

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt;
 use jetsonmind_cluster::{Bus, View};
 use jetsonmind_contract::replica::ReplicaReport;
 use jetsonmind_control::placement::{
@@ -30,9 +29,11 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{StateError, durable_bucket, open_bucket};
+use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
 
 const MODEL_PREFIX: &str = "model.";
+/// How long a change may take to come back through this node's watch.
+const SEEN_WITHIN: Duration = Duration::from_secs(10);
 const DRAIN_PREFIX: &str = "drain.";
 /// The server whose replicas placements place, and drains drain.
 pub const PLACED_SERVER: &str = "compute";
@@ -111,11 +112,16 @@ impl ClusterPlacements {
             .map_err(|e| format!("cannot write the placement: {e}"))
     }
 
-    /// Wait (briefly) until this node's copy of the bucket shows `done`, so
-    /// a status right after a change shows the change.
-    async fn until_seen(&self, done: impl Fn(&Placements) -> bool) {
+    /// Wait until this node's copy of the bucket shows `done`, so a status
+    /// right after a change shows the change.
+    async fn until_seen(&self, done: impl Fn(&Placements) -> bool) -> Result<(), PlacementError> {
         let mut current = self.current.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(2), current.wait_for(|p| done(p))).await;
+        match tokio::time::timeout(SEEN_WITHIN, current.wait_for(|p| done(p))).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "written, but this node has not seen it within {SEEN_WITHIN:?}: is NATS slow?"
+            )),
+        }
     }
 }
 
@@ -132,8 +138,7 @@ impl ClusterPlacement for ClusterPlacements {
                 0 => !p.models.contains_key(&wanted.model),
                 _ => p.models.get(&wanted.model) == Some(&wanted),
             })
-            .await;
-            Ok(())
+            .await
         })
     }
 
@@ -148,8 +153,7 @@ impl ClusterPlacement for ClusterPlacements {
                 false => self.delete(key).await?,
             }
             self.until_seen(move |p| p.drained.contains(&node) == drained)
-                .await;
-            Ok(())
+                .await
         })
     }
 
@@ -182,47 +186,28 @@ impl ClusterPlacement for ClusterPlacements {
     }
 }
 
-/// Keep `current` equal to the bucket, re-watching after errors.
+/// Keep `current` equal to the bucket until `shutdown`.
 async fn follow(
     bucket: kv::Store,
     current: watch::Sender<Placements>,
     shutdown: CancellationToken,
 ) {
-    while !shutdown.is_cancelled() {
-        match bucket.watch_with_history(">").await {
-            Ok(mut changes) => {
-                let mut seen = Placements::default();
-                loop {
-                    let change = tokio::select! {
-                        change = changes.next() => change,
-                        _ = shutdown.cancelled() => return,
-                    };
-                    match change {
-                        Some(Ok(entry)) => {
-                            apply(&mut seen, &entry);
-                            if entry.delta == 0 {
-                                current.send_if_modified(|now| {
-                                    let changed = *now != seen;
-                                    *now = seen.clone();
-                                    changed
-                                });
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "placements watch broke; re-watching");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
+    let mut seen = Placements::default();
+    follow_bucket(bucket, ">", shutdown, move |watched| match watched {
+        Watched::Again => seen = Placements::default(),
+        Watched::Entry(entry) => {
+            apply(&mut seen, &entry);
+            // Published once the watch has caught up.
+            if entry.delta == 0 {
+                current.send_if_modified(|now| {
+                    let changed = *now != seen;
+                    *now = seen.clone();
+                    changed
+                });
             }
-            Err(e) => tracing::debug!(error = %e, "cannot watch the placements"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    })
+    .await
 }
 
 fn apply(placements: &mut Placements, entry: &kv::Entry) {
@@ -469,10 +454,13 @@ impl Reconciler {
                 self.load((*model).clone());
             }
         }
+        // A model still loading is released once its load is done (the next
+        // step), or it would stay loaded with no placement to unload it.
+        let loading = self.loading.lock().expect("loading lock").clone();
         let released: Vec<String> = self
             .placed
             .keys()
-            .filter(|model| !mine.contains(model))
+            .filter(|model| !mine.contains(model) && !loading.contains(*model))
             .cloned()
             .collect();
         for model in released {

@@ -10,20 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt;
 use jetsonmind_cluster::Bus;
 use jetsonmind_core::config::ClusterLayer;
 use jetsonmind_data::settings::{
     BoxFuture, Settings, SettingsError, SharedSettings, get_key, is_node_key, leaf_keys, set_key,
+    touches_trust,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{StateError, durable_bucket, open_bucket};
+use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
 
 /// The one key of the settings bucket.
 const DOCUMENT: &str = "settings";
@@ -70,9 +69,7 @@ impl ClusterSettings {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StateError> {
         let this = Arc::new(self);
-        if let Some(layer) = this.read().await? {
-            settings.apply_shared(layer);
-        }
+        settings.join_shared(this.read().await?.unwrap_or_default());
         settings
             .share_with(this.clone())
             .map_err(|e| StateError::Invalid(e.to_string()))?;
@@ -98,6 +95,9 @@ impl ClusterSettings {
         let mut local = Vec::new();
         leaf_keys(settings, "", &mut local);
         local.retain(|key| !is_node_key(key));
+        // Who is trusted is the cluster's admin's to decide, not a newcomer's.
+        let (trusted, local): (Vec<String>, Vec<String>) =
+            local.into_iter().partition(|key| touches_trust(key));
         loop {
             let (document, revision) = self.document().await?.unwrap_or_default();
             let (set, unset): (Vec<String>, Vec<String>) = local
@@ -112,6 +112,7 @@ impl ClusterSettings {
                 return Ok(Adopted {
                     added: unset,
                     differing,
+                    trusted,
                 });
             }
             let changes = unset
@@ -123,6 +124,7 @@ impl ClusterSettings {
                     return Ok(Adopted {
                         added: unset,
                         differing,
+                        trusted,
                     });
                 }
                 // Changed meanwhile: look again.
@@ -147,30 +149,14 @@ impl ClusterSettings {
         }
     }
 
-    /// Apply each new revision to `settings`, re-watching after errors.
+    /// Apply each new revision to `settings` until `shutdown`.
     async fn follow(self: Arc<Self>, settings: Arc<Settings>, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            match self.bucket.watch_with_history(DOCUMENT).await {
-                Ok(mut changes) => loop {
-                    tokio::select! {
-                        change = changes.next() => match change {
-                            Some(Ok(entry)) => apply(&settings, entry),
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, "settings watch broke; re-watching");
-                                break;
-                            }
-                            None => break,
-                        },
-                        _ = shutdown.cancelled() => return,
-                    }
-                },
-                Err(e) => tracing::debug!(error = %e, "cannot watch the cluster's settings"),
+        follow_bucket(self.bucket.clone(), DOCUMENT, shutdown, |watched| {
+            if let Watched::Entry(entry) = watched {
+                apply(&settings, entry);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
+        })
+        .await
     }
 
     /// Write `changes` made from revision `base`, merging changes to other
@@ -180,6 +166,11 @@ impl ClusterSettings {
         changes: Vec<(String, Option<toml::Value>)>,
         base: u64,
     ) -> Result<ClusterLayer, SettingsError> {
+        if let Some((key, _)) = changes.iter().find(|(key, _)| is_node_key(key)) {
+            return Err(SettingsError::Invalid(format!(
+                "{key} is each node's own setting: it is not written for the cluster"
+            )));
+        }
         loop {
             let (mut document, revision) = self
                 .document()
@@ -242,6 +233,9 @@ pub struct Adopted {
     pub added: Vec<String>,
     /// This node's keys the cluster sets to other values (the cluster's win).
     pub differing: Vec<String>,
+    /// This node's trust settings (auth, allowed hosts …): not shared; an
+    /// admin sets them for the cluster with `update_settings`.
+    pub trusted: Vec<String>,
 }
 
 /// Whether `key`, a key within it, or a section holding it was changed by a

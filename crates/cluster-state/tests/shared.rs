@@ -142,12 +142,12 @@ async fn a_change_at_one_node_holds_at_every_node_and_a_concurrent_one_conflicts
     );
 
     // A node started again has the cluster's settings before it joins.
-    stop.cancel();
     let winner = if a.is_ok() { 70 } else { 80 };
     until("node2 applying the winner", || {
         node2.current().cache.ttl_secs == winner
     })
     .await;
+    stop.cancel();
     assert_eq!(settings_in(dir2.path()).current().cache.ttl_secs, winner);
 }
 
@@ -172,7 +172,7 @@ async fn keys_created_anywhere_work_everywhere_and_revoked_ones_stay_revoked() {
     assert_eq!(keys.offer(&stores[0]).await.unwrap(), 1);
     assert_eq!(keys.offer(&stores[0]).await.unwrap(), 0, "offered once");
     for store in &stores[..2] {
-        keys.mirror(store.clone(), stop.clone());
+        keys.mirror(store.clone(), stop.clone()).await.unwrap();
     }
     until("node2 accepting node1's key", || {
         stores[1].verify(&own.key).is_some()
@@ -208,11 +208,11 @@ async fn keys_created_anywhere_work_everywhere_and_revoked_ones_stay_revoked() {
     std::fs::write(stores[2].path(), stale_copy).unwrap();
     assert!(stores[2].verify(&own.key).is_some());
     assert_eq!(keys.offer(&stores[2]).await.unwrap(), 0, "not brought back");
-    keys.mirror(stores[2].clone(), stop.clone());
-    until("the returning node refusing it", || {
-        stores[2].verify(&own.key).is_none()
-    })
-    .await;
+    keys.mirror(stores[2].clone(), stop.clone()).await.unwrap();
+    assert!(
+        stores[2].verify(&own.key).is_none(),
+        "refused before the node serves"
+    );
     assert!(keys.list().await.unwrap().iter().all(|k| k.id != own.id));
     stop.cancel();
 }
@@ -229,11 +229,18 @@ async fn a_joining_node_adds_the_settings_the_cluster_lacks_and_keeps_the_cluste
 
     let newcomer = connect(&node_config(&server, "node2")).await;
     let shared = ClusterSettings::open(&newcomer).await.unwrap();
-    let local: toml::Table =
-        toml::from_str("[cache]\nttl_secs = 77\nmax_bytes = 1\n[compute]\nthreads = 2\n").unwrap();
+    let local: toml::Table = toml::from_str(
+        "[cache]\nttl_secs = 77\nmax_bytes = 1\n[compute]\nthreads = 2\n[auth]\nrequired = true\n",
+    )
+    .unwrap();
     let adopted = shared.adopt(&local).await.unwrap();
     assert_eq!(adopted.added, ["cache.ttl_secs"]);
     assert_eq!(adopted.differing, ["cache.max_bytes"]);
+    assert_eq!(
+        adopted.trusted,
+        ["auth.required"],
+        "who is trusted is not a newcomer's to say"
+    );
     until("node1 applying the newcomer's setting", || {
         node1.current().cache.ttl_secs == 77
     })

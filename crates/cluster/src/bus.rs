@@ -68,10 +68,16 @@ impl Bus {
     }
 
     /// How many copies the cluster's buckets keep: `kv_replicas`, or as
-    /// many NATS servers as the cluster has (at most 3).
+    /// many NATS servers as the cluster has (at most 3): as many as the
+    /// server says it has routes to, or the node was given URLs of, if
+    /// more (a server that does not advertise, or whose routes are still
+    /// forming, tells none).
     pub fn bucket_replicas(&self) -> usize {
         match self.config.kv_replicas {
-            0 => self.client.server_info().connect_urls.len().clamp(1, 3),
+            0 => {
+                let advertised = self.client.server_info().connect_urls.len();
+                advertised.max(self.config.urls.len()).clamp(1, 3)
+            }
             n => n,
         }
     }

@@ -69,8 +69,9 @@ pub struct ClusterConfig {
     /// A node not heard from this long leaves every view (and the bucket
     /// forgets it: its entries' max age).
     pub node_ttl_ms: u64,
-    /// Replicas of the membership bucket; 0: as many servers as the NATS
-    /// cluster has, at most 3.
+    /// Copies of each of the cluster's buckets and streams; 0: as many as
+    /// the NATS servers the cluster has (those advertised, or the URLs given
+    /// if more), at most 3.
     pub kv_replicas: usize,
     /// How often an open session to another node is checked to be alive
     /// (a node that died is seen within this and `probe_timeout_ms`).
@@ -751,9 +752,18 @@ impl ConfigSources {
     /// settings as last known < environment < flags.
     pub fn load(&self) -> Result<Config, CoreError> {
         let data_dir = self.data_dir_before_settings()?;
-        let mut settings = read_settings(&data_dir)?;
-        merge(&mut settings, &ClusterLayer::read(&data_dir)?.values);
-        self.load_with(&settings)
+        let settings = read_settings(&data_dir)?;
+        let mut layered = settings.clone();
+        match ClusterLayer::read(&data_dir) {
+            Ok(cluster) => merge(&mut layered, &cluster.values),
+            Err(e) => tracing::warn!(error = %e, "ignoring the cluster's settings kept here"),
+        }
+        // A node whose kept cluster settings no longer load (a newer node
+        // wrote them) still starts, leaves and backs up: without them.
+        self.load_with(&layered).or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the cluster's settings kept here");
+            self.load_with(&settings)
+        })
     }
 
     /// The data dir the settings files live in.

@@ -72,7 +72,7 @@ fn within(outer: &str, inner: &str) -> bool {
 }
 
 /// Whether the dotted `key` is, holds, or lies within a trust setting.
-fn touches_trust(key: &str) -> bool {
+pub fn touches_trust(key: &str) -> bool {
     TRUST_KEYS
         .iter()
         .any(|trust| within(trust, key) || within(key, trust))
@@ -81,6 +81,13 @@ fn touches_trust(key: &str) -> bool {
 /// Whether the dotted `key` is one node's own (see [`NODE_KEYS`]).
 pub fn is_node_key(key: &str) -> bool {
     NODE_KEYS.iter().any(|own| within(own, key))
+}
+
+/// `values` without a node's own keys.
+fn strip_node_keys(values: &mut toml::Table) {
+    for key in NODE_KEYS {
+        set_key(values, key, None);
+    }
 }
 
 /// Who asks for an update.
@@ -162,6 +169,8 @@ pub struct Scope {
     pub cluster_values: Vec<String>,
     /// The keys that stay with each node.
     pub node_keys: &'static [&'static str],
+    /// The keys that decide who is trusted: only `admin` changes them.
+    pub trust_keys: &'static [&'static str],
 }
 
 /// How long an update waits for nothing in particular: a bound on writing
@@ -175,6 +184,8 @@ pub struct Settings {
     writing: tokio::sync::Mutex<()>,
     /// The cluster's settings as applied here.
     layer: watch::Sender<ClusterLayer>,
+    /// One cluster layer taken at a time.
+    taking: std::sync::Mutex<()>,
     shared: OnceLock<Arc<dyn SharedSettings>>,
 }
 
@@ -189,6 +200,7 @@ impl Settings {
             current: watch::Sender::new(config),
             writing: tokio::sync::Mutex::new(()),
             layer: watch::Sender::new(layer),
+            taking: std::sync::Mutex::new(()),
             shared: OnceLock::new(),
         }
     }
@@ -230,25 +242,59 @@ impl Settings {
             revision: layer.revision,
             cluster_values,
             node_keys: NODE_KEYS,
+            trust_keys: TRUST_KEYS,
         }
     }
 
-    /// The cluster's settings at `revision` (older revisions than the one
-    /// applied are ignored): kept in the data dir, then in effect here.
+    /// The cluster's settings at `layer.revision`, unless this node has
+    /// applied that revision or a later one: kept in the data dir, then in
+    /// effect here. A node's own keys in it are ignored (they never come
+    /// from the cluster), and a layer this node cannot run with is refused
+    /// (logged), so it never reaches the file it starts from.
     pub fn apply_shared(&self, layer: ClusterLayer) {
-        let newer = self.layer.send_if_modified(|applied| {
-            let newer = layer.revision > applied.revision;
-            if newer {
-                *applied = layer.clone();
-            }
-            newer
-        });
-        if newer {
-            if let Err(e) = self.save_layer(&layer) {
-                tracing::warn!(error = %e, "cannot keep the cluster's settings in the data dir");
-            }
-            self.reload();
+        self.take_layer(layer, false);
+    }
+
+    /// The cluster's settings as they are now, whatever revision this node
+    /// had before: a node joining (perhaps another cluster, or one whose
+    /// store was wiped) takes what the cluster holds, empty included.
+    pub fn join_shared(&self, layer: ClusterLayer) {
+        self.take_layer(layer, true);
+    }
+
+    fn take_layer(&self, mut layer: ClusterLayer, whatever_revision: bool) {
+        strip_node_keys(&mut layer.values);
+        // One at a time, so the file always ends with the newest layer.
+        let _one_at_a_time = self.taking.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = self.layer.borrow().clone();
+        if (!whatever_revision && layer.revision <= applied.revision) || layer == applied {
+            return;
         }
+        let loaded = self
+            .sources
+            .settings_dir()
+            .and_then(|dir| read_settings(&dir))
+            .and_then(|local| self.sources.load_with(&layered(&local, &layer.values)));
+        let config = match loaded {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!(
+                    revision = layer.revision,
+                    error = %strip_config_prefix(&e),
+                    "the cluster's settings do not fit this node; keeping the last ones that did"
+                );
+                return;
+            }
+        };
+        if let Err(e) = self.save_layer(&layer) {
+            tracing::warn!(error = %e, "cannot keep the cluster's settings in the data dir");
+        }
+        self.layer.send_replace(layer);
+        self.current.send_if_modified(|current| {
+            let changed = *current != config;
+            *current = config;
+            changed
+        });
     }
 
     /// Make the cluster's settings this node's own, for good (the node leaves
@@ -742,6 +788,43 @@ mod tests {
         assert_eq!(restarted.cache.ttl_secs, 60, "kept as this node's own");
         assert_eq!(restarted.cache.max_bytes, 4096);
         assert!(restarted.cluster.urls.is_empty() && restarted.cluster.node.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_clusters_settings_never_set_node_keys_nor_what_this_node_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = settings(dir.path(), &[]);
+        let layer = |revision, text: &str| ClusterLayer {
+            revision,
+            values: toml::from_str(text).unwrap(),
+        };
+        node.apply_shared(layer(
+            5,
+            "[cache]\nttl_secs = 9\n[control]\nnvpmodel_set_command = [\"sh\", \"-c\", \"id\"]\n",
+        ));
+        assert_eq!(node.current().cache.ttl_secs, 9);
+        assert_ne!(node.current().control.nvpmodel_set_command[0], "sh");
+        assert_eq!(node.scope().cluster_values, ["cache.ttl_secs"]);
+        // A newer node's key this one does not know: refused, nothing kept.
+        node.apply_shared(layer(6, "[cache]\nttl_secs = 10\nfrom_the_future = 1\n"));
+        assert_eq!(
+            (node.scope().revision, node.current().cache.ttl_secs),
+            (5, 9)
+        );
+        let kept = ClusterLayer::read(dir.path()).unwrap();
+        assert_eq!(kept.revision, 5);
+        // Older revisions are ignored, unless the node joins a cluster anew.
+        node.apply_shared(layer(2, "[cache]\nttl_secs = 2\n"));
+        assert_eq!(node.current().cache.ttl_secs, 9);
+        node.join_shared(layer(2, "[cache]\nttl_secs = 2\n"));
+        assert_eq!(
+            (node.scope().revision, node.current().cache.ttl_secs),
+            (2, 2)
+        );
+        // A kept layer that no longer loads does not stop the node.
+        let broken = r#"{"revision": 7, "values": {"cache": {"nosuch": 1}}}"#;
+        std::fs::write(dir.path().join(CLUSTER_SETTINGS_FILE), broken).unwrap();
+        assert_eq!(settings(dir.path(), &[]).current().cache.ttl_secs, 3600);
     }
 
     #[tokio::test]

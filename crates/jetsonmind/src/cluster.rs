@@ -126,7 +126,9 @@ async fn share_state(
             "this node's api keys now work at every node"
         );
     }
-    keys.mirror(state.keys, shutdown.clone());
+    keys.mirror(state.keys, shutdown.clone())
+        .await
+        .context("mirroring the cluster's api keys")?;
     Ok(())
 }
 
