@@ -48,22 +48,30 @@ async def check(args):
             print(f"session opened at {args.via}" + (" with the device's key" if token else ""))
             read = await client.read_resource("jetson://config/settings")
             remote = json.loads(read.contents[0].text)
-            node_keys = remote["scope"]["node_keys"]
+            scope = remote["scope"]
             if args.settings and os.path.exists(args.settings):
                 with open(args.settings, "rb") as file:
                     local = tomllib.load(file)
                 for key, value in leaves(local):
-                    if any(within(own, key) for own in node_keys):
+                    if any(within(own, key) for own in scope["node_keys"]):
+                        continue
+                    if any(within(trust, key) or within(key, trust) for trust in scope["trust_keys"]):
+                        print(f"setting {key}: decides who is trusted, kept to this device (an admin sets it "
+                              "for the cluster with update_settings)")
                         continue
                     there = lookup(remote, key)
-                    if there != value:
-                        problems.append(f"setting {key}: {value!r} here, {there!r} there")
-                    else:
+                    if there == value:
                         print(f"setting {key} = {value!r} holds there")
+                    elif key in scope["cluster_values"]:
+                        # The cluster set it before this device joined: its value wins.
+                        print(f"setting {key}: the cluster's {there!r} holds there (this device had {value!r})")
+                    else:
+                        problems.append(f"setting {key}: {value!r} here, {there!r} there")
             models = []
             if args.models:
                 with open(args.models) as file:
-                    models = [model["name"] for model in json.load(file)]
+                    # Text models (GGUF): the ones text_generate runs.
+                    models = [model["name"] for model in json.load(file) if model["format"] == "gguf"]
             for model in models:
                 result = await client.call_tool(
                     "text_generate", {"model": model, "prompt": "Say hello.", "max_tokens": 8, "temperature": 0}

@@ -54,11 +54,26 @@ running() {
     kill -0 "$1" 2>/dev/null && [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
 
+# Whether process PID is a `jetsonmind serve` (a stale pid file may name another process now).
+is_serve() {
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "jetsonmind.* serve"
+}
+
+# The checks that need the official MCP client: fail before anything is stopped.
+need_python_mcp() {
+    "$python" -c "import mcp" 2>/dev/null || {
+        echo "$python cannot import mcp: run ./setup.sh (or set PYTHON to a python with the mcp package)" >&2
+        return 1
+    }
+}
+
 # Stop the running `jetsonmind serve` (--serve-pid, else the one start_node recorded).
 stop_serve() {
     local pid=${serve_pid:-$(cat "$data_dir/serve.pid" 2>/dev/null || true)}
-    [ -n "$pid" ] || { echo "(no --serve-pid: nothing to stop)"; return 0; }
-    kill -TERM "$pid" 2>/dev/null || { echo "(pid $pid is not running)"; return 0; }
+    [ -n "$pid" ] || { echo "(no --serve-pid: stop jetsonmind serve yourself before this)"; return 0; }
+    running "$pid" || { echo "(pid $pid is not running)"; return 0; }
+    is_serve "$pid" || { echo "pid $pid is not a jetsonmind serve: not stopping it" >&2; return 1; }
+    kill -TERM "$pid"
     local deadline=$((SECONDS + 30))
     while running "$pid"; do
         [ $SECONDS -lt $deadline ] || { echo "serve (pid $pid) did not stop" >&2; return 1; }

@@ -29,6 +29,7 @@ source "$(dirname "$0")/migrate-common.sh"
 resolve_data_dir
 
 step backup backup
+step preflight need_python_mcp
 step stop stop_serve
 step leave jm cluster leave
 step start start_node

@@ -3,12 +3,16 @@
 #
 #   1 backup    `jetsonmind backup`: the database, settings, keys and models, in one archive
 #   2 nats      start a nats-server here (--start-nats) or join the given ones; wait until they answer
+#     preflight check all that could refuse (the cluster's buckets, model names, the MCP client)
 #   3 stop      stop the single device's `jetsonmind serve` (--serve-pid), so its state holds still
 #   4 publish   `jetsonmind cluster join --publish-models`: its settings, keys and models into the
 #               cluster, and the cluster recorded in its own settings
 #   5 start     `jetsonmind serve`, now a cluster node, in the background; wait until it serves
 #   6 validate  through another node (--via): the key opens a session there, every setting of this
 #               device holds there, each of its models answers a real text_generate there
+#
+# A failure after the stop and before anything is shared serves the single device again; after,
+# it says how to go back.
 #
 # The way back is scripts/migrate_cluster_to_single.sh; `jetsonmind restore ARCHIVE` undoes all.
 #
@@ -30,7 +34,7 @@ while [ $# -gt 0 ]; do
         --start-nats) start_nats=1; shift ;;
         --token-env) token_env=$2; shift 2 ;;
         --bin) bin=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -56,15 +60,38 @@ nats() {
     echo "NATS answers at $cluster"
 }
 
-publish() {
-    local args=(cluster join --cluster "$cluster" --publish-models)
-    [ -n "$node" ] && args+=(--node "$node")
-    jm "${args[@]}"
+join_args() {
+    echo cluster join --cluster "$cluster" --publish-models ${node:+--node "$node"}
 }
+
+# Everything that could refuse, checked while the single device still serves.
+preflight() {
+    need_python_mcp && jm $(join_args) --check
+}
+
+publish() {
+    jm $(join_args) && published=1
+}
+
+# A failure after the single device stopped: serve it again as it was, if nothing was shared yet;
+# otherwise say how to go back.
+recover() {
+    [ $? -ne 0 ] && [ -n "${stopped:-}" ] || return 0
+    if [ -z "${published:-}" ]; then
+        echo "serving the single device again, as it was:" >&2
+        start_node >&2 || true
+    else
+        echo "to go back: scripts/migrate_cluster_to_single.sh ${data_dir:+--data-dir $data_dir}," >&2
+        echo "or stop serve and run: jetsonmind --data-dir $data_dir restore --force $data_dir/backups/<the archive above>" >&2
+    fi
+}
+trap recover EXIT
 
 step backup backup
 step nats nats
+step preflight preflight
 step stop stop_serve
+stopped=1
 step publish publish
 step start start_node
 step validate check_via "$via"

@@ -18,13 +18,14 @@ from conftest import (
     MODELS,
     NO_CACHE,
     ROOT,
+    connected,
     create_key,
     import_model,
+    read_json,
     start_nodes,
     start_serve,
     stop_serve,
 )
-from test_cluster_settings import connected, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +34,8 @@ OWN_MODEL = "device-own-model"
 STEPS = ["backup", "nats", "stop", "publish", "start", "validate"]
 
 
-def run_script(name, binary, args, key):
+def run_script(name, binary, args, key, succeeds=True):
+    """Run scripts/NAME as a user would; its output (stdout, or both streams when it must fail)."""
     env = {**os.environ, **ENV, "MIGRATED_KEY": key, "PYTHON": sys.executable}
     done = subprocess.run(
         [str(ROOT / "scripts" / name), "--bin", str(binary), "--token-env", "MIGRATED_KEY", *args],
@@ -42,9 +44,9 @@ def run_script(name, binary, args, key):
         env=env,
         timeout=600,
     )
-    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    assert (done.returncode == 0) == succeeds, f"{name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     assert key not in done.stdout + done.stderr, "the key is never printed"
-    return done.stdout
+    return done.stdout if succeeds else done.stdout + done.stderr
 
 
 def step_times(output):
@@ -92,7 +94,7 @@ async def test_a_single_device_moves_into_the_cluster_and_back_with_nothing_lost
 
     # Checked again here: the key, the setting and the model, all at node 3.
     async with connected(nodes["node3"].url, key) as node3:
-        assert (await settings(node3))["cache"]["ttl_secs"] == 61
+        assert (await read_json(node3, "jetson://config/settings"))["cache"]["ttl_secs"] == 61
         result = await node3.call_tool(
             "text_generate", {"model": OWN_MODEL, "prompt": "Say hello.", "max_tokens": 4, "temperature": 0}
         )
@@ -111,3 +113,22 @@ async def test_a_single_device_moves_into_the_cluster_and_back_with_nothing_lost
                        capture_output=True, text=True, check=True).stdout
     )
     assert OWN_MODEL in [model["name"] for model in listed]
+
+
+async def test_a_migration_that_could_not_share_everything_stops_before_the_device_does(cluster_and_device, binary):
+    nodes, nats, device, single, key = cluster_and_device
+    import_model(binary, device, MODELS / DEFAULT_MODEL, "--name", "two..dots", "--link")
+    output = run_script(
+        "migrate_single_to_cluster.sh",
+        binary,
+        ["--cluster", nats.urls, "--via", nodes["node3"].url, "--data-dir", str(device),
+         "--serve-pid", str(single.process.pid)],
+        key,
+        succeeds=False,
+    )
+    assert "two..dots" in output and "stopped at step 'preflight'" in output, output
+    assert single.process.poll() is None, "the single device still serves"
+    async with connected(single.url, key) as client:
+        assert (await read_json(client, "jetson://config/settings"))["scope"]["cluster"] is False
+    kept = device / "settings.toml"
+    assert not kept.exists() or "cluster" not in kept.read_text(), "nothing recorded"

@@ -141,6 +141,10 @@ pub enum ClusterCommand {
         /// Publish every model of the store the cluster lacks.
         #[arg(long)]
         publish_models: bool,
+        /// Only check that the cluster answers and that everything can be
+        /// shared; change nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Take this node out of its cluster for good: the cluster's settings
     /// become its own; its keys and models stay. Stop `serve` first.

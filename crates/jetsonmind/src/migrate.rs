@@ -17,7 +17,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use jetsonmind_cluster::Bus;
 use jetsonmind_cluster_state::keys::ClusterKeys;
-use jetsonmind_cluster_state::models::ClusterModels;
+use jetsonmind_cluster_state::models::{ClusterModels, check_key};
 use jetsonmind_cluster_state::settings::ClusterSettings;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
@@ -32,33 +32,58 @@ pub async fn join(
     config: &Config,
     sources: &ConfigSources,
     publish_models: bool,
+    check_only: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.cluster.enabled(),
         "no cluster to join: pass --cluster nats://HOST:4222"
     );
+    // Everything that could refuse is checked before anything is shared.
     let bus = Bus::connect(&config.cluster).await?;
+    let store = Arc::new(ModelStore::open(&config.data.dir)?);
+    if publish_models {
+        let names: Vec<String> = store.list()?.into_iter().map(|m| m.name).collect();
+        let unfit: Vec<&String> = names.iter().filter(|n| check_key(n).is_err()).collect();
+        anyhow::ensure!(
+            unfit.is_empty(),
+            "models whose names a cluster cannot hold (letters, digits, - _ = / . only, no \
+             leading, trailing or double dot): {unfit:?}; import them under other names first"
+        );
+    }
+    let models = ClusterModels::open(&bus).await?;
+    let settings_bucket = ClusterSettings::open(&bus).await?;
+    let keys_bucket = ClusterKeys::open(&bus).await?;
+    if check_only {
+        println!(
+            "ready to join cluster {} as {}",
+            config.cluster.name, bus.node
+        );
+        return Ok(());
+    }
     let local = read_settings(&config.data.dir)?;
-    let adopted = ClusterSettings::open(&bus)
-        .await?
+    let adopted = settings_bucket
         .adopt(&local)
         .await
         .context("sharing the settings")?;
     println!(
-        "settings: {} shared ({}); {} the cluster sets otherwise, its values kept ({})",
+        "settings: {} shared ({}); {} the cluster sets otherwise, its values kept ({}); {} \
+         deciding who is trusted kept to this node ({}): an admin sets them for the cluster \
+         with update_settings",
         adopted.added.len(),
         adopted.added.join(", "),
         adopted.differing.len(),
-        adopted.differing.join(", ")
+        adopted.differing.join(", "),
+        adopted.trusted.len(),
+        adopted.trusted.join(", ")
     );
     let keys = KeyStore::open(&config.data.dir);
-    let offered = ClusterKeys::open(&bus).await?.offer(&keys).await?;
+    let offered = keys_bucket.offer(&keys).await?;
     println!(
         "api keys: {offered} of {} shared (the others the cluster had, or revoked)",
         keys.list()?.len()
     );
     if publish_models {
-        publish_all(&bus, config).await?;
+        publish_all(&models, &store).await?;
     }
     let settings = Settings::new(sources.clone(), config.clone());
     let cluster = json!({"cluster": {"urls": config.cluster.urls, "node": bus.node}});
@@ -74,15 +99,25 @@ pub async fn join(
     Ok(())
 }
 
-/// Publish every model of the store the cluster lacks (by name and digest).
-async fn publish_all(bus: &Bus, config: &Config) -> anyhow::Result<()> {
-    let store = Arc::new(ModelStore::open(&config.data.dir)?);
-    let cluster = ClusterModels::open(bus).await?;
+/// Publish every model of the store the cluster lacks. A model the cluster
+/// holds under the same name with other content is the cluster's: left as
+/// it is, and said.
+async fn publish_all(cluster: &ClusterModels, store: &Arc<ModelStore>) -> anyhow::Result<()> {
     for model in store.list()? {
-        let published = cluster.entry(&model.name).await?;
-        if published.is_some_and(|entry| entry.sha256 == model.sha256) {
-            println!("model {}: already in the cluster", model.name);
-            continue;
+        match cluster.entry(&model.name).await? {
+            Some(entry) if entry.sha256 == model.sha256 => {
+                println!("model {}: already in the cluster", model.name);
+                continue;
+            }
+            Some(entry) => {
+                println!(
+                    "model {}: the cluster has another model of this name (sha256 {}), kept; \
+                     import this one under another name to share it",
+                    model.name, entry.sha256
+                );
+                continue;
+            }
+            None => {}
         }
         let bar = ProgressBar::new(model.size_bytes).with_style(
             ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
@@ -90,7 +125,7 @@ async fn publish_all(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         );
         bar.set_message(format!("publishing {}", model.name));
         let entry = cluster
-            .publish(&store, &model.name, |done, total| {
+            .publish(store, &model.name, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })

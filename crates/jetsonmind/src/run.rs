@@ -61,9 +61,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Status { json, .. }) => {
             return crate::cluster_cli::status(json, &config).await;
         }
-        Command::Cluster(ClusterCommand::Join { publish_models, .. }) => {
-            return crate::migrate::join(&config, &sources, publish_models).await;
-        }
+        Command::Cluster(ClusterCommand::Join {
+            publish_models,
+            check,
+            ..
+        }) => return crate::migrate::join(&config, &sources, publish_models, check).await,
         Command::Cluster(ClusterCommand::Leave) => return crate::migrate::leave(&config, &sources),
         _ => {}
     }
