@@ -7,12 +7,16 @@ import subprocess
 import time
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import anyio
+import httpx2
 import pytest
-from mcp import StdioServerParameters
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from natscluster import NatsCluster, Netns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +150,68 @@ def start_nodes(binary, tmp_path, nats, names, env=None, **where):
             stop_serve(served)
         raise failed[0]
     return started
+
+
+@contextmanager
+def running_nodes(binary, tmp_path, nats, names, env=None):
+    """`start_nodes`, each node stopped afterwards unless a test killed it."""
+    nodes = start_nodes(binary, tmp_path, nats, names, env)
+    try:
+        yield nodes
+    finally:
+        for node in nodes.values():
+            if node.process.poll() is None:
+                stop_serve(node)
+
+
+# A bound against hanging, not a speed check: what "within seconds" means on a loaded 2-core machine.
+SETTLE_SECS = 30
+
+
+async def eventually(what, attempt, timeout=SETTLE_SECS):
+    """Retry `attempt()` until it returns something true; that value."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = await attempt()
+            if value:
+                return value
+            await anyio.sleep(0.2)
+
+
+async def read_json(client, uri):
+    """A JSON resource as it is now (never the client's cached copy)."""
+    read = await client.read_resource(uri, cache_mode="bypass")
+    return json.loads(read.contents[0].text)
+
+
+def node_of(result):
+    """The node that ran a call: the hop nearest the client names it."""
+    return result.meta["jetsonmind/route"][-1]["node"]
+
+
+class Statuses:
+    """HTTP error statuses and challenges the client met (the SDK hides them)."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def hook(self, response):
+        if response.status_code >= 400:
+            self.seen.append((response.status_code, response.headers.get("www-authenticate", "")))
+
+
+def client_with(url, token, statuses, mode="auto"):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [statuses.hook]}, timeout=60)
+    return http, Client(streamable_http_client(url, http_client=http), mode=mode)
+
+
+@asynccontextmanager
+async def connected(url, key):
+    """An MCP session at `url` with `key` as its bearer token."""
+    http, client = client_with(url, key, Statuses())
+    async with http, client:
+        yield client
 
 
 @pytest.fixture

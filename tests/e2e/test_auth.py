@@ -10,15 +10,15 @@ import subprocess
 import anyio
 import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from conftest import (
     DEFAULT_MODEL,
     MODELS,
     NO_CACHE,
+    Statuses,
     call,
+    client_with,
     create_key,
     raw_post,
     start_jetsonmind,
@@ -63,23 +63,6 @@ def secured(binary, tmp_path_factory):
     stop_serve(served)
     log = served.log.read_text()
     assert all(key not in log for key in keys.values()), "secrets never reach the log"
-
-
-class Statuses:
-    """HTTP error statuses and challenges the client met (the SDK hides them)."""
-
-    def __init__(self):
-        self.seen = []
-
-    async def hook(self, response):
-        if response.status_code >= 400:
-            self.seen.append((response.status_code, response.headers.get("www-authenticate", "")))
-
-
-def client_with(url, token, statuses, mode="auto"):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [statuses.hook]}, timeout=60)
-    return http, Client(streamable_http_client(url, http_client=http), mode=mode)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

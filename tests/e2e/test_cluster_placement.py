@@ -6,11 +6,10 @@ node killed with SIGKILL has its replica placed again elsewhere."""
 import json
 import signal
 
-import anyio
 import pytest
 from mcp import Client
 
-from conftest import DEFAULT_MODEL, NO_CACHE, start_nodes, stop_serve
+from conftest import DEFAULT_MODEL, NO_CACHE, eventually, node_of, running_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -30,11 +29,8 @@ SETTLE_SECS = 60
 
 @pytest.fixture
 def three_nodes(binary, tmp_path, nats_cluster):
-    nodes = start_nodes(binary, tmp_path, nats_cluster, NODES, ENV)
-    yield nodes
-    for node in nodes.values():
-        if node.process.poll() is None:
-            stop_serve(node)
+    with running_nodes(binary, tmp_path, nats_cluster, NODES, ENV) as nodes:
+        yield nodes
 
 
 async def scale(client, **arguments):
@@ -44,14 +40,14 @@ async def scale(client, **arguments):
 
 
 async def placed(client, check, what):
-    """Poll `scale_cluster status` until `check(placement of DEFAULT_MODEL, status)` holds."""
-    with anyio.fail_after(SETTLE_SECS):
-        while True:
-            status = await scale(client, action="status")
-            placement = next((p for p in status["placements"] if p["model"] == DEFAULT_MODEL), None)
-            if placement is not None and check(placement, status):
-                return placement
-            await anyio.sleep(0.25)
+    """`scale_cluster status`'s placement of DEFAULT_MODEL, once `check(placement, status)` holds."""
+
+    async def attempt():
+        status = await scale(client, action="status")
+        placement = next((p for p in status["placements"] if p["model"] == DEFAULT_MODEL), None)
+        return placement is not None and check(placement, status) and placement
+
+    return await eventually(what, attempt, timeout=SETTLE_SECS)
 
 
 def running_as_assigned(placement, _status):
@@ -81,7 +77,7 @@ async def test_placed_replicas_reconcile_move_off_a_drained_node_and_are_replace
             for i in range(12)
         ]
         assert not [r for r in results if r.is_error]
-        served = {r.meta["jetsonmind/route"][-1]["node"] for r in results}
+        served = {node_of(r) for r in results}
         assert victim not in served, served
         await placed(client, lambda p, s: victim not in p["loaded_on"], "the drained node unloading it")
         status = await scale(client, action="undrain", node=victim)

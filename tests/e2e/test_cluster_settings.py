@@ -8,28 +8,21 @@ which key."""
 import json
 import os
 import subprocess
-from contextlib import asynccontextmanager
 
-import anyio
 import pytest
 
-from conftest import NO_CACHE, start_nodes, stop_serve
-from test_auth import Statuses, client_with
+from conftest import NO_CACHE, Statuses, client_with, connected, eventually, read_json, running_nodes
 
 pytestmark = pytest.mark.anyio
 
 NODES = ["node1", "node2", "node3"]
 ENV = {**NO_CACHE, "JETSONMIND_AUTH__REQUIRED": "true", "JETSONMIND_MCP__LIST_TTL_MS": "0"}
-# A bound against hanging, not a speed check: "within seconds" on a loaded 2-core machine.
-SETTLE_SECS = 20
 
 
 @pytest.fixture
 def three_nodes(binary, tmp_path, nats_cluster):
-    nodes = start_nodes(binary, tmp_path, nats_cluster, NODES, ENV)
-    yield nodes, nats_cluster
-    for node in nodes.values():
-        stop_serve(node)
+    with running_nodes(binary, tmp_path, nats_cluster, NODES, ENV) as nodes:
+        yield nodes, nats_cluster
 
 
 def cluster_keys(binary, nats, *args):
@@ -40,7 +33,7 @@ def cluster_keys(binary, nats, *args):
     return done.stdout.strip()
 
 
-def create_key(binary, nats, name, *scopes):
+def create_cluster_key(binary, nats, name, *scopes):
     args = ["create", "--name", name]
     for scope in scopes:
         args += ["--scope", scope]
@@ -50,16 +43,6 @@ def create_key(binary, nats, name, *scopes):
 def key_id(key):
     """`jm_<id>_<secret>`: the id `keys revoke` takes."""
     return key.split("_")[1]
-
-
-async def eventually(what, attempt):
-    """Retry `attempt()` until it returns something true; its last value."""
-    with anyio.fail_after(SETTLE_SECS):
-        while True:
-            value = await attempt()
-            if value:
-                return value
-            await anyio.sleep(0.2)
 
 
 async def session_works(url, key):
@@ -76,8 +59,7 @@ async def session_works(url, key):
 
 
 async def settings(client):
-    read = await client.read_resource("jetson://config/settings")
-    return json.loads(read.contents[0].text)
+    return await read_json(client, "jetson://config/settings")
 
 
 async def update(client, change, if_revision=None):
@@ -89,7 +71,7 @@ async def update(client, change, if_revision=None):
 
 async def test_a_key_made_at_one_node_works_everywhere_until_revoked(three_nodes, binary):
     nodes, nats = three_nodes
-    key = create_key(binary, nats, "ci", "tools:*", "resources:*")
+    key = create_cluster_key(binary, nats, "ci", "tools:*", "resources:*")
     # Mirrored into every node's key file within seconds.
     await eventually("node3 accepting the key", lambda: session_works(nodes["node3"].url, key))
     assert await session_works(nodes["node2"].url, key)
@@ -110,7 +92,7 @@ async def test_a_setting_changed_at_one_node_holds_everywhere_and_a_concurrent_c
     three_nodes, binary
 ):
     nodes, nats = three_nodes
-    admin = create_key(binary, nats, "admin", "admin")
+    admin = create_cluster_key(binary, nats, "admin", "admin")
     await eventually("every node accepting the admin key", lambda: all_accept(nodes, admin))
     async with connected(nodes["node1"].url, admin) as node1, connected(nodes["node3"].url, admin) as node3:
         before = await settings(node1)
@@ -151,14 +133,6 @@ async def test_a_setting_changed_at_one_node_holds_everywhere_and_a_concurrent_c
         return current["cache"]["ttl_secs"] == 63 and current["compute"]["threads"] != 1
 
     await eventually("node2 holding the cluster's value", node2_agrees)
-
-
-@asynccontextmanager
-async def connected(url, key):
-    """An MCP session at `url` with `key` as its bearer token."""
-    http, client = client_with(url, key, Statuses())
-    async with http, client:
-        yield client
 
 
 async def all_accept(nodes, key):

@@ -5,9 +5,6 @@ Models: a model published at node 1 (`manage_models`) is pulled, checked and run
 call through node 3's gateway names it; node 3's store then holds it with the published sha256,
 and every node lists it with the nodes that hold it and run it."""
 
-import json
-
-import anyio
 import pytest
 from mcp import Client
 
@@ -16,7 +13,10 @@ from conftest import (
     MODELS,
     NO_CACHE,
     cluster_node_data,
+    eventually,
     import_model,
+    node_of,
+    read_json,
     start_cluster_node,
     start_nodes,
     stop_serve,
@@ -32,35 +32,12 @@ ENV = {
     "JETSONMIND_GATEWAY__HEALTH_INTERVAL_MS": "500",
     "JETSONMIND_COMPUTE__MEMORY_BUDGET_BYTES": str(2 << 30),
 }
-# A bound against hanging, not a speed check: "within seconds" on a loaded 2-core machine.
-SETTLE_SECS = 30
-
 SHARED_MODEL = "smol-shared"
-
-
-def node_of(result):
-    """The node that ran a call: the hop nearest the client names it."""
-    return result.meta["jetsonmind/route"][-1]["node"]
-
-
-async def read_json(client, uri):
-    read = await client.read_resource(uri, cache_mode="bypass")
-    return json.loads(read.contents[0].text)
 
 
 def listed(models, name):
     """The model `name` of a models list, or None."""
     return next((m for m in models if m["name"] == name), None)
-
-
-async def eventually(what, attempt):
-    """Retry `attempt()` until it returns something true; its last value."""
-    with anyio.fail_after(SETTLE_SECS):
-        while True:
-            value = await attempt()
-            if value:
-                return value
-            await anyio.sleep(0.2)
 
 
 class Progress:

@@ -13,8 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import NO_CACHE, start_nodes, stop_serve
-from test_cluster_settings import eventually
+from conftest import NO_CACHE, eventually, read_json, running_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -25,16 +24,8 @@ ENV = {**NO_CACHE, "JETSONMIND_CLUSTER__TELEMETRY_INTERVAL_MS": "300"}
 
 @pytest.fixture
 def three_nodes(binary, tmp_path, nats_cluster):
-    nodes = start_nodes(binary, tmp_path, nats_cluster, NODES, ENV)
-    yield nodes, nats_cluster
-    for node in nodes.values():
-        if node.process.poll() is None:
-            stop_serve(node)
-
-
-async def read_json(client, uri):
-    read = await client.read_resource(uri)
-    return json.loads(read.contents[0].text)
+    with running_nodes(binary, tmp_path, nats_cluster, NODES, ENV) as nodes:
+        yield nodes, nats_cluster
 
 
 def status(binary, tmp_path, urls, *args):

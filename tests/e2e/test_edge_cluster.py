@@ -13,8 +13,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import NO_CACHE, start_cluster_node, start_nodes, stop_serve
-from test_cluster import QUESTIONS, health, wait_for
+from conftest import NO_CACHE, node_of, start_cluster_node, start_nodes, stop_serve
+from test_cluster import QUESTIONS, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -37,11 +37,6 @@ def four_nodes(binary, tmp_path, nats_cluster):
     for node in nodes.values():
         if node.process.poll() is None:
             stop_serve(node)
-
-
-def node_of(result):
-    """The node that ran a call: the hop nearest the client names it."""
-    return result.meta["jetsonmind/route"][-1]["node"]
 
 
 def replicas_by_node(state):

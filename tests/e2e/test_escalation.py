@@ -8,11 +8,20 @@ import json
 import subprocess
 
 import pytest
-from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import DEFAULT_MODEL, MODELS, NO_CACHE, call, create_key, raw_post, start_jetsonmind, stop_serve
-from test_auth import Statuses, client_with
+from conftest import (
+    DEFAULT_MODEL,
+    MODELS,
+    NO_CACHE,
+    Statuses,
+    call,
+    client_with,
+    create_key,
+    raw_post,
+    start_jetsonmind,
+    stop_serve,
+)
 
 pytestmark = pytest.mark.anyio
 
