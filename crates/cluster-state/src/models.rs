@@ -146,7 +146,8 @@ impl ClusterModels {
     }
 
     /// Publish the model `name` of `store`: upload the files the cluster
-    /// lacks, check every digest, then write the registry entry.
+    /// lacks, check every digest, then write the registry entry (the files
+    /// of what the name held before go, unless another model has them).
     /// `progress(done, total)` follows the upload in bytes.
     pub async fn publish(
         &self,
@@ -171,11 +172,16 @@ impl ClusterModels {
             done += file.size_bytes;
             progress(done, entry.size_bytes);
         }
+        let replaced = self.entry(name).await?;
         let value = serde_json::to_vec(&entry).map_err(StateError::jetstream)?;
         self.registry
             .put(name, Bytes::from(value))
             .await
             .map_err(|e| StateError::JetStream(format!("registering {name}: {e}")))?;
+        // What the name held before goes, unless another model holds it too.
+        if let Some(replaced) = replaced {
+            self.delete_unreferenced(&replaced).await?;
+        }
         tracing::info!(model = %name, bytes = entry.size_bytes, "model published to the cluster");
         Ok(entry)
     }
@@ -395,6 +401,11 @@ impl ClusterModels {
         out.sync_all().await.map_err(io)?;
         let actual = format!("{:x}", hasher.finalize());
         if actual != file.sha256 || size != file.size_bytes {
+            // Its chunks are not the content it is named by (whatever its
+            // metadata says): delete it, so the next publish uploads it.
+            if let Err(e) = self.files.delete(file.object()).await {
+                tracing::warn!(object = %file.object(), error = %e, "cannot delete a damaged model file");
+            }
             return Err(StateError::DigestMismatch {
                 file: format!("{model}/{}", file.path),
                 expected: file.sha256.clone(),
@@ -447,6 +458,14 @@ impl ClusterModels {
             .delete(name)
             .await
             .map_err(|e| StateError::JetStream(format!("withdrawing {name}: {e}")))?;
+        self.delete_unreferenced(&entry).await?;
+        tracing::info!(model = %name, "model withdrawn from the cluster");
+        Ok(entry)
+    }
+
+    /// Delete the objects of `entry` that no entry of the registry refers
+    /// to now (it was withdrawn, or its name now holds other content).
+    async fn delete_unreferenced(&self, entry: &ModelEntry) -> Result<(), StateError> {
         let still_used: BTreeSet<String> = self
             .list()
             .await?
@@ -457,11 +476,10 @@ impl ClusterModels {
             if !still_used.contains(&object)
                 && let Err(e) = self.files.delete(&object).await
             {
-                tracing::warn!(%object, error = %e, "cannot delete a withdrawn model's file");
+                tracing::warn!(%object, error = %e, "cannot delete a model file no model uses");
             }
         }
-        tracing::info!(model = %name, "model withdrawn from the cluster");
-        Ok(entry)
+        Ok(())
     }
 
     /// The Object Store's objects that are not deleted: name and size.

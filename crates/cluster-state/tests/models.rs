@@ -224,8 +224,12 @@ async fn a_corrupted_object_is_refused_at_pull_and_nothing_is_listed() {
     }
     assert!(n2.names().is_empty());
     assert!(n2.tmp_is_empty());
+    assert!(
+        !n1.models.objects().await.unwrap().contains_key(&object),
+        "a damaged object is deleted, so the next publish uploads it"
+    );
 
-    // Publishing again finds the object wrong and puts the real one back.
+    // Publishing again puts the real one back.
     n1.publish("m.gguf").await.unwrap();
     assert_eq!(content(&n2.pull("m.gguf").await.unwrap()), content(&model));
 }
@@ -263,6 +267,28 @@ async fn a_file_is_stored_once_however_often_it_is_published() {
     n1.models.unpublish("m-copy.gguf").await.unwrap();
     assert!(n1.models.objects().await.unwrap().is_empty());
     assert!(n1.models.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_name_published_again_with_other_content_leaves_no_old_file_behind() {
+    let server = NatsServer::start();
+    let n1 = Node::join(&server, "n1").await;
+    let sources = tempfile::tempdir().unwrap();
+    let first = n1.import(&gguf_file(sources.path(), "a.gguf", 4 * CHUNK, 1), "m.gguf");
+    n1.publish("m.gguf").await.unwrap();
+    n1.store.remove("m.gguf").unwrap();
+    let second = n1.import(&gguf_file(sources.path(), "b.gguf", 5 * CHUNK, 2), "m.gguf");
+    assert_ne!(first.sha256, second.sha256);
+    n1.publish("m.gguf").await.unwrap();
+    assert_eq!(
+        n1.models
+            .objects()
+            .await
+            .unwrap()
+            .into_keys()
+            .collect::<Vec<_>>(),
+        [object_name(&second.sha256)]
+    );
 }
 
 #[tokio::test]
