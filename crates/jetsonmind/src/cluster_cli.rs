@@ -172,7 +172,9 @@ fn node_row(
     let (calls, p99_ms) = served_calls(telemetry.as_ref());
     let memory = telemetry.as_ref().and_then(NodeSnapshot::memory);
     NodeRow {
-        status: readiness(&replicas, heartbeat_age, drained, config),
+        // Drained as the placements say, or as the node's heartbeat says
+        // (it may have seen its drain before this reader).
+        status: readiness(&replicas, heartbeat_age, drained || status.draining, config),
         age_secs: jetsonmind_cluster::membership::unix_now().saturating_sub(status.started_unix),
         heartbeat_age_ms: heartbeat_age.as_millis() as u64,
         replicas_healthy: replicas.iter().filter(|r| healthy(r)).count(),
