@@ -48,18 +48,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from benchlib import percentile
+from benchlib import BINARY, percentile, require_binary, use_e2e_helpers
 
-ROOT = Path(__file__).resolve().parents[1]
-BINARY = ROOT / "target" / "release" / "jetsonmind"
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-
-try:
-    import pytest  # noqa: E402  (the e2e helpers report failures with pytest.fail)
-    from conftest import NO_CACHE, start_cluster_node, stop_serve  # noqa: E402
-    from natscluster import NatsCluster  # noqa: E402
-except ImportError as missing:
-    sys.exit(f"{missing}: run this with .venv/bin/python (./setup.sh makes it)")
+use_e2e_helpers()
+import pytest  # noqa: E402
+from conftest import NO_CACHE, start_cluster_node, stop_serve  # noqa: E402
+from natscluster import NatsCluster  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 PROTOCOL_VERSION = "2025-11-25"
@@ -601,8 +595,7 @@ def stop_on_signals():
 
 def main():
     options = parse_options()
-    if not BINARY.exists():
-        sys.exit(f"{BINARY} is missing: run `cargo build --release --locked`")
+    require_binary()
     stop_on_signals()
     settings = {k: v for k, v in vars(options).items() if k not in ("json", "keep")}
     prefix = "jetsonmind-cluster-bench-"

@@ -34,18 +34,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from benchlib import percentile
+from benchlib import BINARY, ROOT, percentile, require_binary, use_e2e_helpers
 
-ROOT = Path(__file__).resolve().parents[1]
-BINARY = ROOT / "target" / "release" / "jetsonmind"
 CACHE = ROOT / "bench" / "cache"
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-
-try:
-    import pytest  # noqa: F401,E402  (the e2e helpers report failures with pytest.fail)
-    from natscluster import NatsCluster  # noqa: E402
-except ImportError as missing:
-    sys.exit(f"{missing}: run this with .venv/bin/python (./setup.sh makes it)")
+use_e2e_helpers()
+from natscluster import NatsCluster  # noqa: E402
 
 MODEL_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -140,8 +133,7 @@ def main():
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
-    if not BINARY.is_file():
-        sys.exit(f"{BINARY} is missing: cargo build --release")
+    require_binary()
     model = fetch_model()
     size = model.stat().st_size
     assert size == MODEL_BYTES, size

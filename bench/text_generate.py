@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import percentile
+from benchlib import BINARY, ROOT, percentile
 
-ROOT = Path(__file__).resolve().parents[1]
-BINARY = ROOT / "target" / "release" / "jetsonmind"
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEN_TOKENS = 128
 # About 100 prompt tokens once the chat template is applied, and a request

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use jetsonmind_cluster::Bus;
 use jetsonmind_cluster::membership::unix_now;
-use jetsonmind_data::store::{ImportOptions, ModelInfo, ModelStore, StoreError};
+use jetsonmind_data::store::{ImportOptions, ModelFile, ModelInfo, ModelStore, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -58,25 +58,16 @@ pub struct ModelEntry {
     pub source: String,
     /// The digest of the main model file.
     pub sha256: String,
-    pub files: Vec<EntryFile>,
+    /// Each file of the model, as the publisher's store has it.
+    pub files: Vec<ModelFile>,
     /// The node that published it.
     pub published_by: String,
     pub published_unix: u64,
 }
 
-/// One file of a model: its name within the model and its content.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryFile {
-    pub path: String,
-    pub sha256: String,
-    pub size_bytes: u64,
-}
-
-impl EntryFile {
-    /// The object that holds this file's content.
-    fn object(&self) -> String {
-        object_name(&self.sha256)
-    }
+/// The object that holds `file`'s content.
+fn object_of(file: &ModelFile) -> String {
+    object_name(&file.sha256)
 }
 
 /// The Object Store object of the content with this sha256.
@@ -199,15 +190,7 @@ impl ClusterModels {
             license: model.license.clone(),
             source: model.source.clone(),
             sha256: model.sha256.clone(),
-            files: model
-                .files
-                .iter()
-                .map(|f| EntryFile {
-                    path: f.path.clone(),
-                    sha256: f.sha256.clone(),
-                    size_bytes: f.size_bytes,
-                })
-                .collect(),
+            files: model.files.clone(),
             published_by: self.bus.node.clone(),
             published_unix: unix_now(),
         }
@@ -218,11 +201,11 @@ impl ClusterModels {
     async fn upload(
         &self,
         model: &str,
-        file: &EntryFile,
+        file: &ModelFile,
         blob: &Path,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(), StateError> {
-        let name = file.object();
+        let name = object_of(file);
         let expected = object_digest(&file.sha256)
             .ok_or_else(|| StateError::Invalid(format!("{model}: bad sha256 {}", file.sha256)))?;
         if let Ok(info) = self.files.info(&name).await
@@ -360,15 +343,15 @@ impl ClusterModels {
     async fn download(
         &self,
         model: &str,
-        file: &EntryFile,
+        file: &ModelFile,
         path: &Path,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(), StateError> {
-        let mut object = self.files.get(file.object()).await.map_err(|e| {
+        let mut object = self.files.get(object_of(file)).await.map_err(|e| {
             StateError::JetStream(format!(
                 "{model}/{}: object {} cannot be read ({e}); publish the model again",
                 file.path,
-                file.object()
+                object_of(file)
             ))
         })?;
         let io = |source| StoreError::Io {
@@ -403,8 +386,8 @@ impl ClusterModels {
         if actual != file.sha256 || size != file.size_bytes {
             // Its chunks are not the content it is named by (whatever its
             // metadata says): delete it, so the next publish uploads it.
-            if let Err(e) = self.files.delete(file.object()).await {
-                tracing::warn!(object = %file.object(), error = %e, "cannot delete a damaged model file");
+            if let Err(e) = self.files.delete(object_of(file)).await {
+                tracing::warn!(object = %object_of(file), error = %e, "cannot delete a damaged model file");
             }
             return Err(StateError::DigestMismatch {
                 file: format!("{model}/{}", file.path),
@@ -470,9 +453,9 @@ impl ClusterModels {
             .list()
             .await?
             .iter()
-            .flat_map(|other| other.files.iter().map(EntryFile::object))
+            .flat_map(|other| other.files.iter().map(object_of))
             .collect();
-        for object in entry.files.iter().map(EntryFile::object) {
+        for object in entry.files.iter().map(object_of) {
             if !still_used.contains(&object)
                 && let Err(e) = self.files.delete(&object).await
             {
@@ -623,7 +606,7 @@ mod tests {
             sha256: "a".repeat(64),
             files: paths
                 .iter()
-                .map(|p| EntryFile {
+                .map(|p| ModelFile {
                     path: p.to_string(),
                     sha256: "a".repeat(64),
                     size_bytes: 0,

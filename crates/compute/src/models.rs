@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use jetsonmind_contract::inference::TransferProgress;
 use jetsonmind_contract::replica::LoadedModel;
 use jetsonmind_core::config::SimulatorConfig;
-use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
 use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::upstream::forward::TransferCallback;
 use jetsonmind_data::gguf;
@@ -665,17 +664,7 @@ fn pull_reporter(
     sink: ProgressSink,
     model: &str,
 ) -> (TransferCallback, tokio::task::JoinHandle<()>) {
-    let model = model.to_string();
-    sink.percent_reporter(move |done, total| {
-        let progress = TransferProgress {
-            verb: "pulling",
-            model: &model,
-            done,
-            total,
-        };
-        // The sink puts the caller's own progress token in.
-        progress.notification(ProgressToken(NumberOrString::Number(0)))
-    })
+    sink.percent_reporter(TransferProgress::describer("pulling", model))
 }
 
 /// Any name is a simulated model, once it is a name: not empty, not too long.

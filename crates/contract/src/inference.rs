@@ -2,7 +2,7 @@
 //! plane calls and routes by, the model a call names, and what a
 //! generation's progress notifications carry.
 
-use rmcp::model::{JsonObject, ProgressNotificationParam, ProgressToken};
+use rmcp::model::{JsonObject, NumberOrString, ProgressNotificationParam, ProgressToken};
 use serde::{Deserialize, Serialize};
 
 pub const TEXT_GENERATE: &str = "text_generate";
@@ -83,6 +83,25 @@ pub struct TransferProgress<'a> {
 const TRANSFER_DONE: f64 = 0.999;
 
 impl TransferProgress<'_> {
+    /// Each step of a transfer of `model` that `verb`s (`pulling`,
+    /// `publishing`), as a notification for a sink to send: the sink puts
+    /// its caller's own progress token in.
+    pub fn describer(
+        verb: &'static str,
+        model: &str,
+    ) -> impl Fn(u64, u64) -> ProgressNotificationParam + Send + 'static {
+        let model = model.to_string();
+        move |done, total| {
+            let progress = TransferProgress {
+                verb,
+                model: &model,
+                done,
+                total,
+            };
+            progress.notification(ProgressToken(NumberOrString::Number(0)))
+        }
+    }
+
     pub fn notification(&self, token: ProgressToken) -> ProgressNotificationParam {
         let fraction = match self.total {
             0 => TRANSFER_DONE,

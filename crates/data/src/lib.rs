@@ -27,8 +27,8 @@ use jetsonmind_core::auth::Principal;
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
-    CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject,
-    NumberOrString, ProgressToken, Prompt, ReadResourceResult, Resource, ResourceTemplate,
+    CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
+    ReadResourceResult, Resource, ResourceTemplate,
 };
 use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::{
@@ -206,17 +206,7 @@ fn publish_reporter(
     let Some(sink) = progress else {
         return (Box::new(|_, _| {}), None);
     };
-    let model = model.to_string();
-    let (reporter, relay) = sink.percent_reporter(move |done, total| {
-        let progress = TransferProgress {
-            verb: "publishing",
-            model: &model,
-            done,
-            total,
-        };
-        // The sink puts the caller's own progress token in.
-        progress.notification(ProgressToken(NumberOrString::Number(0)))
-    });
+    let (reporter, relay) = sink.percent_reporter(TransferProgress::describer("publishing", model));
     (reporter, Some(relay))
 }
 
