@@ -215,10 +215,12 @@ class Leafing:
     # A leaf whose uplink came back reconnects within this (NATS's default is 1 s too; said for clarity).
     RECONNECT_SECS = 1
 
-    def __init__(self, domain=None, accept=False, remotes=()):
+    def __init__(self, domain=None, accept=False, remotes=(), deny_exports=()):
         self.domain = domain
         self.accept = accept
         self.remotes = list(remotes)
+        # Subjects this leaf never sends to the hub, whoever there listens.
+        self.deny_exports = list(deny_exports)
 
     def block(self, listen):
         """The `leafnodes` block of a server that listens (for leaf connections) on `listen`."""
@@ -227,7 +229,8 @@ class Leafing:
         lines = [f'  listen: "{listen}"'] if self.accept else []
         if self.remotes:
             urls = ", ".join(f'"nats-leaf://{remote}"' for remote in self.remotes)
-            lines += [f"  reconnect: {self.RECONNECT_SECS}", f"  remotes: [{{ urls: [{urls}] }}]"]
+            deny = ", ".join(f'"{subject}"' for subject in self.deny_exports)
+            lines += [f"  reconnect: {self.RECONNECT_SECS}", f"  remotes: [{{ urls: [{urls}], deny_exports: [{deny}] }}]"]
         return "leafnodes {\n" + "\n".join(lines) + "\n}\n"
 
 
@@ -457,7 +460,9 @@ class NatsHybrid:
         uplink = _Forwarder(lambda: socket.create_connection((hub_host, int(hub_port)), timeout=5))
         self._uplinks.append(uplink)
         domain = self.domain(k)
-        leaf = Leafing(domain, remotes=[f"127.0.0.1:{uplink.port}"])
+        # A site's JetsonMind cluster is named as its domain; what its nodes say among themselves (its
+        # `jm.<cluster>.` subjects, replies included) never crosses the uplink.
+        leaf = Leafing(domain, remotes=[f"127.0.0.1:{uplink.port}"], deny_exports=[f"jm.{domain}.>"])
         self.sites.append(NatsCluster(self.workdir / domain, n=servers_per_site, leaf=leaf, prefix=f"{domain}-n"))
 
     @staticmethod

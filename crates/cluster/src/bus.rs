@@ -43,7 +43,7 @@ impl Bus {
 
     /// Where `node` serves its server `server` (directed calls).
     pub fn server_subject(&self, node: &str, server: &str) -> String {
-        format!("jm.{}.node.{node}.{server}", self.config.name)
+        server_subject(&self.config.name, node, server)
     }
 
     /// Where any node serving `server` answers: its queue group (one node per
@@ -166,6 +166,19 @@ impl Bus {
     }
 }
 
+/// Where `node` of the cluster `cluster` serves `server`.
+pub fn server_subject(cluster: &str, node: &str, server: &str) -> String {
+    format!("jm.{cluster}.node.{node}.{server}")
+}
+
+/// The prefix of this cluster's reply subjects. Under the cluster's own
+/// `jm.<cluster>.` subjects, so that one rule on a site's leaf link
+/// (`deny_exports: ["jm.<cluster>.>"]`) keeps everything the site says among
+/// its nodes, replies included, from ever reaching the hub.
+pub fn inbox_prefix(cluster: &str) -> String {
+    format!("jm.{cluster}.inbox")
+}
+
 fn bucket_error(bucket: &str, error: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(format!("cannot open the bucket {bucket}: {error}"))
 }
@@ -209,6 +222,7 @@ async fn connect_options(
     };
     let mut options = ConnectOptions::new()
         .name(format!("jetsonmind {node}"))
+        .custom_inbox_prefix(inbox_prefix(&config.name))
         .max_reconnects(None)
         // A cut link is noticed by pings: a few heartbeats, not minutes.
         .ping_interval(Duration::from_millis(config.heartbeat_ms.max(500) * 2))

@@ -98,6 +98,41 @@ impl Membership {
     pub fn view(&self) -> watch::Receiver<View> {
         self.view.clone()
     }
+
+    /// Watch, without joining, the nodes of the cluster `cluster` whose
+    /// servers are in the JetStream domain `domain` (the cloud's, seen from a
+    /// site through its leaf link), until `shutdown`. While that domain
+    /// cannot be reached (the uplink is down, or no such node has written a
+    /// heartbeat yet) the view empties within `node_ttl_ms`, and fills again
+    /// once it can.
+    pub fn watch(
+        bus: &Bus,
+        domain: &str,
+        cluster: &str,
+        shutdown: CancellationToken,
+    ) -> watch::Receiver<View> {
+        let (sender, view) = watch::channel(View::new());
+        let js = jetstream::with_domain(bus.client.clone(), domain);
+        let bucket = format!("{cluster}_members");
+        let tick = Duration::from_millis(bus.config.heartbeat_ms);
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let store = loop {
+                match js.get_key_value(&bucket).await {
+                    Ok(store) => break store,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %bucket, "no such membership yet; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            };
+            follow(store, bus, sender, shutdown).await;
+        });
+        view
+    }
 }
 
 /// Open the bucket and write this node's first heartbeat.

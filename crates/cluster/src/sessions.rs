@@ -38,34 +38,68 @@ pub const SERVICE_NAME: &str = "jetsonmind";
 
 /// A connector to `server` on `node`: each connection opens a new session.
 pub fn connector(bus: &Bus, node: &str, server: &str) -> Connector {
-    let subject = bus.server_subject(node, server);
-    pipe_connector(bus, format!("nats: {node}/{server}"), server, subject)
+    connector_in(bus, &bus.config.name.clone(), node, server)
+}
+
+/// A connector to `server` on `node` of another cluster reached through
+/// the same NATS (the cloud's, from a site leafed to its hub).
+pub fn connector_in(bus: &Bus, cluster: &str, node: &str, server: &str) -> Connector {
+    let subject = crate::bus::server_subject(cluster, node, server);
+    let label = match cluster == bus.config.name {
+        true => format!("nats: {node}/{server}"),
+        false => format!("nats: {cluster}.{node}/{server}"),
+    };
+    pipe_connector(bus, label, cluster, server, subject)
 }
 
 /// A connector to `server` on whichever node its queue group picks for each
 /// new session; the session then stays on that node.
 pub fn any_connector(bus: &Bus, server: &str) -> Connector {
     let subject = bus.any_subject(server);
-    pipe_connector(bus, format!("nats: any/{server}"), server, subject)
+    let cluster = bus.config.name.clone();
+    pipe_connector(
+        bus,
+        format!("nats: any/{server}"),
+        &cluster,
+        server,
+        subject,
+    )
 }
 
-fn pipe_connector(bus: &Bus, label: String, server: &str, subject: String) -> Connector {
+fn pipe_connector(
+    bus: &Bus,
+    label: String,
+    cluster: &str,
+    server: &str,
+    subject: String,
+) -> Connector {
     let bus = bus.clone();
-    let server = server.to_string();
+    let target = Target {
+        cluster: cluster.to_string(),
+        server: server.to_string(),
+    };
     let open: OpenPipe =
-        Arc::new(move || open_session(bus.clone(), server.clone(), subject.clone()));
+        Arc::new(move || open_session(bus.clone(), target.clone(), subject.clone()));
     Connector::Pipe { label, open }
 }
 
-/// A pipe whose other end is a session with `server`, opened at `subject`.
-fn open_session(bus: Bus, server: String, subject: String) -> DuplexStream {
+/// The server a session is with, and the cluster whose node holds it.
+#[derive(Clone)]
+struct Target {
+    cluster: String,
+    server: String,
+}
+
+/// A pipe whose other end is a session with `target`, opened at `subject`.
+fn open_session(bus: Bus, target: Target, subject: String) -> DuplexStream {
     let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
     tokio::spawn(async move {
+        let inbox = bus.client.new_inbox();
         let session = ClientSession {
-            id: bus.client.new_inbox().replace("_INBOX.", ""),
+            id: inbox.rsplit('.').next().unwrap_or_default().to_string(),
             inbox: bus.client.new_inbox(),
             bus,
-            server,
+            target,
             subject: std::sync::Mutex::new(subject),
         };
         if let Err(why) = session.run(ours).await {
@@ -78,7 +112,7 @@ fn open_session(bus: Bus, server: String, subject: String) -> DuplexStream {
 struct ClientSession {
     bus: Bus,
     id: String,
-    server: String,
+    target: Target,
     /// Where its messages go: the node that holds the session, once known.
     subject: std::sync::Mutex<String>,
     inbox: String,
@@ -96,7 +130,7 @@ impl ClientSession {
     fn follow(&self, receipt: &Message) {
         if let Some(node) = wire::header(receipt.headers.as_ref(), wire::NODE) {
             *self.subject.lock().expect("subject lock") =
-                self.bus.server_subject(&node, &self.server);
+                crate::bus::server_subject(&self.target.cluster, &node, &self.target.server);
         }
     }
 

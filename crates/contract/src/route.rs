@@ -23,6 +23,30 @@ pub struct Hop {
     pub node: Option<String>,
     /// Replicas tried, the last one answering.
     pub attempts: usize,
+    /// How far from the router the replica was.
+    #[serde(default)]
+    pub tier: Tier,
+}
+
+/// How far a call went: the router's own node, another node of its site
+/// (edge cluster), or the cloud (a cloud node or a provider). Ordered from
+/// near to far.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    #[default]
+    Node,
+    Site,
+    Cloud,
+}
+
+impl Tier {
+    /// Whether a call served here has left the site.
+    pub fn is_cloud(self) -> bool {
+        self == Tier::Cloud
+    }
 }
 
 /// Append `hop` to the route in `meta`.
@@ -62,6 +86,7 @@ mod tests {
             replica: format!("{backend}-1"),
             node: node.map(str::to_string),
             attempts: 1,
+            tier: Tier::Node,
         }
     }
 

@@ -19,7 +19,7 @@ use jetsonmind_contract::inference::model_named;
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_contract::route::{self, Hop};
 use jetsonmind_core::auth::{Principal, ToolAccess, delegate};
-use jetsonmind_core::config::{ControlConfig, GatewayConfig};
+use jetsonmind_core::config::{ControlConfig, GatewayConfig, HybridConfig};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, JsonObject, ReadResourceResult, ResourceContents,
@@ -35,8 +35,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::egress::{Egress, EgressRequest, EgressRules};
 use crate::link::{LinkError, McpLink, Relay, ReplicaLink};
-use crate::routing::{self, Blocked, Decision, Need, Policy, ReplicaState, Strategy};
+use crate::routing::{self, Blocked, Decision, Need, Policy, ReplicaState, Strategy, Tier};
 
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
@@ -47,6 +48,9 @@ pub struct FleetSettings {
     pub max_queued: usize,
     pub health_timeout: Duration,
     pub relist_interval: Duration,
+    /// What may leave the site, and what each caller spent in the cloud
+    /// (shared by every fleet made with these settings).
+    pub egress: Arc<EgressRules>,
 }
 
 impl FleetSettings {
@@ -66,7 +70,14 @@ impl FleetSettings {
             max_queued: control.max_queued,
             health_timeout: Duration::from_millis(gateway.health_timeout_ms),
             relist_interval: Duration::from_millis(gateway.relist_interval_ms),
+            egress: Arc::default(),
         }
+    }
+
+    /// With the hybrid tier's egress rules.
+    pub fn with_hybrid(mut self, hybrid: &HybridConfig) -> Self {
+        self.egress = Arc::new(EgressRules::new(hybrid));
+        self
     }
 }
 
@@ -77,8 +88,9 @@ pub enum Origin {
     Configured,
     /// Started by `scale_cluster`; stopped when removed or when this process ends.
     Started(Mutex<Option<tokio::process::Child>>),
-    /// Another node of the cluster serves it; it leaves when the node does.
-    Discovered { node: String },
+    /// Another node serves it, of this site (`Tier::Site`) or of the cloud
+    /// (`Tier::Cloud`); it leaves when the node does.
+    Discovered { node: String, tier: Tier },
 }
 
 pub struct Replica {
@@ -130,8 +142,16 @@ impl Replica {
     /// The cluster node that serves it, when another node does.
     pub fn remote_node(&self) -> Option<&str> {
         match &self.origin {
-            Origin::Discovered { node } => Some(node),
+            Origin::Discovered { node, .. } => Some(node),
             _ => None,
+        }
+    }
+
+    /// How far from this node it runs.
+    pub fn tier(&self) -> Tier {
+        match &self.origin {
+            Origin::Discovered { tier, .. } => *tier,
+            _ => Tier::Node,
         }
     }
 
@@ -152,7 +172,7 @@ impl Replica {
         });
     }
 
-    fn state(&self, now: Instant, local_node: Option<&str>) -> ReplicaState {
+    fn state(&self, now: Instant, local_node: Option<&str>, cloud_cost: f64) -> ReplicaState {
         let report = self.report();
         let latency = *self.latency_ms.lock().expect("latency lock");
         ReplicaState {
@@ -174,7 +194,11 @@ impl Replica {
                 .as_ref()
                 .map(|r| r.model_bytes.keys().cloned().collect())
                 .unwrap_or_default(),
-            local: self.remote_node().is_none(),
+            tier: self.tier(),
+            cost: match self.tier() {
+                Tier::Cloud => cloud_cost,
+                _ => 0.0,
+            },
             temperature_c: report.as_ref().and_then(|r| r.temperature_c),
             loadable_bytes: report.as_ref().map(|r| r.loadable_bytes),
             latency_ms: latency
@@ -322,17 +346,19 @@ impl Fleet {
         self.node.get().map(String::as_str)
     }
 
-    /// Make the fleet's cluster replicas exactly one per node in `nodes`
-    /// (node id, how to reach this fleet's server there): replicas of nodes
-    /// that joined are added (they take calls once a check finds them up),
-    /// those of nodes that left are dropped, their calls failing over now.
-    /// Returns whether anything changed.
-    pub fn follow_nodes(&self, nodes: Vec<(String, Connector)>) -> bool {
+    /// Make the fleet's replicas of `tier` (the site's other nodes, or the
+    /// cloud's) exactly one per node in `nodes` (node id, how to reach this
+    /// fleet's server there): replicas of nodes that joined are added (they
+    /// take calls once a check finds them up), those of nodes that left are
+    /// dropped, their calls failing over now. Returns whether anything
+    /// changed.
+    pub fn follow_nodes(&self, tier: Tier, nodes: Vec<(String, Connector)>) -> bool {
         let wanted: BTreeSet<&str> = nodes.iter().map(|(node, _)| node.as_str()).collect();
+        let ours = |r: &Arc<Replica>| r.tier() == tier && r.remote_node().is_some();
         let gone: Vec<Arc<Replica>> = self
             .replicas()
             .into_iter()
-            .filter(|r| r.remote_node().is_some_and(|node| !wanted.contains(node)))
+            .filter(|r| ours(r) && r.remote_node().is_some_and(|node| !wanted.contains(node)))
             .collect();
         for replica in &gone {
             replica.link.mark_down("its node left the cluster");
@@ -344,11 +370,17 @@ impl Fleet {
             let have = self
                 .replicas()
                 .iter()
-                .any(|r| r.remote_node() == Some(node.as_str()));
+                .any(|r| ours(r) && r.remote_node() == Some(node.as_str()));
             if !have {
-                let name = format!("{}@{node}", self.name);
+                let name = match tier {
+                    Tier::Cloud => format!("{}@cloud.{node}", self.name),
+                    _ => format!("{}@{node}", self.name),
+                };
                 tracing::info!(fleet = %self.name, replica = %name, "cluster replica joined");
-                self.add(Upstream::new(name, connector), Origin::Discovered { node });
+                self.add(
+                    Upstream::new(name, connector),
+                    Origin::Discovered { node, tier },
+                );
                 joined = true;
             }
         }
@@ -360,7 +392,8 @@ impl Fleet {
     /// replicas `scale_cluster` started here are left to it.
     pub fn drain_nodes(&self, drained: &BTreeSet<String>) {
         for replica in self.replicas() {
-            if replica.was_started_here() {
+            // Drains are the site's; the cloud's nodes are its own.
+            if replica.was_started_here() || replica.tier().is_cloud() {
                 continue;
             }
             let node = replica.remote_node().or(self.local_node());
@@ -522,7 +555,11 @@ impl Fleet {
     pub fn states(&self) -> Vec<ReplicaState> {
         let now = Instant::now();
         let node = self.local_node();
-        self.replicas().iter().map(|r| r.state(now, node)).collect()
+        let cloud_cost = self.settings.egress.cloud_call_cost();
+        self.replicas()
+            .iter()
+            .map(|r| r.state(now, node, cloud_cost))
+            .collect()
     }
 
     /// Where a call of `tool` with `arguments` would go now, and why.
@@ -532,6 +569,7 @@ impl Fleet {
         arguments: &JsonObject,
         strategy: Option<Strategy>,
         tried: &BTreeSet<String>,
+        egress: &Egress,
     ) -> Decision {
         let states: Vec<ReplicaState> = self
             .states()
@@ -544,6 +582,7 @@ impl Fleet {
             tool,
             model,
             model_bytes,
+            egress: egress.clone(),
         };
         let mut policy = self.settings.policy.clone();
         if let Some(strategy) = strategy {
@@ -596,13 +635,16 @@ impl Fleet {
     ) -> Result<CallToolResult, McpError> {
         let tool = params.name.to_string();
         let arguments = params.arguments.clone().unwrap_or_default();
+        let mut egress = self.egress_of(&params, caller)?;
         let retry = self.is_idempotent(&tool);
         let mut tried = BTreeSet::new();
         let mut failures: Vec<String> = Vec::new();
         let deadline = Instant::now() + self.settings.queue_timeout;
         loop {
             let decision = match self
-                .decision_with_room(&tool, &arguments, strategy, &tried, deadline, cancel)
+                .decision_with_room(
+                    &tool, &arguments, strategy, &tried, &egress, deadline, cancel,
+                )
                 .await
             {
                 Ok(decision) => decision,
@@ -611,14 +653,26 @@ impl Fleet {
             let Some(replica) = decision.chosen().and_then(|name| self.replica(name)) else {
                 continue;
             };
+            if replica.tier().is_cloud() && !self.charge_for_cloud(caller, &mut egress) {
+                continue;
+            }
             tried.insert(replica.name().to_string());
             let attempt = self
                 .call_on(&replica, params.clone(), caller, sink.clone(), cancel)
                 .await;
             match attempt {
                 Attempt::Answered(mut result) => {
-                    let node = replica.remote_node().or(self.local_node());
-                    annotate(&mut result, &self.name, replica.name(), node, tried.len());
+                    let hop = Hop {
+                        backend: self.name.clone(),
+                        replica: replica.name().to_string(),
+                        node: replica
+                            .remote_node()
+                            .or(self.local_node())
+                            .map(str::to_string),
+                        attempts: tried.len(),
+                        tier: replica.tier(),
+                    };
+                    route::append(result.meta.get_or_insert_with(Default::default), &hop);
                     return Ok(result);
                 }
                 Attempt::Refused(error) => return Err(error),
@@ -650,14 +704,45 @@ impl Fleet {
         }
     }
 
+    /// What may leave the site for `caller`'s call `params`: the hybrid
+    /// tier's rules and the request's own `_meta`.
+    pub fn egress_of(
+        &self,
+        params: &CallToolRequestParams,
+        caller: &Principal,
+    ) -> Result<Egress, McpError> {
+        let request = EgressRequest::from_meta(params.meta.as_ref())
+            .map_err(|e| McpError::invalid_params(e, None))?;
+        Ok(self
+            .settings
+            .egress
+            .resolve(caller, &params.name, request.as_ref()))
+    }
+
+    /// Charge `caller` for a cloud call; when its budget has no room left
+    /// (another call took it since the decision), say so in `egress`, so the
+    /// next decision keeps the call at the edge.
+    pub fn charge_for_cloud(&self, caller: &Principal, egress: &mut Egress) -> bool {
+        let rules = &self.settings.egress;
+        if rules.charge(caller, rules.cloud_call_cost()) {
+            return true;
+        }
+        if let Some(budget) = &mut egress.budget {
+            budget.spent = rules.spent(caller).max(budget.limit);
+        }
+        false
+    }
+
     /// A decision with a replica to go to, waiting for room while every
     /// replica that could serve is at its ceiling.
+    #[allow(clippy::too_many_arguments)]
     async fn decision_with_room(
         &self,
         tool: &str,
         arguments: &JsonObject,
         strategy: Option<Strategy>,
         tried: &BTreeSet<String>,
+        egress: &Egress,
         deadline: Instant,
         cancel: &CancellationToken,
     ) -> Result<Decision, Refusal> {
@@ -666,7 +751,7 @@ impl Fleet {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            let decision = self.decide(tool, arguments, strategy, tried);
+            let decision = self.decide(tool, arguments, strategy, tried, egress);
             match decision.blocked {
                 None => return Ok(decision),
                 Some(Blocked::NoneAvailable) => return Err(Refusal::Unavailable(decision.reason)),
@@ -816,7 +901,11 @@ impl Fleet {
         self.replicas()
             .iter()
             .map(|r| {
-                let state = r.state(now, self.local_node());
+                let state = r.state(
+                    now,
+                    self.local_node(),
+                    self.settings.egress.cloud_call_cost(),
+                );
                 let breaker = r.breaker();
                 ReplicaHealth {
                     connection: r.link.status(),
@@ -883,22 +972,6 @@ impl Refusal {
 }
 
 /// Say where a result came from: this fleet's hop, appended to its route.
-fn annotate(
-    result: &mut CallToolResult,
-    fleet: &str,
-    replica: &str,
-    node: Option<&str>,
-    attempts: usize,
-) {
-    let hop = Hop {
-        backend: fleet.to_string(),
-        replica: replica.to_string(),
-        node: node.map(str::to_string),
-        attempts,
-    };
-    route::append(result.meta.get_or_insert_with(Default::default), &hop);
-}
-
 fn parse_report(result: &ReadResourceResult) -> Option<ReplicaReport> {
     result.contents.iter().find_map(|content| match content {
         ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(text).ok(),

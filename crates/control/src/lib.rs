@@ -6,6 +6,7 @@
 //! the [`ControlServer`] shows and steers them over MCP.
 
 pub mod breaker;
+pub mod egress;
 pub mod fleet;
 pub mod link;
 pub mod placement;
@@ -29,6 +30,7 @@ use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use serde_json::{Value, json};
 
+use crate::egress::{EGRESS_META_KEY, Egress};
 use crate::fleet::{Attempt, Fleet, Origin, Replica};
 use crate::placement::{ClusterPlacement, Placement};
 use crate::power::Power;
@@ -123,13 +125,24 @@ impl ControlServer {
                 args.tool
             )));
         }
-        let decision = self
-            .fleet
-            .decide(&args.tool, &arguments, args.strategy, &BTreeSet::new());
-        if args.dry_run.unwrap_or(true) {
-            return Ok(json_tool_result(&json!({ "decision": decision })));
+        let mut params = CallToolRequestParams::new(args.tool.clone()).with_arguments(arguments);
+        if let Some(egress) = &args.egress {
+            let meta = params.meta.get_or_insert_with(Default::default);
+            meta.0.0.insert(EGRESS_META_KEY.into(), json!(egress));
         }
-        let params = CallToolRequestParams::new(args.tool).with_arguments(arguments);
+        let egress = self.fleet.egress_of(&params, &call.caller)?;
+        let decision = self.fleet.decide(
+            &args.tool,
+            params.arguments.as_ref().unwrap_or(&JsonObject::new()),
+            args.strategy,
+            &BTreeSet::new(),
+            &egress,
+        );
+        if args.dry_run.unwrap_or(true) {
+            return Ok(json_tool_result(
+                &json!({ "decision": decision, "egress": egress }),
+            ));
+        }
         let result = self
             .fleet
             .call_tool(
@@ -249,9 +262,14 @@ impl ControlServer {
             ResourceAction::Load => {
                 let mut arguments = JsonObject::new();
                 arguments.insert("model".into(), Value::String(model.to_string()));
-                let decision = self
-                    .fleet
-                    .decide(TEXT_GENERATE, &arguments, None, &BTreeSet::new());
+                // A model is loaded on the site, never in the cloud.
+                let site = Egress {
+                    edge_only: Some("loading models on the site".into()),
+                    ..Egress::default()
+                };
+                let decision =
+                    self.fleet
+                        .decide(TEXT_GENERATE, &arguments, None, &BTreeSet::new(), &site);
                 decision
                     .chosen()
                     .and_then(|name| self.fleet.replica(name))

@@ -10,11 +10,20 @@
 //! replica's store, and when no replica has it at all (only the cluster's
 //! registry does), this node's own replica, so that the model is pulled
 //! where the call came in.
+//!
+//! With a cloud tier, the site's replicas (this node's and its cluster's)
+//! come first whatever the strategy; the cloud's are used when none of the
+//! site's can take the call (at the ceiling, down), when the site's would
+//! keep it waiting past the call's latency target, or when only the cloud
+//! has the model. A call that must stay at the edge, or whose caller's
+//! budget is spent, never goes there.
 
+pub use jetsonmind_contract::route::Tier;
 pub use jetsonmind_core::config::Strategy;
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
+use crate::egress::Egress;
 
 /// The guards and the ranking.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +58,10 @@ pub struct ReplicaState {
     pub loaded_models: Vec<String>,
     /// The models in its store it can load.
     pub stored_models: Vec<String>,
-    /// This node's own replica, not another node's.
-    pub local: bool,
+    /// Where it runs: this node, another node of the site, or the cloud.
+    pub tier: Tier,
+    /// What one call costs there (cloud replicas), in the budgets' units.
+    pub cost: f64,
     pub temperature_c: Option<f64>,
     /// The most memory a model it has not loaded may take here.
     pub loadable_bytes: Option<u64>,
@@ -96,6 +107,11 @@ impl ReplicaState {
         }
     }
 
+    /// This node's own replica, not another node's.
+    pub fn is_local(&self) -> bool {
+        self.tier == Tier::Node
+    }
+
     /// One more call would still keep it under the ceiling.
     fn has_room(&self, ceiling: f64) -> bool {
         match self.capacity.filter(|c| *c > 0) {
@@ -130,6 +146,8 @@ pub struct Need<'a> {
     pub model: Option<&'a str>,
     /// Memory a replica needs free to load the model, when known.
     pub model_bytes: Option<u64>,
+    /// What may leave the site.
+    pub egress: Egress,
 }
 
 /// Why a replica cannot take the call now.
@@ -139,9 +157,28 @@ pub enum Exclusion {
     Down,
     BreakerOpen,
     Draining,
-    Hot { temperature_c: f64, limit_c: f64 },
-    Saturated { utilization: f64, ceiling: f64 },
-    NoMemory { needed_bytes: u64, free_bytes: u64 },
+    Hot {
+        temperature_c: f64,
+        limit_c: f64,
+    },
+    Saturated {
+        utilization: f64,
+        ceiling: f64,
+    },
+    NoMemory {
+        needed_bytes: u64,
+        free_bytes: u64,
+    },
+    /// A cloud replica, for a call that must stay at the edge.
+    EdgeOnly {
+        because: String,
+    },
+    /// A cloud replica, for a caller whose budget is spent.
+    OverBudget {
+        spent: f64,
+        limit: f64,
+        cost: f64,
+    },
 }
 
 impl Exclusion {
@@ -169,6 +206,10 @@ impl Exclusion {
                 "not enough free memory to load the model: needs {} MiB, {} MiB free",
                 needed_bytes >> 20,
                 free_bytes >> 20
+            ),
+            Exclusion::EdgeOnly { because } => format!("in the cloud; the call is {because}"),
+            Exclusion::OverBudget { spent, limit, cost } => format!(
+                "in the cloud; the caller's budget is spent ({spent:.2} of {limit:.2}, a call costs {cost:.2})"
             ),
         }
     }
@@ -202,6 +243,9 @@ pub enum Blocked {
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub strategy: Strategy,
+    /// The chosen replica's tier (none when none was chosen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
     pub tool: String,
     pub model: Option<String>,
     /// The chosen replica, then the fallbacks, best first.
@@ -229,15 +273,23 @@ pub fn decide(need: &Need, replicas: &[ReplicaState], policy: &Policy) -> Decisi
         .filter(|(_, c)| c.excluded.is_none())
         .map(|(i, _)| *i)
         .collect();
+    let edge_lacks_model = eligible
+        .iter()
+        .filter(|i| !replicas[**i].tier.is_cloud())
+        .all(|i| replicas[*i].has(need.model) == Placement::Elsewhere);
+    // Only the cloud has the model: there, rather than pulled here.
+    let cloud_first = edge_lacks_model
+        && eligible.iter().any(|i| {
+            replicas[*i].tier.is_cloud() && replicas[*i].has(need.model) != Placement::Elsewhere
+        });
     // No replica that can take the call has the model: it comes from the
     // cluster, best to this node.
-    let pull_here = eligible
-        .iter()
-        .all(|i| replicas[*i].has(need.model) == Placement::Elsewhere);
+    let pull_here = edge_lacks_model && !cloud_first;
     let ranking = Ranking {
         strategy: policy.strategy,
         need,
         pull_here,
+        cloud_first,
     };
     eligible.sort_by(|a, b| ranking.order(&replicas[*a], &replicas[*b]));
     for (rank, index) in eligible.iter().enumerate() {
@@ -258,9 +310,17 @@ pub fn decide(need: &Need, replicas: &[ReplicaState], policy: &Policy) -> Decisi
             },
         ),
     };
-    let reason = summary(policy, &order, &candidates, blocked);
+    let tier = eligible.first().map(|i| replicas[*i].tier);
+    let mut reason = summary(policy, &order, &candidates, blocked);
+    if tier == Some(Tier::Cloud) {
+        reason.push_str(&format!(
+            "; to the cloud: {}",
+            why_cloud(need, replicas, &candidates, cloud_first)
+        ));
+    }
     Decision {
         strategy: policy.strategy,
+        tier,
         tool: need.tool.to_string(),
         model: need.model.map(str::to_string),
         order,
@@ -297,6 +357,21 @@ fn exclusion(need: &Need, replica: &ReplicaState, policy: &Policy) -> Option<Exc
     }
     if replica.draining {
         return Some(Exclusion::Draining);
+    }
+    if replica.tier.is_cloud() {
+        let egress = &need.egress;
+        if let Some(because) = &egress.edge_only {
+            return Some(Exclusion::EdgeOnly {
+                because: because.clone(),
+            });
+        }
+        if let Some(budget) = egress.budget.filter(|b| !b.allows(replica.cost)) {
+            return Some(Exclusion::OverBudget {
+                spent: budget.spent,
+                limit: budget.limit,
+                cost: replica.cost,
+            });
+        }
     }
     if let Some(temperature_c) = replica.temperature_c
         && temperature_c > policy.max_temperature_c
@@ -336,10 +411,37 @@ struct Ranking<'a> {
     need: &'a Need<'a>,
     /// No replica has the model: affinity puts this node's own first.
     pull_here: bool,
+    /// Only the cloud has the model.
+    cloud_first: bool,
+}
+
+/// A replica's place before any strategy: the site's within the latency
+/// target, then the cloud, then the site's past it (only the cloud having the
+/// model puts the cloud first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    First,
+    Cloud,
+    Late,
 }
 
 impl Ranking<'_> {
+    fn reach(&self, replica: &ReplicaState) -> Reach {
+        match replica.tier {
+            Tier::Cloud if self.cloud_first => Reach::First,
+            Tier::Cloud => Reach::Cloud,
+            _ if past_target(replica, &self.need.egress) => Reach::Late,
+            _ => Reach::First,
+        }
+    }
+
     fn order(&self, a: &ReplicaState, b: &ReplicaState) -> std::cmp::Ordering {
+        self.reach(a)
+            .cmp(&self.reach(b))
+            .then_with(|| self.by_strategy(a, b))
+    }
+
+    fn by_strategy(&self, a: &ReplicaState, b: &ReplicaState) -> std::cmp::Ordering {
         let by_busy = || a.busy().cmp(&b.busy());
         let by_latency = || {
             let (x, y) = (a.latency_ms.unwrap_or(0.0), b.latency_ms.unwrap_or(0.0));
@@ -349,7 +451,7 @@ impl Ranking<'_> {
         let by_name = || a.name.cmp(&b.name);
         let model = self.need.model;
         let by_pull_here = || match self.pull_here {
-            true => b.local.cmp(&a.local),
+            true => b.is_local().cmp(&a.is_local()),
             false => std::cmp::Ordering::Equal,
         };
         match self.strategy {
@@ -369,7 +471,7 @@ impl Ranking<'_> {
         let model = match replica.has(self.need.model) {
             Placement::Loaded => "model loaded",
             Placement::Stored => "model in its store",
-            Placement::Elsewhere if self.pull_here && replica.local => {
+            Placement::Elsewhere if self.pull_here && replica.is_local() => {
                 "model not loaded, pulled here from the cluster"
             }
             Placement::Elsewhere => "model not loaded",
@@ -390,6 +492,52 @@ impl Ranking<'_> {
             0 => format!("chosen: {facts}"),
             _ => format!("fallback {rank}: {facts}"),
         }
+    }
+}
+
+/// Whether `replica` (of the site) would keep a call waiting past its target.
+fn past_target(replica: &ReplicaState, egress: &Egress) -> bool {
+    egress
+        .latency_target_ms
+        .is_some_and(|target| expected_wait(replica) > target)
+}
+
+/// Why a call goes to the cloud rather than the site.
+fn why_cloud(
+    need: &Need,
+    replicas: &[ReplicaState],
+    candidates: &[(usize, Candidate)],
+    cloud_first: bool,
+) -> String {
+    if cloud_first {
+        return "only the cloud has the model".into();
+    }
+    let site: Vec<(&ReplicaState, &Candidate)> = candidates
+        .iter()
+        .map(|(i, c)| (&replicas[*i], c))
+        .filter(|(r, _)| !r.tier.is_cloud())
+        .collect();
+    if site.is_empty() {
+        return "the site has no replica".into();
+    }
+    let saturated = site
+        .iter()
+        .filter(|(_, c)| matches!(c.excluded, Some(Exclusion::Saturated { .. })))
+        .count();
+    if site.iter().all(|(_, c)| c.excluded.is_some()) {
+        return match saturated {
+            0 => "no site replica can serve".into(),
+            n => format!(
+                "{n} of the site's {} replica(s) at the utilization ceiling, none free",
+                site.len()
+            ),
+        };
+    }
+    match need.egress.latency_target_ms {
+        Some(target) => format!(
+            "every site replica would keep the call waiting past its latency target ({target:.0} ms)"
+        ),
+        None => "the site's replicas rank after it".into(),
     }
 }
 
@@ -441,7 +589,16 @@ mod tests {
             breaker: Some(BreakerState::Closed),
             capacity: Some(10),
             default_model: Some("small.gguf".into()),
+            tier: Tier::Site,
             ..ReplicaState::default()
+        }
+    }
+
+    fn cloud(name: &str) -> ReplicaState {
+        ReplicaState {
+            tier: Tier::Cloud,
+            cost: 1.0,
+            ..replica(name)
         }
     }
 
@@ -457,7 +614,7 @@ mod tests {
         Need {
             tool: "text_generate",
             model,
-            model_bytes: None,
+            ..Need::default()
         }
     }
 
@@ -498,7 +655,7 @@ mod tests {
         loaded.stored_models = vec!["big.gguf".into()];
         loaded.outstanding = 2;
         let mut local = replica("local");
-        local.local = true;
+        local.tier = Tier::Node;
         local.outstanding = 1;
         let replicas = [local.clone(), stored.clone(), loaded];
         let d = decide(&need(Some("big")), &replicas, &policy(Strategy::Affinity));
@@ -639,6 +796,7 @@ mod tests {
             tool: "text_generate",
             model: Some("big.gguf"),
             model_bytes: Some(500 << 20),
+            ..Need::default()
         };
         let d = decide(&need, &[a, b], &policy(Strategy::LeastOutstanding));
         assert_eq!(d.order, vec!["b"]);
@@ -653,5 +811,112 @@ mod tests {
         assert!(d.reason.contains("a: down"), "{}", d.reason);
         let d = decide(&need(None), &[], &policy(Strategy::Affinity));
         assert_eq!(d.reason, "no replicas are registered");
+    }
+
+    fn full(mut replica: ReplicaState) -> ReplicaState {
+        replica.capacity = Some(1);
+        replica.outstanding = 1;
+        replica
+    }
+
+    #[test]
+    fn the_cloud_serves_only_what_the_site_cannot_take() {
+        let mut idle_cloud = cloud("compute@cloud.c1");
+        idle_cloud.latency_ms = Some(1.0);
+        let mut busy_site = replica("compute@n2");
+        busy_site.outstanding = 5;
+        busy_site.latency_ms = Some(500.0);
+        let d = decide(
+            &need(None),
+            &[idle_cloud.clone(), busy_site.clone()],
+            &policy(Strategy::Latency),
+        );
+        assert_eq!(d.order, vec!["compute@n2", "compute@cloud.c1"]);
+        assert_eq!(d.tier, Some(Tier::Site));
+
+        let d = decide(
+            &need(None),
+            &[idle_cloud.clone(), full(busy_site)],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["compute@cloud.c1"]);
+        assert_eq!(d.tier, Some(Tier::Cloud));
+        assert!(
+            d.reason
+                .contains("to the cloud: 1 of the site's 1 replica(s) at the utilization ceiling"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn edge_only_and_a_spent_budget_keep_a_call_off_the_cloud() {
+        let site = full(replica("compute@n2"));
+        let mut edge_only = need(None);
+        edge_only.egress.edge_only = Some("edge_only by the request".into());
+        let d = decide(
+            &edge_only,
+            &[cloud("c"), site.clone()],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.blocked, Some(Blocked::Saturated), "waits for the site");
+        let why = &d.candidates[0].why;
+        assert!(why.contains("edge_only by the request"), "{why}");
+
+        let mut broke = need(None);
+        broke.egress.budget = Some(crate::egress::Budget {
+            limit: 3.0,
+            spent: 2.5,
+        });
+        let d = decide(&broke, &[cloud("c"), site], &policy(Strategy::Affinity));
+        assert_eq!(d.blocked, Some(Blocked::Saturated));
+        assert!(
+            d.candidates[0].why.contains("budget is spent"),
+            "{}",
+            d.candidates[0].why
+        );
+    }
+
+    #[test]
+    fn a_site_past_the_latency_target_or_without_the_model_yields_to_the_cloud() {
+        let mut slow = replica("compute@n2");
+        slow.latency_ms = Some(400.0);
+        slow.outstanding = 2; // expected wait 1200 ms
+        let mut target = need(None);
+        target.egress.latency_target_ms = Some(1_000.0);
+        let d = decide(
+            &target,
+            &[slow.clone(), cloud("c")],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["c", "compute@n2"]);
+        assert!(
+            d.reason.contains("past its latency target (1000 ms)"),
+            "{}",
+            d.reason
+        );
+        target.egress.latency_target_ms = Some(2_000.0);
+        let d = decide(
+            &target,
+            &[slow.clone(), cloud("c")],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.chosen(), Some("compute@n2"));
+
+        let mut holder = cloud("c");
+        holder.loaded_models = vec!["big.gguf".into()];
+        let mut local = replica("local");
+        local.tier = Tier::Node;
+        let d = decide(
+            &need(Some("big")),
+            &[local, slow, holder],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.chosen(), Some("c"));
+        assert!(
+            d.reason.contains("only the cloud has the model"),
+            "{}",
+            d.reason
+        );
     }
 }

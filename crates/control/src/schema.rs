@@ -19,6 +19,10 @@ pub struct RouteRequestArgs {
     pub dry_run: Option<bool>,
     /// Rank by this strategy instead of the configured one.
     pub strategy: Option<Strategy>,
+    /// What the call may do beyond the site (as its
+    /// `_meta["jetsonmind/egress"]` would say); it narrows, never widens, the
+    /// key's and the tool's policy.
+    pub egress: Option<crate::egress::EgressRequest>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

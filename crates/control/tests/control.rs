@@ -294,7 +294,13 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
     let never = CancellationToken::new();
     let replicas = [("a", &a, &server_a), ("b", &b, &server_b)];
     let chosen_now = |tool: &str| {
-        let decision = fleet.decide(tool, &Default::default(), None, &BTreeSet::new());
+        let decision = fleet.decide(
+            tool,
+            &Default::default(),
+            None,
+            &BTreeSet::new(),
+            &Default::default(),
+        );
         decision.chosen().unwrap().to_string()
     };
 
@@ -340,7 +346,13 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
         Origin::Configured,
     );
     fleet.check().await;
-    let decision = fleet.decide("write", &Default::default(), None, &BTreeSet::new());
+    let decision = fleet.decide(
+        "write",
+        &Default::default(),
+        None,
+        &BTreeSet::new(),
+        &Default::default(),
+    );
     let (doomed, spared) = match decision.chosen() {
         Some("c") => (&server_c, (*survivor_replica).clone()),
         _ => (*survivor_server, c.clone()),
@@ -455,7 +467,13 @@ async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
         text.starts_with("overloaded") && text.contains("80%"),
         "{text}"
     );
-    let decision = fleet.decide("echo", &Default::default(), None, &BTreeSet::new());
+    let decision = fleet.decide(
+        "echo",
+        &Default::default(),
+        None,
+        &BTreeSet::new(),
+        &Default::default(),
+    );
     assert!(
         decision.blocked.is_none(),
         "room again once the long call ended"

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
 
+mod hybrid;
+pub use hybrid::{EgressRule, HybridConfig};
+
 /// The prefix of environment variables that set config keys.
 pub const ENV_PREFIX: &str = "JETSONMIND_";
 
@@ -29,6 +32,7 @@ pub struct Config {
     pub control: ControlConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
+    pub hybrid: HybridConfig,
 }
 
 /// The edge-cluster tier: nodes that share one NATS JetStream cluster.
@@ -912,6 +916,12 @@ impl Config {
         }
         self.validate_control()?;
         self.cluster.validate()?;
+        self.hybrid.validate()?;
+        if self.hybrid.enabled() && !self.cluster.enabled() {
+            return fail(
+                "hybrid.hub_domain needs a cluster (cluster.urls, `serve --cluster`)".into(),
+            );
+        }
         if let Some(oauth) = &self.auth.oauth {
             for (key, url) in [("jwks_url", &oauth.jwks_url), ("issuer", &oauth.issuer)] {
                 if !is_http_url(url) {
@@ -1125,6 +1135,29 @@ mod tests {
         let moved: toml::Table = "[data]\ndir = \"/elsewhere\"".parse().unwrap();
         let err = sources.load_with(&moved).unwrap_err();
         assert!(err.to_string().contains("data.dir"), "{err}");
+    }
+
+    #[test]
+    fn a_cloud_tier_needs_a_cluster_and_sane_budgets() {
+        let hub = [("JETSONMIND_HYBRID__HUB_DOMAIN", "hub")];
+        let err = Config::load(None, env(&hub)).unwrap_err();
+        assert!(err.to_string().contains("needs a cluster"), "{err}");
+        let site = [
+            ("JETSONMIND_CLUSTER__URLS", "[\"nats://127.0.0.1:4222\"]"),
+            hub[0],
+        ];
+        let config = Config::load(None, env(&site)).unwrap();
+        assert!(config.hybrid.enabled());
+        let mut bad = config.clone();
+        bad.hybrid.keys.insert(
+            "k1".into(),
+            EgressRule {
+                budget: Some(-1.0),
+                ..Default::default()
+            },
+        );
+        let err = bad.validate().unwrap_err();
+        assert!(err.to_string().contains("hybrid.keys.k1.budget"), "{err}");
     }
 
     #[test]

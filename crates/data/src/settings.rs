@@ -41,6 +41,8 @@ pub const TRUST_KEYS: &[&str] = &[
     "control.jetson_clocks_command",
     "data.dir",
     "cluster",
+    // Where calls and backups may go beyond the site.
+    "hybrid",
 ];
 
 /// Settings of one node, which stay with it in a cluster: where it listens

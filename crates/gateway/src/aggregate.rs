@@ -34,11 +34,18 @@ pub async fn fan_out(
     strategy: AggregateStrategy,
     cancel: &CancellationToken,
 ) -> CallToolResult {
-    let decision = fleet.decide(tool, &arguments, None, &BTreeSet::new());
+    let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.clone());
+    let mut egress = match fleet.egress_of(&params, caller) {
+        Ok(egress) => egress,
+        Err(e) => return tool_error(e.message.to_string()),
+    };
+    let decision = fleet.decide(tool, &arguments, None, &BTreeSet::new(), &egress);
+    // Each cloud replica asked costs a call of the caller's budget.
     let replicas: Vec<_> = decision
         .order
         .iter()
         .filter_map(|name| fleet.replica(name))
+        .filter(|r| !r.tier().is_cloud() || fleet.charge_for_cloud(caller, &mut egress))
         .collect();
     if replicas.is_empty() {
         return tool_error(format!(

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_control::egress;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, ReplicaHealth};
 use jetsonmind_core::auth::{Auth, Principal, ToolAccess, principal_of};
 use jetsonmind_core::config::{GatewayConfig, is_backend_name, is_http_url};
@@ -392,7 +393,8 @@ impl Gateway {
             return Ok(tool_error("backend gone; try again"));
         };
         let was_up = backend.is_up();
-        let params = CallToolRequestParams::new(original).with_arguments(call.arguments);
+        let mut params = CallToolRequestParams::new(original).with_arguments(call.arguments);
+        egress::carry(&call.context.meta, &mut params.meta);
         let outcome = backend
             .call_tool(
                 params,

@@ -320,7 +320,10 @@ async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health
 
     fleet.add(
         jetsonmind_core::upstream::Upstream::new("compute@n2", Connector::http(server.url())),
-        jetsonmind_control::fleet::Origin::Discovered { node: "n2".into() },
+        jetsonmind_control::fleet::Origin::Discovered {
+            node: "n2".into(),
+            tier: jetsonmind_control::routing::Tier::Site,
+        },
     );
     fleet.check().await;
     let told = tokio::time::timeout(Duration::from_secs(30), recorder.1.notified()).await;

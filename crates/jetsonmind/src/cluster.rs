@@ -19,6 +19,7 @@ use jetsonmind_cluster_state::views::ClusterViews;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::Fleet;
+use jetsonmind_control::routing::Tier;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::upstream::OpenPipe;
@@ -91,6 +92,9 @@ pub async fn join(
         .join(data, membership.view(), shutdown.clone());
     share_models(&bus, &models, membership.view()).await?;
     place_models(config, &bus, models, placements.clone(), shutdown);
+    if config.hybrid.enabled() {
+        reach_the_cloud(config, &bus, fleets.clone(), shutdown);
+    }
     tokio::spawn(follow(
         bus,
         membership.view(),
@@ -258,19 +262,8 @@ async fn follow(
         let nodes = view.borrow_and_update().clone();
         let drained = placements.borrow_and_update().drained.clone();
         for fleet in &fleets {
-            let sharing = nodes
-                .values()
-                .filter(|status| status.node != bus.node && status.shared.contains(&fleet.name))
-                .map(|status| {
-                    let connector = sessions::connector(&bus, &status.node, &fleet.name);
-                    (status.node.clone(), connector)
-                })
-                .collect();
-            if fleet.follow_nodes(sharing) {
-                // Connect the newcomers now, not at the next health check.
-                let fleet = fleet.clone();
-                tokio::spawn(async move { fleet.check().await });
-            }
+            let others = nodes.values().filter(|status| status.node != bus.node);
+            follow_tier(&bus, &bus.config.name, Tier::Site, others, fleet);
             // A drained node's data and control still serve it.
             if fleet.name == placement::PLACED_SERVER {
                 fleet.drain_nodes(&drained);
@@ -281,5 +274,61 @@ async fn follow(
             changed = placements.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Add each cloud node (the cluster `hybrid.cloud_cluster` at the hub's
+/// domain) to the fleets of the servers it shares, as cloud replicas that
+/// routing uses only as the egress policy allows; they leave when the
+/// uplink is down.
+fn reach_the_cloud(
+    config: &Config,
+    bus: &Bus,
+    fleets: Vec<Arc<Fleet>>,
+    shutdown: &CancellationToken,
+) {
+    let hybrid = &config.hybrid;
+    let mut view = Membership::watch(
+        bus,
+        &hybrid.hub_domain,
+        &hybrid.cloud_cluster,
+        shutdown.clone(),
+    );
+    let (bus, cloud, shutdown) = (bus.clone(), hybrid.cloud_cluster.clone(), shutdown.clone());
+    tracing::info!(hub = %hybrid.hub_domain, %cloud, "routing to the cloud tier as policy allows");
+    tokio::spawn(async move {
+        loop {
+            let nodes = view.borrow_and_update().clone();
+            for fleet in &fleets {
+                follow_tier(&bus, &cloud, Tier::Cloud, nodes.values(), fleet);
+            }
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Make `fleet`'s replicas of `tier` those of `nodes` (of `cluster`) that
+/// share its server.
+fn follow_tier<'a>(
+    bus: &Bus,
+    cluster: &str,
+    tier: Tier,
+    nodes: impl Iterator<Item = &'a NodeStatus>,
+    fleet: &Arc<Fleet>,
+) {
+    let sharing = nodes
+        .filter(|status| status.shared.contains(&fleet.name))
+        .map(|status| {
+            let connector = sessions::connector_in(bus, cluster, &status.node, &fleet.name);
+            (status.node.clone(), connector)
+        })
+        .collect();
+    if fleet.follow_nodes(tier, sharing) {
+        // Connect the newcomers now, not at the next health check.
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.check().await });
     }
 }

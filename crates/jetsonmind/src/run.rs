@@ -293,7 +293,8 @@ impl Shared {
         Ok(Self {
             cache: Arc::new(InferenceCache::new((&config.cache).into())),
             analytics: Arc::new(analytics),
-            fleet_settings: FleetSettings::new(&config.control, &config.gateway),
+            fleet_settings: FleetSettings::new(&config.control, &config.gateway)
+                .with_hybrid(&config.hybrid),
             settings: Arc::new(Settings::new(sources, config)),
             launcher,
             access,
