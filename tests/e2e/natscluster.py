@@ -226,7 +226,8 @@ class Leafing:
         """The `leafnodes` block of a server that listens (for leaf connections) on `listen`."""
         if not self.accept and not self.remotes:
             return ""
-        lines = [f'  listen: "{listen}"'] if self.accept else []
+        # A hub that told its leaves its own address would let them reconnect around a cut uplink.
+        lines = [f'  listen: "{listen}"', "  no_advertise: true"] if self.accept else []
         if self.remotes:
             urls = ", ".join(f'"nats-leaf://{remote}"' for remote in self.remotes)
             deny = ", ".join(f'"{subject}"' for subject in self.deny_exports)

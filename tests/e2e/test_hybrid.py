@@ -4,6 +4,7 @@ against the hub, cluster `cloud`) offers its compute to every site. Driven by th
 to watch what crosses the uplinks, nats-py at the hub."""
 
 import json
+import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
 
@@ -11,7 +12,8 @@ import anyio
 import nats
 import pytest
 
-from conftest import NO_CACHE, connected, eventually, start_nodes, stop_serve
+from conftest import NO_CACHE, connected, eventually, read_json, start_nodes, stop_serve
+from natsclient import caught_up, nats_client, stream_exists, stream_payloads
 
 # Each compute replica holds one call at once (one running, one waiting: capacity 2, ceiling 50%), so a
 # handful of calls fills a site.
@@ -56,7 +58,7 @@ def hybrid_tier(binary, tmp_path, nats_hybrid):
         yield nats_hybrid, nodes
 
 
-def generate(prompt, tokens=48):
+def generate(prompt, tokens=16):
     return {"prompt": prompt, "max_tokens": tokens, "temperature": 0}
 
 
@@ -141,3 +143,66 @@ async def test_a_site_at_its_ceiling_overflows_to_the_cloud_and_edge_only_calls_
         refused = await decision(client, egress={"edge_only": True})
         cloud = next(c for c in refused["candidates"] if c["replica"] == "compute@cloud.c1")
         assert cloud["excluded"]["kind"] == "edge_only", cloud
+
+
+# The must-show's outage: long enough for every node's view of the cloud to expire and calls to go on
+# without it, and for the site's analytics to keep growing.
+OUTAGE_SECS = 30
+
+
+async def analytics_calls(client, tool="text_generate"):
+    """The calls of `tool` this node's own analytics counted."""
+    analytics = await read_json(client, "jetson://performance/analytics")
+    return sum(s["calls"] for s in analytics["series"] if s["tool"] == tool and s["server"] == "jetsonmind-gateway")
+
+
+async def settings_document(js, bucket):
+    kv = await js.key_value(bucket)
+    entry = await kv.get((await kv.keys())[0])
+    return json.loads(entry.value)
+
+
+@pytest.mark.anyio
+async def test_a_site_cut_off_keeps_serving_and_the_hub_gets_every_record_once_healed(hybrid_tier):
+    hybrid, nodes = hybrid_tier
+    async with nats_client(hybrid.hub.client_address(0)) as hub, nats_client(hybrid.sites[0].client_address(0)) as site:
+        hub_js, site_js = hub.jetstream(), site.jetstream()
+        records, settings = "site1_analytics", "KV_site1_settings"
+        for mirror in (records, settings):
+            await eventually(f"the hub mirrors {mirror}", lambda: stream_exists(hub_js, mirror), timeout=60)
+
+        async with connected(nodes["s1a"].url, None) as client:
+            await client.call_tool("text_generate", generate("Before the cut.", 8))
+            await eventually("the hub has site1's records", lambda: in_step(site_js, hub_js, records))
+            counted = await analytics_calls(client)
+            held = (await hub_js.stream_info(records)).state.messages
+
+            await anyio.to_thread.run_sync(hybrid.cut, 0)
+            calls, started = 0, time.monotonic()
+            while time.monotonic() - started < OUTAGE_SECS:
+                result = await client.call_tool("text_generate", generate(f"During the cut, call {calls}.", 8))
+                assert last_hop(result)["tier"] != "cloud"
+                calls += 1
+            changed = await client.call_tool("update_settings", {"settings": {"cache": {"ttl_secs": 4321}}})
+            assert not changed.is_error, changed.content
+            assert await analytics_calls(client) == counted + calls, "the site's analytics go on"
+            assert (await site_js.stream_info(records)).state.messages >= held + calls
+            assert (await hub_js.stream_info(records)).state.messages == held, "nothing crossed the cut"
+
+        await anyio.to_thread.run_sync(hybrid.heal, 0)
+        await eventually("the hub catches up once healed", lambda: in_step(site_js, hub_js, records), timeout=60)
+        at_site, at_hub = await stream_payloads(site_js, records), await stream_payloads(hub_js, records)
+        assert at_hub == at_site, "every record, in order"
+        ids = [(r["node"], r["started_ms"], r["seq"]) for r in map(json.loads, at_hub)]
+        assert len(set(ids)) == len(ids), "none twice"
+        assert len(ids) >= held + calls
+
+        await eventually("the settings changed while cut reach the hub", lambda: in_step(site_js, hub_js, settings))
+        document = await settings_document(hub.jetstream(), "site1_settings")
+        assert "4321" in json.dumps(document), document
+
+
+async def in_step(site_js, hub_js, name):
+    """The hub's mirror of the site's stream `name` has all the site has, and no lag."""
+    count = (await site_js.stream_info(name)).state.messages
+    return await caught_up(hub_js, name, count) and (await hub_js.stream_info(name)).state.messages == count

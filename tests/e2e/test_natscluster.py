@@ -8,19 +8,18 @@ client reaches each site's JetStream by domain; a site's KV works while its upli
 a site's stream gets what the site wrote while cut, once healed, exactly once (driven with nats-py)."""
 
 import subprocess
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import nats
 import pytest
 from conftest import eventually
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ExternalStream, StreamSource
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import ServiceUnavailableError
 
 from natscluster import NatsCluster, Netns, NotYet
+from natsclient import caught_up, nats_client, stream_exists, stream_payloads
 
 # What a JetStream request into a domain that cannot be reached ends with, by nats-py's wording.
 UNREACHABLE = (NoRespondersError, NatsTimeout, ServiceUnavailableError)
@@ -79,30 +78,12 @@ def test_everything_is_torn_down(tmp_path):
     assert not any(Path("/run/netns", name).exists() for name in namespaces)
 
 
-@asynccontextmanager
-async def nats_client(url):
-    """A nats-py connection that gives up at once when its server is gone (no reconnect hiding a cut)."""
-    client = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 def hub_url(hybrid):
     return hybrid.hub.client_address(0)
 
 
 def site_url(hybrid, k):
     return hybrid.sites[k].client_address(0)
-
-
-async def stream_exists(js, name):
-    try:
-        await js.stream_info(name)
-    except NotFoundError:
-        return False
-    return True
 
 
 @pytest.mark.anyio
@@ -150,18 +131,6 @@ async def test_a_site_kv_works_while_its_uplink_is_cut_and_the_hub_reads_it_when
     async with nats_client(hub_url(hybrid)) as hub:
         from_hub = await hub.jetstream(domain="site1").key_value("settings")
         assert (await from_hub.get("during")).value == b"2"
-
-
-async def stream_payloads(js, name):
-    info = await js.stream_info(name)
-    first, last = info.state.first_seq, info.state.last_seq
-    return [(await js.get_msg(name, seq)).data for seq in range(first, last + 1)] if info.state.messages else []
-
-
-async def caught_up(js, name, count):
-    """The stream holds at least `count` messages and its (only) source reports no lag."""
-    info = await js.stream_info(name)
-    return info.state.messages >= count and all(source.lag == 0 for source in info.sources or [])
 
 
 @pytest.mark.anyio

@@ -10,10 +10,15 @@
 //! - [`views`]: each node's telemetry and analytics in a stream, so any
 //!   node shows the whole cluster's metrics and analytics; [`status`]
 //!   reads all of the above for `jetsonmind cluster status`.
+//! - [`calls`]: a record of every call each node served, in a stream.
+//! - [`backup`]: with a cloud hub, the hub mirrors the site's streams and
+//!   buckets (store-and-forward across a cut uplink).
 //!
 //! JetStream replicates, orders and stores all of it; nothing here is a
 //! protocol of our own.
 
+pub mod backup;
+pub mod calls;
 pub mod keys;
 pub mod models;
 pub mod placement;

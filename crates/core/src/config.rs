@@ -114,6 +114,13 @@ pub struct ClusterConfig {
     /// Largest the cluster's model Object Store may grow, per copy; 0: no
     /// limit but the NATS servers' own.
     pub model_bucket_max_bytes: u64,
+    /// How long the cluster's call records (`<cluster>_analytics`) are kept:
+    /// also the longest uplink outage after which the hub's backup still
+    /// gets every record.
+    pub analytics_max_age_ms: u64,
+    /// Call records a node queues for that stream; beyond this, new ones are
+    /// dropped (and counted) rather than holding calls.
+    pub analytics_buffer: usize,
 }
 
 impl Default for ClusterConfig {
@@ -148,6 +155,8 @@ impl Default for ClusterConfig {
             model_chunk_bytes: 1 << 20,
             model_stall_ms: 30_000,
             model_bucket_max_bytes: 0,
+            analytics_max_age_ms: 7 * 24 * 3_600_000,
+            analytics_buffer: 10_000,
         }
     }
 }
@@ -193,8 +202,10 @@ impl ClusterConfig {
         if self.max_message_bytes < 4096 || self.max_sessions == 0 {
             return fail("max_message_bytes >= 4096 and max_sessions >= 1".into());
         }
-        if self.reconcile_ms == 0 {
-            return fail("reconcile_ms must be at least 1".into());
+        if self.reconcile_ms == 0 || self.analytics_max_age_ms == 0 || self.analytics_buffer == 0 {
+            return fail(
+                "reconcile_ms, analytics_max_age_ms and analytics_buffer must be at least 1".into(),
+            );
         }
         if self.model_chunk_bytes < 4096 || self.model_stall_ms == 0 {
             return fail("model_chunk_bytes >= 4096 and model_stall_ms >= 1".into());

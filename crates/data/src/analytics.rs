@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
@@ -57,6 +57,29 @@ struct Series {
 pub struct Analytics {
     series: Mutex<BTreeMap<Key, Series>>,
     persistence: Option<Mutex<Persistence>>,
+    /// Where each call goes as a record too (a cluster's analytics stream).
+    sink: OnceLock<Arc<dyn CallSink>>,
+}
+
+/// One call as the analytics saw it: what a cluster keeps of each call
+/// (never its arguments or its answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallRecord {
+    pub server: String,
+    pub tool: String,
+    /// Empty for tools that use no model.
+    pub model: String,
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub completion_tokens: u64,
+    /// When it ended, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// Takes each call's record as it ends. Called on the call's own task: it
+/// must not block (queue the record and return).
+pub trait CallSink: Send + Sync {
+    fn record(&self, call: CallRecord);
 }
 
 /// What has not been written yet, and where it goes.
@@ -156,11 +179,28 @@ impl CallObserver for Analytics {
         let tokens = field("/usage/completion_tokens")
             .and_then(|v| v.as_u64())
             .unwrap_or(0);
+        if let Some(sink) = self.sink.get() {
+            sink.record(CallRecord {
+                server: key.server.clone(),
+                tool: key.tool.clone(),
+                model: key.model.clone(),
+                ok: sample.ok,
+                latency_ms: sample.latency_ms,
+                completion_tokens: tokens,
+                at_ms: sample.at_ms,
+            });
+        }
         self.record(key, sample, tokens);
     }
 }
 
 impl Analytics {
+    /// Send each call's record to `sink` too, from now on. Only the first
+    /// call counts.
+    pub fn share_calls(&self, sink: Arc<dyn CallSink>) {
+        let _ = self.sink.set(sink);
+    }
+
     /// Analytics kept in the database of `data_dir`, with the history it
     /// already holds (samples younger than `retention`).
     pub fn open(data_dir: &Path, retention: Duration) -> Result<Self, DbError> {
@@ -177,6 +217,7 @@ impl Analytics {
                 samples: Vec::new(),
                 increments: BTreeMap::new(),
             })),
+            sink: OnceLock::new(),
         })
     }
 

@@ -16,6 +16,7 @@ use jetsonmind_cluster_state::models::{ClusterModels, ModelHooks};
 use jetsonmind_cluster_state::placement::{self, ClusterPlacements, LocalModels, Placements};
 use jetsonmind_cluster_state::settings::ClusterSettings;
 use jetsonmind_cluster_state::views::ClusterViews;
+use jetsonmind_cluster_state::{backup, calls};
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::Fleet;
@@ -24,6 +25,7 @@ use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::upstream::OpenPipe;
 use jetsonmind_data::DataServer;
+use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::settings::Settings;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::JetsonReader;
@@ -36,6 +38,8 @@ pub struct NodeState {
     pub keys: Arc<KeyStore>,
     /// Publishes this node's telemetry, and shows the cluster's.
     pub data: Arc<DataServer>,
+    /// Every call this node's servers end, recorded in the cluster's stream.
+    pub analytics: Arc<Analytics>,
 }
 
 /// The servers of this node that use the cluster's models, and their store.
@@ -63,6 +67,9 @@ pub async fn join(
 ) -> anyhow::Result<ClusterNode> {
     let bus = Bus::connect(&config.cluster).await?;
     let data = state.data.clone();
+    calls::join(&bus, &state.analytics, shutdown.clone())
+        .await
+        .context("opening the cluster's analytics stream")?;
     share_state(&bus, state, shutdown).await?;
     for fleet in &fleets {
         fleet.set_node(&bus.node);
@@ -94,6 +101,11 @@ pub async fn join(
     place_models(config, &bus, models, placements.clone(), shutdown);
     if config.hybrid.enabled() {
         reach_the_cloud(config, &bus, fleets.clone(), shutdown);
+        if config.hybrid.backup {
+            let streams = backup::backed_up(&bus, config.hybrid.backup_model_files);
+            let (hub, copies) = (&config.hybrid.hub_domain, config.hybrid.backup_replicas);
+            backup::keep_in_cloud(&bus, hub, streams, copies, shutdown.clone());
+        }
     }
     tokio::spawn(follow(
         bus,

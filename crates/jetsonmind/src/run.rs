@@ -131,6 +131,7 @@ async fn serve_command(
                         settings: shared.settings.clone(),
                         keys: shared.access.auth.keys().clone(),
                         data: local.models.data.clone(),
+                        analytics: shared.analytics.clone(),
                     };
                     let node = crate::cluster::join(
                         &config,

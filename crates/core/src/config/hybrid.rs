@@ -25,6 +25,8 @@ pub struct HybridConfig {
     /// Also back up the model files (the Object Store), not only the
     /// registry that names them.
     pub backup_model_files: bool,
+    /// Copies the hub keeps of each backup (its own NATS servers, 1 to 5).
+    pub backup_replicas: usize,
     /// What one call served in the cloud costs, in the budgets' units.
     pub cloud_call_cost: f64,
     /// A budget's period: spending starts again at each multiple of it
@@ -45,6 +47,7 @@ impl Default for HybridConfig {
             cloud_cluster: "cloud".into(),
             backup: true,
             backup_model_files: false,
+            backup_replicas: 1,
             cloud_call_cost: 1.0,
             budget_period_s: 86_400,
             egress: EgressRule::default(),
@@ -95,6 +98,9 @@ impl HybridConfig {
         }
         if self.budget_period_s == 0 {
             return fail("budget_period_s must be at least 1".into());
+        }
+        if !(1..=5).contains(&self.backup_replicas) {
+            return fail("backup_replicas must be 1 to 5".into());
         }
         let rules = std::iter::once(("egress".to_string(), &self.egress))
             .chain(self.tools.iter().map(|(t, r)| (format!("tools.{t}"), r)))

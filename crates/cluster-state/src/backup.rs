@@ -1,0 +1,227 @@
+//! The site's state, backed up to the cloud hub: for each of the site's
+//! streams and buckets, the hub holds a mirror of the same name in its own
+//! JetStream domain, which the hub's servers fill from the site's domain
+//! through the leaf link.
+//!
+//! A mirror is JetStream's store-and-forward: it records how far it got in
+//! the site's stream, so when a cut uplink comes back it resumes there; what
+//! was written while the link was down arrives, once, in order. We write no
+//! copying of our own. A record the site's limits dropped before the link
+//! came back (`cluster.analytics_max_age_ms`, the buckets' history) is not
+//! in the backup either: size them for the longest outage to ride out.
+//!
+//! Every node of a site keeps the mirrors in place (the first to reach the
+//! hub makes them; a hub that lost one gets it again). Mirrors are named as
+//! the site's streams, which are named by the site's cluster name: two sites
+//! on one hub must use different cluster names, and a mirror of another
+//! site's stream under the same name is reported, never replaced.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use jetsonmind_cluster::Bus;
+use tokio_util::sync::CancellationToken;
+
+use crate::StateError;
+use crate::status::is_not_found;
+
+/// How often the mirrors are checked once all are in place.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// The site streams the hub backs up: the KV buckets (settings, API keys,
+/// model registry, placements), the telemetry and the call records; the
+/// model files' Object Store when `model_files`.
+pub fn backed_up(bus: &Bus, model_files: bool) -> Vec<String> {
+    let kv = ["settings", "keys", "models", "placements"]
+        .map(|what| format!("KV_{}", bus.bucket_name(what)));
+    let streams = [bus.bucket_name("telemetry"), crate::calls::stream_name(bus)];
+    let files = model_files.then(|| format!("OBJ_{}", bus.bucket_name("model_files")));
+    kv.into_iter().chain(streams).chain(files).collect()
+}
+
+/// Keep a mirror of each of `streams` at the hub (JetStream domain
+/// `hub_domain`) until `shutdown`, retrying while the hub cannot be reached.
+pub fn keep_in_cloud(
+    bus: &Bus,
+    hub_domain: &str,
+    streams: Vec<String>,
+    replicas: usize,
+    shutdown: CancellationToken,
+) {
+    let backup = Backup {
+        site: jetstream::new(bus.client.clone()),
+        hub: jetstream::with_domain(bus.client.clone(), hub_domain),
+        replicas,
+        retry: Duration::from_millis(bus.config.heartbeat_ms.max(500) * 2),
+    };
+    let hub_domain = hub_domain.to_string();
+    tokio::spawn(async move {
+        let Some(site_domain) = backup.site_domain(&shutdown).await else {
+            return;
+        };
+        tracing::info!(site = %site_domain, hub = %hub_domain, streams = streams.len(), "backing the site up to the hub");
+        let mut reported = BTreeSet::new();
+        loop {
+            let mut pending = false;
+            for name in &streams {
+                match backup.ensure(name, &site_domain).await {
+                    Ok(()) => {}
+                    Err(Problem::NotYet(why)) => {
+                        tracing::debug!(stream = %name, %why, "backup mirror not in place yet");
+                        pending = true;
+                    }
+                    Err(Problem::Conflict(why)) => {
+                        if reported.insert(name.clone()) {
+                            tracing::error!(stream = %name, "{why}");
+                        }
+                    }
+                }
+            }
+            let pause = if pending { backup.retry } else { RECHECK };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+struct Backup {
+    site: jetstream::Context,
+    hub: jetstream::Context,
+    replicas: usize,
+    retry: Duration,
+}
+
+enum Problem {
+    /// The hub or the site's stream cannot be reached or does not exist yet.
+    NotYet(String),
+    /// The hub has a stream of that name that is not this site's mirror.
+    Conflict(String),
+}
+
+impl Backup {
+    /// The site's own JetStream domain, as its servers say it; none (never
+    /// backed up) when they have none.
+    async fn site_domain(&self, shutdown: &CancellationToken) -> Option<String> {
+        loop {
+            match self.site.query_account().await {
+                Ok(account) => match account.domain.filter(|d| !d.is_empty()) {
+                    Some(domain) => return Some(domain),
+                    None => {
+                        tracing::error!(
+                            "hybrid.backup: this site's NATS servers have no JetStream domain \
+                             (jetstream {{ domain: <site> }}), so the hub cannot reach its streams; \
+                             not backed up"
+                        );
+                        return None;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot ask the site's JetStream its domain yet")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.retry) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// The hub has a mirror of the site's stream `name`.
+    async fn ensure(&self, name: &str, site_domain: &str) -> Result<(), Problem> {
+        let not_yet = |e: &dyn std::fmt::Display| Problem::NotYet(e.to_string());
+        match self.hub.get_stream(name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|e| not_yet(&e))?;
+                return check_mirror(name, &info.config, site_domain);
+            }
+            Err(e) if is_not_found(e.kind()) => {}
+            Err(e) => return Err(not_yet(&e)),
+        }
+        let mut local = self.site.get_stream(name).await.map_err(|e| not_yet(&e))?;
+        let local = local.info().await.map_err(|e| not_yet(&e))?.config.clone();
+        let config = mirror_config(&local, site_domain, self.replicas);
+        match self.hub.create_stream(config).await {
+            Ok(_) => {
+                tracing::info!(stream = %name, "the hub now mirrors this site's stream");
+                Ok(())
+            }
+            Err(e) => Err(not_yet(&e)),
+        }
+    }
+}
+
+/// The hub's mirror of the site stream `local`: same name, same limits
+/// (a bucket's history, a stream's age), no subjects of its own, readable as
+/// the bucket it mirrors (direct gets).
+pub fn mirror_config(local: &stream::Config, site_domain: &str, replicas: usize) -> stream::Config {
+    let is_bucket = local.name.starts_with("KV_");
+    stream::Config {
+        name: local.name.clone(),
+        description: Some(format!(
+            "JetsonMind backup of {site_domain}'s {}",
+            local.name
+        )),
+        // The site's API by its prefix, not `domain`: async-nats sends both,
+        // and the server refuses the field it does not know.
+        mirror: Some(stream::Source {
+            name: local.name.clone(),
+            external: Some(stream::External {
+                api_prefix: domain_api(site_domain),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        }),
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        max_age: local.max_age,
+        max_messages_per_subject: local.max_messages_per_subject,
+        max_bytes: local.max_bytes,
+        discard: local.discard,
+        allow_direct: true,
+        mirror_direct: is_bucket,
+        allow_rollup: local.allow_rollup,
+        deny_delete: local.deny_delete,
+        ..Default::default()
+    }
+}
+
+/// Where a JetStream domain's API answers across leaf links.
+fn domain_api(domain: &str) -> String {
+    format!("$JS.{domain}.API")
+}
+
+fn check_mirror(name: &str, hub: &stream::Config, site_domain: &str) -> Result<(), Problem> {
+    let mirrors_us = hub.mirror.as_ref().is_some_and(|m| {
+        m.name == name
+            && (m.domain.as_deref() == Some(site_domain)
+                || m.external
+                    .as_ref()
+                    .is_some_and(|e| e.api_prefix == domain_api(site_domain)))
+    });
+    match mirrors_us {
+        true => Ok(()),
+        false => Err(Problem::Conflict(format!(
+            "the hub already has a stream {name} that is not a mirror of site {site_domain}'s: \
+             is another site using the same cluster.name? This site's {name} is not backed up"
+        ))),
+    }
+}
+
+/// Where the hub's mirror of one site stream is: how many records it has and
+/// how far behind the site it is (for `jetsonmind cluster status`, tests).
+pub async fn mirror_lag(
+    hub: &jetstream::Context,
+    name: &str,
+) -> Result<Option<(u64, u64)>, StateError> {
+    let mut stream = match hub.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) if is_not_found(e.kind()) => return Ok(None),
+        Err(e) => return Err(StateError::jetstream(e)),
+    };
+    let info = stream.info().await.map_err(StateError::jetstream)?;
+    let lag = info.mirror.as_ref().map_or(0, |m| m.lag);
+    Ok(Some((info.state.messages, lag)))
+}
