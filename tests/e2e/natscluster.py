@@ -246,10 +246,13 @@ class NatsCluster:
 
     CLUSTER_NAME = "jetsonmind-test"
 
-    def __init__(self, tmp_path, n=3, netns=None, leaf=None, prefix="n"):
+    def __init__(self, tmp_path, n=3, netns=None, leaf=None, prefix="n", clients_here=False):
         self.workdir = Path(tmp_path)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.netns = netns
+        # In namespaces: clients connect from here (the root namespace), through forwarded ports.
+        self.clients_here = clients_here
+        self._client_ports = {}
         self.leaf = leaf or Leafing()
         self.prefix = prefix
         self.cluster_name = self.CLUSTER_NAME if self.leaf.domain is None else f"{self.CLUSTER_NAME}-{self.leaf.domain}"
@@ -311,8 +314,13 @@ class NatsCluster:
 
     def client_address(self, i):
         server = self.servers[i]
-        host = "127.0.0.1" if self.netns is None else self.netns.address(i)
-        return f"nats://{host}:{server.client_port}"
+        if self.netns is None:
+            return f"nats://127.0.0.1:{server.client_port}"
+        if self.clients_here:
+            if i not in self._client_ports:
+                self._client_ports[i] = self.netns.forward(i, server.client_port, self.netns.address(i))
+            return f"nats://127.0.0.1:{self._client_ports[i]}"
+        return f"nats://{self.netns.address(i)}:{server.client_port}"
 
     @property
     def urls(self):
@@ -429,6 +437,23 @@ class NatsCluster:
         self.stop()
 
 
+class Wan:
+    """An emulated WAN link (wanem.py, user space: this kernel has no netem): one-way `delay_ms` each
+    way (so about twice that round trip), +/- `jitter_ms`, and `loss`, the share of frames dropped each
+    way."""
+
+    def __init__(self, delay_ms=25, jitter_ms=2, loss=0.01, seed=None):
+        self.delay_ms, self.jitter_ms, self.loss, self.seed = delay_ms, jitter_ms, loss, seed
+
+    def argv(self, a, b):
+        argv = [sys.executable, str(WANEM), a, b, "--delay-ms", str(self.delay_ms)]
+        argv += ["--jitter-ms", str(self.jitter_ms), "--loss", str(self.loss)]
+        return argv + ([] if self.seed is None else ["--seed", str(self.seed)])
+
+
+WANEM = Path(__file__).with_name("wanem.py")
+
+
 class NatsHybrid:
     """A hub (`hub`: JetStream domain "hub", accepting leaf connections) and `sites` edge sites
     (`sites[k]`: `servers_per_site` servers in domain "site{k+1}"), each site's servers leafed to the hub;
@@ -441,13 +466,18 @@ class NatsHybrid:
 
     HUB_DOMAIN = "hub"
 
-    def __init__(self, tmp_path, sites=2, servers_per_site=1):
+    def __init__(self, tmp_path, sites=2, servers_per_site=1, wan=None):
         self.workdir = Path(tmp_path)
         self.hub = None
         self.sites = []
         self._uplinks = []
+        # With `wan` (a Wan), the hub runs in a network namespace and each uplink crosses an emulated WAN
+        # link of its own (real TCP over TAP devices with delay, jitter and loss) to reach it.
+        self.wan = wan
+        self._hub_host = Netns(count=1, subnet="10.232.9") if wan is not None else None
         try:
-            self.hub = NatsCluster(self.workdir / "hub", n=1, leaf=Leafing(self.HUB_DOMAIN, accept=True), prefix="hub")
+            hub_leaf = Leafing(self.HUB_DOMAIN, accept=True)
+            self.hub = NatsCluster(self.workdir / "hub", n=1, netns=self._hub_host, leaf=hub_leaf, prefix="hub", clients_here=True)
             for k in range(sites):
                 self._add_site(k, servers_per_site)
             for k in range(sites):
@@ -458,7 +488,11 @@ class NatsHybrid:
 
     def _add_site(self, k, servers_per_site):
         hub_host, hub_port = self.hub.leaf_address(0).rsplit(":", 1)
-        uplink = _Forwarder(lambda: socket.create_connection((hub_host, int(hub_port)), timeout=5))
+        if self.wan is None:
+            uplink = _Forwarder(lambda: socket.create_connection((hub_host, int(hub_port)), timeout=5))
+        else:
+            far_end = self._hub_host.add_wan_host(self.wan)
+            uplink = _Forwarder(lambda: _connect_inside(far_end, hub_host, int(hub_port)))
         self._uplinks.append(uplink)
         domain = self.domain(k)
         # A site's JetsonMind cluster is named as its domain; what its nodes say among themselves (its
@@ -505,6 +539,8 @@ class NatsHybrid:
         for cluster in [*self.sites, self.hub]:
             if cluster is not None:
                 cluster.stop()
+        if self._hub_host is not None:
+            self._hub_host.close()
 
     def logs(self):
         return "\n".join(cluster.logs() for cluster in [self.hub, *self.sites] if cluster is not None)
@@ -533,6 +569,7 @@ class Netns:
         self.switch = f"{prefix}-sw"
         self.hosts = [f"{prefix}-h{i}" for i in range(count)]
         self._forwarders = []
+        self._wan_hosts, self._wan_links = [], []
         try:
             self._build()
         except BaseException:
@@ -572,6 +609,25 @@ class Netns:
     def heal(self, i):
         _ip("-n", self.switch, "link", "set", f"p{i}", "up")
 
+    def add_wan_host(self, wan):
+        """A host joined to the switch over an emulated WAN link (`wan`, a Wan) instead of a cable: a
+        wanem.py process forwards frames between a TAP in the new namespace and a TAP on the bridge. Not
+        counted among `hosts` (no cut, no forward); returns its namespace's name, to `_connect_inside`."""
+        k = len(self._wan_hosts)
+        namespace = f"{self.switch.removesuffix('-sw')}-w{k}"
+        _ip("netns", "add", namespace)
+        self._wan_hosts.append(namespace)
+        link = subprocess.Popen(wan.argv(f"{namespace}:eth0", f"{self.switch}:w{k}"), stdout=subprocess.PIPE, text=True)
+        self._wan_links.append(link)
+        ready = link.stdout.readline()
+        if "wanem ready" not in ready:
+            pytest.fail(f"the WAN link did not start: {ready!r}")
+        _ip("-n", self.switch, "link", "set", f"w{k}", "master", "br0", "up")
+        _ip("-n", namespace, "addr", "add", f"{self.subnet}.{200 + k}/24", "dev", "eth0")
+        _ip("-n", namespace, "link", "set", "eth0", "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        return namespace
+
     def forward(self, i, port, host="127.0.0.1"):
         """A loopback port here whose connections reach host:port inside host i (unaffected by cut)."""
         namespace = self.hosts[i]
@@ -583,7 +639,10 @@ class Netns:
         """Stops forwarding, ends what still runs inside the hosts, deletes every namespace."""
         for forwarder in self._forwarders:
             forwarder.close()
-        for namespace in [*self.hosts, self.switch]:
+        for link in self._wan_links:  # its TAP devices go with it
+            link.kill()
+            link.wait()
+        for namespace in [*self.hosts, *self._wan_hosts, self.switch]:
             if Path("/run/netns", namespace).exists():
                 _kill_inside(namespace)
                 subprocess.run(["ip", "netns", "del", namespace], capture_output=True)

@@ -1,7 +1,8 @@
 """The hybrid tier: two edge sites (JetsonMind clusters `site1`, `site2`, two nodes each, one nats-server
 each) whose NATS servers are leaf nodes of a cloud hub, where one cloud node (`jetsonmind serve --cluster`
-against the hub, cluster `cloud`) offers its compute to every site. Driven by the official MCP SDK and,
-to watch what crosses the uplinks, nats-py at the hub."""
+against the hub, cluster `cloud`) offers its compute to every site. Each site's uplink crosses an emulated
+WAN link (about 50 ms round trip, 1% of frames lost each way). Driven by the official MCP SDK and, to watch
+what crosses the uplinks, nats-py at the hub."""
 
 import json
 import time
@@ -13,6 +14,7 @@ import nats
 import pytest
 
 from conftest import NO_CACHE, connected, eventually, read_json, start_nodes, stop_serve
+from natscluster import NatsHybrid, Wan
 from natsclient import caught_up, nats_client, stream_exists, stream_payloads
 
 # Each compute replica holds one call at once (one running, one waiting: capacity 2, ceiling 50%), so a
@@ -52,10 +54,14 @@ def hybrid_nodes(binary, tmp_path, hybrid):
                 stop_serve(node)
 
 
+# The WAN between each site and the hub: 25 ms each way (+/- 2 ms), 1% of frames lost each way.
+WAN = Wan(delay_ms=25, jitter_ms=2, loss=0.01)
+
+
 @pytest.fixture
-def hybrid_tier(binary, tmp_path, nats_hybrid):
-    with hybrid_nodes(binary, tmp_path, nats_hybrid) as nodes:
-        yield nats_hybrid, nodes
+def hybrid_tier(binary, tmp_path):
+    with NatsHybrid(tmp_path / "hybrid", sites=2, wan=WAN) as hybrid, hybrid_nodes(binary, tmp_path, hybrid) as nodes:
+        yield hybrid, nodes
 
 
 def generate(prompt, tokens=16):

@@ -8,6 +8,7 @@ client reaches each site's JetStream by domain; a site's KV works while its upli
 a site's stream gets what the site wrote while cut, once healed, exactly once (driven with nats-py)."""
 
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
@@ -18,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ExternalStream, StreamSource
 from nats.js.errors import ServiceUnavailableError
 
-from natscluster import NatsCluster, Netns, NotYet
+from natscluster import NatsCluster, NatsHybrid, Netns, NotYet, Wan
 from natsclient import caught_up, nats_client, stream_exists, stream_payloads
 
 # What a JetStream request into a domain that cannot be reached ends with, by nats-py's wording.
@@ -155,3 +156,34 @@ async def test_a_hub_stream_sourcing_a_site_gets_what_was_written_while_cut_exac
         await anyio.to_thread.run_sync(hybrid.heal, 0)
         await eventually("the hub catches up once healed", lambda: caught_up(hub_js, "SITE1_EVENTS", len(written)))
         assert await stream_payloads(hub_js, "SITE1_EVENTS") == written
+
+
+@pytest.mark.anyio
+async def test_a_wan_uplink_delays_what_crosses_it_and_the_leaf_holds(tmp_path):
+    """The emulated WAN is really there: a request from a site to a responder at the hub takes at least
+    the link's two one-way delays, and the leaf link survives its loss."""
+    wan = Wan(delay_ms=25, jitter_ms=2, loss=0.01)
+    with NatsHybrid(tmp_path / "wan", sites=1, wan=wan) as hybrid:
+        async with nats_client(hybrid.hub.client_address(0)) as hub, nats_client(site_url(hybrid, 0)) as site:
+
+            async def echo(message):
+                await message.respond(message.data)
+
+            await hub.subscribe("echo", cb=echo)
+            await hub.flush()
+            await eventually("the hub's responder is known at the site", lambda: answered(site))
+            round_trips = []
+            for _ in range(20):
+                started = time.monotonic()
+                assert (await site.request("echo", b"x" * 512, timeout=5)).data == b"x" * 512
+                round_trips.append((time.monotonic() - started) * 1000)
+        assert sorted(round_trips)[len(round_trips) // 2] >= 2 * (wan.delay_ms - wan.jitter_ms), round_trips
+        assert hybrid.linked_sites() == {0}
+
+
+async def answered(client):
+    try:
+        await client.request("echo", b"?", timeout=1)
+    except (NoRespondersError, NatsTimeout):
+        return False
+    return True
