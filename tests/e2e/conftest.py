@@ -268,7 +268,7 @@ LLAMA_SERVER = ROOT / "tools" / "llama-server" / "bin" / "llama-server"
 
 class LlamaServer:
     """A running llama-server: `base_url` is its OpenAI API root (…/v1), `url` the server's root
-    (/health, /slots, /metrics)."""
+    (/health, /slots, /metrics; the last two need its API key when it has one)."""
 
     def __init__(self, url, process, log):
         self.url = url
@@ -276,17 +276,35 @@ class LlamaServer:
         self.process = process
         self.log = log
 
+    def metric(self, name):
+        """A counter of its /metrics (`llamacpp:<name>`), all requests together, counted when a slot is
+        released."""
+        status, metrics = http_get(f"{self.url}/metrics")
+        assert status == 200, metrics
+        return int(float(re.search(rf"^llamacpp:{name} (\S+)$", metrics, re.M).group(1)))
+
+    def tokens_predicted(self):
+        """Tokens it generated so far."""
+        return self.metric("tokens_predicted_total")
+
+    def slots_idle(self):
+        status, slots = http_get(f"{self.url}/slots")
+        return status == 200 and not any(slot["is_processing"] for slot in slots)
+
 
 @pytest.fixture
-def llama_server(tmp_path):
+def llama_server(request, tmp_path):
     """llama.cpp's `llama-server`, a real OpenAI-compatible server we did not write, serving the default
     model on a loopback port it picked, with 2 parallel slots and Prometheus metrics; healthy. Stopped
-    after the test."""
+    after the test. Parametrized indirectly with {"api_key": KEY}, it requires that key (`--api-key`)."""
     if not LLAMA_SERVER.exists():
         pytest.fail(f"{LLAMA_SERVER} is missing: run ./scripts/build-llama-server.sh")
     log = tmp_path / "llama-server.log"
     command = [str(LLAMA_SERVER), "--host", "127.0.0.1", "--port", "0", "--model", str(default_model())]
     command += ["--parallel", "2", "--ctx-size", "2048", "--metrics"]
+    api_key = getattr(request, "param", {}).get("api_key")
+    if api_key:
+        command += ["--api-key", api_key]
     # It says where it listens once the model is loaded.
     process, url = start_announcing(command, log, r"listening on (http://\S+)", "llama-server")
     server = LlamaServer(url, process, log)

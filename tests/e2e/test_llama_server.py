@@ -2,11 +2,9 @@
 the official `openai` client, streams a chat completion and stops generating when the client leaves.
 The tests of the cloud tier's OpenAI-compatible provider talk to this server."""
 
-import re
-
 import openai
 from conftest import DEFAULT_MODEL
-from natscluster import http_get, wait_until
+from natscluster import wait_until
 
 QUESTION = [{"role": "user", "content": "Describe the moon in one sentence."}]
 
@@ -35,17 +33,5 @@ def test_closing_the_stream_early_stops_the_generation(llama_server):
     first = next(c for c in stream if c.choices and c.choices[0].delta.content)
     stream.close()
     assert first.choices[0].delta.content
-    wait_until(lambda: slots_idle(llama_server), "llama-server's slots idle", context=llama_server.log.read_text)
-    assert 0 < tokens_predicted(llama_server) < cap
-
-
-def slots_idle(llama_server):
-    status, slots = http_get(f"{llama_server.url}/slots")
-    return status == 200 and not any(slot["is_processing"] for slot in slots)
-
-
-def tokens_predicted(llama_server):
-    """Tokens the server generated so far, all requests together (counted when a slot is released)."""
-    status, metrics = http_get(f"{llama_server.url}/metrics")
-    assert status == 200, metrics
-    return int(float(re.search(r"^llamacpp:tokens_predicted_total (\S+)$", metrics, re.M).group(1)))
+    wait_until(llama_server.slots_idle, "llama-server's slots idle", context=llama_server.log.read_text)
+    assert 0 < llama_server.tokens_predicted() < cap

@@ -18,7 +18,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
-use jetsonmind_contract::inference::{CODE_COMPLETE, LOAD_MODEL, TEXT_GENERATE, UNLOAD_MODEL};
+use jetsonmind_contract::inference::{
+    CODE_COMPLETE, LOAD_MODEL, TEXT_GENERATE, UNLOAD_MODEL, code_complete_tool, text_generate_tool,
+};
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::ComputeEngine;
@@ -26,7 +28,7 @@ use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
     CallToolResult, CompleteRequestParams, CompletionInfo, GetPromptResult, JsonObject, Prompt,
-    ReadResourceResult, Resource, Tool, ToolAnnotations,
+    ReadResourceResult, Resource, ToolAnnotations,
 };
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
@@ -262,26 +264,15 @@ async fn sweep_idle_models(models: Weak<ModelRegistry>) {
     }
 }
 
-/// Inference reads its inputs and changes nothing: a call may run twice
-/// (the control plane retries it on another replica when one dies).
-fn inference(tool: Tool) -> Tool {
-    tool.annotate(ToolAnnotations::new().read_only(true).idempotent(true))
-}
-
 fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn catalog() -> Catalog {
     let tools = vec![
-        inference(tool_from::<TextGenerateArgs>(
-            TEXT_GENERATE,
-            "Generate text with a local language model from a prompt or chat messages.",
-        )),
-        inference(tool_from::<CodeCompleteArgs>(
-            CODE_COMPLETE,
-            "Complete code at a point (fill-in-the-middle when the model supports it).",
-        )),
+        // Written in the contract: a provider offers them too.
+        text_generate_tool(),
+        code_complete_tool(),
         AccessLevel::Admin.mark(
             tool_from::<LoadModelArgs>(
                 LOAD_MODEL,

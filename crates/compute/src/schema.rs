@@ -1,77 +1,12 @@
 //! Input schemas of the compute tools. Doc comments become the schema's
 //! descriptions, which is what a model reads when it decides how to call.
+//! The text tools' are the contract's: a provider serves them too.
 
+pub use jetsonmind_contract::inference::{
+    ChatMessage, ChatRole, CodeCompleteArgs, TextGenerateArgs,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
-
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: ChatRole,
-    pub content: String,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ChatRole {
-    System,
-    User,
-    Assistant,
-}
-
-impl ChatRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChatRole::System => "system",
-            ChatRole::User => "user",
-            ChatRole::Assistant => "assistant",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TextGenerateArgs {
-    /// Plain prompt; wrapped in the model's chat template as one user turn. Give this or `messages`.
-    pub prompt: Option<String>,
-    /// Chat turns, rendered with the model's own chat template. Give this or `prompt`.
-    pub messages: Option<Vec<ChatMessage>>,
-    /// Model id from `jetson://models/available`; the default model when absent.
-    pub model: Option<String>,
-    /// Most tokens to generate.
-    #[schemars(range(min = 1, max = 8192))]
-    pub max_tokens: Option<u32>,
-    /// Sampling temperature; 0 picks the most likely token every time.
-    #[schemars(range(min = 0.0, max = 2.0))]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling: keep the smallest set of tokens whose probability sum reaches this.
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub top_p: Option<f32>,
-    /// Keep only the k most likely tokens.
-    #[schemars(range(min = 0, max = 1000))]
-    pub top_k: Option<u32>,
-    /// Random seed: the same seed, prompt and parameters give the same text.
-    pub seed: Option<u64>,
-    /// Stop when any of these strings is generated.
-    #[schemars(length(max = 16))]
-    pub stop: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CodeCompleteArgs {
-    /// Code before the cursor.
-    pub code: String,
-    /// Language name, e.g. `python`, `rust`.
-    pub language: String,
-    /// Other relevant code or notes (imports, the surrounding file).
-    pub context: Option<String>,
-    /// Code after the cursor, for fill-in-the-middle.
-    pub suffix: Option<String>,
-    #[schemars(range(min = 1, max = 4096))]
-    pub max_tokens: Option<u32>,
-    pub model: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

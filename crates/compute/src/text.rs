@@ -4,7 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use jetsonmind_contract::inference::{CODE_COMPLETE, GenerationProgress, TEXT_GENERATE};
+use jetsonmind_contract::inference::code::{instruct_completion, strip_to_completion};
+use jetsonmind_contract::inference::{
+    CODE_COMPLETE, DEFAULT_CODE_MAX_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K,
+    GenerationProgress, TEXT_GENERATE,
+};
 use jetsonmind_core::config::ComputeConfig;
 use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
 use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
@@ -19,9 +23,6 @@ use crate::engine::{EngineError, Flow, GenerateRequest, Generation, Prompt, Samp
 use crate::models::ModelRegistry;
 use crate::scheduler::Scheduler;
 use crate::schema::{ChatRole, CodeCompleteArgs, TextGenerateArgs};
-
-const DEFAULT_MAX_TOKENS: u32 = 256;
-const DEFAULT_CODE_MAX_TOKENS: u32 = 128;
 
 /// Everything a generation needs from the compute server.
 pub struct TextService {
@@ -64,12 +65,12 @@ impl TextService {
                     prompt: Prompt::Chat(turns),
                     max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                     sampling: Sampling {
-                        temperature: args.temperature.unwrap_or(0.7),
-                        top_p: positive_or(args.top_p, 0.95)?,
-                        top_k: args.top_k.unwrap_or(40),
+                        temperature: args.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+                        top_p: args.top_p_or_default().map_err(CallError::Invalid)?,
+                        top_k: args.top_k.unwrap_or(DEFAULT_TOP_K),
                         seed: args.seed.map_or_else(random_seed, |s| s as u32),
                     },
-                    stop: checked_stop(args.stop.unwrap_or_default())?,
+                    stop: args.stop_strings().map_err(CallError::Invalid)?,
                 };
                 let generation = self.run(engine.clone(), request, &context).await?;
                 Ok(generation_json(
@@ -91,12 +92,7 @@ impl TextService {
         context: CallContext,
     ) -> CallToolResult {
         let result = async {
-            if args.code.trim().is_empty() && args.suffix.as_deref().unwrap_or("").trim().is_empty()
-            {
-                return Err(CallError::Invalid(
-                    "`code` is empty: there is nothing to complete".into(),
-                ));
-            }
+            args.check().map_err(CallError::Invalid)?;
             let bytes = args.code.len()
                 + args.context.as_ref().map_or(0, String::len)
                 + args.suffix.as_ref().map_or(0, String::len);
@@ -112,7 +108,7 @@ impl TextService {
                 let prompt = if fim {
                     fill_in_middle(&args)
                 } else {
-                    instruct_completion(&args)
+                    Prompt::Chat(instruct_completion(&args))
                 };
                 let request = GenerateRequest {
                     prompt,
@@ -155,25 +151,10 @@ impl TextService {
     }
 
     fn chat_turns(&self, args: &TextGenerateArgs) -> Result<Vec<(ChatRole, String)>, CallError> {
-        let turns = match (&args.prompt, &args.messages) {
-            (Some(prompt), None) => vec![(ChatRole::User, prompt.clone())],
-            (None, Some(messages)) => {
-                self.check_turn_count(messages.len())?;
-                messages
-                    .iter()
-                    .map(|m| (m.role, m.content.clone()))
-                    .collect()
-            }
-            (Some(_), Some(_)) => {
-                return Err(CallError::Invalid(
-                    "give `prompt` or `messages`, not both".into(),
-                ));
-            }
-            (None, None) => return Err(CallError::Invalid("give `prompt` or `messages`".into())),
-        };
-        if turns.iter().all(|(_, text)| text.trim().is_empty()) {
-            return Err(CallError::Invalid("the prompt is empty".into()));
+        if let Some(messages) = &args.messages {
+            self.check_turn_count(messages.len())?;
         }
+        let turns = args.turns().map_err(CallError::Invalid)?;
         self.check_prompt_size(turns.iter().map(|(_, text)| text.len()).sum())?;
         Ok(turns)
     }
@@ -318,110 +299,7 @@ fn fill_in_middle(args: &CodeCompleteArgs) -> Prompt {
     }
 }
 
-fn instruct_completion(args: &CodeCompleteArgs) -> Prompt {
-    let system = "You complete code. Reply with only the code that comes next, continuing exactly where the \
-                  given code stops. No explanations, no repetition of the given code.";
-    let mut user = format!("Language: {}\n", args.language);
-    if let Some(context) = &args.context {
-        user.push_str(&format!("Context:\n{context}\n"));
-    }
-    user.push_str(&format!("Code to continue:\n{}", args.code));
-    if let Some(suffix) = &args.suffix {
-        user.push_str(&format!("\nCode that follows the gap:\n{suffix}"));
-    }
-    Prompt::Chat(vec![
-        (ChatRole::System, system.into()),
-        (ChatRole::User, user),
-    ])
-}
-
-/// Keep only what continues `code`: models wrap code in fences, repeat the
-/// input, or start the function over; none of that is completion.
-fn strip_to_completion(answer: &str, code: &str) -> String {
-    let mut text = answer;
-    if let Some(rest) = answer.trim_start().strip_prefix("```") {
-        text = rest.split_once('\n').map_or("", |(_, body)| body);
-    }
-    let text = text.split("```").next().unwrap_or("");
-    let trimmed_code = code.trim_end();
-    let text = match text.find(trimmed_code) {
-        Some(at) if !trimmed_code.is_empty() => {
-            let rest = &text[at + trimmed_code.len()..];
-            // The whitespace the code ended with is already in place.
-            rest.strip_prefix(&code[trimmed_code.len()..])
-                .unwrap_or(rest)
-        }
-        _ => skip_repeated_lines(text, code),
-    };
-    text.trim_end().to_string()
-}
-
-/// Drop the leading lines of `text` that are lines of `code`, in order.
-fn skip_repeated_lines<'a>(text: &'a str, code: &str) -> &'a str {
-    let code_lines: Vec<&str> = code
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut next_code = 0;
-    let mut rest = text;
-    loop {
-        let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
-        let trimmed = line.trim();
-        if trimmed.is_empty() && !after.is_empty() && next_code > 0 {
-            rest = after;
-            continue;
-        }
-        match code_lines[next_code.min(code_lines.len())..]
-            .iter()
-            .position(|c| *c == trimmed)
-        {
-            Some(found) if !trimmed.is_empty() => {
-                next_code += found + 1;
-                rest = after;
-            }
-            _ => return rest,
-        }
-    }
-}
-
-fn positive_or(value: Option<f32>, default: f32) -> Result<f32, CallError> {
-    match value {
-        Some(v) if v <= 0.0 => Err(CallError::Invalid("top_p must be greater than 0".into())),
-        Some(v) => Ok(v),
-        None => Ok(default),
-    }
-}
-
-fn checked_stop(stop: Vec<String>) -> Result<Vec<String>, CallError> {
-    if stop.iter().any(String::is_empty) {
-        return Err(CallError::Invalid("stop strings must not be empty".into()));
-    }
-    Ok(stop)
-}
-
 fn random_seed() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) as u32
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instruct_answers_are_cut_to_the_continuation() {
-        let code = "def add(a, b):\n";
-        assert_eq!(
-            strip_to_completion(
-                "```python\ndef add(a, b):\n    return a + b\n```\nThis adds.",
-                code
-            ),
-            "    return a + b"
-        );
-        assert_eq!(
-            strip_to_completion("    return a + b", code),
-            "    return a + b"
-        );
-    }
 }

@@ -1,6 +1,17 @@
 //! The inference tools as other servers see them: the names the control
-//! plane calls and routes by, the model a call names, and what a
-//! generation's progress notifications carry.
+//! plane calls and routes by, the model a call names, what a generation's
+//! progress notifications carry, and the text tools themselves ([`tools`]:
+//! arguments and definitions; [`code`]: code completion asked of a chat
+//! model), which compute and the control plane's providers both serve.
+
+pub mod code;
+pub mod tools;
+
+pub use tools::{
+    ChatMessage, ChatRole, CodeCompleteArgs, DEFAULT_CODE_MAX_TOKENS, DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P, TextGenerateArgs, code_complete_tool,
+    text_generate_tool,
+};
 
 use rmcp::model::{JsonObject, NumberOrString, ProgressNotificationParam, ProgressToken};
 use serde::{Deserialize, Serialize};

@@ -8,9 +8,13 @@
 //! - [`replica`]: the status a compute replica reports to the control plane.
 //! - [`route`]: the route record a result carries back, one hop per router.
 //! - [`inference`]: the inference tools the control plane calls or routes by
-//!   (their names, the model a call names, generation progress).
+//!   (their names, the model a call names, generation progress), and the
+//!   text tools' arguments and definitions, which a provider serves too.
 //!
-//! This crate has no behaviour beyond reading and writing these shapes.
+//! This crate has no behaviour beyond reading and writing these shapes, and
+//! one agreement on phrasing: how `code_complete` is asked of a chat model
+//! and its answer cut back ([`inference::code`]), so that compute and a
+//! provider answer alike.
 
 pub mod access;
 pub mod inference;

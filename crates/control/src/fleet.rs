@@ -91,6 +91,10 @@ pub enum Origin {
     /// Another node serves it, of this site (`Tier::Site`) or of the cloud
     /// (`Tier::Cloud`); it leaves when the node does.
     Discovered { node: String, tier: Tier },
+    /// An OpenAI-compatible endpoint of the config (`hybrid.providers`): of
+    /// the cloud tier, no cluster node, serving only the models it maps, at
+    /// `cost` per call.
+    Provider { cost: f64 },
 }
 
 pub struct Replica {
@@ -151,7 +155,27 @@ impl Replica {
     pub fn tier(&self) -> Tier {
         match &self.origin {
             Origin::Discovered { tier, .. } => *tier,
+            Origin::Provider { .. } => Tier::Cloud,
             _ => Tier::Node,
+        }
+    }
+
+    /// The cluster node it runs on: another's, or this one's (`local`); a
+    /// provider runs on none.
+    fn node<'a>(&'a self, local: Option<&'a str>) -> Option<&'a str> {
+        match &self.origin {
+            Origin::Provider { .. } => None,
+            _ => self.remote_node().or(local),
+        }
+    }
+
+    /// What one call costs there, in the budgets' units: a provider's own
+    /// price, or `cloud_cost` for the cloud's nodes; nothing on the site.
+    pub fn cost(&self, cloud_cost: f64) -> f64 {
+        match (&self.origin, self.tier()) {
+            (Origin::Provider { cost }, _) => *cost,
+            (_, Tier::Cloud) => cloud_cost,
+            _ => 0.0,
         }
     }
 
@@ -177,7 +201,7 @@ impl Replica {
         let latency = *self.latency_ms.lock().expect("latency lock");
         ReplicaState {
             name: self.name().to_string(),
-            node: self.remote_node().or(local_node).map(str::to_string),
+            node: self.node(local_node).map(str::to_string),
             endpoint: self.link.describe(),
             up: self.link.is_up(),
             breaker: Some(self.breaker().state(now)),
@@ -194,11 +218,9 @@ impl Replica {
                 .as_ref()
                 .map(|r| r.model_bytes.keys().cloned().collect())
                 .unwrap_or_default(),
+            fixed_models: matches!(self.origin, Origin::Provider { .. }),
             tier: self.tier(),
-            cost: match self.tier() {
-                Tier::Cloud => cloud_cost,
-                _ => 0.0,
-            },
+            cost: self.cost(cloud_cost),
             temperature_c: report.as_ref().and_then(|r| r.temperature_c),
             loadable_bytes: report.as_ref().map(|r| r.loadable_bytes),
             latency_ms: latency
@@ -653,7 +675,7 @@ impl Fleet {
             let Some(replica) = decision.chosen().and_then(|name| self.replica(name)) else {
                 continue;
             };
-            if replica.tier().is_cloud() && !self.charge_for_cloud(caller, &mut egress) {
+            if replica.tier().is_cloud() && !self.charge_for_cloud(&replica, caller, &mut egress) {
                 continue;
             }
             tried.insert(replica.name().to_string());
@@ -665,10 +687,7 @@ impl Fleet {
                     let hop = Hop {
                         backend: self.name.clone(),
                         replica: replica.name().to_string(),
-                        node: replica
-                            .remote_node()
-                            .or(self.local_node())
-                            .map(str::to_string),
+                        node: replica.node(self.local_node()).map(str::to_string),
                         attempts: tried.len(),
                         tier: replica.tier(),
                     };
@@ -719,16 +738,23 @@ impl Fleet {
             .resolve(caller, &params.name, request.as_ref()))
     }
 
-    /// Charge `caller` for a cloud call; when its budget has no room left
-    /// (another call took it since the decision), say so in `egress`, so the
-    /// next decision keeps the call at the edge.
-    pub fn charge_for_cloud(&self, caller: &Principal, egress: &mut Egress) -> bool {
+    /// Charge `caller` for a call on `replica` (of the cloud) at its cost;
+    /// when its budget has no room left for it (another call took it since
+    /// the decision), say so in `egress`, so the next decision leaves out
+    /// the cloud replicas that no longer fit.
+    pub fn charge_for_cloud(
+        &self,
+        replica: &Replica,
+        caller: &Principal,
+        egress: &mut Egress,
+    ) -> bool {
         let rules = &self.settings.egress;
-        if rules.charge(caller, rules.cloud_call_cost()) {
+        if rules.charge(caller, replica.cost(rules.cloud_call_cost())) {
             return true;
         }
+        // A cheaper replica may still fit: record what is spent, not "all".
         if let Some(budget) = &mut egress.budget {
-            budget.spent = rules.spent(caller).max(budget.limit);
+            budget.spent = rules.spent(caller);
         }
         false
     }

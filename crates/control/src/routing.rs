@@ -16,7 +16,9 @@
 //! site's can take the call (at the ceiling, down), when the site's would
 //! keep it waiting past the call's latency target, or when only the cloud
 //! has the model. A call that must stay at the edge, or whose caller's
-//! budget is spent, never goes there.
+//! budget is spent, never goes there. A provider (an OpenAI-compatible
+//! endpoint) serves only the models it maps: a call naming another never
+//! goes there.
 
 pub use jetsonmind_contract::route::Tier;
 pub use jetsonmind_core::config::Strategy;
@@ -58,6 +60,9 @@ pub struct ReplicaState {
     pub loaded_models: Vec<String>,
     /// The models in its store it can load.
     pub stored_models: Vec<String>,
+    /// It serves only the models it holds and can load no other (a
+    /// provider: the models its config maps).
+    pub fixed_models: bool,
     /// Where it runs: this node, another node of the site, or the cloud.
     pub tier: Tier,
     /// What one call costs there (cloud replicas), in the budgets' units.
@@ -179,6 +184,11 @@ pub enum Exclusion {
         limit: f64,
         cost: f64,
     },
+    /// It serves a fixed set of models, not this one (none: the call names
+    /// no model and it has no default).
+    ModelNotServed {
+        model: Option<String>,
+    },
 }
 
 impl Exclusion {
@@ -211,6 +221,12 @@ impl Exclusion {
             Exclusion::OverBudget { spent, limit, cost } => format!(
                 "in the cloud; the caller's budget is spent ({spent:.2} of {limit:.2}, a call costs {cost:.2})"
             ),
+            Exclusion::ModelNotServed { model: Some(model) } => {
+                format!("serves only the models it maps, not `{model}`")
+            }
+            Exclusion::ModelNotServed { model: None } => {
+                "serves only the models it maps, and the call names none".into()
+            }
         }
     }
 }
@@ -372,6 +388,11 @@ fn exclusion(need: &Need, replica: &ReplicaState, policy: &Policy) -> Option<Exc
                 cost: replica.cost,
             });
         }
+    }
+    if replica.fixed_models && !replica.holds(need.model) {
+        return Some(Exclusion::ModelNotServed {
+            model: need.model.map(str::to_string),
+        });
     }
     if let Some(temperature_c) = replica.temperature_c
         && temperature_c > policy.max_temperature_c
@@ -917,6 +938,44 @@ mod tests {
             d.reason.contains("only the cloud has the model"),
             "{}",
             d.reason
+        );
+    }
+
+    #[test]
+    fn a_provider_takes_only_the_models_it_maps() {
+        let mut provider = cloud("openai");
+        provider.fixed_models = true;
+        provider.loaded_models = vec!["cloud-mini".into()];
+        provider.default_model = Some(String::new());
+        let mut local = replica("local");
+        local.tier = Tier::Node;
+        let d = decide(
+            &need(Some("cloud-mini")),
+            &[local.clone(), provider.clone()],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(d.order, vec!["openai", "local"], "only it has the model");
+        // The site at its ceiling: still not the provider, which lacks the model.
+        for model in [Some("small"), None] {
+            let d = decide(
+                &need(model),
+                &[full(local.clone()), provider.clone()],
+                &policy(Strategy::Affinity),
+            );
+            assert_eq!(d.chosen(), None, "{model:?}");
+            let why = &d.candidates[1].why;
+            assert!(why.contains("serves only the models it maps"), "{why}");
+        }
+        provider.default_model = Some("cloud-mini".into());
+        let d = decide(
+            &need(None),
+            &[full(local), provider],
+            &policy(Strategy::Affinity),
+        );
+        assert_eq!(
+            d.chosen(),
+            Some("openai"),
+            "its default serves calls naming none"
         );
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::CoreError;
 
 mod hybrid;
-pub use hybrid::{EgressRule, HybridConfig};
+pub use hybrid::{EgressRule, HybridConfig, ProviderConfig};
 
 /// The prefix of environment variables that set config keys.
 pub const ENV_PREFIX: &str = "JETSONMIND_";

@@ -45,7 +45,7 @@ pub async fn fan_out(
         .order
         .iter()
         .filter_map(|name| fleet.replica(name))
-        .filter(|r| !r.tier().is_cloud() || fleet.charge_for_cloud(caller, &mut egress))
+        .filter(|r| !r.tier().is_cloud() || fleet.charge_for_cloud(r, caller, &mut egress))
         .collect();
     if replicas.is_empty() {
         return tool_error(format!(

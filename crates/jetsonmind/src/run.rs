@@ -10,7 +10,7 @@ use axum::routing::get;
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
-use jetsonmind_control::link::{DirectLink, McpLink, ReplicaLink};
+use jetsonmind_control::link::{DirectLink, McpLink, OpenAiLink, ReplicaLink};
 use jetsonmind_control::scale::Launcher;
 use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
@@ -103,7 +103,7 @@ async fn serve_command(
             serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Control(t) => {
-            let replicas = shared.compute_fleet(&config, None);
+            let replicas = shared.compute_fleet(&config, None)?;
             tokio::spawn(check_every(
                 replicas.clone(),
                 Duration::from_millis(config.gateway.health_interval_ms),
@@ -303,8 +303,13 @@ impl Shared {
     }
 
     /// The compute replicas: this process's own server (when given and
-    /// `control.local_replica` is on), then those at `control.replicas`.
-    fn compute_fleet(&self, config: &Config, local: Option<Arc<dyn ReplicaLink>>) -> Arc<Fleet> {
+    /// `control.local_replica` is on), then those at `control.replicas`,
+    /// then the providers of `hybrid.providers`.
+    fn compute_fleet(
+        &self,
+        config: &Config,
+        local: Option<Arc<dyn ReplicaLink>>,
+    ) -> anyhow::Result<Arc<Fleet>> {
         let fleet = Fleet::new("compute", self.fleet_settings.clone());
         if let Some(link) = local.filter(|_| config.control.local_replica) {
             fleet.add_link(link, Origin::Configured);
@@ -316,7 +321,8 @@ impl Shared {
                 Origin::Configured,
             );
         }
-        Arc::new(fleet)
+        add_providers(&fleet, config)?;
+        Ok(Arc::new(fleet))
     }
 
     fn control(&self, replicas: Arc<Fleet>, config: &Config) -> ControlServer {
@@ -402,7 +408,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         }
         false => None,
     };
-    let compute = shared.compute_fleet(config, local_compute);
+    let compute = shared.compute_fleet(config, local_compute)?;
     let control = shared.server(shared.control(compute.clone(), config), config);
     let data = shared.server(DataServer::new(node), config);
     let models = crate::cluster::ModelUsers {
@@ -421,6 +427,25 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         served,
         models,
     })
+}
+
+/// Each of `hybrid.providers` as a cloud replica of compute's text tools;
+/// a key its config names but the environment lacks stops the start.
+fn add_providers(fleet: &Fleet, config: &Config) -> anyhow::Result<()> {
+    for provider in &config.hybrid.providers {
+        let name = &provider.name;
+        if fleet.replica(name).is_some() {
+            anyhow::bail!("hybrid.providers: `{name}` is already the name of a compute replica");
+        }
+        let cost = provider
+            .cost_per_call
+            .unwrap_or(config.hybrid.cloud_call_cost);
+        let link = OpenAiLink::from_env(provider.clone(), config.compute.progress_every_tokens)
+            .with_context(|| format!("hybrid.providers `{name}`"))?;
+        fleet.add_link(Arc::new(link), Origin::Provider { cost });
+        tracing::info!(provider = %name, base_url = %provider.base_url, cost, "provider added");
+    }
+    Ok(())
 }
 
 /// Opens a fresh in-memory MCP session with `server` per connection.

@@ -9,6 +9,8 @@
 //!   cluster (a pipe whose other end is `jetsonmind-cluster`'s bridge).
 //! - [`direct::DirectLink`]: a server in this process, called directly (no
 //!   MCP messages, no JSON); the hot path of `jetsonmind serve`.
+//! - [`openai::OpenAiLink`]: an OpenAI-compatible endpoint serving compute's
+//!   text tools (`hybrid.providers`): a replica of the cloud tier.
 //!
 //! Authorization stays with the fleet: every call is checked there, as its
 //! caller, on the tool's own name and flags at the replica, before any link
@@ -17,6 +19,7 @@
 
 pub mod direct;
 pub mod mcp;
+pub mod openai;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use direct::DirectLink;
 pub use mcp::McpLink;
+pub use openai::OpenAiLink;
 
 /// Why a link produced no answer.
 #[derive(Debug)]

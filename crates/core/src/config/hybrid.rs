@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::is_subject_token;
 use crate::CoreError;
 
+mod providers;
+pub use providers::ProviderConfig;
+
 /// Off (no cloud tier) while `hub_domain` is empty.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +41,9 @@ pub struct HybridConfig {
     pub tools: BTreeMap<String, EgressRule>,
     /// Per API key id (as `jetsonmind keys list` shows it).
     pub keys: BTreeMap<String, EgressRule>,
+    /// OpenAI-compatible endpoints serving compute's text tools as replicas
+    /// of the cloud tier (no hub needed).
+    pub providers: Vec<ProviderConfig>,
 }
 
 impl Default for HybridConfig {
@@ -53,6 +59,7 @@ impl Default for HybridConfig {
             egress: EgressRule::default(),
             tools: BTreeMap::new(),
             keys: BTreeMap::new(),
+            providers: Vec::new(),
         }
     }
 }
@@ -102,6 +109,8 @@ impl HybridConfig {
         if !(1..=5).contains(&self.backup_replicas) {
             return fail("backup_replicas must be 1 to 5".into());
         }
+        providers::validate(&self.providers)
+            .map_err(|e| CoreError::Config(format!("hybrid.{e}")))?;
         let rules = std::iter::once(("egress".to_string(), &self.egress))
             .chain(self.tools.iter().map(|(t, r)| (format!("tools.{t}"), r)))
             .chain(self.keys.iter().map(|(k, r)| (format!("keys.{k}"), r)));
