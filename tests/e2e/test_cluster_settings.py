@@ -25,19 +25,19 @@ def three_nodes(binary, tmp_path, nats_cluster):
         yield nodes, nats_cluster
 
 
-def cluster_keys(binary, nats, *args):
-    """`jetsonmind keys ARGS` against the cluster: its `[cluster]` set by the environment."""
-    env = {**os.environ, "JETSONMIND_CLUSTER__URLS": json.dumps(nats.urls.split(","))}
+def cluster_keys(binary, nats, *args, env=None):
+    """`jetsonmind keys ARGS` against the cluster: its `[cluster]` set by the environment (and `env`)."""
+    env = {**os.environ, **(env or {}), "JETSONMIND_CLUSTER__URLS": json.dumps(nats.urls.split(","))}
     done = subprocess.run([str(binary), "keys", *args], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
-def create_cluster_key(binary, nats, name, *scopes):
+def create_cluster_key(binary, nats, name, *scopes, env=None):
     args = ["create", "--name", name]
     for scope in scopes:
         args += ["--scope", scope]
-    return cluster_keys(binary, nats, *args)
+    return cluster_keys(binary, nats, *args, env=env)
 
 
 def key_id(key):

@@ -5,6 +5,9 @@ WAN link (about 50 ms round trip, 1% of frames lost each way). Driven by the off
 what crosses the uplinks, nats-py at the hub."""
 
 import json
+import os
+import shutil
+import subprocess
 import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
@@ -16,6 +19,7 @@ import pytest
 from conftest import NO_CACHE, connected, eventually, read_json, start_nodes, stop_serve
 from natscluster import NatsHybrid, Wan
 from natsclient import caught_up, nats_client, stream_exists, stream_payloads
+from test_cluster_settings import cluster_keys, create_cluster_key, key_id, session_works
 
 # Each compute replica holds one call at once (one running, one waiting: capacity 2, ceiling 50%), so a
 # handful of calls fills a site.
@@ -212,3 +216,54 @@ async def in_step(site_js, hub_js, name):
     """The hub's mirror of the site's stream `name` has all the site has, and no lag."""
     count = (await site_js.stream_info(name)).state.messages
     return await caught_up(hub_js, name, count) and (await hub_js.stream_info(name)).state.messages == count
+
+
+def restore_from_cloud(binary, site, env):
+    """`jetsonmind restore --from-cloud` for a site: its stdout."""
+    env = {**os.environ, **env, "JETSONMIND_CLUSTER__URLS": json.dumps(site.urls.split(","))}
+    done = subprocess.run([str(binary), "restore", "--from-cloud"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def wipe(cluster, i):
+    """Server i of `cluster` loses everything it stored (a replaced disk), then starts again."""
+    server = cluster.servers[i]
+    server.stop()
+    shutil.rmtree(server.store)
+    cluster.restart(i)
+    cluster.wait_ready()
+
+
+@pytest.mark.anyio
+async def test_a_site_that_lost_its_nats_state_is_rebuilt_from_the_hub(binary, tmp_path):
+    with NatsHybrid(tmp_path / "hybrid", sites=1, wan=WAN) as hybrid:
+        site, env = hybrid.sites[0], {**site_env(hybrid, 0), "JETSONMIND_AUTH__REQUIRED": "true"}
+        admin = create_cluster_key(binary, site, "admin", "admin", env=env)
+        revoked = create_cluster_key(binary, site, "gone", "tools:*", env=env)
+        cluster_keys(binary, site, "revoke", key_id(revoked), env=env)
+        (first,) = start_nodes(binary, tmp_path, site, ["s1a"], env).values()
+        try:
+            async with connected(first.url, admin) as client:
+                changed = await client.call_tool("update_settings", {"settings": {"cache": {"ttl_secs": 4321}}})
+                assert not changed.is_error, changed.content
+        finally:
+            stop_serve(first)
+        async with nats_client(hybrid.hub.client_address(0)) as hub, nats_client(site.client_address(0)) as at_site:
+            for bucket in ("KV_site1_settings", "KV_site1_keys"):
+                await eventually(f"the hub has {bucket}", lambda: in_step(at_site.jetstream(), hub.jetstream(), bucket))
+
+        await anyio.to_thread.run_sync(wipe, site, 0)
+        await anyio.to_thread.run_sync(hybrid.wait_linked, 0)
+        report = restore_from_cloud(binary, site, env)
+        assert "KV_site1_settings: restored from the hub" in report, report
+        assert "KV_site1_keys: restored from the hub" in report, report
+
+        (replaced,) = start_nodes(binary, tmp_path, site, ["s1c"], env).values()
+        try:
+            async with connected(replaced.url, admin) as client:
+                settings = await read_json(client, "jetson://config/settings")
+                assert settings["cache"]["ttl_secs"] == 4321, settings["scope"]
+            assert not await session_works(replaced.url, revoked), "a revoked key stays revoked"
+        finally:
+            stop_serve(replaced)

@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use jetsonmind_cluster::Bus;
 use tokio_util::sync::CancellationToken;
 
@@ -224,4 +224,163 @@ pub async fn mirror_lag(
     let info = stream.info().await.map_err(StateError::jetstream)?;
     let lag = info.mirror.as_ref().map_or(0, |m| m.lag);
     Ok(Some((info.state.messages, lag)))
+}
+
+/// What [`restore_from_cloud`] did with one of the site's streams.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restored {
+    /// The site still has it (with this many records): the site's copy is
+    /// the newer one, left alone.
+    Kept { messages: u64 },
+    /// Made again at the site, numbered on from the hub's copy (so the hub's
+    /// mirror goes on from where it was), with the bucket's entries put back
+    /// (`entries`: values and delete markers; 0 for a stream, whose history
+    /// stays at the hub).
+    Rebuilt { entries: usize, first_sequence: u64 },
+    /// The hub has no copy of it.
+    NotBackedUp,
+}
+
+/// Put back at the site, from the hub's mirrors, each of `streams` the site
+/// has lost (missing, or made again empty): its buckets with every key's
+/// last value or delete marker (a revoked API key stays revoked), its
+/// streams empty but numbered on from the hub's copy. Run it with the site's
+/// nodes stopped; they rebuild their own files from the site when they join.
+pub async fn restore_from_cloud(
+    bus: &Bus,
+    hub_domain: &str,
+    streams: &[String],
+) -> Result<Vec<(String, Restored)>, StateError> {
+    let site = jetstream::new(bus.client.clone());
+    let hub = jetstream::with_domain(bus.client.clone(), hub_domain);
+    let mut done = Vec::new();
+    for name in streams {
+        let restored = restore_one(bus, &site, &hub, name).await?;
+        done.push((name.clone(), restored));
+    }
+    Ok(done)
+}
+
+async fn restore_one(
+    bus: &Bus,
+    site: &jetstream::Context,
+    hub: &jetstream::Context,
+    name: &str,
+) -> Result<Restored, StateError> {
+    let backup = match hub.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.map_err(StateError::jetstream)?.clone(),
+        Err(e) if is_not_found(e.kind()) => return Ok(Restored::NotBackedUp),
+        Err(e) => return Err(StateError::JetStream(format!("the hub's {name}: {e}"))),
+    };
+    match site.get_stream(name).await {
+        Ok(mut stream) => {
+            let messages = stream
+                .info()
+                .await
+                .map_err(StateError::jetstream)?
+                .state
+                .messages;
+            if messages > 0 {
+                return Ok(Restored::Kept { messages });
+            }
+            site.delete_stream(name)
+                .await
+                .map_err(StateError::jetstream)?;
+        }
+        Err(e) if is_not_found(e.kind()) => {}
+        Err(e) => return Err(StateError::JetStream(format!("the site's {name}: {e}"))),
+    }
+    let first_sequence = backup.state.last_sequence + 1;
+    let mut config = site_config(bus, name, &backup.config)?;
+    config.first_sequence = Some(first_sequence);
+    site.create_stream(config)
+        .await
+        .map_err(|e| StateError::JetStream(format!("making the site's {name} again: {e}")))?;
+    let entries = match name.strip_prefix("KV_") {
+        Some(bucket) if backup.state.messages > 0 => replay_bucket(site, hub, bucket).await?,
+        _ => 0,
+    };
+    Ok(Restored::Rebuilt {
+        entries,
+        first_sequence,
+    })
+}
+
+/// The site stream `name` as the nodes make it: a bucket as the hub's copy
+/// says (its limits), with its own subjects; the telemetry and call streams
+/// from their own settings.
+fn site_config(
+    bus: &Bus,
+    name: &str,
+    backup: &stream::Config,
+) -> Result<stream::Config, StateError> {
+    if let Some(bucket) = name.strip_prefix("KV_") {
+        return Ok(stream::Config {
+            name: name.to_string(),
+            description: backup.description.clone(),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            storage: stream::StorageType::File,
+            num_replicas: bus.bucket_replicas(),
+            max_messages_per_subject: backup.max_messages_per_subject,
+            max_bytes: backup.max_bytes,
+            max_age: backup.max_age,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        });
+    }
+    if *name == crate::calls::stream_name(bus) {
+        return Ok(crate::calls::stream_config(bus));
+    }
+    if *name == bus.bucket_name("telemetry") {
+        return Ok(crate::views::stream_config(bus));
+    }
+    Err(StateError::Invalid(format!(
+        "{name}: not a stream a site backs up, so not restored"
+    )))
+}
+
+/// Put every key of the hub's copy of `bucket` back into the site's: its
+/// last value, or its delete marker. Returns how many.
+async fn replay_bucket(
+    site: &jetstream::Context,
+    hub: &jetstream::Context,
+    bucket: &str,
+) -> Result<usize, StateError> {
+    use futures::StreamExt;
+    let backup = hub
+        .get_key_value(bucket)
+        .await
+        .map_err(StateError::jetstream)?;
+    let restored = site
+        .get_key_value(bucket)
+        .await
+        .map_err(StateError::jetstream)?;
+    let mut entries = backup
+        .watch_with_history(">")
+        .await
+        .map_err(StateError::jetstream)?;
+    let mut count = 0;
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(StateError::jetstream)?;
+        let pending = entry.delta;
+        let put = match entry.operation {
+            kv::Operation::Put => restored
+                .put(&entry.key, entry.value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            kv::Operation::Delete | kv::Operation::Purge => {
+                restored.delete(&entry.key).await.map_err(|e| e.to_string())
+            }
+        };
+        put.map_err(|e| StateError::JetStream(format!("{bucket}.{}: {e}", entry.key)))?;
+        count += 1;
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(count)
 }

@@ -50,7 +50,7 @@ pub fn stream_name(bus: &Bus) -> String {
     bus.bucket_name("analytics")
 }
 
-fn stream_config(bus: &Bus) -> stream::Config {
+pub(crate) fn stream_config(bus: &Bus) -> stream::Config {
     stream::Config {
         name: stream_name(bus),
         description: Some("JetsonMind call records: one per call each node served".into()),

@@ -158,7 +158,7 @@ impl ClusterView for LiveSnapshots {
     }
 }
 
-fn stream_config(bus: &Bus) -> stream::Config {
+pub(crate) fn stream_config(bus: &Bus) -> stream::Config {
     stream::Config {
         name: bus.bucket_name("telemetry"),
         description: Some("JetsonMind telemetry: each node's recent metrics and analytics".into()),

@@ -65,10 +65,17 @@ pub enum Command {
     },
     /// Restore a backup into the data dir (stop its servers first). Every
     /// file is checked against the backup's manifest before the data dir is
-    /// touched; it is then replaced in one step.
+    /// touched; it is then replaced in one step. With `--from-cloud`, put
+    /// back instead what the site lost (its buckets, its streams) from the
+    /// cloud hub's backup (`[cluster]` and `hybrid.hub_domain` set; the
+    /// site's nodes stopped); a node then rebuilds its own files as it joins.
     Restore {
         /// The archive `jetsonmind backup` wrote.
-        archive: PathBuf,
+        #[arg(required_unless_present = "from_cloud", conflicts_with = "from_cloud")]
+        archive: Option<PathBuf>,
+        /// From the hub's backup of this site, not from an archive.
+        #[arg(long)]
+        from_cloud: bool,
         /// Restore over a data dir that is not empty; what is there is moved
         /// to `<data dir>.before-restore-<time>`, not deleted.
         #[arg(long)]

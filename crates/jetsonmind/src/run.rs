@@ -38,7 +38,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     // Before the config is loaded: the settings a restore replaces may be
     // what does not load.
-    if let Command::Restore { archive, force } = &cli.command {
+    if let Command::Restore {
+        archive: Some(archive),
+        force,
+        ..
+    } = &cli.command
+    {
         return crate::backup::restore_command(&sources, archive, *force);
     }
     if let Command::Serve(serve) = &cli.command {
@@ -56,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { output } => {
             return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
+        Command::Restore { .. } => return crate::backup::cloud::restore_command(&config).await,
         Command::Models(command) => return crate::models::run(command, &config).await,
         Command::Keys(command) => return crate::keys::run(command, &config).await,
         Command::Cluster(ClusterCommand::Status { json, .. }) => {

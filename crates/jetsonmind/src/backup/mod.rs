@@ -26,6 +26,7 @@
 //!
 //! [`ModelStore::snapshot`]: jetsonmind_data::store::ModelStore::snapshot
 
+pub mod cloud;
 mod create;
 mod restore;
 
