@@ -6,6 +6,7 @@ their replicas (as JSON and as a table), and a node killed with SIGKILL leaves i
 reached is a clear error."""
 
 import json
+import os
 import signal
 import subprocess
 
@@ -28,15 +29,15 @@ def three_nodes(binary, tmp_path, nats_cluster):
         yield nodes, nats_cluster
 
 
-def status(binary, tmp_path, urls, *args):
-    """`jetsonmind cluster status --cluster URLS ARGS`: (exit code, stdout, stderr)."""
+def status(binary, tmp_path, urls, *args, env=None):
+    """`jetsonmind cluster status --cluster URLS ARGS` (with `env` added): (exit code, stdout, stderr)."""
     command = [str(binary), "--data-dir", str(tmp_path / "cli"), "cluster", "status", "--cluster", urls, *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
     return done.returncode, done.stdout, done.stderr
 
 
-def status_json(binary, tmp_path, urls):
-    code, out, err = status(binary, tmp_path, urls, "--json")
+def status_json(binary, tmp_path, urls, env=None):
+    code, out, err = status(binary, tmp_path, urls, "--json", env=env)
     assert code == 0, err
     return json.loads(out)
 

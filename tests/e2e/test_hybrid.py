@@ -20,6 +20,7 @@ from conftest import NO_CACHE, connected, eventually, read_json, start_nodes, st
 from natscluster import NatsHybrid, Wan
 from natsclient import caught_up, nats_client, stream_exists, stream_payloads
 from test_cluster_settings import cluster_keys, create_cluster_key, key_id, session_works
+from test_cluster_views import status_json
 
 # Each compute replica holds one call at once (one running, one waiting: capacity 2, ceiling 50%), so a
 # handful of calls fills a site.
@@ -173,8 +174,13 @@ async def settings_document(js, bucket):
 
 
 @pytest.mark.anyio
-async def test_a_site_cut_off_keeps_serving_and_the_hub_gets_every_record_once_healed(hybrid_tier):
+async def test_a_site_cut_off_keeps_serving_and_the_hub_gets_every_record_once_healed(binary, tmp_path, hybrid_tier):
     hybrid, nodes = hybrid_tier
+
+    def cloud_status():
+        """What `jetsonmind cluster status` says of the hub, from site1."""
+        return status_json(binary, tmp_path, hybrid.sites[0].urls, site_env(hybrid, 0))["cloud"]
+
     async with nats_client(hybrid.hub.client_address(0)) as hub, nats_client(hybrid.sites[0].client_address(0)) as site:
         hub_js, site_js = hub.jetstream(), site.jetstream()
         records, settings = "site1_analytics", "KV_site1_settings"
@@ -198,6 +204,7 @@ async def test_a_site_cut_off_keeps_serving_and_the_hub_gets_every_record_once_h
             assert await analytics_calls(client) == counted + calls, "the site's analytics go on"
             assert (await site_js.stream_info(records)).state.messages >= held + calls
             assert (await hub_js.stream_info(records)).state.messages == held, "nothing crossed the cut"
+            assert not (await anyio.to_thread.run_sync(cloud_status))["reachable"]
 
         await anyio.to_thread.run_sync(hybrid.heal, 0)
         await eventually("the hub catches up once healed", lambda: in_step(site_js, hub_js, records), timeout=60)
@@ -210,6 +217,10 @@ async def test_a_site_cut_off_keeps_serving_and_the_hub_gets_every_record_once_h
         await eventually("the settings changed while cut reach the hub", lambda: in_step(site_js, hub_js, settings))
         document = await settings_document(hub.jetstream(), "site1_settings")
         assert "4321" in json.dumps(document), document
+        healed = await anyio.to_thread.run_sync(cloud_status)
+        assert healed["reachable"] and healed["cloud_nodes"] == ["c1"], healed
+        shown = {b["stream"]: b for b in healed["backups"]}
+        assert shown[records]["hub_messages"] >= held + calls and shown[settings]["lag"] == 0, shown
 
 
 async def in_step(site_js, hub_js, name):

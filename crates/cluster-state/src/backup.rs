@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use jetsonmind_cluster::Bus;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::StateError;
@@ -210,20 +211,86 @@ fn check_mirror(name: &str, hub: &stream::Config, site_domain: &str) -> Result<(
     }
 }
 
-/// Where the hub's mirror of one site stream is: how many records it has and
-/// how far behind the site it is (for `jetsonmind cluster status`, tests).
-pub async fn mirror_lag(
-    hub: &jetstream::Context,
-    name: &str,
-) -> Result<Option<(u64, u64)>, StateError> {
-    let mut stream = match hub.get_stream(name).await {
-        Ok(stream) => stream,
-        Err(e) if is_not_found(e.kind()) => return Ok(None),
-        Err(e) => return Err(StateError::jetstream(e)),
+/// The cloud tier as a site sees it (`jetsonmind cluster status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CloudReading {
+    pub hub_domain: String,
+    /// The hub answered through the site's leaf link.
+    pub reachable: bool,
+    /// The cloud's live nodes (its membership bucket's keys).
+    pub cloud_nodes: Vec<String>,
+    /// Each of the site's backed-up streams, as the hub holds it.
+    pub backups: Vec<BackupState>,
+}
+
+/// One stream's backup at the hub.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupState {
+    pub stream: String,
+    /// Records at the site, and in the hub's mirror (`None`: no mirror yet).
+    pub site_messages: Option<u64>,
+    pub hub_messages: Option<u64>,
+    /// Records the mirror says it is behind by.
+    pub lag: Option<u64>,
+}
+
+/// Read the hub (`hub_domain`) through the leaf link: the cloud cluster
+/// `cloud_cluster`'s nodes and the mirrors of `streams`. An unreachable hub
+/// is a reading too (`reachable: false`), not an error.
+pub async fn read_cloud(
+    bus: &Bus,
+    hub_domain: &str,
+    cloud_cluster: &str,
+    streams: &[String],
+) -> CloudReading {
+    let site = jetstream::new(bus.client.clone());
+    let hub = jetstream::with_domain(bus.client.clone(), hub_domain);
+    let reachable = hub.query_account().await.is_ok();
+    let mut reading = CloudReading {
+        hub_domain: hub_domain.to_string(),
+        reachable,
+        cloud_nodes: Vec::new(),
+        backups: Vec::new(),
     };
-    let info = stream.info().await.map_err(StateError::jetstream)?;
-    let lag = info.mirror.as_ref().map_or(0, |m| m.lag);
-    Ok(Some((info.state.messages, lag)))
+    if reachable
+        && let Ok(members) = hub.get_key_value(format!("{cloud_cluster}_members")).await
+        && let Ok(keys) = members.keys().await
+    {
+        use futures::TryStreamExt;
+        reading.cloud_nodes = keys.try_collect().await.unwrap_or_default();
+        reading.cloud_nodes.sort();
+    }
+    for name in streams {
+        let (hub_messages, lag) = match reachable {
+            true => mirror_state(&hub, name).await,
+            false => (None, None),
+        };
+        reading.backups.push(BackupState {
+            stream: name.clone(),
+            site_messages: messages(&site, name).await,
+            hub_messages,
+            lag,
+        });
+    }
+    reading
+}
+
+async fn messages(js: &jetstream::Context, name: &str) -> Option<u64> {
+    let mut stream = js.get_stream(name).await.ok()?;
+    Some(stream.info().await.ok()?.state.messages)
+}
+
+async fn mirror_state(hub: &jetstream::Context, name: &str) -> (Option<u64>, Option<u64>) {
+    let Ok(mut stream) = hub.get_stream(name).await else {
+        return (None, None);
+    };
+    match stream.info().await {
+        Ok(info) => (
+            Some(info.state.messages),
+            info.mirror.as_ref().map(|m| m.lag),
+        ),
+        Err(_) => (None, None),
+    }
 }
 
 /// What [`restore_from_cloud`] did with one of the site's streams.

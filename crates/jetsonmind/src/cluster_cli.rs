@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jetsonmind_cluster::Bus;
+use jetsonmind_cluster_state::backup::{self, CloudReading};
 use jetsonmind_cluster_state::status::{ClusterReading, Member};
 use jetsonmind_core::Config;
 use jetsonmind_core::config::ClusterConfig;
@@ -25,7 +26,7 @@ pub async fn status(json: bool, config: &Config) -> anyhow::Result<()> {
         "no cluster to look at: pass --cluster nats://HOST:4222 or set [cluster] urls"
     );
     let limit = Duration::from_millis(cluster.status_timeout_ms);
-    let status = tokio::time::timeout(limit, read_status(cluster))
+    let status = tokio::time::timeout(limit, read_status(config))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -52,6 +53,10 @@ pub struct ClusterStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placements: Option<Vec<Value>>,
     pub totals: Totals,
+    /// With a cloud hub (`hybrid.hub_domain`): the uplink, the cloud's nodes
+    /// and the backups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudReading>,
 }
 
 /// The whole cluster, from the nodes' telemetry.
@@ -113,8 +118,19 @@ pub struct ModelRow {
 /// The server whose calls are the others' calls, forwarded.
 const GATEWAY: &str = "jetsonmind-gateway";
 
-async fn read_status(config: &ClusterConfig) -> anyhow::Result<ClusterStatus> {
+async fn read_status(whole: &Config) -> anyhow::Result<ClusterStatus> {
+    let config = &whole.cluster;
     let bus = Bus::connect(config).await?;
+    let hybrid = &whole.hybrid;
+    let cloud = match hybrid.enabled() {
+        true => {
+            let streams = backup::backed_up(&bus, hybrid.backup_model_files);
+            Some(
+                backup::read_cloud(&bus, &hybrid.hub_domain, &hybrid.cloud_cluster, &streams).await,
+            )
+        }
+        false => None,
+    };
     let reading = ClusterReading::read(&bus).await?;
     let snapshots = &reading.telemetry;
     let members = &reading.members;
@@ -137,6 +153,7 @@ async fn read_status(config: &ClusterConfig) -> anyhow::Result<ClusterStatus> {
             metrics: metrics_totals(snapshots),
             tools: tool_totals(snapshots),
         },
+        cloud,
     })
 }
 

@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use jetsonmind_cluster_state::backup::CloudReading;
+
 use super::{ClusterStatus, ModelRow, NodeRow, Readiness};
 
 const NODE_HEADERS: [&str; 10] = [
@@ -20,6 +22,7 @@ const NODE_HEADERS: [&str; 10] = [
 ];
 const MODEL_HEADERS: [&str; 4] = ["MODEL", "SIZE", "HOLDERS", "LOADED ON"];
 const PLACEMENT_HEADERS: [&str; 3] = ["PLACEMENT", "REPLICAS", "STRATEGY"];
+const BACKUP_HEADERS: [&str; 4] = ["BACKUP", "AT SITE", "AT HUB", "LAG"];
 
 pub fn render(status: &ClusterStatus) -> String {
     let mut out = match status.nodes.is_empty() {
@@ -38,6 +41,33 @@ pub fn render(status: &ClusterStatus) -> String {
         out.push('\n');
         out += &table(&PLACEMENT_HEADERS, placements.iter().map(placement_cells));
     }
+    if let Some(cloud) = &status.cloud {
+        out += &cloud_lines(cloud);
+    }
+    out
+}
+
+/// The hub in a line, then each backup.
+fn cloud_lines(cloud: &CloudReading) -> String {
+    let link = match cloud.reachable {
+        true => format!("reachable; cloud nodes {}", list(&cloud.cloud_nodes)),
+        false => {
+            "UNREACHABLE (uplink down?): calls stay on the site, backups catch up later".into()
+        }
+    };
+    let mut out = format!("\nHub {}: {link}\n", cloud.hub_domain);
+    let count = |n: Option<u64>| known(n.map(|n| n.to_string()));
+    out += &table(
+        &BACKUP_HEADERS,
+        cloud.backups.iter().map(|b| {
+            vec![
+                b.stream.clone(),
+                count(b.site_messages),
+                count(b.hub_messages),
+                count(b.lag),
+            ]
+        }),
+    );
     out
 }
 
@@ -183,5 +213,39 @@ mod tests {
         let placement = serde_json::json!({"model": "smol", "replicas": 2, "strategy": "spread"});
         assert_eq!(placement_cells(&placement), ["smol", "2", "spread"]);
         assert_eq!(placement_cells(&serde_json::json!({})), ["-", "-", "-"]);
+    }
+
+    #[test]
+    fn the_hub_says_whether_it_is_reachable_and_how_far_each_backup_is() {
+        use jetsonmind_cluster_state::backup::BackupState;
+        let mut cloud = CloudReading {
+            hub_domain: "hub".into(),
+            reachable: true,
+            cloud_nodes: vec!["c1".into()],
+            backups: vec![BackupState {
+                stream: "site1_analytics".into(),
+                site_messages: Some(12),
+                hub_messages: Some(10),
+                lag: Some(2),
+            }],
+        };
+        let row = |text: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.starts_with("site1_analytics"));
+            line.unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        let text = cloud_lines(&cloud);
+        assert!(
+            text.contains("Hub hub: reachable; cloud nodes c1"),
+            "{text}"
+        );
+        assert_eq!(row(&text), ["site1_analytics", "12", "10", "2"], "{text}");
+        cloud.reachable = false;
+        (cloud.backups[0].hub_messages, cloud.backups[0].lag) = (None, None);
+        let text = cloud_lines(&cloud);
+        assert!(text.contains("UNREACHABLE"), "{text}");
+        assert_eq!(row(&text), ["site1_analytics", "12", "-", "-"], "{text}");
     }
 }
