@@ -1,7 +1,8 @@
-# Shared by migrate_single_to_cluster.sh and migrate_cluster_to_single.sh: the jetsonmind command
-# with the node's flags, timed steps, stopping and starting `jetsonmind serve`, the check through a
-# node's gateway. Sourced, not run; the caller sets bin, python, data_dir, config, listen, serve_pid,
-# token_env.
+# Shared by migrate_single_to_cluster.sh, migrate_cluster_to_single.sh and integrate_cloud_backup.sh:
+# the jetsonmind command with the node's flags, timed steps, stopping and starting `jetsonmind serve`,
+# restarting a process as it ran, the check through a node's gateway. Sourced, not run; the caller
+# sets bin, python, data_dir, config, listen, serve_pid, token_env (and stop_hint: what a failed step
+# says besides its name).
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin="${bin:-$repo/target/release/jetsonmind}"
@@ -32,7 +33,7 @@ step() {
     echo "==> $name"
     start=$(date +%s.%N)
     if ! "$@"; then
-        echo "stopped at step '$name'; the backup is in $data_dir/backups" >&2
+        echo "stopped at step '$name'; ${stop_hint:-the backup is in $data_dir/backups}" >&2
         exit 1
     fi
     end=$(date +%s.%N)
@@ -87,14 +88,39 @@ start_node() {
     [ -n "${listen:-}" ] && args+=(--listen "$listen")
     nohup "$bin" ${data_dir:+--data-dir "$data_dir"} ${config:+--config "$config"} "${args[@]}" >"$log" 2>&1 &
     echo $! >"$data_dir/serve.pid"
+    wait_serving "$!" "$log" || return 1
+    echo "serving at $served_url (pid $(cat "$data_dir/serve.pid"), log $log)"
+}
+
+# wait_serving PID LOG: until the `jetsonmind serve` PID logging to LOG serves; its URL in served_url.
+wait_serving() {
     local deadline=$((SECONDS + 60))
-    until grep -q "listening on http" "$log"; do
-        kill -0 "$(cat "$data_dir/serve.pid")" 2>/dev/null || { cat "$log" >&2; return 1; }
-        [ $SECONDS -lt $deadline ] || { echo "serve did not start: $log" >&2; return 1; }
+    until grep -q "listening on http" "$2"; do
+        kill -0 "$1" 2>/dev/null || { cat "$2" >&2; return 1; }
+        [ $SECONDS -lt $deadline ] || { echo "serve did not start: $2" >&2; return 1; }
         sleep 0.2
     done
-    served_url=$(grep -o 'listening on http[^ ]*' "$log" | head -1 | sed 's/^listening on //')
-    echo "serving at $served_url (pid $(cat "$data_dir/serve.pid"), log $log)"
+    served_url=$(grep -o 'listening on http[^ ]*' "$2" | head -1 | sed 's/^listening on //')
+}
+
+# restart_as_it_ran PID LOG: stop process PID (SIGTERM, waited for) and start it again with the same
+# command line, directory and environment, in the background, its output appended to LOG; the new
+# pid in restarted_pid. For a process started by hand or by a harness, which no service manager
+# restarts; read before it stops, so a pid that is gone changes nothing.
+restart_as_it_ran() {
+    local pid=$1 log=$2 cwd argv=() environment=()
+    running "$pid" || { echo "pid $pid is not running: cannot tell how it ran" >&2; return 1; }
+    mapfile -d '' argv <"/proc/$pid/cmdline" && mapfile -d '' environment <"/proc/$pid/environ" \
+        && cwd=$(readlink "/proc/$pid/cwd") || { echo "cannot read how pid $pid ran (/proc/$pid)" >&2; return 1; }
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 30))
+    while running "$pid"; do
+        [ $SECONDS -lt $deadline ] || { echo "pid $pid (${argv[0]}) did not stop" >&2; return 1; }
+        sleep 0.1
+    done
+    (cd "$cwd" && exec nohup env -i "${environment[@]}" "${argv[@]}") >>"$log" 2>&1 </dev/null &
+    restarted_pid=$!
+    echo "restarted ${argv[0]##*/} as it ran: pid $restarted_pid (log $log)"
 }
 
 # check_via URL: this node's key, settings and models work through the gateway at URL.

@@ -118,6 +118,8 @@ class NatsServer:
         self.config = workdir / f"{name}.conf"
         self.store = workdir / f"{name}-store"
         self.log = workdir / f"{name}.log"
+        # Where it writes its pid, as a service's would: a script can then signal or restart it.
+        self.pid_file = workdir / f"{name}.pid"
         self.process = None
         self.monitor_url = None  # set by the cluster: reachable from the test process
 
@@ -130,6 +132,7 @@ class NatsServer:
             f'server_name: "{self.name}"\n'
             f'listen: "{self.listen_host}:{self.client_port}"\n'
             f'http: "127.0.0.1:{self.monitor_port}"\n'
+            f'pid_file: "{self.pid_file}"\n'
             f'ping_interval: "{PING_INTERVAL}"\n'
             f"ping_max: {PING_MAX}\n"
             "jetstream {\n"
@@ -454,6 +457,16 @@ class Wan:
 WANEM = Path(__file__).with_name("wanem.py")
 
 
+HUB_DOMAIN = "hub"
+
+
+def hub_cluster(workdir, netns=None):
+    """A one-server hub: JetStream domain "hub", accepting leaf connections (not advertised). In `netns`
+    (a Netns) when given, its client port then forwarded here."""
+    leaf = Leafing(HUB_DOMAIN, accept=True)
+    return NatsCluster(workdir, n=1, netns=netns, leaf=leaf, prefix="hub", clients_here=netns is not None)
+
+
 class NatsHybrid:
     """A hub (`hub`: JetStream domain "hub", accepting leaf connections) and `sites` edge sites
     (`sites[k]`: `servers_per_site` servers in domain "site{k+1}"), each site's servers leafed to the hub;
@@ -464,7 +477,7 @@ class NatsHybrid:
     what `Netns.cut` gives), `heal(k)` lets the site's servers reconnect, which they retry every
     `Leafing.RECONNECT_SECS`."""
 
-    HUB_DOMAIN = "hub"
+    HUB_DOMAIN = HUB_DOMAIN
 
     def __init__(self, tmp_path, sites=2, servers_per_site=1, wan=None):
         self.workdir = Path(tmp_path)
@@ -476,8 +489,7 @@ class NatsHybrid:
         self.wan = wan
         self._hub_host = Netns(count=1, subnet="10.232.9") if wan is not None else None
         try:
-            hub_leaf = Leafing(self.HUB_DOMAIN, accept=True)
-            self.hub = NatsCluster(self.workdir / "hub", n=1, netns=self._hub_host, leaf=hub_leaf, prefix="hub", clients_here=True)
+            self.hub = hub_cluster(self.workdir / "hub", netns=self._hub_host)
             for k in range(sites):
                 self._add_site(k, servers_per_site)
             for k in range(sites):
