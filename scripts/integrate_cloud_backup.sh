@@ -21,7 +21,7 @@
 #                cluster's settings, so every node has them)
 #   6 nodes      each node, one at a time: restarted (hub_domain is read at join), waited for until
 #                its routing has a replica of the cloud
-#   7 backups    the hub mirrors KV_<c>_settings, _keys, _models, _placements, <c>_telemetry and
+#   7 backups    the hub mirrors KV_<c>_settings, _keys, _models, _placements, _spending, <c>_telemetry and
 #                <c>_analytics from the site's domain, caught up
 #   8 failover   --failover-calls text_generate calls at once through the first node: more than the
 #                site takes under its ceiling, so some must run in the cloud (each call's route says
@@ -154,7 +154,7 @@ has_our_leaf() { grep -qF "$BEGIN_MARK" "$1"; }
 
 mirror_names() {
     local c=$cluster
-    echo "KV_${c}_settings KV_${c}_keys KV_${c}_models KV_${c}_placements ${c}_telemetry ${c}_analytics"
+    echo "KV_${c}_settings KV_${c}_keys KV_${c}_models KV_${c}_placements KV_${c}_spending ${c}_telemetry ${c}_analytics"
 }
 
 # The hub's streams: "name api-prefix-of-its-mirror lag messages" per line.

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 
 SITE = "edge1"
 STEPS = ["preflight", "config", "nats", "link", "settings", "nodes", "backups", "failover"]
-MIRRORS = [f"KV_{SITE}_settings", f"KV_{SITE}_keys", f"KV_{SITE}_models", f"KV_{SITE}_placements",
+MIRRORS = [f"KV_{SITE}_settings", f"KV_{SITE}_keys", f"KV_{SITE}_models", f"KV_{SITE}_placements", f"KV_{SITE}_spending",
            f"{SITE}_telemetry", f"{SITE}_analytics"]
 
 

@@ -31,10 +31,11 @@ use crate::status::is_not_found;
 const RECHECK: Duration = Duration::from_secs(30);
 
 /// The site streams the hub backs up: the KV buckets (settings, API keys,
-/// model registry, placements), the telemetry and the call records; the
+/// model registry, placements, cloud spending), the telemetry and the call
+/// records; the
 /// model files' Object Store when `model_files`.
 pub fn backed_up(bus: &Bus, model_files: bool) -> Vec<String> {
-    let kv = ["settings", "keys", "models", "placements"]
+    let kv = ["settings", "keys", "models", "placements", "spending"]
         .map(|what| format!("KV_{}", bus.bucket_name(what)));
     let streams = [bus.bucket_name("telemetry"), crate::calls::stream_name(bus)];
     let files = model_files.then(|| format!("OBJ_{}", bus.bucket_name("model_files")));

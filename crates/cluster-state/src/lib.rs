@@ -11,6 +11,8 @@
 //!   node shows the whole cluster's metrics and analytics; [`status`]
 //!   reads all of the above for `jetsonmind cluster status`.
 //! - [`calls`]: a record of every call each node served, in a stream.
+//! - [`spending`]: what each caller spent in the cloud, counted by all the
+//!   site's nodes together (budgets hold across the site).
 //! - [`backup`]: with a cloud hub, the hub mirrors the site's streams and
 //!   buckets (store-and-forward across a cut uplink).
 //!
@@ -23,6 +25,7 @@ pub mod keys;
 pub mod models;
 pub mod placement;
 pub mod settings;
+pub mod spending;
 pub mod status;
 pub mod views;
 

@@ -6,10 +6,14 @@
 //! call stays at the edge if any layer says so, the lowest latency target
 //! wins, and a request can narrow what its key allows but never widen it.
 //! The key's budget (or the default's) caps what its cloud calls cost per
-//! period; spending is counted by this node's control plane.
+//! period. In a cluster, spending is counted in the cluster's KV
+//! ([`SharedSpending`]), so a budget holds across the site's nodes; alone, or
+//! while the site's NATS cannot be reached, each node counts what it spent.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jetsonmind_core::auth::Principal;
@@ -85,10 +89,45 @@ impl Budget {
 }
 
 /// The egress rules of one site, and what each caller spent.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EgressRules {
     hybrid: HybridConfig,
+    /// What each caller spent this period, as last known here.
     spent: Mutex<HashMap<String, Spent>>,
+    /// Where the site's nodes count together, once this node joins a cluster.
+    shared: OnceLock<Arc<dyn SharedSpending>>,
+}
+
+impl std::fmt::Debug for EgressRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressRules")
+            .field("hybrid", &self.hybrid)
+            .field("shared", &self.shared.get().is_some())
+            .finish()
+    }
+}
+
+/// What a charge found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Charge {
+    /// Charged: the caller's total for the period after it.
+    Charged(f64),
+    /// Refused, the limit would be passed: the total as it stands.
+    Refused(f64),
+}
+
+/// Where the nodes of a site keep, together, what each caller spent in the
+/// cloud per period (the cluster's KV).
+pub trait SharedSpending: Send + Sync {
+    /// Add `cost` to what `caller` (a principal id) spent in `period`,
+    /// unless that would pass `limit`; atomically across the nodes.
+    fn add<'a>(
+        &'a self,
+        caller: &'a str,
+        period: u64,
+        cost: f64,
+        limit: Option<f64>,
+    ) -> Pin<Box<dyn Future<Output = Result<Charge, String>> + Send + 'a>>;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +141,19 @@ impl EgressRules {
         Self {
             hybrid: hybrid.clone(),
             spent: Mutex::default(),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// Count spending with the site's other nodes from now on. Only the
+    /// first call counts.
+    pub fn share_spending(&self, shared: Arc<dyn SharedSpending>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// The budget period (`hybrid.budget_period_s`).
+    pub fn budget_period_s(&self) -> u64 {
+        self.hybrid.budget_period_s
     }
 
     /// What a cloud call costs.
@@ -151,13 +202,41 @@ impl EgressRules {
     }
 
     /// Charge `caller` for one cloud call, if its budget allows it; false
-    /// when it does not (then the call must not go to the cloud).
-    pub fn charge(&self, caller: &Principal, cost: f64) -> bool {
+    /// when it does not (then the call must not go to the cloud). Counted
+    /// with the site's other nodes when it can be, else here alone.
+    pub async fn charge(&self, caller: &Principal, cost: f64) -> bool {
         let limit = self
             .key_rule(caller)
             .and_then(|r| r.budget)
             .or(self.hybrid.egress.budget);
         let period = self.period_now();
+        if let Some(shared) = self.shared.get() {
+            match shared.add(&caller.id, period, cost, limit).await {
+                Ok(Charge::Charged(total)) => return self.learn(caller, period, total, true),
+                Ok(Charge::Refused(total)) => return self.learn(caller, period, total, false),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot count cloud spending with the site's nodes; this node counts alone"
+                ),
+            }
+        }
+        self.charge_here(caller, period, cost, limit)
+    }
+
+    /// Remember the total the site counted; `charged` passes through.
+    fn learn(&self, caller: &Principal, period: u64, total: f64, charged: bool) -> bool {
+        let mut spent = self.spent.lock().expect("spending lock");
+        spent.insert(
+            caller.id.clone(),
+            Spent {
+                period,
+                amount: total,
+            },
+        );
+        charged
+    }
+
+    fn charge_here(&self, caller: &Principal, period: u64, cost: f64, limit: Option<f64>) -> bool {
         let mut spent = self.spent.lock().expect("spending lock");
         let entry = spent.entry(caller.id.clone()).or_insert(Spent {
             period,
@@ -258,17 +337,20 @@ mod tests {
         assert_eq!(other.budget, None, "no budget: unlimited");
     }
 
-    #[test]
-    fn a_budget_is_charged_per_caller_until_spent() {
+    #[tokio::test]
+    async fn a_budget_is_charged_per_caller_until_spent() {
         let rules = rules();
         let k1 = caller("key:k1");
-        assert!(rules.charge(&k1, 1.5));
-        assert!(!rules.charge(&k1, 1.0), "1.5 + 1.0 > 2.0");
-        assert!(rules.charge(&k1, 0.5));
+        assert!(rules.charge(&k1, 1.5).await);
+        assert!(!rules.charge(&k1, 1.0).await, "1.5 + 1.0 > 2.0");
+        assert!(rules.charge(&k1, 0.5).await);
         let budget = rules.resolve(&k1, "text_generate", None).budget.unwrap();
         assert_eq!((budget.spent, budget.limit), (2.0, 2.0));
         assert!(!budget.allows(0.1));
-        assert!(rules.charge(&caller("key:k2"), 100.0), "k2 has no budget");
+        assert!(
+            rules.charge(&caller("key:k2"), 100.0).await,
+            "k2 has no budget"
+        );
     }
 
     #[test]

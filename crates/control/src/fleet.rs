@@ -358,6 +358,12 @@ impl Fleet {
         let _ = self.on_change.set(notify);
     }
 
+    /// What may leave the site, and the spending it is counted against
+    /// (shared by the fleets made with the same settings).
+    pub fn egress(&self) -> &Arc<EgressRules> {
+        &self.settings.egress
+    }
+
     /// Name this node (its cluster id): routes and health say where the
     /// fleet's own replicas run. Only the first call counts.
     pub fn set_node(&self, node: &str) {
@@ -675,7 +681,9 @@ impl Fleet {
             let Some(replica) = decision.chosen().and_then(|name| self.replica(name)) else {
                 continue;
             };
-            if replica.tier().is_cloud() && !self.charge_for_cloud(&replica, caller, &mut egress) {
+            if replica.tier().is_cloud()
+                && !self.charge_for_cloud(&replica, caller, &mut egress).await
+            {
                 continue;
             }
             tried.insert(replica.name().to_string());
@@ -742,14 +750,17 @@ impl Fleet {
     /// when its budget has no room left for it (another call took it since
     /// the decision), say so in `egress`, so the next decision leaves out
     /// the cloud replicas that no longer fit.
-    pub fn charge_for_cloud(
+    pub async fn charge_for_cloud(
         &self,
         replica: &Replica,
         caller: &Principal,
         egress: &mut Egress,
     ) -> bool {
         let rules = &self.settings.egress;
-        if rules.charge(caller, replica.cost(rules.cloud_call_cost())) {
+        if rules
+            .charge(caller, replica.cost(rules.cloud_call_cost()))
+            .await
+        {
             return true;
         }
         // A cheaper replica may still fit: record what is spent, not "all".

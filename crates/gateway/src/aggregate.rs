@@ -41,12 +41,13 @@ pub async fn fan_out(
     };
     let decision = fleet.decide(tool, &arguments, None, &BTreeSet::new(), &egress);
     // Each cloud replica asked costs a call of the caller's budget.
-    let replicas: Vec<_> = decision
-        .order
-        .iter()
-        .filter_map(|name| fleet.replica(name))
-        .filter(|r| !r.tier().is_cloud() || fleet.charge_for_cloud(r, caller, &mut egress))
-        .collect();
+    let mut replicas = Vec::new();
+    for replica in decision.order.iter().filter_map(|name| fleet.replica(name)) {
+        if !replica.tier().is_cloud() || fleet.charge_for_cloud(&replica, caller, &mut egress).await
+        {
+            replicas.push(replica);
+        }
+    }
     if replicas.is_empty() {
         return tool_error(format!(
             "no replica of `{}` can take {tool} now: {}",

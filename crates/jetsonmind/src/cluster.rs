@@ -15,6 +15,7 @@ use jetsonmind_cluster_state::keys::ClusterKeys;
 use jetsonmind_cluster_state::models::{ClusterModels, ModelHooks};
 use jetsonmind_cluster_state::placement::{self, ClusterPlacements, LocalModels, Placements};
 use jetsonmind_cluster_state::settings::ClusterSettings;
+use jetsonmind_cluster_state::spending::ClusterSpending;
 use jetsonmind_cluster_state::views::ClusterViews;
 use jetsonmind_cluster_state::{backup, calls};
 use jetsonmind_compute::ComputeServer;
@@ -67,6 +68,7 @@ pub async fn join(
 ) -> anyhow::Result<ClusterNode> {
     let bus = Bus::connect(&config.cluster).await?;
     let data = state.data.clone();
+    count_spending_together(config, &bus, &fleets).await?;
     calls::join(&bus, &state.analytics, shutdown.clone())
         .await
         .context("opening the cluster's analytics stream")?;
@@ -343,4 +345,21 @@ fn follow_tier<'a>(
         let fleet = fleet.clone();
         tokio::spawn(async move { fleet.check().await });
     }
+}
+
+/// Budgets hold across the site: every node counts cloud spending in the
+/// cluster's bucket (the fleets share one set of egress rules).
+async fn count_spending_together(
+    config: &Config,
+    bus: &Bus,
+    fleets: &[Arc<Fleet>],
+) -> anyhow::Result<()> {
+    let spending = ClusterSpending::open(bus, config.hybrid.budget_period_s)
+        .await
+        .context("opening the cluster's spending bucket")?;
+    let spending = Arc::new(spending);
+    for fleet in fleets {
+        fleet.egress().share_spending(spending.clone());
+    }
+    Ok(())
 }
