@@ -88,9 +88,13 @@ async def decision(client, egress=None):
 
 
 async def sees_the_cloud(client):
-    """The cloud's compute is up in this node's routing (a candidate nothing excludes)."""
+    """The cloud's compute is up in this node's routing: a candidate nothing excludes, whose load it
+    knows."""
     candidates = (await decision(client))["candidates"]
-    return any(c["replica"] == "compute@cloud.c1" and c.get("excluded") is None for c in candidates)
+    return any(
+        c["replica"] == "compute@cloud.c1" and c.get("excluded") is None and c.get("utilization") is not None
+        for c in candidates
+    )
 
 
 @asynccontextmanager
@@ -154,6 +158,18 @@ async def test_a_site_at_its_ceiling_overflows_to_the_cloud_and_edge_only_calls_
         refused = await decision(client, egress={"edge_only": True})
         cloud = next(c for c in refused["candidates"] if c["replica"] == "compute@cloud.c1")
         assert cloud["excluded"]["kind"] == "edge_only", cloud
+
+        # A fan-out asks every replica it may: the cloud's too, unless the request keeps it home.
+        assert "compute@cloud.c1" in await asked(client)
+        assert "compute@cloud.c1" not in await asked(client, meta={"jetsonmind/egress": {"edge_only": True}})
+
+
+async def asked(client, meta=None):
+    """The replicas an `aggregate_responses` of text_generate (strategy all) asked."""
+    arguments = {"tool": "text_generate", "arguments": generate("Say hi.", 4), "strategy": "all"}
+    result = await client.call_tool("aggregate_responses", arguments, meta=meta)
+    assert not result.is_error, result.content
+    return {answer["replica"] for answer in json.loads(result.content[0].text)["answers"]}
 
 
 # The must-show's outage: long enough for every node's view of the cloud to expire and calls to go on

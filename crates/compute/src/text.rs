@@ -9,6 +9,7 @@ use jetsonmind_contract::inference::{
     CODE_COMPLETE, DEFAULT_CODE_MAX_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K,
     GenerationProgress, TEXT_GENERATE,
 };
+use jetsonmind_contract::replica::mark_busy;
 use jetsonmind_core::config::ComputeConfig;
 use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
 use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
@@ -21,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{EngineError, Flow, GenerateRequest, Generation, Prompt, Sampling, TextEngine};
 use crate::models::ModelRegistry;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{AdmitError, Scheduler};
 use crate::schema::{ChatRole, CodeCompleteArgs, TextGenerateArgs};
 
 /// Everything a generation needs from the compute server.
@@ -32,6 +33,22 @@ pub struct TextService {
     pub settings: ComputeConfig,
 }
 
+/// A call's result: its value, or its error as a tool error (marked busy
+/// when it never started for want of a slot, so a router tries elsewhere).
+fn answer(result: Result<Value, CallError>) -> CallToolResult {
+    match result {
+        Ok(value) => tool_result(value),
+        Err(error) => {
+            let busy = matches!(error, CallError::Admit(AdmitError::Busy { .. }));
+            let mut refused = tool_error(error.to_string());
+            if busy {
+                mark_busy(&mut refused);
+            }
+            refused
+        }
+    }
+}
+
 /// Why a call produced no text; shown to the caller as a tool error.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -40,7 +57,7 @@ pub enum CallError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
-    Admit(#[from] crate::scheduler::AdmitError),
+    Admit(#[from] AdmitError),
 }
 
 impl TextService {
@@ -82,7 +99,7 @@ impl TextService {
             .await
         }
         .await;
-        result.map_or_else(|e| tool_error(e.to_string()), tool_result)
+        answer(result)
     }
 
     pub async fn code_complete(
@@ -128,7 +145,7 @@ impl TextService {
             .await
         }
         .await;
-        result.map_or_else(|e| tool_error(e.to_string()), tool_result)
+        answer(result)
     }
 
     /// The cached answer for `key`, or run and remember it. `None`: not cacheable.

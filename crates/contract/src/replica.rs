@@ -3,10 +3,33 @@
 
 use std::collections::BTreeMap;
 
+use rmcp::model::CallToolResult;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The resource every compute replica offers.
 pub const REPLICA_STATUS_URI: &str = "jetson://compute/status";
+
+/// The `_meta` key a replica sets on the tool error it gives when it is too
+/// busy to start a call (slots and queue full): nothing ran, so a router may
+/// send the call to another replica, or wait for room, instead of passing
+/// the refusal on.
+pub const BUSY_META_KEY: &str = "jetsonmind/busy";
+
+/// Say, in `result`, that the replica was too busy to start the call.
+pub fn mark_busy(result: &mut CallToolResult) {
+    let meta = result.meta.get_or_insert_with(Default::default);
+    meta.0.insert(BUSY_META_KEY.into(), Value::Bool(true));
+}
+
+/// Whether `result` is a replica's "too busy to start it".
+pub fn is_busy(result: &CallToolResult) -> bool {
+    result.is_error == Some(true)
+        && result
+            .meta
+            .as_ref()
+            .is_some_and(|meta| meta.0.get(BUSY_META_KEY) == Some(&Value::Bool(true)))
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

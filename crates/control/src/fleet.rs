@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use jetsonmind_contract::access::ToolFlags;
 use jetsonmind_contract::inference::model_named;
-use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport, is_busy};
 use jetsonmind_contract::route::{self, Hop};
 use jetsonmind_core::auth::{Principal, ToolAccess, delegate};
 use jetsonmind_core::config::{ControlConfig, GatewayConfig, HybridConfig};
@@ -691,6 +691,14 @@ impl Fleet {
                 .call_on(&replica, params.clone(), caller, sink.clone(), cancel)
                 .await;
             match attempt {
+                // Nothing ran there (its slots and queue were full, by load
+                // this router did not see): another replica, or room.
+                Attempt::Answered(result)
+                    if is_busy(&result) && tried.len() < self.settings.max_attempts as usize =>
+                {
+                    failures.push(format!("{}: busy", replica.name()));
+                    tracing::debug!(fleet = %self.name, replica = %replica.name(), %tool, "replica busy; routing again");
+                }
                 Attempt::Answered(mut result) => {
                     let hop = Hop {
                         backend: self.name.clone(),

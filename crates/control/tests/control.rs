@@ -24,7 +24,9 @@ use jetsonmind_core::rmcp::model::{
 };
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::upstream::{Connector, Upstream};
-use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_from};
+use jetsonmind_core::{
+    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_error, tool_from,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +58,8 @@ struct FakeReplica {
     catalog: Arc<Catalog>,
     report: Mutex<ReplicaReport>,
     calls: AtomicUsize,
+    /// Answers every call "busy", as compute does with its queue full.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 impl FakeReplica {
@@ -79,6 +83,7 @@ impl FakeReplica {
                 ..ReplicaReport::default()
             }),
             calls: AtomicUsize::new(0),
+            busy: Default::default(),
         })
     }
 
@@ -107,6 +112,11 @@ impl McpUnit for FakeReplica {
 
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.busy.load(Ordering::SeqCst) {
+            let mut refused = tool_error("busy: 1 generations running and 1 waiting");
+            jetsonmind_contract::replica::mark_busy(&mut refused);
+            return Ok(refused);
+        }
         let delay = call.arguments.get("delay_ms").and_then(Value::as_u64);
         tokio::time::sleep(Duration::from_millis(delay.unwrap_or(0))).await;
         let model = call.arguments.get("model").and_then(Value::as_str);
@@ -705,4 +715,42 @@ async fn dispatch_authorizes_the_caller_and_the_replica_checks_again() {
     let refused = direct.peer().call_tool(forwarded).await.unwrap_err();
     assert!(refused.to_string().contains("forbidden"), "{refused}");
     assert_eq!(replica.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_replica_too_busy_to_start_a_call_sends_it_to_another() {
+    let (full, free) = (FakeReplica::new("full"), FakeReplica::new("free"));
+    full.busy.store(true, Ordering::SeqCst);
+    let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
+    in_process_replica(&fleet, &full);
+    in_process_replica(&fleet, &free);
+    fleet.check().await;
+    let never = CancellationToken::new();
+    for i in 0..4 {
+        let text = format!("call {i}");
+        let params = call("write", json!({ "text": text }));
+        let result = fleet
+            .call_tool(params, local(), None, None, &never)
+            .await
+            .unwrap();
+        assert_ne!(result.is_error, Some(true), "{:?}", result.content);
+        assert_eq!(structured(&result)["by"], "free");
+    }
+    assert!(
+        full.calls.load(Ordering::SeqCst) >= 1,
+        "it was asked, and said busy"
+    );
+
+    free.busy.store(true, Ordering::SeqCst);
+    let params = call("write", json!({ "text": "nowhere" }));
+    let result = fleet
+        .call_tool(params, local(), None, None, &never)
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true));
+    let text = &result.content[0].as_text().unwrap().text;
+    assert!(
+        text.contains("full: busy") && text.contains("free: busy"),
+        "{text}"
+    );
 }

@@ -6,13 +6,14 @@ use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use jetsonmind_control::egress;
 use jetsonmind_control::fleet::{Attempt, Fleet};
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
 use jetsonmind_core::tool_error;
+use jetsonmind_core::unit::CallContext;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::schema::AggregateStrategy;
 
@@ -32,9 +33,13 @@ pub async fn fan_out(
     arguments: JsonObject,
     caller: &Principal,
     strategy: AggregateStrategy,
-    cancel: &CancellationToken,
+    context: &CallContext,
 ) -> CallToolResult {
-    let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.clone());
+    let cancel = &context.cancel;
+    // Each fanned-out call asks what the aggregate's request asked of egress.
+    let mut params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
+    egress::carry(&context.meta, &mut params.meta);
+    let arguments = params.arguments.clone().unwrap_or_default();
     let mut egress = match fleet.egress_of(&params, caller) {
         Ok(egress) => egress,
         Err(e) => return tool_error(e.message.to_string()),
@@ -57,8 +62,7 @@ pub async fn fan_out(
     let mut calls: FuturesUnordered<_> = replicas
         .iter()
         .map(|replica| {
-            let params =
-                CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.clone());
+            let params = params.clone();
             async move {
                 let attempt = fleet.call_on(replica, params, caller, None, cancel).await;
                 answer(replica.name(), attempt)

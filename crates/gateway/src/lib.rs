@@ -29,6 +29,7 @@ use jetsonmind_core::rmcp::model::{
     JsonObject, Prompt, ReadResourceResult, Tool,
 };
 use jetsonmind_core::subscribe::ListChanges;
+use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::upstream::{Connector, ResourceChange, Secret};
 use jetsonmind_core::{
     Catalog, CoreError, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, not_available,
@@ -427,9 +428,7 @@ impl Gateway {
             }
             "aggregate_responses" => {
                 let args: AggregateResponsesArgs = call.parse()?;
-                Ok(self
-                    .aggregate(args, &call.caller, &call.context.cancel)
-                    .await)
+                Ok(self.aggregate(args, &call.caller, &call.context).await)
             }
             "handle_auth" => {
                 let over_http = principal_of(&call.context.extensions).is_some();
@@ -528,7 +527,7 @@ impl Gateway {
         &self,
         args: AggregateResponsesArgs,
         caller: &Principal,
-        cancel: &CancellationToken,
+        context: &CallContext,
     ) -> CallToolResult {
         let Some((backend, original)) = self.route_of(&args.tool) else {
             return tool_error(format!(
@@ -559,7 +558,7 @@ impl Gateway {
             args.arguments,
             caller,
             args.strategy,
-            cancel,
+            context,
         )
         .await
     }
