@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -23,6 +24,9 @@ use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
 #[derive(Clone)]
 pub struct ClusterKeys {
     bucket: kv::Store,
+    /// How long a node's first reading may keep failing: a NATS cluster
+    /// that just lost or got back a server answers slowly for a while.
+    patience: Duration,
 }
 
 impl ClusterKeys {
@@ -35,7 +39,8 @@ impl ClusterKeys {
             1,
         );
         let bucket = open_bucket(bus, config).await?;
-        Ok(Self { bucket })
+        let patience = Duration::from_millis(bus.config.node_ttl_ms).max(Duration::from_secs(10));
+        Ok(Self { bucket, patience })
     }
 
     /// Create a key with `scopes` for the whole cluster; shown once.
@@ -74,6 +79,20 @@ impl ClusterKeys {
         Ok(keys)
     }
 
+    /// [`Self::list`], retried for a while (a node joining: see `patience`).
+    async fn list_patiently(&self) -> Result<Vec<StoredKey>, StateError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            match self.list().await {
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "listing the cluster's api keys; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                listed => return listed,
+            }
+        }
+    }
+
     async fn get(&self, id: &str) -> Result<Option<StoredKey>, StateError> {
         match self.bucket.get(id).await.map_err(StateError::jetstream)? {
             Some(bytes) => decode(&bytes).map(Some),
@@ -109,7 +128,7 @@ impl ClusterKeys {
         store: Arc<KeyStore>,
         shutdown: CancellationToken,
     ) -> Result<(), StateError> {
-        let keys = self.list().await?;
+        let keys = self.list_patiently().await?;
         store
             .replace(keys)
             .map_err(|e| StateError::Invalid(e.to_string()))?;
