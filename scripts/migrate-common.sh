@@ -74,10 +74,15 @@ stop_serve() {
     [ -n "$pid" ] || { echo "(no --serve-pid: stop jetsonmind serve yourself before this)"; return 0; }
     running "$pid" || { echo "(pid $pid is not running)"; return 0; }
     is_serve "$pid" || { echo "pid $pid is not a jetsonmind serve: not stopping it" >&2; return 1; }
-    kill -TERM "$pid"
+    terminate "$pid" "serve (pid $pid)"
+}
+
+# terminate PID WHAT: SIGTERM, then wait up to 30 s for PID to end (WHAT names it if it does not).
+terminate() {
+    kill -TERM "$1"
     local deadline=$((SECONDS + 30))
-    while running "$pid"; do
-        [ $SECONDS -lt $deadline ] || { echo "serve (pid $pid) did not stop" >&2; return 1; }
+    while running "$1"; do
+        [ $SECONDS -lt $deadline ] || { echo "$2 did not stop" >&2; return 1; }
         sleep 0.1
     done
 }
@@ -112,12 +117,7 @@ restart_as_it_ran() {
     running "$pid" || { echo "pid $pid is not running: cannot tell how it ran" >&2; return 1; }
     mapfile -d '' argv <"/proc/$pid/cmdline" && mapfile -d '' environment <"/proc/$pid/environ" \
         && cwd=$(readlink "/proc/$pid/cwd") || { echo "cannot read how pid $pid ran (/proc/$pid)" >&2; return 1; }
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
-    while running "$pid"; do
-        [ $SECONDS -lt $deadline ] || { echo "pid $pid (${argv[0]}) did not stop" >&2; return 1; }
-        sleep 0.1
-    done
+    terminate "$pid" "pid $pid (${argv[0]})" || return 1
     (cd "$cwd" && exec nohup env -i "${environment[@]}" "${argv[@]}") >>"$log" 2>&1 </dev/null &
     restarted_pid=$!
     echo "restarted ${argv[0]##*/} as it ran: pid $restarted_pid (log $log)"

@@ -25,12 +25,18 @@ def three_nodes(binary, tmp_path, nats_cluster):
         yield nodes, nats_cluster
 
 
-def cluster_keys(binary, nats, *args, env=None):
-    """`jetsonmind keys ARGS` against the cluster: its `[cluster]` set by the environment (and `env`)."""
+def cluster_cli(binary, nats, *args, env=None, timeout=60):
+    """`jetsonmind ARGS` against the cluster, which must succeed: its `[cluster]` set by the environment
+    (and `env`); its stdout."""
     env = {**os.environ, **(env or {}), "JETSONMIND_CLUSTER__URLS": json.dumps(nats.urls.split(","))}
-    done = subprocess.run([str(binary), "keys", *args], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run([str(binary), *args], capture_output=True, text=True, env=env, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def cluster_keys(binary, nats, *args, env=None):
+    """`jetsonmind keys ARGS` against the cluster."""
+    return cluster_cli(binary, nats, "keys", *args, env=env)
 
 
 def create_cluster_key(binary, nats, name, *scopes, env=None):

@@ -5,9 +5,7 @@ WAN link (about 50 ms round trip, 1% of frames lost each way). Driven by the off
 what crosses the uplinks, nats-py at the hub."""
 
 import json
-import os
 import shutil
-import subprocess
 import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
@@ -19,7 +17,7 @@ import pytest
 from conftest import NO_CACHE, connected, eventually, read_json, start_nodes, stop_serve
 from natscluster import NatsHybrid, Wan
 from natsclient import caught_up, nats_client, stream_exists, stream_payloads
-from test_cluster_settings import cluster_keys, create_cluster_key, key_id, session_works
+from test_cluster_settings import cluster_cli, cluster_keys, create_cluster_key, key_id, session_works
 from test_cluster_views import status_json
 
 # Each compute replica holds one call at once (one running, one waiting: capacity 2, ceiling 50%), so a
@@ -247,14 +245,6 @@ async def in_step(site_js, hub_js, name):
     return await caught_up(hub_js, name, count) and (await hub_js.stream_info(name)).state.messages == count
 
 
-def restore_from_cloud(binary, site, env):
-    """`jetsonmind restore --from-cloud` for a site: its stdout."""
-    env = {**os.environ, **env, "JETSONMIND_CLUSTER__URLS": json.dumps(site.urls.split(","))}
-    done = subprocess.run([str(binary), "restore", "--from-cloud"], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def wipe(cluster, i):
     """Server i of `cluster` loses everything it stored (a replaced disk), then starts again."""
     server = cluster.servers[i]
@@ -286,7 +276,7 @@ async def test_a_site_that_lost_its_nats_state_is_rebuilt_from_the_hub(binary, t
 
         await anyio.to_thread.run_sync(wipe, site, 0)
         await anyio.to_thread.run_sync(hybrid.wait_linked, 0)
-        report = restore_from_cloud(binary, site, env)
+        report = cluster_cli(binary, site, "restore", "--from-cloud", env=env, timeout=120)
         assert "KV_site1_settings: restored from the hub" in report, report
         assert "KV_site1_keys: restored from the hub" in report, report
 

@@ -8,12 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
-use jetsonmind_cluster::Bus;
+use jetsonmind_cluster::{Bus, ClusterError};
 use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::auth::keys::{NewKey, StoredKey, mint};
 use tokio_util::sync::CancellationToken;
@@ -24,9 +23,10 @@ use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
 #[derive(Clone)]
 pub struct ClusterKeys {
     bucket: kv::Store,
-    /// How long a node's first reading may keep failing: a NATS cluster
-    /// that just lost or got back a server answers slowly for a while.
-    patience: Duration,
+    /// For a node's first reading, retried as the buckets' first opening
+    /// is ([`Bus::patiently`]): a NATS cluster that just lost or got back a
+    /// server answers slowly for a while.
+    bus: Bus,
 }
 
 impl ClusterKeys {
@@ -39,8 +39,10 @@ impl ClusterKeys {
             1,
         );
         let bucket = open_bucket(bus, config).await?;
-        let patience = Duration::from_millis(bus.config.node_ttl_ms).max(Duration::from_secs(10));
-        Ok(Self { bucket, patience })
+        Ok(Self {
+            bucket,
+            bus: bus.clone(),
+        })
     }
 
     /// Create a key with `scopes` for the whole cluster; shown once.
@@ -79,18 +81,19 @@ impl ClusterKeys {
         Ok(keys)
     }
 
-    /// [`Self::list`], retried for a while (a node joining: see `patience`).
+    /// [`Self::list`], retried for a while (a node joining).
     async fn list_patiently(&self) -> Result<Vec<StoredKey>, StateError> {
-        let deadline = tokio::time::Instant::now() + self.patience;
-        loop {
-            match self.list().await {
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "listing the cluster's api keys; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                listed => return listed,
-            }
-        }
+        let listed = self
+            .bus
+            .patiently("listing the cluster's api keys", || async {
+                self.list().await.map_err(|e| match e {
+                    StateError::Cluster(e) => e,
+                    StateError::JetStream(why) => ClusterError::JetStream(why),
+                    other => ClusterError::JetStream(other.to_string()),
+                })
+            })
+            .await?;
+        Ok(listed)
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredKey>, StateError> {

@@ -4,12 +4,11 @@
 //! budget holds across the site however many nodes its calls come in at.
 //! Entries of past periods age out (twice the period).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use jetsonmind_cluster::Bus;
 use jetsonmind_control::egress::{Charge, SharedSpending};
 
@@ -88,7 +87,7 @@ impl SharedSpending for ClusterSpending {
         period: u64,
         cost: f64,
         limit: Option<f64>,
-    ) -> Pin<Box<dyn Future<Output = Result<Charge, String>> + Send + 'a>> {
+    ) -> BoxFuture<'a, Result<Charge, String>> {
         Box::pin(async move {
             self.add_now(caller, period, cost, limit)
                 .await

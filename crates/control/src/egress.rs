@@ -11,11 +11,10 @@
 //! while the site's NATS cannot be reached, each node counts what it spent.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::{EgressRule, HybridConfig};
 use jetsonmind_core::rmcp::model::RequestMetaObject;
@@ -127,7 +126,7 @@ pub trait SharedSpending: Send + Sync {
         period: u64,
         cost: f64,
         limit: Option<f64>,
-    ) -> Pin<Box<dyn Future<Output = Result<Charge, String>> + Send + 'a>>;
+    ) -> BoxFuture<'a, Result<Charge, String>>;
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -35,6 +35,27 @@ pub struct ChatRequest {
     pub stream_options: StreamOptions,
 }
 
+impl ChatRequest {
+    /// A streamed request with greedy sampling and no stop strings (what
+    /// code completion sends; text generation sets its own sampling).
+    fn greedy(model: String, messages: Vec<Message>, max_tokens: u32) -> Self {
+        Self {
+            model,
+            messages,
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: None,
+            seed: None,
+            stop: Vec::new(),
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Message {
     pub role: &'static str,
@@ -118,19 +139,14 @@ fn text_generate(provider: &ProviderConfig, args: TextGenerateArgs) -> Result<Ca
             stop.len()
         )));
     }
+    let max_tokens = args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let body = ChatRequest {
-        model: provider_model,
-        messages: messages(turns),
-        max_tokens: args.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         temperature: args.temperature.unwrap_or(DEFAULT_TEMPERATURE),
         top_p: args.top_p_or_default().map_err(invalid)?,
         top_k: args.top_k,
         seed: args.seed,
         stop,
-        stream: true,
-        stream_options: StreamOptions {
-            include_usage: true,
-        },
+        ..ChatRequest::greedy(provider_model, messages(turns), max_tokens)
     };
     Ok(Call {
         body,
@@ -143,20 +159,12 @@ fn text_generate(provider: &ProviderConfig, args: TextGenerateArgs) -> Result<Ca
 fn code_complete(provider: &ProviderConfig, args: CodeCompleteArgs) -> Result<Call, NotSent> {
     let (model, provider_model) = model_of(provider, args.model.as_deref())?;
     args.check().map_err(invalid)?;
-    let body = ChatRequest {
-        model: provider_model,
-        messages: messages(instruct_completion(&args)),
-        max_tokens: args.max_tokens.unwrap_or(DEFAULT_CODE_MAX_TOKENS),
-        temperature: 0.0,
-        top_p: 1.0,
-        top_k: None,
-        seed: None,
-        stop: Vec::new(),
-        stream: true,
-        stream_options: StreamOptions {
-            include_usage: true,
-        },
-    };
+    let max_tokens = args.max_tokens.unwrap_or(DEFAULT_CODE_MAX_TOKENS);
+    let body = ChatRequest::greedy(
+        provider_model,
+        messages(instruct_completion(&args)),
+        max_tokens,
+    );
     Ok(Call {
         body,
         model,
