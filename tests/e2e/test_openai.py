@@ -58,3 +58,25 @@ def test_errors_are_openai_shaped(client):
     assert "/temperature" in bad.value.body["message"]
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="default", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}])
+
+
+def test_usage_reports_the_reused_prompt_prefix_and_streams_last(client):
+    """Agents resend a long system prompt with every call: the second call reads only its own question
+    (the compute server's prefix cache), and says so in OpenAI's usage.prompt_tokens_details."""
+    system = " ".join(f"Rule {i}: answer briefly and kindly." for i in range(60))
+
+    def ask(question, **more):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return client.chat.completions.create(model="default", messages=messages, temperature=0, max_tokens=8,
+                                              **more)
+
+    first = ask("Name a colour.")
+    second = ask("Name a fruit.")
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+    assert 300 < second.usage.prompt_tokens_details.cached_tokens < second.usage.prompt_tokens
+    chunks = list(ask("Name a tree.", stream=True, stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.completion_tokens > 0
+    assert last.usage.prompt_tokens_details.cached_tokens > 300
+    assert all(c.usage is None for c in chunks[:-1])

@@ -23,7 +23,7 @@ use jetsonmind_contract::inference::{
 };
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::ComputeEngine;
+use jetsonmind_core::config::{ComputeConfig, ComputeEngine};
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
@@ -33,6 +33,7 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
+use jetsonmind_data::gguf;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
@@ -83,21 +84,36 @@ impl ComputeServer {
         store: Arc<ModelStore>,
         loader: Option<Loader>,
     ) -> Self {
-        let settings = config.compute.clone();
+        let mut settings = config.compute.clone();
+        let vitals = LinuxReader::new("/");
+        let budget_bytes = match settings.memory_budget_bytes {
+            0 => default_budget(&vitals),
+            bytes => bytes,
+        };
+        let simulated = settings.engine == ComputeEngine::Simulated;
+        settings.parallel = match (settings.parallel, simulated) {
+            (0, true) => 1,
+            (0, false) => {
+                let slots =
+                    placement::auto_slots(budget_bytes, default_context_bytes(&store, &settings));
+                tracing::info!(slots, "compute.parallel = 0: sequence slots per model");
+                slots
+            }
+            (n, _) => n,
+        };
         let llama = LlamaSettings {
             threads: match settings.threads {
-                0 => (available_cores() / settings.parallel).max(1),
+                0 => available_cores(),
                 n => n,
             },
             context_size: settings.context_size,
             gpu_layers: settings.gpu_layers,
+            slots: settings.parallel as u32,
+            batch_size: settings.batch_size,
+            prefix_cache: settings.prefix_cache,
         };
-        let vitals = LinuxReader::new("/");
         let placement = Placement {
-            budget_bytes: match settings.memory_budget_bytes {
-                0 => default_budget(&vitals),
-                bytes => bytes,
-            },
+            budget_bytes,
             keep_alive: match settings.keep_alive_secs {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
@@ -110,7 +126,6 @@ impl ComputeServer {
             llama,
             placement,
         );
-        let simulated = settings.engine == ComputeEngine::Simulated;
         if simulated {
             tracing::warn!(
                 prompt_token_us = settings.simulator.prompt_token_us,
@@ -171,6 +186,12 @@ impl ComputeServer {
             model_bytes: estimates.bytes,
             unusable_models: estimates.unusable,
         }
+    }
+
+    /// Generations decoded together per loaded model (`compute.parallel`,
+    /// resolved when it is 0).
+    pub fn slots(&self) -> usize {
+        self.text.settings.parallel
     }
 
     /// Pull models this node's store lacks from `source` (the cluster's
@@ -262,6 +283,16 @@ async fn sweep_idle_models(models: Weak<ModelRegistry>) {
         };
         models.sweep();
     }
+}
+
+/// The KV bytes of one full context of the default model, from its GGUF
+/// header; `None` when the store lacks it or the header does not say.
+fn default_context_bytes(store: &ModelStore, settings: &ComputeConfig) -> Option<u64> {
+    let path = store.main_file(&settings.default_model).ok()?;
+    let file = std::fs::File::open(path).ok()?;
+    let metadata = gguf::read_metadata(std::io::BufReader::new(file)).ok()?;
+    let per_token = gguf::kv_bytes_per_token(&metadata).ok()??;
+    per_token.checked_mul(settings.context_size as u64)
 }
 
 fn available_cores() -> usize {

@@ -5,6 +5,24 @@
 
 use std::time::{Duration, Instant};
 
+/// Most slots chosen when `compute.parallel` is 0 (llama-server's common
+/// choice; more rarely adds throughput on an edge device).
+pub const MAX_AUTO_SLOTS: usize = 8;
+
+/// Slots when the default model's KV size is unknown.
+pub const FALLBACK_SLOTS: usize = 4;
+
+/// How many sequence slots a model gets when none is configured: as many
+/// full contexts of `context_bytes` (KV of one sequence) as a quarter of
+/// the memory budget holds, from 1 to [`MAX_AUTO_SLOTS`]; the rest of the
+/// budget stays for the weights and other models.
+pub fn auto_slots(budget_bytes: u64, context_bytes: Option<u64>) -> usize {
+    match context_bytes {
+        Some(0) | None => FALLBACK_SLOTS,
+        Some(bytes) => ((budget_bytes / 4 / bytes) as usize).clamp(1, MAX_AUTO_SLOTS),
+    }
+}
+
 /// A loaded model, as placement sees it.
 #[derive(Debug, Clone)]
 pub struct Resident {
@@ -168,5 +186,16 @@ mod tests {
             forever,
         ];
         assert_eq!(expired(&loaded, now), vec!["stale".to_string()]);
+    }
+
+    #[test]
+    fn slots_follow_the_budget_and_the_context_size() {
+        let gib = 1u64 << 30;
+        // SmolLM2-135M: about 92 MiB of KV per 4096-token context.
+        assert_eq!(auto_slots(19 * gib, Some(92 << 20)), MAX_AUTO_SLOTS);
+        // A 3B model on an 8 GB Jetson: 470 MiB per context, 6.4 GB budget.
+        assert_eq!(auto_slots(6_400_000_000, Some(470 << 20)), 3);
+        assert_eq!(auto_slots(gib, Some(2 * gib)), 1);
+        assert_eq!(auto_slots(gib, None), FALLBACK_SLOTS);
     }
 }

@@ -88,6 +88,7 @@ impl TextService {
                         seed: args.seed.map_or_else(random_seed, |s| s as u32),
                     },
                     stop: args.stop_strings().map_err(CallError::Invalid)?,
+                    cancel: Default::default(),
                 };
                 let generation = self.run(engine.clone(), request, &context).await?;
                 Ok(generation_json(
@@ -137,6 +138,7 @@ impl TextService {
                         seed: 0,
                     },
                     stop: Vec::new(),
+                    cancel: Default::default(),
                 };
                 let generation = self.run(engine.clone(), request, &context).await?;
                 let completion = strip_to_completion(&generation.text, &args.code);
@@ -215,7 +217,7 @@ impl TextService {
         context: &CallContext,
     ) -> Result<Generation, CallError> {
         let _slot = self.scheduler.admit(&context.cancel).await?;
-        let cancelled = Arc::new(AtomicBool::new(false));
+        let cancelled = request.cancel.clone();
         let _stop_on_drop = SetOnDrop(cancelled.clone());
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let relay = tokio::spawn(relay_progress(
@@ -230,7 +232,8 @@ impl TextService {
                 if flag.load(Ordering::Relaxed) {
                     return Flow::Cancel;
                 }
-                if partial.completion_tokens % every == 0 {
+                // The first token at once: a streaming client shows it.
+                if partial.completion_tokens == 1 || partial.completion_tokens % every == 0 {
                     let _ = progress_tx.send((partial.completion_tokens, partial.text.to_string()));
                 }
                 Flow::Continue
@@ -289,6 +292,7 @@ fn generation_json(engine: &dyn TextEngine, text: &str, generation: &Generation)
         "usage": {
             "prompt_tokens": generation.prompt_tokens,
             "completion_tokens": generation.completion_tokens,
+            "cached_prompt_tokens": generation.cached_prompt_tokens,
         },
         "timings": generation.timings,
         "cached": false,

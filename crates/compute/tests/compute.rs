@@ -100,6 +100,7 @@ impl TextEngine for FakeEngine {
         Ok(Generation {
             text: "ok".into(),
             prompt_tokens: 1,
+            cached_prompt_tokens: 0,
             completion_tokens: 1,
             finish_reason: FinishReason::Stop,
             timings: Timings {
@@ -306,9 +307,12 @@ async fn the_status_reports_capacity_memory_and_an_empty_residency() {
     };
     let report: ReplicaReport = serde_json::from_str(&text).unwrap();
     let config = jetsonmind_core::Config::default();
+    // compute.parallel = 0 and a store without the default model: its KV
+    // size is unknown, so the fallback slot count.
+    assert_eq!(config.compute.parallel, 0);
     assert_eq!(
         report.capacity,
-        config.compute.parallel + config.compute.queue_depth
+        jetsonmind_compute::placement::FALLBACK_SLOTS + config.compute.queue_depth
     );
     assert_eq!((report.running, report.waiting), (0, 0));
     assert!(report.loaded.is_empty() && report.model_bytes.is_empty());

@@ -207,6 +207,146 @@ async fn cancelling_stops_generation_and_frees_the_slot() {
     assert!(!out["text"].as_str().unwrap().is_empty());
 }
 
+/// Greedy answers to `prompts`, asked all at once of `client`.
+async fn greedy_together(client: &Client, prompts: &[&str], max_tokens: u32) -> Vec<Value> {
+    let calls = prompts.iter().map(|prompt| {
+        client.call_tool(call(
+            "text_generate",
+            json!({"prompt": prompt, "temperature": 0, "max_tokens": max_tokens}),
+        ))
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|result| ok(result.unwrap()))
+        .collect()
+}
+
+/// Greedy answers to `prompts`, each asked alone.
+async fn greedy_alone(client: &Client, prompts: &[&str], max_tokens: u32) -> Vec<Value> {
+    let mut answers = Vec::new();
+    for prompt in prompts {
+        answers.extend(greedy_together(client, &[prompt], max_tokens).await);
+    }
+    answers
+}
+
+fn texts(answers: &[Value]) -> Vec<&str> {
+    answers
+        .iter()
+        .map(|a| a["text"].as_str().unwrap())
+        .collect()
+}
+
+const CAPITALS: [&str; 8] = [
+    "What is the capital of France?",
+    "Write a haiku about snow.",
+    "Name three primary colours.",
+    "What is two plus two?",
+    "Explain what a tree is in one sentence.",
+    "Give me a name for a pet dog.",
+    "What do bees make?",
+    "Describe the moon briefly.",
+];
+
+/// Batching changes which sequences share a decode step, never a sequence's
+/// text: with the prefix cache off, each prompt alone and the four together
+/// read and generate the very same tokens.
+#[tokio::test]
+async fn greedy_text_is_the_same_alone_and_in_a_batch_of_four() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|c| {
+        c.compute.parallel = 4;
+        c.compute.prefix_cache = false;
+    }))
+    .await;
+    let prompts = &CAPITALS[..4];
+    let alone = greedy_alone(&client, prompts, 48).await;
+    let together = greedy_together(&client, prompts, 48).await;
+    assert_eq!(texts(&alone), texts(&together));
+    for answer in &together {
+        assert_eq!(answer["usage"]["cached_prompt_tokens"], 0);
+    }
+}
+
+#[tokio::test]
+async fn eight_concurrent_calls_all_finish_with_their_own_answers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, _) = client(config(|c| {
+        c.compute.parallel = 8;
+        c.compute.prefix_cache = false;
+    }))
+    .await;
+    let together = greedy_together(&client, &CAPITALS, 32).await;
+    let answers = texts(&together);
+    assert!(answers[0].contains("Paris"), "{answers:?}");
+    let distinct: std::collections::BTreeSet<&str> = answers.iter().copied().collect();
+    assert_eq!(distinct.len(), answers.len(), "{answers:?}");
+    for answer in &together {
+        assert!(
+            answer["usage"]["completion_tokens"].as_u64().unwrap() > 3,
+            "{answer}"
+        );
+    }
+    let alone = greedy_alone(&client, &CAPITALS, 32).await;
+    assert_eq!(texts(&alone), answers);
+}
+
+async fn ask(client: &Client, question: &str) -> Value {
+    ask_with(client, question, json!({})).await
+}
+
+/// As [`ask`], with more arguments.
+async fn ask_with(client: &Client, question: &str, more: Value) -> Value {
+    let mut arguments = agent_call(question);
+    for (key, value) in more.as_object().unwrap() {
+        arguments[key] = value.clone();
+    }
+    ok(client
+        .call_tool(call("text_generate", arguments))
+        .await
+        .unwrap())
+}
+
+/// A long shared system prompt, as agents send on every call.
+fn agent_call(question: &str) -> Value {
+    let rules: String = (1..=40)
+        .map(|i| format!("Rule {i}: answer politely, briefly and truthfully. "))
+        .collect();
+    json!({
+        "messages": [
+            {"role": "system", "content": rules},
+            {"role": "user", "content": question},
+        ],
+        "temperature": 0,
+        "max_tokens": 24,
+    })
+}
+
+#[tokio::test]
+async fn a_repeated_prefix_is_read_once_and_changes_no_answer() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (cached, _) = client(config(|c| c.compute.parallel = 2)).await;
+    let (uncached, _) = client(config(|c| c.compute.prefix_cache = false)).await;
+    let first = ask(&cached, "What is the capital of France?").await;
+    assert_eq!(first["usage"]["cached_prompt_tokens"], 0);
+    let second = ask(&cached, "What is the capital of Italy?").await;
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    let reused = second["usage"]["cached_prompt_tokens"].as_u64().unwrap();
+    // The system prompt and the template around it, not the question.
+    assert!(reused > 300 && reused < prompt, "{reused} of {prompt}");
+    let without = ask(&uncached, "What is the capital of Italy?").await;
+    assert_eq!(without["usage"]["cached_prompt_tokens"], 0);
+    assert_eq!(second["text"], without["text"]);
+
+    // The same prompt again reuses all but its last token (a seed, which
+    // greedy decoding ignores, keeps the inference cache from answering).
+    let again = ask_with(&cached, "What is the capital of Italy?", json!({"seed": 1})).await;
+    assert_eq!(again["cached"], false);
+    assert_eq!(again["usage"]["cached_prompt_tokens"], prompt - 1);
+    assert_eq!(again["text"], second["text"]);
+}
+
 #[tokio::test]
 async fn code_complete_returns_only_the_completion() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -409,7 +549,11 @@ async fn models_stay_within_the_memory_budget_and_leave_when_idle() {
         store.import(&model, &options, |_, _| {}).unwrap();
     }
     let server_with = |budget: u64| {
-        let mut config = config(|c| c.compute.memory_budget_bytes = budget);
+        // A fixed slot count: the automatic one follows the budget.
+        let mut config = config(|c| {
+            c.compute.memory_budget_bytes = budget;
+            c.compute.parallel = 2;
+        });
         config.data.dir = dir.path().to_path_buf();
         let server = UnitServer::new(
             Arc::new(ComputeServer::new(

@@ -629,16 +629,25 @@ fn default_data_dir() -> PathBuf {
 pub struct ComputeConfig {
     /// Model used when a call names none: a file name in `<data.dir>/models`.
     pub default_model: String,
-    /// CPU threads per generation; 0 means the cores shared out among `parallel`
-    /// generations (llama.cpp threads spin: more threads than cores is slower).
+    /// CPU threads for each decode step of a loaded model (its running
+    /// generations are decoded together); 0 means every core.
     pub threads: usize,
     /// Largest context (prompt + generated tokens) a call may use.
     pub context_size: u32,
     /// Layers offloaded to the GPU (builds with the `cuda` feature); 0 on CPU.
     pub gpu_layers: u32,
-    /// Generations that run at once; they share the loaded model. Others wait
-    /// in the queue. On a few CPU cores one at a time gives the most tokens/s.
+    /// Generations that run at once per loaded model, each in a sequence slot
+    /// of the model's one context, decoded together (continuous batching).
+    /// Others wait in the queue. 0: as many as a quarter of the memory budget
+    /// holds full contexts of the default model for, from 1 to 8.
     pub parallel: usize,
+    /// Most tokens one decode step takes: the next token of every generating
+    /// call, then chunks of prompts being read (a long prompt is read over
+    /// several steps, so it never stalls the others for long).
+    pub batch_size: u32,
+    /// A call whose prompt starts as one a slot holds (system prompt, tool
+    /// definitions, the conversation so far) reads only the rest.
+    pub prefix_cache: bool,
     /// Calls that may wait for a free slot; one more gets a "busy" error.
     pub queue_depth: usize,
     /// Longest prompt accepted, in bytes (all messages together).
@@ -694,6 +703,12 @@ impl Default for SimulatorConfig {
     }
 }
 
+/// Most sequences one context decodes together (llama.cpp's own limit is higher).
+pub const MAX_PARALLEL: usize = 64;
+
+/// Most tokens in one decode step.
+pub const MAX_BATCH_SIZE: u32 = 8192;
+
 /// The longest time the simulator may take per token: one second, slower
 /// than any real device, so a typo cannot hold a slot for hours.
 pub const MAX_SIMULATED_TOKEN_US: u64 = 1_000_000;
@@ -705,7 +720,9 @@ impl Default for ComputeConfig {
             threads: 0,
             context_size: 4096,
             gpu_layers: 0,
-            parallel: 1,
+            parallel: 0,
+            batch_size: 512,
+            prefix_cache: true,
             queue_depth: 16,
             max_prompt_bytes: 64 * 1024,
             max_messages: 1024,
@@ -904,11 +921,20 @@ impl Config {
             return fail("http.session_idle_timeout_ms must be at least 1".into());
         }
         let compute = &self.compute;
-        if compute.parallel == 0 || compute.context_size < 256 || compute.progress_every_tokens == 0
-        {
-            return fail(
-                "compute: parallel >= 1, context_size >= 256 and progress_every_tokens >= 1".into(),
-            );
+        if compute.context_size < 256 || compute.progress_every_tokens == 0 {
+            return fail("compute: context_size >= 256 and progress_every_tokens >= 1".into());
+        }
+        if compute.parallel > MAX_PARALLEL {
+            return fail(format!(
+                "compute.parallel is {}; at most {MAX_PARALLEL} sequences decode together \
+                 (0 chooses from the memory budget)",
+                compute.parallel
+            ));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&compute.batch_size) {
+            return fail(format!(
+                "compute.batch_size must be from 1 to {MAX_BATCH_SIZE} tokens"
+            ));
         }
         if compute.max_messages == 0 {
             return fail("compute.max_messages must be at least 1".into());

@@ -713,7 +713,7 @@ mod tests {
         let cases = [
             (json!({"cache": {"ttl_secs": "soon"}}), "cache.ttl_secs"),
             (json!({"cache": {"ttl_sec": 5}}), "ttl_sec"),
-            (json!({"compute": {"parallel": 0}}), "parallel"),
+            (json!({"compute": {"parallel": 65}}), "parallel"),
             (json!({"nosuch": {"x": 1}}), "nosuch"),
             (json!({"data": {"dir": "/tmp/x"}}), "data.dir"),
             (json!({"cache": 5}), "cache"),

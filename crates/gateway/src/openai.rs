@@ -246,6 +246,14 @@ struct ChatRequest {
     stop: Option<Stop>,
     #[serde(default)]
     stream: bool,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    /// A last chunk, with no choices, carries the usage of the whole call.
+    #[serde(default)]
+    include_usage: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,9 +386,20 @@ async fn chat_completions(
     }
 }
 
-fn completion_body(id: &str, model: &str, out: &Value) -> Value {
+/// OpenAI's usage object from text_generate's.
+fn usage(out: &Value) -> Value {
     let prompt = out["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
     let completion = out["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    let cached = out["usage"]["cached_prompt_tokens"].as_u64().unwrap_or(0);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+fn completion_body(id: &str, model: &str, out: &Value) -> Value {
     json!({
         "id": id,
         "object": "chat.completion",
@@ -391,18 +410,26 @@ fn completion_body(id: &str, model: &str, out: &Value) -> Value {
             "message": {"role": "assistant", "content": out["text"]},
             "finish_reason": out["finish_reason"],
         }],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": usage(out),
     })
 }
 
 fn chunk(id: &str, model: &str, delta: Value, finish_reason: Value) -> Event {
-    let body = json!({
+    let choices = json!([{"index": 0, "delta": delta, "finish_reason": finish_reason}]);
+    chunk_event(id, model, choices, None)
+}
+
+fn chunk_event(id: &str, model: &str, choices: Value, usage: Option<Value>) -> Event {
+    let mut body = json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": unix_now(),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": choices,
     });
+    if let Some(usage) = usage {
+        body["usage"] = usage;
+    }
     Event::default().data(body.to_string())
 }
 
@@ -416,6 +443,7 @@ fn stream_completion(
     async_stream::stream! {
         let id = api.completion_id();
         let model = request.model_name();
+        let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
         yield Ok(chunk(&id, &model, json!({"role": "assistant", "content": ""}), Value::Null));
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
         let generation = api.generate(arguments, &caller, Some(ProgressSink::channel(progress_tx)));
@@ -442,6 +470,9 @@ fn stream_completion(
                     yield Ok(chunk(&id, &model, json!({"content": rest}), Value::Null));
                 }
                 yield Ok(chunk(&id, &model, json!({}), out["finish_reason"].clone()));
+                if include_usage {
+                    yield Ok(chunk_event(&id, &model, json!([]), Some(usage(&out))));
+                }
             }
             Err(e) => yield Ok(Event::default().data(e.body().to_string())),
         }

@@ -4,6 +4,9 @@
 pub mod llama;
 pub mod simulated;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use serde::Serialize;
 
 use crate::schema::ChatRole;
@@ -33,6 +36,9 @@ pub struct GenerateRequest {
     pub max_tokens: u32,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    /// Set when the call goes away: the engine stops at its next step, even
+    /// while it is still reading the prompt (no token to answer yet).
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// Where generation stands, passed to the caller after each token.
@@ -70,6 +76,8 @@ pub struct Timings {
 pub struct Generation {
     pub text: String,
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV was reused from a common prefix, not read again.
+    pub cached_prompt_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: FinishReason,
     pub timings: Timings,
@@ -87,7 +95,7 @@ pub struct ModelInfo {
     pub supports_fill_in_middle: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load model {path}: {reason}")]
     Load { path: String, reason: String },

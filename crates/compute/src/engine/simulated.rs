@@ -180,6 +180,7 @@ impl TextEngine for SimulatedEngine {
         Ok(Generation {
             text,
             prompt_tokens: prompt_len,
+            cached_prompt_tokens: 0,
             completion_tokens,
             finish_reason,
             timings: Timings {
@@ -208,6 +209,7 @@ mod tests {
 
     fn request(prompt: &str, max_tokens: u32, stop: &[&str]) -> GenerateRequest {
         GenerateRequest {
+            cancel: Default::default(),
             prompt: Prompt::Chat(vec![(ChatRole::User, prompt.into())]),
             max_tokens,
             sampling: Sampling {

@@ -1,41 +1,66 @@
 //! The llama.cpp engine (`llama-cpp-2`): GGUF models on CPU, or CUDA with the
 //! `cuda` feature.
 
+mod batch;
+
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use self::batch::{BatchSettings, Event, Job, Worker};
 use super::{
-    EngineError, FinishReason, Flow, GenerateRequest, Generation, ModelInfo, Partial, Prompt,
-    TextEngine, Timings, cut_at_stop, per_second, stop_safe_len,
+    EngineError, Flow, GenerateRequest, Generation, ModelInfo, Partial, Prompt, Sampling,
+    TextEngine,
 };
 use crate::schema::ChatRole;
 
-/// How to run a model: threads, context limit, GPU offload.
+/// How to run a model: threads, context limit, GPU offload, batching.
 #[derive(Debug, Clone)]
 pub struct LlamaSettings {
-    /// CPU threads per generation (at least 1).
+    /// CPU threads for each decode step (at least 1).
     pub threads: usize,
+    /// Largest context (prompt and answer) of one sequence.
     pub context_size: u32,
     pub gpu_layers: u32,
+    /// Sequences decoded together, each with its own slot in the context.
+    pub slots: u32,
+    /// Most tokens in one decode step: the generating sequences' next tokens
+    /// and chunks of the prompts being read.
+    pub batch_size: u32,
+    /// Reuse the KV of the longest prompt prefix a slot holds.
+    pub prefix_cache: bool,
 }
 
+/// A loaded GGUF model and the worker thread that decodes for it.
 pub struct LlamaEngine {
-    model: LlamaModel,
+    model: Arc<LlamaModel>,
     info: ModelInfo,
-    settings: LlamaSettings,
-    /// llama.cpp may touch the model while creating a context, so contexts
-    /// are created one at a time (generation itself runs in parallel).
-    new_context: Mutex<()>,
+    /// The largest context one call may use.
+    limit: u32,
+    /// `None` only while dropping: closing it ends the worker.
+    jobs: Option<mpsc::Sender<Job>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Drop for LlamaEngine {
+    /// The context's memory is given back before the unload is done.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
 }
 
 fn model_info(model: &LlamaModel, id: String) -> ModelInfo {
@@ -79,12 +104,17 @@ impl LlamaEngine {
         let params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers);
         let model = LlamaModel::load_from_file(backend()?, path, &params)
             .map_err(|e| load_error(e.to_string()))?;
-        let info = model_info(&model, id);
+        let info = model_info(&model, id.clone());
+        let model = Arc::new(model);
+        let limit = settings.context_size.min(info.context_train.max(256));
+        let (jobs, worker) = start_worker(model.clone(), &id, &settings, limit)
+            .map_err(|reason| load_error(reason))?;
         Ok(Self {
             model,
             info,
-            settings,
-            new_context: Mutex::new(()),
+            limit,
+            jobs: Some(jobs),
+            worker: Some(worker),
         })
     }
 
@@ -143,26 +173,6 @@ impl LlamaEngine {
             }
         }
     }
-
-    /// `None` for greedy decoding, which is a plain argmax (see [`argmax`]).
-    fn sampler(&self, request: &GenerateRequest) -> Option<LlamaSampler> {
-        let s = &request.sampling;
-        if s.temperature <= 0.0 {
-            return None;
-        }
-        let mut chain = Vec::new();
-        if s.top_k > 0 {
-            chain.push(LlamaSampler::top_k(s.top_k as i32));
-        }
-        chain.push(LlamaSampler::top_p(s.top_p, 1));
-        chain.push(LlamaSampler::temp(s.temperature));
-        chain.push(LlamaSampler::dist(s.seed));
-        Some(LlamaSampler::chain_simple(chain))
-    }
-
-    fn threads(&self) -> i32 {
-        self.settings.threads.max(1) as i32
-    }
 }
 
 impl TextEngine for LlamaEngine {
@@ -175,108 +185,110 @@ impl TextEngine for LlamaEngine {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(&Partial) -> Flow,
     ) -> Result<Generation, EngineError> {
-        let inference = |e: &dyn std::fmt::Display| EngineError::Inference(e.to_string());
-        let prompt = self.prompt_tokens(&request.prompt)?;
-        let prompt_len = prompt.len() as u32;
-        let limit = self
-            .settings
-            .context_size
-            .min(self.info.context_train.max(256));
-        EngineError::unless_it_fits(prompt_len, request.max_tokens, limit)?;
-        // Only as much KV cache as this call can use: cheap to create.
-        let n_ctx = (prompt_len + request.max_tokens)
-            .next_multiple_of(256)
-            .min(limit);
-        let n_batch = n_ctx.min(512);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_batch)
-            .with_n_ubatch(n_batch)
-            .with_n_threads(self.threads())
-            .with_n_threads_batch(self.threads());
-        let mut ctx = {
-            let _one_at_a_time = self.new_context.lock().expect("context lock");
-            self.model
-                .new_context(backend()?, params)
-                .map_err(|e| inference(&e))?
+        let tokens = self.prompt_tokens(&request.prompt)?;
+        let prompt_tokens = tokens.len() as u32;
+        EngineError::unless_it_fits(prompt_tokens, request.max_tokens, self.limit)?;
+        let (events, heard) = mpsc::channel();
+        let cancel = request.cancel.clone();
+        let job = Job {
+            tokens,
+            max_tokens: request.max_tokens,
+            sampling: request.sampling.clone(),
+            stop: request.stop.clone(),
+            cancel: cancel.clone(),
+            events,
         };
-
-        let started = Instant::now();
-        let mut batch = LlamaBatch::new(n_batch as usize, 1);
-        let chunks: Vec<&[LlamaToken]> = prompt.chunks(n_batch as usize).collect();
-        for (c, chunk) in chunks.iter().enumerate() {
-            batch.clear();
-            let base = c * n_batch as usize;
-            for (i, token) in chunk.iter().enumerate() {
-                let last = c + 1 == chunks.len() && i + 1 == chunk.len();
-                batch
-                    .add(*token, (base + i) as i32, &[0], last)
-                    .map_err(|e| inference(&e))?;
-            }
-            ctx.decode(&mut batch).map_err(|e| inference(&e))?;
-        }
-        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
-
-        let generation_started = Instant::now();
-        let vocab = self.model.vocab();
-        let mut sampler = self.sampler(request);
-        let mut bytes: Vec<u8> = Vec::new();
-        let mut completion_tokens = 0u32;
-        let mut position = prompt_len as i32;
-        let mut logits_at = batch.n_tokens() - 1;
-        let finish_reason = loop {
-            if completion_tokens == request.max_tokens {
-                break FinishReason::Length;
-            }
-            let token = match sampler.as_mut() {
-                Some(sampler) => {
-                    let token = sampler.sample(&ctx, logits_at);
-                    sampler.accept(token);
-                    token
+        let stopped = || EngineError::Inference("the model's decode thread stopped".into());
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(job).map_err(|_| stopped())?;
+        for event in heard {
+            match event {
+                Event::Token {
+                    text,
+                    completion_tokens,
+                } => {
+                    let partial = Partial {
+                        text: &text,
+                        completion_tokens,
+                        prompt_tokens,
+                    };
+                    if on_token(&partial) == Flow::Cancel {
+                        // The worker frees the slot before its next step.
+                        cancel.store(true, Ordering::Relaxed);
+                        return Err(EngineError::Cancelled);
+                    }
                 }
-                None => argmax(ctx.get_logits_ith(logits_at)),
-            };
-            if vocab.is_eog(token) {
-                break FinishReason::Stop;
+                Event::Done(outcome) => return outcome,
             }
-            completion_tokens += 1;
-            bytes.extend(vocab.token_to_piece(token, false, None));
-            let mut text = valid_utf8_prefix(&bytes).to_string();
-            if cut_at_stop(&mut text, &request.stop) {
-                bytes.truncate(text.len());
-                break FinishReason::Stop;
-            }
-            let shown = &text[..stop_safe_len(&text, &request.stop)];
-            let partial = Partial {
-                text: shown,
-                completion_tokens,
-                prompt_tokens: prompt_len,
-            };
-            if on_token(&partial) == Flow::Cancel {
-                return Err(EngineError::Cancelled);
-            }
-            batch.clear();
-            batch
-                .add(token, position, &[0], true)
-                .map_err(|e| inference(&e))?;
-            position += 1;
-            logits_at = 0;
-            ctx.decode(&mut batch).map_err(|e| inference(&e))?;
-        };
-        let generation_ms = generation_started.elapsed().as_secs_f64() * 1000.0;
-        Ok(Generation {
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            prompt_tokens: prompt_len,
-            completion_tokens,
-            finish_reason,
-            timings: Timings {
-                prompt_ms,
-                generation_ms,
-                prompt_tokens_per_second: per_second(prompt_len, prompt_ms),
-                generation_tokens_per_second: per_second(completion_tokens, generation_ms),
-            },
-        })
+        }
+        Err(stopped())
     }
+}
+
+/// Create the model's one context (all slots, unified KV) on a thread of its
+/// own and serve calls there. An error (say, no memory for the KV cache) is
+/// the load's.
+fn start_worker(
+    model: Arc<LlamaModel>,
+    id: &str,
+    settings: &LlamaSettings,
+    limit: u32,
+) -> Result<(mpsc::Sender<Job>, JoinHandle<()>), String> {
+    let slots = settings.slots.max(1);
+    let batch = BatchSettings {
+        slots: slots as usize,
+        batch_size: settings.batch_size.max(1) as usize,
+        prefix_cache: settings.prefix_cache,
+    };
+    let threads = settings.threads.max(1) as i32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(limit * slots))
+        .with_n_seq_max(slots)
+        .with_kv_unified(true)
+        .with_n_batch(batch.batch_size as u32)
+        .with_n_ubatch(batch.batch_size as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let (jobs, receive) = mpsc::channel();
+    let (ready, started) = mpsc::sync_channel(1);
+    let worker = std::thread::Builder::new()
+        .name(format!("decode {id}"))
+        .spawn(move || {
+            let ctx: LlamaContext = match backend().and_then(|backend| {
+                model
+                    .new_context(backend, params)
+                    .map_err(|e| EngineError::Inference(e.to_string()))
+            }) {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("cannot create its context: {e}")));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            Worker::new(&model, ctx, batch).run(receive);
+        })
+        .map_err(|e| format!("cannot start its decode thread: {e}"))?;
+    match started.recv() {
+        Ok(Ok(())) => Ok((jobs, worker)),
+        Ok(Err(reason)) => Err(reason),
+        Err(_) => Err("its decode thread stopped while starting".into()),
+    }
+}
+
+/// `None` for greedy decoding, which is a plain argmax (see [`argmax`]).
+fn sampler(s: &Sampling) -> Option<LlamaSampler> {
+    if s.temperature <= 0.0 {
+        return None;
+    }
+    let mut chain = Vec::new();
+    if s.top_k > 0 {
+        chain.push(LlamaSampler::top_k(s.top_k as i32));
+    }
+    chain.push(LlamaSampler::top_p(s.top_p, 1));
+    chain.push(LlamaSampler::temp(s.temperature));
+    chain.push(LlamaSampler::dist(s.seed));
+    Some(LlamaSampler::chain_simple(chain))
 }
 
 /// The most likely token. llama.cpp's greedy sampler gives the same token but
