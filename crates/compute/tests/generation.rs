@@ -251,12 +251,14 @@ const CAPITALS: [&str; 8] = [
 
 /// Batching changes which sequences share a decode step, never a sequence's
 /// text: with the prefix cache off, each prompt alone and the four together
-/// read and generate the very same tokens.
+/// read and generate the very same tokens. A batch of 3 (raised to the 4
+/// slots) also reads each prompt in chunks, between the others' tokens.
 #[tokio::test]
 async fn greedy_text_is_the_same_alone_and_in_a_batch_of_four() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (client, _) = client(config(|c| {
         c.compute.parallel = 4;
+        c.compute.batch_size = 3;
         c.compute.prefix_cache = false;
     }))
     .await;

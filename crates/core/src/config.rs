@@ -643,7 +643,8 @@ pub struct ComputeConfig {
     pub parallel: usize,
     /// Most tokens one decode step takes: the next token of every generating
     /// call, then chunks of prompts being read (a long prompt is read over
-    /// several steps, so it never stalls the others for long).
+    /// several steps, so it never stalls the others for long). Raised to
+    /// `parallel` when lower, so every running call advances each step.
     pub batch_size: u32,
     /// A call whose prompt starts as one a slot holds (system prompt, tool
     /// definitions, the conversation so far) reads only the rest.

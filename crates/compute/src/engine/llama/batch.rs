@@ -180,6 +180,7 @@ impl<'m> Worker<'m> {
             let job = self.pending.pop_front().expect("a call is waiting");
             self.clock += 1;
             let reused = self.reuse_prefix(free, &job.tokens);
+            let reused = self.checked_reuse(free, reused);
             let slot = &mut self.slots[free];
             slot.last_used = self.clock;
             slot.running = Some(Sequence {
@@ -234,6 +235,29 @@ impl<'m> Worker<'m> {
         }
         self.slots[index].held = tokens[..best].to_vec();
         best
+    }
+
+    /// `reused` if the memory of slot `index` holds exactly positions
+    /// `0..reused`, as llama.cpp reports them; else nothing (all read again).
+    fn checked_reuse(&mut self, index: usize, reused: usize) -> usize {
+        if reused == 0 {
+            return 0;
+        }
+        let seq = self.slots[index].seq;
+        let (first, last) = (
+            self.ctx.kv_cache_seq_pos_min(seq),
+            self.ctx.kv_cache_seq_pos_max(seq),
+        );
+        if first == 0 && last + 1 == reused as i32 {
+            return reused;
+        }
+        tracing::warn!(
+            reused,
+            first,
+            last,
+            "a reused prompt prefix is not whole in the KV cache; reading the prompt again"
+        );
+        self.forget(index, 0)
     }
 
     /// Share the first `len` positions of `from`'s KV with `to` (which

@@ -107,8 +107,8 @@ impl LlamaEngine {
         let info = model_info(&model, id.clone());
         let model = Arc::new(model);
         let limit = settings.context_size.min(info.context_train.max(256));
-        let (jobs, worker) = start_worker(model.clone(), &id, &settings, limit)
-            .map_err(|reason| load_error(reason))?;
+        let (jobs, worker) =
+            start_worker(model.clone(), &id, &settings, limit).map_err(load_error)?;
         Ok(Self {
             model,
             info,
@@ -237,8 +237,9 @@ fn start_worker(
     let slots = settings.slots.max(1);
     let batch = BatchSettings {
         slots: slots as usize,
-        batch_size: settings.batch_size.max(1) as usize,
-        prefix_cache: settings.prefix_cache,
+        // Room for every generating sequence's next token, at least.
+        batch_size: settings.batch_size.max(slots) as usize,
+        prefix_cache: settings.prefix_cache && prefix_reuse_is_exact(&model),
     };
     let threads = settings.threads.max(1) as i32;
     let params = LlamaContextParams::default()
@@ -274,6 +275,19 @@ fn start_worker(
         Ok(Err(reason)) => Err(reason),
         Err(_) => Err("its decode thread stopped while starting".into()),
     }
+}
+
+/// Reusing the start of a sequence's memory is exact only for a plain KV
+/// cache: a recurrent state cannot be cut at a position, and a sliding-window
+/// cache lets other sequences take cells a reused prefix would still need.
+fn prefix_reuse_is_exact(model: &LlamaModel) -> bool {
+    let arch = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_default();
+    let sliding_window = model
+        .meta_val_str(&format!("{arch}.attention.sliding_window"))
+        .is_ok();
+    !(model.is_recurrent() || model.is_hybrid() || sliding_window)
 }
 
 /// `None` for greedy decoding, which is a plain argmax (see [`argmax`]).
