@@ -565,16 +565,18 @@ async fn models_stay_within_the_memory_budget_and_leave_when_idle() {
             )),
             McpConfig::default(),
         );
-        Progress::default().serve(in_process(server))
+        let progress = Progress::default();
+        let client = progress.clone().serve(in_process(server));
+        async move { (client.await.unwrap(), progress) }
     };
 
-    let probe = server_with(u64::MAX).await.unwrap();
+    let (probe, _) = server_with(u64::MAX).await;
     let bytes = status(&probe).await["model_bytes"][MODEL].as_u64().unwrap();
     let file = std::fs::metadata(&model).unwrap().len();
     assert!(bytes > file, "weights and KV cache: {bytes} vs file {file}");
 
     // Room for one of the two at a time.
-    let client = server_with(bytes + bytes / 2).await.unwrap();
+    let (client, progress) = server_with(bytes + bytes / 2).await;
     let first = ok(client
         .call_tool(call(
             "load_model",
@@ -597,13 +599,17 @@ async fn models_stay_within_the_memory_budget_and_leave_when_idle() {
     assert_eq!(now["memory_used_bytes"], bytes);
     assert!(now["loadable_bytes"].as_u64().unwrap() <= bytes + bytes / 2);
 
-    // A model in use is never unloaded.
+    // A model in use is never unloaded: asked while the call generates (a
+    // greedy story that runs to max_tokens).
     let generating = client.call_tool(call(
         "text_generate",
-        json!({"prompt": "Tell a long story.", "model": "second", "max_tokens": 300}),
+        json!({"prompt": "Write a very long story about a dragon, with many chapters.",
+               "model": "second", "max_tokens": 300, "temperature": 0}),
     ));
     let unload_meanwhile = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        while progress.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         client
             .call_tool(call("unload_model", json!({"model": "second.gguf"})))
             .await
@@ -642,7 +648,7 @@ async fn models_stay_within_the_memory_budget_and_leave_when_idle() {
     }
 
     // Too big for the budget: a clear error, nothing loaded.
-    let tiny = server_with(bytes / 2).await.unwrap();
+    let (tiny, _) = server_with(bytes / 2).await;
     let refused = tiny
         .call_tool(call(
             "text_generate",
