@@ -134,7 +134,15 @@ async def test_the_cluster_outlives_a_nats_server_and_a_restarted_node_rejoins(
         nats_cluster.kill(0)
         results = await calls(client, 24, at_once=8)
         assert not [r for r, _ in results if r.is_error]
-        assert len({node_of(r) for r, _ in results}) >= 3
+        # Nodes that were on the dead server serve again once reconnected (on a busy machine, possibly
+        # after those first calls have all been answered by the others).
+        serving = {node_of(r) for r, _ in results}
+        deadline = time.monotonic() + 60
+        while len(serving) < 3 and time.monotonic() < deadline:
+            more = await calls(client, 8, at_once=8)
+            assert not [r for r, _ in more if r.is_error]
+            serving |= {node_of(r) for r, _ in more}
+        assert len(serving) >= 3, serving
 
         # A node that goes and comes back is seen going and rejoins, on two NATS servers.
         stop_serve(four_nodes["n4"])
