@@ -126,7 +126,10 @@ def main():
     # models/ stays as it is, so llama-bench below and the next run find the GGUF.
     subprocess.run([str(BINARY), "--data-dir", data, "models", "import", str(MODEL), "--link"],
                    check=True, capture_output=True)
-    env = {"JETSONMIND_COMPUTE__THREADS": str(options.threads), "RUST_LOG": "warn", **dict(options.env or [])}
+    # Neither the inference cache nor the prompt prefix cache: the runs repeat one greedy call, and
+    # each must read its whole prompt and generate, as llama-bench does.
+    env = {"JETSONMIND_COMPUTE__THREADS": str(options.threads), "JETSONMIND_CACHE__ENABLED": "false",
+           "JETSONMIND_COMPUTE__PREFIX_CACHE": "false", "RUST_LOG": "warn", **dict(options.env or [])}
     serve, serve_url = start(["serve", "--listen", "127.0.0.1:0", "--data-dir", data], env)
     try:
         print("jetsonmind serve: text_generate through the gateway ...", flush=True)
