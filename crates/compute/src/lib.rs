@@ -33,7 +33,6 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
-use jetsonmind_data::gguf;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
@@ -289,9 +288,7 @@ async fn sweep_idle_models(models: Weak<ModelRegistry>) {
 /// header; `None` when the store lacks it or the header does not say.
 fn default_context_bytes(store: &ModelStore, settings: &ComputeConfig) -> Option<u64> {
     let path = store.main_file(&settings.default_model).ok()?;
-    let file = std::fs::File::open(path).ok()?;
-    let metadata = gguf::read_metadata(std::io::BufReader::new(file)).ok()?;
-    let per_token = gguf::kv_bytes_per_token(&metadata).ok()??;
+    let per_token = models::kv_bytes_per_token(&path).ok()??;
     per_token.checked_mul(settings.context_size as u64)
 }
 

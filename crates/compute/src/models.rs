@@ -581,13 +581,7 @@ impl ModelRegistry {
     /// attention facts are not usable numbers.
     fn estimate_bytes(&self, path: &Path) -> Result<u64, String> {
         let weights = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-        let metadata = std::fs::File::open(path)
-            .ok()
-            .and_then(|file| gguf::read_metadata(std::io::BufReader::new(file)).ok());
-        let per_token = match metadata {
-            Some(metadata) => gguf::kv_bytes_per_token(&metadata).map_err(|e| e.to_string())?,
-            None => None,
-        };
+        let per_token = kv_bytes_per_token(path)?;
         let contexts = self.settings.context_size as u64 * self.placement.parallel.max(1) as u64;
         let bytes = match per_token {
             Some(per_token) => per_token
@@ -646,6 +640,19 @@ impl ModelRegistry {
             }
         }
         Ok(None)
+    }
+}
+
+/// The KV bytes one token takes in the GGUF model at `path`, from its header;
+/// `None` when the header cannot be read or does not say. An error (why the
+/// model cannot be served) for attention facts that are not usable numbers.
+pub(crate) fn kv_bytes_per_token(path: &Path) -> Result<Option<u64>, String> {
+    let metadata = std::fs::File::open(path)
+        .ok()
+        .and_then(|file| gguf::read_metadata(std::io::BufReader::new(file)).ok());
+    match metadata {
+        Some(metadata) => gguf::kv_bytes_per_token(&metadata).map_err(|e| e.to_string()),
+        None => Ok(None),
     }
 }
 

@@ -91,14 +91,20 @@ struct Sequence {
     completion_tokens: u32,
     /// Sampled, to be decoded in the next step.
     next: Option<LlamaToken>,
-    /// Where this sequence's logits are in the batch just decoded.
-    logits_at: Option<i32>,
     admitted: Instant,
     first_logits: Option<Instant>,
 }
 
-/// What one sequence put into a decode step.
-enum Fed {
+/// What the sequence of one slot put into a decode step.
+struct Fed {
+    slot: usize,
+    feed: Feed,
+    /// Where its logits are in the batch: set when it asked for them (its
+    /// generated token, or its prompt's last token).
+    logits_at: Option<i32>,
+}
+
+enum Feed {
     Generated(LlamaToken),
     Prompt(usize),
 }
@@ -191,7 +197,6 @@ impl<'m> Worker<'m> {
                 bytes: Vec::new(),
                 completion_tokens: 0,
                 next: None,
-                logits_at: None,
                 admitted: Instant::now(),
                 first_logits: None,
             });
@@ -301,28 +306,22 @@ impl<'m> Worker<'m> {
         };
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             let error = EngineError::Inference(format!("llama.cpp decode: {e}"));
-            for (index, _) in fed {
-                self.end(index, Err(error.clone()));
+            for fed in fed {
+                self.end(fed.slot, Err(error.clone()));
             }
             return;
         }
-        for (index, fed) in fed {
-            self.record_fed(index, fed);
-        }
-        for index in 0..self.slots.len() {
-            if let Some(at) = self.slots[index]
-                .running
-                .as_mut()
-                .and_then(|s| s.logits_at.take())
-            {
-                self.next_token(index, at);
+        for fed in fed {
+            self.record_fed(fed.slot, fed.feed);
+            if let Some(at) = fed.logits_at {
+                self.next_token(fed.slot, at);
             }
         }
     }
 
     /// The batch of this step: first every generating sequence's next token,
     /// then prompt chunks in the order the calls came, as room allows.
-    fn fill_batch(&mut self) -> Result<Vec<(usize, Fed)>, EngineError> {
+    fn fill_batch(&mut self) -> Result<Vec<Fed>, EngineError> {
         let add_error = |e: &dyn std::fmt::Display| EngineError::Inference(e.to_string());
         self.batch.clear();
         let mut fed = Vec::new();
@@ -332,11 +331,15 @@ impl<'m> Worker<'m> {
                 continue;
             };
             if let Some(token) = sequence.next.take() {
-                sequence.logits_at = Some(self.batch.n_tokens());
+                let logits_at = Some(self.batch.n_tokens());
                 self.batch
                     .add(token, position, &[slot.seq], true)
                     .map_err(|e| add_error(&e))?;
-                fed.push((index, Fed::Generated(token)));
+                fed.push(Fed {
+                    slot: index,
+                    feed: Feed::Generated(token),
+                    logits_at,
+                });
             }
         }
         let mut reading: Vec<usize> = (0..self.slots.len())
@@ -357,29 +360,34 @@ impl<'m> Worker<'m> {
             let sequence = slot.running.as_mut().expect("reading a prompt");
             let tokens = &sequence.job.tokens;
             let end = tokens.len().min(sequence.prompt_done + room);
+            let mut logits_at = None;
             for at in sequence.prompt_done..end {
                 let last = at + 1 == tokens.len();
                 if last {
-                    sequence.logits_at = Some(self.batch.n_tokens());
+                    logits_at = Some(self.batch.n_tokens());
                 }
                 self.batch
                     .add(tokens[at], at as i32, &[slot.seq], last)
                     .map_err(|e| add_error(&e))?;
             }
-            fed.push((index, Fed::Prompt(end - sequence.prompt_done)));
+            fed.push(Fed {
+                slot: index,
+                feed: Feed::Prompt(end - sequence.prompt_done),
+                logits_at,
+            });
         }
         Ok(fed)
     }
 
     /// The slot now holds the KV of what it fed.
-    fn record_fed(&mut self, index: usize, fed: Fed) {
+    fn record_fed(&mut self, index: usize, feed: Feed) {
         let slot = &mut self.slots[index];
         let Some(sequence) = slot.running.as_mut() else {
             return;
         };
-        match fed {
-            Fed::Generated(token) => slot.held.push(token),
-            Fed::Prompt(count) => {
+        match feed {
+            Feed::Generated(token) => slot.held.push(token),
+            Feed::Prompt(count) => {
                 let start = sequence.prompt_done;
                 slot.held
                     .extend_from_slice(&sequence.job.tokens[start..start + count]);

@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -255,11 +254,12 @@ fn start_worker(
     let worker = std::thread::Builder::new()
         .name(format!("decode {id}"))
         .spawn(move || {
-            let ctx: LlamaContext = match backend().and_then(|backend| {
+            let ctx = backend().and_then(|backend| {
                 model
                     .new_context(backend, params)
                     .map_err(|e| EngineError::Inference(e.to_string()))
-            }) {
+            });
+            let ctx = match ctx {
                 Ok(ctx) => ctx,
                 Err(e) => {
                     let _ = ready.send(Err(format!("cannot create its context: {e}")));
