@@ -593,6 +593,17 @@ def stop_on_signals():
         signal.signal(signum, unwind)
 
 
+def measure_or_exit(name, measure, options, workdir):
+    """`measure(options, workdir)`'s results; a failed call or cluster step, or a signal, ends the
+    benchmark `name` saying why (every process it started is stopped by then)."""
+    try:
+        return measure(options, workdir)
+    except (pytest.fail.Exception, CallFailed) as failure:
+        sys.exit(f"{name}: {failure}")
+    except KeyboardInterrupt as interrupted:
+        sys.exit(f"{name}: interrupted ({interrupted}); every process stopped")
+
+
 def main():
     options = parse_options()
     require_binary()
@@ -606,12 +617,7 @@ def main():
     with workdir as tmp:
         if options.keep:
             print(f"logs under {tmp}", flush=True)
-        try:
-            results = measure(options, Path(tmp))
-        except (pytest.fail.Exception, CallFailed) as failure:
-            sys.exit(f"cluster_scaling: {failure}")
-        except KeyboardInterrupt as interrupted:
-            sys.exit(f"cluster_scaling: interrupted ({interrupted}); every process stopped")
+        results = measure_or_exit("cluster_scaling", measure, options, Path(tmp))
     report(results, options)
     if options.json:
         options.json.write_text(json.dumps({"settings": settings, **results}, indent=2) + "\n")

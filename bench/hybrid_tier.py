@@ -56,6 +56,7 @@ from cluster_scaling import (
     generate_call,
     load,
     machine_busy_seconds,
+    measure_or_exit,
     simulator_env,
     stop_on_signals,
     tool_call,
@@ -468,12 +469,7 @@ def main():
     stop_on_signals()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()}
     with tempfile.TemporaryDirectory(prefix="jetsonmind-hybrid-bench-") as tmp:
-        try:
-            results = measure(options, Path(tmp))
-        except (pytest.fail.Exception, CallFailed) as failure:
-            sys.exit(f"hybrid_tier: {failure}")
-        except KeyboardInterrupt as interrupted:
-            sys.exit(f"hybrid_tier: interrupted ({interrupted}); every process stopped")
+        results = measure_or_exit("hybrid_tier", measure, options, Path(tmp))
     report(results, options)
     options.json.parent.mkdir(parents=True, exist_ok=True)
     options.json.write_text(json.dumps({"settings": settings, **results}, indent=2) + "\n")
