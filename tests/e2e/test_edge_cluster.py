@@ -44,7 +44,10 @@ def replicas_by_node(state):
 
 
 def all_nodes_up(state, names=NODES):
-    return set(replicas_by_node(state)) == set(names)
+    """Every node's replica is up and has reported its status: a replica is up as soon as it
+    connects, and its report is read by the health check after that."""
+    reporting = {node for node, replica in replicas_by_node(state).items() if replica["report"]}
+    return reporting == set(names)
 
 
 async def generate(client, i, max_tokens=4):
