@@ -38,6 +38,11 @@ ADMIN_CALLS = [
     ("unload_model", {"model": DEFAULT_MODEL}),
     ("scale_cluster", {"action": "status"}),
     ("manage_resources", {"action": "list"}),
+    ("optimize_system", {"action": "revert"}),
+    (
+        "calibrate_engine",
+        {"trial": {"threads": 1, "slots": 1, "batch_size": 8, "clients": 1, "prompt_tokens": 4, "max_tokens": 2}},
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ COMPUTE_TOOLS = {
     "code_complete",
     "load_model",
     "unload_model",
+    "calibrate_engine",
 }
 DATA_TOOLS = {"update_settings", "manage_models"}
 CONTROL_TOOLS = {"route_request", "optimize_system", "manage_resources", "monitor_health", "scale_cluster"}

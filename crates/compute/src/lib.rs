@@ -18,6 +18,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_contract::calibration::{
+    CALIBRATE_ENGINE, CalibrateArgs, Calibration, EngineTuning,
+};
 use jetsonmind_contract::inference::{
     CODE_COMPLETE, LOAD_MODEL, TEXT_GENERATE, UNLOAD_MODEL, code_complete_tool, text_generate_tool,
 };
@@ -36,10 +39,11 @@ use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
+use tokio::sync::watch;
 
-use crate::engine::EngineError;
 use crate::engine::llama::LlamaSettings;
 use crate::engine::simulated;
+use crate::engine::{EngineError, Traffic};
 use crate::models::{Loader, ModelRegistry, ModelSource, Placement};
 use crate::scheduler::Scheduler;
 use crate::schema::*;
@@ -101,10 +105,7 @@ impl ComputeServer {
             (n, _) => n,
         };
         let llama = LlamaSettings {
-            threads: match settings.threads {
-                0 => available_cores(),
-                n => n,
-            },
+            threads: resolve_threads(settings.threads),
             context_size: settings.context_size,
             gpu_layers: settings.gpu_layers,
             slots: settings.parallel as u32,
@@ -117,7 +118,6 @@ impl ComputeServer {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
-            parallel: settings.parallel,
         };
         let mut registry = ModelRegistry::new(
             store.clone(),
@@ -143,7 +143,7 @@ impl ComputeServer {
         }
         let text = TextService {
             models,
-            scheduler: Scheduler::new(settings.parallel, settings.queue_depth),
+            scheduler: Arc::new(Scheduler::new(settings.parallel, settings.queue_depth)),
             cache,
             settings,
         };
@@ -162,6 +162,7 @@ impl ComputeServer {
         let residency = models.residency();
         let estimates = models.store_estimates();
         let vitals = self.vitals.vitals();
+        let engine = models.settings();
         let budget = models.budget_bytes();
         let idle_bytes = residency.used_bytes - residency.busy_bytes;
         let within_budget = budget.saturating_sub(residency.busy_bytes);
@@ -184,13 +185,103 @@ impl ComputeServer {
             loading: residency.loading,
             model_bytes: estimates.bytes,
             unusable_models: estimates.unusable,
+            engine: Some(EngineTuning {
+                threads: engine.threads,
+                parallel: engine.slots,
+                batch_size: engine.batch_size,
+            }),
         }
     }
 
     /// Generations decoded together per loaded model (`compute.parallel`,
     /// resolved when it is 0).
     pub fn slots(&self) -> usize {
-        self.text.settings.parallel
+        self.text.scheduler.parallel()
+    }
+
+    /// Follow the settings: a change of `compute.threads`, `parallel`,
+    /// `batch_size` or `prefix_cache` takes effect now (the loaded models
+    /// are loaded again with it as each becomes idle; calls go on), and
+    /// `parallel` admits that many generations from the next call on.
+    pub fn follow_settings(self: &Arc<Self>, mut settings: watch::Receiver<Config>) {
+        let server = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while settings.changed().await.is_ok() {
+                let Some(server) = server.upgrade() else {
+                    return;
+                };
+                let config = settings.borrow_and_update().clone();
+                server.retune(&config.compute);
+            }
+        });
+    }
+
+    fn retune(&self, compute: &ComputeConfig) {
+        let models = &self.text.models;
+        let now = models.settings();
+        let wanted = LlamaSettings {
+            threads: resolve_threads(compute.threads),
+            slots: match compute.parallel {
+                0 => now.slots,
+                n => n as u32,
+            },
+            batch_size: compute.batch_size,
+            prefix_cache: compute.prefix_cache,
+            ..now.clone()
+        };
+        if wanted == now {
+            return;
+        }
+        tracing::info!(
+            threads = wanted.threads,
+            parallel = wanted.slots,
+            batch_size = wanted.batch_size,
+            prefix_cache = wanted.prefix_cache,
+            "engine settings changed: loaded models are loaded again with them when idle"
+        );
+        self.text.scheduler.resize(wanted.slots as usize);
+        models.retune(wanted);
+    }
+
+    /// Measure `trial` on a model, giving way to real calls.
+    async fn calibrate(&self, args: CalibrateArgs, context: CallContext) -> CallToolResult {
+        let engine = match self.text.models.get(args.model.as_deref(), None).await {
+            Ok(engine) => engine,
+            Err(e) => return tool_error(e.to_string()),
+        };
+        let scheduler = self.text.scheduler.clone();
+        let cancel = context.cancel.clone();
+        let trial = args.trial.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            let traffic = || match (
+                cancel.is_cancelled(),
+                scheduler.running() + scheduler.waiting(),
+            ) {
+                (true, _) => Traffic::Cancelled,
+                (false, 0) => Traffic::Quiet,
+                (false, _) => Traffic::Calls,
+            };
+            engine
+                .calibrate(&trial, &traffic)
+                .map(|figures| (engine.info().id.clone(), figures))
+        })
+        .await;
+        let (model, figures) = match measured {
+            Ok(Ok(measured)) => measured,
+            Ok(Err(e)) => return tool_error(e.to_string()),
+            Err(e) => return tool_error(format!("the calibration thread failed: {e}")),
+        };
+        let models = &self.text.models;
+        match models.bytes_with_slots(&model, args.trial.slots) {
+            Ok(model_bytes) => json_tool_result(&Calibration {
+                model,
+                trial: args.trial,
+                figures,
+                model_bytes,
+                memory_budget_bytes: models.budget_bytes(),
+            }),
+            Err(e) => tool_error(e.to_string()),
+        }
     }
 
     /// Pull models this node's store lacks from `source` (the cluster's
@@ -256,6 +347,7 @@ impl ComputeServer {
                 Ok(self.text.code_complete(args, &raw, call.context).await)
             }
             LOAD_MODEL => Ok(self.load_model(call.parse()?, call.context).await),
+            CALIBRATE_ENGINE => Ok(self.calibrate(call.parse()?, call.context).await),
             UNLOAD_MODEL => Ok(self.unload_model(call.parse()?).await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),
@@ -292,8 +384,12 @@ fn default_context_bytes(store: &ModelStore, settings: &ComputeConfig) -> Option
     per_token.checked_mul(settings.context_size as u64)
 }
 
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// `compute.threads`, where 0 is every core.
+fn resolve_threads(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 fn catalog() -> Catalog {
@@ -315,6 +411,17 @@ fn catalog() -> Catalog {
                 "Unload an idle model from this replica's memory.",
             )
             .annotate(ToolAnnotations::new().idempotent(true)),
+        ),
+        AccessLevel::Admin.mark(
+            tool_from::<CalibrateArgs>(
+                CALIBRATE_ENGINE,
+                "Measure engine settings (threads, parallel slots, batch size) on a loaded \
+                 model with concurrent calls of a given prompt and answer length, beside the \
+                 settings serving calls; gives way to real calls. optimize_system runs it per \
+                 candidate.",
+            )
+            // It changes nothing: only the measurement's own context comes and goes.
+            .annotate(ToolAnnotations::new().read_only(true).idempotent(true)),
         ),
     ];
     let resources = vec![

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use jetsonmind_contract::inference::TransferProgress;
@@ -36,8 +36,6 @@ pub struct Placement {
     pub budget_bytes: u64,
     /// For models loaded without their own; `None` keeps them until evicted.
     pub keep_alive: Option<Duration>,
-    /// Generations that may run at once, each with its own context.
-    pub parallel: usize,
 }
 
 /// Loads a model file into an engine (blocking). llama.cpp's by default;
@@ -76,6 +74,10 @@ struct Loaded {
     bytes: u64,
     last_used: Instant,
     keep_alive: Option<Duration>,
+    path: PathBuf,
+    /// What it was loaded with: when the settings change, it is loaded
+    /// again with the new ones once idle.
+    settings: LlamaSettings,
 }
 
 impl Loaded {
@@ -104,7 +106,8 @@ enum Slot {
 pub struct ModelRegistry {
     store: Arc<ModelStore>,
     default_model: String,
-    settings: LlamaSettings,
+    /// How models are loaded now (changed at run time by [`Self::retune`]).
+    settings: RwLock<LlamaSettings>,
     placement: Placement,
     loader: Loader,
     /// Models are simulated: any name loads, from no file (benchmarks).
@@ -173,7 +176,7 @@ impl ModelRegistry {
         Self {
             store,
             default_model,
-            settings,
+            settings: RwLock::new(settings),
             placement,
             loader: llama_loader(),
             simulated: false,
@@ -208,6 +211,60 @@ impl ModelRegistry {
 
     pub fn budget_bytes(&self) -> u64 {
         self.placement.budget_bytes
+    }
+
+    /// The settings models are loaded with now.
+    pub fn settings(&self) -> LlamaSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Load models with `settings` from now on. Each loaded model is loaded
+    /// again with them: at once when idle, else once its calls end (see
+    /// [`Self::reload_stale`]); its calls go on meanwhile.
+    pub fn retune(self: &Arc<Self>, settings: LlamaSettings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
+        self.reload_stale();
+    }
+
+    /// Load again, with the settings of now, the idle models loaded with
+    /// other settings. Their memory is given back first, so the reload
+    /// counts against the budget as any load does.
+    pub fn reload_stale(self: &Arc<Self>) {
+        let settings = self.settings();
+        let stale: Vec<(String, PathBuf, Option<Duration>)> = {
+            let mut slots = self.slots();
+            let names: Vec<String> = slots
+                .iter()
+                .filter_map(|(name, slot)| match slot {
+                    Slot::Ready(model) if model.settings != settings && model.in_use() == 0 => {
+                        Some(name.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|name| match slots.remove(&name) {
+                    Some(Slot::Ready(model)) => Some((name, model.path, model.keep_alive)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (id, path, keep_alive) in stale {
+            self.forget(&id, "to load it with new engine settings");
+            let registry = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = registry.ensure_loaded(&id, &path, Some(keep_alive)).await {
+                    tracing::warn!(model = %id, error = %e, "reloading with new engine settings failed");
+                }
+            });
+        }
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
@@ -371,13 +428,14 @@ impl ModelRegistry {
         let (id, path) = (id.to_string(), path.to_path_buf());
         tokio::spawn(async move {
             let loader = registry.loader.clone();
-            let settings = registry.settings.clone();
-            let key = id.clone();
-            let loaded = tokio::task::spawn_blocking(move || loader(&path, &key, &settings))
+            let settings = registry.settings();
+            let (key, file, used) = (id.clone(), path.clone(), settings.clone());
+            let loaded = tokio::task::spawn_blocking(move || loader(&file, &key, &used))
                 .await
                 .unwrap_or_else(|e| {
                     Err(EngineError::Inference(format!("model loader stopped: {e}")))
                 });
+            let loaded = loaded.map(|engine| (engine, path, settings));
             let _ = report.send(Some(registry.finish_load(&id, loaded)));
         });
         Ok((done, evict))
@@ -387,10 +445,10 @@ impl ModelRegistry {
     fn finish_load(
         &self,
         id: &str,
-        loaded: Result<Arc<dyn TextEngine>, EngineError>,
+        loaded: Result<(Arc<dyn TextEngine>, PathBuf, LlamaSettings), EngineError>,
     ) -> Result<(), String> {
-        let engine = match loaded {
-            Ok(engine) => engine,
+        let (engine, path, settings) = match loaded {
+            Ok(loaded) => loaded,
             Err(e) => {
                 self.slots().remove(id);
                 tracing::warn!(model = %id, error = %e, "model load failed");
@@ -412,6 +470,8 @@ impl ModelRegistry {
                     bytes: loading.bytes,
                     last_used: Instant::now(),
                     keep_alive: loading.keep_alive,
+                    path,
+                    settings,
                 }),
             );
             loading.bytes
@@ -580,9 +640,25 @@ impl ModelRegistry {
     /// weights. An error (why the model cannot be served) for a header whose
     /// attention facts are not usable numbers.
     fn estimate_bytes(&self, path: &Path) -> Result<u64, String> {
+        self.estimate_bytes_with(path, self.settings().slots)
+    }
+
+    /// What the model `name` would be counted for with `slots` sequence
+    /// slots (a setting not applied yet); `None` for a simulated model.
+    pub fn bytes_with_slots(&self, name: &str, slots: u32) -> Result<Option<u64>, EngineError> {
+        if self.simulated {
+            return Ok(None);
+        }
+        let (id, path) = self.resolve(name)?;
+        self.estimate_bytes_with(&path, slots)
+            .map(Some)
+            .map_err(|reason| EngineError::Load { path: id, reason })
+    }
+
+    fn estimate_bytes_with(&self, path: &Path, slots: u32) -> Result<u64, String> {
         let weights = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
         let per_token = kv_bytes_per_token(path)?;
-        let contexts = self.settings.context_size as u64 * self.placement.parallel.max(1) as u64;
+        let contexts = self.settings().context_size as u64 * slots.max(1) as u64;
         let bytes = match per_token {
             Some(per_token) => per_token
                 .checked_mul(contexts)

@@ -17,7 +17,10 @@ pub enum AdmitError {
 
 pub struct Scheduler {
     slots: Arc<Semaphore>,
-    parallel: usize,
+    parallel: AtomicUsize,
+    /// Slots taken away by [`Scheduler::resize`] that running calls still
+    /// hold: given up as those calls end.
+    owed: Arc<AtomicUsize>,
     waiting: AtomicUsize,
     queue_depth: usize,
 }
@@ -35,15 +38,44 @@ impl Scheduler {
     pub fn new(parallel: usize, queue_depth: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(parallel)),
-            parallel,
+            parallel: AtomicUsize::new(parallel),
+            owed: Arc::default(),
             waiting: AtomicUsize::new(0),
             queue_depth,
         }
     }
 
+    /// Generations that may run at once.
+    pub fn parallel(&self) -> usize {
+        self.parallel.load(Ordering::SeqCst)
+    }
+
+    /// Let `parallel` generations run at once from now on. Fewer: calls
+    /// running beyond it finish, and no new one starts until they have.
+    pub fn resize(&self, parallel: usize) {
+        let old = self.parallel.swap(parallel, Ordering::SeqCst);
+        if parallel >= old {
+            return self.slots.add_permits(parallel - old);
+        }
+        let fewer = old - parallel;
+        let held = fewer - self.slots.forget_permits(fewer);
+        if held == 0 {
+            return;
+        }
+        self.owed.fetch_add(held, Ordering::SeqCst);
+        let (slots, owed) = (self.slots.clone(), self.owed.clone());
+        tokio::spawn(async move {
+            if let Ok(permits) = slots.acquire_many_owned(held as u32).await {
+                permits.forget();
+            }
+            owed.fetch_sub(held, Ordering::SeqCst);
+        });
+    }
+
     /// Generations running now.
     pub fn running(&self) -> usize {
-        self.parallel - self.slots.available_permits()
+        (self.parallel() + self.owed.load(Ordering::SeqCst))
+            .saturating_sub(self.slots.available_permits())
     }
 
     /// Calls waiting for a slot.
@@ -53,7 +85,7 @@ impl Scheduler {
 
     /// Calls held at once before one more is told "busy".
     pub fn capacity(&self) -> usize {
-        self.parallel + self.queue_depth
+        self.parallel() + self.queue_depth
     }
 
     /// A slot to run in; held until the permit drops.
@@ -68,7 +100,7 @@ impl Scheduler {
         let _waiting = Waiting(&self.waiting);
         if waiting >= self.queue_depth {
             return Err(AdmitError::Busy {
-                running: self.parallel,
+                running: self.running(),
                 waiting,
             });
         }
@@ -106,6 +138,30 @@ mod tests {
         drop(running);
         assert_eq!(queued.await.unwrap(), Ok(()));
         assert!(scheduler.admit(&never).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn resizing_takes_slots_back_as_their_calls_end() {
+        let scheduler = Scheduler::new(2, 0);
+        let never = CancellationToken::new();
+        let first = scheduler.admit(&never).await.unwrap();
+        let second = scheduler.admit(&never).await.unwrap();
+        scheduler.resize(1);
+        assert_eq!((scheduler.parallel(), scheduler.running()), (1, 2));
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(
+            scheduler.admit(&never).await.is_err(),
+            "one call still runs"
+        );
+        drop(second);
+        let third = scheduler.admit(&never).await.unwrap();
+        assert_eq!(scheduler.running(), 1);
+        scheduler.resize(3);
+        let _fourth = scheduler.admit(&never).await.unwrap();
+        let _fifth = scheduler.admit(&never).await.unwrap();
+        assert_eq!(scheduler.running(), 3);
+        drop(third);
     }
 
     #[tokio::test]

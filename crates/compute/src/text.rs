@@ -29,7 +29,7 @@ use crate::schema::{ChatRole, CodeCompleteArgs, TextGenerateArgs};
 pub struct TextService {
     pub models: Arc<ModelRegistry>,
     pub cache: Arc<InferenceCache>,
-    pub scheduler: Scheduler,
+    pub scheduler: Arc<Scheduler>,
     pub settings: ComputeConfig,
 }
 

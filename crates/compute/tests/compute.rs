@@ -253,6 +253,7 @@ async fn lists_the_tools_this_node_can_run_with_a_schema() {
     assert_eq!(
         names,
         [
+            "calibrate_engine",
             "code_complete",
             "load_model",
             "text_generate",
@@ -386,4 +387,71 @@ async fn unknown_tools_are_protocol_errors() {
         }
         other => panic!("expected a JSON-RPC error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admission() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ModelStore::open(dir.path()).unwrap());
+    import_gguf(&store, dir.path(), "tiny.gguf", &[("llama.block_count", 2)]);
+    let loads = Arc::new(Mutex::new(Vec::<LlamaSettings>::new()));
+    let recorded = loads.clone();
+    let loader: Loader = Arc::new(move |_: &std::path::Path, id: &str, s: &LlamaSettings| {
+        recorded.lock().unwrap().push(s.clone());
+        FakeEngine::loaded(id)
+    });
+    let mut config = jetsonmind_core::Config::default();
+    config.data.dir = dir.path().to_path_buf();
+    config.compute.threads = 1;
+    config.compute.parallel = 2;
+    let server = Arc::new(ComputeServer::with_loader(
+        &config,
+        Default::default(),
+        store,
+        loader,
+    ));
+    let (settings, followed) = tokio::sync::watch::channel(config.clone());
+    server.follow_settings(followed);
+    let mcp = McpConfig {
+        read_ttl_ms: 0,
+        ..McpConfig::default()
+    };
+    let client = testing::connect(UnitServer::new(server, mcp)).await;
+    let load =
+        CallToolRequestParams::new("load_model").with_arguments(args(json!({"model": "tiny"})));
+    let loaded = client.call_tool(load).await.unwrap();
+    assert_ne!(loaded.is_error, Some(true), "{loaded:?}");
+    let first = status(&client).await;
+    let queue = config.compute.queue_depth;
+    assert_eq!(first.capacity, 2 + queue);
+    let engine = first.engine.unwrap();
+    assert_eq!((engine.threads, engine.parallel), (1, 2));
+
+    config.compute.threads = 2;
+    config.compute.parallel = 4;
+    config.compute.batch_size = 64;
+    settings.send(config).unwrap();
+    let mut waited = 0;
+    while loads.lock().unwrap().len() < 2 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    let reloaded = loads.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (reloaded.threads, reloaded.slots, reloaded.batch_size),
+        (2, 4, 64),
+        "the idle model was loaded again with the new settings"
+    );
+    let now = status(&client).await;
+    assert_eq!(now.capacity, 4 + queue);
+    let engine = now.engine.unwrap();
+    assert_eq!(
+        (engine.threads, engine.parallel, engine.batch_size),
+        (2, 4, 64)
+    );
+    assert!(
+        now.loaded.iter().any(|m| m.name == "tiny.gguf"),
+        "{:?}",
+        now.loaded
+    );
 }

@@ -6,6 +6,8 @@
 //! - [`access`]: a tool's flags (admin, idempotent, read-only), carried in
 //!   the tool itself so they travel through every gateway and rename.
 //! - [`replica`]: the status a compute replica reports to the control plane.
+//! - [`calibration`]: engine settings measured on a replica's model, for
+//!   `optimize_system`.
 //! - [`route`]: the route record a result carries back, one hop per router.
 //! - [`inference`]: the inference tools the control plane calls or routes by
 //!   (their names, the model a call names, generation progress), and the
@@ -17,6 +19,7 @@
 //! provider answer alike.
 
 pub mod access;
+pub mod calibration;
 pub mod inference;
 pub mod replica;
 pub mod route;

@@ -61,6 +61,8 @@ pub struct ReplicaReport {
     /// Models of the store that cannot be served here, with why (a GGUF
     /// header whose values are not usable): left out of `model_bytes`.
     pub unusable_models: BTreeMap<String, String>,
+    /// How its engine runs models now (absent for a provider).
+    pub engine: Option<crate::calibration::EngineTuning>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod egress;
 pub mod fleet;
 pub mod link;
+pub mod optimize;
 pub mod placement;
 pub mod power;
 pub mod routing;
@@ -28,10 +29,12 @@ use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
 use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
+use jetsonmind_data::settings::Settings;
 use serde_json::{Value, json};
 
 use crate::egress::{EGRESS_META_KEY, Egress};
 use crate::fleet::{Attempt, Fleet, Origin, Replica};
+use crate::optimize::Optimizer;
 use crate::placement::{ClusterPlacement, Placement};
 use crate::power::Power;
 use crate::scale::Launcher;
@@ -41,6 +44,7 @@ pub struct ControlServer {
     catalog: Arc<Catalog>,
     fleet: Arc<Fleet>,
     power: Power,
+    optimizer: Optimizer,
     launcher: Option<Launcher>,
     max_replicas: usize,
     drain_timeout: Duration,
@@ -59,7 +63,12 @@ fn catalog() -> Catalog {
         ),
         AccessLevel::Admin.mark(tool_from::<OptimizeSystemArgs>(
             "optimize_system",
-            "Report or set the power mode and clocks of this device (nvpmodel / jetson_clocks on Jetson).",
+            "Tune this device for a `target_metric` (latency, throughput, efficiency, thermal) by \
+             measuring candidate engine settings (threads, parallel slots, batch size) on the \
+             real loaded model within a time budget, then applying the best through the \
+             settings (`dry_run` only measures; `revert` restores what it replaced). Returns \
+             every candidate's figures and why the winner won. Also reports or sets the power \
+             mode and clocks on a Jetson (`report`, `set_power_mode`, `max_clocks`).",
         )),
         AccessLevel::Admin.mark(tool_from::<ManageResourcesArgs>(
             "manage_resources",
@@ -89,6 +98,11 @@ impl ControlServer {
             catalog: Arc::new(catalog()),
             fleet,
             power: Power::new("/", &config.control),
+            optimizer: Optimizer {
+                telemetry_root: "/".into(),
+                settings: None,
+                defaults: config.control.optimize.clone(),
+            },
             launcher,
             max_replicas: config.control.max_replicas,
             drain_timeout: Duration::from_millis(config.control.drain_timeout_ms),
@@ -107,6 +121,19 @@ impl ControlServer {
     /// Power commands read this root instead of `/` (tests).
     pub fn with_power(mut self, power: Power) -> Self {
         self.power = power;
+        self
+    }
+
+    /// `optimize_system` applies and reverts engine settings through
+    /// `settings`; without them it can only measure (`dry_run`).
+    pub fn with_settings(mut self, settings: Arc<Settings>) -> Self {
+        self.optimizer.settings = Some(settings);
+        self
+    }
+
+    /// Read temperatures and power rails under `root` instead of `/` (tests).
+    pub fn with_telemetry_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.optimizer.telemetry_root = root.into();
         self
     }
 
@@ -156,6 +183,36 @@ impl ControlServer {
         Ok(json_tool_result(
             &json!({ "decision": decision, "result": result }),
         ))
+    }
+
+    async fn optimize_system(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let args: OptimizeSystemArgs = call.parse()?;
+        let action = match (args.action, args.target_metric) {
+            (Some(action), _) => action,
+            (None, Some(_)) => OptimizeAction::Optimize,
+            (None, None) => {
+                return Ok(tool_error(
+                    "give `target_metric` (latency, throughput, efficiency or thermal) to tune \
+                     this device, or an `action`: revert, report, set_power_mode, max_clocks",
+                ));
+            }
+        };
+        let outcome = match action {
+            OptimizeAction::Optimize => {
+                let (fleet, caller, context) = (&self.fleet, &call.caller, &call.context);
+                self.optimizer.optimize(fleet, &args, caller, context).await
+            }
+            OptimizeAction::Revert => self.optimizer.revert().await,
+            power => self
+                .power
+                .run(power, args.mode)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        Ok(match outcome {
+            Ok(value) => json_tool_result(&value),
+            Err(e) => tool_error(e),
+        })
     }
 
     fn monitor_health(&self, args: MonitorHealthArgs) -> CallToolResult {
@@ -505,13 +562,7 @@ impl McpUnit for ControlServer {
             "route_request" => self.route_request(call).await,
             "monitor_health" => Ok(self.monitor_health(call.parse()?)),
             "manage_resources" => self.manage_resources(call).await,
-            "optimize_system" => {
-                let args: OptimizeSystemArgs = call.parse()?;
-                Ok(match self.power.run(args.action, args.mode).await {
-                    Ok(value) => json_tool_result(&value),
-                    Err(e) => tool_error(e.to_string()),
-                })
-            }
+            "optimize_system" => self.optimize_system(call).await,
             "scale_cluster" => Ok(self.scale_cluster(call.parse()?).await),
             other => Err(McpError::invalid_params(
                 format!("unknown tool: {other}"),

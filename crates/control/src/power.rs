@@ -93,6 +93,9 @@ impl Power {
                 self.check_allowed()?;
                 Ok(json!({ "ran": run_checked(&self.max_clocks).await? }))
             }
+            OptimizeAction::Optimize | OptimizeAction::Revert => Err(PowerError::Refused(
+                "not a power action: report, set_power_mode or max_clocks".into(),
+            )),
         }
     }
 

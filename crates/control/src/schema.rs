@@ -4,7 +4,7 @@ use jetsonmind_core::config::Strategy;
 use schemars::JsonSchema;
 
 use crate::placement::PlacementStrategy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -28,7 +28,12 @@ pub struct RouteRequestArgs {
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizeAction {
-    /// Current power mode, clocks and what could be changed.
+    /// Measure candidate engine settings for `target_metric` and apply the
+    /// best (the default when `target_metric` is given).
+    Optimize,
+    /// Restore the settings the last applied optimization replaced.
+    Revert,
+    /// Current power mode, clocks and what could be changed (Jetson).
     Report,
     /// Switch to an nvpmodel power mode (`mode`).
     SetPowerMode,
@@ -36,12 +41,55 @@ pub enum OptimizeAction {
     MaxClocks,
 }
 
+/// What `optimize_system` tunes for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetMetric {
+    /// One call's time: first token, then per token.
+    Latency,
+    /// Generated tokens per second under concurrency.
+    Throughput,
+    /// Tokens per joule from the power rails (Jetson), else per CPU second.
+    Efficiency,
+    /// The highest throughput that keeps the hottest zone under `limit_c`.
+    Thermal,
+}
+
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizeSystemArgs {
-    pub action: OptimizeAction,
+    /// Tune this device's engine settings for this goal, by measuring
+    /// candidates on the real loaded model.
+    pub target_metric: Option<TargetMetric>,
+    /// `optimize` (the default with `target_metric`), `revert`, or a power
+    /// action: `report`, `set_power_mode`, `max_clocks`.
+    pub action: Option<OptimizeAction>,
     /// nvpmodel mode id, for `set_power_mode`.
     pub mode: Option<u32>,
+    /// Measure and show the table, change nothing.
+    pub dry_run: Option<bool>,
+    /// Longest the search may take, in seconds (control.optimize.budget_secs).
+    #[schemars(range(min = 1, max = 86400))]
+    pub budget_secs: Option<u64>,
+    /// Most candidates measured, the settings in use among them
+    /// (control.optimize.max_candidates).
+    #[schemars(range(min = 1, max = 100))]
+    pub max_candidates: Option<u32>,
+    /// For `thermal`: the limit of the hottest zone, °C
+    /// (control.optimize.thermal_limit_c).
+    #[schemars(range(min = 1, max = 150))]
+    pub limit_c: Option<f64>,
+    /// The replica to tune; by default the first compute replica on this
+    /// machine.
+    pub replica: Option<String>,
+    /// The model measured; its default model by default.
+    pub model: Option<String>,
+    /// Prompt tokens of each calibration call (control.optimize.prompt_tokens).
+    #[schemars(range(min = 1, max = 8192))]
+    pub prompt_tokens: Option<u32>,
+    /// Tokens each calibration call generates (control.optimize.max_tokens).
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -335,6 +335,41 @@ pub struct ControlConfig {
     pub nvpmodel_query_command: Vec<String>,
     pub nvpmodel_set_command: Vec<String>,
     pub jetson_clocks_command: Vec<String>,
+    /// How `optimize_system` searches for the best engine settings.
+    pub optimize: OptimizeConfig,
+}
+
+/// `optimize_system`'s search: bounded in time and candidates, each
+/// candidate measured with concurrent calls of this size on the real model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizeConfig {
+    /// Longest a search may take; what is measured by then decides.
+    pub budget_secs: u64,
+    /// Most candidates measured in one search (the settings in use count).
+    pub max_candidates: usize,
+    /// Prompt tokens of each calibration call.
+    pub prompt_tokens: u32,
+    /// Tokens each calibration call generates.
+    pub max_tokens: u32,
+    /// `thermal`: the hottest zone must stay under this while measured.
+    pub thermal_limit_c: f64,
+    /// Settings are changed only for a candidate that measured at least
+    /// this much better than the settings in use: less is noise.
+    pub min_gain_percent: f64,
+}
+
+impl Default for OptimizeConfig {
+    fn default() -> Self {
+        Self {
+            budget_secs: 300,
+            max_candidates: 12,
+            prompt_tokens: 128,
+            max_tokens: 32,
+            thermal_limit_c: 80.0,
+            min_gain_percent: 5.0,
+        }
+    }
 }
 
 impl Default for ControlConfig {
@@ -358,6 +393,7 @@ impl Default for ControlConfig {
             nvpmodel_query_command: argv(&["nvpmodel", "-q", "--verbose"]),
             nvpmodel_set_command: argv(&["nvpmodel", "-m", "{mode}"]),
             jetson_clocks_command: argv(&["jetson_clocks"]),
+            optimize: OptimizeConfig::default(),
         }
     }
 }
@@ -1032,6 +1068,17 @@ impl Config {
         ];
         if commands.iter().any(|c| c.is_empty()) {
             return fail("power commands must not be empty");
+        }
+        let optimize = &control.optimize;
+        if optimize.budget_secs == 0
+            || optimize.max_candidates == 0
+            || optimize.prompt_tokens == 0
+            || optimize.max_tokens == 0
+        {
+            return fail(
+                "optimize: budget_secs, max_candidates, prompt_tokens and max_tokens must be at \
+                 least 1",
+            );
         }
         if self.http.rate_limit_per_second < 0.0 {
             return Err(CoreError::Config(

@@ -23,8 +23,16 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-/// The keys whose new values take effect without a restart.
-const LIVE_PREFIXES: &[&str] = &["cache.", "data.notify_interval_ms"];
+/// The keys whose new values take effect without a restart (the engine
+/// settings where the compute server follows this process's settings).
+const LIVE_PREFIXES: &[&str] = &[
+    "cache.",
+    "data.notify_interval_ms",
+    "compute.threads",
+    "compute.parallel",
+    "compute.batch_size",
+    "compute.prefix_cache",
+];
 
 /// Settings that decide who is trusted or what runs on the host: only an
 /// administrator may change them, whoever else may call `update_settings`.
@@ -54,6 +62,8 @@ pub const NODE_KEYS: &[&str] = &[
     "cluster",
     "telemetry",
     "compute.threads",
+    "compute.parallel",
+    "compute.batch_size",
     "compute.gpu_layers",
     "compute.memory_budget_bytes",
     "gateway.backends",
@@ -219,6 +229,15 @@ impl Settings {
 
     pub fn current(&self) -> Config {
         self.current.borrow().clone()
+    }
+
+    /// The value saved for dotted `key` (this node's file under the
+    /// cluster's layer), if any: what resetting it would drop.
+    pub fn saved(&self, key: &str) -> Result<Option<toml::Value>, SettingsError> {
+        let dir = self.sources.settings_dir().map_err(invalid)?;
+        let local = read_settings(&dir).map_err(invalid)?;
+        let layer = self.layer.borrow().clone();
+        Ok(get_key(&layered(&local, &layer.values), key))
     }
 
     /// Follow changes: the receiver sees each new configuration.
@@ -678,21 +697,21 @@ mod tests {
         let mut follower = live.follow();
         let update = live
             .update(
-                &patch(json!({"cache": {"ttl_secs": 60}, "compute": {"parallel": 2}})),
+                &patch(json!({"cache": {"ttl_secs": 60}, "compute": {"context_size": 2048}})),
                 false,
                 Authority::Admin,
                 None,
             )
             .await
             .unwrap();
-        assert_eq!(update.changed, ["cache.ttl_secs", "compute.parallel"]);
+        assert_eq!(update.changed, ["cache.ttl_secs", "compute.context_size"]);
         assert_eq!(update.effective_now, ["cache.ttl_secs"]);
-        assert_eq!(update.after_restart, ["compute.parallel"]);
+        assert_eq!(update.after_restart, ["compute.context_size"]);
         assert!(follower.has_changed().unwrap());
         assert_eq!(follower.borrow_and_update().cache.ttl_secs, 60);
         let restarted = settings(dir.path(), &[]);
         assert_eq!(restarted.current().cache.ttl_secs, 60);
-        assert_eq!(restarted.current().compute.parallel, 2);
+        assert_eq!(restarted.current().compute.context_size, 2048);
         // null resets to the default.
         restarted
             .update(

@@ -245,14 +245,14 @@ async fn session_subscribers_hear_of_settings_and_metrics_changes() {
     let result = client
         .call_tool(call(
             "update_settings",
-            json!({"settings": {"cache": {"ttl_secs": 60}, "compute": {"parallel": 2}}}),
+            json!({"settings": {"cache": {"ttl_secs": 60}, "compute": {"context_size": 2048}}}),
         ))
         .await
         .unwrap();
     assert_ne!(result.is_error, Some(true), "{}", tool_text(&result));
     let update = result.structured_content.unwrap();
     assert_eq!(update["effective_now"], json!(["cache.ttl_secs"]));
-    assert_eq!(update["after_restart"], json!(["compute.parallel"]));
+    assert_eq!(update["after_restart"], json!(["compute.context_size"]));
     updates.wait_for("jetson://config/settings", 1).await;
     let settings = read_json(&client, "jetson://config/settings")
         .await

@@ -98,9 +98,7 @@ async fn serve_command(
     match command {
         Command::Cluster(_) => unreachable!("handled before serving"),
         Command::Compute(t) => {
-            let node = shared.node_state()?;
-            let compute = ComputeServer::new(&config, node.cache, node.store);
-            let server = shared.server(compute, &config);
+            let server = shared.compute(&config, &shared.node_state()?);
             serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Data(t) => {
@@ -331,8 +329,18 @@ impl Shared {
         Ok(Arc::new(fleet))
     }
 
+    /// The compute server, following the settings (engine settings change
+    /// at run time: `optimize_system` applies them so).
+    fn compute(&self, config: &Config, node: &NodeState) -> UnitServer<ComputeServer> {
+        let compute = ComputeServer::new(config, node.cache.clone(), node.store.clone());
+        let server = self.server(compute, config);
+        server.unit().follow_settings(self.settings.follow());
+        server
+    }
+
     fn control(&self, replicas: Arc<Fleet>, config: &Config) -> ControlServer {
         ControlServer::new(replicas, config, Some(self.launcher.clone()))
+            .with_settings(self.settings.clone())
     }
 
     /// Opens the model store: only the servers that use it pay for that.
@@ -404,10 +412,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
     let mut compute_server = None;
     let local_compute = match config.control.local_replica {
         true => {
-            let server = shared.server(
-                ComputeServer::new(config, node.cache.clone(), node.store.clone()),
-                config,
-            );
+            let server = shared.compute(config, &node);
             compute_server = Some(server.unit().clone());
             served.push(("compute".to_string(), pipe_to(server.clone())));
             Some(local_link("compute-local", server))

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 
 use crate::schema::ChatRole;
+pub use jetsonmind_contract::calibration::{Trial, TrialFigures};
 
 /// What to feed the model.
 #[derive(Debug, Clone)]
@@ -118,6 +119,8 @@ pub enum EngineError {
     Cancelled,
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("not supported: {0}")]
+    NotSupported(String),
 }
 
 impl EngineError {
@@ -134,6 +137,17 @@ impl EngineError {
     }
 }
 
+/// What a calibration run hears of the rest of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// No real call runs or waits.
+    Quiet,
+    /// Real calls run or wait: the run gives way.
+    Calls,
+    /// The calibration itself was cancelled.
+    Cancelled,
+}
+
 /// A loaded model that generates text. Calls block: run them off the async runtime.
 pub trait TextEngine: Send + Sync {
     fn info(&self) -> &ModelInfo;
@@ -143,6 +157,20 @@ pub trait TextEngine: Send + Sync {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(&Partial) -> Flow,
     ) -> Result<Generation, EngineError>;
+
+    /// Measure `trial` on this model, beside the running engine (which
+    /// keeps its own settings). The run gives way whenever `traffic` says
+    /// real calls are waiting or running, and is measured again after them.
+    fn calibrate(
+        &self,
+        trial: &Trial,
+        traffic: &(dyn Fn() -> Traffic + Sync),
+    ) -> Result<TrialFigures, EngineError> {
+        let _ = (trial, traffic);
+        Err(EngineError::NotSupported(
+            "this engine cannot be calibrated".into(),
+        ))
+    }
 }
 
 /// Cut `text` at the first stop string, if any; true when one was found.

@@ -40,6 +40,9 @@ pub(super) struct Job {
     /// Set by the caller to stop it; seen before the next decode step.
     pub cancel: Arc<AtomicBool>,
     pub events: Sender<Event>,
+    /// Generate exactly `max_tokens`, as a benchmark does: an end of
+    /// generation token does not end it (calibration runs).
+    pub until_max_tokens: bool,
 }
 
 /// What a call hears from the worker.
@@ -414,7 +417,7 @@ impl<'m> Worker<'m> {
             Some(sampler) => sampler.sample(ctx, at),
             None => argmax(ctx.get_logits_ith(at)),
         };
-        if vocab.is_eog(token) {
+        if vocab.is_eog(token) && !sequence.job.until_max_tokens {
             return self.end_generated(index, FinishReason::Stop);
         }
         sequence.completion_tokens += 1;

@@ -2,6 +2,7 @@
 //! `cuda` feature.
 
 mod batch;
+mod calibrate;
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -20,12 +21,12 @@ use llama_cpp_2::token::LlamaToken;
 use self::batch::{BatchSettings, Event, Job, Worker};
 use super::{
     EngineError, Flow, GenerateRequest, Generation, ModelInfo, Partial, Prompt, Sampling,
-    TextEngine,
+    TextEngine, Traffic, Trial, TrialFigures,
 };
 use crate::schema::ChatRole;
 
 /// How to run a model: threads, context limit, GPU offload, batching.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlamaSettings {
     /// CPU threads for each decode step (at least 1).
     pub threads: usize,
@@ -196,6 +197,7 @@ impl TextEngine for LlamaEngine {
             stop: request.stop.clone(),
             cancel: cancel.clone(),
             events,
+            until_max_tokens: false,
         };
         let stopped = || EngineError::Inference("the model's decode thread stopped".into());
         let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
@@ -221,6 +223,14 @@ impl TextEngine for LlamaEngine {
             }
         }
         Err(stopped())
+    }
+
+    fn calibrate(
+        &self,
+        trial: &Trial,
+        traffic: &(dyn Fn() -> Traffic + Sync),
+    ) -> Result<TrialFigures, EngineError> {
+        self.run_trial(trial, traffic)
     }
 }
 
