@@ -140,6 +140,9 @@ impl ComputeServer {
         let models = Arc::new(registry);
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
+            for problem in models.set_allocation(settings.allocation, &settings.pinned_models) {
+                tracing::warn!("compute.pinned_models: {problem}");
+            }
         }
         let text = TextService {
             models,
@@ -202,16 +205,28 @@ impl ComputeServer {
     /// Follow the settings: a change of `compute.threads`, `parallel`,
     /// `batch_size` or `prefix_cache` takes effect now (the loaded models
     /// are loaded again with it as each becomes idle; calls go on), and
-    /// `parallel` admits that many generations from the next call on.
+    /// `parallel` admits that many generations from the next call on; so
+    /// do `allocation` and `pinned_models`.
     pub fn follow_settings(self: &Arc<Self>, mut settings: watch::Receiver<Config>) {
         let server = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut last = settings.borrow_and_update().compute.clone();
             while settings.changed().await.is_ok() {
                 let Some(server) = server.upgrade() else {
                     return;
                 };
-                let config = settings.borrow_and_update().clone();
-                server.retune(&config.compute);
+                let compute = settings.borrow_and_update().compute.clone();
+                server.retune(&compute);
+                if (compute.allocation, &compute.pinned_models)
+                    != (last.allocation, &last.pinned_models)
+                {
+                    let models = &server.text.models;
+                    for problem in models.set_allocation(compute.allocation, &compute.pinned_models)
+                    {
+                        tracing::warn!("compute.pinned_models: {problem}");
+                    }
+                }
+                last = compute;
             }
         });
     }
@@ -339,12 +354,16 @@ impl ComputeServer {
             TEXT_GENERATE => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                Ok(self.text.text_generate(args, &raw, call.context).await)
+                let result = self.text.text_generate(args, &raw, call.context).await;
+                self.text.models.unload_idle_on_demand();
+                Ok(result)
             }
             CODE_COMPLETE => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                Ok(self.text.code_complete(args, &raw, call.context).await)
+                let result = self.text.code_complete(args, &raw, call.context).await;
+                self.text.models.unload_idle_on_demand();
+                Ok(result)
             }
             LOAD_MODEL => Ok(self.load_model(call.parse()?, call.context).await),
             CALIBRATE_ENGINE => Ok(self.calibrate(call.parse()?, call.context).await),

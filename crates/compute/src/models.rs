@@ -9,7 +9,7 @@
 //! status read (and calls to other models) never wait for it, and callers
 //! of the model being loaded wait for that one load.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use jetsonmind_contract::inference::TransferProgress;
 use jetsonmind_contract::replica::LoadedModel;
-use jetsonmind_core::config::SimulatorConfig;
+use jetsonmind_core::config::{AllocationStrategy, SimulatorConfig};
 use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::upstream::forward::TransferCallback;
 use jetsonmind_data::gguf;
@@ -36,6 +36,14 @@ pub struct Placement {
     pub budget_bytes: u64,
     /// For models loaded without their own; `None` keeps them until evicted.
     pub keep_alive: Option<Duration>,
+}
+
+/// How models are kept (`compute.allocation`): the strategy, and the store
+/// ids of the models it pins.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Allocation {
+    pub strategy: AllocationStrategy,
+    pub pinned: BTreeSet<String>,
 }
 
 /// Loads a model file into an engine (blocking). llama.cpp's by default;
@@ -108,6 +116,8 @@ pub struct ModelRegistry {
     default_model: String,
     /// How models are loaded now (changed at run time by [`Self::retune`]).
     settings: RwLock<LlamaSettings>,
+    /// How they are kept (changed by [`Self::set_allocation`]).
+    allocation: RwLock<Allocation>,
     placement: Placement,
     loader: Loader,
     /// Models are simulated: any name loads, from no file (benchmarks).
@@ -177,6 +187,7 @@ impl ModelRegistry {
             store,
             default_model,
             settings: RwLock::new(settings),
+            allocation: RwLock::default(),
             placement,
             loader: llama_loader(),
             simulated: false,
@@ -219,6 +230,77 @@ impl ModelRegistry {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    pub fn allocation(&self) -> Allocation {
+        self.allocation
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Keep models as `strategy` says from now on; `pinned` (store names)
+    /// counts only for [`AllocationStrategy::Pinned`], whose models are
+    /// loaded now if they are not. With `on_demand`, idle models are
+    /// unloaded now. Returns why a pinned name was left out (not in the
+    /// store); the others are still pinned.
+    pub fn set_allocation(
+        self: &Arc<Self>,
+        strategy: AllocationStrategy,
+        pinned: &[String],
+    ) -> Vec<String> {
+        let mut ids = BTreeSet::new();
+        let mut problems = Vec::new();
+        if strategy == AllocationStrategy::Pinned {
+            for name in pinned {
+                match self.resolve(name) {
+                    Ok((id, _)) => {
+                        ids.insert(id);
+                    }
+                    Err(e) => problems.push(format!("pinned model `{name}`: {e}")),
+                }
+            }
+        }
+        *self
+            .allocation
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Allocation {
+            strategy,
+            pinned: ids.clone(),
+        };
+        for id in ids {
+            let registry = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = registry.load(&id, Some(None), None).await {
+                    tracing::warn!(model = %id, error = %e, "cannot load a pinned model");
+                }
+            });
+        }
+        self.unload_idle_on_demand();
+        problems
+    }
+
+    /// With `on_demand`, unload every model no call runs on; their names.
+    pub fn unload_idle_on_demand(&self) -> Vec<String> {
+        if self.allocation().strategy != AllocationStrategy::OnDemand {
+            return Vec::new();
+        }
+        let idle: Vec<String> = {
+            let mut slots = self.slots();
+            let idle: Vec<String> = slots
+                .iter()
+                .filter(|(_, slot)| matches!(slot, Slot::Ready(m) if m.in_use() == 0))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &idle {
+                slots.remove(name);
+            }
+            idle
+        };
+        for name in &idle {
+            self.forget(name, "idle, and models are kept on demand");
+        }
+        idle
     }
 
     /// Load models with `settings` from now on. Each loaded model is loaded
@@ -409,9 +491,10 @@ impl ModelRegistry {
             reason,
         };
         let bytes = self.bytes_to_load(path).map_err(refuse)?;
-        let evict =
-            placement::evictions_for(id, bytes, &residents(slots), self.placement.budget_bytes)
-                .map_err(|e| refuse(e.to_string()))?;
+        let pinned = self.allocation().pinned;
+        let residents = residents(slots, &pinned);
+        let evict = placement::evictions_for(id, bytes, &residents, self.placement.budget_bytes)
+            .map_err(|e| refuse(e.to_string()))?;
         for name in &evict {
             slots.remove(name);
         }
@@ -532,7 +615,8 @@ impl ModelRegistry {
                     model.last_used = now;
                 }
             }
-            let expired = placement::expired(&residents(&slots), now);
+            let pinned = self.allocation().pinned;
+            let expired = placement::expired(&residents(&slots, &pinned), now);
             for name in &expired {
                 slots.remove(name);
             }
@@ -541,7 +625,10 @@ impl ModelRegistry {
         for name in &expired {
             self.forget(name, "keep-alive expired");
         }
-        expired
+        // Calls that ended since (a cancelled one's thread stops a little later).
+        let mut unloaded = expired;
+        unloaded.extend(self.unload_idle_on_demand());
+        unloaded
     }
 
     fn forget(&self, name: &str, why: &str) {
@@ -556,6 +643,7 @@ impl ModelRegistry {
 
     /// The loaded and loading models and the memory they are counted for.
     pub fn residency(&self) -> Residency {
+        let pinned = self.allocation().pinned;
         let slots = self.slots();
         let now = Instant::now();
         let mut residency = Residency::default();
@@ -583,6 +671,7 @@ impl ModelRegistry {
                     _ => 0.0,
                 },
                 keep_alive_secs: model.keep_alive.map(|d| d.as_secs()),
+                pinned: pinned.contains(name),
             });
         }
         residency.loaded.sort_by(|a, b| a.name.cmp(&b.name));
@@ -769,7 +858,7 @@ fn simulated_name(name: &str) -> Result<String, EngineError> {
 
 /// The models as placement sees them; one in use or loading counts as used
 /// now, and cannot be unloaded.
-fn residents(slots: &HashMap<String, Slot>) -> Vec<Resident> {
+fn residents(slots: &HashMap<String, Slot>, pinned: &BTreeSet<String>) -> Vec<Resident> {
     let now = Instant::now();
     slots
         .iter()
@@ -781,6 +870,7 @@ fn residents(slots: &HashMap<String, Slot>) -> Vec<Resident> {
                     bytes: model.bytes,
                     last_used: if in_use { now } else { model.last_used },
                     in_use,
+                    pinned: pinned.contains(name),
                     keep_alive: model.keep_alive,
                 }
             }
@@ -789,6 +879,7 @@ fn residents(slots: &HashMap<String, Slot>) -> Vec<Resident> {
                 bytes: loading.bytes,
                 last_used: now,
                 in_use: true,
+                pinned: pinned.contains(name),
                 keep_alive: loading.keep_alive,
             },
         })

@@ -32,6 +32,8 @@ pub struct Resident {
     pub last_used: Instant,
     /// Calls are running on it now: it cannot be unloaded.
     pub in_use: bool,
+    /// Kept loaded whatever else needs room (`compute.pinned_models`).
+    pub pinned: bool,
     /// Unloaded once idle this long; `None` keeps it until evicted.
     pub keep_alive: Option<Duration>,
 }
@@ -48,8 +50,8 @@ pub enum PlacementError {
         budget: u64,
     },
     #[error(
-        "model `{model}` needs {} MiB; {} MiB of the {} MiB budget is held by models in use ({}); \
-         try again when they are idle",
+        "model `{model}` needs {} MiB; {} MiB of the {} MiB budget is held by models in use or \
+         pinned ({}); try again when they are idle",
         .need >> 20, .held >> 20, .budget >> 20, .busy.join(", ")
     )]
     BudgetHeldByBusyModels {
@@ -77,7 +79,7 @@ pub fn evictions_for(
         });
     }
     let mut held: u64 = resident.iter().map(|r| r.bytes).sum();
-    let mut idle: Vec<&Resident> = resident.iter().filter(|r| !r.in_use).collect();
+    let mut idle: Vec<&Resident> = resident.iter().filter(|r| !r.in_use && !r.pinned).collect();
     idle.sort_by_key(|r| r.last_used);
     let mut evict = Vec::new();
     for candidate in idle {
@@ -95,7 +97,7 @@ pub fn evictions_for(
             budget,
             busy: resident
                 .iter()
-                .filter(|r| r.in_use)
+                .filter(|r| r.in_use || r.pinned)
                 .map(|r| r.name.clone())
                 .collect(),
         });
@@ -107,7 +109,7 @@ pub fn evictions_for(
 pub fn expired(resident: &[Resident], now: Instant) -> Vec<String> {
     resident
         .iter()
-        .filter(|r| !r.in_use)
+        .filter(|r| !r.in_use && !r.pinned)
         .filter(|r| {
             r.keep_alive
                 .is_some_and(|keep| now.duration_since(r.last_used) >= keep)
@@ -128,8 +130,24 @@ mod tests {
             bytes: mib * MIB,
             last_used: now - Duration::from_secs(age_secs),
             in_use,
+            pinned: false,
             keep_alive: Some(Duration::from_secs(300)),
         }
+    }
+
+    #[test]
+    fn pinned_models_are_never_evicted_nor_expired() {
+        let now = Instant::now();
+        let mut pinned = resident("pinned", 100, 900, false, now);
+        pinned.pinned = true;
+        let loaded = [pinned, resident("other", 100, 5, false, now)];
+        assert_eq!(
+            evictions_for("new", 100 * MIB, &loaded, 200 * MIB),
+            Ok(vec!["other".to_string()])
+        );
+        let err = evictions_for("big", 150 * MIB, &loaded, 200 * MIB).unwrap_err();
+        assert!(err.to_string().contains("pinned"), "{err}");
+        assert!(expired(&loaded, now + Duration::from_secs(3600)) == vec!["other".to_string()]);
     }
 
     #[test]

@@ -455,3 +455,85 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
         now.loaded
     );
 }
+
+/// A compute server over three equal fake models, `a`, `b` and `c`, with
+/// room for two at a time, keeping models as `allocation` says.
+async fn three_models(
+    allocation: jetsonmind_core::config::AllocationStrategy,
+    pinned: &[&str],
+) -> (Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ModelStore::open(dir.path()).unwrap());
+    for name in ["a.gguf", "b.gguf", "c.gguf"] {
+        import_gguf(&store, dir.path(), name, &[("llama.block_count", 2)]);
+    }
+    let loader: Loader =
+        Arc::new(|_: &std::path::Path, id: &str, _: &LlamaSettings| FakeEngine::loaded(id));
+    let probe = client_with(&dir, store.clone(), Some(loader.clone())).await;
+    let bytes = status(&probe).await.model_bytes["a.gguf"];
+    let mut config = jetsonmind_core::Config::default();
+    config.data.dir = dir.path().to_path_buf();
+    config.compute.memory_budget_bytes = 2 * bytes + bytes / 2;
+    config.compute.allocation = allocation;
+    config.compute.pinned_models = pinned.iter().map(|p| p.to_string()).collect();
+    let server = ComputeServer::with_loader(&config, Default::default(), store, loader);
+    let mcp = McpConfig {
+        read_ttl_ms: 0,
+        ..McpConfig::default()
+    };
+    (
+        testing::connect(UnitServer::new(Arc::new(server), mcp)).await,
+        dir,
+    )
+}
+
+async fn loaded(client: &Client) -> Vec<(String, bool)> {
+    let report = status(client).await;
+    report
+        .loaded
+        .into_iter()
+        .map(|m| (m.name, m.pinned))
+        .collect()
+}
+
+async fn load(client: &Client, model: &str) -> serde_json::Value {
+    let params =
+        CallToolRequestParams::new("load_model").with_arguments(args(json!({"model": model})));
+    let result = client.call_tool(params).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    result.structured_content.unwrap()
+}
+
+#[tokio::test]
+async fn a_pinned_model_survives_the_memory_pressure_that_evicts_others() {
+    use jetsonmind_core::config::AllocationStrategy;
+    let (client, _dir) = three_models(AllocationStrategy::Pinned, &["a"]).await;
+    // Pinned models are loaded when the server starts.
+    let mut waited = 0;
+    while loaded(&client).await.is_empty() && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(loaded(&client).await, [("a.gguf".to_string(), true)]);
+    load(&client, "b").await;
+    // `a` is the least recently used, but pinned: `b` makes room for `c`.
+    let c = load(&client, "c").await;
+    assert_eq!(c["unloaded"], json!(["b.gguf"]));
+    let b = load(&client, "b").await;
+    assert_eq!(b["unloaded"], json!(["c.gguf"]));
+    assert_eq!(
+        loaded(&client).await,
+        [("a.gguf".to_string(), true), ("b.gguf".to_string(), false)]
+    );
+}
+
+#[tokio::test]
+async fn on_demand_unloads_a_model_as_soon_as_its_call_ends() {
+    use jetsonmind_core::config::AllocationStrategy;
+    let (client, _dir) = three_models(AllocationStrategy::OnDemand, &[]).await;
+    let generate = CallToolRequestParams::new("text_generate")
+        .with_arguments(args(json!({"prompt": "hi", "model": "a", "max_tokens": 2})));
+    let answer = client.call_tool(generate).await.unwrap();
+    assert_ne!(answer.is_error, Some(true), "{answer:?}");
+    assert_eq!(loaded(&client).await, []);
+}

@@ -75,4 +75,6 @@ pub struct LoadedModel {
     pub idle_secs: f64,
     /// Unloaded once idle this long; absent: kept until its memory is needed.
     pub keep_alive_secs: Option<u64>,
+    /// Kept loaded whatever else needs room (`compute.allocation = "pinned"`).
+    pub pinned: bool,
 }

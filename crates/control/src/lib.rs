@@ -5,6 +5,7 @@
 //! [`routing`] and [`breaker`]) that the gateway routes every call through;
 //! the [`ControlServer`] shows and steers them over MCP.
 
+pub mod allocation;
 pub mod breaker;
 pub mod egress;
 pub mod fleet;
@@ -23,13 +24,14 @@ use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
 use jetsonmind_contract::inference::{LOAD_MODEL, ModelAction, TEXT_GENERATE, UNLOAD_MODEL};
-use jetsonmind_core::config::Config;
+use jetsonmind_core::config::{AllocationStrategy, Config};
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
 use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
-use jetsonmind_data::settings::Settings;
+use jetsonmind_data::analytics::Analytics;
+use jetsonmind_data::settings::{Authority, Settings};
 use serde_json::{Value, json};
 
 use crate::egress::{EGRESS_META_KEY, Egress};
@@ -45,6 +47,10 @@ pub struct ControlServer {
     fleet: Arc<Fleet>,
     power: Power,
     optimizer: Optimizer,
+    /// Where `optimize_system` and `manage_resources` write settings.
+    settings: Option<Arc<Settings>>,
+    /// What `preload` ranks models by.
+    analytics: Option<Arc<Analytics>>,
     launcher: Option<Launcher>,
     max_replicas: usize,
     drain_timeout: Duration,
@@ -72,7 +78,9 @@ fn catalog() -> Catalog {
         )),
         AccessLevel::Admin.mark(tool_from::<ManageResourcesArgs>(
             "manage_resources",
-            "List, load or unload models within the memory budget.",
+            "List, load or unload models within the memory budget; or set how this device \
+             keeps models in memory (`allocation_strategy`: balanced, pinned with `models`, \
+             on_demand, or preload: the models recent calls used most, loaded now).",
         )),
         tool_from::<MonitorHealthArgs>(
             "monitor_health",
@@ -100,9 +108,10 @@ impl ControlServer {
             power: Power::new("/", &config.control),
             optimizer: Optimizer {
                 telemetry_root: "/".into(),
-                settings: None,
                 defaults: config.control.optimize.clone(),
             },
+            settings: None,
+            analytics: None,
             launcher,
             max_replicas: config.control.max_replicas,
             drain_timeout: Duration::from_millis(config.control.drain_timeout_ms),
@@ -127,7 +136,13 @@ impl ControlServer {
     /// `optimize_system` applies and reverts engine settings through
     /// `settings`; without them it can only measure (`dry_run`).
     pub fn with_settings(mut self, settings: Arc<Settings>) -> Self {
-        self.optimizer.settings = Some(settings);
+        self.settings = Some(settings);
+        self
+    }
+
+    /// `manage_resources` preloads the models these analytics saw used most.
+    pub fn with_analytics(mut self, analytics: Arc<Analytics>) -> Self {
+        self.analytics = Some(analytics);
         self
     }
 
@@ -200,9 +215,15 @@ impl ControlServer {
         let outcome = match action {
             OptimizeAction::Optimize => {
                 let (fleet, caller, context) = (&self.fleet, &call.caller, &call.context);
-                self.optimizer.optimize(fleet, &args, caller, context).await
+                let settings = self.settings.as_deref();
+                self.optimizer
+                    .optimize(fleet, settings, &args, caller, context)
+                    .await
             }
-            OptimizeAction::Revert => self.optimizer.revert().await,
+            OptimizeAction::Revert => match &self.settings {
+                Some(settings) => optimize::revert(settings).await,
+                None => Err("this control server cannot write settings".into()),
+            },
             power => self
                 .power
                 .run(power, args.mode)
@@ -245,17 +266,26 @@ impl ControlServer {
 
     async fn manage_resources(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         let args: ManageResourcesArgs = call.parse()?;
-        if args.action == ResourceAction::List {
+        if let Some(strategy) = args.allocation_strategy {
+            return Ok(self.set_allocation(strategy, &args, &call).await);
+        }
+        let Some(action) = args.action else {
+            return Ok(tool_error(
+                "give `action` (list, load, unload) or `allocation_strategy` (balanced, pinned, \
+                 on_demand, preload)",
+            ));
+        };
+        if action == ResourceAction::List {
             return Ok(self.list_resources());
         }
         let Some(model) = args.model.clone() else {
             return Ok(tool_error("`model` is required for load and unload"));
         };
-        let targets = match self.targets(&args, &model) {
+        let targets = match self.targets(action, args.replica.as_deref(), &model) {
             Ok(targets) => targets,
             Err(message) => return Ok(tool_error(message)),
         };
-        let (tool, keep_alive_secs) = match args.action {
+        let (tool, keep_alive_secs) = match action {
             ResourceAction::Load => (LOAD_MODEL, args.keep_alive_secs),
             _ => (UNLOAD_MODEL, None),
         };
@@ -302,20 +332,60 @@ impl ControlServer {
         json_tool_result(&json!({ "replicas": replicas }))
     }
 
+    /// Save how models are kept; with `preload`, load the most used now.
+    async fn set_allocation(
+        &self,
+        strategy: AllocationStrategy,
+        args: &ManageResourcesArgs,
+        call: &ToolCall,
+    ) -> CallToolResult {
+        let Some(settings) = &self.settings else {
+            return tool_error("this control server cannot write settings");
+        };
+        let models = args.models.clone().unwrap_or_default();
+        let update = match allocation::set(settings, strategy, &models).await {
+            Ok(update) => update,
+            Err(e) => return tool_error(e),
+        };
+        let preloaded = match strategy {
+            AllocationStrategy::Preload => match self.preload(args, call).await {
+                Ok(preloaded) => preloaded,
+                Err(e) => return tool_error(format!("saved, but preloading failed: {e}")),
+            },
+            _ => Value::Null,
+        };
+        json_tool_result(&json!({
+            "allocation_strategy": strategy,
+            "update": update,
+            "preloaded": preloaded,
+        }))
+    }
+
+    async fn preload(&self, args: &ManageResourcesArgs, call: &ToolCall) -> Result<Value, String> {
+        let analytics = self
+            .analytics
+            .as_ref()
+            .ok_or("this control server has no call analytics to rank models by")?;
+        let replica = optimize::local_replica(&self.fleet, args.replica.as_deref())?;
+        let (caller, cancel) = (&call.caller, &call.context.cancel);
+        allocation::preload(&self.fleet, &replica, &analytics.report(), caller, cancel).await
+    }
+
     /// The replicas a load or unload acts on.
     fn targets(
         &self,
-        args: &ManageResourcesArgs,
+        action: ResourceAction,
+        replica: Option<&str>,
         model: &str,
     ) -> Result<Vec<Arc<Replica>>, String> {
-        if let Some(name) = &args.replica {
+        if let Some(name) = replica {
             return self
                 .fleet
                 .replica(name)
                 .map(|r| vec![r])
                 .ok_or_else(|| format!("no replica named `{name}`"));
         }
-        match args.action {
+        match action {
             ResourceAction::Load => {
                 let mut arguments = JsonObject::new();
                 arguments.insert("model".into(), Value::String(model.to_string()));
@@ -517,6 +587,17 @@ impl ControlServer {
         }
         json_tool_result(&json!({ "removed": removed }))
     }
+}
+
+/// Apply `patch` (sections of keys, as in the config file) through the
+/// settings, as an administrator: what the update did.
+async fn write_settings(settings: &Settings, patch: &Value) -> Result<Value, String> {
+    let patch = patch.as_object().cloned().unwrap_or_default();
+    let update = settings
+        .update(&patch, false, Authority::Admin, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::to_value(update).map_err(|e| e.to_string())
 }
 
 /// Whether a direct call succeeded, and what to show of it.

@@ -27,13 +27,14 @@ use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, NumberOrString, ProgressNotificationParam, ProgressToken,
 };
 use jetsonmind_core::unit::CallContext;
-use jetsonmind_data::settings::{Authority, Settings};
+use jetsonmind_data::settings::Settings;
 use jetsonmind_data::telemetry::{JetsonReader, LinuxReader};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::fleet::{Attempt, Fleet, Replica};
 use crate::schema::{OptimizeSystemArgs, TargetMetric};
+use crate::write_settings;
 
 /// The settings a search changes, as dotted keys.
 const TUNED_KEYS: [&str; 3] = ["compute.threads", "compute.parallel", "compute.batch_size"];
@@ -103,16 +104,16 @@ struct Search<'a> {
 
 pub struct Optimizer {
     pub telemetry_root: PathBuf,
-    pub settings: Option<Arc<Settings>>,
     pub defaults: OptimizeConfig,
 }
 
 impl Optimizer {
-    /// Measure candidates for `args.target_metric` and apply the best,
-    /// unless `dry_run`.
+    /// Measure candidates for `args.target_metric` and apply the best
+    /// through `settings`, unless `dry_run`.
     pub async fn optimize(
         &self,
         fleet: &Fleet,
+        settings: Option<&Settings>,
         args: &OptimizeSystemArgs,
         caller: &Principal,
         context: &CallContext,
@@ -121,7 +122,7 @@ impl Optimizer {
             .target_metric
             .ok_or("`target_metric` is required: latency, throughput, efficiency or thermal")?;
         let dry_run = args.dry_run.unwrap_or(false);
-        if !dry_run && self.settings.is_none() {
+        if !dry_run && settings.is_none() {
             return Err("this control server cannot write settings: use dry_run".into());
         }
         let replica = local_replica(fleet, args.replica.as_deref())?;
@@ -184,80 +185,72 @@ impl Optimizer {
             "dry_run": dry_run,
             "applied": Value::Null,
         });
-        if let Some(winner) = winner.filter(|w| !dry_run && w.settings != current) {
-            let applied = self.apply(metric, winner.settings).await?;
-            outcome["applied"] = applied;
+        if let (Some(winner), Some(settings)) = (winner, settings)
+            && !dry_run
+            && winner.settings != current
+        {
+            outcome["applied"] = apply(settings, metric, winner.settings).await?;
         }
         Ok(outcome)
     }
-
-    /// Write `after` into the settings, keeping what they replace.
-    async fn apply(&self, metric: TargetMetric, after: EngineTuning) -> Result<Value, String> {
-        let settings = self.settings.as_ref().ok_or("no settings to write")?;
-        let mut before = Map::new();
-        for key in TUNED_KEYS {
-            let saved = settings.saved(key).map_err(|e| e.to_string())?;
-            let value = saved.map_or(Ok(Value::Null), serde_json::to_value);
-            before.insert(key.into(), value.map_err(|e| e.to_string())?);
-        }
-        let patch = json!({ "compute": {
-            "threads": after.threads,
-            "parallel": after.parallel,
-            "batch_size": after.batch_size,
-        }});
-        let update = write(settings, &patch).await?;
-        let applied = Applied {
-            target_metric: metric,
-            before,
-            after,
-        };
-        let text = serde_json::to_string_pretty(&applied).map_err(|e| e.to_string())?;
-        let path = applied_path(settings);
-        std::fs::write(&path, text)
-            .map_err(|e| format!("applied, but cannot keep {}: {e}", path.display()))?;
-        Ok(update)
-    }
-
-    /// Restore the settings the last applied optimization replaced.
-    pub async fn revert(&self) -> Result<Value, String> {
-        let settings = self
-            .settings
-            .as_ref()
-            .ok_or("this control server cannot write settings")?;
-        let path = applied_path(settings);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err("nothing to revert: no optimization has been applied".into());
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        let applied: Applied = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not readable: {e}", path.display()))?;
-        let mut compute = Map::new();
-        for (key, value) in &applied.before {
-            let name = key.strip_prefix("compute.").unwrap_or(key);
-            compute.insert(name.to_string(), value.clone());
-        }
-        let update = write(settings, &json!({ "compute": compute })).await?;
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("restored, but cannot remove {}: {e}", path.display()))?;
-        Ok(json!({
-            "reverted": applied.target_metric,
-            "restored": applied.before,
-            "replaced": applied.after,
-            "update": update,
-        }))
-    }
 }
 
-async fn write(settings: &Settings, patch: &Value) -> Result<Value, String> {
-    let patch = patch.as_object().cloned().unwrap_or_default();
-    let update = settings
-        .update(&patch, false, Authority::Admin, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::to_value(update).map_err(|e| e.to_string())
+/// Write `after` into the settings, keeping what they replace.
+async fn apply(
+    settings: &Settings,
+    metric: TargetMetric,
+    after: EngineTuning,
+) -> Result<Value, String> {
+    let mut before = Map::new();
+    for key in TUNED_KEYS {
+        let saved = settings.saved(key).map_err(|e| e.to_string())?;
+        let value = saved.map_or(Ok(Value::Null), serde_json::to_value);
+        before.insert(key.into(), value.map_err(|e| e.to_string())?);
+    }
+    let patch = json!({ "compute": {
+        "threads": after.threads,
+        "parallel": after.parallel,
+        "batch_size": after.batch_size,
+    }});
+    let update = write_settings(settings, &patch).await?;
+    let applied = Applied {
+        target_metric: metric,
+        before,
+        after,
+    };
+    let text = serde_json::to_string_pretty(&applied).map_err(|e| e.to_string())?;
+    let path = applied_path(settings);
+    std::fs::write(&path, text)
+        .map_err(|e| format!("applied, but cannot keep {}: {e}", path.display()))?;
+    Ok(update)
+}
+
+/// Restore the settings the last applied optimization replaced.
+pub async fn revert(settings: &Settings) -> Result<Value, String> {
+    let path = applied_path(settings);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("nothing to revert: no optimization has been applied".into());
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let applied: Applied = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not readable: {e}", path.display()))?;
+    let mut compute = Map::new();
+    for (key, value) in &applied.before {
+        let name = key.strip_prefix("compute.").unwrap_or(key);
+        compute.insert(name.to_string(), value.clone());
+    }
+    let update = write_settings(settings, &json!({ "compute": compute })).await?;
+    std::fs::remove_file(&path)
+        .map_err(|e| format!("restored, but cannot remove {}: {e}", path.display()))?;
+    Ok(json!({
+        "reverted": applied.target_metric,
+        "restored": applied.before,
+        "replaced": applied.after,
+        "update": update,
+    }))
 }
 
 fn applied_path(settings: &Settings) -> PathBuf {
@@ -266,7 +259,7 @@ fn applied_path(settings: &Settings) -> PathBuf {
 
 /// The replica to tune: the one named, else the first on this machine
 /// that reports its engine settings (not another node's, not a provider).
-fn local_replica(fleet: &Fleet, named: Option<&str>) -> Result<Arc<Replica>, String> {
+pub(crate) fn local_replica(fleet: &Fleet, named: Option<&str>) -> Result<Arc<Replica>, String> {
     if let Some(name) = named {
         return fleet
             .replica(name)

@@ -1,6 +1,6 @@
 //! Input schemas of the control tools.
 
-use jetsonmind_core::config::Strategy;
+use jetsonmind_core::config::{AllocationStrategy, Strategy};
 use schemars::JsonSchema;
 
 use crate::placement::PlacementStrategy;
@@ -103,7 +103,16 @@ pub enum ResourceAction {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManageResourcesArgs {
-    pub action: ResourceAction,
+    /// `list`, `load` or `unload`; not needed with `allocation_strategy`.
+    pub action: Option<ResourceAction>,
+    /// How this device keeps models in memory from now on (saved as
+    /// `compute.allocation`): `balanced` (least recently used within the
+    /// budget), `pinned` (`models` stay loaded, never evicted), `on_demand`
+    /// (unloaded as soon as idle), `preload` (as balanced, and the models
+    /// recent calls used most are loaded now, as many as the budget holds).
+    pub allocation_strategy: Option<AllocationStrategy>,
+    /// For `pinned`: the models kept loaded.
+    pub models: Option<Vec<String>>,
     /// Model id, for `load` and `unload`.
     pub model: Option<String>,
     /// Keep a loaded model this long after its last use (like Ollama's

@@ -702,10 +702,34 @@ pub struct ComputeConfig {
     /// An idle model is unloaded after this long (like Ollama's keep_alive);
     /// 0 keeps it until its memory is needed.
     pub keep_alive_secs: u64,
+    /// How loaded models are kept in memory (`manage_resources` sets it).
+    pub allocation: AllocationStrategy,
+    /// `allocation = "pinned"`: these models are loaded and never unloaded
+    /// to make room or for being idle.
+    pub pinned_models: Vec<String>,
     /// What generates text: llama.cpp, or the simulator (benchmarks only).
     pub engine: ComputeEngine,
     /// The simulator's token times; read only with `engine = "simulated"`.
     pub simulator: SimulatorConfig,
+}
+
+/// How the compute server keeps models in memory.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationStrategy {
+    /// Loaded on use, unloaded when idle past the keep-alive or to make room
+    /// (least recently used first) within the memory budget.
+    #[default]
+    Balanced,
+    /// As balanced, but `compute.pinned_models` are loaded and never unloaded.
+    Pinned,
+    /// Each model is unloaded as soon as its calls end: least memory held.
+    OnDemand,
+    /// As balanced; `manage_resources` loads the models recent calls used
+    /// most, as many as the budget holds.
+    Preload,
 }
 
 /// The engine behind `text_generate` and `code_complete`.
@@ -766,6 +790,8 @@ impl Default for ComputeConfig {
             progress_every_tokens: 4,
             memory_budget_bytes: 0,
             keep_alive_secs: 300,
+            allocation: AllocationStrategy::Balanced,
+            pinned_models: Vec::new(),
             engine: ComputeEngine::Llama,
             simulator: SimulatorConfig::default(),
         }

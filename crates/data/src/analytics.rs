@@ -133,7 +133,7 @@ pub struct ToolSummary {
 /// The window of a [`ToolSummary`]'s percentiles (the "5m" window).
 pub const SUMMARY_WINDOW: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct WindowReport {
     pub calls: usize,
     pub errors: usize,

@@ -32,6 +32,8 @@ const LIVE_PREFIXES: &[&str] = &[
     "compute.parallel",
     "compute.batch_size",
     "compute.prefix_cache",
+    "compute.allocation",
+    "compute.pinned_models",
 ];
 
 /// Settings that decide who is trusted or what runs on the host: only an

@@ -341,6 +341,7 @@ impl Shared {
     fn control(&self, replicas: Arc<Fleet>, config: &Config) -> ControlServer {
         ControlServer::new(replicas, config, Some(self.launcher.clone()))
             .with_settings(self.settings.clone())
+            .with_analytics(self.analytics.clone())
     }
 
     /// Opens the model store: only the servers that use it pay for that.
