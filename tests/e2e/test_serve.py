@@ -29,6 +29,7 @@ DATA_RESOURCES = {
     "jetson://performance/analytics",
 }
 COMPUTE_RESOURCES = {"jetson://compute/status"}
+CONTROL_RESOURCES = {"jetson://control/alerts"}
 EXPECTED_VERSION = {"legacy": "2025-11-25", "auto": "2026-07-28"}
 
 
@@ -43,7 +44,7 @@ async def test_lists_all_four_servers(transport, mode):
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert tools == GATEWAY_TOOLS | COMPUTE_TOOLS | DATA_TOOLS | CONTROL_TOOLS
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
-        assert resources == DATA_RESOURCES | COMPUTE_RESOURCES
+        assert resources == DATA_RESOURCES | COMPUTE_RESOURCES | CONTROL_RESOURCES
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         assert templates == {"jetson://models/{name}"}
 

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod egress;
 pub mod fleet;
 pub mod link;
+pub mod monitor;
 pub mod optimize;
 pub mod placement;
 pub mod power;
@@ -24,18 +25,25 @@ use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
 use jetsonmind_contract::inference::{LOAD_MODEL, ModelAction, TEXT_GENERATE, UNLOAD_MODEL};
+use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::{AllocationStrategy, Config};
-use jetsonmind_core::content::json_tool_result;
+use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
+use jetsonmind_core::rmcp::model::{
+    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceResult, Resource,
+};
 use jetsonmind_core::upstream::{Connector, Upstream};
-use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
+use jetsonmind_core::{
+    Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, tool_error, tool_from,
+};
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::settings::{Authority, Settings};
+use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::{Value, json};
 
 use crate::egress::{EGRESS_META_KEY, Egress};
 use crate::fleet::{Attempt, Fleet, Origin, Replica};
+use crate::monitor::{ALERTS_URI, Alerts, Sources};
 use crate::optimize::Optimizer;
 use crate::placement::{ClusterPlacement, Placement};
 use crate::power::Power;
@@ -49,8 +57,9 @@ pub struct ControlServer {
     optimizer: Optimizer,
     /// Where `optimize_system` and `manage_resources` write settings.
     settings: Option<Arc<Settings>>,
-    /// What `preload` ranks models by.
-    analytics: Option<Arc<Analytics>>,
+    /// Where `monitor_health` reads the device, the replicas and the tools.
+    sources: Sources,
+    alerts: Arc<Alerts>,
     launcher: Option<Launcher>,
     max_replicas: usize,
     drain_timeout: Duration,
@@ -84,7 +93,10 @@ fn catalog() -> Catalog {
         )),
         tool_from::<MonitorHealthArgs>(
             "monitor_health",
-            "Health of the compute replicas: liveness, queue depth, memory, temperature, latency.",
+            "Health of the compute replicas (liveness, queue depth, memory, temperature, latency); \
+             or the figures of a `component` (device, replicas, models, nodes, tools); with a \
+             `threshold`, the readings in breach; with `alert` (admin), keep the threshold as an \
+             alert that fires and clears with hysteresis, listed at jetson://control/alerts.",
         ),
         AccessLevel::Admin.mark(tool_from::<ScaleClusterArgs>(
             "scale_cluster",
@@ -94,7 +106,15 @@ fn catalog() -> Catalog {
              power mode), and drain or undrain a node.",
         )),
     ];
-    Catalog::new(tools, Vec::new(), Vec::new()).expect("the control catalog is valid")
+    let resources = vec![
+        Resource::new(ALERTS_URI, "control-alerts")
+            .with_description(
+                "The alerts monitor_health keeps: each threshold, whether it fires, the \
+                 readings in breach, when it last changed. Subscribe to hear it change.",
+            )
+            .with_mime_type("application/json"),
+    ];
+    Catalog::new(tools, resources, Vec::new()).expect("the control catalog is valid")
 }
 
 impl ControlServer {
@@ -104,14 +124,20 @@ impl ControlServer {
     pub fn new(fleet: Arc<Fleet>, config: &Config, launcher: Option<Launcher>) -> Self {
         Self {
             catalog: Arc::new(catalog()),
-            fleet,
+            fleet: fleet.clone(),
             power: Power::new("/", &config.control),
             optimizer: Optimizer {
                 telemetry_root: "/".into(),
                 defaults: config.control.optimize.clone(),
             },
             settings: None,
-            analytics: None,
+            sources: Sources {
+                fleet: fleet.clone(),
+                telemetry: LinuxReader::new("/"),
+                telemetry_root: "/".into(),
+                analytics: None,
+            },
+            alerts: Arc::default(),
             launcher,
             max_replicas: config.control.max_replicas,
             drain_timeout: Duration::from_millis(config.control.drain_timeout_ms),
@@ -135,21 +161,61 @@ impl ControlServer {
 
     /// `optimize_system` applies and reverts engine settings through
     /// `settings`; without them it can only measure (`dry_run`).
+    /// Registered alerts are kept in the settings' data dir.
     pub fn with_settings(mut self, settings: Arc<Settings>) -> Self {
+        self.alerts.keep_in(&settings.current().data.dir);
         self.settings = Some(settings);
         self
     }
 
     /// `manage_resources` preloads the models these analytics saw used most.
     pub fn with_analytics(mut self, analytics: Arc<Analytics>) -> Self {
-        self.analytics = Some(analytics);
+        self.sources.analytics = Some(analytics);
         self
     }
 
     /// Read temperatures and power rails under `root` instead of `/` (tests).
     pub fn with_telemetry_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
-        self.optimizer.telemetry_root = root.into();
+        let root = root.into();
+        self.sources.telemetry = LinuxReader::new(&root);
+        self.sources.telemetry_root = root.clone();
+        self.optimizer.telemetry_root = root;
         self
+    }
+
+    /// The registered alerts (their Prometheus gauge, for `/metrics`).
+    pub fn alerts(&self) -> &Arc<Alerts> {
+        &self.alerts
+    }
+
+    /// Evaluate the alerts every `interval` while the server lives.
+    pub fn evaluate_alerts_every(self: &Arc<Self>, interval: Duration) {
+        let server = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(server) = server.upgrade() else {
+                    return;
+                };
+                server.evaluate_alerts().await;
+            }
+        });
+    }
+
+    async fn evaluate_alerts(&self) {
+        let alerts = self.alerts.list();
+        if alerts.is_empty() {
+            return;
+        }
+        // Only the components some alert watches (all, for one that names none).
+        let only = match alerts.iter().map(|a| a.component).collect::<BTreeSet<_>>() {
+            components if components.len() == 1 => components.into_iter().next().flatten(),
+            _ => None,
+        };
+        let readings = self.sources.read(only).await;
+        self.alerts.evaluate(&readings);
     }
 
     pub fn fleet(&self) -> &Arc<Fleet> {
@@ -236,6 +302,64 @@ impl ControlServer {
         })
     }
 
+    async fn monitor(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        let args: MonitorHealthArgs = call.parse()?;
+        if args.alert.is_some() || args.remove_alert.is_some() {
+            return Ok(self.change_alerts(args, &call.caller));
+        }
+        if let Some(threshold) = &args.threshold
+            && let Err(e) = threshold.check()
+        {
+            return Ok(tool_error(e));
+        }
+        if args.component.is_none() && args.threshold.is_none() {
+            return Ok(self.monitor_health(args));
+        }
+        let readings = self.sources.read(args.component).await;
+        let Some(threshold) = &args.threshold else {
+            return Ok(json_tool_result(&json!({ "readings": readings })));
+        };
+        let (breaches, known) = monitor::breaches(&readings, threshold, false);
+        if !known {
+            let metrics: BTreeSet<&String> =
+                readings.iter().flat_map(|r| r.figures.keys()).collect();
+            return Ok(tool_error(format!(
+                "no reading has the metric `{}`; these do: {}",
+                threshold.metric,
+                metrics.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(json_tool_result(&json!({
+            "threshold": threshold,
+            "in_breach": breaches,
+            "readings": readings,
+        })))
+    }
+
+    /// Register or remove an alert (admin).
+    fn change_alerts(&self, args: MonitorHealthArgs, caller: &Principal) -> CallToolResult {
+        if !caller.is_admin() {
+            return tool_error("forbidden: registering or removing alerts needs the admin scope");
+        }
+        let changed = match (args.alert, args.remove_alert, args.threshold) {
+            (Some(_), Some(_), _) => Err("give `alert` or `remove_alert`, not both".to_string()),
+            (Some(_), None, None) => Err("`alert` needs a `threshold`".to_string()),
+            (Some(name), None, Some(threshold)) => threshold
+                .check()
+                .and_then(|()| self.alerts.register(name, args.component, threshold)),
+            (None, Some(name), _) => match self.alerts.remove(&name) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("no alert named `{name}`")),
+                Err(e) => Err(e),
+            },
+            (None, None, _) => Ok(()),
+        };
+        match changed {
+            Ok(()) => json_tool_result(&json!({ "alerts": self.alerts.list() })),
+            Err(e) => tool_error(e),
+        }
+    }
+
     fn monitor_health(&self, args: MonitorHealthArgs) -> CallToolResult {
         let replicas: Vec<_> = self
             .fleet
@@ -256,11 +380,18 @@ impl ControlServer {
             .iter()
             .filter(|r| r.connection.up && r.breaker == breaker::BreakerState::Closed)
             .count();
+        let firing: Vec<_> = self
+            .alerts
+            .list()
+            .into_iter()
+            .filter(|a| a.firing)
+            .collect();
         json_tool_result(&json!({
             "fleet": self.fleet.name,
             "healthy": healthy,
             "total": replicas.len(),
             "replicas": replicas,
+            "alerts_firing": firing,
         }))
     }
 
@@ -363,6 +494,7 @@ impl ControlServer {
 
     async fn preload(&self, args: &ManageResourcesArgs, call: &ToolCall) -> Result<Value, String> {
         let analytics = self
+            .sources
             .analytics
             .as_ref()
             .ok_or("this control server has no call analytics to rank models by")?;
@@ -638,10 +770,28 @@ impl McpUnit for ControlServer {
         self.catalog.clone()
     }
 
+    fn updates(&self) -> Option<Arc<ResourceUpdates>> {
+        Some(self.alerts.updates.clone())
+    }
+
+    async fn read_resource(
+        &self,
+        uri: &str,
+        _caller: &Principal,
+    ) -> Result<ReadResourceResult, McpError> {
+        match uri {
+            ALERTS_URI => json_resource(uri, &json!({ "alerts": self.alerts.list() })),
+            _ => Err(jetsonmind_core::error::resource_not_found(
+                uri,
+                format!("no resource at {uri}"),
+            )),
+        }
+    }
+
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         match call.name.as_str() {
             "route_request" => self.route_request(call).await,
-            "monitor_health" => Ok(self.monitor_health(call.parse()?)),
+            "monitor_health" => self.monitor(call).await,
             "manage_resources" => self.manage_resources(call).await,
             "optimize_system" => self.optimize_system(call).await,
             "scale_cluster" => Ok(self.scale_cluster(call.parse()?).await),

@@ -647,7 +647,7 @@ fn hottest_c(root: &std::path::Path) -> Option<f64> {
 /// The board's input power, from a Jetson's INA3221 rails: the rail that
 /// measures the whole input when there is one (`VDD_IN`, `POM_5V_IN`),
 /// else the sum of the rails.
-fn power_watts(root: &std::path::Path) -> Option<f64> {
+pub(crate) fn power_watts(root: &std::path::Path) -> Option<f64> {
     let rails = JetsonReader::new(root).read()?.rails;
     let milliwatts: Vec<(String, f64)> = rails
         .into_iter()

@@ -3,6 +3,7 @@
 use jetsonmind_core::config::{AllocationStrategy, Strategy};
 use schemars::JsonSchema;
 
+use crate::monitor::{Component, Threshold};
 use crate::placement::PlacementStrategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -128,6 +129,20 @@ pub struct ManageResourcesArgs {
 pub struct MonitorHealthArgs {
     /// One replica's id; all replicas when absent.
     pub replica: Option<String>,
+    /// What to read: `device`, `replicas`, `models`, `nodes` or `tools`
+    /// (each a set of named figures). Without it and without `threshold`:
+    /// the replicas' health in full.
+    pub component: Option<Component>,
+    /// Show the readings in breach of this line, e.g.
+    /// `{"metric": "temperature_c", "above": 75}` or
+    /// `{"metric": "p99_ms", "above": 500, "tool": "text_generate"}`.
+    pub threshold: Option<Threshold>,
+    /// Keep `threshold` as an alert of this name (admin): evaluated every
+    /// `control.alert_interval_ms`, listed at jetson://control/alerts, whose
+    /// subscribers hear when it fires or clears.
+    pub alert: Option<String>,
+    /// Remove the alert of this name (admin).
+    pub remove_alert: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -757,3 +757,134 @@ async fn a_replica_too_busy_to_start_a_call_sends_it_to_another() {
         "{text}"
     );
 }
+
+/// A fake `/sys` whose one thermal zone reads `celsius`.
+fn set_temperature(root: &std::path::Path, celsius: f64) {
+    let zone = root.join("sys/class/thermal/thermal_zone0");
+    std::fs::create_dir_all(&zone).unwrap();
+    std::fs::write(zone.join("type"), "cpu-thermal\n").unwrap();
+    std::fs::write(
+        zone.join("temp"),
+        format!("{}\n", (celsius * 1000.0) as i64),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+#[allow(deprecated)] // resources/subscribe: the in-memory session is of the handshake era.
+async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() {
+    use jetsonmind_control::monitor::ALERTS_URI;
+    use jetsonmind_core::rmcp::ServiceExt;
+    use jetsonmind_core::rmcp::model::SubscribeRequestParams;
+    use jetsonmind_core::testing::UpdateListener;
+
+    let tree = tempfile::tempdir().unwrap();
+    set_temperature(tree.path(), 50.0);
+    let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
+    let control = Arc::new(
+        ControlServer::new(fleet, &Config::default(), None).with_telemetry_root(tree.path()),
+    );
+    control.evaluate_alerts_every(Duration::from_millis(50));
+    let server = UnitServer::new(control.clone(), McpConfig::default());
+    let updates = UpdateListener::default();
+    let client = updates.clone().serve(in_process(server)).await.unwrap();
+    client
+        .subscribe(SubscribeRequestParams::new(ALERTS_URI))
+        .await
+        .unwrap();
+
+    // Asked once: the device's figures and what is in breach now.
+    let hot = json!({"metric": "temperature_c", "above": 75, "hysteresis": 5});
+    let now = client
+        .call_tool(call(
+            "monitor_health",
+            json!({"component": "device", "threshold": hot}),
+        ))
+        .await
+        .unwrap();
+    let now = structured(&now);
+    assert_eq!(now["readings"][0]["figures"]["temperature_c"], 50.0);
+    assert_eq!(now["in_breach"], json!([]));
+
+    let registered = client
+        .call_tool(call(
+            "monitor_health",
+            json!({"component": "device", "threshold": hot, "alert": "hot"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(structured(&registered)["alerts"][0]["firing"], false);
+    updates.wait_for(ALERTS_URI, 1).await;
+    let alert = || async {
+        let alerts: Value = testing::read_json(client.peer(), ALERTS_URI).await;
+        alerts["alerts"][0].clone()
+    };
+
+    set_temperature(tree.path(), 80.0);
+    updates.wait_for(ALERTS_URI, 2).await;
+    let firing = alert().await;
+    assert_eq!(firing["firing"], true, "{firing}");
+    assert_eq!(firing["breaches"][0]["value"], 80.0);
+    assert!(
+        control
+            .alerts()
+            .prometheus()
+            .contains("jetsonmind_alert_firing{alert=\"hot\"} 1")
+    );
+    let health = structured(
+        &client
+            .call_tool(call("monitor_health", json!({})))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(health["alerts_firing"][0]["name"], "hot");
+
+    // Under the line but within the hysteresis: still firing, nothing told.
+    set_temperature(tree.path(), 72.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(updates.count(ALERTS_URI), 2);
+    assert_eq!(alert().await["firing"], true);
+
+    set_temperature(tree.path(), 65.0);
+    updates.wait_for(ALERTS_URI, 3).await;
+    let cleared = alert().await;
+    assert_eq!(
+        (cleared["firing"].clone(), cleared["fired"].clone()),
+        (json!(false), json!(1))
+    );
+    assert!(
+        control
+            .alerts()
+            .prometheus()
+            .contains("jetsonmind_alert_firing{alert=\"hot\"} 0")
+    );
+
+    let removed = client
+        .call_tool(call("monitor_health", json!({"remove_alert": "hot"})))
+        .await
+        .unwrap();
+    assert_eq!(structured(&removed)["alerts"], json!([]));
+    let unknown = client
+        .call_tool(call(
+            "monitor_health",
+            json!({"component": "device", "threshold": {"metric": "temprature_c", "above": 1}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(unknown.is_error, Some(true));
+    assert!(
+        unknown.content[0]
+            .as_text()
+            .unwrap()
+            .text
+            .contains("temperature_c")
+    );
+
+    // Reading is for anyone; keeping an alert is for an administrator.
+    let mut narrow = call("monitor_health", json!({"threshold": hot, "alert": "mine"}));
+    delegate(&mut narrow.meta, &key(&["tools:*"]));
+    let refused = client.call_tool(narrow).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(refused.content[0].as_text().unwrap().text.contains("admin"));
+    assert!(control.alerts().list().is_empty());
+}

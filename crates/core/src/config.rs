@@ -335,6 +335,8 @@ pub struct ControlConfig {
     pub nvpmodel_query_command: Vec<String>,
     pub nvpmodel_set_command: Vec<String>,
     pub jetson_clocks_command: Vec<String>,
+    /// How often `monitor_health`'s alerts are evaluated.
+    pub alert_interval_ms: u64,
     /// How `optimize_system` searches for the best engine settings.
     pub optimize: OptimizeConfig,
 }
@@ -393,6 +395,7 @@ impl Default for ControlConfig {
             nvpmodel_query_command: argv(&["nvpmodel", "-q", "--verbose"]),
             nvpmodel_set_command: argv(&["nvpmodel", "-m", "{mode}"]),
             jetson_clocks_command: argv(&["jetson_clocks"]),
+            alert_interval_ms: 5_000,
             optimize: OptimizeConfig::default(),
         }
     }
@@ -1094,6 +1097,9 @@ impl Config {
         ];
         if commands.iter().any(|c| c.is_empty()) {
             return fail("power commands must not be empty");
+        }
+        if control.alert_interval_ms < 100 {
+            return fail("alert_interval_ms must be at least 100");
         }
         let optimize = &control.optimize;
         if optimize.budget_secs == 0

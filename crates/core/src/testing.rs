@@ -173,3 +173,47 @@ impl LogListener {
             .unwrap_or_else(|_| panic!("{count} log messages never arrived: {:?}", received()))
     }
 }
+
+/// A client that records the `notifications/resources/updated` URIs it
+/// receives.
+#[derive(Clone, Default)]
+pub struct UpdateListener(Arc<Mutex<Vec<String>>>);
+
+impl ClientHandler for UpdateListener {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(params.uri);
+    }
+}
+
+impl UpdateListener {
+    /// Waits until `uri` has been notified `times` times; a generous bound
+    /// (10 s) turns "never sent" into a failure instead of a hang.
+    pub async fn wait_for(&self, uri: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let seen = self.count(uri);
+            if seen >= times {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{uri}: {seen} of {times} updates; got {:?}",
+                self.0.lock().unwrap_or_else(|e| e.into_inner())
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many times `uri` has been notified.
+    pub fn count(&self, uri: &str) -> usize {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().filter(|u| *u == uri).count()
+    }
+}

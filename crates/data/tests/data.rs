@@ -6,14 +6,13 @@ use std::time::Duration;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, ProtocolVersion, ReadResourceRequestParams,
-    ResourceContents, ResourceUpdatedNotificationParam, ServerNotification, SubscribeRequestParams,
-    SubscriptionFilter, UnsubscribeRequestParams,
+    ResourceContents, ServerNotification, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
 };
-use jetsonmind_core::rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService,
-};
-use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
+use jetsonmind_core::rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
+use jetsonmind_core::rmcp::{RoleClient, ServiceError, ServiceExt};
 use jetsonmind_core::serve::in_process;
+use jetsonmind_core::testing::UpdateListener;
 use jetsonmind_core::{Config, UnitServer, testing};
 use jetsonmind_data::settings::Settings;
 use jetsonmind_data::store::ModelStore;
@@ -175,43 +174,6 @@ async fn the_inference_cache_reports_its_counters() {
     assert_eq!(cache["hit_rate"], Value::Null);
 }
 
-/// Records the `notifications/resources/updated` URIs it receives.
-#[derive(Clone, Default)]
-struct Updates(Arc<std::sync::Mutex<Vec<String>>>);
-
-impl ClientHandler for Updates {
-    async fn on_resource_updated(
-        &self,
-        params: ResourceUpdatedNotificationParam,
-        _: NotificationContext<RoleClient>,
-    ) {
-        self.0.lock().unwrap().push(params.uri);
-    }
-}
-
-impl Updates {
-    /// Waits (up to 10 s) until `uri` has been notified `times` times.
-    async fn wait_for(&self, uri: &str, times: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen = self.0.lock().unwrap().iter().filter(|u| *u == uri).count();
-            if seen >= times {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{uri}: {seen} of {times} updates; got {:?}",
-                self.0.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn count(&self, uri: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|u| *u == uri).count()
-    }
-}
-
 fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
     CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
 }
@@ -228,7 +190,7 @@ async fn session_subscribers_hear_of_settings_and_metrics_changes() {
         Arc::new(DataServer::new(node(dir.path()))),
         McpConfig::default(),
     );
-    let updates = Updates::default();
+    let updates = UpdateListener::default();
     let client = updates.clone().serve(in_process(server)).await.unwrap();
     let capabilities = client.peer_info().unwrap().capabilities.clone();
     assert_eq!(capabilities.resources.unwrap().subscribe, Some(true));

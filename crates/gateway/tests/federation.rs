@@ -243,7 +243,14 @@ async fn merges_backends_and_prefixes_only_collisions() {
     assert_eq!(result.structured_content, Some(json!({"ticks": 2})));
 
     let uris = testing::resource_uris(client.peer()).await;
-    assert_eq!(uris, ["alpha+test://status", "beta+test://status"]);
+    assert_eq!(
+        uris,
+        [
+            "alpha+test://status",
+            "beta+test://status",
+            "jetson://control/alerts"
+        ]
+    );
     let read = client
         .read_resource(
             jetsonmind_core::rmcp::model::ReadResourceRequestParams::new("beta+test://status"),

@@ -1,6 +1,6 @@
 //! Wiring: config in, servers up, until a signal.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +11,7 @@ use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::link::{DirectLink, McpLink, OpenAiLink, ReplicaLink};
+use jetsonmind_control::monitor::Alerts;
 use jetsonmind_control::scale::Launcher;
 use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
@@ -113,8 +114,7 @@ async fn serve_command(
                 Duration::from_millis(config.gateway.health_interval_ms),
                 shutdown.clone(),
             ));
-            let control = shared.control(replicas, &config);
-            let server = shared.server(control, &config);
+            let server = shared.control(replicas, &config);
             serve_server(server, t, config, shutdown, shared, Router::new()).await
         }
         Command::Gateway(t) => {
@@ -281,6 +281,8 @@ struct Shared {
     fleet_settings: FleetSettings,
     launcher: Launcher,
     access: Access,
+    /// The control server's alerts, once it runs here (`/metrics` shows them).
+    alerts: Arc<OnceLock<Arc<Alerts>>>,
 }
 
 impl Shared {
@@ -303,6 +305,7 @@ impl Shared {
             settings: Arc::new(Settings::new(sources, config)),
             launcher,
             access,
+            alerts: Arc::default(),
         })
     }
 
@@ -338,10 +341,16 @@ impl Shared {
         server
     }
 
-    fn control(&self, replicas: Arc<Fleet>, config: &Config) -> ControlServer {
-        ControlServer::new(replicas, config, Some(self.launcher.clone()))
+    /// The control server, evaluating its alerts (their gauge on `/metrics`).
+    fn control(&self, replicas: Arc<Fleet>, config: &Config) -> UnitServer<ControlServer> {
+        let control = ControlServer::new(replicas, config, Some(self.launcher.clone()))
             .with_settings(self.settings.clone())
-            .with_analytics(self.analytics.clone())
+            .with_analytics(self.analytics.clone());
+        let server = self.server(control, config);
+        let interval = Duration::from_millis(config.control.alert_interval_ms);
+        server.unit().evaluate_alerts_every(interval);
+        let _ = self.alerts.set(server.unit().alerts().clone());
+        server
     }
 
     /// Opens the model store: only the servers that use it pay for that.
@@ -368,16 +377,15 @@ impl Shared {
     /// Prometheus text at `/metrics`.
     fn metrics_route(&self) -> Router {
         let analytics = self.analytics.clone();
+        let alerts = self.alerts.clone();
         Router::new().route(
             "/metrics",
             get(move || {
-                let analytics = analytics.clone();
-                async move {
-                    (
-                        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        analytics.prometheus(),
-                    )
+                let mut text = analytics.prometheus();
+                if let Some(alerts) = alerts.get() {
+                    text.push_str(&alerts.prometheus());
                 }
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
             }),
         )
     }
@@ -421,7 +429,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
         false => None,
     };
     let compute = shared.compute_fleet(config, local_compute)?;
-    let control = shared.server(shared.control(compute.clone(), config), config);
+    let control = shared.control(compute.clone(), config);
     let data = shared.server(DataServer::new(node), config);
     let models = crate::cluster::ModelUsers {
         store,
