@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
-use jetsonmind_cluster::Bus;
+use jetsonmind_cluster::{Bus, ClusterError};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -335,10 +335,19 @@ async fn restore_one(
     hub: &jetstream::Context,
     name: &str,
 ) -> Result<Restored, StateError> {
-    let backup = match hub.get_stream(name).await {
-        Ok(mut stream) => stream.info().await.map_err(StateError::jetstream)?.clone(),
-        Err(e) if is_not_found(e.kind()) => return Ok(Restored::NotBackedUp),
-        Err(e) => return Err(StateError::JetStream(format!("the hub's {name}: {e}"))),
+    // Patiently: a site server just started again (after losing its state)
+    // answers for the hub's domain before its leaf link carries the hub's
+    // API, with errors that say nothing of the hub.
+    let lookup = || async {
+        match hub.get_stream(name).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e) if is_not_found(e.kind()) => Ok(None),
+            Err(e) => Err(ClusterError::JetStream(format!("the hub's {name}: {e}"))),
+        }
+    };
+    let backup = match bus.patiently(&format!("the hub's {name}"), lookup).await? {
+        Some(mut stream) => stream.info().await.map_err(StateError::jetstream)?.clone(),
+        None => return Ok(Restored::NotBackedUp),
     };
     match site.get_stream(name).await {
         Ok(mut stream) => {
