@@ -3,6 +3,7 @@ Python MCP SDK: it measures candidate engine settings, applies the best through 
 compute server follows them at once), a repeated run agrees within noise, and `revert` restores
 what it replaced."""
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -113,3 +114,30 @@ async def test_latency_runs_one_call_at_a_time_and_a_dry_run_changes_nothing(ser
         assert missing.is_error and "target_metric" in missing.content[0].text
         hot = await client.call_tool("optimize_system", {"target_metric": "fastest"})
         assert hot.is_error
+
+
+async def test_calls_are_served_while_it_measures_and_the_measurement_gives_way(served):
+    server, _ = served
+    async with Client(server.url, mode="auto") as client:
+        outcome = {}
+        answers = []
+
+        async def tune():
+            outcome.update(await optimize(client, {"target_metric": "throughput", "dry_run": True, **SEARCH}))
+
+        async def chat():
+            # A few calls while it measures (each a prompt of its own: the cache answers no repeat).
+            await anyio.sleep(1)
+            for i in range(4):
+                prompt = f"Say hello to number {i}."
+                answers.append(await client.call_tool("text_generate", {"prompt": prompt, "max_tokens": 8}))
+                await anyio.sleep(1.5)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(tune)
+            group.start_soon(chat)
+        assert answers and not [a for a in answers if a.is_error], [a.content for a in answers]
+        rows = outcome["candidates"]
+        assert len(rows) >= 3 and all(row["score"] > 0 for row in rows), rows
+        # Each measurement that met a real call stopped and was run again after it.
+        assert sum(row["figures"]["yielded"] for row in rows) >= 1, rows
