@@ -508,10 +508,7 @@ impl McpUnit for ComputeServer {
     ) -> Result<ReadResourceResult, McpError> {
         match uri {
             REPLICA_STATUS_URI => json_resource(uri, &self.status().await),
-            _ => Err(jetsonmind_core::error::resource_not_found(
-                uri,
-                format!("no resource at {uri}"),
-            )),
+            _ => Err(jetsonmind_core::error::no_resource_at(uri)),
         }
     }
 }

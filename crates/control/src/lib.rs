@@ -781,10 +781,7 @@ impl McpUnit for ControlServer {
     ) -> Result<ReadResourceResult, McpError> {
         match uri {
             ALERTS_URI => json_resource(uri, &json!({ "alerts": self.alerts.list() })),
-            _ => Err(jetsonmind_core::error::resource_not_found(
-                uri,
-                format!("no resource at {uri}"),
-            )),
+            _ => Err(jetsonmind_core::error::no_resource_at(uri)),
         }
     }
 

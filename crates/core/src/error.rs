@@ -34,3 +34,8 @@ pub fn tool_error(message: impl Into<String>) -> CallToolResult {
 pub fn resource_not_found(uri: &str, message: impl Into<String>) -> rmcp::ErrorData {
     rmcp::ErrorData::resource_not_found(message.into(), Some(serde_json::json!({ "uri": uri })))
 }
+
+/// [`resource_not_found`] for a URI a server does not offer at all.
+pub fn no_resource_at(uri: &str) -> rmcp::ErrorData {
+    resource_not_found(uri, format!("no resource at {uri}"))
+}

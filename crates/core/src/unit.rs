@@ -110,7 +110,7 @@ pub trait McpUnit: Send + Sync + 'static {
         caller: &Principal,
     ) -> impl Future<Output = Result<ReadResourceResult, McpError>> + Send {
         let _ = caller;
-        let error = crate::error::resource_not_found(uri, format!("no resource at {uri}"));
+        let error = crate::error::no_resource_at(uri);
         std::future::ready(Err(error))
     }
 

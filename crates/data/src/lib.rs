@@ -377,10 +377,7 @@ impl McpUnit for DataServer {
                     uri,
                     &state.store.get(name).map_err(|e| store_error(e, uri))?,
                 ),
-                None => Err(jetsonmind_core::error::resource_not_found(
-                    uri,
-                    format!("no resource at {uri}"),
-                )),
+                None => Err(jetsonmind_core::error::no_resource_at(uri)),
             },
         }
     }

@@ -707,10 +707,7 @@ impl McpUnit for Gateway {
         let Some((route, backend)) =
             route.and_then(|r| Some((r.clone(), self.backend(r.backend)?)))
         else {
-            return Err(jetsonmind_core::error::resource_not_found(
-                uri,
-                format!("no resource at {uri}"),
-            ));
+            return Err(jetsonmind_core::error::no_resource_at(uri));
         };
         let was_up = backend.is_up();
         let outcome = backend.read_resource(&route.original).await;
