@@ -195,18 +195,21 @@ impl Optimizer {
     }
 }
 
-/// Write `after` into the settings, keeping what they replace.
+/// Write `after` into the settings, keeping what they replace: what the
+/// first of successive optimizations replaced, so `revert` goes back to the
+/// settings from before any of them.
 async fn apply(
     settings: &Settings,
     metric: TargetMetric,
     after: EngineTuning,
 ) -> Result<Value, String> {
-    let mut before = Map::new();
-    for key in TUNED_KEYS {
-        let saved = settings.saved(key).map_err(|e| e.to_string())?;
-        let value = saved.map_or(Ok(Value::Null), serde_json::to_value);
-        before.insert(key.into(), value.map_err(|e| e.to_string())?);
-    }
+    let earlier = std::fs::read_to_string(applied_path(settings))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Applied>(&text).ok());
+    let before = match earlier {
+        Some(earlier) => earlier.before,
+        None => saved_values(settings)?,
+    };
     let patch = json!({ "compute": {
         "threads": after.threads,
         "parallel": after.parallel,
@@ -225,7 +228,18 @@ async fn apply(
     Ok(update)
 }
 
-/// Restore the settings the last applied optimization replaced.
+/// The tuned keys' saved values (null: not set).
+fn saved_values(settings: &Settings) -> Result<Map<String, Value>, String> {
+    let mut before = Map::new();
+    for key in TUNED_KEYS {
+        let saved = settings.saved(key).map_err(|e| e.to_string())?;
+        let value = saved.map_or(Ok(Value::Null), serde_json::to_value);
+        before.insert(key.into(), value.map_err(|e| e.to_string())?);
+    }
+    Ok(before)
+}
+
+/// Restore the settings the applied optimizations replaced.
 pub async fn revert(settings: &Settings) -> Result<Value, String> {
     let path = applied_path(settings);
     let text = match std::fs::read_to_string(&path) {
@@ -691,6 +705,40 @@ mod tests {
             score,
             excluded: None,
         }
+    }
+
+    #[tokio::test]
+    async fn successive_optimizations_revert_to_the_settings_before_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = jetsonmind_core::Config::default();
+        config.data.dir = dir.path().to_path_buf();
+        let settings = Settings::fixed(config);
+        let tuning = |threads| EngineTuning {
+            threads,
+            parallel: 2,
+            batch_size: 256,
+        };
+        apply(&settings, TargetMetric::Throughput, tuning(1))
+            .await
+            .unwrap();
+        apply(&settings, TargetMetric::Latency, tuning(2))
+            .await
+            .unwrap();
+        let applied = settings.current().compute;
+        assert_eq!(
+            (applied.threads, applied.parallel, applied.batch_size),
+            (2, 2, 256)
+        );
+        let reverted = revert(&settings).await.unwrap();
+        assert_eq!(reverted["restored"]["compute.threads"], Value::Null);
+        let restored = settings.current().compute;
+        let defaults = jetsonmind_core::Config::default().compute;
+        assert_eq!(
+            (restored.threads, restored.parallel, restored.batch_size),
+            (defaults.threads, defaults.parallel, defaults.batch_size)
+        );
+        let nothing = revert(&settings).await.unwrap_err();
+        assert!(nothing.contains("nothing to revert"), "{nothing}");
     }
 
     #[test]
