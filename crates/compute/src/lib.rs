@@ -140,9 +140,7 @@ impl ComputeServer {
         let models = Arc::new(registry);
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
-            for problem in models.set_allocation(settings.allocation, &settings.pinned_models) {
-                tracing::warn!("compute.pinned_models: {problem}");
-            }
+            keep_models_as(&models, &settings);
         }
         let text = TextService {
             models,
@@ -220,11 +218,7 @@ impl ComputeServer {
                 if (compute.allocation, &compute.pinned_models)
                     != (last.allocation, &last.pinned_models)
                 {
-                    let models = &server.text.models;
-                    for problem in models.set_allocation(compute.allocation, &compute.pinned_models)
-                    {
-                        tracing::warn!("compute.pinned_models: {problem}");
-                    }
+                    keep_models_as(&server.text.models, &compute);
                 }
                 last = compute;
             }
@@ -401,6 +395,14 @@ fn default_context_bytes(store: &ModelStore, settings: &ComputeConfig) -> Option
     let path = store.main_file(&settings.default_model).ok()?;
     let per_token = models::kv_bytes_per_token(&path).ok()??;
     per_token.checked_mul(settings.context_size as u64)
+}
+
+/// Keep models as `compute.allocation` says; a pinned model the store
+/// lacks is logged, the others are pinned still.
+fn keep_models_as(models: &Arc<ModelRegistry>, compute: &ComputeConfig) {
+    for problem in models.set_allocation(compute.allocation, &compute.pinned_models) {
+        tracing::warn!("compute.pinned_models: {problem}");
+    }
 }
 
 /// `compute.threads`, where 0 is every core.

@@ -125,10 +125,14 @@ pub struct Breach {
 
 /// The readings of `threshold.metric` in breach (a firing alert's
 /// hysteresis when `firing`), and whether any reading has that metric.
-pub fn breaches(readings: &[Reading], threshold: &Threshold, firing: bool) -> (Vec<Breach>, bool) {
+pub fn breaches<'r>(
+    readings: impl IntoIterator<Item = &'r Reading>,
+    threshold: &Threshold,
+    firing: bool,
+) -> (Vec<Breach>, bool) {
     let mut known = false;
     let breaches = readings
-        .iter()
+        .into_iter()
         .filter(|r| threshold.applies_to(r))
         .filter_map(|r| {
             let value = *r.figures.get(&threshold.metric)?;
@@ -443,12 +447,10 @@ impl Alerts {
         {
             let mut alerts = self.lock();
             for alert in alerts.values_mut() {
-                let watched: Vec<Reading> = readings
+                let watched = readings
                     .iter()
-                    .filter(|r| alert.component.is_none_or(|c| c == r.component))
-                    .cloned()
-                    .collect();
-                let (breaches, known) = breaches(&watched, &alert.threshold, alert.firing);
+                    .filter(|r| alert.component.is_none_or(|c| c == r.component));
+                let (breaches, known) = breaches(watched, &alert.threshold, alert.firing);
                 alert.problem = (!known)
                     .then(|| format!("no reading has the metric `{}`", alert.threshold.metric));
                 let firing = !breaches.is_empty();

@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 
 use crate::fleet::{Attempt, Fleet, Replica};
 use crate::schema::{OptimizeSystemArgs, TargetMetric};
-use crate::write_settings;
+use crate::{describe_attempt, write_settings};
 
 /// The settings a search changes, as dotted keys.
 const TUNED_KEYS: [&str; 3] = ["compute.threads", "compute.parallel", "compute.batch_size"];
@@ -599,23 +599,13 @@ fn decide<'r>(rows: &'r [Row], basis: &Basis, min_gain: f64) -> (Option<&'r Row>
 }
 
 fn calibration_of(attempt: Attempt) -> Result<Calibration, String> {
-    let result = match attempt {
-        Attempt::Answered(result) => result,
-        Attempt::Refused(error) => return Err(error.message.to_string()),
-        Attempt::Cancelled => return Err("cancelled".into()),
-        Attempt::Failed { error, .. } => return Err(error),
-    };
-    if result.is_error == Some(true) {
-        let text = result
-            .content
-            .first()
-            .and_then(|c| c.as_text())
-            .map_or("the calibration failed".to_string(), |t| t.text.clone());
-        return Err(format!("calibration: {text}"));
+    let (ok, value) = describe_attempt(attempt);
+    if !ok {
+        let reason = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        return Err(format!("calibration: {reason}"));
     }
-    let value = result
-        .structured_content
-        .ok_or("the replica's calibration has no structured result")?;
     serde_json::from_value(value).map_err(|e| format!("unreadable calibration result: {e}"))
 }
 
