@@ -1,6 +1,7 @@
 """monitor_health's alerts on a real `jetsonmind serve`, driven by the official Python MCP SDK through
 the gateway: an alert on a figure of this machine fires, a `subscriptions/listen` subscriber of
-jetson://control/alerts hears it, `/metrics` shows the gauge, and the alert outlives a restart."""
+jetson://control/alerts hears it, a handshake-era session subscribed to it is sent a warning log
+message naming the alert, `/metrics` shows the gauge, and the alert outlives a restart."""
 
 import json
 import urllib.request
@@ -42,7 +43,18 @@ async def test_an_alert_fires_is_heard_counted_and_kept(binary, tmp_path):
 
             # A line this machine is past: memory in use above 0.1%.
             line = {"metric": "memory_used_percent", "above": 0.1}
-            async with client.listen(resource_subscriptions=[ALERTS]) as sub:
+            logged = []
+            told = anyio.Event()
+
+            async def on_log(params):
+                logged.append(params)
+                told.set()
+
+            async with (
+                Client(served.url, mode="legacy", logging_callback=on_log) as watcher,
+                client.listen(resource_subscriptions=[ALERTS]) as sub,
+            ):
+                await watcher.subscribe_resource(ALERTS)
                 kept = await monitor(client, {"component": "device", "threshold": line, "alert": "memory"})
                 assert kept["alerts"][0]["name"] == "memory"
                 with anyio.fail_after(15):
@@ -51,6 +63,11 @@ async def test_an_alert_fires_is_heard_counted_and_kept(binary, tmp_path):
                         alert = (await read_json(client, ALERTS))["alerts"][0]
                         if alert["firing"]:
                             break
+                    await told.wait()
+            [message] = logged
+            assert message.level == "warning" and message.logger == "jetsonmind.alerts"
+            assert message.data["uri"] == ALERTS and message.data["alert"] == "memory"
+            assert "memory_used_percent" in message.data["message"]
             assert alert["breaches"][0]["id"] == "device" and alert["fired"] == 1
             assert 'jetsonmind_alert_firing{alert="memory"} 1' in metrics(served.url)
             health = await monitor(client, {})

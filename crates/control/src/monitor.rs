@@ -5,14 +5,17 @@
 //! reading crosses its threshold and clears only once every reading is back
 //! past it by the hysteresis, so a figure hovering at the line does not
 //! flap. A change is published on `jetson://control/alerts` (subscribers are
-//! notified), logged, and shown as the Prometheus gauge
-//! `jetsonmind_alert_firing`.
+//! notified, and sessions among them sent an MCP log message), logged, and
+//! shown as the Prometheus gauge `jetsonmind_alert_firing`.
+
+#![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); both eras are served.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use jetsonmind_core::ResourceUpdates;
+use jetsonmind_core::rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::telemetry::{LinuxReader, SystemMetrics};
 use schemars::JsonSchema;
@@ -24,6 +27,9 @@ use crate::optimize::power_watts;
 
 /// The resource that lists the alerts and their state.
 pub const ALERTS_URI: &str = "jetson://control/alerts";
+
+/// The `logger` of the MCP log messages an alert change sends.
+const ALERTS_LOGGER: &str = "jetsonmind.alerts";
 
 /// The file registered alerts are kept in, in the data dir.
 const ALERTS_FILE: &str = "alerts.json";
@@ -465,8 +471,7 @@ impl Alerts {
                     alert.firing = firing;
                     alert.changed_at_ms = Some(now_ms);
                     alert.fired += u64::from(firing);
-                    changed.push(alert.name.clone());
-                    announce(alert);
+                    changed.push((alert.name.clone(), announce(alert)));
                 }
             }
         }
@@ -477,6 +482,12 @@ impl Alerts {
             self.updates.publish(ALERTS_URI);
         }
         changed
+            .into_iter()
+            .map(|(name, message)| {
+                self.updates.log(ALERTS_URI, message);
+                name
+            })
+            .collect()
     }
 
     /// `jetsonmind_alert_firing{alert="…"}`: 1 while it fires, else 0.
@@ -504,23 +515,39 @@ impl Alerts {
     }
 }
 
-fn announce(alert: &Alert) {
-    let worst = alert
+/// Log the change, and the MCP log message that tells the alerts'
+/// subscribers of it: a warning when it fires, a notice when it clears.
+fn announce(alert: &Alert) -> LoggingMessageNotificationParam {
+    let breaches: Vec<String> = alert
         .breaches
         .iter()
-        .map(|b| format!("{} = {}", b.id, b.value));
-    let worst: Vec<String> = worst.collect();
-    match alert.firing {
-        true => tracing::warn!(
-            alert = %alert.name,
-            metric = %alert.threshold.metric,
-            breaches = %worst.join(", "),
-            "alert firing"
-        ),
-        false => {
-            tracing::info!(alert = %alert.name, metric = %alert.threshold.metric, "alert cleared")
+        .map(|b| format!("{} = {}", b.id, b.value))
+        .collect();
+    let metric = &alert.threshold.metric;
+    let (level, message) = match alert.firing {
+        true => {
+            tracing::warn!(alert = %alert.name, %metric, breaches = %breaches.join(", "), "alert firing");
+            let message = format!(
+                "alert `{}` firing: {metric} of {}",
+                alert.name,
+                breaches.join(", ")
+            );
+            (LoggingLevel::Warning, message)
         }
-    }
+        false => {
+            tracing::info!(alert = %alert.name, %metric, "alert cleared");
+            let message = format!("alert `{}` cleared: {metric} is back", alert.name);
+            (LoggingLevel::Notice, message)
+        }
+    };
+    let data = serde_json::json!({
+        "uri": ALERTS_URI,
+        "message": message,
+        "alert": alert.name,
+        "firing": alert.firing,
+        "breaches": alert.breaches,
+    });
+    LoggingMessageNotificationParam::new(level, data).with_logger(ALERTS_LOGGER)
 }
 
 fn unix_ms() -> i64 {

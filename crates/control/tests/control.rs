@@ -775,7 +775,7 @@ fn set_temperature(root: &std::path::Path, celsius: f64) {
 async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() {
     use jetsonmind_control::monitor::ALERTS_URI;
     use jetsonmind_core::rmcp::ServiceExt;
-    use jetsonmind_core::rmcp::model::SubscribeRequestParams;
+    use jetsonmind_core::rmcp::model::{LoggingLevel, SubscribeRequestParams};
     use jetsonmind_core::testing::UpdateListener;
 
     let tree = tempfile::tempdir().unwrap();
@@ -825,6 +825,19 @@ async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() 
     let firing = alert().await;
     assert_eq!(firing["firing"], true, "{firing}");
     assert_eq!(firing["breaches"][0]["value"], 80.0);
+    // The subscriber's session is also sent a warning saying so.
+    let told = updates.wait_for_logs(1).await;
+    assert_eq!(told[0].level, LoggingLevel::Warning);
+    assert_eq!(told[0].data["alert"], "hot");
+    assert_eq!(told[0].data["uri"], ALERTS_URI);
+    assert!(
+        told[0].data["message"]
+            .as_str()
+            .unwrap()
+            .contains("device = 80"),
+        "{:?}",
+        told[0].data
+    );
     assert!(
         control
             .alerts()
@@ -848,6 +861,11 @@ async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() 
     set_temperature(tree.path(), 65.0);
     updates.wait_for(ALERTS_URI, 3).await;
     let cleared = alert().await;
+    let told = updates.wait_for_logs(2).await;
+    assert_eq!(
+        (told[1].level, told[1].data["firing"].clone()),
+        (LoggingLevel::Notice, json!(false))
+    );
     assert_eq!(
         (cleared["firing"].clone(), cleared["fired"].clone()),
         (json!(false), json!(1))

@@ -8,11 +8,20 @@
 //! changes (a metrics ticker, the gateway's upstream subscriptions) ask
 //! [`ResourceUpdates::is_watched`] and wait on
 //! [`ResourceUpdates::interest_changed`] instead of working for nobody.
+//!
+//! A unit can also tell a resource's subscribers something about it in
+//! words ([`ResourceUpdates::log`]: an alert fired). That goes as a
+//! `notifications/message` to handshake-era sessions subscribed to the URI,
+//! at or above the level the session set, if it set one; a
+//! `subscriptions/listen` stream cannot carry log messages, so its
+//! subscribers read the resource instead.
+
+#![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); both eras are served.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use rmcp::model::ResourceUpdatedNotificationParam;
+use rmcp::model::{LoggingMessageNotificationParam, ResourceUpdatedNotificationParam};
 use rmcp::service::{Peer, SubscriptionSink};
 use rmcp::{ErrorData as McpError, RoleServer};
 use tokio::sync::{Notify, broadcast, watch};
@@ -22,8 +31,27 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// (it is then told that everything it watches changed).
 const BACKLOG: usize = 256;
 
+use crate::client_log::{ConnectionLevel, severity};
+
+/// What a resource's subscribers are told.
+#[derive(Debug, Clone)]
+enum Change {
+    /// It changed: read it again.
+    Updated(String),
+    /// A message about it, for sessions that take log messages.
+    Log(String, Arc<LoggingMessageNotificationParam>),
+}
+
+impl Change {
+    fn uri(&self) -> &str {
+        match self {
+            Change::Updated(uri) | Change::Log(uri, _) => uri,
+        }
+    }
+}
+
 pub struct ResourceUpdates {
-    sender: broadcast::Sender<String>,
+    sender: broadcast::Sender<Change>,
     watchers: Mutex<BTreeMap<String, usize>>,
     interest: Notify,
 }
@@ -42,7 +70,14 @@ impl ResourceUpdates {
     /// Tell `uri`'s subscribers that it changed (they read it again).
     pub fn publish(&self, uri: &str) {
         // No receiver is not an error: nobody is subscribed.
-        let _ = self.sender.send(uri.to_string());
+        let _ = self.sender.send(Change::Updated(uri.to_string()));
+    }
+
+    /// Tell `uri`'s subscribers `message` about it (see the module notes).
+    pub fn log(&self, uri: &str, message: LoggingMessageNotificationParam) {
+        let _ = self
+            .sender
+            .send(Change::Log(uri.to_string(), Arc::new(message)));
     }
 
     /// Whether any client is subscribed to `uri` now.
@@ -93,24 +128,26 @@ impl ResourceUpdates {
         stop: CancellationToken,
         deliver: F,
     ) where
-        F: Fn(String) -> Fut + Send + 'static,
+        F: Fn(Change) -> Fut + Send + 'static,
         Fut: Future<Output = bool> + Send,
     {
         let mut receiver = self.sender.subscribe();
         let _watch = self.watch(&uris);
         loop {
-            let changed: Vec<String> = tokio::select! {
+            let changed: Vec<Change> = tokio::select! {
                 _ = stop.cancelled() => return,
                 received = receiver.recv() => match received {
-                    Ok(uri) if uris.contains(&uri) => vec![uri],
+                    Ok(change) if uris.contains(change.uri()) => vec![change],
                     Ok(_) => continue,
                     // Some changes were missed: any of the watched may have changed.
-                    Err(broadcast::error::RecvError::Lagged(_)) => uris.iter().cloned().collect(),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        uris.iter().cloned().map(Change::Updated).collect()
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
-            for uri in changed {
-                if !deliver(uri).await {
+            for change in changed {
+                if !deliver(change).await {
                     return;
                 }
             }
@@ -233,7 +270,16 @@ pub(crate) struct SessionSubscriptions {
 }
 
 impl SessionSubscriptions {
-    pub fn subscribe(&self, updates: &Arc<ResourceUpdates>, uri: String, peer: Peer<RoleServer>) {
+    /// Relay `uri`'s changes to `peer`, and its log messages at or above
+    /// `level` (all of them while the session has set none: it asked for
+    /// this resource's news).
+    pub fn subscribe(
+        &self,
+        updates: &Arc<ResourceUpdates>,
+        uri: String,
+        peer: Peer<RoleServer>,
+        level: ConnectionLevel,
+    ) {
         let stop = CancellationToken::new();
         let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
         if relays.contains_key(&uri) {
@@ -241,11 +287,23 @@ impl SessionSubscriptions {
         }
         relays.insert(uri.clone(), stop.clone().drop_guard());
         let uris = BTreeSet::from([uri]);
-        tokio::spawn(updates.clone().relay(uris, stop, move |uri| {
+        tokio::spawn(updates.clone().relay(uris, stop, move |change| {
             let peer = peer.clone();
+            let level = level.get();
             async move {
-                let params = ResourceUpdatedNotificationParam::new(uri);
-                peer.notify_resource_updated(params).await.is_ok()
+                match change {
+                    Change::Updated(uri) => {
+                        let params = ResourceUpdatedNotificationParam::new(uri);
+                        peer.notify_resource_updated(params).await.is_ok()
+                    }
+                    Change::Log(_, message) => {
+                        if level.is_some_and(|l| severity(message.level) < severity(l)) {
+                            return true;
+                        }
+                        let message = (*message).clone();
+                        peer.notify_logging_message(message).await.is_ok()
+                    }
+                }
             }
         }));
     }
@@ -298,9 +356,15 @@ pub(crate) async fn listen(
     stop: CancellationToken,
 ) {
     updates
-        .relay(uris, stop, move |uri| {
+        .relay(uris, stop, move |change| {
             let sink = sink.clone();
-            async move { sink.notify_resource_updated(uri).await.is_ok() }
+            async move {
+                match change {
+                    Change::Updated(uri) => sink.notify_resource_updated(uri).await.is_ok(),
+                    // A listen stream cannot carry log messages.
+                    Change::Log(..) => true,
+                }
+            }
         })
         .await
 }
@@ -375,17 +439,32 @@ mod tests {
         let relay = tokio::spawn(updates.clone().relay(
             BTreeSet::from(["a://x".to_string()]),
             stop.clone(),
-            move |uri| {
+            move |change| {
                 let tx = tx.clone();
-                async move { tx.send(uri).is_ok() }
+                async move { tx.send(change).is_ok() }
             },
         ));
         while !updates.is_watched("a://x") {
             tokio::task::yield_now().await;
         }
         updates.publish("b://other");
+        updates.log(
+            "b://other",
+            LoggingMessageNotificationParam::new(
+                rmcp::model::LoggingLevel::Warning,
+                serde_json::json!("not watched"),
+            ),
+        );
         updates.publish("a://x");
-        assert_eq!(rx.recv().await.as_deref(), Some("a://x"));
+        let said = serde_json::json!("it fired");
+        updates.log(
+            "a://x",
+            LoggingMessageNotificationParam::new(rmcp::model::LoggingLevel::Warning, said.clone()),
+        );
+        assert!(matches!(rx.recv().await, Some(Change::Updated(uri)) if uri == "a://x"));
+        assert!(
+            matches!(rx.recv().await, Some(Change::Log(uri, m)) if uri == "a://x" && m.data == said)
+        );
         stop.cancel();
         relay.await.unwrap();
         assert!(!updates.is_watched("a://x"));

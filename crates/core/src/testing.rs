@@ -174,11 +174,16 @@ impl LogListener {
     }
 }
 
-/// A client that records the `notifications/resources/updated` URIs it
-/// receives.
+/// A client that records the `notifications/resources/updated` URIs and
+/// the log messages it receives.
+#[allow(deprecated)]
 #[derive(Clone, Default)]
-pub struct UpdateListener(Arc<Mutex<Vec<String>>>);
+pub struct UpdateListener(
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<LoggingMessageNotificationParam>>>,
+);
 
+#[allow(deprecated)]
 impl ClientHandler for UpdateListener {
     async fn on_resource_updated(
         &self,
@@ -189,6 +194,17 @@ impl ClientHandler for UpdateListener {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(params.uri);
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(params);
     }
 }
 
@@ -206,6 +222,24 @@ impl UpdateListener {
                 tokio::time::Instant::now() < deadline,
                 "{uri}: {seen} of {times} updates; got {:?}",
                 self.0.lock().unwrap_or_else(|e| e.into_inner())
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The first `count` log messages, waited for as [`Self::wait_for`].
+    #[allow(deprecated)]
+    pub async fn wait_for_logs(&self, count: usize) -> Vec<LoggingMessageNotificationParam> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let logs = self.1.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if logs.len() >= count {
+                return logs;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {count} log messages: {logs:?}",
+                logs.len()
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

@@ -513,8 +513,12 @@ impl<U: McpUnit> ServerHandler for UnitServer<U> {
         if !crate::sessions::can_notify_later(&context.extensions) {
             return Err(subscribe::needs_session());
         }
-        self.session
-            .subscribe(&updates, request.uri, context.peer.clone());
+        self.session.subscribe(
+            &updates,
+            request.uri,
+            context.peer.clone(),
+            self.log_level.clone(),
+        );
         Ok(())
     }
 

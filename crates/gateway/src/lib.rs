@@ -310,23 +310,26 @@ impl Gateway {
         shutdown: CancellationToken,
     ) {
         loop {
-            let (upstream, original) = tokio::select! {
+            let change = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 change = incoming.recv() => match change {
                     Some(change) => change,
                     None => return,
                 },
             };
-            let Some(backend) = self.backends().iter().position(|b| b.contains(upstream)) else {
+            let backends = self.backends();
+            let Some(backend) = backends.iter().position(|b| b.contains(change.upstream)) else {
                 continue;
             };
             let view = self.current();
             let exposed = view
                 .resources
                 .iter()
-                .find(|(_, route)| route.backend == backend && route.original == original);
-            if let Some((uri, _)) = exposed {
-                self.updates.publish(uri);
+                .find(|(_, route)| route.backend == backend && route.original == change.uri);
+            let Some((uri, _)) = exposed else { continue };
+            match change.log_as(uri) {
+                None => self.updates.publish(uri),
+                Some(message) => self.updates.log(uri, message),
             }
         }
     }

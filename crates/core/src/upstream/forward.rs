@@ -2,14 +2,17 @@
 //! sent on to whoever made the call (an MCP client, or the OpenAI endpoint),
 //! and a call its caller abandons is cancelled upstream.
 
+#![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); both eras are served.
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
-    ClientConfig, ClientNotification, ClientRequest, Implementation, ProgressNotificationParam,
-    ProgressToken, RequestId, ResourceUpdatedNotificationParam, ServerResult,
+    ClientConfig, ClientNotification, ClientRequest, Implementation,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, RequestId,
+    ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext};
 use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError};
@@ -169,8 +172,28 @@ impl ProgressRoutes {
     }
 }
 
-/// An upstream's resource changed: (upstream, the upstream's URI).
-pub type ResourceChange = (UpstreamId, String);
+/// What an upstream told of one of its resources.
+#[derive(Debug, Clone)]
+pub struct ResourceChange {
+    pub upstream: UpstreamId,
+    /// The upstream's URI.
+    pub uri: String,
+    /// `None`: it changed. Some: a log message about it (an alert fired),
+    /// which names the URI in `data.uri`.
+    pub log: Option<LoggingMessageNotificationParam>,
+}
+
+impl ResourceChange {
+    /// Its log message, naming the resource as `exposed` (the URI a gateway
+    /// offers it under) instead of the upstream's URI.
+    pub fn log_as(self, exposed: &str) -> Option<LoggingMessageNotificationParam> {
+        let mut message = self.log?;
+        if let Some(data) = message.data.as_object_mut() {
+            data.insert("uri".into(), exposed.into());
+        }
+        Some(message)
+    }
+}
 
 /// The client handler of one upstream connection.
 #[derive(Clone)]
@@ -188,6 +211,16 @@ impl ForwardingClient {
     fn lists_changed(&self) {
         if let Some(flag) = &self.lists_changed {
             flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn relay(&self, uri: String, log: Option<LoggingMessageNotificationParam>) {
+        if let Some(changes) = &self.changes {
+            let _ = changes.send(ResourceChange {
+                upstream: self.upstream,
+                uri,
+                log,
+            });
         }
     }
 }
@@ -226,8 +259,19 @@ impl ClientHandler for ForwardingClient {
         params: ResourceUpdatedNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        if let Some(changes) = &self.changes {
-            let _ = changes.send((self.upstream, params.uri));
+        self.relay(params.uri, None);
+    }
+
+    /// A log message about a resource (`data.uri`) goes where its changes
+    /// go; others are the upstream's own business.
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(uri) = params.data.get("uri").and_then(|u| u.as_str()) {
+            let uri = uri.to_string();
+            self.relay(uri, Some(params));
         }
     }
 }
