@@ -1,12 +1,14 @@
 """optimize_system on a real `jetsonmind serve` with the real default model, driven by the official
 Python MCP SDK: it measures candidate engine settings, applies the best through the settings (the
 compute server follows them at once), a repeated run agrees within noise, and `revert` restores
-what it replaced."""
+what it replaced. On a fake Jetson (a sysfs tree and stand-in nvpmodel and jetson_clocks commands) the
+power mode and pinned clocks are candidates too."""
 
 import anyio
 import pytest
 from mcp import Client
 
+import fake_jetson
 from conftest import make_data_dir, read_json, start_serve, stop_serve
 
 pytestmark = pytest.mark.anyio
@@ -141,3 +143,51 @@ async def test_calls_are_served_while_it_measures_and_the_measurement_gives_way(
         assert len(rows) >= 3 and all(row["score"] > 0 for row in rows), rows
         # Each measurement that met a real call stopped and was run again after it.
         assert sum(row["figures"]["yielded"] for row in rows) >= 1, rows
+
+
+async def test_on_a_jetson_power_modes_and_clocks_are_measured_applied_and_reverted(binary, tmp_path):
+    board = tmp_path / "board"
+    fake_jetson.make_tree(board, mode=0)
+    data = make_data_dir(binary, tmp_path / "data")
+    env = {"JETSONMIND_MCP__LIST_TTL_MS": "0", **fake_jetson.config_env(board)}
+    served = start_serve(binary, data, tmp_path / "serve.log", env)
+    power = lambda row: (row["settings"]["power_mode"], row["settings"]["max_clocks"])  # noqa: E731
+    mode_now = lambda: fake_jetson.read(board, "var/lib/nvpmodel/status").split()[0]  # noqa: E731
+    pinned_now = lambda: (  # noqa: E731
+        fake_jetson.read(board, f"{fake_jetson.GPU}/min_freq") == fake_jetson.read(board, f"{fake_jetson.GPU}/max_freq")
+    )
+    # The current settings, the other mode, then pinned clocks in the better of the two.
+    search = {"target_metric": "efficiency", **SEARCH, "max_candidates": 3}
+    try:
+        async with Client(served.url, mode="auto") as client:
+            await client.call_tool("text_generate", {"prompt": "Hi", "max_tokens": 2})
+            dry = await optimize(client, {**search, "dry_run": True})
+            assert dry["power"]["searched"], dry["power"]
+            assert [(m["id"], m["name"]) for m in dry["power"]["modes"]] == [(0, "MAXN"), (1, "7W")]
+            assert "power rails" in dry["basis"]["score"]
+            rows = dry["candidates"]
+            assert [power(row) for row in rows] == [(0, False), (1, False), (1, True)], rows
+            assert all(row["joules"] > 0 and row["score"] > 0 for row in rows), rows
+            # The same tokens on 7 W instead of 15 W (or 12 W pinned): the 7 W mode, clocks free.
+            assert power({"settings": dry["winner"]}) == (1, False), dry["why"]
+            # A dry run leaves the board as it found it.
+            assert (mode_now(), pinned_now()) == ("pmode:0000", False)
+            assert fake_jetson.calls(board) == [
+                ["nvpmodel", "1"],
+                ["jetson_clocks", "--store"],
+                ["jetson_clocks"],
+                ["nvpmodel", "0"],
+            ]
+
+            applied = await optimize(client, search)
+            assert power({"settings": applied["winner"]}) == (1, False), applied["why"]
+            assert applied["applied"] is not None
+            assert (mode_now(), pinned_now()) == ("pmode:0001", False)
+            assert fake_jetson.calls(board)[-1] == ["jetson_clocks", "--restore"]
+
+            reverted = await optimize(client, {"action": "revert"})
+            assert reverted["restored_power"] == {"power_mode": 0, "max_clocks": False}
+            assert (mode_now(), pinned_now()) == ("pmode:0000", False)
+            assert fake_jetson.calls(board)[-1] == ["nvpmodel", "0"]
+    finally:
+        stop_serve(served)

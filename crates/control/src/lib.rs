@@ -53,7 +53,6 @@ use crate::schema::*;
 pub struct ControlServer {
     catalog: Arc<Catalog>,
     fleet: Arc<Fleet>,
-    power: Power,
     optimizer: Optimizer,
     /// Where `optimize_system` and `manage_resources` write settings.
     settings: Option<Arc<Settings>>,
@@ -122,19 +121,20 @@ impl ControlServer {
     /// starts more replicas on this machine; without one `scale_cluster`
     /// can only report.
     pub fn new(fleet: Arc<Fleet>, config: &Config, launcher: Option<Launcher>) -> Self {
+        let root = config.telemetry.root.clone();
         Self {
             catalog: Arc::new(catalog()),
             fleet: fleet.clone(),
-            power: Power::new("/", &config.control),
             optimizer: Optimizer {
-                telemetry_root: "/".into(),
+                telemetry_root: root.clone(),
                 defaults: config.control.optimize.clone(),
+                power: Power::new(&root, &config.control),
             },
             settings: None,
             sources: Sources {
                 fleet: fleet.clone(),
-                telemetry: LinuxReader::new("/"),
-                telemetry_root: "/".into(),
+                telemetry: LinuxReader::new(&root),
+                telemetry_root: root,
                 analytics: None,
             },
             alerts: Arc::default(),
@@ -155,7 +155,7 @@ impl ControlServer {
 
     /// Power commands read this root instead of `/` (tests).
     pub fn with_power(mut self, power: Power) -> Self {
-        self.power = power;
+        self.optimizer.power = power;
         self
     }
 
@@ -287,10 +287,11 @@ impl ControlServer {
                     .await
             }
             OptimizeAction::Revert => match &self.settings {
-                Some(settings) => optimize::revert(settings).await,
+                Some(settings) => optimize::revert(settings, &self.optimizer.power).await,
                 None => Err("this control server cannot write settings".into()),
             },
             power => self
+                .optimizer
                 .power
                 .run(power, args.mode)
                 .await

@@ -2,15 +2,18 @@
 //! for a goal by measuring them, never by guessing.
 //!
 //! The settings in use are measured first, then candidates one setting at
-//! a time (parallel slots, threads, batch size), each against the best so
-//! far (a coordinate search), until every candidate is measured, the time
+//! a time (on a Jetson that allows it the power mode and pinned clocks,
+//! then parallel slots, threads, batch size), each against the best so far
+//! (a coordinate search), until every candidate is measured, the time
 //! budget is spent or the candidate limit is reached. Each measurement is a
 //! `calibrate_engine` call on the replica: concurrent calls on its real
 //! loaded model, giving way to real calls. Meanwhile this module samples the
 //! device's hottest thermal zone and, on a Jetson, its power rails.
 //!
 //! The winner is applied through the settings (saved, and followed by the
-//! compute server at once); what it replaced is kept in the data dir, so
+//! compute server at once) and, for power, through nvpmodel and
+//! jetson_clocks; the device is put back as it was after a dry run or a
+//! failed search. What the winner replaced is kept in the data dir, so
 //! `revert` restores it, after a restart too.
 
 use std::collections::BTreeSet;
@@ -33,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::fleet::{Attempt, Fleet, Replica};
+use crate::power::{DevicePower, Power};
 use crate::schema::{OptimizeSystemArgs, TargetMetric};
 use crate::{describe_attempt, write_settings};
 
@@ -49,10 +53,20 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 const PARALLEL_VALUES: [u32; 4] = [1, 2, 4, 8];
 const BATCH_VALUES: [u32; 3] = [128, 512, 2048];
 
+/// One point of the search: engine settings and, where power is varied,
+/// the device's power state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    #[serde(flatten)]
+    pub engine: EngineTuning,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DevicePower>,
+}
+
 /// One measured candidate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    pub settings: EngineTuning,
+    pub settings: Candidate,
     /// The settings in use when the search began.
     pub current: bool,
     pub clients: u32,
@@ -82,7 +96,10 @@ struct Applied {
     target_metric: TargetMetric,
     /// Each tuned key's saved value before (null: it was not set).
     before: Map<String, Value>,
-    after: EngineTuning,
+    /// The power state before, when the optimization changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_before: Option<DevicePower>,
+    after: Candidate,
 }
 
 /// A search's inputs.
@@ -100,11 +117,15 @@ struct Search<'a> {
     deadline: Instant,
     max_candidates: usize,
     rails: bool,
+    power: &'a Power,
+    /// The power modes searched; empty when power is not varied.
+    modes: Vec<u32>,
 }
 
 pub struct Optimizer {
     pub telemetry_root: PathBuf,
     pub defaults: OptimizeConfig,
+    pub power: Power,
 }
 
 impl Optimizer {
@@ -126,10 +147,22 @@ impl Optimizer {
             return Err("this control server cannot write settings: use dry_run".into());
         }
         let replica = local_replica(fleet, args.replica.as_deref())?;
-        let current = replica
+        let engine = replica
             .report()
             .and_then(|r| r.engine)
             .ok_or("the replica has not reported its engine settings yet; try again shortly")?;
+        let (modes, device, power) = match self.power.searchable() {
+            Ok((modes, state)) => {
+                let ids = modes.iter().map(|m| m.id).collect();
+                (
+                    ids,
+                    Some(state),
+                    json!({ "searched": true, "modes": modes }),
+                )
+            }
+            Err(why) => (Vec::new(), None, json!({ "searched": false, "why": why })),
+        };
+        let current = Candidate { engine, device };
         let limit_c = args.limit_c.unwrap_or(self.defaults.thermal_limit_c);
         let rails = power_watts(&self.telemetry_root).is_some();
         if metric == TargetMetric::Thermal && hottest_c(&self.telemetry_root).is_none() {
@@ -156,11 +189,23 @@ impl Optimizer {
                 .max_candidates
                 .map_or(self.defaults.max_candidates, |n| n as usize),
             rails,
+            power: &self.power,
+            modes,
         };
         let started = Instant::now();
-        let (rows, stopped_by) = search.run(current).await?;
+        let (rows, stopped_by) = match search.run(current).await {
+            Ok(searched) => searched,
+            Err(e) => {
+                self.settle_power(device).await?;
+                return Err(e);
+            }
+        };
         let basis = basis(metric, rails, limit_c);
         let (winner, why) = decide(&rows, &basis, self.defaults.min_gain_percent);
+        let applying = winner.filter(|w| !dry_run && w.settings != current);
+        // The device ends in the applied winner's power state, else as it was.
+        self.settle_power(applying.map_or(device, |w| w.settings.device))
+            .await?;
         let mut outcome = json!({
             "target_metric": metric,
             "replica": replica.name(),
@@ -182,43 +227,56 @@ impl Optimizer {
                 .and_then(|b| gain(&rows, b, &basis)),
             "searched_secs": started.elapsed().as_secs_f64(),
             "stopped_by": stopped_by,
+            "power": power,
             "dry_run": dry_run,
             "applied": Value::Null,
         });
-        if let (Some(winner), Some(settings)) = (winner, settings)
-            && !dry_run
-            && winner.settings != current
-        {
-            outcome["applied"] = apply(settings, metric, winner.settings).await?;
+        if let (Some(winner), Some(settings)) = (applying, settings) {
+            outcome["applied"] = apply(settings, metric, device, winner.settings).await?;
         }
         Ok(outcome)
+    }
+
+    /// Leave the device in `state` (nothing where power is not varied).
+    async fn settle_power(&self, state: Option<DevicePower>) -> Result<(), String> {
+        let Some(state) = state else { return Ok(()) };
+        self.power
+            .set_state(state)
+            .await
+            .map(drop)
+            .map_err(|e| format!("cannot leave the device in its power state: {e}"))
     }
 }
 
 /// Write `after` into the settings, keeping what they replace: what the
 /// first of successive optimizations replaced, so `revert` goes back to the
 /// settings from before any of them.
+/// The power state was set already; `device` is the one it replaced.
 async fn apply(
     settings: &Settings,
     metric: TargetMetric,
-    after: EngineTuning,
+    device: Option<DevicePower>,
+    after: Candidate,
 ) -> Result<Value, String> {
     let earlier = std::fs::read_to_string(applied_path(settings))
         .ok()
         .and_then(|text| serde_json::from_str::<Applied>(&text).ok());
-    let before = match earlier {
-        Some(earlier) => earlier.before,
-        None => saved_values(settings)?,
+    let changed_device = device.filter(|_| after.device != device);
+    let (before, device_before) = match earlier {
+        Some(earlier) => (earlier.before, earlier.device_before.or(changed_device)),
+        None => (saved_values(settings)?, changed_device),
     };
+    let engine = after.engine;
     let patch = json!({ "compute": {
-        "threads": after.threads,
-        "parallel": after.parallel,
-        "batch_size": after.batch_size,
+        "threads": engine.threads,
+        "parallel": engine.parallel,
+        "batch_size": engine.batch_size,
     }});
     let update = write_settings(settings, &patch).await?;
     let applied = Applied {
         target_metric: metric,
         before,
+        device_before,
         after,
     };
     let text = serde_json::to_string_pretty(&applied).map_err(|e| e.to_string())?;
@@ -239,8 +297,8 @@ fn saved_values(settings: &Settings) -> Result<Map<String, Value>, String> {
     Ok(before)
 }
 
-/// Restore the settings the applied optimizations replaced.
-pub async fn revert(settings: &Settings) -> Result<Value, String> {
+/// Restore the settings (and power state) the applied optimizations replaced.
+pub async fn revert(settings: &Settings, power: &Power) -> Result<Value, String> {
     let path = applied_path(settings);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -257,11 +315,18 @@ pub async fn revert(settings: &Settings) -> Result<Value, String> {
         compute.insert(name.to_string(), value.clone());
     }
     let update = write_settings(settings, &json!({ "compute": compute })).await?;
+    if let Some(state) = applied.device_before {
+        power
+            .set_state(state)
+            .await
+            .map_err(|e| format!("settings restored, but not the power state: {e}"))?;
+    }
     std::fs::remove_file(&path)
         .map_err(|e| format!("restored, but cannot remove {}: {e}", path.display()))?;
     Ok(json!({
         "reverted": applied.target_metric,
         "restored": applied.before,
+        "restored_power": applied.device_before,
         "replaced": applied.after,
         "update": update,
     }))
@@ -292,13 +357,13 @@ pub(crate) fn local_replica(fleet: &Fleet, named: Option<&str>) -> Result<Arc<Re
 
 impl Search<'_> {
     /// The rows measured, in order, and what ended the search.
-    async fn run(&self, current: EngineTuning) -> Result<(Vec<Row>, &'static str), String> {
+    async fn run(&self, current: Candidate) -> Result<(Vec<Row>, &'static str), String> {
         let mut rows = vec![self.measure(current, true).await?];
         let higher = basis(self.metric, self.rails, self.limit_c).higher_is_better;
-        let mut tried: BTreeSet<(usize, u32, u32)> = BTreeSet::new();
+        let mut tried = BTreeSet::new();
         tried.insert(key(&current));
-        for setting in self.settings_searched() {
-            for value in setting.values(&current, self.cores()) {
+        for setting in self.settings_searched(current.device.is_some()) {
+            for value in setting.values(&current, self.cores(), &self.modes) {
                 let base = best(&rows, higher).map_or(current, |w| w.settings);
                 let candidate = setting.set(base, value);
                 if !tried.insert(key(&candidate)) {
@@ -321,27 +386,40 @@ impl Search<'_> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
-    /// The settings searched, in order. Latency is one call at a time: the
+    /// The settings searched, in order: power first (it moves every other
+    /// figure), where it is varied. Latency is one call at a time: the
     /// number of slots does not change it, so it is left as it is.
-    fn settings_searched(&self) -> Vec<Setting> {
-        match self.metric {
+    fn settings_searched(&self, power: bool) -> Vec<Setting> {
+        let power = match power {
+            true => vec![Setting::PowerMode, Setting::MaxClocks],
+            false => Vec::new(),
+        };
+        let engine = match self.metric {
             TargetMetric::Latency => vec![Setting::Threads, Setting::BatchSize],
             _ => vec![Setting::Parallel, Setting::Threads, Setting::BatchSize],
-        }
+        };
+        [power, engine].concat()
     }
 
     /// One candidate, measured by the replica while the device is sampled.
-    async fn measure(&self, settings: EngineTuning, current: bool) -> Result<Row, String> {
+    async fn measure(&self, settings: Candidate, current: bool) -> Result<Row, String> {
+        if let Some(state) = settings.device {
+            self.power
+                .set_state(state)
+                .await
+                .map_err(|e| format!("cannot set a candidate's power state: {e}"))?;
+        }
+        let engine = settings.engine;
         let clients = match self.metric {
             TargetMetric::Latency => 1,
-            _ => settings.parallel,
+            _ => engine.parallel,
         };
         let args = CalibrateArgs {
             model: self.model.clone(),
             trial: Trial {
-                threads: settings.threads,
-                slots: settings.parallel,
-                batch_size: settings.batch_size,
+                threads: engine.threads,
+                slots: engine.parallel,
+                batch_size: engine.batch_size,
                 clients,
                 prompt_tokens: self.prompt_tokens,
                 max_tokens: self.max_tokens,
@@ -385,11 +463,9 @@ impl Search<'_> {
         };
         let last = rows.last().expect("a row was just measured");
         let message = format!(
-            "measured {} candidate(s); last: threads {}, parallel {}, batch {}: {}",
+            "measured {} candidate(s); last: {}: {}",
             rows.len(),
-            last.settings.threads,
-            last.settings.parallel,
-            last.settings.batch_size,
+            describe(&last.settings),
             match (last.score, &last.excluded) {
                 (Some(score), _) => format!("{score:.2}"),
                 (None, Some(why)) => why.clone(),
@@ -408,6 +484,8 @@ impl Search<'_> {
 /// A setting the search varies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Setting {
+    PowerMode,
+    MaxClocks,
     Parallel,
     Threads,
     BatchSize,
@@ -415,46 +493,69 @@ enum Setting {
 
 impl Setting {
     /// The values tried, the one in use among them, in increasing order.
-    fn values(self, current: &EngineTuning, cores: usize) -> Vec<u32> {
+    fn values(self, current: &Candidate, cores: usize, modes: &[u32]) -> Vec<u32> {
         let cores = cores as u32;
         let mut values = match self {
+            Setting::PowerMode => modes.to_vec(),
+            Setting::MaxClocks => vec![0, 1],
             Setting::Parallel => PARALLEL_VALUES.to_vec(),
             Setting::Threads => vec![cores, (cores / 2).max(1), (cores * 3 / 4).max(1)],
             Setting::BatchSize => BATCH_VALUES.to_vec(),
         };
-        values.push(self.of(current));
+        values.extend(self.of(current));
         let set: BTreeSet<u32> = values.into_iter().collect();
         set.into_iter().collect()
     }
 
-    fn of(self, t: &EngineTuning) -> u32 {
+    /// Its value in `c`; none for power where power is not varied.
+    fn of(self, c: &Candidate) -> Option<u32> {
+        let engine = &c.engine;
         match self {
-            Setting::Parallel => t.parallel,
-            Setting::Threads => t.threads as u32,
-            Setting::BatchSize => t.batch_size,
+            Setting::PowerMode => c.device.map(|d| d.power_mode),
+            Setting::MaxClocks => c.device.map(|d| u32::from(d.max_clocks)),
+            Setting::Parallel => Some(engine.parallel),
+            Setting::Threads => Some(engine.threads as u32),
+            Setting::BatchSize => Some(engine.batch_size),
         }
     }
 
-    fn set(self, t: EngineTuning, value: u32) -> EngineTuning {
-        match self {
-            Setting::Parallel => EngineTuning {
-                parallel: value,
-                ..t
-            },
-            Setting::Threads => EngineTuning {
-                threads: value as usize,
-                ..t
-            },
-            Setting::BatchSize => EngineTuning {
-                batch_size: value,
-                ..t
-            },
+    fn set(self, c: Candidate, value: u32) -> Candidate {
+        let (mut engine, mut device) = (c.engine, c.device);
+        match (self, device.as_mut()) {
+            (Setting::PowerMode, Some(d)) => d.power_mode = value,
+            (Setting::MaxClocks, Some(d)) => d.max_clocks = value != 0,
+            (Setting::PowerMode | Setting::MaxClocks, None) => {}
+            (Setting::Parallel, _) => engine.parallel = value,
+            (Setting::Threads, _) => engine.threads = value as usize,
+            (Setting::BatchSize, _) => engine.batch_size = value,
         }
+        Candidate { engine, device }
     }
 }
 
-fn key(t: &EngineTuning) -> (usize, u32, u32) {
-    (t.threads, t.parallel, t.batch_size)
+type Key = (usize, u32, u32, Option<(u32, bool)>);
+
+fn key(c: &Candidate) -> Key {
+    let e = &c.engine;
+    let device = c.device.map(|d| (d.power_mode, d.max_clocks));
+    (e.threads, e.parallel, e.batch_size, device)
+}
+
+/// A candidate in words, for progress and the verdict.
+fn describe(c: &Candidate) -> String {
+    let e = &c.engine;
+    let engine = format!(
+        "threads {}, parallel {}, batch {}",
+        e.threads, e.parallel, e.batch_size
+    );
+    match c.device {
+        Some(d) => format!(
+            "power mode {}, clocks {}, {engine}",
+            d.power_mode,
+            if d.max_clocks { "pinned" } else { "free" }
+        ),
+        None => engine,
+    }
 }
 
 /// What a goal ranks by, with the measured figure's meaning.
@@ -560,15 +661,9 @@ fn decide<'r>(rows: &'r [Row], basis: &Basis, min_gain: f64) -> (Option<&'r Row>
     let current = rows.iter().find(|r| r.current);
     let score = best.score.unwrap_or_default();
     let measured = rows.len();
-    let settings = |r: &Row| {
-        format!(
-            "threads {}, parallel {}, batch {}",
-            r.settings.threads, r.settings.parallel, r.settings.batch_size
-        )
-    };
     let best_of = format!(
         "{} measured the best score of {measured} candidates ({score:.2}: {})",
-        settings(best),
+        describe(&best.settings),
         basis.score
     );
     match (current, current.and_then(|c| c.score)) {
@@ -673,10 +768,13 @@ mod tests {
 
     fn row(parallel: u32, score: Option<f64>, current: bool) -> Row {
         Row {
-            settings: EngineTuning {
-                threads: 2,
-                parallel,
-                batch_size: 512,
+            settings: Candidate {
+                engine: EngineTuning {
+                    threads: 2,
+                    parallel,
+                    batch_size: 512,
+                },
+                device: None,
             },
             current,
             clients: parallel,
@@ -703,15 +801,18 @@ mod tests {
         let mut config = jetsonmind_core::Config::default();
         config.data.dir = dir.path().to_path_buf();
         let settings = Settings::fixed(config);
-        let tuning = |threads| EngineTuning {
-            threads,
-            parallel: 2,
-            batch_size: 256,
+        let tuning = |threads| Candidate {
+            engine: EngineTuning {
+                threads,
+                parallel: 2,
+                batch_size: 256,
+            },
+            device: None,
         };
-        apply(&settings, TargetMetric::Throughput, tuning(1))
+        apply(&settings, TargetMetric::Throughput, None, tuning(1))
             .await
             .unwrap();
-        apply(&settings, TargetMetric::Latency, tuning(2))
+        apply(&settings, TargetMetric::Latency, None, tuning(2))
             .await
             .unwrap();
         let applied = settings.current().compute;
@@ -719,7 +820,8 @@ mod tests {
             (applied.threads, applied.parallel, applied.batch_size),
             (2, 2, 256)
         );
-        let reverted = revert(&settings).await.unwrap();
+        let power = Power::new(dir.path(), &Default::default());
+        let reverted = revert(&settings, &power).await.unwrap();
         assert_eq!(reverted["restored"]["compute.threads"], Value::Null);
         let restored = settings.current().compute;
         let defaults = jetsonmind_core::Config::default().compute;
@@ -727,7 +829,7 @@ mod tests {
             (restored.threads, restored.parallel, restored.batch_size),
             (defaults.threads, defaults.parallel, defaults.batch_size)
         );
-        let nothing = revert(&settings).await.unwrap_err();
+        let nothing = revert(&settings, &power).await.unwrap_err();
         assert!(nothing.contains("nothing to revert"), "{nothing}");
     }
 
@@ -738,8 +840,8 @@ mod tests {
             row(2, Some(15.0), false),
             row(4, None, false),
         ];
-        assert_eq!(best(&rows, true).unwrap().settings.parallel, 2);
-        assert_eq!(best(&rows, false).unwrap().settings.parallel, 1);
+        assert_eq!(best(&rows, true).unwrap().settings.engine.parallel, 2);
+        assert_eq!(best(&rows, false).unwrap().settings.engine.parallel, 1);
         let throughput = basis(TargetMetric::Throughput, false, 80.0);
         let won = best(&rows, true).unwrap();
         assert_eq!(gain(&rows, won, &throughput), Some(50.0));
@@ -750,21 +852,46 @@ mod tests {
 
     #[test]
     fn candidate_values_include_the_current_one_once() {
-        let current = EngineTuning {
+        let engine = EngineTuning {
             threads: 3,
             parallel: 2,
             batch_size: 100,
         };
-        assert_eq!(Setting::Parallel.values(&current, 4), vec![1, 2, 4, 8]);
-        assert_eq!(Setting::Threads.values(&current, 4), vec![2, 3, 4]);
+        let current = Candidate {
+            engine,
+            device: None,
+        };
+        assert_eq!(Setting::Parallel.values(&current, 4, &[]), vec![1, 2, 4, 8]);
+        assert_eq!(Setting::Threads.values(&current, 4, &[]), vec![2, 3, 4]);
         assert_eq!(
-            Setting::BatchSize.values(&current, 4),
+            Setting::BatchSize.values(&current, 4, &[]),
             vec![100, 128, 512, 2048]
         );
-        let changed = Setting::Threads.set(current, 1);
+        let changed = Setting::Threads.set(current, 1).engine;
         assert_eq!(
             (changed.threads, changed.parallel, changed.batch_size),
             (1, 2, 100)
+        );
+        // Power is varied only where the device has a power state.
+        assert_eq!(Setting::PowerMode.values(&current, 4, &[0, 1]), vec![0, 1]);
+        assert_eq!(Setting::PowerMode.set(current, 1), current);
+        let jetson = Candidate {
+            engine,
+            device: Some(DevicePower {
+                power_mode: 2,
+                max_clocks: false,
+            }),
+        };
+        assert_eq!(
+            Setting::PowerMode.values(&jetson, 4, &[0, 1]),
+            vec![0, 1, 2]
+        );
+        let pinned = Setting::MaxClocks.set(jetson, 1);
+        assert_eq!(pinned.device.map(|d| d.max_clocks), Some(true));
+        let flat = serde_json::to_value(pinned).unwrap();
+        assert_eq!(
+            (flat["threads"].clone(), flat["power_mode"].clone()),
+            (json!(3), json!(2))
         );
     }
 

@@ -1,13 +1,14 @@
 //! Power modes and clocks: on a Jetson, report and (when the config allows
 //! it) change them through `nvpmodel` and `jetson_clocks`; elsewhere say
-//! plainly that it is not supported here.
+//! plainly that it is not supported here. `optimize_system` varies them as
+//! a [`DevicePower`] among its candidates.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jetsonmind_core::config::ControlConfig;
-use jetsonmind_data::telemetry::JetsonReader;
-use serde::Serialize;
+use jetsonmind_data::telemetry::{JetsonReader, PowerMode};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::schema::OptimizeAction;
@@ -22,6 +23,17 @@ pub struct Power {
     query: Vec<String>,
     set_mode: Vec<String>,
     max_clocks: Vec<String>,
+    store_clocks: Vec<String>,
+    restore_clocks: Vec<String>,
+}
+
+/// A Jetson's power state, as `optimize_system` varies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePower {
+    /// The nvpmodel mode id.
+    pub power_mode: u32,
+    /// Clocks pinned at their maximum (`jetson_clocks`).
+    pub max_clocks: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,7 +61,69 @@ impl Power {
             query: config.nvpmodel_query_command.clone(),
             set_mode: config.nvpmodel_set_command.clone(),
             max_clocks: config.jetson_clocks_command.clone(),
+            store_clocks: config.jetson_clocks_store_command.clone(),
+            restore_clocks: config.jetson_clocks_restore_command.clone(),
         }
+    }
+
+    /// The modes this board offers and its state now, when power may be
+    /// varied here; else why not.
+    pub fn searchable(&self) -> Result<(Vec<PowerMode>, DevicePower), String> {
+        let reader = JetsonReader::new(&self.root);
+        if reader.read().is_none() {
+            return Err("not a Jetson".into());
+        }
+        if !self.allow_changes {
+            return Err("control.allow_power_changes is off".into());
+        }
+        let modes = reader.power_modes();
+        if modes.is_empty() {
+            return Err("/etc/nvpmodel.conf names no power mode".into());
+        }
+        let state = self
+            .state()
+            .ok_or("no power mode in /var/lib/nvpmodel/status")?;
+        Ok((modes, state))
+    }
+
+    /// The power mode and clocks now.
+    pub fn state(&self) -> Option<DevicePower> {
+        let reader = JetsonReader::new(&self.root);
+        Some(DevicePower {
+            power_mode: reader.read()?.power_mode?.id,
+            max_clocks: reader.clocks_pinned().unwrap_or(false),
+        })
+    }
+
+    /// Put the device in `target`: the mode first (a mode change sets the
+    /// clocks' limits anew), then the clocks, whose settings are kept before
+    /// they are pinned and put back when they are let go.
+    pub async fn set_state(&self, target: DevicePower) -> Result<Vec<CommandRun>, PowerError> {
+        self.check_allowed()?;
+        let not_jetson = || PowerError::NotSupported("no power state here".into());
+        let mut ran = Vec::new();
+        if self.state().ok_or_else(not_jetson)?.power_mode != target.power_mode {
+            ran.push(run_checked(&self.set_mode_argv(target.power_mode)).await?);
+        }
+        match (
+            self.state().ok_or_else(not_jetson)?.max_clocks,
+            target.max_clocks,
+        ) {
+            (false, true) => {
+                ran.push(run_checked(&self.store_clocks).await?);
+                ran.push(run_checked(&self.max_clocks).await?);
+            }
+            (true, false) => ran.push(run_checked(&self.restore_clocks).await?),
+            _ => {}
+        }
+        Ok(ran)
+    }
+
+    fn set_mode_argv(&self, mode: u32) -> Vec<String> {
+        self.set_mode
+            .iter()
+            .map(|a| a.replace("{mode}", &mode.to_string()))
+            .collect()
     }
 
     pub async fn run(
@@ -82,11 +156,7 @@ impl Power {
                     PowerError::Refused("`mode` (an nvpmodel mode id) is required".into())
                 })?;
                 self.check_allowed()?;
-                let argv: Vec<String> = self
-                    .set_mode
-                    .iter()
-                    .map(|a| a.replace("{mode}", &mode.to_string()))
-                    .collect();
+                let argv = self.set_mode_argv(mode);
                 Ok(json!({ "ran": run_checked(&argv).await? }))
             }
             OptimizeAction::MaxClocks => {

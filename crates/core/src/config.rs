@@ -334,7 +334,11 @@ pub struct ControlConfig {
     /// Programs `optimize_system` runs; `{mode}` is replaced by the mode id.
     pub nvpmodel_query_command: Vec<String>,
     pub nvpmodel_set_command: Vec<String>,
+    /// Pins the clocks at their maximum.
     pub jetson_clocks_command: Vec<String>,
+    /// Keeps the clocks' settings before they are pinned, and puts them back.
+    pub jetson_clocks_store_command: Vec<String>,
+    pub jetson_clocks_restore_command: Vec<String>,
     /// How often `monitor_health`'s alerts are evaluated.
     pub alert_interval_ms: u64,
     /// How `optimize_system` searches for the best engine settings.
@@ -395,6 +399,8 @@ impl Default for ControlConfig {
             nvpmodel_query_command: argv(&["nvpmodel", "-q", "--verbose"]),
             nvpmodel_set_command: argv(&["nvpmodel", "-m", "{mode}"]),
             jetson_clocks_command: argv(&["jetson_clocks"]),
+            jetson_clocks_store_command: argv(&["jetson_clocks", "--store"]),
+            jetson_clocks_restore_command: argv(&["jetson_clocks", "--restore"]),
             alert_interval_ms: 5_000,
             optimize: OptimizeConfig::default(),
         }
@@ -405,6 +411,10 @@ impl Default for ControlConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
+    /// Where the device is read: `/proc`, `/sys`, `/etc` (the board, L4T,
+    /// nvpmodel.conf) and `/var/lib/nvpmodel` under it. `/` but in tests,
+    /// which give a fake tree.
+    pub root: PathBuf,
     /// When to run `tegrastats` on a Jetson.
     pub tegrastats: TegrastatsMode,
     /// The program and its arguments.
@@ -416,6 +426,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
+            root: "/".into(),
             tegrastats: TegrastatsMode::Auto,
             tegrastats_command: ["tegrastats", "--interval", "1000"]
                 .map(String::from)
@@ -1094,6 +1105,8 @@ impl Config {
             &control.nvpmodel_query_command,
             &control.nvpmodel_set_command,
             &control.jetson_clocks_command,
+            &control.jetson_clocks_store_command,
+            &control.jetson_clocks_restore_command,
         ];
         if commands.iter().any(|c| c.is_empty()) {
             return fail("power commands must not be empty");

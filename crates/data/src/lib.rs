@@ -79,7 +79,8 @@ impl DataServer {
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(notify::run(Arc::downgrade(&updates), state.clone()));
         }
-        let telemetry = LinuxReader::with_settings("/", state.settings.current().telemetry);
+        let settings = state.settings.current().telemetry;
+        let telemetry = LinuxReader::with_settings(settings.root.clone(), settings);
         Self {
             state,
             telemetry,

@@ -49,6 +49,11 @@ pub const TRUST_KEYS: &[&str] = &[
     "control.nvpmodel_query_command",
     "control.nvpmodel_set_command",
     "control.jetson_clocks_command",
+    "control.jetson_clocks_store_command",
+    "control.jetson_clocks_restore_command",
+    // A program it runs, and where it reads the device.
+    "telemetry.tegrastats_command",
+    "telemetry.root",
     "data.dir",
     "cluster",
     // Where calls and backups may go beyond the site.
@@ -75,6 +80,8 @@ pub const NODE_KEYS: &[&str] = &[
     "control.nvpmodel_query_command",
     "control.nvpmodel_set_command",
     "control.jetson_clocks_command",
+    "control.jetson_clocks_store_command",
+    "control.jetson_clocks_restore_command",
 ];
 
 /// Whether dotted `inner` is `outer` or lies within it.
@@ -863,6 +870,9 @@ mod tests {
             json!({"http": null}),
             json!({"gateway": {"backends": []}}),
             json!({"control": {"nvpmodel_set_command": ["sh", "-c", "id"]}}),
+            json!({"control": {"jetson_clocks_restore_command": ["sh", "-c", "id"]}}),
+            json!({"telemetry": {"tegrastats_command": ["sh", "-c", "id"]}}),
+            json!({"telemetry": {"root": "/tmp/a-board-of-my-own"}}),
         ] {
             let err = live
                 .update(&patch(attack.clone()), false, Authority::Operator, None)

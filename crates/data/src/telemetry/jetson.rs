@@ -166,6 +166,30 @@ impl JetsonReader {
             .map(|pwm| pwm / 255.0 * 100.0)
     }
 
+    /// The power modes `/etc/nvpmodel.conf` defines, by id.
+    pub fn power_modes(&self) -> Vec<PowerMode> {
+        let conf = std::fs::read_to_string(self.path("etc/nvpmodel.conf")).unwrap_or_default();
+        let mut modes: Vec<PowerMode> = conf
+            .lines()
+            .filter_map(|line| {
+                let id = power_model_field(line, "ID=")?.parse().ok()?;
+                let name = power_model_field(line, "NAME=").map(str::to_string);
+                Some(PowerMode { id, name })
+            })
+            .collect();
+        modes.sort_by_key(|m| m.id);
+        modes.dedup_by_key(|m| m.id);
+        modes
+    }
+
+    /// Whether the clocks are pinned at their maximum, as `jetson_clocks`
+    /// leaves them: the GPU's lowest allowed clock is its highest. `None`
+    /// without a GPU devfreq node.
+    pub fn clocks_pinned(&self) -> Option<bool> {
+        let gpu = self.gpu()?;
+        Some(gpu.min_freq_mhz? == gpu.max_freq_mhz?)
+    }
+
     /// `/var/lib/nvpmodel/status` (`pmode:0002 fmode:quiet`) named by `/etc/nvpmodel.conf`.
     fn power_mode(&self) -> Option<PowerMode> {
         let status = read_trimmed(&self.path("var/lib/nvpmodel/status"))?;
@@ -191,18 +215,21 @@ pub fn parse_l4t(release: &str) -> Option<String> {
 
 /// The `NAME` of `< POWER_MODEL ID=2 NAME=15W >` in nvpmodel.conf.
 fn power_mode_name(conf: &str, id: u32) -> Option<String> {
-    conf.lines()
-        .filter(|l| l.contains("POWER_MODEL"))
-        .find_map(|line| {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|f| f.strip_prefix(key))
-                    .map(|v| v.trim_end_matches('>'))
-            };
-            (field("ID=")?.parse::<u32>().ok()? == id)
-                .then(|| field("NAME=").map(str::to_string))
-                .flatten()
-        })
+    conf.lines().find_map(|line| {
+        (power_model_field(line, "ID=")?.parse::<u32>().ok()? == id)
+            .then(|| power_model_field(line, "NAME=").map(str::to_string))
+            .flatten()
+    })
+}
+
+/// A field (`ID=`, `NAME=`) of an nvpmodel.conf `POWER_MODEL` line.
+fn power_model_field<'l>(line: &'l str, key: &str) -> Option<&'l str> {
+    if !line.contains("POWER_MODEL") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key))
+        .map(|v| v.trim_end_matches('>'))
 }
 
 #[cfg(test)]
@@ -290,6 +317,20 @@ mod tests {
                 name: Some("7W".into())
             })
         );
+        let reader = JetsonReader::new(dir.path());
+        let names: Vec<_> = reader
+            .power_modes()
+            .into_iter()
+            .map(|m| (m.id, m.name))
+            .collect();
+        assert_eq!(names, vec![(0, Some("15W".into())), (1, Some("7W".into()))]);
+        assert_eq!(reader.clocks_pinned(), Some(false));
+        write(
+            dir.path(),
+            "sys/class/devfreq/17000000.ga10b/min_freq",
+            "624750000\n",
+        );
+        assert_eq!(reader.clocks_pinned(), Some(true));
     }
 
     #[test]

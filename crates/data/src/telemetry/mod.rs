@@ -11,7 +11,7 @@ mod sysfs;
 pub mod tegrastats;
 pub mod tegrastats_source;
 
-pub use jetson::{JetsonMetrics, JetsonReader, JetsonSources, MetricSource};
+pub use jetson::{JetsonMetrics, JetsonReader, JetsonSources, MetricSource, PowerMode};
 pub use linux::{CpuTimes, DiscreteGpu, LinuxReader, SystemMetrics, ThermalZone, Vitals};
 pub use tegrastats_source::{TegrastatsSource, TegrastatsStatus};
 
