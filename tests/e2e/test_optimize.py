@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 # Small calibration calls: each candidate is measured in about a second on two cores.
 SEARCH = {"prompt_tokens": 32, "max_tokens": 16, "max_candidates": 5, "budget_secs": 300}
-TUNED = ("threads", "parallel", "batch_size")
+TUNED = ("threads", "parallel", "batch_size", "ubatch_size", "flash_attention")
 
 
 @pytest.fixture

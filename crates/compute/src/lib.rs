@@ -110,6 +110,8 @@ impl ComputeServer {
             gpu_layers: settings.gpu_layers,
             slots: settings.parallel as u32,
             batch_size: settings.batch_size,
+            ubatch_size: settings.ubatch_size,
+            flash_attention: settings.flash_attention,
             prefix_cache: settings.prefix_cache,
         };
         let placement = Placement {
@@ -190,6 +192,8 @@ impl ComputeServer {
                 threads: engine.threads,
                 parallel: engine.slots,
                 batch_size: engine.batch_size,
+                ubatch_size: engine.ubatch_for(engine.batch_size.max(engine.slots)),
+                flash_attention: engine.flash_attention,
             }),
         }
     }
@@ -201,7 +205,8 @@ impl ComputeServer {
     }
 
     /// Follow the settings: a change of `compute.threads`, `parallel`,
-    /// `batch_size` or `prefix_cache` takes effect now (the loaded models
+    /// `batch_size`, `ubatch_size`, `flash_attention` or `prefix_cache`
+    /// takes effect now (the loaded models
     /// are loaded again with it as each becomes idle; calls go on), and
     /// `parallel` admits that many generations from the next call on; so
     /// do `allocation` and `pinned_models`.
@@ -235,6 +240,8 @@ impl ComputeServer {
                 n => n as u32,
             },
             batch_size: compute.batch_size,
+            ubatch_size: compute.ubatch_size,
+            flash_attention: compute.flash_attention,
             prefix_cache: compute.prefix_cache,
             ..now.clone()
         };
@@ -245,6 +252,8 @@ impl ComputeServer {
             threads = wanted.threads,
             parallel = wanted.slots,
             batch_size = wanted.batch_size,
+            ubatch_size = wanted.ubatch_size,
+            flash_attention = ?wanted.flash_attention,
             prefix_cache = wanted.prefix_cache,
             "engine settings changed: loaded models are loaded again with them when idle"
         );

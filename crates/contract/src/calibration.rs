@@ -9,16 +9,34 @@ use serde::{Deserialize, Serialize};
 pub const CALIBRATE_ENGINE: &str = "calibrate_engine";
 
 /// The engine settings `optimize_system` tunes: the settings
-/// `compute.threads`, `compute.parallel` and `compute.batch_size`.
+/// `compute.threads`, `compute.parallel`, `compute.batch_size`,
+/// `compute.ubatch_size` and `compute.flash_attention`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct EngineTuning {
     pub threads: usize,
     pub parallel: u32,
     pub batch_size: u32,
+    /// The micro-batch: most tokens computed at once within a decode step
+    /// (never more than `batch_size`).
+    #[serde(default)]
+    pub ubatch_size: u32,
+    #[serde(default)]
+    pub flash_attention: FlashAttention,
+}
+
+/// llama.cpp's flash attention: as llama.cpp chooses for the backend
+/// (`auto`), or forced on or off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlashAttention {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// One calibration run: the engine settings to try and the work to measure
-/// them with. Every field is at least 1.
+/// them with. Every number is at least 1, but `ubatch_size`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trial {
@@ -31,6 +49,12 @@ pub struct Trial {
     /// Most tokens in one decode step (`compute.batch_size`).
     #[schemars(range(min = 1, max = 8192))]
     pub batch_size: u32,
+    /// Micro-batch (`compute.ubatch_size`); 0: the batch size.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 8192))]
+    pub ubatch_size: u32,
+    #[serde(default)]
+    pub flash_attention: FlashAttention,
     /// Calls sent at once, each with a prompt of its own.
     #[schemars(range(min = 1, max = 64))]
     pub clients: u32,

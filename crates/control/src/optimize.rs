@@ -3,7 +3,8 @@
 //!
 //! The settings in use are measured first, then candidates one setting at
 //! a time (on a Jetson that allows it the power mode and pinned clocks,
-//! then parallel slots, threads, batch size), each against the best so far
+//! then parallel slots, threads, batch size, micro-batch size and flash
+//! attention), each against the best so far
 //! (a coordinate search), until every candidate is measured, the time
 //! budget is spent or the candidate limit is reached. Each measurement is a
 //! `calibrate_engine` call on the replica: concurrent calls on its real
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jetsonmind_contract::calibration::{
-    CALIBRATE_ENGINE, CalibrateArgs, Calibration, EngineTuning, Trial, TrialFigures,
+    CALIBRATE_ENGINE, CalibrateArgs, Calibration, EngineTuning, FlashAttention, Trial, TrialFigures,
 };
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::config::OptimizeConfig;
@@ -41,7 +42,13 @@ use crate::schema::{OptimizeSystemArgs, TargetMetric};
 use crate::{describe_attempt, write_settings};
 
 /// The settings a search changes, as dotted keys.
-const TUNED_KEYS: [&str; 3] = ["compute.threads", "compute.parallel", "compute.batch_size"];
+const TUNED_KEYS: [&str; 5] = [
+    "compute.threads",
+    "compute.parallel",
+    "compute.batch_size",
+    "compute.ubatch_size",
+    "compute.flash_attention",
+];
 
 /// Where the settings an optimization replaced are kept, in the data dir.
 const APPLIED_FILE: &str = "optimize_applied.json";
@@ -52,6 +59,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// Candidate values of each setting, besides the one in use.
 const PARALLEL_VALUES: [u32; 4] = [1, 2, 4, 8];
 const BATCH_VALUES: [u32; 3] = [128, 512, 2048];
+/// Micro-batches tried, up to the batch.
+const UBATCH_VALUES: [u32; 4] = [64, 128, 256, 512];
 
 /// One point of the search: engine settings and, where power is varied,
 /// the device's power state.
@@ -271,6 +280,8 @@ async fn apply(
         "threads": engine.threads,
         "parallel": engine.parallel,
         "batch_size": engine.batch_size,
+        "ubatch_size": engine.ubatch_size,
+        "flash_attention": engine.flash_attention,
     }});
     let update = write_settings(settings, &patch).await?;
     let applied = Applied {
@@ -361,12 +372,13 @@ impl Search<'_> {
         let mut rows = vec![self.measure(current, true).await?];
         let higher = basis(self.metric, self.rails, self.limit_c).higher_is_better;
         let mut tried = BTreeSet::new();
-        tried.insert(key(&current));
+        tried.insert(describe(&current));
         for setting in self.settings_searched(current.device.is_some()) {
-            for value in setting.values(&current, self.cores(), &self.modes) {
+            let start = best(&rows, higher).map_or(current, |w| w.settings);
+            for value in setting.values(&start, self.cores(), &self.modes) {
                 let base = best(&rows, higher).map_or(current, |w| w.settings);
                 let candidate = setting.set(base, value);
-                if !tried.insert(key(&candidate)) {
+                if !tried.insert(describe(&candidate)) {
                     continue;
                 }
                 if Instant::now() >= self.deadline {
@@ -394,11 +406,17 @@ impl Search<'_> {
             true => vec![Setting::PowerMode, Setting::MaxClocks],
             false => Vec::new(),
         };
-        let engine = match self.metric {
-            TargetMetric::Latency => vec![Setting::Threads, Setting::BatchSize],
-            _ => vec![Setting::Parallel, Setting::Threads, Setting::BatchSize],
+        let slots = match self.metric {
+            TargetMetric::Latency => vec![],
+            _ => vec![Setting::Parallel],
         };
-        [power, engine].concat()
+        let engine = [
+            Setting::Threads,
+            Setting::BatchSize,
+            Setting::UbatchSize,
+            Setting::FlashAttention,
+        ];
+        [power, slots, engine.to_vec()].concat()
     }
 
     /// One candidate, measured by the replica while the device is sampled.
@@ -420,6 +438,8 @@ impl Search<'_> {
                 threads: engine.threads,
                 slots: engine.parallel,
                 batch_size: engine.batch_size,
+                ubatch_size: engine.ubatch_size,
+                flash_attention: engine.flash_attention,
                 clients,
                 prompt_tokens: self.prompt_tokens,
                 max_tokens: self.max_tokens,
@@ -489,7 +509,16 @@ enum Setting {
     Parallel,
     Threads,
     BatchSize,
+    UbatchSize,
+    FlashAttention,
 }
+
+/// Flash attention as a search value.
+const FLASH: [FlashAttention; 3] = [
+    FlashAttention::Auto,
+    FlashAttention::On,
+    FlashAttention::Off,
+];
 
 impl Setting {
     /// The values tried, the one in use among them, in increasing order.
@@ -501,6 +530,12 @@ impl Setting {
             Setting::Parallel => PARALLEL_VALUES.to_vec(),
             Setting::Threads => vec![cores, (cores / 2).max(1), (cores * 3 / 4).max(1)],
             Setting::BatchSize => BATCH_VALUES.to_vec(),
+            Setting::UbatchSize => UBATCH_VALUES
+                .into_iter()
+                .filter(|u| *u <= current.engine.batch_size)
+                .collect(),
+            // On and off; auto is one of them, by llama.cpp's choice.
+            Setting::FlashAttention => vec![1, 2],
         };
         values.extend(self.of(current));
         let set: BTreeSet<u32> = values.into_iter().collect();
@@ -516,6 +551,11 @@ impl Setting {
             Setting::Parallel => Some(engine.parallel),
             Setting::Threads => Some(engine.threads as u32),
             Setting::BatchSize => Some(engine.batch_size),
+            Setting::UbatchSize => Some(engine.ubatch_size),
+            Setting::FlashAttention => FLASH
+                .iter()
+                .position(|f| *f == engine.flash_attention)
+                .map(|i| i as u32),
         }
     }
 
@@ -527,26 +567,30 @@ impl Setting {
             (Setting::PowerMode | Setting::MaxClocks, None) => {}
             (Setting::Parallel, _) => engine.parallel = value,
             (Setting::Threads, _) => engine.threads = value as usize,
-            (Setting::BatchSize, _) => engine.batch_size = value,
+            // The micro-batch is never more than the batch (llama.cpp clamps it).
+            (Setting::BatchSize, _) => {
+                engine.batch_size = value;
+                engine.ubatch_size = engine.ubatch_size.min(value);
+            }
+            (Setting::UbatchSize, _) => engine.ubatch_size = value,
+            (Setting::FlashAttention, _) => {
+                engine.flash_attention = FLASH[value as usize % FLASH.len()]
+            }
         }
         Candidate { engine, device }
     }
-}
-
-type Key = (usize, u32, u32, Option<(u32, bool)>);
-
-fn key(c: &Candidate) -> Key {
-    let e = &c.engine;
-    let device = c.device.map(|d| (d.power_mode, d.max_clocks));
-    (e.threads, e.parallel, e.batch_size, device)
 }
 
 /// A candidate in words, for progress and the verdict.
 fn describe(c: &Candidate) -> String {
     let e = &c.engine;
     let engine = format!(
-        "threads {}, parallel {}, batch {}",
-        e.threads, e.parallel, e.batch_size
+        "threads {}, parallel {}, batch {}, micro-batch {}, flash attention {}",
+        e.threads,
+        e.parallel,
+        e.batch_size,
+        e.ubatch_size,
+        format!("{:?}", e.flash_attention).to_lowercase()
     );
     match c.device {
         Some(d) => format!(
@@ -773,6 +817,8 @@ mod tests {
                     threads: 2,
                     parallel,
                     batch_size: 512,
+                    ubatch_size: 512,
+                    flash_attention: FlashAttention::Auto,
                 },
                 device: None,
             },
@@ -806,6 +852,8 @@ mod tests {
                 threads,
                 parallel: 2,
                 batch_size: 256,
+                ubatch_size: 256,
+                flash_attention: FlashAttention::Auto,
             },
             device: None,
         };
@@ -856,6 +904,8 @@ mod tests {
             threads: 3,
             parallel: 2,
             batch_size: 100,
+            ubatch_size: 100,
+            flash_attention: FlashAttention::Auto,
         };
         let current = Candidate {
             engine,
@@ -872,6 +922,16 @@ mod tests {
             (changed.threads, changed.parallel, changed.batch_size),
             (1, 2, 100)
         );
+        // Micro-batches up to the batch; flash attention on and off.
+        assert_eq!(Setting::UbatchSize.values(&current, 4, &[]), vec![64, 100]);
+        assert_eq!(
+            Setting::FlashAttention.values(&current, 4, &[]),
+            vec![0, 1, 2]
+        );
+        let smaller = Setting::BatchSize.set(current, 64).engine;
+        assert_eq!((smaller.batch_size, smaller.ubatch_size), (64, 64));
+        let off = Setting::FlashAttention.set(current, 2).engine;
+        assert_eq!(off.flash_attention, FlashAttention::Off);
         // Power is varied only where the device has a power state.
         assert_eq!(Setting::PowerMode.values(&current, 4, &[0, 1]), vec![0, 1]);
         assert_eq!(Setting::PowerMode.set(current, 1), current);
@@ -903,6 +963,8 @@ mod tests {
                 threads: 2,
                 slots: 1,
                 batch_size: 512,
+                ubatch_size: 0,
+                flash_attention: FlashAttention::Auto,
                 clients: 1,
                 prompt_tokens: 8,
                 max_tokens: 8,

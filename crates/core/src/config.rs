@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use jetsonmind_contract::calibration::FlashAttention;
 use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
@@ -696,6 +697,12 @@ pub struct ComputeConfig {
     /// several steps, so it never stalls the others for long). Raised to
     /// `parallel` when lower, so every running call advances each step.
     pub batch_size: u32,
+    /// Most tokens computed at once within a decode step (llama.cpp's
+    /// micro-batch); 0: `batch_size`, and never more.
+    pub ubatch_size: u32,
+    /// llama.cpp's flash attention: `auto` (llama.cpp chooses for the
+    /// backend), `on` or `off`.
+    pub flash_attention: FlashAttention,
     /// A call whose prompt starts as one a slot holds (system prompt, tool
     /// definitions, the conversation so far) reads only the rest.
     pub prefix_cache: bool,
@@ -797,6 +804,8 @@ impl Default for ComputeConfig {
             gpu_layers: 0,
             parallel: 0,
             batch_size: 512,
+            ubatch_size: 0,
+            flash_attention: FlashAttention::Auto,
             prefix_cache: true,
             queue_depth: 16,
             max_prompt_bytes: 64 * 1024,
@@ -1011,6 +1020,11 @@ impl Config {
         if !(1..=MAX_BATCH_SIZE).contains(&compute.batch_size) {
             return fail(format!(
                 "compute.batch_size must be from 1 to {MAX_BATCH_SIZE} tokens"
+            ));
+        }
+        if compute.ubatch_size > MAX_BATCH_SIZE {
+            return fail(format!(
+                "compute.ubatch_size must be at most {MAX_BATCH_SIZE} tokens (0: batch_size)"
             ));
         }
         if compute.max_messages == 0 {

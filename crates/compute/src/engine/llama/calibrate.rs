@@ -57,6 +57,8 @@ impl LlamaEngine {
             gpu_layers: 0,
             slots: trial.slots,
             batch_size: trial.batch_size,
+            ubatch_size: trial.ubatch_size,
+            flash_attention: trial.flash_attention,
             prefix_cache: false,
         };
         let (jobs, worker) = start_worker(self.model.clone(), "calibration", &settings, limit)
@@ -339,6 +341,8 @@ mod tests {
             threads: 2,
             slots: 1,
             batch_size: 0,
+            ubatch_size: 0,
+            flash_attention: Default::default(),
             clients: 1,
             prompt_tokens: 8,
             max_tokens: 8,

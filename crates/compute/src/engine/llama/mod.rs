@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
+use jetsonmind_contract::calibration::FlashAttention;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -38,8 +39,30 @@ pub struct LlamaSettings {
     /// Most tokens in one decode step: the generating sequences' next tokens
     /// and chunks of the prompts being read.
     pub batch_size: u32,
+    /// Most tokens computed at once within a step; 0: `batch_size`.
+    pub ubatch_size: u32,
+    pub flash_attention: FlashAttention,
     /// Reuse the KV of the longest prompt prefix a slot holds.
     pub prefix_cache: bool,
+}
+
+impl LlamaSettings {
+    /// The micro-batch of a context whose batch is `batch`.
+    pub fn ubatch_for(&self, batch: u32) -> u32 {
+        match self.ubatch_size {
+            0 => batch,
+            ubatch => ubatch.min(batch),
+        }
+    }
+}
+
+/// llama.h's `enum llama_flash_attn_type`.
+fn flash_attention_type(policy: FlashAttention) -> i32 {
+    match policy {
+        FlashAttention::Auto => -1,
+        FlashAttention::Off => 0,
+        FlashAttention::On => 1,
+    }
 }
 
 /// A loaded GGUF model and the worker thread that decodes for it.
@@ -256,7 +279,8 @@ fn start_worker(
         .with_n_seq_max(slots)
         .with_kv_unified(true)
         .with_n_batch(batch.batch_size as u32)
-        .with_n_ubatch(batch.batch_size as u32)
+        .with_n_ubatch(settings.ubatch_for(batch.batch_size as u32))
+        .with_flash_attention_policy(flash_attention_type(settings.flash_attention))
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let (jobs, receive) = mpsc::channel();
