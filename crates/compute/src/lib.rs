@@ -479,6 +479,10 @@ impl McpUnit for ComputeServer {
         self.catalog.clone()
     }
 
+    fn readiness(&self) -> jetsonmind_core::lifecycle::Readiness {
+        self.text.models.default_loadable()
+    }
+
     async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         let mut result = self.dispatch(call).await?;
         if self.simulated {

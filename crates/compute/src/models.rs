@@ -716,6 +716,25 @@ impl ModelRegistry {
         estimates
     }
 
+    /// Whether the default model could be loaded now: in the store, readable
+    /// and within the memory budget (`/readyz`; the reason names no model).
+    pub fn default_loadable(&self) -> Result<(), String> {
+        if self.simulated {
+            return Ok(());
+        }
+        let path = self
+            .store
+            .main_file(&self.default_model)
+            .map_err(|_| "the default model is not in the model store".to_string())?;
+        let bytes = self
+            .estimate_bytes(&path)
+            .map_err(|_| "the default model cannot be read".to_string())?;
+        match bytes <= self.budget_bytes() {
+            true => Ok(()),
+            false => Err("the default model needs more than the memory budget".into()),
+        }
+    }
+
     /// What loading the model at `path` is counted for.
     fn bytes_to_load(&self, path: &Path) -> Result<u64, String> {
         match self.simulated {

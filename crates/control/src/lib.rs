@@ -771,6 +771,14 @@ impl McpUnit for ControlServer {
         self.catalog.clone()
     }
 
+    /// Ready while a compute replica is up to route to.
+    fn readiness(&self) -> jetsonmind_core::lifecycle::Readiness {
+        match self.fleet.is_up() {
+            true => Ok(()),
+            false => Err("no compute replica is up".into()),
+        }
+    }
+
     fn updates(&self) -> Option<Arc<ResourceUpdates>> {
         Some(self.alerts.updates.clone())
     }

@@ -522,6 +522,9 @@ pub struct HttpConfig {
     /// Rate-limit unauthenticated clients on loopback too (local agents run
     /// many parallel workers from one address, so by default they are not).
     pub rate_limit_loopback: bool,
+    /// On SIGTERM, how long the calls in flight may finish (new ones are
+    /// refused with 503) before the rest is cancelled and the server exits.
+    pub drain_grace_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -544,6 +547,7 @@ impl Default for HttpConfig {
             max_sessions: 256,
             session_idle_timeout_ms: 300_000,
             rate_limit_loopback: false,
+            drain_grace_ms: 30_000,
         }
     }
 }

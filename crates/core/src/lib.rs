@@ -22,6 +22,7 @@ pub mod connections;
 pub mod content;
 pub mod error;
 pub mod jsonrpc;
+pub mod lifecycle;
 pub mod ratelimit;
 pub mod request_body;
 pub mod serve;

@@ -131,6 +131,11 @@ pub trait McpUnit: Send + Sync + 'static {
         None
     }
 
+    /// Whether it can take calls now (`/readyz`); ready by default.
+    fn readiness(&self) -> crate::lifecycle::Readiness {
+        Ok(())
+    }
+
     /// What authorizes a call of `tool` as listed here: by default the
     /// catalog's tool itself. A unit that runs tools elsewhere (the gateway)
     /// says what they are where they run.
@@ -701,6 +706,7 @@ impl<U: McpUnit> UnitServer<U> {
             tool = %request.name,
         );
         let started = Instant::now();
+        let _counted = crate::lifecycle::InFlight::calls().begin();
         let checked = self.call_tool_checked(request, caller, context);
         let work = async move {
             match client_log {

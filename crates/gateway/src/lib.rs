@@ -657,6 +657,19 @@ impl McpUnit for Gateway {
         Some(self.list_changes.clone())
     }
 
+    /// Ready while every backend has a replica up.
+    fn readiness(&self) -> jetsonmind_core::lifecycle::Readiness {
+        let backends = self.backends();
+        let down = backends.iter().filter(|b| !b.is_up()).count();
+        match down {
+            0 => Ok(()),
+            _ => Err(format!(
+                "{down} of {} backends have no replica up",
+                backends.len()
+            )),
+        }
+    }
+
     /// A federated tool is authorized on its backend's own name and the
     /// access level it declares there, never on the name it is listed under.
     fn tool_access(&self, tool: &str) -> Option<ToolAccess> {

@@ -16,6 +16,7 @@ use jetsonmind_control::scale::Launcher;
 use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::connections::Connections;
+use jetsonmind_core::lifecycle::{self, Drain, InFlight};
 use jetsonmind_core::serve::{self, MCP_PATH};
 use jetsonmind_core::unit::LocalServer;
 use jetsonmind_core::upstream::{Connector, OpenPipe, Secret, Upstream};
@@ -77,10 +78,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let launcher = launcher(&cli, &config)?;
     let access = Access::for_command(&cli.command, &config)?;
     let shared = Shared::new(sources, config.clone(), launcher, access)?;
+    let grace = Duration::from_millis(config.http.drain_grace_ms);
+    tokio::spawn(stop_on_signal(
+        shared.drain.clone(),
+        shutdown.clone(),
+        grace,
+    ));
     let flushing = tokio::spawn(flush_analytics(shared.analytics.clone(), config.clone()));
     let served = serve_command(cli.command, config, shutdown, &shared).await;
     flushing.abort();
@@ -283,6 +289,11 @@ struct Shared {
     access: Access,
     /// The control server's alerts, once it runs here (`/metrics` shows them).
     alerts: Arc<OnceLock<Arc<Alerts>>>,
+    /// Cancelled on SIGTERM: HTTP refuses new calls while those in flight finish.
+    drain: Drain,
+    /// This process's compute server, once it runs here: `/readyz` asks it
+    /// whatever unit the HTTP endpoint serves (`serve`'s gateway).
+    local_compute: Arc<OnceLock<Arc<ComputeServer>>>,
 }
 
 impl Shared {
@@ -306,6 +317,8 @@ impl Shared {
             launcher,
             access,
             alerts: Arc::default(),
+            drain: Drain::new(),
+            local_compute: Arc::default(),
         })
     }
 
@@ -338,6 +351,7 @@ impl Shared {
         let compute = ComputeServer::new(config, node.cache.clone(), node.store.clone());
         let server = self.server(compute, config);
         server.unit().follow_settings(self.settings.follow());
+        let _ = self.local_compute.set(server.unit().clone());
         server
     }
 
@@ -555,9 +569,17 @@ async fn serve_server<U: McpUnit>(
     let (listener, bound) = serve::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let unit = server.unit().clone();
+    let compute = shared.local_compute.clone();
+    let ready = move || {
+        unit.readiness()?;
+        compute.get().map_or(Ok(()), |compute| compute.readiness())
+    };
+    let probes = lifecycle::probe_routes(ready, shared.drain.clone());
     let plain = shared
         .metrics_route()
-        .merge(auth::metadata_routes(&shared.access.auth));
+        .merge(auth::metadata_routes(&shared.access.auth))
+        .merge(probes);
     let extra = extra.merge(serve::guard_headers(plain, &config.http));
     let tools = auth::resolver(server.unit().clone());
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
@@ -570,6 +592,7 @@ async fn serve_server<U: McpUnit>(
     );
     let router = serve::with_limits(routes, &config.http)
         .layer(axum::middleware::from_fn_with_state(gate, auth::guard));
+    let router = lifecycle::drain_layer(router, shared.drain.clone());
     if access.auth.required() {
         tracing::info!(
             "authentication required (API keys in {})",
@@ -624,19 +647,55 @@ fn is_loopback_name(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// On SIGTERM or Ctrl-C, drain: new calls are refused while those in
+/// flight finish, for at most `grace`; then (or at a second signal) stop
+/// everything.
+async fn stop_on_signal(drain: Drain, shutdown: CancellationToken, grace: Duration) {
+    let mut signals = Signals::new();
+    signals.next().await;
+    let (calls, responses) = (InFlight::calls(), InFlight::responses());
+    tracing::info!(
+        in_flight = calls.now(),
+        grace_ms = grace.as_millis() as u64,
+        "draining: new calls are refused; those in flight may finish"
+    );
+    drain.cancel();
+    let finished = async {
+        calls.none().await;
+        responses.none().await;
+    };
+    tokio::select! {
+        _ = finished => tracing::info!("no call in flight: shutting down"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(in_flight = calls.now(), "drain grace over: cancelling what is left")
+        }
+        _ = signals.next() => tracing::warn!("signalled again: shutting down now"),
+    }
+    shutdown.cancel();
+}
+
+/// SIGTERM and Ctrl-C, one after another.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler"),
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = self.term.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -469,10 +469,8 @@ pub fn resolver<U: crate::McpUnit>(unit: Arc<U>) -> ToolResolver {
 
 /// Authenticate, rate-limit and authorize every request but the metadata.
 pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: Next) -> Response {
-    if request
-        .uri()
-        .path()
-        .starts_with("/.well-known/oauth-protected-resource")
+    let path = request.uri().path();
+    if path.starts_with("/.well-known/oauth-protected-resource") || crate::lifecycle::is_probe(path)
     {
         return next.run(request).await;
     }
