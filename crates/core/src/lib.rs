@@ -23,6 +23,7 @@ pub mod content;
 pub mod error;
 pub mod jsonrpc;
 pub mod lifecycle;
+pub mod paths;
 pub mod ratelimit;
 pub mod request_body;
 pub mod serve;

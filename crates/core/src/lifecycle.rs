@@ -31,10 +31,8 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::paths::{HEALTHZ, READYZ};
 use crate::request_body::Guarded;
-
-pub const HEALTHZ: &str = "/healthz";
-pub const READYZ: &str = "/readyz";
 
 /// Whether `path` is a probe: answered without authentication.
 pub fn is_probe(path: &str) -> bool {

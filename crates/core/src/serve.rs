@@ -23,8 +23,7 @@ use crate::sessions::{self, Sessions};
 
 pub use crate::accept::{ConnectionLimits, serve_http, serve_http_with};
 
-/// The path the MCP endpoint is mounted at.
-pub const MCP_PATH: &str = "/mcp";
+pub use crate::paths::MCP_PATH;
 
 /// Serve one MCP server on stdin/stdout until the client closes it.
 pub async fn serve_stdio<S: ServerHandler>(server: S) -> Result<(), CoreError> {

@@ -24,10 +24,11 @@ use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::CoreError;
 use crate::config::{AuthConfig, HttpConfig};
 use crate::connections::{ConnectionId, Connections};
+use crate::paths::MCP_PATH;
 use crate::ratelimit::RateLimiter;
-use crate::{CoreError, serve};
 pub use keys::KeyStore;
 use oauth::OAuthVerifier;
 pub use scope::{AccessLevel, Scopes, ToolAccess};
@@ -569,7 +570,7 @@ async fn needed_scopes(
     if let Some(fixed) = fixed {
         return Ok((fixed, body));
     }
-    if path != serve::MCP_PATH || method != http::Method::POST {
+    if path != MCP_PATH || method != http::Method::POST {
         return Ok((Vec::new(), body));
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
