@@ -205,8 +205,10 @@ impl Optimizer {
         let (rows, stopped_by) = match search.run(current).await {
             Ok(searched) => searched,
             Err(e) => {
-                self.settle_power(device).await?;
-                return Err(e);
+                return Err(match self.settle_power(device).await {
+                    Ok(()) => e,
+                    Err(settling) => format!("{e}; and {settling}"),
+                });
             }
         };
         let basis = basis(metric, rails, limit_c);
@@ -259,8 +261,8 @@ impl Optimizer {
 
 /// Write `after` into the settings, keeping what they replace: what the
 /// first of successive optimizations replaced, so `revert` goes back to the
-/// settings from before any of them.
-/// The power state was set already; `device` is the one it replaced.
+/// settings from before any of them. The device is in `after`'s power state
+/// already; `device` is the state that replaced.
 async fn apply(
     settings: &Settings,
     metric: TargetMetric,

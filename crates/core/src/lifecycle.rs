@@ -19,12 +19,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
 use http::StatusCode;
 use http::header::{CONNECTION, RETRY_AFTER};
 use serde_json::json;
@@ -52,10 +52,7 @@ where
     F: Fn() -> Readiness + Clone + Send + Sync + 'static,
 {
     Router::new()
-        .route(
-            HEALTHZ,
-            get(|| async { Json::of(json!({"status": "alive"})) }),
-        )
+        .route(HEALTHZ, get(|| async { Json(json!({"status": "alive"})) }))
         .route(
             READYZ,
             get(move || {
@@ -65,30 +62,15 @@ where
                 };
                 async move {
                     match state {
-                        Ok(()) => (StatusCode::OK, Json::of(json!({"status": "ready"}))),
+                        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
                         Err(reason) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            Json::of(json!({"status": "not ready", "reason": reason})),
+                            Json(json!({"status": "not ready", "reason": reason})),
                         ),
                     }
                 }
             }),
         )
-}
-
-/// JSON, without pulling axum's `json` feature in for two bodies.
-struct Json(String);
-
-impl Json {
-    fn of(value: serde_json::Value) -> Self {
-        Self(value.to_string())
-    }
-}
-
-impl IntoResponse for Json {
-    fn into_response(self) -> Response {
-        ([(http::header::CONTENT_TYPE, "application/json")], self.0).into_response()
-    }
 }
 
 /// Refuse every request but the probes once `drain` is cancelled, and

@@ -27,11 +27,11 @@ use rmcp::{ErrorData as McpError, RoleServer};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::client_log::{ConnectionLevel, severity};
+
 /// Changes not yet delivered to a slow subscriber before it counts as lagging
 /// (it is then told that everything it watches changed).
 const BACKLOG: usize = 256;
-
-use crate::client_log::{ConnectionLevel, severity};
 
 /// What a resource's subscribers are told.
 #[derive(Debug, Clone)]
