@@ -44,7 +44,9 @@ const DEFAULT_HYSTERESIS: f64 = 0.05;
 #[serde(rename_all = "snake_case")]
 pub enum Component {
     /// This machine: temperature_c, cpu_percent, memory_used_percent,
-    /// disk_used_percent, power_w (Jetson power rails), gpu_load_percent.
+    /// disk_used_percent, power_w (Jetson power rails), gpu_load_percent,
+    /// and for throttling cpu_clock_percent and gpu_clock_percent (clocks
+    /// as a share of their maximum).
     Device,
     /// Each compute replica: up, breaker_open, draining, outstanding,
     /// capacity, latency_ms, temperature_c.
@@ -168,7 +170,13 @@ impl Sources {
         let mut readings = Vec::new();
         if wanted(Component::Device) {
             let metrics = self.telemetry.snapshot().await;
-            readings.push(device(&metrics, &self.telemetry_root));
+            let mut reading = device(&metrics, &self.telemetry_root);
+            insert_some(
+                &mut reading.figures,
+                "cpu_clock_percent",
+                self.telemetry.cpu_clock_percent(),
+            );
+            readings.push(reading);
         }
         if wanted(Component::Replicas) {
             readings.extend(self.replicas());
@@ -324,6 +332,8 @@ fn device(metrics: &SystemMetrics, root: &Path) -> Reading {
         "gpu_load_percent",
         gpu.and_then(|g| g.load_percent),
     );
+    let gpu_clock = gpu.and_then(|g| Some(g.freq_mhz? / g.max_freq_mhz? * 100.0));
+    insert_some(&mut figures, "gpu_clock_percent", gpu_clock);
     reading(Component::Device, "device".into(), figures)
 }
 

@@ -177,6 +177,27 @@ impl LinuxReader {
         }
     }
 
+    /// The CPUs' clocks as a share of their maximum, averaged over the CPUs
+    /// (cpufreq's `scaling_cur_freq` / `cpuinfo_max_freq`): under load, a
+    /// figure well below 100 means the clocks are held down (throttling).
+    /// `None` without cpufreq (most virtual machines).
+    pub fn cpu_clock_percent(&self) -> Option<f64> {
+        let shares: Vec<f64> = list_dir(&self.path("sys/devices/system/cpu"))
+            .into_iter()
+            .filter(|cpu| {
+                let name = file_name(cpu);
+                name.strip_prefix("cpu")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter_map(|cpu| {
+                let now = read_number(&cpu.join("cpufreq/scaling_cur_freq"))?;
+                let max = read_number(&cpu.join("cpufreq/cpuinfo_max_freq"))?;
+                (max > 0.0).then(|| (now / max * 100.0).min(100.0))
+            })
+            .collect();
+        (!shares.is_empty()).then(|| shares.iter().sum::<f64>() / shares.len() as f64)
+    }
+
     pub async fn snapshot(&self) -> SystemMetrics {
         let (gpus, gpus_error) = self.discrete_gpus();
         SystemMetrics {
@@ -498,6 +519,25 @@ mod tests {
             "gpu-thermal\n",
         );
         write(root, "sys/class/thermal/thermal_zone2/temp", "44000\n");
+    }
+
+    #[test]
+    fn cpu_clocks_held_down_show_as_a_share_of_their_maximum() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = LinuxReader::new(dir.path());
+        assert_eq!(reader.cpu_clock_percent(), None, "no cpufreq");
+        for (cpu, now) in [("cpu0", "1000000"), ("cpu1", "2000000")] {
+            let freq = format!("sys/devices/system/cpu/{cpu}/cpufreq");
+            write(dir.path(), &format!("{freq}/scaling_cur_freq"), now);
+            write(dir.path(), &format!("{freq}/cpuinfo_max_freq"), "2000000");
+        }
+        // Not a CPU: ignored.
+        write(
+            dir.path(),
+            "sys/devices/system/cpu/cpufreq/policy0/scaling_cur_freq",
+            "1",
+        );
+        assert_eq!(reader.cpu_clock_percent(), Some(75.0));
     }
 
     #[tokio::test]
