@@ -533,15 +533,12 @@ fn announce(alert: &Alert) -> LoggingMessageNotificationParam {
         .iter()
         .map(|b| format!("{} = {}", b.id, b.value))
         .collect();
+    let breaches = breaches.join(", ");
     let metric = &alert.threshold.metric;
     let (level, message) = match alert.firing {
         true => {
-            tracing::warn!(alert = %alert.name, %metric, breaches = %breaches.join(", "), "alert firing");
-            let message = format!(
-                "alert `{}` firing: {metric} of {}",
-                alert.name,
-                breaches.join(", ")
-            );
+            tracing::warn!(alert = %alert.name, %metric, %breaches, "alert firing");
+            let message = format!("alert `{}` firing: {metric} of {breaches}", alert.name);
             (LoggingLevel::Warning, message)
         }
         false => {

@@ -198,10 +198,10 @@ impl JetsonReader {
             .find_map(|f| f.strip_prefix("pmode:"))?
             .parse()
             .ok()?;
-        let conf = std::fs::read_to_string(self.path("etc/nvpmodel.conf")).unwrap_or_default();
+        let name = self.power_modes().into_iter().find(|m| m.id == id);
         Some(PowerMode {
             id,
-            name: power_mode_name(&conf, id),
+            name: name.and_then(|m| m.name),
         })
     }
 }
@@ -211,15 +211,6 @@ pub fn parse_l4t(release: &str) -> Option<String> {
     let major = release.strip_prefix("# R")?.split_whitespace().next()?;
     let revision = release.split("REVISION:").nth(1)?.split(',').next()?.trim();
     Some(format!("{major}.{revision}"))
-}
-
-/// The `NAME` of `< POWER_MODEL ID=2 NAME=15W >` in nvpmodel.conf.
-fn power_mode_name(conf: &str, id: u32) -> Option<String> {
-    conf.lines().find_map(|line| {
-        (power_model_field(line, "ID=")?.parse::<u32>().ok()? == id)
-            .then(|| power_model_field(line, "NAME=").map(str::to_string))
-            .flatten()
-    })
 }
 
 /// A field (`ID=`, `NAME=`) of an nvpmodel.conf `POWER_MODEL` line.
