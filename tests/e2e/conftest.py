@@ -136,6 +136,10 @@ def start_cluster_node(binary, tmp_path, nats_urls, node, env=None, netns=None, 
     (default model imported; kept when the node is started again), each start logging to a new
     tmp_path/<node>[.N].log. With `netns`, it runs inside host `host` and its URL is a loopback port
     here forwarded to it."""
+    # Several nodes share this machine's cores, where each would have a device of its own: one decode
+    # thread each. With every core each, llama.cpp's threads spin at each barrier for a partner that
+    # another node's thread holds off the CPU, and a 16-token answer took 21 s instead of 1.
+    env = {"JETSONMIND_COMPUTE__THREADS": "1", **(env or {})}
     data = cluster_node_data(binary, tmp_path, node)
     starts = len(list(tmp_path.glob(f"{node}.*log")))
     log = tmp_path / (f"{node}.{starts}.log" if starts else f"{node}.log")
