@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use jetsonmind_cluster::{Bus, ClusterError};
 use jetsonmind_core::auth::KeyStore;
-use jetsonmind_core::auth::keys::{NewKey, StoredKey, mint};
+use jetsonmind_core::auth::keys::{NewKey, StoredKey, is_same_key, mint};
 use tokio_util::sync::CancellationToken;
 
 use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
@@ -53,6 +53,25 @@ impl ClusterKeys {
             .await
             .map_err(StateError::jetstream)?;
         Ok(new)
+    }
+
+    /// Add `key`, made elsewhere, for the whole cluster: `Ok(false)` when
+    /// it is there already, an error when another key has its id.
+    pub async fn add(&self, key: StoredKey) -> Result<bool, StateError> {
+        if let Some(there) = self.get(&key.id).await? {
+            return match is_same_key(&there, &key) {
+                true => Ok(false),
+                false => Err(StateError::Invalid(format!(
+                    "another key has the id `{}`: revoke it first",
+                    key.id
+                ))),
+            };
+        }
+        self.bucket
+            .create(&key.id, encode(&key)?)
+            .await
+            .map_err(StateError::jetstream)?;
+        Ok(true)
     }
 
     /// Revoke key `id` at every node.

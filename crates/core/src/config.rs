@@ -322,6 +322,10 @@ pub struct ControlConfig {
     /// Compute replicas elsewhere (Streamable HTTP URLs), routed among with
     /// this process's own.
     pub replicas: Vec<String>,
+    /// The environment variable holding the bearer token sent to `replicas`
+    /// (the token itself is never in a file), for replicas that require one:
+    /// any not on this machine's loopback.
+    pub replicas_token_env: Option<String>,
     /// `serve`: this process's compute server is a replica too.
     pub local_replica: bool,
     /// Most replicas `scale_cluster` keeps (all kinds together).
@@ -392,6 +396,7 @@ impl Default for ControlConfig {
             queue_timeout_ms: 10_000,
             max_queued: 64,
             replicas: Vec::new(),
+            replicas_token_env: None,
             local_replica: true,
             max_replicas: 8,
             replica_start_timeout_ms: 30_000,

@@ -114,6 +114,12 @@ pub enum KeysCommand {
         /// resources:*, metrics, admin.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Add the key held by this environment variable instead of making
+        /// one (a deployment's secret, given to the gateway too): it must
+        /// read `jm_<id>_<secret>`, the secret 32 or more letters and
+        /// digits. Adding it again is no error; it is never printed.
+        #[arg(long, value_name = "VAR")]
+        key_from_env: Option<String>,
     },
     /// List the keys (ids, names, scopes; never the keys).
     List,

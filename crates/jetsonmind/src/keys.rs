@@ -7,7 +7,7 @@ use jetsonmind_cluster::Bus;
 use jetsonmind_cluster_state::keys::ClusterKeys;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
-use jetsonmind_core::auth::keys::{NewKey, StoredKey};
+use jetsonmind_core::auth::keys::{NewKey, StoredKey, supplied};
 
 use crate::cli::KeysCommand;
 
@@ -20,7 +20,15 @@ pub async fn run(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
 
 fn on_this_node(command: KeysCommand, store: &KeyStore) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { name, scopes } => {
+        KeysCommand::Create {
+            name,
+            scopes,
+            key_from_env: Some(var),
+        } => {
+            let key = supplied_key(&name, &scopes, &var)?;
+            added(&key, store.add(key.clone()).context("adding the key")?);
+        }
+        KeysCommand::Create { name, scopes, .. } => {
             created(&store.create(&name, &scopes).context("creating the key")?)
         }
         KeysCommand::List => listed(&store.list()?),
@@ -33,7 +41,15 @@ async fn in_cluster(command: KeysCommand, config: &Config) -> anyhow::Result<()>
     let bus = Bus::connect(&config.cluster).await?;
     let keys = ClusterKeys::open(&bus).await?;
     match command {
-        KeysCommand::Create { name, scopes } => created(
+        KeysCommand::Create {
+            name,
+            scopes,
+            key_from_env: Some(var),
+        } => {
+            let key = supplied_key(&name, &scopes, &var)?;
+            added(&key, keys.add(key.clone()).await.context("adding the key")?);
+        }
+        KeysCommand::Create { name, scopes, .. } => created(
             &keys
                 .create(&name, &scopes)
                 .await
@@ -53,6 +69,24 @@ fn created(key: &NewKey) {
         key.scopes.join(" ")
     );
     println!("{}", key.key);
+}
+
+/// The key in `$var`, checked, as it is stored.
+fn supplied_key(name: &str, scopes: &[String], var: &str) -> anyhow::Result<StoredKey> {
+    let key = std::env::var(var).with_context(|| format!("--key-from-env: {var} is not set"))?;
+    supplied(name, scopes, key.trim()).with_context(|| format!("the key in {var}"))
+}
+
+fn added(key: &StoredKey, new: bool) {
+    match new {
+        true => eprintln!(
+            "added key {} ({}) with scopes {}",
+            key.id,
+            key.name,
+            key.scopes.join(" ")
+        ),
+        false => eprintln!("key {} ({}) is there already", key.id, key.name),
+    }
 }
 
 fn listed(keys: &[StoredKey]) {

@@ -334,12 +334,20 @@ impl Shared {
         if let Some(link) = local.filter(|_| config.control.local_replica) {
             fleet.add_link(link, Origin::Configured);
         }
+        let bearer = config
+            .control
+            .replicas_token_env
+            .as_deref()
+            .map(Secret::from_env)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("control.replicas_token_env: {e}"))?;
         for (i, url) in config.control.replicas.iter().enumerate() {
             let name = format!("compute-{}", i + 1);
-            fleet.add(
-                Upstream::new(name, Connector::http(url)),
-                Origin::Configured,
-            );
+            let connector = Connector::Http {
+                url: url.clone(),
+                bearer: bearer.clone(),
+            };
+            fleet.add(Upstream::new(name, connector), Origin::Configured);
         }
         add_providers(&fleet, config)?;
         Ok(Arc::new(fleet))

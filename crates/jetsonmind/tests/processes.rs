@@ -255,6 +255,71 @@ async fn non_loopback_addresses_need_a_way_in_and_then_require_it() {
 }
 
 #[test]
+fn a_key_made_elsewhere_is_added_once_and_never_printed() {
+    let data = tempfile::tempdir().unwrap();
+    let add = |key: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args([
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "keys",
+            "create",
+        ]);
+        command.args([
+            "--name",
+            "gateway",
+            "--scope",
+            "admin",
+            "--key-from-env",
+            "JM_KEY",
+        ]);
+        command.env_remove("JM_KEY");
+        if let Some(key) = key {
+            command.env("JM_KEY", key);
+        }
+        command.output().unwrap()
+    };
+    let key = format!("jm_gateway_{}", "0123456789abcdef".repeat(4));
+    for (attempt, said) in [
+        (add(Some(&key)), "added key gateway"),
+        (add(Some(&key)), "there already"),
+    ] {
+        let stderr = String::from_utf8_lossy(&attempt.stderr);
+        assert!(
+            attempt.status.success() && stderr.contains(said),
+            "{attempt:?}"
+        );
+        assert!(
+            attempt.stdout.is_empty() && !stderr.contains(&key[11..]),
+            "never printed"
+        );
+    }
+    let unset = add(None);
+    assert!(
+        String::from_utf8_lossy(&unset.stderr).contains("JM_KEY is not set"),
+        "{unset:?}"
+    );
+    let malformed = add(Some("jm_gateway_tooshort-secret"));
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(
+        !malformed.status.success() && stderr.contains("jm_<id>_<secret>"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("tooshort"),
+        "a refused key is not echoed either: {stderr}"
+    );
+    let listed = Command::new(BIN)
+        .args(["--data-dir", data.path().to_str().unwrap(), "keys", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap(),
+        "gateway\tgateway\tadmin\n"
+    );
+}
+
+#[test]
 fn config_shows_env_overrides_and_rejects_typos() {
     let output = Command::new(BIN)
         .arg("config")

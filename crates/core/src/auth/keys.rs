@@ -114,6 +114,25 @@ impl KeyStore {
         Ok(new)
     }
 
+    /// Add `key`, made elsewhere (see [`supplied`]). A key already there
+    /// with the same id is kept: `Ok(false)` when it is this key, an error
+    /// when it is another.
+    pub fn add(&self, key: StoredKey) -> Result<bool, KeyError> {
+        let mut keys = self.list()?;
+        if let Some(there) = keys.iter().find(|k| k.id == key.id) {
+            return match is_same_key(there, &key) {
+                true => Ok(false),
+                false => Err(KeyError::Invalid(format!(
+                    "another key has the id `{}`: revoke it first",
+                    key.id
+                ))),
+            };
+        }
+        keys.push(key);
+        self.write(keys)?;
+        Ok(true)
+    }
+
     /// Make the file hold exactly `keys` (a cluster's keys, mirrored here).
     pub fn replace(&self, keys: Vec<StoredKey>) -> Result<(), KeyError> {
         self.write(keys)
@@ -182,23 +201,9 @@ impl KeyStore {
 /// A new key with `scopes`: what to store (its hash) and what to show once
 /// (the key itself).
 pub fn mint(name: &str, scopes: &[String]) -> Result<(StoredKey, NewKey), KeyError> {
-    if scopes.is_empty() {
-        return Err(KeyError::Invalid("a key needs at least one scope".into()));
-    }
-    for scope in scopes {
-        check_grantable(scope).map_err(KeyError::Invalid)?;
-    }
     let id = random_hex(4)?;
     let key = format!("{PREFIX}{id}_{}", random_hex(32)?);
-    let stored = StoredKey {
-        id: id.clone(),
-        name: name.to_string(),
-        scopes: scopes.to_vec(),
-        sha256: hex(&Sha256::digest(key.as_bytes())),
-        created_unix: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
+    let stored = stored_key(name, scopes, &id, &key)?;
     let new = NewKey {
         id,
         name: name.to_string(),
@@ -206,6 +211,54 @@ pub fn mint(name: &str, scopes: &[String]) -> Result<(StoredKey, NewKey), KeyErr
         key,
     };
     Ok((stored, new))
+}
+
+/// What to store for `key`, made elsewhere (a deployment's secret, so that
+/// the gateway and its backends can be given it before they start).
+///
+/// It must read `jm_<id>_<secret>`: an id of 1 to 16 lowercase letters and
+/// digits, and a secret of at least 32 letters and digits, as random as the
+/// ones `mint` makes (`jm_$(openssl rand -hex 4)_$(openssl rand -hex 32)`).
+pub fn supplied(name: &str, scopes: &[String], key: &str) -> Result<StoredKey, KeyError> {
+    let shape = "a key reads jm_<id>_<secret>: an id of 1 to 16 lowercase letters and digits, \
+                 and a secret of at least 32 letters and digits";
+    let (id, secret) = key
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .ok_or_else(|| KeyError::Invalid(shape.into()))?;
+    let id_ok = (1..=16).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok = secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !(id_ok && secret_ok) {
+        return Err(KeyError::Invalid(shape.into()));
+    }
+    stored_key(name, scopes, id, key)
+}
+
+/// Whether `stored` is `key` (the same id and hash): adding a supplied key
+/// twice, as a deployment's start-up step does on every start, is no error.
+pub fn is_same_key(stored: &StoredKey, key: &StoredKey) -> bool {
+    stored.id == key.id && constant_time_eq(stored.sha256.as_bytes(), key.sha256.as_bytes())
+}
+
+fn stored_key(name: &str, scopes: &[String], id: &str, key: &str) -> Result<StoredKey, KeyError> {
+    if scopes.is_empty() {
+        return Err(KeyError::Invalid("a key needs at least one scope".into()));
+    }
+    for scope in scopes {
+        check_grantable(scope).map_err(KeyError::Invalid)?;
+    }
+    Ok(StoredKey {
+        id: id.to_string(),
+        name: name.to_string(),
+        scopes: scopes.to_vec(),
+        sha256: hex(&Sha256::digest(key.as_bytes())),
+        created_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    })
 }
 
 /// `bytes` random bytes from the system, as hex.
@@ -227,6 +280,52 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_supplied_key_is_checked_added_once_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path());
+        let scopes = ["admin".to_string()];
+        let key = format!("jm_gw01_{}", "ab12".repeat(8));
+        for bad in [
+            "",
+            "jm_",
+            "jm_gw01",
+            "secret",
+            "jm_GW_0123456789abcdef0123456789abcdef",
+        ] {
+            let refused = supplied("gateway", &scopes, bad).unwrap_err();
+            assert!(
+                refused.to_string().contains("jm_<id>_<secret>"),
+                "{bad}: {refused}"
+            );
+        }
+        let short = format!("jm_gw01_{}", "ab12".repeat(7));
+        assert!(supplied("gateway", &scopes, &short).is_err());
+        assert!(supplied("gateway", &[], &key).is_err());
+
+        assert!(
+            store
+                .add(supplied("gateway", &scopes, &key).unwrap())
+                .unwrap()
+        );
+        assert!(
+            !store
+                .add(supplied("gateway", &scopes, &key).unwrap())
+                .unwrap()
+        );
+        assert_eq!(store.list().unwrap().len(), 1, "added once");
+        let other = format!("jm_gw01_{}", "cd34".repeat(8));
+        let clash = store.add(supplied("gateway", &scopes, &other).unwrap());
+        assert!(clash.unwrap_err().to_string().contains("gw01"));
+
+        let (stored, granted) = store.verify(&key).unwrap();
+        assert_eq!(stored.name, "gateway");
+        assert!(granted.grants("admin"));
+        assert!(store.verify(&other).is_none());
+        let file = std::fs::read_to_string(store.path()).unwrap();
+        assert!(!file.contains(&key[8..]), "never stored in clear: {file}");
+    }
 
     #[test]
     fn keys_verify_by_hash_and_are_never_stored_in_clear() {
