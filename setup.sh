@@ -13,6 +13,11 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-r
     build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
     python3 python3-venv python3-pip iproute2 mmdebstrap systemd >/dev/null
 
+say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    podman runc conmon catatonit slirp4netns uidmap fuse-overlayfs containernetworking-plugins \
+    netavark aardvark-dns iptables podman-compose docker.io docker-compose >/dev/null
+
 say "Rust toolchain"
 min_rust="1.89"
 if ! command -v cargo >/dev/null 2>&1; then
