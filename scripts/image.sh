@@ -4,21 +4,25 @@
 # build/container/), imported with podman as localhost/jetsonmind-base, and
 # the release binary copied on top (packaging/container/Containerfile).
 #
-#   scripts/image.sh [BINARY] [--save FILE]
+#   scripts/image.sh [BINARY] [--nats-server PATH] [--save FILE]
 #
 # Prints the image's name (localhost/jetsonmind:<version>, also tagged
 # :latest). BINARY is target/release/jetsonmind unless given (./setup.sh
-# builds it). --save writes the image as an archive for `docker load`.
-# Needs podman and mmdebstrap (./setup.sh installs them).
+# builds it). --nats-server also builds localhost/jetsonmind-nats (:<its
+# version> and :latest) around that nats-server binary, for the cluster
+# compose file. --save writes the images built as one archive for
+# `docker load`. Needs podman and mmdebstrap (./setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 save=""
+nats_server=""
 binary=target/release/jetsonmind
 while [ $# -gt 0 ]; do
     case "$1" in
         --save) save=${2:?"--save FILE"}; shift 2 ;;
-        -*) echo "usage: scripts/image.sh [BINARY] [--save FILE]" >&2; exit 2 ;;
+        --nats-server) nats_server=${2:?"--nats-server PATH"}; shift 2 ;;
+        -*) echo "usage: scripts/image.sh [BINARY] [--nats-server PATH] [--save FILE]" >&2; exit 2 ;;
         *) binary=$1; shift ;;
     esac
 done
@@ -43,18 +47,39 @@ if ! podman image exists "$base"; then
     podman import --quiet --change 'CMD ["/bin/bash"]' "$rootfs" "$base" >/dev/null
 fi
 
+# build CONTAINERFILE FILE NAME:TAG...: an image of FILE on the base.
+build() {
+    local containerfile=$1 file=$2 context=$work/context tags=()
+    shift 2
+    for tag in "$@"; do tags+=(-t "$tag"); done
+    rm -rf "$context" && mkdir -p "$context"
+    cp "$containerfile" "$context/Containerfile"
+    # A hard link where it can be: the context is read, never written.
+    ln "$file" "$context/$(basename "$file")" 2>/dev/null || cp "$file" "$context/"
+    local before
+    before=$(podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true)
+    podman build --quiet --build-arg "BASE=$base" "${tags[@]}" -f "$context/Containerfile" "$context" >/dev/null
+    rm -rf "$context"
+    # The image these tags named before, now untagged, unless a container still uses it.
+    if [ -n "$before" ] && [ "$before" != "$(podman image inspect --format '{{.Id}}' "$1")" ]; then
+        podman rmi "$before" >/dev/null 2>&1 || true
+    fi
+}
+
 version=$("$binary" --version | awk '{print $2}')
 image=localhost/jetsonmind:$version
-context=$work/context
-rm -rf "$context" && mkdir -p "$context"
-cp packaging/container/Containerfile "$context/"
-# A hard link where it can be: the context is read, never written.
-ln "$binary" "$context/jetsonmind" 2>/dev/null || cp "$binary" "$context/jetsonmind"
-podman build --quiet --build-arg "BASE=$base" -t "$image" -t localhost/jetsonmind:latest \
-    -f "$context/Containerfile" "$context" >/dev/null
-rm -rf "$context"
+[ "$(basename "$binary")" = jetsonmind ] || { echo "$binary: the binary must be named jetsonmind" >&2; exit 1; }
+build packaging/container/Containerfile "$binary" "$image" localhost/jetsonmind:latest
+images=("$image" localhost/jetsonmind:latest)
+if [ -n "$nats_server" ]; then
+    [ "$(basename "$nats_server")" = nats-server ] || { echo "$nats_server: must be named nats-server" >&2; exit 1; }
+    nats_version=$("$nats_server" --version | awk '{print $NF}')
+    build packaging/container/Containerfile.nats "$nats_server" \
+        "localhost/jetsonmind-nats:${nats_version#v}" localhost/jetsonmind-nats:latest
+    images+=("localhost/jetsonmind-nats:${nats_version#v}" localhost/jetsonmind-nats:latest)
+fi
 if [ -n "$save" ]; then
     rm -f "$save"
-    podman save --quiet -o "$save" "$image" localhost/jetsonmind:latest
+    podman save --quiet -m -o "$save" "${images[@]}"
 fi
 echo "$image"

@@ -52,22 +52,23 @@ def dockerd(workdir):
             process.kill()
             process.wait()
         log.close()
-        # Its data root holds overlay mounts while it runs; gone with it.
+        # Its data root is mounted on itself while it runs; a dockerd that failed to start leaves it so.
+        subprocess.run(["umount", "--lazy", str(workdir / "data")], capture_output=True, check=False)
         shutil.rmtree(workdir / "data", ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
 
 
 class Compose:
-    """One compose project in `directory`, run by `engine` ("docker", against a `dockerd`'s `env`, or
-    "podman")."""
+    """One compose project: `file` in `directory`, run by `engine` ("docker", against a `dockerd`'s
+    `env`, or "podman")."""
 
-    def __init__(self, engine, directory, project, env):
+    def __init__(self, engine, directory, file, project, env):
         self.engine = engine
         self.directory = directory
         self.project = project
         self.env = env
         tool = "docker-compose" if engine == "docker" else "podman-compose"
-        self.command = [tool, "-p", project]
+        self.command = [tool, "-f", file, "-p", project]
 
     def __call__(self, *args, timeout=300, check=True):
         return run([*self.command, *args], env=self.env, timeout=timeout, check=check, cwd=self.directory)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import DEFAULT_MODEL, ROOT, connected, default_model, eventually, read_json, raw_post
 from containers import PODMAN_ENV, Compose, dockerd, run
-from natscluster import free_ports, http_get
+from natscluster import NATS_SERVER, free_ports, http_get
 
 pytestmark = pytest.mark.anyio
 
@@ -23,11 +23,13 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 
 @pytest.fixture(scope="module")
 def image(binary, tmp_path_factory):
-    """The image, built by scripts/image.sh from the binary under test, and saved for `docker load`."""
+    """The images, built by scripts/image.sh from the binary under test (and the nats-server of .venv,
+    for the cluster), and saved for `docker load`: (JetsonMind's image, the archive)."""
     if os.geteuid() != 0:
         pytest.fail("the container tests run dockerd and podman's root storage: run them as root")
-    archive = tmp_path_factory.mktemp("image") / "jetsonmind.tar"
-    made = run([str(ROOT / "scripts/image.sh"), str(binary), "--save", str(archive)], env=PODMAN_ENV, timeout=900)
+    archive = tmp_path_factory.mktemp("image") / "images.tar"
+    build = [str(ROOT / "scripts/image.sh"), str(binary), "--nats-server", str(NATS_SERVER), "--save", str(archive)]
+    made = run(build, env=PODMAN_ENV, timeout=900)
     return made.stdout.split()[-1], archive
 
 
@@ -56,18 +58,20 @@ def project(tmp_path):
     return directory, keys
 
 
-@pytest.fixture(params=["docker", "podman"])
-def stack(request, image, project, tmp_path):
-    """The compose project up on the engine the test is parametrized with; down (volumes too) after."""
-    directory, keys = project
-    port = free_ports(1)[0]
-    env_for = {"JETSONMIND_PORT": str(port), "JETSONMIND_IMAGE": image[0]}
-    with engine(request.param, image[1], tmp_path) as env:
-        compose = Compose(request.param, directory, f"jm{port}", {**env, **env_for})
+@contextmanager
+def stack(kind, image, project, tmp_path, file, ports, env=None):
+    """The compose project `file` up on `kind` ("docker" or "podman"), its gateways published on
+    `ports` (JETSONMIND_PORT, or JETSONMIND_PORT_1.. for more): (Compose, time of `up`); down, volumes
+    too, after."""
+    directory, _ = project
+    names = ["JETSONMIND_PORT"] if len(ports) == 1 else [f"JETSONMIND_PORT_{i + 1}" for i in range(len(ports))]
+    settings = {**dict(zip(names, map(str, ports))), "JETSONMIND_IMAGE": image[0], **(env or {})}
+    with engine(kind, image[1], tmp_path) as engine_env:
+        compose = Compose(kind, directory, file, f"jm{ports[0]}", {**engine_env, **settings})
         began = time.monotonic()
         try:
             compose("up", "-d")
-            yield compose, f"http://127.0.0.1:{port}", keys, began
+            yield compose, began
         except BaseException:
             print(compose.logs())
             raise
@@ -95,10 +99,16 @@ async def tools_of(url, key):
         return {tool.name for tool in (await client.list_tools()).tools}
 
 
-async def test_compose_answers_through_the_gateway_and_goes_on_without_a_service(stack):
-    compose, base, keys, began = stack
-    url, key = f"{base}/mcp", keys["JETSONMIND_CLIENT_KEY"]
+@pytest.mark.parametrize("kind", ["docker", "podman"])
+async def test_compose_answers_through_the_gateway_and_goes_on_without_a_service(kind, image, project, tmp_path):
+    port = free_ports(1)[0]
+    base, key = f"http://127.0.0.1:{port}", project[1]["JETSONMIND_CLIENT_KEY"]
+    url = f"{base}/mcp"
+    with stack(kind, image, project, tmp_path, "compose.yaml", [port]) as (compose, began):
+        await single_device(compose, began, base, url, key)
 
+
+async def single_device(compose, began, base, url, key):
     async def gateway_ready():
         return ready(base)
 
@@ -138,3 +148,75 @@ async def test_compose_answers_through_the_gateway_and_goes_on_without_a_service
         return not health.is_error and health.structured_content["healthy"] == 1
 
     await eventually("control back behind the gateway", control_back, timeout=60)
+
+
+def health_of(state):
+    """{replica: healthy?} of a monitor_health answer."""
+    return {r["name"]: r["up"] for r in state["replicas"]}
+
+
+async def health_at(url, key):
+    async with connected(url, key) as client:
+        result = await client.call_tool("monitor_health", {})
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+async def every_answer(url, key):
+    """aggregate_responses asking every replica the node's gateway routes to: {replica: ok?}."""
+    arguments = {"prompt": "Say hi.", "max_tokens": 4}
+    async with connected(url, key) as client:
+        result = await client.call_tool(
+            "aggregate_responses", {"tool": "text_generate", "arguments": arguments, "strategy": "all"}
+        )
+    assert not result.is_error, result.content
+    return {a["replica"]: a["ok"] for a in result.structured_content["answers"]}
+
+
+async def test_cluster_compose_serves_from_every_node_and_goes_on_without_a_node_and_a_nats_server(
+    image, project, tmp_path
+):
+    """deploy/compose/cluster.yaml on dockerd (podman-compose 1.0.3 ignores `depends_on` conditions,
+    which this file needs: its key is added once NATS is up, its nodes start after): three NATS servers,
+    three nodes."""
+    ports = free_ports(3)
+    key = project[1]["JETSONMIND_CLIENT_KEY"]
+    node1, node3 = (f"http://127.0.0.1:{ports[i]}/mcp" for i in (0, 2))
+    # Three nodes on this machine's two cores: one decode thread each.
+    with stack("docker", image, project, tmp_path, "cluster.yaml", ports, {"JETSONMIND_THREADS": "1"}) as (
+        compose,
+        began,
+    ):
+
+        async def all_three():
+            return ready(node1[: -len("/mcp")]) and sum(health_of(await health_at(node1, key)).values()) == 3
+
+        await eventually("node1 routing to all three nodes", all_three, timeout=180)
+        answers = await every_answer(node1, key)
+        answered = time.monotonic()
+        assert answers == {"compute-local": True, "compute@node2": True, "compute@node3": True}, answers
+        print(f"\ncluster compose up to answers from every node (others included) {answered - began:.1f} s")
+
+        compose("stop", "node2", "nats3")
+
+        async def without_node2():
+            health = health_of(await health_at(node1, key))
+            return "compute@node2" not in health and health.get("compute@node3") and health
+
+        await eventually("node1 without node2, with node3", without_node2, timeout=60)
+
+        # A call to node3 fails while node3 moves to another NATS server, if it was the stopped one's.
+        async def node1_and_node3_answer():
+            return await every_answer(node1, key) == {"compute-local": True, "compute@node3": True}
+
+        await eventually("answers from node1 and node3", node1_and_node3_answer, timeout=60)
+        async with connected(node1, key) as client:
+            for prompt in ("Say hi.", "Name a colour.", "Count to three."):
+                answer = await client.call_tool("text_generate", {"prompt": prompt, "max_tokens": 4})
+                assert not answer.is_error, answer.content
+
+        # node3 may have been a client of the stopped NATS server: it reconnects and finds node1 again.
+        async def node3_sees_node1():
+            return health_of(await health_at(node3, key)).get("compute@node1")
+
+        await eventually("node3 routing to node1 again", node3_sees_node1, timeout=60)
