@@ -9,14 +9,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from natscluster import _die_with_parent, wait_until
+from conftest import DEFAULT_MODEL, connected, default_model, eventually
+from natscluster import NATS_SERVER, _die_with_parent, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "packaging" / "container" / "containers.conf"
 PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+COMPOSE_DIR = ROOT / "deploy" / "compose"
 
 
 def run(command, env=None, timeout=300, check=True, cwd=None):
@@ -91,3 +94,99 @@ class Compose:
 
     def logs(self):
         return self("logs", check=False).stdout[-20000:]
+
+
+def build_images(binary, archive):
+    """scripts/image.sh: JetsonMind's image from `binary`, and the NATS image from .venv's nats-server,
+    both saved to `archive` for `docker load`; JetsonMind's image's name."""
+    build = [str(ROOT / "scripts/image.sh"), str(binary), "--nats-server", str(NATS_SERVER), "--save", str(archive)]
+    return run(build, env=PODMAN_ENV, timeout=900).stdout.split()[-1]
+
+
+def new_project(directory):
+    """deploy/compose copied to `directory`, with a fresh .env (new-env.sh) and the default model in its
+    models directory: the keys of its .env."""
+    shutil.copytree(COMPOSE_DIR, directory, ignore=shutil.ignore_patterns(".env", "models"))
+    (directory / "models").mkdir()
+    os.link(default_model(), directory / "models" / DEFAULT_MODEL)
+    run([str(directory / "new-env.sh")])
+    return dict(line.split("=", 1) for line in (directory / ".env").read_text().split())
+
+
+@contextmanager
+def engine(kind, archive, workdir):
+    """The environment compose needs: podman's, or a dockerd of its own with the images loaded."""
+    if kind == "podman":
+        yield PODMAN_ENV
+        return
+    with dockerd(workdir / "dockerd") as env:
+        run(["docker", "load", "-q", "-i", str(archive)], env=env)
+        yield env
+
+
+@contextmanager
+def stack(kind, image, directory, workdir, file, ports, env=None):
+    """The compose project `file` of `directory` up on `kind` ("docker" or "podman") with `image` (its
+    name, the archive), its gateways published on `ports` (JETSONMIND_PORT, or JETSONMIND_PORT_1.. for
+    more): (Compose, the time of `up`); down, volumes too, after."""
+    names = ["JETSONMIND_PORT"] if len(ports) == 1 else [f"JETSONMIND_PORT_{i + 1}" for i in range(len(ports))]
+    settings = {**dict(zip(names, map(str, ports))), "JETSONMIND_IMAGE": image[0], **(env or {})}
+    with engine(kind, image[1], workdir) as engine_env:
+        compose = Compose(kind, directory, file, f"jm{ports[0]}", {**engine_env, **settings})
+        began = time.monotonic()
+        try:
+            compose("up", "-d")
+            yield compose, began
+        except BaseException:
+            print(compose.logs())
+            raise
+        finally:
+            compose.down()
+
+
+def ready(base):
+    return http_get(f"{base}/readyz")[0] == 200
+
+
+async def first_answer(base, key):
+    """Once the gateway at `base` is ready: a text_generate through it, with `key`."""
+
+    async def gateway_ready():
+        return ready(base)
+
+    await eventually("the gateway ready", gateway_ready, timeout=180)
+    async with connected(f"{base}/mcp", key) as client:
+        return await client.call_tool("text_generate", {"prompt": "Say hello.", "max_tokens": 8, "temperature": 0})
+
+
+def health_of(state):
+    """{replica: healthy?} of a monitor_health answer."""
+    return {r["name"]: r["up"] for r in state["replicas"]}
+
+
+async def health_at(url, key):
+    async with connected(url, key) as client:
+        result = await client.call_tool("monitor_health", {})
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+async def every_answer(url, key):
+    """aggregate_responses asking every replica the node's gateway routes to: {replica: ok?}."""
+    arguments = {"prompt": "Say hi.", "max_tokens": 4}
+    async with connected(url, key) as client:
+        result = await client.call_tool(
+            "aggregate_responses", {"tool": "text_generate", "arguments": arguments, "strategy": "all"}
+        )
+    assert not result.is_error, result.content
+    return {a["replica"]: a["ok"] for a in result.structured_content["answers"]}
+
+
+async def answers_from_every_node(url, key, nodes):
+    """Once the gateway at `url` routes to `nodes` nodes: every_answer there."""
+
+    async def all_up():
+        return ready(url.removesuffix("/mcp")) and sum(health_of(await health_at(url, key)).values()) == nodes
+
+    await eventually(f"{url} routing to all {nodes} nodes", all_up, timeout=180)
+    return await every_answer(url, key)

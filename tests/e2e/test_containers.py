@@ -6,31 +6,36 @@ stopped and the rest go on; the project is torn down, volumes and all. Prints `u
 Needs root (dockerd; podman's own storage)."""
 
 import os
-import shutil
 import time
-from contextlib import contextmanager
 
 import pytest
 
-from conftest import DEFAULT_MODEL, ROOT, connected, default_model, eventually, read_json, raw_post
-from containers import PODMAN_ENV, Compose, dockerd, run
-from natscluster import NATS_SERVER, free_ports, http_get
+from conftest import connected, eventually, read_json, raw_post
+from containers import (
+    PODMAN_ENV,
+    answers_from_every_node,
+    build_images,
+    every_answer,
+    first_answer,
+    health_at,
+    health_of,
+    new_project,
+    ready,
+    run,
+    stack,
+)
+from natscluster import free_ports
 
 pytestmark = pytest.mark.anyio
 
-COMPOSE_DIR = ROOT / "deploy" / "compose"
-
-
 @pytest.fixture(scope="module")
 def image(binary, tmp_path_factory):
-    """The images, built by scripts/image.sh from the binary under test (and the nats-server of .venv,
-    for the cluster), and saved for `docker load`: (JetsonMind's image, the archive)."""
+    """The images, built from the binary under test (and the nats-server of .venv, for the cluster) and
+    saved for `docker load`: (JetsonMind's image, the archive)."""
     if os.geteuid() != 0:
         pytest.fail("the container tests run dockerd and podman's root storage: run them as root")
     archive = tmp_path_factory.mktemp("image") / "images.tar"
-    build = [str(ROOT / "scripts/image.sh"), str(binary), "--nats-server", str(NATS_SERVER), "--save", str(archive)]
-    made = run(build, env=PODMAN_ENV, timeout=900)
-    return made.stdout.split()[-1], archive
+    return build_images(binary, archive), archive
 
 
 def test_the_image_is_debian_runs_unprivileged_and_has_no_compiler(image):
@@ -47,51 +52,9 @@ def test_the_image_is_debian_runs_unprivileged_and_has_no_compiler(image):
 
 @pytest.fixture
 def project(tmp_path):
-    """A copy of deploy/compose with a fresh .env (deploy/compose/new-env.sh) and the default model in
-    its models directory."""
+    """deploy/compose, ready to go up: (its copy, the keys of its .env)."""
     directory = tmp_path / "compose"
-    shutil.copytree(COMPOSE_DIR, directory, ignore=shutil.ignore_patterns(".env", "models"))
-    (directory / "models").mkdir()
-    os.link(default_model(), directory / "models" / DEFAULT_MODEL)
-    run([str(directory / "new-env.sh")])
-    keys = dict(line.split("=", 1) for line in (directory / ".env").read_text().split())
-    return directory, keys
-
-
-@contextmanager
-def stack(kind, image, project, tmp_path, file, ports, env=None):
-    """The compose project `file` up on `kind` ("docker" or "podman"), its gateways published on
-    `ports` (JETSONMIND_PORT, or JETSONMIND_PORT_1.. for more): (Compose, time of `up`); down, volumes
-    too, after."""
-    directory, _ = project
-    names = ["JETSONMIND_PORT"] if len(ports) == 1 else [f"JETSONMIND_PORT_{i + 1}" for i in range(len(ports))]
-    settings = {**dict(zip(names, map(str, ports))), "JETSONMIND_IMAGE": image[0], **(env or {})}
-    with engine(kind, image[1], tmp_path) as engine_env:
-        compose = Compose(kind, directory, file, f"jm{ports[0]}", {**engine_env, **settings})
-        began = time.monotonic()
-        try:
-            compose("up", "-d")
-            yield compose, began
-        except BaseException:
-            print(compose.logs())
-            raise
-        finally:
-            compose.down()
-
-
-@contextmanager
-def engine(kind, archive, tmp_path):
-    """The environment compose needs: podman's, or a dockerd of the test's own with the image loaded."""
-    if kind == "podman":
-        yield PODMAN_ENV
-        return
-    with dockerd(tmp_path / "dockerd") as env:
-        run(["docker", "load", "-q", "-i", str(archive)], env=env)
-        yield env
-
-
-def ready(base):
-    return http_get(f"{base}/readyz")[0] == 200
+    return directory, new_project(directory)
 
 
 async def tools_of(url, key):
@@ -104,19 +67,15 @@ async def test_compose_answers_through_the_gateway_and_goes_on_without_a_service
     port = free_ports(1)[0]
     base, key = f"http://127.0.0.1:{port}", project[1]["JETSONMIND_CLIENT_KEY"]
     url = f"{base}/mcp"
-    with stack(kind, image, project, tmp_path, "compose.yaml", [port]) as (compose, began):
+    with stack(kind, image, project[0], tmp_path, "compose.yaml", [port]) as (compose, began):
         await single_device(compose, began, base, url, key)
 
 
 async def single_device(compose, began, base, url, key):
-    async def gateway_ready():
-        return ready(base)
-
-    await eventually("the gateway ready", gateway_ready, timeout=180)
+    answer = await first_answer(base, key)
+    answered = time.monotonic()
+    assert not answer.is_error and answer.content[0].text.strip(), answer
     async with connected(url, key) as client:
-        answer = await client.call_tool("text_generate", {"prompt": "Say hello.", "max_tokens": 8, "temperature": 0})
-        answered = time.monotonic()
-        assert not answer.is_error and answer.content[0].text.strip(), answer
         metrics = await read_json(client, "jetson://system/metrics")
         assert metrics["memory"]["total_bytes"] > 0, metrics
         # The control server reaches compute with the gateway's key (control.replicas_token_env).
@@ -150,29 +109,6 @@ async def single_device(compose, began, base, url, key):
     await eventually("control back behind the gateway", control_back, timeout=60)
 
 
-def health_of(state):
-    """{replica: healthy?} of a monitor_health answer."""
-    return {r["name"]: r["up"] for r in state["replicas"]}
-
-
-async def health_at(url, key):
-    async with connected(url, key) as client:
-        result = await client.call_tool("monitor_health", {})
-    assert not result.is_error, result.content
-    return result.structured_content
-
-
-async def every_answer(url, key):
-    """aggregate_responses asking every replica the node's gateway routes to: {replica: ok?}."""
-    arguments = {"prompt": "Say hi.", "max_tokens": 4}
-    async with connected(url, key) as client:
-        result = await client.call_tool(
-            "aggregate_responses", {"tool": "text_generate", "arguments": arguments, "strategy": "all"}
-        )
-    assert not result.is_error, result.content
-    return {a["replica"]: a["ok"] for a in result.structured_content["answers"]}
-
-
 async def test_cluster_compose_serves_from_every_node_and_goes_on_without_a_node_and_a_nats_server(
     image, project, tmp_path
 ):
@@ -183,16 +119,11 @@ async def test_cluster_compose_serves_from_every_node_and_goes_on_without_a_node
     key = project[1]["JETSONMIND_CLIENT_KEY"]
     node1, node3 = (f"http://127.0.0.1:{ports[i]}/mcp" for i in (0, 2))
     # Three nodes on this machine's two cores: one decode thread each.
-    with stack("docker", image, project, tmp_path, "cluster.yaml", ports, {"JETSONMIND_THREADS": "1"}) as (
+    with stack("docker", image, project[0], tmp_path, "cluster.yaml", ports, {"JETSONMIND_THREADS": "1"}) as (
         compose,
         began,
     ):
-
-        async def all_three():
-            return ready(node1[: -len("/mcp")]) and sum(health_of(await health_at(node1, key)).values()) == 3
-
-        await eventually("node1 routing to all three nodes", all_three, timeout=180)
-        answers = await every_answer(node1, key)
+        answers = await answers_from_every_node(node1, key, 3)
         answered = time.monotonic()
         assert answers == {"compute-local": True, "compute@node2": True, "compute@node3": True}, answers
         print(f"\ncluster compose up to answers from every node (others included) {answered - began:.1f} s")

@@ -34,12 +34,23 @@ def clean_debian(path):
 
 
 async def test_the_deb_installs_on_a_clean_debian_and_answers(binary, tmp_path):
+    times = await install_and_first_answer(binary, tmp_path)
+    print(
+        f"\ninstall {times['install']:.1f} s, first-run (fetch + import) {times['first_run']:.1f} s, "
+        f"serve to first answer {times['serve']:.1f} s: {times['total']:.1f} s in all"
+    )
+
+
+async def install_and_first_answer(binary, workdir):
+    """The package built from `binary`, installed with apt on a clean Debian under `workdir`, its
+    first-run done, and serve answering text_generate through the Python MCP SDK: the seconds each
+    step took (install, first_run, serve) and in all (total)."""
     if os.geteuid() != 0:
-        pytest.fail("this test installs the package into a chroot: run it as root")
+        pytest.fail("this installs the package into a chroot: run it as root")
     made = run(str(ROOT / "scripts/package.sh"), str(binary), cwd=ROOT).stdout.split()
     deb = ROOT / next(p for p in made if p.endswith(".deb"))
     assert any(p.endswith(".tar.gz") for p in made), made
-    system = tmp_path / "debian"
+    system = workdir / "debian"
     clean_debian(system)
     served = None
     try:
@@ -57,7 +68,7 @@ async def test_the_deb_installs_on_a_clean_debian_and_answers(binary, tmp_path):
         command = ["chroot", "--userspec=jetsonmind:jetsonmind", str(system), "/usr/bin/jetsonmind",
                    "--config", "/etc/jetsonmind/jetsonmind.toml", "serve"]
         any_port = {"JETSONMIND_HTTP__LISTEN": "127.0.0.1:0"}
-        log = tmp_path / "serve.log"
+        log = workdir / "serve.log"
         served, url = start_announcing(command, log, r"listening on (http://\S+/mcp)", "serve", any_port)
         async with Client(url, mode="auto") as client:
             answer = await client.call_tool("text_generate", {"prompt": "Say hello.", "max_tokens": 8})
@@ -65,10 +76,12 @@ async def test_the_deb_installs_on_a_clean_debian_and_answers(binary, tmp_path):
         assert not answer.is_error and answer.content[0].text.strip(), answer
         state = system / "var/lib/jetsonmind"
         assert (state / "jetsonmind.db").stat().st_uid == (state / "models").stat().st_uid != 0
-        print(
-            f"\ninstall {installed - began:.1f} s, first-run (fetch + import) {fetched - installed:.1f} s, "
-            f"serve to first answer {answered - fetched:.1f} s: {answered - began:.1f} s in all"
-        )
+        return {
+            "install": installed - began,
+            "first_run": fetched - installed,
+            "serve": answered - fetched,
+            "total": answered - began,
+        }
     finally:
         if served is not None:
             assert stop_process(served), "serve did not stop on SIGTERM"
