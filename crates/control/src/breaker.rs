@@ -89,6 +89,16 @@ impl Breaker {
         }
     }
 
+    /// A health check that found the replica answering. Once the cooldown
+    /// is over it is the trial, and closes the breaker: a replica that
+    /// routing does not prefer (it holds no model yet) would otherwise wait
+    /// for a call that never comes. During the cooldown it changes nothing.
+    pub fn record_check_passed(&mut self, now: Instant) {
+        if self.state(now) == BreakerState::HalfOpen && !self.trial_running {
+            self.record_success();
+        }
+    }
+
     /// A trial that ended without a verdict (the caller cancelled): let the
     /// next one try.
     pub fn release_trial(&mut self) {
@@ -145,6 +155,32 @@ mod tests {
         b.record_success();
         assert_eq!(b.state(much_later), BreakerState::Closed);
         assert!(b.try_acquire(much_later) && b.try_acquire(much_later));
+    }
+
+    #[test]
+    fn a_passed_health_check_is_the_trial_once_the_cooldown_is_over() {
+        let mut b = breaker();
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.record_failure(t);
+        }
+        b.record_check_passed(t + Duration::from_secs(1));
+        assert_eq!(
+            b.state(t + Duration::from_secs(2)),
+            BreakerState::Open,
+            "not within the cooldown"
+        );
+        let later = t + Duration::from_secs(6);
+        assert!(b.try_acquire(later));
+        b.record_check_passed(later);
+        assert_eq!(
+            b.state(later),
+            BreakerState::HalfOpen,
+            "a call's trial decides itself"
+        );
+        b.release_trial();
+        b.record_check_passed(later);
+        assert_eq!(b.state(later), BreakerState::Closed);
     }
 
     #[test]

@@ -558,6 +558,7 @@ impl Fleet {
             .offer()
             .is_some_and(|o| o.resources.iter().any(|r| r.uri == REPLICA_STATUS_URI));
         if !reports {
+            replica.breaker().record_check_passed(Instant::now());
             return;
         }
         let ours = replica.outstanding();
@@ -574,6 +575,7 @@ impl Fleet {
                     .map_or(0, |r| (r.running + r.waiting).saturating_sub(ours));
                 replica.external_busy.store(external, Ordering::SeqCst);
                 *replica.report.lock().expect("report lock") = report;
+                replica.breaker().record_check_passed(Instant::now());
             }
             Ok(Err(_)) | Err(_) => replica.link.mark_down("status read failed or timed out"),
         }

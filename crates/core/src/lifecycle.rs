@@ -12,9 +12,10 @@
 //! `Retry-After` and `Connection: close` (a client or load balancer sends it
 //! elsewhere), while the tool calls in flight ([`InFlight::calls`], wherever
 //! they came from) finish and their HTTP responses ([`InFlight::responses`])
-//! are written. The binary waits for both, at most `http.drain_grace_ms`,
-//! before it stops everything else. Event streams are not waited for: they
-//! carry no call of their own, and end with the server.
+//! are written, event streams answering a POST included. The binary waits
+//! for both, at most `http.drain_grace_ms`, before it stops everything else.
+//! A GET's event stream is not waited for: it carries no call of its own,
+//! and ends with the server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -85,9 +86,12 @@ async fn refuse_when_draining(
     next: Next,
 ) -> Response {
     if !drain.is_cancelled() || is_probe(request.uri().path()) {
+        // A GET's event stream carries no call of its own and ends with the
+        // server; a POST's carries its call's progress and answer, then ends.
+        let standalone = request.method() == http::Method::GET;
         let writing = InFlight::responses().begin();
         let response = next.run(request).await;
-        if is_event_stream(&response) {
+        if standalone && is_event_stream(&response) {
             return response;
         }
         return response.map(|body| Body::new(Guarded::new(body, writing)));
@@ -131,7 +135,7 @@ impl InFlight {
         &CALLS
     }
 
-    /// HTTP responses being made or written, but event streams.
+    /// HTTP responses being made or written, but GET event streams.
     pub fn responses() -> &'static Arc<InFlight> {
         &RESPONSES
     }

@@ -19,6 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LinkError, Relay, ReplicaLink};
 
+/// What rmcp's Streamable HTTP client answers, in the replica's name, for a
+/// request whose response was lost with its session (the replica restarted
+/// and no longer knows it): the call may or may not have run, as when a
+/// connection breaks, so it is treated as one. rmcp is pinned exactly, so the
+/// words stay these.
+const LOST_IN_TRANSPORT: &str =
+    "streamable HTTP session was re-initialized before the response arrived";
+
 pub struct McpLink {
     upstream: Upstream,
 }
@@ -40,6 +48,10 @@ impl McpLink {
     /// A request that failed below MCP broke the connection: give it up.
     fn broken(&self, error: ServiceError) -> LinkError {
         match error {
+            ServiceError::McpError(error) if error.message == LOST_IN_TRANSPORT => {
+                self.upstream.mark_down(LOST_IN_TRANSPORT.to_string());
+                LinkError::Broken(error.message.to_string())
+            }
             ServiceError::McpError(error) => LinkError::Refused(error),
             other => {
                 self.upstream.mark_down(other.to_string());
