@@ -11,7 +11,7 @@ say "System packages"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
-    python3 python3-venv python3-pip iproute2 mmdebstrap systemd >/dev/null
+    python3 python3-venv python3-pip iproute2 mmdebstrap systemd tmux >/dev/null
 
 say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -44,6 +44,20 @@ pub enum Command {
         #[arg(long)]
         token_env: Option<String>,
     },
+    /// A terminal dashboard of a device or a whole cluster, like jtop: each
+    /// node's CPU, GPU, memory, temperature, power and fan, the replicas and
+    /// the models they hold, read through a gateway over MCP.
+    Top {
+        /// The gateway's Streamable HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8080/mcp")]
+        url: String,
+        /// The environment variable holding the API key to send.
+        #[arg(long)]
+        token_env: Option<String>,
+        /// How often the figures are read again, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
+    },
     /// Print the effective configuration as TOML.
     Config,
     /// Manage the model store.
@@ -94,6 +108,7 @@ impl Command {
             | Command::Control(t)
             | Command::Gateway(t) => Some(t),
             Command::Bridge { .. }
+            | Command::Top { .. }
             | Command::Config
             | Command::Models(_)
             | Command::Keys(_)

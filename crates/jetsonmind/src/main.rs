@@ -15,7 +15,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(&cli.log);
+    // `top` owns the terminal: a log line would be drawn over it.
+    if !matches!(cli.command, cli::Command::Top { .. }) {
+        init_logging(&cli.log);
+    }
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

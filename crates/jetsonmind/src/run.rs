@@ -64,6 +64,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
         Command::Restore { .. } => return crate::backup::cloud::restore_command(&config).await,
+        Command::Top {
+            url,
+            token_env,
+            interval_ms,
+        } => {
+            let bearer = token_env
+                .map(|var| {
+                    std::env::var(&var).with_context(|| format!("--token-env: {var} is not set"))
+                })
+                .transpose()?;
+            let interval = Duration::from_millis(interval_ms);
+            return Ok(jetsonmind_top::run(&url, bearer, interval).await?);
+        }
         Command::Models(command) => return crate::models::run(command, &config).await,
         Command::Keys(command) => return crate::keys::run(command, &config).await,
         Command::Cluster(ClusterCommand::Status { json, .. }) => {
@@ -103,7 +116,7 @@ async fn serve_command(
     shared: &Shared,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Cluster(_) => unreachable!("handled before serving"),
+        Command::Cluster(_) | Command::Top { .. } => unreachable!("handled before serving"),
         Command::Compute(t) => {
             let server = shared.compute(&config, &shared.node_state()?);
             serve_server(server, t, config, shutdown, shared, Router::new()).await
