@@ -28,6 +28,7 @@ from natscluster import free_ports
 
 pytestmark = pytest.mark.anyio
 
+
 @pytest.fixture(scope="module")
 def image(binary, tmp_path_factory):
     """The images, built from the binary under test (and the nats-server of .venv, for the cluster) and

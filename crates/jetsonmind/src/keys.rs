@@ -13,33 +13,53 @@ use crate::cli::KeysCommand;
 
 pub async fn run(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
     match config.cluster.enabled() {
-        true => in_cluster(command, config).await,
-        false => on_this_node(command, &KeyStore::open(&config.data.dir)),
+        true => {
+            let bus = Bus::connect(&config.cluster).await?;
+            on(&ClusterKeys::open(&bus).await?, command).await
+        }
+        false => on(&KeyStore::open(&config.data.dir), command).await,
     }
 }
 
-fn on_this_node(command: KeysCommand, store: &KeyStore) -> anyhow::Result<()> {
-    match command {
-        KeysCommand::Create {
-            name,
-            scopes,
-            key_from_env: Some(var),
-        } => {
-            let key = supplied_key(&name, &scopes, &var)?;
-            added(&key, store.add(key.clone()).context("adding the key")?);
-        }
-        KeysCommand::Create { name, scopes, .. } => {
-            created(&store.create(&name, &scopes).context("creating the key")?)
-        }
-        KeysCommand::List => listed(&store.list()?),
-        KeysCommand::Revoke { id } => revoked(&store.revoke(&id)?),
-    }
-    Ok(())
+/// Where keys are kept: this node's key file, or the cluster's bucket.
+trait Keys {
+    async fn create(&self, name: &str, scopes: &[String]) -> anyhow::Result<NewKey>;
+    async fn add(&self, key: StoredKey) -> anyhow::Result<bool>;
+    async fn list(&self) -> anyhow::Result<Vec<StoredKey>>;
+    async fn revoke(&self, id: &str) -> anyhow::Result<StoredKey>;
 }
 
-async fn in_cluster(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
-    let bus = Bus::connect(&config.cluster).await?;
-    let keys = ClusterKeys::open(&bus).await?;
+impl Keys for KeyStore {
+    async fn create(&self, name: &str, scopes: &[String]) -> anyhow::Result<NewKey> {
+        Ok(KeyStore::create(self, name, scopes)?)
+    }
+    async fn add(&self, key: StoredKey) -> anyhow::Result<bool> {
+        Ok(KeyStore::add(self, key)?)
+    }
+    async fn list(&self) -> anyhow::Result<Vec<StoredKey>> {
+        Ok(KeyStore::list(self)?)
+    }
+    async fn revoke(&self, id: &str) -> anyhow::Result<StoredKey> {
+        Ok(KeyStore::revoke(self, id)?)
+    }
+}
+
+impl Keys for ClusterKeys {
+    async fn create(&self, name: &str, scopes: &[String]) -> anyhow::Result<NewKey> {
+        Ok(ClusterKeys::create(self, name, scopes).await?)
+    }
+    async fn add(&self, key: StoredKey) -> anyhow::Result<bool> {
+        Ok(ClusterKeys::add(self, key).await?)
+    }
+    async fn list(&self) -> anyhow::Result<Vec<StoredKey>> {
+        Ok(ClusterKeys::list(self).await?)
+    }
+    async fn revoke(&self, id: &str) -> anyhow::Result<StoredKey> {
+        Ok(ClusterKeys::revoke(self, id).await?)
+    }
+}
+
+async fn on(keys: &impl Keys, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create {
             name,
