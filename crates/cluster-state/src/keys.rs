@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use jetsonmind_cluster::{Bus, ClusterError};
 use jetsonmind_core::auth::KeyStore;
-use jetsonmind_core::auth::keys::{NewKey, StoredKey, is_same_key, mint};
+use jetsonmind_core::auth::keys::{NewKey, StoredKey, already_added, mint};
 use tokio_util::sync::CancellationToken;
 
 use crate::{StateError, Watched, durable_bucket, follow_bucket, open_bucket};
@@ -58,14 +58,9 @@ impl ClusterKeys {
     /// Add `key`, made elsewhere, for the whole cluster: `Ok(false)` when
     /// it is there already, an error when another key has its id.
     pub async fn add(&self, key: StoredKey) -> Result<bool, StateError> {
-        if let Some(there) = self.get(&key.id).await? {
-            return match is_same_key(&there, &key) {
-                true => Ok(false),
-                false => Err(StateError::Invalid(format!(
-                    "another key has the id `{}`: revoke it first",
-                    key.id
-                ))),
-            };
+        let there = self.get(&key.id).await?;
+        if already_added(there.as_ref(), &key).map_err(|e| StateError::Invalid(e.to_string()))? {
+            return Ok(false);
         }
         self.bucket
             .create(&key.id, encode(&key)?)

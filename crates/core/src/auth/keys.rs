@@ -119,14 +119,8 @@ impl KeyStore {
     /// when it is another.
     pub fn add(&self, key: StoredKey) -> Result<bool, KeyError> {
         let mut keys = self.list()?;
-        if let Some(there) = keys.iter().find(|k| k.id == key.id) {
-            return match is_same_key(there, &key) {
-                true => Ok(false),
-                false => Err(KeyError::Invalid(format!(
-                    "another key has the id `{}`: revoke it first",
-                    key.id
-                ))),
-            };
+        if already_added(keys.iter().find(|k| k.id == key.id), &key)? {
+            return Ok(false);
         }
         keys.push(key);
         self.write(keys)?;
@@ -237,10 +231,18 @@ pub fn supplied(name: &str, scopes: &[String], key: &str) -> Result<StoredKey, K
     stored_key(name, scopes, id, key)
 }
 
-/// Whether `stored` is `key` (the same id and hash): adding a supplied key
-/// twice, as a deployment's start-up step does on every start, is no error.
-pub fn is_same_key(stored: &StoredKey, key: &StoredKey) -> bool {
-    stored.id == key.id && constant_time_eq(stored.sha256.as_bytes(), key.sha256.as_bytes())
+/// Whether `key` is `there` already, the key stored under its id if any:
+/// adding a supplied key twice, as a deployment's start-up step does on
+/// every start, is no error; a different key under the same id is.
+pub fn already_added(there: Option<&StoredKey>, key: &StoredKey) -> Result<bool, KeyError> {
+    match there {
+        None => Ok(false),
+        Some(there) if constant_time_eq(there.sha256.as_bytes(), key.sha256.as_bytes()) => Ok(true),
+        Some(_) => Err(KeyError::Invalid(format!(
+            "another key has the id `{}`: revoke it first",
+            key.id
+        ))),
+    }
 }
 
 fn stored_key(name: &str, scopes: &[String], id: &str, key: &str) -> Result<StoredKey, KeyError> {
