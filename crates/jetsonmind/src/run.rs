@@ -48,6 +48,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return crate::backup::restore_command(&sources, archive, *force);
     }
+    // A client of a gateway, elsewhere maybe: this machine's config is not its.
+    if let Command::Top {
+        url,
+        token_env,
+        interval_ms,
+    } = &cli.command
+    {
+        let bearer = token_env
+            .as_ref()
+            .map(|var| std::env::var(var).with_context(|| format!("--token-env: {var} is not set")))
+            .transpose()?;
+        let interval = Duration::from_millis(*interval_ms);
+        return Ok(jetsonmind_top::run(url, bearer, interval).await?);
+    }
     if let Command::Serve(serve) = &cli.command {
         sources.env.extend(serve.overrides());
     }
@@ -64,19 +78,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             return crate::backup::backup_command(&config, cli.config.as_deref(), output);
         }
         Command::Restore { .. } => return crate::backup::cloud::restore_command(&config).await,
-        Command::Top {
-            url,
-            token_env,
-            interval_ms,
-        } => {
-            let bearer = token_env
-                .map(|var| {
-                    std::env::var(&var).with_context(|| format!("--token-env: {var} is not set"))
-                })
-                .transpose()?;
-            let interval = Duration::from_millis(interval_ms);
-            return Ok(jetsonmind_top::run(&url, bearer, interval).await?);
-        }
         Command::Models(command) => return crate::models::run(command, &config).await,
         Command::Keys(command) => return crate::keys::run(command, &config).await,
         Command::Cluster(ClusterCommand::Status { json, .. }) => {
