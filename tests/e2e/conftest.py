@@ -51,6 +51,14 @@ def make_data_dir(binary, path):
     return path
 
 
+def run(command, env=None, timeout=300, check=True, cwd=None):
+    """`command` (a list), its output captured as text; with `check`, a failure says what it printed."""
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, command))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
 def default_model():
     """The default model's file, fetched by ./setup.sh."""
     if not (MODELS / DEFAULT_MODEL).is_file():

@@ -13,21 +13,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import DEFAULT_MODEL, connected, default_model, eventually
+from conftest import DEFAULT_MODEL, connected, default_model, eventually, run
 from natscluster import NATS_SERVER, _die_with_parent, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "packaging" / "container" / "containers.conf"
 PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 COMPOSE_DIR = ROOT / "deploy" / "compose"
-
-
-def run(command, env=None, timeout=300, check=True, cwd=None):
-    """`command`, its output captured; a failure says what it printed."""
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, command))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import connected, eventually, read_json, raw_post
+from conftest import connected, eventually, raw_post, read_json, run
 from containers import (
     PODMAN_ENV,
     answers_from_every_node,
@@ -21,7 +21,6 @@ from containers import (
     health_of,
     new_project,
     ready,
-    run,
     stack,
 )
 from natscluster import free_ports
@@ -79,9 +78,8 @@ async def single_device(compose, began, base, url, key):
     async with connected(url, key) as client:
         metrics = await read_json(client, "jetson://system/metrics")
         assert metrics["memory"]["total_bytes"] > 0, metrics
-        # The control server reaches compute with the gateway's key (control.replicas_token_env).
-        health = await client.call_tool("monitor_health", {})
-        assert not health.is_error and health.structured_content["healthy"] == 1, health.content
+    # The control server reaches compute with the gateway's key (control.replicas_token_env).
+    assert (await health_at(url, key))["healthy"] == 1
     print(f"\n{compose.engine}: compose up to first answer {answered - began:.1f} s")
     status, _, _ = raw_post(url, None, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert status == 401, "the gateway is published beyond its own container: keys are required"

@@ -6,14 +6,13 @@ are wrong (tests/helm/broken-values.yaml, and each mistake alone) refused. helm 
 scripts/fetch-k8s-tools.sh (./setup.sh runs it)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run
 from natscluster import NATS_SERVER
 
 CHART = ROOT / "deploy" / "helm" / "jetsonmind"
@@ -30,10 +29,7 @@ def helm(tmp_path_factory):
     home = tmp_path_factory.mktemp("helm")
     env = {**os.environ, **{f"HELM_{kind}_HOME": str(home / kind) for kind in ("CACHE", "CONFIG", "DATA")}}
 
-    def run(*args):
-        return subprocess.run([str(HELM), *args], env=env, capture_output=True, text=True, timeout=120)
-
-    return run
+    return lambda *args: run([str(HELM), *args], env=env, timeout=120, check=False)
 
 
 def render(helm, *values):
@@ -51,7 +47,7 @@ def test_the_chart_lints_and_renders_objects_kubernetes_accepts(helm, tmp_path):
         sets = [arg for value in ("auth.clientKey=" + KEY, *variant) for arg in ("--set", value)]
         rendered = tmp_path / "rendered.yaml"
         rendered.write_text(helm("template", "jm", str(CHART), *sets).stdout)
-        checked = subprocess.run([str(VALIDATE), "--strict", str(rendered)], capture_output=True, text=True)
+        checked = run([str(VALIDATE), "--strict", str(rendered)], check=False)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert checked.stdout.count(" passed for resource ") == rendered.read_text().count("\nkind: "), checked.stdout
 
@@ -89,14 +85,14 @@ def test_the_rendered_configurations_are_read_by_their_programs(helm, binary, tm
     objects = render(helm)
     config = tmp_path / "jetsonmind.toml"
     config.write_text(objects[("ConfigMap", "jm-jetsonmind")]["data"]["jetsonmind.toml"])
-    shown = subprocess.run([str(binary), "--config", str(config), "config"], capture_output=True, text=True)
+    shown = run([str(binary), "--config", str(config), "config"], check=False)
     assert shown.returncode == 0, shown.stderr
     assert 'urls = ["nats://jm-jetsonmind-nats:4222"]' in shown.stdout
     assert '"jm-jetsonmind.edge.svc.cluster.local"' in shown.stdout
     nats = tmp_path / "nats.conf"
     nats.write_text(objects[("ConfigMap", "jm-jetsonmind-nats")]["data"]["nats.conf"])
-    tested = subprocess.run([str(NATS_SERVER), "-t", "-c", str(nats)], capture_output=True, text=True,
-                            env={**os.environ, "POD_NAME": "jm-jetsonmind-nats-0"})
+    tested = run([str(NATS_SERVER), "-t", "-c", str(nats)], env={**os.environ, "POD_NAME": "jm-jetsonmind-nats-0"},
+                 check=False)
     assert tested.returncode == 0 and "is valid" in tested.stdout + tested.stderr, tested.stderr
 
 

@@ -15,22 +15,18 @@ import time
 import pytest
 from mcp import Client
 
-from conftest import ROOT, start_announcing, stop_process
+from conftest import ROOT, run, start_announcing, stop_process
 
 pytestmark = pytest.mark.anyio
 
 MIRROR = "http://deb.debian.org/debian"
 
 
-def run(*command, **kwargs):
-    return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
-
-
 def clean_debian(path):
     """A minimal Debian (minbase: no python3, no libgomp1) with /proc mounted."""
-    run("mmdebstrap", "--quiet", "--variant=minbase", "bookworm", str(path), MIRROR)
+    run(["mmdebstrap", "--quiet", "--variant=minbase", "bookworm", str(path), MIRROR], timeout=900)
     shutil.copy("/etc/resolv.conf", path / "etc/resolv.conf")
-    run("mount", "-t", "proc", "proc", str(path / "proc"))
+    run(["mount", "-t", "proc", "proc", str(path / "proc")])
 
 
 async def test_the_deb_installs_on_a_clean_debian_and_answers(binary, tmp_path):
@@ -47,7 +43,7 @@ async def install_and_first_answer(binary, workdir):
     step took (install, first_run, serve) and in all (total)."""
     if os.geteuid() != 0:
         pytest.fail("this installs the package into a chroot: run it as root")
-    made = run(str(ROOT / "scripts/package.sh"), str(binary), cwd=ROOT).stdout.split()
+    made = run([str(ROOT / "scripts/package.sh"), str(binary)], cwd=ROOT).stdout.split()
     deb = ROOT / next(p for p in made if p.endswith(".deb"))
     assert any(p.endswith(".tar.gz") for p in made), made
     system = workdir / "debian"
@@ -57,11 +53,11 @@ async def install_and_first_answer(binary, workdir):
         shutil.copy(deb, system / "tmp/jetsonmind.deb")
         began = time.monotonic()
         install = "apt-get update -qq && apt-get install -y -qq /tmp/jetsonmind.deb"
-        run("chroot", str(system), "sh", "-c", install, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        run(["chroot", str(system), "sh", "-c", install], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         installed = time.monotonic()
         # This machine reaches PyPI through a proxy with its own CA: trust what the host trusts.
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", system / "etc/ssl/certs/ca-certificates.crt")
-        first_run = run("chroot", str(system), "/usr/lib/jetsonmind/first-run").stdout
+        first_run = run(["chroot", str(system), "/usr/lib/jetsonmind/first-run"]).stdout
         assert re.search(r"imported SmolLM2-135M-Instruct\.Q4_1\.gguf .*sha256 b179c952", first_run), first_run
         fetched = time.monotonic()
 
