@@ -538,7 +538,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
-            max_body_bytes: 4 * 1024 * 1024,
+            // Room for audio sent as base64 (compute.audio.max_bytes, a third more).
+            max_body_bytes: 16 * 1024 * 1024,
             max_concurrent_requests: 64,
             queue_timeout_ms: 5_000,
             request_timeout_ms: 600_000,
@@ -737,10 +738,75 @@ pub struct ComputeConfig {
     /// `allocation = "pinned"`: these models are loaded and never unloaded
     /// to make room or for being idle.
     pub pinned_models: Vec<String>,
+    /// Speech model `audio_process` transcribes with when a call names none.
+    pub speech_model: String,
+    /// Embedding model of `embed` and `rerank` when a call names none.
+    pub embedding_model: String,
+    /// Audio in and out: limits, where files may be read, the TTS program.
+    pub audio: AudioConfig,
+    /// Limits of `embed` and `rerank`.
+    pub embeddings: EmbeddingsConfig,
     /// What generates text: llama.cpp, or the simulator (benchmarks only).
     pub engine: ComputeEngine,
     /// The simulator's token times; read only with `engine = "simulated"`.
     pub simulator: SimulatorConfig,
+}
+
+/// Audio the speech tools take and give.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioConfig {
+    /// Largest audio accepted, in bytes once decoded from base64.
+    pub max_bytes: usize,
+    /// Longest audio accepted, in seconds.
+    pub max_seconds: f64,
+    /// Directories whose files `audio_data` may name by path (none: only
+    /// base64 and data URIs). A path is resolved (links followed) before
+    /// it is checked.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Longest text `synthesize` speaks, in characters.
+    pub max_speech_chars: usize,
+    /// The text-to-speech program (espeak-ng's command line), run as a
+    /// separate process: it is GPL-licensed, never linked.
+    pub tts_command: String,
+    /// The TTS program is stopped after this long.
+    pub tts_timeout_secs: u64,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 12 << 20,
+            max_seconds: 900.0,
+            allowed_dirs: Vec::new(),
+            max_speech_chars: 5000,
+            tts_command: "espeak-ng".into(),
+            tts_timeout_secs: 60,
+        }
+    }
+}
+
+/// Limits of the embedding tools.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// Most texts one call embeds (or documents one `rerank` ranks).
+    pub max_texts: usize,
+    /// Longest text, in bytes; a model reads at most its token limit of it
+    /// (256 tokens for MiniLM) and ignores the rest.
+    pub max_text_bytes: usize,
+    /// Texts embedded in one forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        Self {
+            max_texts: 256,
+            max_text_bytes: 16 * 1024,
+            batch_size: 32,
+        }
+    }
 }
 
 /// How the compute server keeps models in memory.
@@ -824,6 +890,10 @@ impl Default for ComputeConfig {
             keep_alive_secs: 300,
             allocation: AllocationStrategy::Balanced,
             pinned_models: Vec::new(),
+            speech_model: "whisper-tiny.en".into(),
+            embedding_model: "all-MiniLM-L6-v2".into(),
+            audio: AudioConfig::default(),
+            embeddings: EmbeddingsConfig::default(),
             engine: ComputeEngine::Llama,
             simulator: SimulatorConfig::default(),
         }
@@ -1016,6 +1086,25 @@ impl Config {
             return fail("http.session_idle_timeout_ms must be at least 1".into());
         }
         let compute = &self.compute;
+        let (audio, embeddings) = (&compute.audio, &compute.embeddings);
+        let seconds_valid = audio.max_seconds.is_finite() && audio.max_seconds > 0.0;
+        if audio.max_bytes == 0 || !seconds_valid || audio.max_speech_chars == 0 {
+            return fail(
+                "compute.audio: max_bytes, max_seconds and max_speech_chars must be above 0".into(),
+            );
+        }
+        if audio.tts_timeout_secs == 0 || audio.tts_command.trim().is_empty() {
+            return fail(
+                "compute.audio: tts_command must name a program, tts_timeout_secs >= 1".into(),
+            );
+        }
+        if embeddings.max_texts == 0 || embeddings.max_text_bytes == 0 || embeddings.batch_size == 0
+        {
+            return fail(
+                "compute.embeddings: max_texts, max_text_bytes and batch_size must be at least 1"
+                    .into(),
+            );
+        }
         if compute.context_size < 256 || compute.progress_every_tokens == 0 {
             return fail("compute: context_size >= 256 and progress_every_tokens >= 1".into());
         }

@@ -54,8 +54,10 @@ pub const TRUST_KEYS: &[&str] = &[
     "control.jetson_clocks_command",
     "control.jetson_clocks_store_command",
     "control.jetson_clocks_restore_command",
-    // A program it runs, and where it reads the device.
+    // Programs it runs, and where it reads the device and files.
     "telemetry.tegrastats_command",
+    "compute.audio.tts_command",
+    "compute.audio.allowed_dirs",
     "telemetry.root",
     "data.dir",
     "cluster",

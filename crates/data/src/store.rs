@@ -45,7 +45,7 @@ use crate::db::{self, DbError, now_ms};
 use crate::gguf;
 
 /// File extensions of the model formats the store accepts.
-const FORMATS: &[&str] = &["gguf", "onnx", "safetensors"];
+const FORMATS: &[&str] = &["gguf", "onnx", "safetensors", "bin"];
 /// Longest model name accepted.
 const MAX_NAME: usize = 128;
 
@@ -59,9 +59,13 @@ pub enum StoreError {
     Exists(String),
     #[error("model name `{0}`: {1}")]
     BadName(String, &'static str),
-    #[error("{0}: not a model file this store knows (GGUF, .onnx or .safetensors)")]
+    #[error(
+        "{0}: not a model file this store knows (GGUF, .onnx, .safetensors or a CTranslate2 model.bin)"
+    )]
     UnknownFormat(PathBuf),
-    #[error("{0}: a directory model must hold at least one .gguf, .onnx or .safetensors file")]
+    #[error(
+        "{0}: a directory model must hold at least one .gguf, .onnx, .safetensors or CTranslate2 .bin file"
+    )]
     NoModelFile(PathBuf),
     #[error("{path}: {source}")]
     Io {
@@ -821,10 +825,18 @@ fn main_digest(model: &ModelInfo) -> String {
     model
         .files
         .iter()
-        .find(|f| extension(Path::new(&f.path)) == Some(model.format.as_str()))
+        .find(|f| extension(Path::new(&f.path)) == Some(main_extension(&model.format)))
         .or(model.files.first())
         .map(|f| f.sha256.clone())
         .unwrap_or_default()
+}
+
+/// The extension of a format's main file (a CTranslate2 model's is `model.bin`).
+fn main_extension(format: &str) -> &str {
+    match format {
+        "ctranslate2" => "bin",
+        other => other,
+    }
 }
 
 fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
@@ -966,8 +978,26 @@ fn format_of(name: &Path, content: &Path) -> Result<&'static str, StoreError> {
         (true, _) => Ok("gguf"),
         (false, Some("onnx")) => Ok("onnx"),
         (false, Some("safetensors")) => Ok("safetensors"),
+        (false, Some("bin")) if is_ctranslate2(content) => Ok("ctranslate2"),
         _ => Err(StoreError::UnknownFormat(content.to_path_buf())),
     }
+}
+
+/// Whether the file starts as a CTranslate2 model does: format version 5
+/// or 6, then the name of its spec (`WhisperSpec`, `TransformerSpec`...).
+fn is_ctranslate2(path: &Path) -> bool {
+    let mut head = [0u8; 70];
+    let Ok(read) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return false;
+    };
+    let head = &head[..read];
+    let (Some(version), Some(length)) = (head.get(..4), head.get(4..6)) else {
+        return false;
+    };
+    let version = u32::from_le_bytes(version.try_into().expect("4 bytes"));
+    let length = usize::from(u16::from_le_bytes(length.try_into().expect("2 bytes")));
+    let spec = head.get(6..6 + length).unwrap_or_default();
+    (5..=6).contains(&version) && spec.ends_with(b"Spec\0")
 }
 
 /// A GGUF's description, its header checked: one that does not read, or
@@ -1416,6 +1446,33 @@ mod tests {
         appending.write_all(b"0123 half").unwrap();
         let snapshot = store.snapshot(&dir.path().join("copy.db")).unwrap();
         assert_eq!(snapshot.names_log, complete);
+    }
+
+    #[test]
+    fn a_ctranslate2_directory_is_known_by_its_header_and_its_model_bin_is_main() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("whisper");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("config.json"), b"{}").unwrap();
+        let mut header = 6u32.to_le_bytes().to_vec();
+        header.extend(12u16.to_le_bytes());
+        header.extend(b"WhisperSpec\0");
+        std::fs::write(model.join("model.bin"), &header).unwrap();
+        let store = ModelStore::open(&dir.path().join("data")).unwrap();
+        let info = store
+            .import(&model, &ImportOptions::default(), |_, _| {})
+            .unwrap();
+        assert_eq!(info.format, "ctranslate2");
+        let files = store.files("whisper").unwrap();
+        assert_eq!(store.main_file("whisper").unwrap(), files["model.bin"]);
+        // Any other .bin is no model this store knows.
+        let other = dir.path().join("weights.bin");
+        std::fs::write(&other, b"\0\0\0\0 not a model").unwrap();
+        let refused = store.import(&other, &ImportOptions::default(), |_, _| {});
+        assert!(
+            matches!(refused, Err(StoreError::UnknownFormat(_))),
+            "{refused:?}"
+        );
     }
 
     #[test]
