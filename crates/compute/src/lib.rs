@@ -1,17 +1,20 @@
 //! The compute server: inference tools.
 //!
 //! A tool is listed only where its engine runs: a listed tool that always
-//! fails makes a model pick it and waste turns. `image_analyze`,
-//! `audio_process`, `multi_modal_inference` and `embed` have their input
-//! schemas ([`schema`]) but no engine in this binary yet, so they are not
-//! offered; each is listed once its engine is built in.
+//! fails makes a model pick it and waste turns. `image_analyze` and
+//! `multi_modal_inference` have their input schemas ([`schema`]) but no
+//! engine in this binary yet, so they are not offered; each is listed once
+//! its engine is built in.
 
+pub mod embeddings;
 pub mod engine;
+pub mod input;
 pub mod models;
 pub mod placement;
 pub mod prompts;
 pub mod scheduler;
 pub mod schema;
+pub mod speech;
 pub mod text;
 
 use std::sync::{Arc, Weak};
@@ -41,17 +44,21 @@ use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::embeddings::{EMBED, EmbeddingService, RERANK};
 use crate::engine::llama::LlamaSettings;
 use crate::engine::simulated;
 use crate::engine::{EngineError, Traffic};
 use crate::models::{Loader, ModelRegistry, ModelSource, Placement};
 use crate::scheduler::Scheduler;
 use crate::schema::*;
+use crate::speech::{AUDIO_PROCESS, AudioService};
 use crate::text::TextService;
 
 pub struct ComputeServer {
     catalog: Arc<Catalog>,
     text: TextService,
+    audio: AudioService,
+    embeddings: EmbeddingService,
     vitals: LinuxReader,
     /// `host:pid`, how this replica names itself in its status.
     replica: String,
@@ -126,6 +133,10 @@ impl ComputeServer {
             settings.default_model.clone(),
             llama,
             placement,
+        )
+        .with_default_models(
+            settings.speech_model.clone(),
+            settings.embedding_model.clone(),
         );
         if simulated {
             tracing::warn!(
@@ -144,6 +155,15 @@ impl ComputeServer {
             tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
             keep_models_as(&models, &settings);
         }
+        let audio = AudioService {
+            models: models.clone(),
+            settings: settings.audio.clone(),
+        };
+        let embeddings = EmbeddingService {
+            models: models.clone(),
+            cache: cache.clone(),
+            settings: settings.embeddings.clone(),
+        };
         let text = TextService {
             models,
             scheduler: Arc::new(Scheduler::new(settings.parallel, settings.queue_depth)),
@@ -153,6 +173,8 @@ impl ComputeServer {
         Self {
             catalog: Arc::new(catalog()),
             text,
+            audio,
+            embeddings,
             vitals,
             replica: format!("{}:{}", store.node(), std::process::id()),
             store,
@@ -368,6 +390,21 @@ impl ComputeServer {
                 self.text.models.unload_idle_on_demand();
                 Ok(result)
             }
+            AUDIO_PROCESS => {
+                let result = self.audio.audio_process(call.parse()?, call.context).await;
+                self.text.models.unload_idle_on_demand();
+                Ok(result)
+            }
+            EMBED => {
+                let result = self.embeddings.embed(call.parse()?, call.context).await;
+                self.text.models.unload_idle_on_demand();
+                Ok(result)
+            }
+            RERANK => {
+                let result = self.embeddings.rerank(call.parse()?, call.context).await;
+                self.text.models.unload_idle_on_demand();
+                Ok(result)
+            }
             LOAD_MODEL => Ok(self.load_model(call.parse()?, call.context).await),
             CALIBRATE_ENGINE => Ok(self.calibrate(call.parse()?, call.context).await),
             UNLOAD_MODEL => Ok(self.unload_model(call.parse()?).await),
@@ -427,6 +464,45 @@ fn catalog() -> Catalog {
         // Written in the contract: a provider offers them too.
         text_generate_tool(),
         code_complete_tool(),
+        tool_from::<AudioProcessArgs>(
+            AUDIO_PROCESS,
+            "Process audio: `transcribe` speech to text (whisper, English; timed segments, \
+             progress per 30 s window), `synthesize` text to speech (espeak-ng; WAV audio), \
+             `analyze` (duration, rate, channels, levels, loudness in LUFS, speech and silence) \
+             or `convert` (resample and mix down; WAV audio). Audio in WAV, FLAC, MP3 or OGG, \
+             as base64 or a data URI.",
+        )
+        // Nothing changes on the node: a call cut by a replica's death may run again elsewhere.
+        .annotate(
+            ToolAnnotations::new()
+                .read_only(true)
+                .idempotent(true)
+                .open_world(false),
+        ),
+        tool_from::<EmbedArgs>(
+            EMBED,
+            "Embed texts as unit-length sentence vectors (all-MiniLM-L6-v2 by default, 384 \
+             dimensions): cosine similarity is their dot product. Deterministic: repeated texts \
+             come from the inference cache.",
+        )
+        .annotate(
+            ToolAnnotations::new()
+                .read_only(true)
+                .idempotent(true)
+                .open_world(false),
+        ),
+        tool_from::<RerankArgs>(
+            RERANK,
+            "Rank documents by relevance to a query, best first, with scores. A bi-encoder \
+             ranking: query and documents are embedded apart and compared by cosine \
+             similarity (fast; a cross-encoder reading each pair together would be more exact).",
+        )
+        .annotate(
+            ToolAnnotations::new()
+                .read_only(true)
+                .idempotent(true)
+                .open_world(false),
+        ),
         AccessLevel::Admin.mark(
             tool_from::<LoadModelArgs>(
                 LOAD_MODEL,
@@ -470,8 +546,8 @@ impl McpUnit for ComputeServer {
         UnitIdentity {
             name: "jetsonmind-compute",
             title: "JetsonMind compute",
-            instructions: "Local AI inference on this device: text generation and code \
-                           completion.",
+            instructions: "Local AI inference on this device: text generation, code \
+                           completion, speech to text and back, and text embeddings.",
         }
     }
 

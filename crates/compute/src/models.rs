@@ -25,9 +25,11 @@ use jetsonmind_data::gguf;
 use jetsonmind_data::store::{ModelStore, StoreError};
 use tokio::sync::watch;
 
+use crate::engine::bert::BertEngine;
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
 use crate::engine::simulated::SimulatedEngine;
-use crate::engine::{EngineError, TextEngine};
+use crate::engine::whisper::WhisperEngine;
+use crate::engine::{Engine, EngineError, EngineKind, TextEngine};
 use crate::placement::{self, Resident};
 
 /// How models are placed in memory.
@@ -77,8 +79,12 @@ pub const SIMULATED_MODEL_BYTES: u64 = 1 << 20;
 /// The longest model name the simulator takes (a file name's limit).
 const MAX_SIMULATED_NAME_BYTES: usize = 255;
 
+/// What a speech or embedding model takes beyond its weights (activations,
+/// the whisper mel spectrogram, tokenizer): an estimate, on the safe side.
+const WORKSPACE_BYTES: u64 = 64 << 20;
+
 struct Loaded {
-    engine: Arc<dyn TextEngine>,
+    engine: Engine,
     bytes: u64,
     last_used: Instant,
     keep_alive: Option<Duration>,
@@ -91,7 +97,7 @@ struct Loaded {
 impl Loaded {
     /// Calls running on it: every clone of the engine beyond ours.
     fn in_use(&self) -> usize {
-        Arc::strong_count(&self.engine) - 1
+        self.engine.holders() - 1
     }
 }
 
@@ -114,6 +120,9 @@ enum Slot {
 pub struct ModelRegistry {
     store: Arc<ModelStore>,
     default_model: String,
+    /// The models `audio_process` and `embed` use when a call names none.
+    speech_model: String,
+    embedding_model: String,
     /// How models are loaded now (changed at run time by [`Self::retune`]).
     settings: RwLock<LlamaSettings>,
     /// How they are kept (changed by [`Self::set_allocation`]).
@@ -186,6 +195,8 @@ impl ModelRegistry {
         Self {
             store,
             default_model,
+            speech_model: String::new(),
+            embedding_model: String::new(),
             settings: RwLock::new(settings),
             allocation: RwLock::default(),
             placement,
@@ -200,6 +211,13 @@ impl ModelRegistry {
     /// a cluster; only the first call counts).
     pub fn set_source(&self, source: Arc<dyn ModelSource>) {
         let _ = self.source.set(source);
+    }
+
+    /// The models used for speech and embeddings when a call names none.
+    pub fn with_default_models(mut self, speech: String, embedding: String) -> Self {
+        self.speech_model = speech;
+        self.embedding_model = embedding;
+        self
     }
 
     /// Load models with `loader` instead of llama.cpp.
@@ -324,7 +342,12 @@ impl ModelRegistry {
             let names: Vec<String> = slots
                 .iter()
                 .filter_map(|(name, slot)| match slot {
-                    Slot::Ready(model) if model.settings != settings && model.in_use() == 0 => {
+                    // Only llama.cpp takes these settings.
+                    Slot::Ready(model)
+                        if model.engine.kind() == EngineKind::Text
+                            && model.settings != settings
+                            && model.in_use() == 0 =>
+                    {
                         Some(name.clone())
                     }
                     _ => None,
@@ -363,7 +386,22 @@ impl ModelRegistry {
         name: Option<&str>,
         progress: Option<&ProgressSink>,
     ) -> Result<Arc<dyn TextEngine>, EngineError> {
-        let name = name.unwrap_or(&self.default_model);
+        self.engine(name, EngineKind::Text, progress).await?.text()
+    }
+
+    /// The engine of a model of `kind`, `name` or that kind's default,
+    /// loading it if needed as [`Self::get`] does.
+    pub async fn engine(
+        self: &Arc<Self>,
+        name: Option<&str>,
+        kind: EngineKind,
+        progress: Option<&ProgressSink>,
+    ) -> Result<Engine, EngineError> {
+        let name = name.unwrap_or(match kind {
+            EngineKind::Text => &self.default_model,
+            EngineKind::Speech => &self.speech_model,
+            EngineKind::Embedding => &self.embedding_model,
+        });
         let (id, path) = self.resolve_or_pull(name, progress).await?;
         let (engine, _) = self.ensure_loaded(&id, &path, None).await?;
         Ok(engine)
@@ -433,7 +471,7 @@ impl ModelRegistry {
         id: &str,
         path: &Path,
         keep_alive: Option<Option<Duration>>,
-    ) -> Result<(Arc<dyn TextEngine>, LoadOutcome), EngineError> {
+    ) -> Result<(Engine, LoadOutcome), EngineError> {
         // Set when this call started the load: the models it unloaded.
         let mut started: Option<Vec<String>> = None;
         loop {
@@ -490,7 +528,7 @@ impl ModelRegistry {
             path: id.to_string(),
             reason,
         };
-        let bytes = self.bytes_to_load(path).map_err(refuse)?;
+        let bytes = self.bytes_to_load(id, path).map_err(refuse)?;
         let pinned = self.allocation().pinned;
         let residents = residents(slots, &pinned);
         let evict = placement::evictions_for(id, bytes, &residents, self.placement.budget_bytes)
@@ -510,14 +548,15 @@ impl ModelRegistry {
         let registry = self.clone();
         let (id, path) = (id.to_string(), path.to_path_buf());
         tokio::spawn(async move {
-            let loader = registry.loader.clone();
             let settings = registry.settings();
-            let (key, file, used) = (id.clone(), path.clone(), settings.clone());
-            let loaded = tokio::task::spawn_blocking(move || loader(&file, &key, &used))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(EngineError::Inference(format!("model loader stopped: {e}")))
-                });
+            let (loader, key, file, used) =
+                (registry.clone(), id.clone(), path.clone(), settings.clone());
+            let loaded =
+                tokio::task::spawn_blocking(move || loader.load_engine(&key, &file, &used))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(EngineError::Inference(format!("model loader stopped: {e}")))
+                    });
             let loaded = loaded.map(|engine| (engine, path, settings));
             let _ = report.send(Some(registry.finish_load(&id, loaded)));
         });
@@ -528,7 +567,7 @@ impl ModelRegistry {
     fn finish_load(
         &self,
         id: &str,
-        loaded: Result<(Arc<dyn TextEngine>, PathBuf, LlamaSettings), EngineError>,
+        loaded: Result<(Engine, PathBuf, LlamaSettings), EngineError>,
     ) -> Result<(), String> {
         let (engine, path, settings) = match loaded {
             Ok(loaded) => loaded,
@@ -559,7 +598,7 @@ impl ModelRegistry {
             );
             loading.bytes
         };
-        tracing::info!(model = %id, parameters = engine.info().parameters, bytes, "model loaded");
+        tracing::info!(model = %id, kind = %engine.kind(), parameters = engine.info().parameters, bytes, "model loaded");
         if self.simulated {
             // The store holds no such model: nothing to record.
             return Ok(());
@@ -692,7 +731,7 @@ impl ModelRegistry {
         let Ok(models) = self.store.list() else {
             return estimates;
         };
-        for model in models.iter().filter(|m| m.format == "gguf") {
+        for model in models.iter().filter(|m| engine_kind(&m.format).is_some()) {
             if self.simulated {
                 estimates
                     .bytes
@@ -703,7 +742,7 @@ impl ModelRegistry {
                 .store
                 .main_file(&model.name)
                 .map_err(|e| e.to_string())
-                .and_then(|path| self.estimate_bytes(&path));
+                .and_then(|path| self.bytes_to_load(&model.name, &path));
             match estimate {
                 Ok(bytes) => {
                     estimates.bytes.insert(model.name.clone(), bytes);
@@ -735,11 +774,41 @@ impl ModelRegistry {
         }
     }
 
-    /// What loading the model at `path` is counted for.
-    fn bytes_to_load(&self, path: &Path) -> Result<u64, String> {
-        match self.simulated {
-            true => Ok(SIMULATED_MODEL_BYTES),
-            false => self.estimate_bytes(path),
+    /// What loading the model `id` (main file at `path`) is counted for.
+    fn bytes_to_load(&self, id: &str, path: &Path) -> Result<u64, String> {
+        if self.simulated {
+            return Ok(SIMULATED_MODEL_BYTES);
+        }
+        let model = self.store.get(id).map_err(|e| e.to_string())?;
+        match model.format.as_str() {
+            "gguf" => self.estimate_bytes(path),
+            // Half-precision weights are widened to f32 when loaded.
+            "ctranslate2" => Ok(model.size_bytes * 2 + WORKSPACE_BYTES),
+            _ => Ok(model.size_bytes + WORKSPACE_BYTES),
+        }
+    }
+
+    /// Load the model `id` into the engine its format calls for (blocking).
+    fn load_engine(
+        &self,
+        id: &str,
+        path: &Path,
+        settings: &LlamaSettings,
+    ) -> Result<Engine, EngineError> {
+        if self.simulated {
+            return (self.loader)(path, id, settings).map(Engine::Text);
+        }
+        let model = self.store.get(id).map_err(|e| load_error(id, e))?;
+        let files = || self.store.files(id).map_err(|e| load_error(id, e));
+        match engine_kind(&model.format) {
+            Some(EngineKind::Text) => (self.loader)(path, id, settings).map(Engine::Text),
+            Some(EngineKind::Speech) => {
+                WhisperEngine::load(&files()?, id.to_string()).map(|e| Engine::Speech(Arc::new(e)))
+            }
+            Some(EngineKind::Embedding) => {
+                BertEngine::load(&files()?, id.to_string()).map(|e| Engine::Embedding(Arc::new(e)))
+            }
+            None => Err(not_servable(id, &model.format)),
         }
     }
 
@@ -809,11 +878,8 @@ impl ModelRegistry {
     fn lookup(&self, name: &str) -> Result<Option<(String, PathBuf)>, EngineError> {
         for id in candidate_ids(name) {
             match self.store.get(&id) {
-                Ok(model) if model.format != "gguf" => {
-                    return Err(EngineError::Load {
-                        path: id,
-                        reason: format!("a {} model, not a GGUF language model", model.format),
-                    });
+                Ok(model) if engine_kind(&model.format).is_none() => {
+                    return Err(not_servable(&id, &model.format));
                 }
                 Ok(_) => {
                     let path = self.store.main_file(&id).map_err(|e| load_error(&id, e))?;
@@ -911,7 +977,7 @@ fn use_loaded(
     model: &mut Loaded,
     keep_alive: Option<Option<Duration>>,
     started: Option<Vec<String>>,
-) -> (Arc<dyn TextEngine>, LoadOutcome) {
+) -> (Engine, LoadOutcome) {
     model.last_used = Instant::now();
     if let Some(keep_alive) = keep_alive {
         model.keep_alive = keep_alive;
@@ -924,6 +990,27 @@ fn use_loaded(
         keep_alive_secs: model.keep_alive.map(|d| d.as_secs()),
     };
     (model.engine.clone(), outcome)
+}
+
+/// The engine a model of the store's `format` loads into: GGUF into
+/// llama.cpp, a CTranslate2 directory into whisper, safetensors into BERT.
+fn engine_kind(format: &str) -> Option<EngineKind> {
+    match format {
+        "gguf" => Some(EngineKind::Text),
+        "ctranslate2" => Some(EngineKind::Speech),
+        "safetensors" => Some(EngineKind::Embedding),
+        _ => None,
+    }
+}
+
+fn not_servable(id: &str, format: &str) -> EngineError {
+    EngineError::Load {
+        path: id.to_string(),
+        reason: format!(
+            "a {format} model: this server runs GGUF language models, CTranslate2 whisper \
+             and safetensors BERT embedding models"
+        ),
+    }
 }
 
 fn load_error(name: &str, e: StoreError) -> EngineError {

@@ -30,21 +30,52 @@ pub struct ImageAnalyzeArgs {
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum AudioTask {
-    /// Speech to text (English).
+pub enum AudioOperation {
+    /// Speech to text (English): the transcript, with timed segments.
     Transcribe,
-    /// Text to speech, returned as WAV audio.
-    Speak,
+    /// Text to speech (`text`): WAV audio.
+    Synthesize,
+    /// Duration, sample rate, channels, levels, loudness (LUFS) and where
+    /// there is speech or silence.
+    Analyze,
+    /// Resample and mix down (16 kHz mono for speech by default): WAV audio.
+    Convert,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AudioProcessArgs {
-    pub task: AudioTask,
-    /// WAV audio, base64-encoded (for `transcribe`).
-    pub audio_base64: Option<String>,
-    /// Text to speak (for `speak`).
+    /// The audio (WAV, FLAC, MP3 or OGG Vorbis): base64, a data URI
+    /// (`data:audio/wav;base64,...`), or the path of a file in a directory
+    /// the server allows. Not used by `synthesize`.
+    pub audio_data: Option<String>,
+    pub operation: AudioOperation,
+    /// The text to speak (`synthesize`).
     pub text: Option<String>,
+    /// The speech model (`transcribe`); the configured one when absent.
+    pub model: Option<String>,
+    /// `transcribe`: text the speech likely continues (names, spellings,
+    /// punctuation style).
+    pub initial_prompt: Option<String>,
+    /// `transcribe`: 0 decodes greedily (default); a window whose text
+    /// looks wrong is decoded again hotter.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub temperature: Option<f32>,
+    /// `synthesize`: an espeak-ng voice (`en`, `en-us`, `en-gb`, `de`, `fr`,
+    /// with variants such as `en+f3`).
+    pub voice: Option<String>,
+    /// `synthesize`: words per minute, 80 to 450 (175 by default).
+    #[schemars(range(min = 80, max = 450))]
+    pub rate: Option<u32>,
+    /// `synthesize`: pitch, 0 to 99 (50 by default).
+    #[schemars(range(min = 0, max = 99))]
+    pub pitch: Option<u32>,
+    /// `convert`: the sample rate to convert to (16000 by default).
+    #[schemars(range(min = 4000, max = 192000))]
+    pub sample_rate: Option<u32>,
+    /// `convert`: 1 mixes down to mono (default); 0 keeps the channels.
+    #[schemars(range(min = 0, max = 1))]
+    pub channels: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -63,9 +94,26 @@ pub struct MultiModalArgs {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedArgs {
-    /// Texts to embed, one vector each.
-    #[schemars(length(min = 1, max = 256))]
+    /// Texts to embed, one unit-length vector each, in order.
+    #[schemars(length(min = 1))]
     pub texts: Vec<String>,
+    /// The embedding model; the configured one when absent.
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerankArgs {
+    /// What the documents are ranked against.
+    pub query: String,
+    /// The candidates, ranked by similarity to the query.
+    #[schemars(length(min = 1))]
+    pub documents: Vec<String>,
+    /// How many of the best to return (all by default).
+    #[schemars(range(min = 1))]
+    pub top_k: Option<u32>,
+    /// The embedding model; the configured one when absent.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

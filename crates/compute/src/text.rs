@@ -255,7 +255,7 @@ impl TextService {
 }
 
 /// Stops a blocking generation when its call goes away (cancelled or dropped).
-struct SetOnDrop(Arc<AtomicBool>);
+pub(crate) struct SetOnDrop(pub(crate) Arc<AtomicBool>);
 
 impl Drop for SetOnDrop {
     fn drop(&mut self) {

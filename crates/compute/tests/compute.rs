@@ -253,9 +253,12 @@ async fn lists_the_tools_this_node_can_run_with_a_schema() {
     assert_eq!(
         names,
         [
+            "audio_process",
             "calibrate_engine",
             "code_complete",
+            "embed",
             "load_model",
+            "rerank",
             "text_generate",
             "unload_model"
         ]
@@ -347,12 +350,14 @@ async fn a_tool_without_its_engine_is_not_offered() {
     let (client, _dir) = client().await;
     let refused = client
         .call_tool(
-            CallToolRequestParams::new("embed").with_arguments(args(json!({"texts": ["hello"]}))),
+            CallToolRequestParams::new("image_analyze").with_arguments(args(
+                json!({"image_data": "AAAA", "analysis_type": "classify"}),
+            )),
         )
         .await
         .unwrap_err();
     assert!(
-        refused.to_string().contains("unknown tool: embed"),
+        refused.to_string().contains("unknown tool: image_analyze"),
         "{refused}"
     );
 }

@@ -1,8 +1,17 @@
-//! Text generation engines, behind one small trait so another engine can be
-//! added next to llama.cpp without touching the tools.
+//! Inference engines, behind small traits (one per kind of work) so another
+//! engine can be added without touching the tools: text generation
+//! ([`TextEngine`]: llama.cpp), speech to text ([`SpeechEngine`]: whisper
+//! on candle) and embeddings ([`EmbeddingEngine`]: BERT on candle).
 
+pub mod bert;
+pub mod embedding;
 pub mod llama;
 pub mod simulated;
+pub mod speech;
+pub mod whisper;
+
+pub use embedding::EmbeddingEngine;
+pub use speech::SpeechEngine;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -121,6 +130,12 @@ pub enum EngineError {
     Inference(String),
     #[error("not supported: {0}")]
     NotSupported(String),
+    #[error("model `{model}` is a {is} model; this needs a {wanted} model")]
+    WrongKind {
+        model: String,
+        is: EngineKind,
+        wanted: EngineKind,
+    },
 }
 
 impl EngineError {
@@ -170,6 +185,91 @@ pub trait TextEngine: Send + Sync {
         Err(EngineError::NotSupported(
             "this engine cannot be calibrated".into(),
         ))
+    }
+}
+
+/// What a model does, by its engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    Text,
+    Speech,
+    Embedding,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Text => "text generation",
+            EngineKind::Speech => "speech to text",
+            EngineKind::Embedding => "embedding",
+        })
+    }
+}
+
+/// A loaded model, whichever its kind. Clones share it: every clone beyond
+/// the registry's own is a call running on it.
+#[derive(Clone)]
+pub enum Engine {
+    Text(Arc<dyn TextEngine>),
+    Speech(Arc<dyn SpeechEngine>),
+    Embedding(Arc<dyn EmbeddingEngine>),
+}
+
+impl Engine {
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Text(_) => EngineKind::Text,
+            Engine::Speech(_) => EngineKind::Speech,
+            Engine::Embedding(_) => EngineKind::Embedding,
+        }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        match self {
+            Engine::Text(e) => e.info(),
+            Engine::Speech(e) => e.info(),
+            Engine::Embedding(e) => e.info(),
+        }
+    }
+
+    /// How many holders it has (the registry's included).
+    pub fn holders(&self) -> usize {
+        match self {
+            Engine::Text(e) => Arc::strong_count(e),
+            Engine::Speech(e) => Arc::strong_count(e),
+            Engine::Embedding(e) => Arc::strong_count(e),
+        }
+    }
+
+    /// The text engine; an error naming what the model is otherwise.
+    pub fn text(self) -> Result<Arc<dyn TextEngine>, EngineError> {
+        match self {
+            Engine::Text(e) => Ok(e),
+            other => Err(other.wrong_kind(EngineKind::Text)),
+        }
+    }
+
+    pub fn speech(self) -> Result<Arc<dyn SpeechEngine>, EngineError> {
+        match self {
+            Engine::Speech(e) => Ok(e),
+            other => Err(other.wrong_kind(EngineKind::Speech)),
+        }
+    }
+
+    pub fn embedding(self) -> Result<Arc<dyn EmbeddingEngine>, EngineError> {
+        match self {
+            Engine::Embedding(e) => Ok(e),
+            other => Err(other.wrong_kind(EngineKind::Embedding)),
+        }
+    }
+
+    fn wrong_kind(&self, wanted: EngineKind) -> EngineError {
+        EngineError::WrongKind {
+            model: self.info().id.clone(),
+            is: self.kind(),
+            wanted,
+        }
     }
 }
 
