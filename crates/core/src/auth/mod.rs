@@ -565,6 +565,10 @@ async fn needed_scopes(
             "jetson://models/available",
         ))]),
         "/v1/chat/completions" => Some(vec![Need::Tool("text_generate".into())]),
+        "/v1/embeddings" => Some(vec![Need::Tool("embed".into())]),
+        "/v1/audio/transcriptions" | "/v1/audio/speech" => {
+            Some(vec![Need::Tool("audio_process".into())])
+        }
         _ => None,
     };
     if let Some(fixed) = fixed {

@@ -1,9 +1,14 @@
-//! OpenAI-compatible REST on the gateway: `GET /v1/models` and
-//! `POST /v1/chat/completions` (with SSE streaming).
+//! OpenAI-compatible REST on the gateway: `GET /v1/models`,
+//! `POST /v1/chat/completions` (with SSE streaming), `POST /v1/embeddings`,
+//! `POST /v1/audio/transcriptions` and `POST /v1/audio/speech`.
 //!
-//! Both are mapped onto MCP: the gateway is called as an MCP server, in
+//! All are mapped onto MCP: the gateway is called as an MCP server, in
 //! process, exactly as any client would call it (`jetson://models/available`,
-//! `text_generate`), so validation, routing and progress are the same code.
+//! `text_generate`, `embed`, `audio_process`), as the HTTP request's caller,
+//! so authorization, validation, routing and progress are the same code.
+
+mod audio;
+mod embeddings;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -73,6 +78,9 @@ impl OpenAi {
         Router::new()
             .route("/v1/models", get(list_models))
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/embeddings", post(embeddings::create))
+            .route("/v1/audio/transcriptions", post(audio::transcribe))
+            .route("/v1/audio/speech", post(audio::speech))
             .with_state(self)
     }
 
@@ -84,15 +92,27 @@ impl OpenAi {
         )
     }
 
-    /// `text_generate` through the gateway, as `caller` (the HTTP request's
-    /// principal; this pipe itself is trusted with everything).
+    /// `text_generate` through the gateway, as `caller`: its structured result.
     async fn generate(
         &self,
         arguments: JsonObject,
         caller: &Principal,
         sink: Option<ProgressSink>,
     ) -> Result<Value, ApiError> {
-        let mut params = CallToolRequestParams::new(TEXT_GENERATE).with_arguments(arguments);
+        tool_outcome(self.call(TEXT_GENERATE, arguments, caller, sink).await?)
+    }
+
+    /// `tool` through the gateway, as `caller` (the HTTP request's
+    /// principal; this pipe itself is trusted with everything). A tool's own
+    /// error comes back as its result, for [`tool_outcome`] to read.
+    async fn call(
+        &self,
+        tool: &'static str,
+        arguments: JsonObject,
+        caller: &Principal,
+        sink: Option<ProgressSink>,
+    ) -> Result<CallToolResult, ApiError> {
+        let mut params = CallToolRequestParams::new(tool).with_arguments(arguments);
         delegate(&mut params.meta, caller);
         // Dropping this future (a client hanging up) cancels the generation.
         let never = CancellationToken::new();
@@ -105,8 +125,8 @@ impl OpenAi {
             &never,
         );
         match call.await {
-            Ok(ServerResult::CallToolResult(result)) => tool_outcome(result),
-            Ok(_) => Err(ApiError::server("unexpected result from text_generate")),
+            Ok(ServerResult::CallToolResult(result)) => Ok(result),
+            Ok(_) => Err(ApiError::server(format!("unexpected result from {tool}"))),
             Err(ForwardError::Service(ServiceError::McpError(e))) if e.code == FORBIDDEN => {
                 Err(ApiError::forbidden(e.message.to_string()))
             }
@@ -194,20 +214,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A tool's structured result, or its error as the API's.
 fn tool_outcome(result: CallToolResult) -> Result<Value, ApiError> {
-    let text = result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text())
-        .map(|t| t.text.as_str())
-        .collect::<Vec<_>>()
-        .join("");
     if result.is_error == Some(true) {
+        let text = result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text())
+            .map(|t| t.text.as_str())
+            .collect::<Vec<_>>()
+            .join("");
         return Err(ApiError::from_tool(text));
     }
     result
         .structured_content
-        .ok_or_else(|| ApiError::server("text_generate returned no structured result"))
+        .ok_or_else(|| ApiError::server("the tool returned no structured result"))
 }
 
 async fn list_models(State(api): State<Arc<OpenAi>>) -> Result<Json<Value>, ApiError> {
@@ -226,7 +247,11 @@ async fn list_models(State(api): State<Arc<OpenAi>>) -> Result<Json<Value>, ApiE
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|m| m["format"] == "gguf")
+        // What this server runs: language, speech and embedding models.
+        .filter(|m| {
+            ["gguf", "ctranslate2", "safetensors"]
+                .contains(&m["format"].as_str().unwrap_or_default())
+        })
         .map(
             |m| json!({"id": m["name"], "object": "model", "created": 0, "owned_by": "jetsonmind"}),
         )
