@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Benchmark the speech and embedding engines against their peers, side by side in one run, on the same files:
+
+1. Transcription: JetsonMind's whisper (candle, `audio_process` through `jetsonmind serve`) against
+   faster-whisper (CTranslate2, PyPI) on the very same `model.bin` (f32, greedy, timestamps, each window prompted
+   with the text so far, no VAD), on espeak-ng speech: a 16 s clip and a 70 s recording. Real-time factor
+   (seconds of compute per second of audio) and the speed ratio.
+2. Embeddings: JetsonMind's `embed` (candle, inference cache off) against onnxruntime (PyPI) on the same
+   all-MiniLM-L6-v2 weights (written as ONNX by bench/minilm_onnx.py, numpy and onnx only), 256 sentences in
+   batches of 32. Texts per second, the ratio, and how close the two sides' vectors are.
+
+  .venv/bin/python bench/speech.py [--runs 3] [--threads 2]
+
+The peers are installed, pinned, into a venv of their own (bench/cache/peers) on the first run. JetsonMind is
+timed at the client (MCP over loopback HTTP, base64 audio included); both sides use --threads CPU threads. Run on
+an otherwise idle machine; needs ./setup.sh to have run.
+"""
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+from benchlib import BINARY, ROOT, require_binary, use_e2e_helpers
+
+CACHE = ROOT / "bench" / "cache"
+PEERS = CACHE / "peers"
+PINNED = ["faster-whisper==1.2.1", "ctranslate2==4.8.5", "onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6",
+          "tokenizers==0.23.3"]
+WHISPER = ROOT / "models" / "whisper-tiny.en"
+MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
+PARAGRAPH = ("The quick brown fox jumps over the lazy dog. Please call me tomorrow morning at nine. "
+             "We will meet at the library after lunch. Turn left at the second traffic light.")
+SUBJECTS = ["The engineer", "A small robot", "My neighbour", "The old train", "A curious student", "The river"]
+VERBS = ["carefully studies", "quickly crosses", "slowly repairs", "happily describes", "never forgets"]
+OBJECTS = ["the bridge over the valley", "a long report about batteries", "the garden after the rain",
+           "an unusual map of the city", "the noisy engine", "a letter from a friend abroad", "the night sky"]
+
+
+def peers_python():
+    python = PEERS / "bin" / "python"
+    if not python.exists():
+        venv.create(PEERS, with_pip=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PINNED], check=True)
+    return python
+
+
+def peer(python, job):
+    done = subprocess.run([str(python), str(ROOT / "bench" / "speech_peers.py")], input=json.dumps(job),
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def speech_files(work):
+    """A 16 s clip and a 70 s recording, spoken by espeak-ng."""
+    import wave
+
+    clip = work / "clip.wav"
+    subprocess.run(["espeak-ng", "-w", str(clip), PARAGRAPH], check=True)
+    with wave.open(str(clip)) as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    long = work / "long.wav"
+    body = b""
+    while len(body) < rate * 2 * 70:
+        body += pcm + b"\0\0" * rate
+    with wave.open(str(long), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(body[: rate * 2 * 70])
+    return {"clip": clip, "long": long}
+
+
+def sentences(count):
+    return [f"{SUBJECTS[i % 6]} {VERBS[i % 5]} {OBJECTS[i % 7]}" + (" again" * (i % 4)) + f" on day {i}."
+            for i in range(count)]
+
+
+async def ours(url, files, texts, runs):
+    from mcp import Client
+
+    results = {}
+    async with Client(url) as client:
+        for name, path in files.items():
+            data = base64.b64encode(path.read_bytes()).decode()
+            arguments = {"operation": "transcribe", "audio_data": data}
+            await client.call_tool("audio_process", arguments)
+            times, text = [], ""
+            for _ in range(runs):
+                started = time.perf_counter()
+                result = await client.call_tool("audio_process", arguments)
+                times.append(time.perf_counter() - started)
+                assert not result.is_error, result.content
+                text = result.structured_content["text"]
+                duration = result.structured_content["duration_secs"]
+            results[name] = {"seconds": times, "text": text, "duration": duration}
+
+        async def embed_all():
+            vectors = []
+            for at in range(0, len(texts), 32):
+                result = await client.call_tool("embed", {"texts": texts[at : at + 32]})
+                assert not result.is_error, result.content
+                vectors.extend(result.structured_content["embeddings"])
+            return vectors
+
+        await embed_all()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            vectors = await embed_all()
+            times.append(time.perf_counter() - started)
+        results["embed"] = {"seconds": times, "first": vectors[:4]}
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    require_binary()
+    use_e2e_helpers()
+    from conftest import import_model, start_serve, stop_serve
+
+    for model in (WHISPER, MINILM):
+        if not model.is_dir():
+            sys.exit(f"{model} is missing: run ./setup.sh")
+    python = peers_python()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = speech_files(work)
+        texts = sentences(256)
+        onnx_file = work / "minilm.onnx"
+        subprocess.run([str(python), str(ROOT / "bench" / "minilm_onnx.py"), str(MINILM), str(onnx_file)], check=True)
+        data = work / "data"
+        for model in (WHISPER, MINILM):
+            import_model(BINARY, data, model, "--link")
+        env = {"JETSONMIND_CACHE__ENABLED": "false", "RAYON_NUM_THREADS": str(args.threads)}
+        served = start_serve(BINARY, data, work / "serve.log", env)
+        try:
+            mine = asyncio.run(ours(served.url, files, texts, args.runs))
+        finally:
+            stop_serve(served)
+        theirs = peer(python, {"kind": "transcribe", "model": str(WHISPER), "threads": args.threads,
+                               "runs": args.runs, "files": [str(p) for p in files.values()],
+                               "warmup": str(files["clip"])})
+        ort = peer(python, {"kind": "embed", "model": str(onnx_file), "tokenizer": str(MINILM / "tokenizer.json"),
+                            "threads": args.threads, "runs": args.runs, "texts": texts, "batch": 32})
+    print(f"threads {args.threads}, median of {args.runs} runs\n")
+    print(f"{'transcription':<16}{'audio s':>9}{'JetsonMind RTF':>16}{'faster-whisper RTF':>20}{'speed ratio':>13}")
+    for name, path in files.items():
+        duration = mine[name]["duration"]
+        ours_s = statistics.median(mine[name]["seconds"])
+        peer_s = statistics.median(theirs[str(path)]["seconds"])
+        print(f"{name:<16}{duration:>9.1f}{ours_s / duration:>16.3f}{peer_s / duration:>20.3f}{peer_s / ours_s:>13.2f}")
+        print(f"  JetsonMind:     {mine[name]['text'][:110]}")
+        print(f"  faster-whisper: {theirs[str(path)]['text'][:110]}")
+    ours_rate = len(texts) / statistics.median(mine["embed"]["seconds"])
+    peer_rate = len(texts) / statistics.median(ort["seconds"])
+    closeness = min(sum(a * b for a, b in zip(x, y)) for x, y in zip(mine["embed"]["first"], ort["first"]))
+    print(f"\n{'embeddings':<16}{'texts':>9}{'JetsonMind /s':>16}{'onnxruntime /s':>20}{'speed ratio':>13}")
+    print(f"{'MiniLM-L6':<16}{len(texts):>9}{ours_rate:>16.1f}{peer_rate:>20.1f}{ours_rate / peer_rate:>13.2f}")
+    print(f"  cosine of the two sides' vectors (lowest of the first 4): {closeness:.6f}")
+
+
+if __name__ == "__main__":
+    main()
