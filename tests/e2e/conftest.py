@@ -365,7 +365,7 @@ def create_key(binary, data_dir, name, *scopes):
     return made.stdout.strip()
 
 
-def raw_post(url, token, message, headers=None):
+def raw_post(url, token, message, headers=None, timeout=30):
     """One JSON-RPC message POSTed as a handshake-era client would: (status, headers, body)."""
     sent = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if token:
@@ -374,7 +374,7 @@ def raw_post(url, token, message, headers=None):
     sent.update(headers or {})
     request = urllib.request.Request(url, data=json.dumps(message).encode(), headers=sent)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()

@@ -160,7 +160,8 @@ async def test_the_cluster_outlives_a_nats_server_and_a_restarted_node_rejoins(
         stop_serve(four_nodes["n4"])
         await wait_for(client, "n4 gone", lambda s: "n4" not in replicas_by_node(s))
         four_nodes["n4"] = start_cluster_node(binary, tmp_path, nats_cluster.urls, "n4", CLUSTER_ENV)
-        await wait_for(client, "n4 back", all_nodes_up, timeout=30)
+        # A restarted node joins, starts its replica and is probed: on a slow machine, most of a minute.
+        await wait_for(client, "n4 back", all_nodes_up, timeout=60)
         await serve_until(client, lambda nodes: "n4" in nodes)
 
 

@@ -69,7 +69,8 @@ async def test_sigterm_lets_the_call_in_flight_finish_and_turns_new_requests_awa
     answer = {}
 
     async def generate():
-        answer["reply"] = await anyio.to_thread.run_sync(raw_post, served.url, None, long)
+        # 1500 tokens take 12 s on a fast 2-core machine and twice that on a slow one: wait for them.
+        answer["reply"] = await anyio.to_thread.run_sync(lambda: raw_post(served.url, None, long, timeout=120))
 
     try:
         async with anyio.create_task_group() as calls:

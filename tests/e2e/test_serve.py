@@ -117,7 +117,7 @@ def raw_post(url, body, headers=None):
 async def test_http_limits_and_checks_keep_the_server_serving(served):
     ping = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
     assert raw_post(served.url, ping) == 200
-    oversized = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"pad": "x" * (5 << 20)}})
+    oversized = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"pad": "x" * (17 << 20)}})
     assert raw_post(served.url, oversized.encode()) == 413
     assert raw_post(served.url, ping, {"origin": "http://evil.example"}) == 403
     assert raw_post(served.url, ping, {"host": "evil.example:80"}) == 403
