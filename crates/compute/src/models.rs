@@ -29,7 +29,7 @@ use crate::engine::bert::BertEngine;
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
 use crate::engine::simulated::SimulatedEngine;
 use crate::engine::whisper::WhisperEngine;
-use crate::engine::{Engine, EngineError, EngineKind, TextEngine};
+use crate::engine::{Engine, EngineError, EngineKind, ModelDir, TextEngine};
 use crate::placement::{self, Resident};
 
 /// How models are placed in memory.
@@ -799,14 +799,15 @@ impl ModelRegistry {
             return (self.loader)(path, id, settings).map(Engine::Text);
         }
         let model = self.store.get(id).map_err(|e| load_error(id, e))?;
-        let files = || self.store.files(id).map_err(|e| load_error(id, e));
+        let files = self.store.files(id).map_err(|e| load_error(id, e))?;
+        let dir = ModelDir { id, files: &files };
         match engine_kind(&model.format) {
             Some(EngineKind::Text) => (self.loader)(path, id, settings).map(Engine::Text),
             Some(EngineKind::Speech) => {
-                WhisperEngine::load(&files()?, id.to_string()).map(|e| Engine::Speech(Arc::new(e)))
+                WhisperEngine::load(&dir).map(|e| Engine::Speech(Arc::new(e)))
             }
             Some(EngineKind::Embedding) => {
-                BertEngine::load(&files()?, id.to_string()).map(|e| Engine::Embedding(Arc::new(e)))
+                BertEngine::load(&dir).map(|e| Engine::Embedding(Arc::new(e)))
             }
             None => Err(not_servable(id, &model.format)),
         }

@@ -3,16 +3,13 @@
 //! them: the token vectors' mean over the real (unpadded) tokens, scaled
 //! to unit length.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::embedding::{Embedded, EmbeddingEngine};
-use super::{EngineError, ModelInfo};
+use super::{EngineError, ModelDir, ModelInfo};
 
 /// Tokens per text beyond which the rest is cut (sentence-transformers'
 /// `max_seq_length` of the MiniLM models; a config may say otherwise).
@@ -31,41 +28,28 @@ struct SentenceConfig {
 }
 
 impl BertEngine {
-    pub fn load(files: &BTreeMap<String, PathBuf>, id: String) -> Result<Self, EngineError> {
-        let fail = |reason: String| EngineError::Load {
-            path: id.clone(),
-            reason,
-        };
-        let file = |name: &str| {
-            files
-                .get(name)
-                .ok_or_else(|| fail(format!("the model directory has no {name}")))
-        };
-        let read = |name: &str| {
-            std::fs::read_to_string(file(name)?).map_err(|e| fail(format!("{name}: {e}")))
-        };
-        let config: Config = serde_json::from_str(&read("config.json")?)
-            .map_err(|e| fail(format!("config.json: {e}")))?;
-        let max_tokens = files
-            .get("sentence_bert_config.json")
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|text| serde_json::from_str::<SentenceConfig>(&text).ok())
+    pub fn load(dir: &ModelDir) -> Result<Self, EngineError> {
+        let fail = |e: &dyn std::fmt::Display| dir.fail(e);
+        let config: Config = dir.json("config.json")?;
+        let max_tokens = dir
+            .json::<SentenceConfig>("sentence_bert_config.json")
+            .ok()
             .and_then(|c| c.max_seq_length)
             .unwrap_or(DEFAULT_MAX_TOKENS)
             .min(config.max_position_embeddings);
-        let weights = std::fs::read(file("model.safetensors")?).map_err(|e| fail(e.to_string()))?;
+        let weights = dir.read("model.safetensors")?;
         let size_bytes = weights.len() as u64;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .map_err(|e| fail(e.to_string()))?;
-        let model = BertModel::load(vb, &config).map_err(|e| fail(e.to_string()))?;
-        let mut tokenizer = Tokenizer::from_file(file("tokenizer.json")?)
-            .map_err(|e| fail(format!("tokenizer.json: {e}")))?;
+            .map_err(|e| fail(&e))?;
+        let model = BertModel::load(vb, &config).map_err(|e| fail(&e))?;
+        let mut tokenizer = Tokenizer::from_file(dir.path("tokenizer.json")?)
+            .map_err(|e| fail(&format!("tokenizer.json: {e}")))?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_tokens,
                 ..Default::default()
             }))
-            .map_err(|e| fail(format!("tokenizer.json: {e}")))?;
+            .map_err(|e| fail(&format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             pad_id: config.pad_token_id as u32,
@@ -73,7 +57,7 @@ impl BertEngine {
         }));
         Ok(Self {
             info: ModelInfo {
-                id,
+                id: dir.id.to_string(),
                 architecture: Some("bert".into()),
                 parameters: size_bytes / 4,
                 size_bytes,

@@ -13,6 +13,8 @@ pub mod whisper;
 pub use embedding::EmbeddingEngine;
 pub use speech::SpeechEngine;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -185,6 +187,38 @@ pub trait TextEngine: Send + Sync {
         Err(EngineError::NotSupported(
             "this engine cannot be calibrated".into(),
         ))
+    }
+}
+
+/// A directory model's files by name, as an engine loads them: a file that
+/// is missing, unreadable or not what it should be is a load error naming
+/// the model and the file.
+pub struct ModelDir<'a> {
+    pub id: &'a str,
+    pub files: &'a BTreeMap<String, PathBuf>,
+}
+
+impl ModelDir<'_> {
+    pub fn fail(&self, reason: impl std::fmt::Display) -> EngineError {
+        EngineError::Load {
+            path: self.id.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> Result<&Path, EngineError> {
+        self.files
+            .get(name)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| self.fail(format!("the model directory has no {name}")))
+    }
+
+    pub fn read(&self, name: &str) -> Result<Vec<u8>, EngineError> {
+        std::fs::read(self.path(name)?).map_err(|e| self.fail(format!("{name}: {e}")))
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, EngineError> {
+        serde_json::from_slice(&self.read(name)?).map_err(|e| self.fail(format!("{name}: {e}")))
     }
 }
 

@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{IndexOp, Tensor};
-use candle_transformers::models::whisper::{self as spec, model::Whisper};
+use candle_core::Tensor;
+use candle_transformers::models::whisper as spec;
 use tokenizers::Tokenizer;
 
+use super::decoder::Decoder;
 use super::{Extra, inference};
 use crate::engine::EngineError;
 
@@ -105,7 +106,7 @@ impl Rng {
 }
 
 pub(super) fn window(
-    model: &mut Whisper,
+    decoder: &Decoder,
     features: &Tensor,
     context: &[u32],
     special: &Special,
@@ -127,11 +128,17 @@ pub(super) fn window(
     let mut no_speech_prob = 0.0;
     let mut ended = false;
     let limit = (special.max_tokens - start).min(special.max_tokens / 2);
+    let mut state = decoder.start(features).map_err(inference)?;
+    // The whole prompt first, then the token just chosen, a step at a time.
+    let mut fed = 0;
     for step in 0..limit {
         if cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
-        let mut logits = next_logits(model, features, &tokens, step == 0)?;
+        let mut logits = decoder
+            .step(&mut state, &tokens[fed..])
+            .map_err(inference)?;
+        fed = tokens.len();
         if step == 0
             && let Some(id) = special.no_speech
         {
@@ -158,30 +165,6 @@ pub(super) fn window(
         temperature,
         ended,
     })
-}
-
-/// The next token's logits. Self-attention runs over all tokens each step
-/// (candle's Whisper caches only the audio's keys and values, computed on
-/// the first step).
-fn next_logits(
-    model: &mut Whisper,
-    features: &Tensor,
-    tokens: &[u32],
-    first: bool,
-) -> Result<Vec<f32>, EngineError> {
-    let input = Tensor::new(tokens, features.device())
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(inference)?;
-    let hidden = model
-        .decoder
-        .forward(&input, features, first)
-        .map_err(inference)?;
-    let last = hidden.i((.., tokens.len() - 1..)).map_err(inference)?;
-    model
-        .decoder
-        .final_linear(&last)
-        .and_then(|l| l.squeeze(0)?.squeeze(0)?.to_vec1::<f32>())
-        .map_err(inference)
 }
 
 /// Whisper's rules on what may come next: no suppressed symbols, timestamps

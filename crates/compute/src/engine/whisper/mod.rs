@@ -9,10 +9,10 @@
 
 mod ct2;
 mod decode;
+mod decoder;
 mod mel;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use candle_core::{DType, Device, Tensor};
@@ -21,8 +21,9 @@ use candle_transformers::models::whisper::{self as spec, model::Whisper};
 use tokenizers::Tokenizer;
 
 use super::speech::{Segment, SpeechEngine, TranscribeRequest, Transcript, WindowDone};
-use super::{EngineError, Flow, ModelInfo};
+use super::{EngineError, Flow, ModelDir, ModelInfo};
 use decode::{Special, Window};
+use decoder::Decoder;
 
 /// Mel frames per second of audio.
 const FRAMES_PER_SEC: f64 = (spec::SAMPLE_RATE / spec::HOP_LENGTH) as f64;
@@ -33,7 +34,10 @@ const LOW_LOGPROB: f64 = -1.0;
 
 pub struct WhisperEngine {
     info: ModelInfo,
+    /// Its encoder runs the audio (cloned per call: the weights are shared).
     model: Whisper,
+    /// Shares the weights with `model`'s own decoder, which it replaces.
+    decoder: Decoder,
     tokenizer: Tokenizer,
     filters: Vec<f32>,
     special: Special,
@@ -41,35 +45,28 @@ pub struct WhisperEngine {
 
 impl WhisperEngine {
     /// Load a CTranslate2 Whisper directory by its files' names.
-    pub fn load(files: &BTreeMap<String, PathBuf>, id: String) -> Result<Self, EngineError> {
-        let fail = |reason: String| EngineError::Load {
-            path: id.clone(),
-            reason,
-        };
-        let file = |name: &str| {
-            files
-                .get(name)
-                .ok_or_else(|| fail(format!("the model directory has no {name}")))
-        };
-        let weights = file("model.bin")?;
-        let bytes = std::fs::read(weights).map_err(|e| fail(e.to_string()))?;
+    pub fn load(dir: &ModelDir) -> Result<Self, EngineError> {
+        let fail = |e: String| dir.fail(e);
+        let bytes = dir.read("model.bin")?;
         let model = ct2::read(&bytes).map_err(|e| fail(e.to_string()))?;
         drop(bytes);
         if model.spec != "WhisperSpec" {
             return Err(fail(format!("a {} model, not Whisper", model.spec)));
         }
-        let extra: Extra = read_json(file("config.json")?).map_err(fail)?;
+        let extra: Extra = dir.json("config.json")?;
         let config = whisper_config(&model, &extra).map_err(fail)?;
         let named = ct2::whisper_names(&model).map_err(|e| fail(e.to_string()))?;
         let size_bytes = named.values().map(|t| t.elem_count() as u64 * 4).sum();
         let vb = VarBuilder::from_tensors(named, DType::F32, &Device::Cpu);
         let whisper = Whisper::load(&vb, config.clone()).map_err(|e| fail(e.to_string()))?;
-        let tokenizer = Tokenizer::from_file(file("tokenizer.json")?)
+        let decoder =
+            Decoder::load(vb.pp("model.decoder"), &config).map_err(|e| fail(e.to_string()))?;
+        let tokenizer = Tokenizer::from_file(dir.path("tokenizer.json")?)
             .map_err(|e| fail(format!("tokenizer.json: {e}")))?;
         let special = Special::find(&tokenizer, &config, &extra).map_err(fail)?;
         Ok(Self {
             info: ModelInfo {
-                id: id.clone(),
+                id: dir.id.to_string(),
                 architecture: Some("whisper".into()),
                 parameters: size_bytes / 4,
                 size_bytes,
@@ -78,6 +75,7 @@ impl WhisperEngine {
                 supports_fill_in_middle: false,
             },
             model: whisper,
+            decoder,
             tokenizer,
             filters: mel::filters(config.num_mel_bins, spec::N_FFT, spec::SAMPLE_RATE as f64),
             special,
@@ -144,7 +142,7 @@ impl SpeechEngine for WhisperEngine {
             let frames = (total_frames - seek).min(spec::N_FRAMES);
             let window = mel.narrow(2, seek, spec::N_FRAMES).map_err(inference)?;
             let features = model.encoder.forward(&window, true).map_err(inference)?;
-            let window = self.decode_window(&mut model, &features, &context, request, &mut rng)?;
+            let window = self.decode_window(&features, &context, request, &mut rng)?;
             let offset = seek as f64 / FRAMES_PER_SEC;
             let skipped =
                 window.no_speech_prob > NO_SPEECH_PROB && window.avg_logprob < LOW_LOGPROB;
@@ -198,7 +196,6 @@ impl WhisperEngine {
     /// looks wrong (low confidence, or no end before the token limit).
     fn decode_window(
         &self,
-        model: &mut Whisper,
         features: &Tensor,
         context: &[u32],
         request: &TranscribeRequest,
@@ -207,7 +204,7 @@ impl WhisperEngine {
         let mut temperature = request.temperature.clamp(0.0, 1.0);
         loop {
             let window = decode::window(
-                model,
+                &self.decoder,
                 features,
                 context,
                 &self.special,
@@ -232,11 +229,6 @@ struct Extra {
     suppress_ids: Vec<u32>,
     #[serde(default)]
     suppress_ids_begin: Vec<u32>,
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("config.json: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("config.json: {e}"))
 }
 
 /// The model's dimensions, read off its tensors.

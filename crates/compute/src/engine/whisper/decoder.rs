@@ -1,0 +1,200 @@
+//! Whisper's text decoder with a key/value cache for self-attention: each
+//! step runs the new token only, not every token so far (candle's decoder
+//! caches only the audio's keys and values, so a step cost grew with the
+//! prompt and the text; with a window prompted by up to 223 tokens of the
+//! text before, that was most of the time). Same weights, same arithmetic
+//! as OpenAI's model (exact GELU).
+
+use candle_core::{D, IndexOp, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_transformers::models::whisper as spec;
+
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(state: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            query: candle_nn::linear(state, state, vb.pp("q_proj"))?,
+            key: candle_nn::linear_no_bias(state, state, vb.pp("k_proj"))?,
+            value: candle_nn::linear(state, state, vb.pp("v_proj"))?,
+            out: candle_nn::linear(state, state, vb.pp("out_proj"))?,
+            heads,
+        })
+    }
+
+    /// (batch, length, state) as (batch, heads, length, state / heads).
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, length, state) = x.dims3()?;
+        x.reshape((batch, length, self.heads, state / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split(&self.key.forward(x)?)?,
+            self.split(&self.value.forward(x)?)?,
+        ))
+    }
+
+    /// Attention of `x`'s queries over `keys` and `values` (already split
+    /// into heads); `mask` is added to the scores.
+    fn attend(
+        &self,
+        x: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let q = self.split(&self.query.forward(x)?)?;
+        let head = q.dim(D::Minus1)?;
+        let mut scores = (q.matmul(&keys.t()?)? / (head as f64).sqrt())?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let merged = weights.matmul(values)?.transpose(1, 2)?.flatten_from(2)?;
+        self.out.forward(&merged)
+    }
+}
+
+struct Block {
+    self_attention: Attention,
+    self_norm: LayerNorm,
+    cross_attention: Attention,
+    cross_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    mlp_norm: LayerNorm,
+}
+
+impl Block {
+    fn load(state: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        let norm = |name: &str| candle_nn::layer_norm(state, 1e-5, vb.pp(name));
+        Ok(Self {
+            self_attention: Attention::load(state, heads, vb.pp("self_attn"))?,
+            self_norm: norm("self_attn_layer_norm")?,
+            cross_attention: Attention::load(state, heads, vb.pp("encoder_attn"))?,
+            cross_norm: norm("encoder_attn_layer_norm")?,
+            fc1: candle_nn::linear(state, state * 4, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(state * 4, state, vb.pp("fc2"))?,
+            mlp_norm: norm("final_layer_norm")?,
+        })
+    }
+}
+
+pub(super) struct Decoder {
+    tokens: Embedding,
+    positions: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+}
+
+/// One window's decoding: the audio's keys and values per block, computed
+/// once, and the keys and values of the tokens so far.
+pub(super) struct DecodeState {
+    audio: Vec<(Tensor, Tensor)>,
+    text: Vec<Option<(Tensor, Tensor)>>,
+    length: usize,
+}
+
+impl Decoder {
+    pub fn load(vb: VarBuilder, config: &spec::Config) -> Result<Self> {
+        let state = config.d_model;
+        let heads = config.decoder_attention_heads;
+        Ok(Self {
+            tokens: candle_nn::embedding(config.vocab_size, state, vb.pp("embed_tokens"))?,
+            positions: vb.get(
+                (config.max_target_positions, state),
+                "embed_positions.weight",
+            )?,
+            blocks: (0..config.decoder_layers)
+                .map(|i| Block::load(state, heads, vb.pp(format!("layers.{i}"))))
+                .collect::<Result<_>>()?,
+            norm: candle_nn::layer_norm(state, 1e-5, vb.pp("layer_norm"))?,
+        })
+    }
+
+    /// A fresh state for the window whose encoded audio is `features`.
+    pub fn start(&self, features: &Tensor) -> Result<DecodeState> {
+        Ok(DecodeState {
+            audio: self
+                .blocks
+                .iter()
+                .map(|b| b.cross_attention.keys_values(features))
+                .collect::<Result<_>>()?,
+            text: vec![None; self.blocks.len()],
+            length: 0,
+        })
+    }
+
+    /// Feed `tokens` (the prompt at first, then one token a step): the
+    /// logits of the token after the last of them.
+    pub fn step(&self, state: &mut DecodeState, tokens: &[u32]) -> Result<Vec<f32>> {
+        let count = tokens.len();
+        let ids = Tensor::new(tokens, self.positions.device())?.unsqueeze(0)?;
+        let mut x = self
+            .tokens
+            .forward(&ids)?
+            .broadcast_add(&self.positions.narrow(0, state.length, count)?)?;
+        let mask = causal_mask(count, state.length, x.device())?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let normed = block.self_norm.forward(&x)?;
+            let (k, v) = block.self_attention.keys_values(&normed)?;
+            let (k, v) = match state.text[i].take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            x = (&x
+                + block
+                    .self_attention
+                    .attend(&normed, &k, &v, mask.as_ref())?)?;
+            state.text[i] = Some((k, v));
+            let (ak, av) = &state.audio[i];
+            let normed = block.cross_norm.forward(&x)?;
+            x = (&x + block.cross_attention.attend(&normed, ak, av, None)?)?;
+            let hidden = block
+                .fc1
+                .forward(&block.mlp_norm.forward(&x)?)?
+                .gelu_erf()?;
+            x = (&x + block.fc2.forward(&hidden)?)?;
+        }
+        state.length += count;
+        // The output projection is the token embedding, transposed.
+        let last = self.norm.forward(&x.i((0, count - 1..))?)?;
+        last.matmul(&self.tokens.embeddings().t()?)?
+            .squeeze(0)?
+            .to_vec1::<f32>()
+    }
+}
+
+/// Each of `count` new tokens sees the `before` earlier ones and itself and
+/// those new ones before it; none for a single token.
+fn causal_mask(
+    count: usize,
+    before: usize,
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    if count == 1 {
+        return Ok(None);
+    }
+    let total = before + count;
+    let values: Vec<f32> = (0..count)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > before + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(values, (count, total), device)?))
+}
