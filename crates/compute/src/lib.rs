@@ -376,43 +376,41 @@ impl ComputeServer {
     /// The tool's own result, before the engine is named in it.
     async fn dispatch(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         match call.name.as_str() {
+            LOAD_MODEL => Ok(self.load_model(call.parse()?, call.context).await),
+            CALIBRATE_ENGINE => Ok(self.calibrate(call.parse()?, call.context).await),
+            UNLOAD_MODEL => Ok(self.unload_model(call.parse()?).await),
+            _ => {
+                let result = self.infer(call).await;
+                // With `on_demand`, the model a call ran on goes once its calls end.
+                self.text.models.unload_idle_on_demand();
+                result
+            }
+        }
+    }
+
+    /// An inference tool's own result.
+    async fn infer(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+        Ok(match call.name.as_str() {
             TEXT_GENERATE => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                let result = self.text.text_generate(args, &raw, call.context).await;
-                self.text.models.unload_idle_on_demand();
-                Ok(result)
+                self.text.text_generate(args, &raw, call.context).await
             }
             CODE_COMPLETE => {
                 let args = call.parse()?;
                 let raw = Value::Object(call.arguments);
-                let result = self.text.code_complete(args, &raw, call.context).await;
-                self.text.models.unload_idle_on_demand();
-                Ok(result)
+                self.text.code_complete(args, &raw, call.context).await
             }
-            AUDIO_PROCESS => {
-                let result = self.audio.audio_process(call.parse()?, call.context).await;
-                self.text.models.unload_idle_on_demand();
-                Ok(result)
+            AUDIO_PROCESS => self.audio.audio_process(call.parse()?, call.context).await,
+            EMBED => self.embeddings.embed(call.parse()?, call.context).await,
+            RERANK => self.embeddings.rerank(call.parse()?, call.context).await,
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("unknown tool: {other}"),
+                    None,
+                ));
             }
-            EMBED => {
-                let result = self.embeddings.embed(call.parse()?, call.context).await;
-                self.text.models.unload_idle_on_demand();
-                Ok(result)
-            }
-            RERANK => {
-                let result = self.embeddings.rerank(call.parse()?, call.context).await;
-                self.text.models.unload_idle_on_demand();
-                Ok(result)
-            }
-            LOAD_MODEL => Ok(self.load_model(call.parse()?, call.context).await),
-            CALIBRATE_ENGINE => Ok(self.calibrate(call.parse()?, call.context).await),
-            UNLOAD_MODEL => Ok(self.unload_model(call.parse()?).await),
-            other => Err(McpError::invalid_params(
-                format!("unknown tool: {other}"),
-                None,
-            )),
-        }
+        })
     }
 }
 
