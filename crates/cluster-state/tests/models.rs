@@ -3,8 +3,7 @@
 //! refused; a file is stored once however often it is published; a pull cut
 //! short leaves nothing behind.
 
-#[path = "../../cluster/tests/support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

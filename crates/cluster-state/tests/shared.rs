@@ -2,8 +2,7 @@
 //! change at one node holds at the others, concurrent changes to one key
 //! conflict, and a revoked key stays revoked everywhere.
 
-#[path = "../../cluster/tests/support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

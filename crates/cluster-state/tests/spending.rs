@@ -1,8 +1,7 @@
 //! A caller's cloud budget holds across a site's nodes: charges made at two
 //! nodes at once, over a real nats-server, never pass the budget together.
 
-#[path = "../../cluster/tests/support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -3,8 +3,7 @@
 //! ones), and not once it is older than the max age; a data server that
 //! joined shows every live node in its metrics and analytics, with totals.
 
-#[path = "../../cluster/tests/support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! leave by deleting their key, age out when they stop heartbeating, and
 //! come back after the NATS server restarts.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,7 +2,7 @@
 //! a small MCP server, a second Bus (another NATS connection, as another
 //! node would have) opens sessions to it through `sessions::connector`.
 
-mod support;
+use crate::support;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Text generation with the real default model (SmolLM2-135M-Instruct Q4_1,
 //! fetched into `<repo>/models` by `./setup.sh`), through a real MCP client.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -3,7 +3,7 @@
 //! then loads and runs it. The cluster here is a stand-in [`ModelSource`];
 //! the real one is tested in the cluster-state crate and end to end.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::path::PathBuf;

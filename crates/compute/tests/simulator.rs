@@ -1,7 +1,7 @@
 //! The inference simulator (`compute.engine = "simulated"`, benchmarks only)
 //! through a real MCP client, over an empty model store: no model file.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

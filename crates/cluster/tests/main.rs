@@ -1,0 +1,7 @@
+//! The crate's integration tests, one binary (a binary per file would link the
+//! whole dependency tree once per file).
+
+mod support;
+
+mod membership;
+mod sessions;

@@ -1,0 +1,10 @@
+//! The crate's integration tests, one binary (a binary per file would link the
+//! whole dependency tree once per file).
+
+mod support;
+
+mod compute;
+mod generation;
+mod prompts;
+mod pull;
+mod simulator;

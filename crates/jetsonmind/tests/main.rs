@@ -1,0 +1,6 @@
+//! The crate's integration tests, one binary (a binary per file would link the
+//! whole dependency tree once per file).
+
+mod backup;
+mod model_store;
+mod processes;
