@@ -101,16 +101,17 @@ impl ComputeServer {
             bytes => bytes,
         };
         let simulated = settings.engine == ComputeEngine::Simulated;
-        settings.parallel = match (settings.parallel, simulated) {
-            (0, true) => 1,
-            (0, false) => {
-                let slots =
-                    placement::auto_slots(budget_bytes, default_context_bytes(&store, &settings));
-                tracing::info!(slots, "compute.parallel = 0: sequence slots per model");
-                slots
-            }
-            (n, _) => n,
+        let auto_parallel = match simulated {
+            true => 1,
+            false => placement::auto_slots(budget_bytes, default_context_bytes(&store, &settings)),
         };
+        if settings.parallel == 0 {
+            tracing::info!(
+                slots = auto_parallel,
+                "compute.parallel = 0: sequence slots per model"
+            );
+            settings.parallel = auto_parallel;
+        }
         let llama = LlamaSettings {
             threads: resolve_threads(settings.threads),
             context_size: settings.context_size,
@@ -168,6 +169,7 @@ impl ComputeServer {
             models,
             scheduler: Arc::new(Scheduler::new(settings.parallel, settings.queue_depth)),
             cache,
+            auto_parallel,
             settings,
         };
         Self {
@@ -257,8 +259,10 @@ impl ComputeServer {
         let now = models.settings();
         let wanted = LlamaSettings {
             threads: resolve_threads(compute.threads),
+            // 0, as at start: the count that fits the budget (a revert to
+            // the default must not keep the count it replaced).
             slots: match compute.parallel {
-                0 => now.slots,
+                0 => self.text.auto_parallel as u32,
                 n => n as u32,
             },
             batch_size: compute.batch_size,

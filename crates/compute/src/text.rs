@@ -30,6 +30,8 @@ pub struct TextService {
     pub models: Arc<ModelRegistry>,
     pub cache: Arc<InferenceCache>,
     pub scheduler: Arc<Scheduler>,
+    /// The slots `compute.parallel = 0` means here (what fits the budget).
+    pub auto_parallel: usize,
     pub settings: ComputeConfig,
 }
 

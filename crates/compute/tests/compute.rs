@@ -408,7 +408,8 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
     let mut config = jetsonmind_core::Config::default();
     config.data.dir = dir.path().to_path_buf();
     config.compute.threads = 1;
-    config.compute.parallel = 2;
+    // 0: as many slots as fit the budget.
+    config.compute.parallel = 0;
     let server = Arc::new(ComputeServer::with_loader(
         &config,
         Default::default(),
@@ -428,14 +429,16 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
     assert_ne!(loaded.is_error, Some(true), "{loaded:?}");
     let first = status(&client).await;
     let queue = config.compute.queue_depth;
-    assert_eq!(first.capacity, 2 + queue);
     let engine = first.engine.unwrap();
-    assert_eq!((engine.threads, engine.parallel), (1, 2));
+    let auto = engine.parallel;
+    assert!(auto >= 1);
+    assert_eq!(first.capacity, auto as usize + queue);
+    assert_eq!(engine.threads, 1);
 
     config.compute.threads = 2;
-    config.compute.parallel = 4;
+    config.compute.parallel = auto as usize + 3;
     config.compute.batch_size = 64;
-    settings.send(config).unwrap();
+    settings.send(config.clone()).unwrap();
     let mut waited = 0;
     while loads.lock().unwrap().len() < 2 && waited < 100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -444,21 +447,32 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
     let reloaded = loads.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
         (reloaded.threads, reloaded.slots, reloaded.batch_size),
-        (2, 4, 64),
+        (2, auto + 3, 64),
         "the idle model was loaded again with the new settings"
     );
     let now = status(&client).await;
-    assert_eq!(now.capacity, 4 + queue);
+    assert_eq!(now.capacity, auto as usize + 3 + queue);
     let engine = now.engine.unwrap();
     assert_eq!(
         (engine.threads, engine.parallel, engine.batch_size),
-        (2, 4, 64)
+        (2, auto + 3, 64)
     );
     assert!(
         now.loaded.iter().any(|m| m.name == "tiny.gguf"),
         "{:?}",
         now.loaded
     );
+
+    // Back to 0 (what a revert to the defaults writes): the count that fits
+    // again, not the one it replaced.
+    config.compute.parallel = 0;
+    settings.send(config).unwrap();
+    let mut waited = 0;
+    while status(&client).await.capacity != auto as usize + queue && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(status(&client).await.engine.unwrap().parallel, auto);
 }
 
 /// A compute server over three equal fake models, `a`, `b` and `c`, with
