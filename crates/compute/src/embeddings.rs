@@ -170,11 +170,18 @@ impl EmbeddingService {
             let todo: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
             let worker = engine.clone();
             let computed = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let mut out = Vec::with_capacity(todo.len());
                 for chunk in todo.chunks(batch) {
                     let embedded = worker.embed(chunk)?;
                     out.extend(embedded.vectors.into_iter().zip(embedded.tokens));
                 }
+                tracing::debug!(
+                    texts = out.len(),
+                    tokens = out.iter().map(|(_, t)| t).sum::<usize>(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "embedded"
+                );
                 Ok::<_, EngineError>(out)
             })
             .await

@@ -1,13 +1,20 @@
 //! Sentence embeddings from a BERT model directory (`model.safetensors`,
 //! `tokenizer.json`, `config.json`), as sentence-transformers computes
-//! them: the token vectors' mean over the real (unpadded) tokens, scaled
-//! to unit length.
+//! them: the token vectors' mean over each text's tokens, scaled to unit
+//! length.
+//!
+//! The texts of a batch are packed, not padded: every layer but attention
+//! works token by token, so the batch's tokens are the rows of one matrix
+//! (one large matrix product per layer instead of a small one per text, and
+//! no work on padding), and attention runs within each text's rows.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use candle_transformers::models::bert::{Config, HiddenAct};
+use rayon::prelude::*;
+use tokenizers::{Tokenizer, TruncationParams};
 
+use super::cpu::{Linear, Norm, dot, gelu, softmax};
 use super::embedding::{Embedded, EmbeddingEngine};
 use super::{EngineError, ModelDir, ModelInfo};
 
@@ -17,7 +24,7 @@ const DEFAULT_MAX_TOKENS: usize = 256;
 
 pub struct BertEngine {
     info: ModelInfo,
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     dimensions: usize,
 }
@@ -41,7 +48,7 @@ impl BertEngine {
         let size_bytes = weights.len() as u64;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
             .map_err(|e| fail(&e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| fail(&e))?;
+        let model = Encoder::load(vb, &config).map_err(|e| fail(&e))?;
         let mut tokenizer = Tokenizer::from_file(dir.path("tokenizer.json")?)
             .map_err(|e| fail(&format!("tokenizer.json: {e}")))?;
         tokenizer
@@ -50,11 +57,7 @@ impl BertEngine {
                 ..Default::default()
             }))
             .map_err(|e| fail(&format!("tokenizer.json: {e}")))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            pad_id: config.pad_token_id as u32,
-            ..Default::default()
-        }));
+        tokenizer.with_padding(None);
         Ok(Self {
             info: ModelInfo {
                 id: dir.id.to_string(),
@@ -92,28 +95,311 @@ impl EmbeddingEngine for BertEngine {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EngineError::Inference(format!("tokenizing: {e}")))?;
-        let rows = |pick: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| {
-            let data: Vec<Vec<u32>> = encodings.iter().map(pick).collect();
-            Tensor::new(data, &Device::Cpu)
-        };
-        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let ids = rows(&|e| e.get_ids().to_vec())?;
-            let mask = rows(&|e| e.get_attention_mask().to_vec())?;
-            let types = ids.zeros_like()?;
-            let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-            // Mean over the real tokens: padding must not pull the vector.
-            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-            let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-            let mean = summed.broadcast_div(&counts)?;
-            let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-            mean.broadcast_div(&norms)?.to_vec2::<f32>()
-        };
-        let vectors = run().map_err(|e| EngineError::Inference(e.to_string()))?;
-        let tokens = encodings
-            .iter()
-            .map(|e| e.get_attention_mask().iter().filter(|m| **m == 1).count())
-            .collect();
+        let texts: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let vectors = self
+            .model
+            .embed(&texts)
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let tokens = texts.iter().map(|t| t.len()).collect();
         Ok(Embedded { vectors, tokens })
+    }
+}
+
+struct Layer {
+    query_key_value: Linear,
+    attention_out: Linear,
+    attention_norm: Norm,
+    up: Linear,
+    down: Linear,
+    output_norm: Norm,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+        let hidden = config.hidden_size;
+        let inner = config.intermediate_size;
+        let eps = config.layer_norm_eps as f32;
+        let attention = vb.pp("attention");
+        let own = attention.pp("self");
+        Ok(Self {
+            query_key_value: Linear::fused(&[
+                Linear::load(&own.pp("query"), hidden, hidden)?,
+                Linear::load(&own.pp("key"), hidden, hidden)?,
+                Linear::load(&own.pp("value"), hidden, hidden)?,
+            ]),
+            attention_out: Linear::load(&attention.pp("output.dense"), hidden, hidden)?,
+            attention_norm: Norm::load(&attention.pp("output.LayerNorm"), hidden, eps)?,
+            up: Linear::load(&vb.pp("intermediate.dense"), hidden, inner)?,
+            down: Linear::load(&vb.pp("output.dense"), inner, hidden)?,
+            output_norm: Norm::load(&vb.pp("output.LayerNorm"), hidden, eps)?,
+        })
+    }
+
+    /// `x`, a row per token, `hidden` wide, through the layer.
+    fn forward(&self, x: &[f32], spans: &Spans, heads: usize, activation: HiddenAct) -> Vec<f32> {
+        let rows = spans.tokens;
+        let hidden = self.attention_out.outputs;
+        let qkv = self.query_key_value.apply(x, rows, None);
+        let attended = attend(&qkv, spans, heads, hidden / heads);
+        let mut x = self.attention_out.apply(&attended, rows, Some(x));
+        self.attention_norm.apply(&mut x);
+        let mut inner = self.up.apply(&x, rows, None);
+        activate(&mut inner, activation);
+        let mut out = self.down.apply(&inner, rows, Some(&x));
+        self.output_norm.apply(&mut out);
+        out
+    }
+}
+
+fn activate(values: &mut [f32], activation: HiddenAct) {
+    match activation {
+        HiddenAct::Gelu => map_in_place(values, gelu),
+        HiddenAct::GeluApproximate => map_in_place(values, |x| {
+            let inner = (2.0 / std::f32::consts::PI).sqrt() * (x + 0.044_715 * x * x * x);
+            0.5 * x * (1.0 + inner.tanh())
+        }),
+        HiddenAct::Relu => map_in_place(values, |x| x.max(0.0)),
+    }
+}
+
+/// `f` on every value, in parallel; generic, so `f` is inlined into the
+/// loop (through a function pointer it would be a call per value).
+fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    values.par_chunks_mut(4096).for_each(|chunk| {
+        for v in chunk {
+            *v = f(*v);
+        }
+    });
+}
+
+/// BERT's encoder over packed texts, on plain rows of numbers: each layer
+/// is three matrix products that add their bias (and residual) as they
+/// go, attention within each text, and two layer norms in place.
+struct Encoder {
+    /// Row per token id, `hidden` wide.
+    words: Vec<f32>,
+    positions: Vec<f32>,
+    /// Token type 0's vector: every text here is one segment.
+    segment: Vec<f32>,
+    norm: Norm,
+    layers: Vec<Layer>,
+    hidden: usize,
+    heads: usize,
+    activation: HiddenAct,
+}
+
+impl Encoder {
+    fn load(vb: VarBuilder, config: &Config) -> candle_core::Result<Self> {
+        // Saved from a `BertModel` the names start at `embeddings`; from a
+        // task model, under `bert.`.
+        let vb = match vb.contains_tensor("embeddings.word_embeddings.weight") {
+            true => vb,
+            false => vb.pp("bert"),
+        };
+        let hidden = config.hidden_size;
+        if config.num_attention_heads == 0 || !hidden.is_multiple_of(config.num_attention_heads) {
+            candle_core::bail!(
+                "hidden_size {hidden} is not a multiple of num_attention_heads {}",
+                config.num_attention_heads
+            );
+        }
+        let embeddings = vb.pp("embeddings");
+        let table = |name: &str, rows: usize| -> candle_core::Result<Vec<f32>> {
+            rows_of(&embeddings.pp(name).get((rows, hidden), "weight")?)
+        };
+        let segments = table("token_type_embeddings", config.type_vocab_size)?;
+        Ok(Self {
+            words: table("word_embeddings", config.vocab_size)?,
+            positions: table("position_embeddings", config.max_position_embeddings)?,
+            segment: segments[..hidden].to_vec(),
+            norm: Norm::load(
+                &embeddings.pp("LayerNorm"),
+                hidden,
+                config.layer_norm_eps as f32,
+            )?,
+            layers: (0..config.num_hidden_layers)
+                .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
+                .collect::<candle_core::Result<_>>()?,
+            hidden,
+            heads: config.num_attention_heads,
+            activation: config.hidden_act,
+        })
+    }
+
+    /// Each text's mean token vector, unit length.
+    fn embed(&self, texts: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let spans = Spans::of(texts);
+        let mut x = self.embeddings(texts)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &spans, self.heads, self.activation);
+        }
+        let hidden = self.hidden;
+        Ok(spans
+            .ranges
+            .iter()
+            .map(|&(start, len)| mean_unit(&x[start * hidden..(start + len) * hidden], hidden))
+            .collect())
+    }
+
+    /// Word, position and segment vectors summed, normalized: a row per token.
+    fn embeddings(&self, texts: &[&[u32]]) -> candle_core::Result<Vec<f32>> {
+        let hidden = self.hidden;
+        let mut x = Vec::with_capacity(texts.iter().map(|t| t.len()).sum::<usize>() * hidden);
+        fn row(table: &[f32], i: usize, hidden: usize) -> Option<&[f32]> {
+            table.get(i * hidden..(i + 1) * hidden)
+        }
+        for text in texts {
+            for (position, id) in text.iter().enumerate() {
+                let (Some(word), Some(place)) = (
+                    row(&self.words, *id as usize, hidden),
+                    row(&self.positions, position, hidden),
+                ) else {
+                    candle_core::bail!("token {id} at {position} is outside the model's tables");
+                };
+                x.extend(
+                    word.iter()
+                        .zip(place)
+                        .zip(&self.segment)
+                        .map(|((w, p), s)| w + p + s),
+                );
+            }
+        }
+        self.norm.apply(&mut x);
+        Ok(x)
+    }
+}
+
+/// A tensor's numbers, row after row.
+fn rows_of(tensor: &Tensor) -> candle_core::Result<Vec<f32>> {
+    tensor.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Where each text's tokens are among the packed rows.
+struct Spans {
+    /// `(first row, rows)` per text.
+    ranges: Vec<(usize, usize)>,
+    tokens: usize,
+}
+
+impl Spans {
+    fn of(texts: &[&[u32]]) -> Self {
+        let mut start = 0;
+        let ranges = texts
+            .iter()
+            .map(|t| {
+                let range = (start, t.len());
+                start += t.len();
+                range
+            })
+            .collect();
+        Self {
+            ranges,
+            tokens: start,
+        }
+    }
+}
+
+/// Scaled dot-product attention of each text's tokens over its own tokens,
+/// every head: `qkv` holds a row per token, its queries, keys and values
+/// side by side (`3 * heads * head_size` wide); the result, a row per token,
+/// `heads * head_size` wide. Texts run in parallel.
+fn attend(qkv: &[f32], spans: &Spans, heads: usize, head_size: usize) -> Vec<f32> {
+    let hidden = heads * head_size;
+    let width = 3 * hidden;
+    let scale = 1.0 / (head_size as f32).sqrt();
+    let mut out = vec![0.0f32; spans.tokens * hidden];
+    let mut rest = out.as_mut_slice();
+    let mut per_text = Vec::with_capacity(spans.ranges.len());
+    for &(start, len) in &spans.ranges {
+        let (text, after) = rest.split_at_mut(len * hidden);
+        per_text.push((text, start, len));
+        rest = after;
+    }
+    per_text.into_par_iter().for_each(|(out, start, len)| {
+        let row = |token: usize, part: usize, head: usize| {
+            let at = (start + token) * width + part * hidden + head * head_size;
+            &qkv[at..at + head_size]
+        };
+        let mut weights = vec![0.0f32; len];
+        for head in 0..heads {
+            for i in 0..len {
+                let query = row(i, 0, head);
+                for (j, w) in weights.iter_mut().enumerate() {
+                    *w = dot(query, row(j, 1, head)) * scale;
+                }
+                softmax(&mut weights);
+                let target = &mut out[i * hidden + head * head_size..][..head_size];
+                for (j, w) in weights.iter().enumerate() {
+                    for (t, v) in target.iter_mut().zip(row(j, 2, head)) {
+                        *t += w * v;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The mean of `rows` (each `width` long), scaled to unit length.
+fn mean_unit(rows: &[f32], width: usize) -> Vec<f32> {
+    let count = (rows.len() / width).max(1) as f32;
+    let mut mean = vec![0.0f32; width];
+    for row in rows.chunks_exact(width) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    mean.iter_mut().for_each(|m| *m /= norm);
+    mean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention over packed texts equals attention over each text alone,
+    /// written out the plain way.
+    #[test]
+    fn attention_stays_within_each_text() {
+        let (heads, head_size) = (2, 3);
+        let width = 3 * heads * head_size;
+        let spans = Spans::of(&[&[0u32; 2][..], &[0u32; 3][..]]);
+        let qkv: Vec<f32> = (0..spans.tokens * width)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let got = attend(&qkv, &spans, heads, head_size);
+        let hidden = heads * head_size;
+        for &(start, len) in &spans.ranges {
+            for head in 0..heads {
+                for i in 0..len {
+                    let part = |t: usize, p: usize| -> Vec<f32> {
+                        let at = (start + t) * width + p * hidden + head * head_size;
+                        qkv[at..at + head_size].to_vec()
+                    };
+                    let scores: Vec<f32> = (0..len)
+                        .map(|j| dot(&part(i, 0), &part(j, 1)) / (head_size as f32).sqrt())
+                        .collect();
+                    let total: f32 = scores.iter().map(|s| s.exp()).sum();
+                    for d in 0..head_size {
+                        let want: f32 = (0..len)
+                            .map(|j| scores[j].exp() / total * part(j, 2)[d])
+                            .sum();
+                        let have = got[(start + i) * hidden + head * head_size + d];
+                        assert!((want - have).abs() < 1e-5, "{want} {have}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_mean_is_over_the_texts_rows_and_unit_length() {
+        let v = mean_unit(&[3.0, 0.0, 1.0, 4.0], 2);
+        assert!(
+            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! on candle) and embeddings ([`EmbeddingEngine`]: BERT on candle).
 
 pub mod bert;
+mod cpu;
+mod dense;
 pub mod embedding;
 pub mod llama;
 pub mod simulated;

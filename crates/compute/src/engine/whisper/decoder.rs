@@ -9,6 +9,8 @@ use candle_core::{D, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::whisper as spec;
 
+use crate::engine::cpu;
+
 struct Attention {
     query: Linear,
     key: Linear,
@@ -38,8 +40,8 @@ impl Attention {
 
     fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
-            self.split(&self.key.forward(x)?)?,
-            self.split(&self.value.forward(x)?)?,
+            self.split(&linear(&self.key, x)?)?,
+            self.split(&linear(&self.value, x)?)?,
         ))
     }
 
@@ -52,7 +54,17 @@ impl Attention {
         values: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = self.split(&self.query.forward(x)?)?;
+        let query = linear(&self.query, x)?;
+        if query.dim(1)? == 1 && mask.is_none() {
+            let query = query.flatten_all()?.to_vec1::<f32>()?;
+            let merged = cpu::attend_one(&query, keys, values)?;
+            let state = merged.len();
+            return linear(
+                &self.out,
+                &Tensor::from_vec(merged, (1, 1, state), x.device())?,
+            );
+        }
+        let q = self.split(&query)?;
         let head = q.dim(D::Minus1)?;
         let mut scores = (q.matmul(&keys.t()?)? / (head as f64).sqrt())?;
         if let Some(mask) = mask {
@@ -62,6 +74,24 @@ impl Attention {
         let merged = weights.matmul(values)?.transpose(1, 2)?.flatten_from(2)?;
         self.out.forward(&merged)
     }
+}
+
+/// `layer` on `x`, `(1, tokens, in)`. For one token (each step after the
+/// prompt), a matrix-vector product split among the threads: gemm runs
+/// those on one thread, and at a token a step they are bound by reading
+/// the weights from memory.
+fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    if x.dims3()?.1 != 1 {
+        return layer.forward(x);
+    }
+    let mut y = cpu::matvec(layer.weight(), &x.flatten_all()?.to_vec1::<f32>()?)?;
+    if let Some(bias) = layer.bias() {
+        for (y, b) in y.iter_mut().zip(bias.to_vec1::<f32>()?) {
+            *y += b;
+        }
+    }
+    let width = y.len();
+    Tensor::from_vec(y, (1, 1, width), x.device())
 }
 
 struct Block {
@@ -159,18 +189,16 @@ impl Decoder {
             let (ak, av) = &state.audio[i];
             let normed = block.cross_norm.forward(&x)?;
             x = (&x + block.cross_attention.attend(&normed, ak, av, None)?)?;
-            let hidden = block
-                .fc1
-                .forward(&block.mlp_norm.forward(&x)?)?
-                .gelu_erf()?;
-            x = (&x + block.fc2.forward(&hidden)?)?;
+            let hidden = linear(&block.fc1, &block.mlp_norm.forward(&x)?)?.gelu_erf()?;
+            x = (&x + linear(&block.fc2, &hidden)?)?;
         }
         state.length += count;
         // The output projection is the token embedding, transposed.
         let last = self.norm.forward(&x.i((0, count - 1..))?)?;
-        last.matmul(&self.tokens.embeddings().t()?)?
-            .squeeze(0)?
-            .to_vec1::<f32>()
+        cpu::matvec(
+            self.tokens.embeddings(),
+            &last.flatten_all()?.to_vec1::<f32>()?,
+        )
     }
 }
 

@@ -10,6 +10,7 @@
 mod ct2;
 mod decode;
 mod decoder;
+mod encoder;
 mod mel;
 
 use std::collections::HashMap;
@@ -17,13 +18,14 @@ use std::sync::atomic::Ordering;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper::{self as spec, model::Whisper};
+use candle_transformers::models::whisper as spec;
 use tokenizers::Tokenizer;
 
 use super::speech::{Segment, SpeechEngine, TranscribeRequest, Transcript, WindowDone};
 use super::{EngineError, Flow, ModelDir, ModelInfo};
 use decode::{Special, Window};
 use decoder::Decoder;
+use encoder::Encoder;
 
 /// Mel frames per second of audio.
 const FRAMES_PER_SEC: f64 = (spec::SAMPLE_RATE / spec::HOP_LENGTH) as f64;
@@ -34,10 +36,9 @@ const LOW_LOGPROB: f64 = -1.0;
 
 pub struct WhisperEngine {
     info: ModelInfo,
-    /// Its encoder runs the audio (cloned per call: the weights are shared).
-    model: Whisper,
-    /// Shares the weights with `model`'s own decoder, which it replaces.
+    encoder: Encoder,
     decoder: Decoder,
+    mel_bins: usize,
     tokenizer: Tokenizer,
     filters: Vec<f32>,
     special: Special,
@@ -58,7 +59,8 @@ impl WhisperEngine {
         let named = ct2::whisper_names(&model).map_err(|e| fail(e.to_string()))?;
         let size_bytes = named.values().map(|t| t.elem_count() as u64 * 4).sum();
         let vb = VarBuilder::from_tensors(named, DType::F32, &Device::Cpu);
-        let whisper = Whisper::load(&vb, config.clone()).map_err(|e| fail(e.to_string()))?;
+        let encoder =
+            Encoder::load(vb.pp("model.encoder"), &config).map_err(|e| fail(e.to_string()))?;
         let decoder =
             Decoder::load(vb.pp("model.decoder"), &config).map_err(|e| fail(e.to_string()))?;
         let tokenizer = Tokenizer::from_file(dir.path("tokenizer.json")?)
@@ -74,10 +76,11 @@ impl WhisperEngine {
                 has_chat_template: false,
                 supports_fill_in_middle: false,
             },
-            model: whisper,
+            encoder,
+            mel_bins: config.num_mel_bins,
             decoder,
             tokenizer,
-            filters: mel::filters(config.num_mel_bins, spec::N_FFT, spec::SAMPLE_RATE as f64),
+            filters: mel::filters(config.num_mel_bins, mel::N_FFT, spec::SAMPLE_RATE as f64),
             special,
         })
     }
@@ -85,12 +88,9 @@ impl WhisperEngine {
     fn mel(&self, samples: &[f32]) -> Result<Tensor, EngineError> {
         // A window's worth of silence after the end: the last window is as
         // long as any, padded as the model was trained.
-        let mut padded = samples.to_vec();
-        padded.resize(samples.len() + spec::N_SAMPLES, 0.0);
-        let mel = spec::audio::pcm_to_mel(&self.model.config, &padded, &self.filters);
-        let bins = self.model.config.num_mel_bins;
-        let frames = mel.len() / bins;
-        Tensor::from_vec(mel, (1, bins, frames), &Device::Cpu).map_err(inference)
+        mel::log_mel(samples, spec::N_SAMPLES, &self.filters, self.mel_bins)
+            .and_then(|mel| mel.unsqueeze(0))
+            .map_err(inference)
     }
 
     fn text(&self, tokens: &[u32]) -> Result<String, EngineError> {
@@ -123,8 +123,6 @@ impl SpeechEngine for WhisperEngine {
         request: &TranscribeRequest,
         on_window: &mut dyn FnMut(WindowDone) -> Flow,
     ) -> Result<Transcript, EngineError> {
-        // A clone per call: the weights are shared, the caches are its own.
-        let mut model = self.model.clone();
         let total_frames = request.samples.len() / spec::HOP_LENGTH;
         let total_secs = request.samples.len() as f64 / spec::SAMPLE_RATE as f64;
         let mel = self.mel(&request.samples)?;
@@ -141,8 +139,17 @@ impl SpeechEngine for WhisperEngine {
             }
             let frames = (total_frames - seek).min(spec::N_FRAMES);
             let window = mel.narrow(2, seek, spec::N_FRAMES).map_err(inference)?;
-            let features = model.encoder.forward(&window, true).map_err(inference)?;
+            let started = std::time::Instant::now();
+            let features = self.encoder.forward(&window).map_err(inference)?;
+            let encoded = started.elapsed();
             let window = self.decode_window(&features, &context, request, &mut rng)?;
+            tracing::debug!(
+                at_secs = seek as f64 / FRAMES_PER_SEC,
+                encode_ms = encoded.as_millis() as u64,
+                decode_ms = (started.elapsed() - encoded).as_millis() as u64,
+                tokens = window.tokens.len(),
+                "whisper window"
+            );
             let offset = seek as f64 / FRAMES_PER_SEC;
             let skipped =
                 window.no_speech_prob > NO_SPEECH_PROB && window.avg_logprob < LOW_LOGPROB;
