@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn the_mean_is_over_the_texts_rows_and_unit_length() {
-        let v = mean_unit(&[3.0, 0.0, 1.0, 4.0], 2);
+        let v = mean_unit(&[3.0, 0.0, 3.0, 8.0], 2);
         assert!(
             (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
             "{v:?}"
