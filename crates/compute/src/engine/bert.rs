@@ -14,7 +14,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::cpu::{Linear, Norm, dot, gelu, softmax};
+use super::cpu::{Linear, LinearWeights, Norm, dot, gelu, softmax};
 use super::embedding::{Embedded, EmbeddingEngine};
 use super::{EngineError, ModelDir, ModelInfo};
 
@@ -122,11 +122,12 @@ impl Layer {
         let attention = vb.pp("attention");
         let own = attention.pp("self");
         Ok(Self {
-            query_key_value: Linear::fused(&[
-                Linear::load(&own.pp("query"), hidden, hidden)?,
-                Linear::load(&own.pp("key"), hidden, hidden)?,
-                Linear::load(&own.pp("value"), hidden, hidden)?,
-            ]),
+            query_key_value: LinearWeights::fused(&[
+                LinearWeights::load(&own.pp("query"), hidden, hidden)?,
+                LinearWeights::load(&own.pp("key"), hidden, hidden)?,
+                LinearWeights::load(&own.pp("value"), hidden, hidden)?,
+            ])
+            .into(),
             attention_out: Linear::load(&attention.pp("output.dense"), hidden, hidden)?,
             attention_norm: Norm::load(&attention.pp("output.LayerNorm"), hidden, eps)?,
             up: Linear::load(&vb.pp("intermediate.dense"), hidden, inner)?,

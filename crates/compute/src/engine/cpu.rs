@@ -1,107 +1,16 @@
-//! Small numeric kernels the candle-based engines share, written so that
-//! the compiler vectorizes them for the CPU it builds for
-//! (`.cargo/config.toml`): several running sums instead of one (a single
-//! sum's adds must stay in order), and no calls or branches per element.
+//! The engines' layers on the CPU, between candle's tensors and
+//! `jetsonmind-kernels`: linear layers with packed weights, layer norms,
+//! in-place activations and softmax on tensors, matrix-vector products and
+//! single-query attention for decoder steps.
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
+pub use jetsonmind_kernels::{dot, gelu, softmax};
+use jetsonmind_kernels::{matmul::PackedMatrix, sum};
+
+/// Running sums per row, for the layer norm's loop to vectorize.
 const LANES: usize = 8;
-
-/// `a · b`.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0.0f32; LANES];
-    let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for ((sum, x), y) in sums.iter_mut().zip(x).zip(y) {
-            *sum += x * y;
-        }
-    }
-    sums.iter().sum::<f32>() + tail
-}
-
-fn sum(values: &[f32]) -> f32 {
-    let mut sums = [0.0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (sum, v) in sums.iter_mut().zip(chunk) {
-            *sum += v;
-        }
-    }
-    sums.iter().sum::<f32>() + tail
-}
-
-fn max(values: &[f32]) -> f32 {
-    let mut maxes = [f32::NEG_INFINITY; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for chunk in chunks {
-        for (m, v) in maxes.iter_mut().zip(chunk) {
-            *m = if *v > *m { *v } else { *m };
-        }
-    }
-    maxes.iter().copied().fold(tail, f32::max)
-}
-
-/// e^x within about one unit in the last place, branch-free (libm's `expf`
-/// is a call per element, which keeps a loop from vectorizing). Beyond
-/// ±87 the result saturates at the smallest normal or a large finite value.
-#[inline]
-pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and taking away 1.5 * 2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    // e^r on |r| <= ln(2) / 2: Taylor to r^6, error below 2e-7 relative.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))));
-    // 2^n from `shifted`'s low bits, which hold n: no float-to-integer
-    // conversion (Rust's saturating `as` is a branch per element).
-    p * f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
-}
-
-/// erf(x) within 1e-6 (Abramowitz and Stegun 7.1.26 on [`exp`]: 1.5e-7,
-/// plus f32 rounding),
-/// branch-free: libm's is a call per element, and a model's activation
-/// (exact GELU) takes one per hidden value.
-#[inline]
-pub fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
-    let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    (1.0 - poly * exp(-a * a)).copysign(x)
-}
-
-/// GELU as BERT and Whisper define it: `x * Φ(x)`, with erf (not the tanh
-/// approximation).
-#[inline]
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
 
 struct GeluInPlace;
 
@@ -128,18 +37,6 @@ impl InplaceOp1 for GeluInPlace {
 pub fn gelu_in_place(x: Tensor) -> candle_core::Result<Tensor> {
     x.inplace_op1(&GeluInPlace)?;
     Ok(x)
-}
-
-/// `values` in place as their softmax.
-pub fn softmax(values: &mut [f32]) {
-    let top = max(values);
-    for v in values.iter_mut() {
-        *v = exp(*v - top);
-    }
-    let scale = 1.0 / sum(values);
-    for v in values.iter_mut() {
-        *v *= scale;
-    }
 }
 
 /// Softmax over the last dimension of a contiguous f32 tensor, in place,
@@ -207,58 +104,30 @@ fn matvec_rows(rows: &[f32], dims: &[usize], vector: &[f32]) -> candle_core::Res
     Ok(out)
 }
 
-/// `out += a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `out`
-/// (`m × n`), on the threads (gemm splits the product; splitting the rows
-/// into a product per thread measured slower).
-fn matmul_add(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    assert!(
-        out.len() == m * n && a.len() == m * k && b.len() == k * n,
-        "matmul_add: shapes"
-    );
-    let parallelism = match rayon::current_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        threads => gemm::Parallelism::Rayon(threads),
-    };
-    // SAFETY: the three slices hold exactly the elements the sizes and
-    // row-major strides reach (checked above), and `out` is borrowed
-    // mutably, so it overlaps neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-/// A linear layer on plain rows: its weight transposed, `(inputs,
-/// outputs)` row-major, so that the product is one matrix product that adds
-/// into rows already holding the bias (and the residual, where there is one).
-pub struct Linear {
+/// A linear layer's numbers as a model stores them, before they are laid
+/// out for [`Linear`]: the weight transposed, `(inputs, outputs)`
+/// row-major, and the bias.
+pub struct LinearWeights {
     weight: Vec<f32>,
     bias: Vec<f32>,
-    pub inputs: usize,
-    pub outputs: usize,
+    inputs: usize,
+    outputs: usize,
 }
 
-impl Linear {
+impl LinearWeights {
     pub fn load(
+        vb: &candle_nn::VarBuilder,
+        inputs: usize,
+        outputs: usize,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            bias: vb.get(outputs, "bias")?.to_vec1()?,
+            ..Self::load_without_bias(vb, inputs, outputs)?
+        })
+    }
+
+    /// A layer saved without a bias (Whisper's key projection): zeros.
+    pub fn load_without_bias(
         vb: &candle_nn::VarBuilder,
         inputs: usize,
         outputs: usize,
@@ -266,14 +135,21 @@ impl Linear {
         let weight = vb.get((outputs, inputs), "weight")?.t()?.contiguous()?;
         Ok(Self {
             weight: weight.flatten_all()?.to_vec1()?,
-            bias: vb.get(outputs, "bias")?.to_vec1()?,
+            bias: vec![0.0; outputs],
             inputs,
             outputs,
         })
     }
 
+    /// The same layer with its output multiplied by `factor`.
+    pub fn scaled(mut self, factor: f32) -> Self {
+        self.weight.iter_mut().for_each(|w| *w *= factor);
+        self.bias.iter_mut().for_each(|b| *b *= factor);
+        self
+    }
+
     /// Layers that read the same input, as one: their outputs side by side.
-    pub fn fused(parts: &[Linear]) -> Self {
+    pub fn fused(parts: &[LinearWeights]) -> Self {
         let inputs = parts.first().map_or(0, |p| p.inputs);
         let outputs = parts.iter().map(|p| p.outputs).sum();
         let mut weight = Vec::with_capacity(inputs * outputs);
@@ -288,6 +164,37 @@ impl Linear {
             inputs,
             outputs,
         }
+    }
+}
+
+/// A linear layer on plain rows, its weight packed for [`PackedMatrix`]:
+/// the product is one matrix product that adds into rows already holding
+/// the bias (and the residual, where there is one).
+pub struct Linear {
+    weight: PackedMatrix,
+    bias: Vec<f32>,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl From<LinearWeights> for Linear {
+    fn from(w: LinearWeights) -> Self {
+        Self {
+            weight: PackedMatrix::new(&w.weight, w.inputs, w.outputs),
+            bias: w.bias,
+            inputs: w.inputs,
+            outputs: w.outputs,
+        }
+    }
+}
+
+impl Linear {
+    pub fn load(
+        vb: &candle_nn::VarBuilder,
+        inputs: usize,
+        outputs: usize,
+    ) -> candle_core::Result<Self> {
+        Ok(LinearWeights::load(vb, inputs, outputs)?.into())
     }
 
     /// `rows` rows of `x` through the layer, plus `residual` (as many rows,
@@ -305,8 +212,28 @@ impl Linear {
             }
             None => self.bias.repeat(rows),
         };
-        matmul_add(&mut out, x, &self.weight, rows, self.inputs, self.outputs);
+        self.weight.multiply_add(&mut out, x, rows);
         out
+    }
+
+    /// [`Linear::apply`] on the rows of `x`, a `(rows, inputs)` tensor.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (rows, inputs) = x.dims2()?;
+        let wrong_residual = residual.is_some_and(|r| r.dims() != [rows, self.outputs]);
+        if inputs != self.inputs || wrong_residual {
+            candle_core::bail!(
+                "linear layer {} → {}: input {:?}, residual {:?}",
+                self.inputs,
+                self.outputs,
+                x.dims(),
+                residual.map(|r| r.dims())
+            );
+        }
+        let out = with_data(x, |x| match residual {
+            Some(residual) => with_data(residual, |r| self.apply(x, rows, Some(r))),
+            None => Ok(self.apply(x, rows, None)),
+        })??;
+        Tensor::from_vec(out, (rows, self.outputs), x.device())
     }
 }
 
@@ -393,47 +320,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_matches_the_library_within_a_few_ulp() {
-        let mut worst = 0.0f32;
-        for i in -87_000..=88_000 {
-            let x = i as f32 / 1000.0;
-            let (ours, libm) = (exp(x), x.exp());
-            worst = worst.max((ours - libm).abs() / libm);
-        }
-        assert!(worst < 1e-6, "{worst}");
-        assert_eq!(exp(-1000.0), exp(-87.3));
-        assert!(exp(1000.0).is_finite());
-    }
-
-    #[test]
-    fn erf_and_gelu_match_the_library() {
-        let mut worst = 0.0f32;
-        for i in -6_000..=6_000 {
-            let x = i as f32 / 1000.0;
-            worst = worst.max((erf(x) - libm::erf(x as f64) as f32).abs());
-        }
-        assert!(worst < 1e-6, "{worst}");
-        assert_eq!(gelu(0.0), 0.0);
-        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6, "{}", gelu(1.0));
-        assert!((gelu(-3.0) - -0.004_049_6).abs() < 1e-6, "{}", gelu(-3.0));
+    fn gelu_in_place_is_gelu_on_each_value() {
         let t = Tensor::from_vec(vec![-1.0f32, 0.0, 2.0], 3, &candle_core::Device::Cpu).unwrap();
         let t = gelu_in_place(t).unwrap();
         let want = [gelu(-1.0), 0.0, gelu(2.0)];
         assert_eq!(t.to_vec1::<f32>().unwrap(), want);
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        let mut v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 20.0).collect();
-        let before = v.clone();
-        softmax(&mut v);
-        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        let top = |x: &[f32]| (0..x.len()).max_by(|a, b| x[*a].total_cmp(&x[*b])).unwrap();
-        assert_eq!(top(&v), top(&before));
-        let denominator: f64 = before.iter().map(|x| (*x as f64).exp()).sum();
-        for (p, x) in v.iter().zip(&before) {
-            assert!((*p as f64 - (*x as f64).exp() / denominator).abs() < 1e-6);
-        }
     }
 
     #[test]
@@ -524,7 +415,10 @@ mod tests {
             a.apply(&x, 2, Some(&[1.0, 1.0, 2.0, 2.0])),
             vec![8.5, -0.5, 3.5, 0.5]
         );
-        let both = Linear::fused(&[a, Linear::load(&vb.pp("b"), 3, 1).unwrap()]);
+        let both = Linear::from(LinearWeights::fused(&[
+            LinearWeights::load(&vb.pp("a"), 3, 2).unwrap(),
+            LinearWeights::load(&vb.pp("b"), 3, 1).unwrap(),
+        ]));
         assert_eq!(
             both.apply(&x, 2, None),
             vec![7.5, -1.5, 16.0, 1.5, -1.5, 10.0]

@@ -5,7 +5,6 @@
 
 pub mod bert;
 mod cpu;
-mod dense;
 pub mod embedding;
 pub mod llama;
 pub mod simulated;

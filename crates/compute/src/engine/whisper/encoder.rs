@@ -8,16 +8,15 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, VarBuilder};
 use candle_transformers::models::whisper as spec;
 
-use crate::engine::cpu::{gelu_in_place, softmax_last_dim_in_place};
-use crate::engine::dense::Dense;
+use crate::engine::cpu::{Linear, LinearWeights, gelu_in_place, softmax_last_dim_in_place};
 
 struct Block {
     attention_norm: LayerNorm,
-    query_key_value: Dense,
-    attention_out: Dense,
+    query_key_value: Linear,
+    attention_out: Linear,
     mlp_norm: LayerNorm,
-    fc1: Dense,
-    fc2: Dense,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 impl Block {
@@ -26,18 +25,19 @@ impl Block {
         let attention = vb.pp("self_attn");
         // OpenAI scales query and key by head_size^-1/4 each: the query by
         // head_size^-1/2 is the same product.
-        let scale = 1.0 / ((state / heads) as f64).sqrt();
+        let scale = 1.0 / ((state / heads) as f32).sqrt();
         Ok(Self {
             attention_norm: norm("self_attn_layer_norm")?,
-            query_key_value: Dense::fused([
-                Dense::load(&attention.pp("q_proj"), state, state)?.scaled(scale)?,
-                Dense::load_without_bias(&attention.pp("k_proj"), state, state)?,
-                Dense::load(&attention.pp("v_proj"), state, state)?,
-            ])?,
-            attention_out: Dense::load(&attention.pp("out_proj"), state, state)?,
+            query_key_value: LinearWeights::fused(&[
+                LinearWeights::load(&attention.pp("q_proj"), state, state)?.scaled(scale),
+                LinearWeights::load_without_bias(&attention.pp("k_proj"), state, state)?,
+                LinearWeights::load(&attention.pp("v_proj"), state, state)?,
+            ])
+            .into(),
+            attention_out: Linear::load(&attention.pp("out_proj"), state, state)?,
             mlp_norm: norm("final_layer_norm")?,
-            fc1: Dense::load(&vb.pp("fc1"), state, state * 4)?,
-            fc2: Dense::load(&vb.pp("fc2"), state * 4, state)?,
+            fc1: Linear::load(&vb.pp("fc1"), state, state * 4)?,
+            fc2: Linear::load(&vb.pp("fc2"), state * 4, state)?,
         })
     }
 
@@ -47,7 +47,7 @@ impl Block {
         let head_size = state / heads;
         let qkv = self
             .query_key_value
-            .forward(&self.attention_norm.forward(x)?)?;
+            .forward(&self.attention_norm.forward(x)?, None)?;
         let per_head = (0..heads)
             .map(|h| {
                 let part = |p: usize| qkv.narrow(1, p * state + h * head_size, head_size);
@@ -57,9 +57,9 @@ impl Block {
             })
             .collect::<Result<Vec<_>>>()?;
         let attended = Tensor::cat(&per_head, 1)?;
-        let x = (x + self.attention_out.forward(&attended)?)?;
-        let hidden = gelu_in_place(self.fc1.forward(&self.mlp_norm.forward(&x)?)?)?;
-        x + self.fc2.forward(&hidden)?
+        let x = self.attention_out.forward(&attended, Some(x))?;
+        let hidden = gelu_in_place(self.fc1.forward(&self.mlp_norm.forward(&x)?, None)?)?;
+        self.fc2.forward(&hidden, Some(&x))
     }
 }
 
