@@ -7,6 +7,7 @@
 //! in these loops a check per value (on index arithmetic, on each pointer
 //! step and load of an intrinsic) halved the speed.
 
+pub mod half;
 pub mod matmul;
 mod vector;
 

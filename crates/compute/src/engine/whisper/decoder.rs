@@ -6,8 +6,9 @@
 //! as OpenAI's model (exact GELU).
 
 use candle_core::{D, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::whisper as spec;
+use jetsonmind_kernels::half::HalfMatrix;
 
 use crate::engine::cpu;
 
@@ -120,7 +121,7 @@ impl Block {
 }
 
 pub(super) struct Decoder {
-    tokens: Embedding,
+    tokens: TokenTable,
     positions: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
@@ -139,7 +140,7 @@ impl Decoder {
         let state = config.d_model;
         let heads = config.decoder_attention_heads;
         Ok(Self {
-            tokens: candle_nn::embedding(config.vocab_size, state, vb.pp("embed_tokens"))?,
+            tokens: TokenTable::load(vb.pp("embed_tokens"), config.vocab_size, state)?,
             positions: vb.get(
                 (config.max_target_positions, state),
                 "embed_positions.weight",
@@ -168,11 +169,11 @@ impl Decoder {
     /// logits of the token after the last of them.
     pub fn step(&self, state: &mut DecodeState, tokens: &[u32]) -> Result<Vec<f32>> {
         let count = tokens.len();
-        let ids = Tensor::new(tokens, self.positions.device())?.unsqueeze(0)?;
         let mut x = self
             .tokens
-            .forward(&ids)?
-            .broadcast_add(&self.positions.narrow(0, state.length, count)?)?;
+            .embed(tokens)?
+            .broadcast_add(&self.positions.narrow(0, state.length, count)?)?
+            .unsqueeze(0)?;
         let mask = causal_mask(count, state.length, x.device())?;
         for (i, block) in self.blocks.iter().enumerate() {
             let normed = block.self_norm.forward(&x)?;
@@ -193,12 +194,67 @@ impl Decoder {
             x = (&x + linear(&block.fc2, &hidden)?)?;
         }
         state.length += count;
-        // The output projection is the token embedding, transposed.
         let last = self.norm.forward(&x.i((0, count - 1..))?)?;
-        cpu::matvec(
-            self.tokens.embeddings(),
-            &last.flatten_all()?.to_vec1::<f32>()?,
-        )
+        self.tokens.logits(&last.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// The token embedding, which is also the output projection (transposed),
+/// read once per token at each step: kept in f16 where the model's values
+/// are halves and the CPU converts them in hardware (half the bytes to read
+/// per step; Whisper's model.bin ships f16), else in f32.
+enum TokenTable {
+    Half(HalfMatrix),
+    Full(Tensor),
+}
+
+impl TokenTable {
+    fn load(vb: VarBuilder, vocabulary: usize, state: usize) -> Result<Self> {
+        let table = vb.get((vocabulary, state), "weight")?;
+        let values = table.flatten_all()?.to_vec1::<f32>()?;
+        Ok(match HalfMatrix::exact(&values, state) {
+            Some(half) => Self::Half(half),
+            None => Self::Full(table),
+        })
+    }
+
+    /// The tokens' vectors, `(tokens, state)`.
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        match self {
+            Self::Full(table) => {
+                let ids = Tensor::new(tokens, table.device())?;
+                table.index_select(&ids, 0)
+            }
+            Self::Half(half) => {
+                let mut values = Vec::with_capacity(tokens.len() * half.columns());
+                for &token in tokens {
+                    let Some(row) = half.row(token as usize) else {
+                        candle_core::bail!("token {token} is outside the vocabulary");
+                    };
+                    values.extend(row);
+                }
+                Tensor::from_vec(
+                    values,
+                    (tokens.len(), half.columns()),
+                    &candle_core::Device::Cpu,
+                )
+            }
+        }
+    }
+
+    /// The logits of the token after `last`, the final hidden state.
+    fn logits(&self, last: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Full(table) => cpu::matvec(table, last),
+            Self::Half(half) if half.columns() == last.len() => Ok(half.matvec(last)),
+            Self::Half(half) => {
+                candle_core::bail!(
+                    "a state of {} for a table {} wide",
+                    last.len(),
+                    half.columns()
+                )
+            }
+        }
     }
 }
 
