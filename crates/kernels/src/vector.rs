@@ -3,6 +3,8 @@
 //! several running sums instead of one (a single sum's adds must stay in
 //! order), and no calls or branches per element.
 
+use rayon::prelude::*;
+
 const LANES: usize = 8;
 
 /// `a · b`.
@@ -98,6 +100,16 @@ pub fn erf(x: f32) -> f32 {
 #[inline]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `f` on every value, in parallel; generic, so `f` is inlined into the
+/// loop (through a function pointer it would be a call per value).
+pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    values.par_chunks_mut(4096).for_each(|chunk| {
+        for v in chunk {
+            *v = f(*v);
+        }
+    });
 }
 
 /// `values` in place as their softmax.

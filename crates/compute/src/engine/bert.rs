@@ -14,7 +14,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::cpu::{Linear, LinearWeights, Norm, dot, gelu, softmax};
+use super::cpu::{Linear, LinearWeights, Norm, dot, gelu, map_in_place, softmax};
 use super::embedding::{Embedded, EmbeddingEngine};
 use super::{EngineError, ModelDir, ModelInfo};
 
@@ -161,16 +161,6 @@ fn activate(values: &mut [f32], activation: HiddenAct) {
         }),
         HiddenAct::Relu => map_in_place(values, |x| x.max(0.0)),
     }
-}
-
-/// `f` on every value, in parallel; generic, so `f` is inlined into the
-/// loop (through a function pointer it would be a call per value).
-fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    values.par_chunks_mut(4096).for_each(|chunk| {
-        for v in chunk {
-            *v = f(*v);
-        }
-    });
 }
 
 /// BERT's encoder over packed texts, on plain rows of numbers: each layer

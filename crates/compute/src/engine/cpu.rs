@@ -6,63 +6,52 @@
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
-pub use jetsonmind_kernels::{dot, gelu, softmax};
+pub use jetsonmind_kernels::{dot, gelu, map_in_place, softmax};
 use jetsonmind_kernels::{matmul::PackedMatrix, sum};
 
 /// Running sums per row, for the layer norm's loop to vectorize.
 const LANES: usize = 8;
 
-struct GeluInPlace;
+/// An operation on a contiguous f32 tensor's values in place, given them
+/// and the tensor's row width: no second tensor the size of the first (a
+/// 30 s Whisper window's attention scores are 9 MB a head).
+struct InPlace<F> {
+    name: &'static str,
+    apply: F,
+}
 
-impl InplaceOp1 for GeluInPlace {
+impl<F: Fn(&mut [f32], usize) + Send + Sync> InplaceOp1 for InPlace<F> {
     fn name(&self) -> &'static str {
-        "gelu-in-place"
+        self.name
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
         let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
         else {
-            candle_core::bail!("gelu-in-place: a contiguous f32 tensor only");
+            candle_core::bail!("{}: a contiguous f32 tensor only", self.name);
         };
-        data[start..end].par_chunks_mut(4096).for_each(|chunk| {
-            for v in chunk {
-                *v = gelu(*v);
-            }
-        });
+        let width = layout.dims().last().copied().unwrap_or(1).max(1);
+        (self.apply)(&mut data[start..end], width);
         Ok(())
     }
 }
 
 /// `x` (a fresh, contiguous f32 tensor), GELU applied in place; `x` back.
 pub fn gelu_in_place(x: Tensor) -> candle_core::Result<Tensor> {
-    x.inplace_op1(&GeluInPlace)?;
+    x.inplace_op1(&InPlace {
+        name: "gelu-in-place",
+        apply: |values: &mut [f32], _| map_in_place(values, gelu),
+    })?;
     Ok(x)
 }
 
-/// Softmax over the last dimension of a contiguous f32 tensor, in place,
-/// its rows in parallel: no second tensor the size of the scores (a 30 s
-/// Whisper window's are 9 MB a head).
-struct SoftmaxRows;
-
-impl InplaceOp1 for SoftmaxRows {
-    fn name(&self) -> &'static str {
-        "softmax-rows"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("softmax-rows: a contiguous f32 tensor only");
-        };
-        let width = layout.dims().last().copied().unwrap_or(1).max(1);
-        data[start..end].par_chunks_mut(width).for_each(softmax);
-        Ok(())
-    }
-}
-
-/// `scores` (contiguous, f32) replaced by their softmax along the last dimension.
+/// `scores` (contiguous, f32) replaced by their softmax along the last
+/// dimension, the rows in parallel.
 pub fn softmax_last_dim_in_place(scores: &Tensor) -> candle_core::Result<()> {
-    scores.inplace_op1(&SoftmaxRows)
+    scores.inplace_op1(&InPlace {
+        name: "softmax-rows",
+        apply: |values: &mut [f32], width| values.par_chunks_mut(width).for_each(softmax),
+    })
 }
 
 /// `matrix · vector` for a row-major `(rows, vector.len())` matrix, the

@@ -28,7 +28,7 @@ use decoder::Decoder;
 use encoder::Encoder;
 
 /// Mel frames per second of audio.
-const FRAMES_PER_SEC: f64 = (spec::SAMPLE_RATE / spec::HOP_LENGTH) as f64;
+const FRAMES_PER_SEC: f64 = (spec::SAMPLE_RATE / mel::HOP) as f64;
 /// A window the model saw that held no speech: it is skipped.
 const NO_SPEECH_PROB: f64 = 0.6;
 /// Below this mean log-probability a window is decoded again, hotter.
@@ -123,7 +123,7 @@ impl SpeechEngine for WhisperEngine {
         request: &TranscribeRequest,
         on_window: &mut dyn FnMut(WindowDone) -> Flow,
     ) -> Result<Transcript, EngineError> {
-        let total_frames = request.samples.len() / spec::HOP_LENGTH;
+        let total_frames = request.samples.len() / mel::HOP;
         let total_secs = request.samples.len() as f64 / spec::SAMPLE_RATE as f64;
         let mel = self.mel(&request.samples)?;
         let mut context = match &request.initial_prompt {
