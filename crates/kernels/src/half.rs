@@ -6,8 +6,6 @@
 //! converts halves in hardware (x86-64 F16C); elsewhere the caller keeps
 //! its f32 matrix.
 
-use rayon::prelude::*;
-
 /// A row-major matrix of f16 values (their bits).
 pub struct HalfMatrix {
     bits: Vec<u16>,
@@ -48,16 +46,7 @@ impl HalfMatrix {
     /// If `vector` is not `columns` long.
     pub fn matvec(&self, vector: &[f32]) -> Vec<f32> {
         assert_eq!(vector.len(), self.columns, "HalfMatrix::matvec: width");
-        const ROWS_PER_TASK: usize = 1024;
-        let mut out = vec![0.0f32; self.rows()];
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .zip(self.bits.par_chunks(ROWS_PER_TASK * self.columns))
-            .for_each(|(out, rows)| {
-                for (o, row) in out.iter_mut().zip(rows.chunks_exact(self.columns)) {
-                    *o = dot(row, vector);
-                }
-            });
-        out
+        crate::vector::per_row(&self.bits, self.columns, |row| dot(row, vector))
     }
 }
 

@@ -11,4 +11,4 @@ pub mod half;
 pub mod matmul;
 mod vector;
 
-pub use vector::{dot, erf, exp, gelu, map_in_place, softmax, sum};
+pub use vector::{dot, erf, exp, gelu, map_in_place, matvec, softmax, sum};

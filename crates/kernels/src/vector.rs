@@ -102,6 +102,44 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `matrix · vector` for a row-major matrix of `vector.len()` columns, the
+/// rows split among rayon's threads: at one token a step a decoder's layers
+/// are this product, bound by reading the matrix from memory.
+///
+/// # Panics
+/// If the matrix's length is not a whole number of rows.
+pub fn matvec(matrix: &[f32], vector: &[f32]) -> Vec<f32> {
+    per_row(matrix, vector.len(), |row| dot(row, vector))
+}
+
+/// `f` of each row of a row-major matrix `width` wide, the rows split
+/// among rayon's threads: the loop of every matrix-vector product here,
+/// whatever the matrix holds.
+///
+/// # Panics
+/// If `width` is 0 or the matrix's length is not a whole number of rows.
+pub(crate) fn per_row<T: Sync>(
+    matrix: &[T],
+    width: usize,
+    f: impl Fn(&[T]) -> f32 + Sync,
+) -> Vec<f32> {
+    assert!(
+        width > 0 && matrix.len().is_multiple_of(width),
+        "per_row: {} values in rows of {width}",
+        matrix.len()
+    );
+    const ROWS_PER_TASK: usize = 1024;
+    let mut out = vec![0.0f32; matrix.len() / width];
+    out.par_chunks_mut(ROWS_PER_TASK)
+        .zip(matrix.par_chunks(ROWS_PER_TASK * width))
+        .for_each(|(out, rows)| {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(width)) {
+                *o = f(row);
+            }
+        });
+    out
+}
+
 /// `f` on every value, in parallel; generic, so `f` is inlined into the
 /// loop (through a function pointer it would be a call per value).
 pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {

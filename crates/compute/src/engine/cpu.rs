@@ -63,7 +63,7 @@ pub fn matvec(matrix: &Tensor, vector: &[f32]) -> candle_core::Result<Vec<f32>> 
 }
 
 /// `f` on the data of `tensor`, a contiguous f32 tensor on the CPU.
-fn with_data<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub(crate) fn with_data<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = tensor.storage_and_layout();
     let (candle_core::Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
         (&*storage, layout.contiguous_offsets())
@@ -81,16 +81,7 @@ fn matvec_rows(rows: &[f32], dims: &[usize], vector: &[f32]) -> candle_core::Res
             dims.last().unwrap_or(&0)
         );
     }
-    let mut out = vec![0.0f32; rows.len() / width];
-    const ROWS_PER_TASK: usize = 1024;
-    out.par_chunks_mut(ROWS_PER_TASK)
-        .zip(rows.par_chunks(ROWS_PER_TASK * width))
-        .for_each(|(out, rows)| {
-            for (o, row) in out.iter_mut().zip(rows.chunks_exact(width)) {
-                *o = dot(row, vector);
-            }
-        });
-    Ok(out)
+    Ok(jetsonmind_kernels::matvec(rows, vector))
 }
 
 /// A linear layer's numbers as a model stores them, before they are laid

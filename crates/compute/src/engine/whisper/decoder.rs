@@ -211,11 +211,12 @@ enum TokenTable {
 impl TokenTable {
     fn load(vb: VarBuilder, vocabulary: usize, state: usize) -> Result<Self> {
         let table = vb.get((vocabulary, state), "weight")?;
-        let values = table.flatten_all()?.to_vec1::<f32>()?;
-        Ok(match HalfMatrix::exact(&values, state) {
-            Some(half) => Self::Half(half),
-            None => Self::Full(table),
-        })
+        Ok(
+            match cpu::with_data(&table, |values| HalfMatrix::exact(values, state))? {
+                Some(half) => Self::Half(half),
+                None => Self::Full(table),
+            },
+        )
     }
 
     /// The tokens' vectors, `(tokens, state)`.
