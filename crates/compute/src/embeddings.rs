@@ -41,8 +41,9 @@ impl EmbeddingService {
             self.check(&args.texts, "texts")?;
             let engine = self.engine(args.model.as_deref(), &context).await?;
             let (vectors, tokens) = self.vectors(&engine, &args.texts).await?;
+            let embeddings: Vec<Value> = vectors.iter().map(|v| vector_json(v)).collect();
             Ok::<_, EmbedError>(json!({
-                "embeddings": vectors,
+                "embeddings": embeddings,
                 "model": engine.info().id,
                 "dimensions": engine.dimensions(),
                 "tokens": tokens,
@@ -206,8 +207,48 @@ struct CachedVector {
     tokens: usize,
 }
 
+/// A vector as JSON numbers that print as their `f32` (about 9 digits), not
+/// as the `f64` that serde_json widens an `f32` to (17): half the bytes to
+/// send and for the client to parse, and the client reads back the same `f32`.
+fn vector_json(vector: &[f32]) -> Value {
+    Value::Array(vector.iter().map(|x| json!(shortest_f64(*x))).collect())
+}
+
+/// The `f64` nearest to the shortest decimal that reads back as `x`.
+fn shortest_f64(x: f32) -> f64 {
+    let mut digits = zmij::Buffer::new();
+    digits.format(x).parse().unwrap_or(f64::from(x))
+}
+
 fn with_summary(summary: String, structured: Value) -> CallToolResult {
     let mut result = CallToolResult::structured(structured);
     result.content = vec![ContentBlock::text(summary)];
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_print_as_short_as_their_f32_and_read_back_exactly() {
+        let values = [
+            0.1f32,
+            -0.033_843_61,
+            1.0,
+            0.0,
+            -0.0,
+            1.2e-10,
+            f32::MIN_POSITIVE,
+            0.123_456_79,
+        ];
+        for x in values {
+            let text = serde_json::to_string(&vector_json(&[x])).unwrap();
+            let back: Vec<f32> = serde_json::from_str(&text).unwrap();
+            assert_eq!(back[0].to_bits(), x.to_bits(), "{x} came back as {text}");
+            assert!(text.len() <= 2 + 15, "{x} printed as {text}");
+        }
+        let widened = serde_json::to_string(&json!([0.1f32])).unwrap();
+        assert!(widened.len() > serde_json::to_string(&vector_json(&[0.1])).unwrap().len());
+    }
 }

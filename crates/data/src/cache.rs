@@ -162,6 +162,9 @@ impl InferenceCache {
     }
 
     pub fn put(&self, key: String, tool: &str, model: &str, value: Value) {
+        if !self.state().settings.enabled {
+            return; // before sizing the value: printing a large one costs
+        }
         let bytes = key.len() + value.to_string().len();
         let mut state = self.state();
         if !state.settings.enabled || bytes > state.settings.max_bytes {

@@ -7,8 +7,10 @@
 //! in these loops a check per value (on index arithmetic, on each pointer
 //! step and load of an intrinsic) halved the speed.
 
+mod attention;
 pub mod half;
 pub mod matmul;
 mod vector;
 
-pub use vector::{dot, erf, exp, gelu, map_in_place, matvec, softmax, sum};
+pub use attention::attend_packed;
+pub use vector::{dot, erf, exp, gelu, layer_norm, map_in_place, matvec, softmax, sum};

@@ -72,6 +72,20 @@ impl PackedMatrix {
     /// `out += a · self`, for `a` row-major `m × k` and `out` `m × n`; the
     /// rows are split among rayon's threads.
     pub fn multiply_add(&self, out: &mut [f32], a: &[f32], m: usize) {
+        self.multiply_from(out, a, m, |_, _| {});
+    }
+
+    /// `out = start + a · self`, where `start(first_row, rows)` writes the
+    /// starting values (a bias, a residual) of a block of `out`'s rows, on
+    /// the thread that then adds the product to them, while they are in its
+    /// cache: not in a pass of its own over all of `out` on one thread.
+    pub fn multiply_from(
+        &self,
+        out: &mut [f32],
+        a: &[f32],
+        m: usize,
+        start: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
         let (k, n) = (self.k, self.n);
         assert!(
             a.len() == m * k && out.len() == m * n,
@@ -86,9 +100,16 @@ impl PackedMatrix {
                 let rows_per_task = m.div_ceil(threads).div_ceil(MR) * MR;
                 out.par_chunks_mut(rows_per_task * n)
                     .zip(a.par_chunks(rows_per_task * k))
-                    .for_each(|(out, a)| multiply_panels(out, a, panels, k, n));
+                    .enumerate()
+                    .for_each(|(task, (out, a))| {
+                        start(task * rows_per_task, out);
+                        multiply_panels(out, a, panels, k, n);
+                    });
             }
-            Layout::Plain(b) => multiply_plain(out, a, b, m, k, n),
+            Layout::Plain(b) => {
+                start(0, out);
+                multiply_plain(out, a, b, m, k, n);
+            }
         }
     }
 }
@@ -348,13 +369,20 @@ mod tests {
             let mut want = plain_product(&a, &b, m, k, n);
             want.iter_mut().zip(&start).for_each(|(w, s)| *w += s);
             for packed in [PackedMatrix::new(&b, k, n), PackedMatrix::plain(&b, k, n)] {
-                let mut out = start.clone();
-                packed.multiply_add(&mut out, &a, m);
-                for (w, o) in want.iter().zip(&out) {
-                    assert!(
-                        (w - o).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "{m}×{k}×{n}: {w} {o}"
-                    );
+                let mut added = start.clone();
+                packed.multiply_add(&mut added, &a, m);
+                // The same from zeros, the starting values written per block of rows.
+                let mut started = vec![f32::NAN; m * n];
+                packed.multiply_from(&mut started, &a, m, |first_row, rows| {
+                    rows.copy_from_slice(&start[first_row * n..][..rows.len()]);
+                });
+                for out in [added, started] {
+                    for (w, o) in want.iter().zip(&out) {
+                        assert!(
+                            (w - o).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{m}×{k}×{n}: {w} {o}"
+                        );
+                    }
                 }
             }
         }

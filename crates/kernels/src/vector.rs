@@ -162,6 +162,30 @@ pub fn softmax(values: &mut [f32]) {
     }
 }
 
+/// `row` normalized to mean 0 and variance 1 (`eps` added to the
+/// variance), then scaled by `weight` and shifted by `bias`, per column.
+pub fn layer_norm(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let width = row.len() as f32;
+    let mean = sum(row) / width;
+    let mut squares = [0.0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for chunk in chunks {
+        for (s, v) in squares.iter_mut().zip(chunk) {
+            *s += (v - mean) * (v - mean);
+        }
+    }
+    let variance = (squares.iter().sum::<f32>() + tail) / width;
+    let scale = 1.0 / (variance + eps).sqrt();
+    for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+        *v = (*v - mean) * scale * w + b;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +214,28 @@ mod tests {
         assert_eq!(gelu(0.0), 0.0);
         assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6, "{}", gelu(1.0));
         assert!((gelu(-3.0) - -0.004_049_6).abs() < 1e-6, "{}", gelu(-3.0));
+    }
+
+    #[test]
+    fn layer_norm_matches_the_formula() {
+        let row: Vec<f32> = (0..37)
+            .map(|i| (i as f32 * 0.61).cos() * 3.0 + 1.5)
+            .collect();
+        let weight: Vec<f32> = (0..37).map(|i| 0.5 + i as f32 / 37.0).collect();
+        let bias: Vec<f32> = (0..37).map(|i| i as f32 / 10.0 - 1.0).collect();
+        let mut got = row.clone();
+        layer_norm(&mut got, &weight, &bias, 1e-5);
+        let mean = row.iter().map(|v| *v as f64).sum::<f64>() / 37.0;
+        let variance = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / 37.0;
+        for i in 0..37 {
+            let want = (row[i] as f64 - mean) / (variance + 1e-5).sqrt() * weight[i] as f64
+                + bias[i] as f64;
+            assert!(
+                (got[i] as f64 - want).abs() < 1e-5,
+                "{i}: {} {want}",
+                got[i]
+            );
+        }
     }
 
     #[test]

@@ -11,10 +11,11 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
-use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::cpu::{Linear, LinearWeights, Norm, dot, gelu, map_in_place, softmax};
+use jetsonmind_kernels::attend_packed;
+
+use super::cpu::{Linear, LinearWeights, Norm, gelu, map_in_place};
 use super::embedding::{Embedded, EmbeddingEngine};
 use super::{EngineError, ModelDir, ModelInfo};
 
@@ -141,7 +142,7 @@ impl Layer {
         let rows = spans.tokens;
         let hidden = self.attention_out.outputs;
         let qkv = self.query_key_value.apply(x, rows, None);
-        let attended = attend(&qkv, spans, heads, hidden / heads);
+        let attended = attend_packed(&qkv, &spans.ranges, heads, hidden / heads);
         let mut x = self.attention_out.apply(&attended, rows, Some(x));
         self.attention_norm.apply(&mut x);
         let mut inner = self.up.apply(&x, rows, None);
@@ -290,47 +291,6 @@ impl Spans {
     }
 }
 
-/// Scaled dot-product attention of each text's tokens over its own tokens,
-/// every head: `qkv` holds a row per token, its queries, keys and values
-/// side by side (`3 * heads * head_size` wide); the result, a row per token,
-/// `heads * head_size` wide. Texts run in parallel.
-fn attend(qkv: &[f32], spans: &Spans, heads: usize, head_size: usize) -> Vec<f32> {
-    let hidden = heads * head_size;
-    let width = 3 * hidden;
-    let scale = 1.0 / (head_size as f32).sqrt();
-    let mut out = vec![0.0f32; spans.tokens * hidden];
-    let mut rest = out.as_mut_slice();
-    let mut per_text = Vec::with_capacity(spans.ranges.len());
-    for &(start, len) in &spans.ranges {
-        let (text, after) = rest.split_at_mut(len * hidden);
-        per_text.push((text, start, len));
-        rest = after;
-    }
-    per_text.into_par_iter().for_each(|(out, start, len)| {
-        let row = |token: usize, part: usize, head: usize| {
-            let at = (start + token) * width + part * hidden + head * head_size;
-            &qkv[at..at + head_size]
-        };
-        let mut weights = vec![0.0f32; len];
-        for head in 0..heads {
-            for i in 0..len {
-                let query = row(i, 0, head);
-                for (j, w) in weights.iter_mut().enumerate() {
-                    *w = dot(query, row(j, 1, head)) * scale;
-                }
-                softmax(&mut weights);
-                let target = &mut out[i * hidden + head * head_size..][..head_size];
-                for (j, w) in weights.iter().enumerate() {
-                    for (t, v) in target.iter_mut().zip(row(j, 2, head)) {
-                        *t += w * v;
-                    }
-                }
-            }
-        }
-    });
-    out
-}
-
 /// The mean of `rows` (each `width` long), scaled to unit length.
 fn mean_unit(rows: &[f32], width: usize) -> Vec<f32> {
     let count = (rows.len() / width).max(1) as f32;
@@ -349,41 +309,6 @@ fn mean_unit(rows: &[f32], width: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Attention over packed texts equals attention over each text alone,
-    /// written out the plain way.
-    #[test]
-    fn attention_stays_within_each_text() {
-        let (heads, head_size) = (2, 3);
-        let width = 3 * heads * head_size;
-        let spans = Spans::of(&[&[0u32; 2][..], &[0u32; 3][..]]);
-        let qkv: Vec<f32> = (0..spans.tokens * width)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-            .collect();
-        let got = attend(&qkv, &spans, heads, head_size);
-        let hidden = heads * head_size;
-        for &(start, len) in &spans.ranges {
-            for head in 0..heads {
-                for i in 0..len {
-                    let part = |t: usize, p: usize| -> Vec<f32> {
-                        let at = (start + t) * width + p * hidden + head * head_size;
-                        qkv[at..at + head_size].to_vec()
-                    };
-                    let scores: Vec<f32> = (0..len)
-                        .map(|j| dot(&part(i, 0), &part(j, 1)) / (head_size as f32).sqrt())
-                        .collect();
-                    let total: f32 = scores.iter().map(|s| s.exp()).sum();
-                    for d in 0..head_size {
-                        let want: f32 = (0..len)
-                            .map(|j| scores[j].exp() / total * part(j, 2)[d])
-                            .sum();
-                        let have = got[(start + i) * hidden + head * head_size + d];
-                        assert!((want - have).abs() < 1e-5, "{want} {have}");
-                    }
-                }
-            }
-        }
-    }
 
     #[test]
     fn the_mean_is_over_the_texts_rows_and_unit_length() {

@@ -7,10 +7,7 @@ use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
 pub use jetsonmind_kernels::{dot, gelu, map_in_place, softmax};
-use jetsonmind_kernels::{matmul::PackedMatrix, sum};
-
-/// Running sums per row, for the layer norm's loop to vectorize.
-const LANES: usize = 8;
+use jetsonmind_kernels::{layer_norm, matmul::PackedMatrix};
 
 /// An operation on a contiguous f32 tensor's values in place, given them
 /// and the tensor's row width: no second tensor the size of the first (a
@@ -180,19 +177,26 @@ impl Linear {
     /// `rows` rows of `x` through the layer, plus `residual` (as many rows,
     /// `outputs` wide) where given.
     pub fn apply(&self, x: &[f32], rows: usize, residual: Option<&[f32]>) -> Vec<f32> {
-        let mut out = match residual {
-            Some(residual) => {
-                let mut out = residual.to_vec();
-                for row in out.chunks_exact_mut(self.outputs) {
-                    for (o, b) in row.iter_mut().zip(&self.bias) {
-                        *o += b;
+        let width = self.outputs;
+        assert!(
+            residual.is_none_or(|r| r.len() == rows * width),
+            "Linear::apply: the residual is not {rows} rows of {width}"
+        );
+        let mut out = vec![0.0f32; rows * width];
+        self.weight
+            .multiply_from(&mut out, x, rows, |first_row, block| {
+                let residual = residual.map(|r| &r[first_row * width..][..block.len()]);
+                for (i, row) in block.chunks_exact_mut(width).enumerate() {
+                    match residual {
+                        Some(r) => {
+                            for ((o, r), b) in row.iter_mut().zip(&r[i * width..]).zip(&self.bias) {
+                                *o = r + b;
+                            }
+                        }
+                        None => row.copy_from_slice(&self.bias),
                     }
                 }
-                out
-            }
-            None => self.bias.repeat(rows),
-        };
-        self.weight.multiply_add(&mut out, x, rows);
+            });
         out
     }
 
@@ -237,18 +241,7 @@ impl Norm {
         let width = self.weight.len();
         rows.par_chunks_mut(width * 16).for_each(|block| {
             for row in block.chunks_exact_mut(width) {
-                let mean = sum(row) / width as f32;
-                let mut squares = [0.0f32; LANES];
-                for chunk in row.chunks(LANES) {
-                    for (s, v) in squares.iter_mut().zip(chunk) {
-                        *s += (v - mean) * (v - mean);
-                    }
-                }
-                let variance = squares.iter().sum::<f32>() / width as f32;
-                let scale = 1.0 / (variance + self.eps).sqrt();
-                for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
-                    *v = (*v - mean) * scale * w + b;
-                }
+                layer_norm(row, &self.weight, &self.bias, self.eps);
             }
         });
     }
