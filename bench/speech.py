@@ -3,17 +3,19 @@
 
 1. Transcription: JetsonMind's whisper (candle, `audio_process` through `jetsonmind serve`) against
    faster-whisper (CTranslate2, PyPI) on the very same `model.bin` (f32, greedy, timestamps, each window prompted
-   with the text so far, no VAD), on espeak-ng speech: a 16 s clip and a 70 s recording. Real-time factor
+   with the text so far, no VAD), on espeak-ng speech: a 10 s clip and a 70 s recording. Real-time factor
    (seconds of compute per second of audio) and the speed ratio.
 2. Embeddings: JetsonMind's `embed` (candle, inference cache off) against onnxruntime (PyPI) on the same
    all-MiniLM-L6-v2 weights (written as ONNX by bench/minilm_onnx.py, numpy and onnx only), 256 sentences in
    batches of 32. Texts per second, the ratio, and how close the two sides' vectors are.
 
-  .venv/bin/python bench/speech.py [--runs 3] [--threads 2]
+  .venv/bin/python bench/speech.py [--runs 5] [--threads 2]
 
 The peers are installed, pinned, into a venv of their own (bench/cache/peers) on the first run. JetsonMind is
-timed at the client (MCP over loopback HTTP, base64 audio included); both sides use --threads CPU threads. Run on
-an otherwise idle machine; needs ./setup.sh to have run.
+timed at the client (MCP over loopback HTTP, base64 audio included); both sides use --threads CPU threads. The
+sides take turns, one run each per round, so that drift in the machine's speed falls on both; the medians' ratio
+is the result, and each round's ratio is printed too. Run on an otherwise idle machine; needs ./setup.sh to have
+run.
 """
 
 import argparse
@@ -60,7 +62,7 @@ def peer(python, job):
 
 
 def speech_files(work):
-    """A 16 s clip and a 70 s recording, spoken by espeak-ng."""
+    """A 10 s clip and a 70 s recording, spoken by espeak-ng."""
     import wave
 
     clip = work / "clip.wav"
@@ -82,24 +84,21 @@ def sentences(count):
             for i in range(count)]
 
 
-async def ours(url, files, texts, runs):
+async def rounds(url, files, texts, runs, peers_once):
+    """`runs` rounds, each timing JetsonMind once on every file and on the texts, then the peers once
+    (`peers_once()`): interleaved, both sides see the same machine, whose speed on shared hardware drifts by
+    10-30% over minutes. Returns ours and theirs, each a list of seconds per file and for "embed"."""
     from mcp import Client
 
-    results = {}
+    mine = {name: {"seconds": []} for name in [*files, "embed"]}
+    theirs = {name: {"seconds": []} for name in [*files, "embed"]}
     async with Client(url) as client:
-        for name, path in files.items():
+
+        async def transcribe(path):
             data = base64.b64encode(path.read_bytes()).decode()
-            arguments = {"operation": "transcribe", "audio_data": data}
-            await client.call_tool("audio_process", arguments)
-            times, text = [], ""
-            for _ in range(runs):
-                started = time.perf_counter()
-                result = await client.call_tool("audio_process", arguments)
-                times.append(time.perf_counter() - started)
-                assert not result.is_error, result.content
-                text = result.structured_content["text"]
-                duration = result.structured_content["duration_secs"]
-            results[name] = {"seconds": times, "text": text, "duration": duration}
+            result = await client.call_tool("audio_process", {"operation": "transcribe", "audio_data": data})
+            assert not result.is_error, result.content
+            return result.structured_content
 
         async def embed_all():
             vectors = []
@@ -109,19 +108,28 @@ async def ours(url, files, texts, runs):
                 vectors.extend(result.structured_content["embeddings"])
             return vectors
 
+        for path in files.values():
+            await transcribe(path)
         await embed_all()
-        times = []
         for _ in range(runs):
+            for name, path in files.items():
+                started = time.perf_counter()
+                out = await transcribe(path)
+                mine[name]["seconds"].append(time.perf_counter() - started)
+                mine[name].update(text=out["text"], duration=out["duration_secs"])
             started = time.perf_counter()
             vectors = await embed_all()
-            times.append(time.perf_counter() - started)
-        results["embed"] = {"seconds": times, "first": vectors[:4]}
-    return results
+            mine["embed"]["seconds"].append(time.perf_counter() - started)
+            mine["embed"]["first"] = vectors[:4]
+            for name, result in (await asyncio.to_thread(peers_once)).items():
+                theirs[name]["seconds"] += result.pop("seconds")
+                theirs[name].update(result)
+    return mine, theirs
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     require_binary()
@@ -142,32 +150,40 @@ def main():
         for model in (WHISPER, MINILM):
             import_model(BINARY, data, model, "--link")
         env = {"JETSONMIND_CACHE__ENABLED": "false", "RAYON_NUM_THREADS": str(args.threads)}
+
+        def peers_once():
+            transcribed = peer(python, {"kind": "transcribe", "model": str(WHISPER), "threads": args.threads,
+                                        "runs": 1, "files": [str(p) for p in files.values()],
+                                        "warmup": str(files["clip"])})
+            embedded = peer(python, {"kind": "embed", "model": str(onnx_file),
+                                     "tokenizer": str(MINILM / "tokenizer.json"), "threads": args.threads,
+                                     "runs": 1, "texts": texts, "batch": 32})
+            return {**{name: transcribed[str(path)] for name, path in files.items()}, "embed": embedded}
+
         served = start_serve(BINARY, data, work / "serve.log", env)
         try:
-            mine = asyncio.run(ours(served.url, files, texts, args.runs))
+            mine, theirs = asyncio.run(rounds(served.url, files, texts, args.runs, peers_once))
         finally:
             stop_serve(served)
-        theirs = peer(python, {"kind": "transcribe", "model": str(WHISPER), "threads": args.threads,
-                               "runs": args.runs, "files": [str(p) for p in files.values()],
-                               "warmup": str(files["clip"])})
-        ort = peer(python, {"kind": "embed", "model": str(onnx_file), "tokenizer": str(MINILM / "tokenizer.json"),
-                            "threads": args.threads, "runs": args.runs, "texts": texts, "batch": 32})
-    print(f"threads {args.threads}, median of {args.runs} runs\n")
+    print(f"threads {args.threads}, median of {args.runs} rounds (each side once per round, in turn)\n")
     print(f"{'transcription':<16}{'audio s':>9}{'JetsonMind RTF':>16}{'faster-whisper RTF':>20}{'speed ratio':>13}")
-    for name, path in files.items():
+    for name in files:
         duration = mine[name]["duration"]
         ours_s = statistics.median(mine[name]["seconds"])
-        peer_s = statistics.median(theirs[str(path)]["seconds"])
+        peer_s = statistics.median(theirs[name]["seconds"])
         print(f"{name:<16}{duration:>9.1f}{ours_s / duration:>16.3f}{peer_s / duration:>20.3f}{peer_s / ours_s:>13.2f}")
         print(f"  JetsonMind:     {mine[name]['text'][:110]}")
-        print(f"  faster-whisper: {theirs[str(path)]['text'][:110]}")
+        print(f"  faster-whisper: {theirs[name]['text'][:110]}")
     ours_rate = len(texts) / statistics.median(mine["embed"]["seconds"])
-    peer_rate = len(texts) / statistics.median(ort["seconds"])
-    closeness = min(sum(a * b for a, b in zip(x, y)) for x, y in zip(mine["embed"]["first"], ort["first"]))
+    peer_rate = len(texts) / statistics.median(theirs["embed"]["seconds"])
+    first = zip(mine["embed"]["first"], theirs["embed"]["first"])
+    closeness = min(sum(a * b for a, b in zip(x, y)) for x, y in first)
     print(f"\n{'embeddings':<16}{'texts':>9}{'JetsonMind /s':>16}{'onnxruntime /s':>20}{'speed ratio':>13}")
     print(f"{'MiniLM-L6':<16}{len(texts):>9}{ours_rate:>16.1f}{peer_rate:>20.1f}{ours_rate / peer_rate:>13.2f}")
     print(f"  cosine of the two sides' vectors (lowest of the first 4): {closeness:.6f}")
-
+    for name in [*files, "embed"]:
+        each = [p / o for o, p in zip(mine[name]["seconds"], theirs[name]["seconds"])]
+        print(f"  {name} ratio per round: {' '.join(f'{r:.2f}' for r in each)}")
 
 if __name__ == "__main__":
     main()
