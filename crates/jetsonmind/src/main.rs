@@ -15,6 +15,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if prints_a_listing(&cli.command) {
+        stop_quietly_on_a_closed_stdout();
+    }
     // `top` owns the terminal: a log line would be drawn over it.
     if !matches!(cli.command, cli::Command::Top { .. }) {
         init_logging(&cli.log);
@@ -31,6 +34,26 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Commands that print to stdout and are done: their output is often piped
+/// into `head` or `grep -q`, which close the pipe early.
+fn prints_a_listing(command: &cli::Command) -> bool {
+    matches!(
+        command,
+        cli::Command::Config | cli::Command::Models(_) | cli::Command::Keys(_)
+    )
+}
+
+/// Rust ignores SIGPIPE, so a closed stdout makes `println!` panic; the
+/// default action ends the process quietly instead, as any Unix tool does.
+/// Not for the servers: a client that goes away must not end them.
+fn stop_quietly_on_a_closed_stdout() {
+    // SAFETY: called first thing in `main`, before any other thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

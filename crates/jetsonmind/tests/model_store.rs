@@ -240,3 +240,40 @@ fn a_models_dir_linked_to_the_users_keeps_their_file() {
         assert_eq!(std::fs::read(&original).unwrap(), content);
     }
 }
+
+/// `jetsonmind models list | grep -q NAME` closes the pipe at the first
+/// match: the listing ends quietly (SIGPIPE's default action), no panic.
+#[test]
+fn a_listing_whose_reader_left_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = default_model();
+    let out = jetsonmind(
+        &data,
+        &["models", "import", model.to_str().unwrap(), "--link"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["models", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader leaves before the listing is written: it starts in milliseconds.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
