@@ -85,9 +85,10 @@ def sentences(count):
 
 
 async def rounds(url, files, texts, runs, peers_once):
-    """`runs` rounds, each timing JetsonMind once on every file and on the texts, then the peers once
-    (`peers_once()`): interleaved, both sides see the same machine, whose speed on shared hardware drifts by
-    10-30% over minutes. Returns ours and theirs, each a list of seconds per file and for "embed"."""
+    """`runs` rounds, each timing JetsonMind once on every file and on the texts, and the peers once
+    (`peers_once()`), the side that goes first alternating: interleaved, both sides see the same machine, whose
+    speed on shared hardware drifts by 10-30% over minutes. Returns ours and theirs, dicts keyed by file name and
+    "embed", each with its "seconds" per round (and the text, duration or first vectors of the last round)."""
     from mcp import Client
 
     mine = {name: {"seconds": []} for name in [*files, "embed"]}
@@ -111,7 +112,15 @@ async def rounds(url, files, texts, runs, peers_once):
         for path in files.values():
             await transcribe(path)
         await embed_all()
-        for _ in range(runs):
+
+        async def peers_round():
+            for name, result in (await asyncio.to_thread(peers_once)).items():
+                theirs[name]["seconds"] += result.pop("seconds")
+                theirs[name].update(result)
+
+        for turn in range(runs):
+            if turn % 2:
+                await peers_round()
             for name, path in files.items():
                 started = time.perf_counter()
                 out = await transcribe(path)
@@ -121,9 +130,8 @@ async def rounds(url, files, texts, runs, peers_once):
             vectors = await embed_all()
             mine["embed"]["seconds"].append(time.perf_counter() - started)
             mine["embed"]["first"] = vectors[:4]
-            for name, result in (await asyncio.to_thread(peers_once)).items():
-                theirs[name]["seconds"] += result.pop("seconds")
-                theirs[name].update(result)
+            if turn % 2 == 0:
+                await peers_round()
     return mine, theirs
 
 
@@ -184,6 +192,7 @@ def main():
     for name in [*files, "embed"]:
         each = [p / o for o, p in zip(mine[name]["seconds"], theirs[name]["seconds"])]
         print(f"  {name} ratio per round: {' '.join(f'{r:.2f}' for r in each)}")
+
 
 if __name__ == "__main__":
     main()

@@ -248,6 +248,15 @@ mod tests {
             assert_eq!(back[0].to_bits(), x.to_bits(), "{x} came back as {text}");
             assert!(text.len() <= 2 + 15, "{x} printed as {text}");
         }
+        // And a sample of every f32 there is, every 10007th bit pattern.
+        for bits in (0..=u32::MAX).step_by(10_007) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() {
+                let text = serde_json::to_string(&vector_json(&[x])).unwrap();
+                let back: Vec<f32> = serde_json::from_str(&text).unwrap();
+                assert_eq!(back[0].to_bits(), x.to_bits(), "{x:e} came back as {text}");
+            }
+        }
         let widened = serde_json::to_string(&json!([0.1f32])).unwrap();
         assert!(widened.len() > serde_json::to_string(&vector_json(&[0.1])).unwrap().len());
     }

@@ -11,6 +11,10 @@ use crate::vector::{dot, softmax};
 /// (`3 * heads * head_size` wide); `sequences` each sequence's `(first row,
 /// rows)`, in order and without gaps. The result: a row per token,
 /// `heads * head_size` wide. Sequences run in parallel.
+///
+/// # Panics
+/// When `qkv` is not `3 * heads * head_size` wide for every row the
+/// sequences cover, or a sequence does not start where the one before ends.
 pub fn attend_packed(
     qkv: &[f32],
     sequences: &[(usize, usize)],
@@ -25,34 +29,68 @@ pub fn attend_packed(
     let mut out = vec![0.0f32; tokens * hidden];
     let mut rest = out.as_mut_slice();
     let mut per_sequence = Vec::with_capacity(sequences.len());
+    let mut next = 0;
     for &(start, len) in sequences {
+        assert_eq!(
+            start, next,
+            "attend_packed: sequences out of order or with gaps"
+        );
+        next = start + len;
         let (own, after) = rest.split_at_mut(len * hidden);
-        let rows = &qkv[start * width..(start + len) * width];
+        let rows = &qkv[start * width..next * width];
         per_sequence.push((own, rows, len));
         rest = after;
     }
     per_sequence.into_par_iter().for_each(|(out, rows, len)| {
-        let part = |token: usize, part: usize, head: usize| {
-            &rows[token * width + part * hidden + head * head_size..][..head_size]
-        };
-        let mut weights = vec![0.0f32; len];
+        let mut weights = Vec::with_capacity(len);
         for head in 0..heads {
-            for i in 0..len {
-                let query = part(i, 0, head);
-                for (j, w) in weights.iter_mut().enumerate() {
-                    *w = dot(query, part(j, 1, head)) * scale;
-                }
-                softmax(&mut weights);
-                let target = &mut out[i * hidden + head * head_size..][..head_size];
-                for (j, w) in weights.iter().enumerate() {
-                    for (t, v) in target.iter_mut().zip(part(j, 2, head)) {
-                        *t += w * v;
-                    }
-                }
+            let keys = &rows[hidden + head * head_size..];
+            let values = &rows[2 * hidden + head * head_size..];
+            for (i, out) in out.chunks_exact_mut(hidden).enumerate() {
+                let query = &rows[i * width + head * head_size..][..head_size];
+                let out = &mut out[head * head_size..][..head_size];
+                let strided = Strided {
+                    keys,
+                    values,
+                    stride: width,
+                    len,
+                };
+                attend_query(query, strided, scale, &mut weights, out);
             }
         }
     });
     out
+}
+
+/// `len` keys and as many values, each a head's width long, `stride`
+/// apart (key `j` at `keys[j * stride..]`).
+pub struct Strided<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub len: usize,
+}
+
+/// One query's attention over one head's keys and values, added to `out`
+/// (`query.len()` wide): `out += Σ_j softmax_j(scale · query · key_j) value_j`.
+/// `weights` is scratch space, reused between calls.
+pub fn attend_query(
+    query: &[f32],
+    over: Strided,
+    scale: f32,
+    weights: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let width = query.len();
+    let at = |j: usize| j * over.stride;
+    weights.clear();
+    weights.extend((0..over.len).map(|j| dot(query, &over.keys[at(j)..][..width]) * scale));
+    softmax(weights);
+    for (j, w) in weights.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&over.values[at(j)..][..width]) {
+            *o += w * v;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,5 +12,5 @@ pub mod half;
 pub mod matmul;
 mod vector;
 
-pub use attention::attend_packed;
+pub use attention::{Strided, attend_packed, attend_query};
 pub use vector::{dot, erf, exp, gelu, layer_norm, map_in_place, matvec, softmax, sum};

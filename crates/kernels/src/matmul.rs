@@ -75,10 +75,12 @@ impl PackedMatrix {
         self.multiply_from(out, a, m, |_, _| {});
     }
 
-    /// `out = start + a · self`, where `start(first_row, rows)` writes the
-    /// starting values (a bias, a residual) of a block of `out`'s rows, on
-    /// the thread that then adds the product to them, while they are in its
-    /// cache: not in a pass of its own over all of `out` on one thread.
+    /// `out = start + a · self`, where `start(first_row, block)` writes the
+    /// starting values (a bias, a residual) into `block`, whole rows of `out`
+    /// from `first_row` on. With the panels, each thread's block is started
+    /// by that thread just before it adds the product to it, while the rows
+    /// are in its cache, rather than in a pass of its own over all of `out`
+    /// on one thread; the plain layout starts all of `out` at once.
     pub fn multiply_from(
         &self,
         out: &mut [f32],
@@ -89,7 +91,7 @@ impl PackedMatrix {
         let (k, n) = (self.k, self.n);
         assert!(
             a.len() == m * k && out.len() == m * n,
-            "multiply_add: a {m} × {k} by {k} × {n} product"
+            "PackedMatrix: a {m} × {k} by {k} × {n} product"
         );
         if m == 0 || n == 0 {
             return;
@@ -364,25 +366,33 @@ mod tests {
             (37, 520, 271),
             (100, 64, 513),
         ];
-        for (m, k, n) in shapes {
-            let (a, b, start) = (values(m * k, 1), values(k * n, 2), values(m * n, 3));
-            let mut want = plain_product(&a, &b, m, k, n);
-            want.iter_mut().zip(&start).for_each(|(w, s)| *w += s);
-            for packed in [PackedMatrix::new(&b, k, n), PackedMatrix::plain(&b, k, n)] {
-                let mut added = start.clone();
-                packed.multiply_add(&mut added, &a, m);
-                // The same from zeros, the starting values written per block of rows.
-                let mut started = vec![f32::NAN; m * n];
-                packed.multiply_from(&mut started, &a, m, |first_row, rows| {
-                    rows.copy_from_slice(&start[first_row * n..][..rows.len()]);
-                });
-                for out in [added, started] {
-                    for (w, o) in want.iter().zip(&out) {
-                        assert!(
-                            (w - o).abs() <= 1e-4 * (1.0 + w.abs()),
-                            "{m}×{k}×{n}: {w} {o}"
-                        );
-                    }
+        // Three threads, so that rows are split into blocks whatever the
+        // machine: each block's first row is then checked too.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| shapes.into_iter().for_each(check_shape));
+    }
+
+    fn check_shape((m, k, n): (usize, usize, usize)) {
+        let (a, b, start) = (values(m * k, 1), values(k * n, 2), values(m * n, 3));
+        let mut want = plain_product(&a, &b, m, k, n);
+        want.iter_mut().zip(&start).for_each(|(w, s)| *w += s);
+        for packed in [PackedMatrix::new(&b, k, n), PackedMatrix::plain(&b, k, n)] {
+            let mut added = start.clone();
+            packed.multiply_add(&mut added, &a, m);
+            // The same from zeros, the starting values written per block of rows.
+            let mut started = vec![f32::NAN; m * n];
+            packed.multiply_from(&mut started, &a, m, |first_row, rows| {
+                rows.copy_from_slice(&start[first_row * n..][..rows.len()]);
+            });
+            for out in [added, started] {
+                for (w, o) in want.iter().zip(&out) {
+                    assert!(
+                        (w - o).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{m}×{k}×{n}: {w} {o}"
+                    );
                 }
             }
         }

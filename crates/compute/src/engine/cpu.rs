@@ -6,8 +6,8 @@
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
-pub use jetsonmind_kernels::{dot, gelu, map_in_place, softmax};
-use jetsonmind_kernels::{layer_norm, matmul::PackedMatrix};
+use jetsonmind_kernels::{Strided, attend_query, layer_norm, matmul::PackedMatrix};
+pub use jetsonmind_kernels::{gelu, map_in_place, softmax};
 
 /// An operation on a contiguous f32 tensor's values in place, given them
 /// and the tensor's row width: no second tensor the size of the first (a
@@ -272,16 +272,13 @@ pub fn attend_one(query: &[f32], keys: &Tensor, values: &Tensor) -> candle_core:
                     let query = &query[head * head_size..][..head_size];
                     let keys = &keys[head * per_head..][..per_head];
                     let values = &values[head * per_head..][..per_head];
-                    let mut weights: Vec<f32> = keys
-                        .chunks_exact(head_size)
-                        .map(|key| dot(query, key) * scale)
-                        .collect();
-                    softmax(&mut weights);
-                    for (w, value) in weights.iter().zip(values.chunks_exact(head_size)) {
-                        for (o, v) in out.iter_mut().zip(value) {
-                            *o += w * v;
-                        }
-                    }
+                    let over = Strided {
+                        keys,
+                        values,
+                        stride: head_size,
+                        len: length,
+                    };
+                    attend_query(query, over, scale, &mut Vec::new(), out);
                 });
         })
     })??;
@@ -290,6 +287,8 @@ pub fn attend_one(query: &[f32], keys: &Tensor, values: &Tensor) -> candle_core:
 
 #[cfg(test)]
 mod tests {
+    use jetsonmind_kernels::dot;
+
     use super::*;
 
     #[test]
