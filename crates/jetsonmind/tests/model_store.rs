@@ -44,6 +44,23 @@ fn list(data: &Path) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A model store under `dir` holding the default model, hard-linked: the
+/// store's data dir and the model's own path.
+fn store_with_the_default_model(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    let model = default_model();
+    let out = jetsonmind(
+        &data,
+        &["models", "import", model.to_str().unwrap(), "--link"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (data, model)
+}
+
 fn names(models: &[Value]) -> Vec<&str> {
     models.iter().map(|m| m["name"].as_str().unwrap()).collect()
 }
@@ -188,17 +205,7 @@ fn imports_killed_midway_leave_only_complete_models() {
 #[test]
 fn models_outlive_a_deleted_or_emptied_database() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let model = default_model();
-    let out = jetsonmind(
-        &data,
-        &["models", "import", model.to_str().unwrap(), "--link"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (data, model) = store_with_the_default_model(dir.path());
     let database = data.join("jetsonmind.db");
     let lose_database: [fn(&Path); 2] = [
         |db| std::fs::remove_file(db).unwrap(),
@@ -247,17 +254,7 @@ fn a_models_dir_linked_to_the_users_keeps_their_file() {
 fn a_listing_whose_reader_left_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let model = default_model();
-    let out = jetsonmind(
-        &data,
-        &["models", "import", model.to_str().unwrap(), "--link"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (data, _) = store_with_the_default_model(dir.path());
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(&data)
