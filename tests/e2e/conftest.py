@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
@@ -274,8 +275,8 @@ def nats_hybrid(tmp_path):
         yield hybrid
 
 
-# llama.cpp's own server, built by ./scripts/build-llama-server.sh (./setup.sh runs it).
-LLAMA_SERVER = ROOT / "tools" / "llama-server" / "bin" / "llama-server"
+# llama.cpp's own server, from the PyPI wheel xllamacpp (llama_server.py says why and how).
+LLAMA_SERVER = [sys.executable, str(ROOT / "tests" / "e2e" / "llama_server.py")]
 
 
 class LlamaServer:
@@ -309,10 +310,8 @@ def llama_server(request, tmp_path):
     """llama.cpp's `llama-server`, a real OpenAI-compatible server we did not write, serving the default
     model on a loopback port it picked, with 2 parallel slots and Prometheus metrics; healthy. Stopped
     after the test. Parametrized indirectly with {"api_key": KEY}, it requires that key (`--api-key`)."""
-    if not LLAMA_SERVER.exists():
-        pytest.fail(f"{LLAMA_SERVER} is missing: run ./scripts/build-llama-server.sh")
     log = tmp_path / "llama-server.log"
-    command = [str(LLAMA_SERVER), "--host", "127.0.0.1", "--port", "0", "--model", str(default_model())]
+    command = [*LLAMA_SERVER, "--host", "127.0.0.1", "--port", "0", "--model", str(default_model())]
     command += ["--parallel", "2", "--ctx-size", "2048", "--metrics"]
     api_key = getattr(request, "param", {}).get("api_key")
     if api_key:
