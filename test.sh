@@ -12,4 +12,5 @@ cargo test --release --locked
 
 echo "==> end to end: jetsonmind serve driven by the official Python MCP SDK"
 cargo build --release --locked
-JETSONMIND_BIN=target/release/jetsonmind .venv/bin/python -m pytest tests/e2e -q
+# The slowest tests are listed at the end, to see where CI time goes.
+JETSONMIND_BIN=target/release/jetsonmind .venv/bin/python -m pytest tests/e2e -q --durations=15
