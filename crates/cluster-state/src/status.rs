@@ -16,6 +16,8 @@ use serde_json::Value;
 use crate::StateError;
 use crate::views::{ClusterViews, age};
 
+pub mod report;
+
 /// What the cluster's buckets and stream hold now.
 #[derive(Debug, Default)]
 pub struct ClusterReading {

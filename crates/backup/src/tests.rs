@@ -31,7 +31,11 @@ fn node(root: &Path) -> PathBuf {
     data
 }
 
-fn back_up(data: &Path, output: &Path, config_file: Option<&Path>) -> anyhow::Result<Manifest> {
+fn back_up(
+    data: &Path,
+    output: &Path,
+    config_file: Option<&Path>,
+) -> Result<Manifest, BackupError> {
     let source = Source {
         data_dir: data,
         config_file,
@@ -202,7 +206,7 @@ fn refused_untouched(archive: &Path, expected: &str) {
     let root = tempfile::tempdir().unwrap();
     let data = node(root.path());
     let before = state(&data);
-    let error = format!("{:#}", restore(&data, archive, true).unwrap_err());
+    let error = restore(&data, archive, true).unwrap_err().to_string();
     assert!(error.contains(expected), "{error}");
     assert_eq!(state(&data), before);
     assert_eq!(
@@ -320,10 +324,9 @@ fn an_output_that_cannot_be_written_fails_and_leaves_nothing() {
     let data = node(root.path());
     let file = root.path().join("a-file");
     std::fs::write(&file, "").unwrap();
-    let error = format!(
-        "{:#}",
-        back_up(&data, &file.join("node.tar"), None).unwrap_err()
-    );
+    let error = back_up(&data, &file.join("node.tar"), None)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("a-file is not a directory"), "{error}");
 
     let taken = root.path().join("taken.tar");

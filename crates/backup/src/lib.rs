@@ -1,5 +1,5 @@
-//! `jetsonmind backup` and `jetsonmind restore`: a node's whole state in one
-//! archive, and back.
+//! A node's whole state in one archive, and back: what `jetsonmind backup`
+//! and `jetsonmind restore` run.
 //!
 //! The archive is a plain tar of files named by their place in the data dir:
 //!
@@ -14,11 +14,11 @@
 //! manifest.json               last: version, time, node, each file's path, size, sha256
 //! ```
 //!
-//! It lives here, in the binary, rather than in the data crate: it gathers
-//! what belongs to several crates (the store and database of `data`, the
-//! settings and keys of `core`, the config file of the command line) and only
-//! this command uses it. The data crate does its own part: a consistent copy
-//! of the database and the blobs that copy refers to ([`ModelStore::snapshot`]).
+//! A crate of its own rather than part of the data crate: it gathers what
+//! belongs to several crates (the store and database of `data`, the settings
+//! and keys of `core`, the config file of the command line). The data crate
+//! does its own part: a consistent copy of the database and the blobs that
+//! copy refers to ([`ModelStore::snapshot`]).
 //!
 //! Not compressed: model files (GGUF, quantized weights) are nearly
 //! incompressible, so gzip or zstd would cost minutes of a Jetson's CPU to
@@ -26,23 +26,22 @@
 //!
 //! [`ModelStore::snapshot`]: jetsonmind_data::store::ModelStore::snapshot
 
-pub mod cloud;
 mod create;
+mod error;
 mod restore;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
-use anyhow::Context;
 use indicatif::HumanBytes;
-use jetsonmind_core::Config;
-use jetsonmind_core::config::ConfigSources;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use create::{Source, create};
-pub use restore::restore;
+pub use error::BackupError;
+use error::{Doing, refuse_unless};
+pub use restore::{Restored, restore};
 
 /// The manifest's name in the archive.
 const MANIFEST: &str = "manifest.json";
@@ -50,81 +49,15 @@ const MANIFEST: &str = "manifest.json";
 const FORMAT: &str = "jetsonmind-backup";
 /// The archive layout this build writes; it restores this one and older.
 const VERSION: u32 = 1;
-/// The config file's name in the archive (the manifest keeps where it was).
-const CONFIG_ENTRY: &str = "config.toml";
+/// The config file's name in the archive (the manifest keeps where it was),
+/// and in the data dir once restored.
+pub const CONFIG_ENTRY: &str = "config.toml";
 /// Where the store keeps a model file: `models/blobs/sha256-<hex>`.
 const BLOB_PREFIX: &str = "models/blobs/sha256-";
 
-/// `jetsonmind backup`: the sizes on stderr, the archive's path on stdout
-/// (for scripts).
-pub fn backup_command(
-    config: &Config,
-    config_file: Option<&Path>,
-    output: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let data_dir = &config.data.dir;
-    let output = output.unwrap_or_else(|| {
-        data_dir.join("backups").join(format!(
-            "jetsonmind-{}.tar",
-            compact_stamp(SystemTime::now())
-        ))
-    });
-    let source = Source {
-        data_dir,
-        config_file,
-        node: node_name(config),
-    };
-    let manifest = create(&source, &output)?;
-    eprintln!(
-        "backed up {} in {:.1?}:\n{}",
-        data_dir.display(),
-        started.elapsed(),
-        size_report(&manifest.files)
-    );
-    println!("{}", output.display());
-    Ok(())
-}
-
-/// `jetsonmind restore`, into the data dir `sources` name (without reading
-/// its settings: they may be what the restore mends).
-pub fn restore_command(sources: &ConfigSources, archive: &Path, force: bool) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let settings = sources.settings_path().context("finding the data dir")?;
-    let data_dir = parent_of(&settings);
-    let restored = restore(data_dir, archive, force)?;
-    let manifest = &restored.manifest;
-    println!(
-        "restored {} (node {}, {}) into {} in {:.1?}",
-        archive.display(),
-        manifest.node,
-        manifest.created,
-        data_dir.display(),
-        started.elapsed()
-    );
-    if let Some(aside) = &restored.aside {
-        println!("what was there before is kept in {}", aside.display());
-    }
-    if let Some(file) = &manifest.config_file {
-        println!(
-            "its config file (was {}) is restored as {}: pass it with --config",
-            file.display(),
-            data_dir.join(CONFIG_ENTRY).display()
-        );
-    }
-    Ok(())
-}
-
-/// The node's name: `cluster.node`, else the host name.
-fn node_name(config: &Config) -> String {
-    if !config.cluster.node.is_empty() {
-        return config.cluster.node.clone();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// `jetsonmind-20250601T120000Z.tar`: a backup's default file name.
+pub fn archive_name(time: SystemTime) -> String {
+    format!("jetsonmind-{}.tar", compact_stamp(time))
 }
 
 /// What a backup holds, written last into it.
@@ -225,7 +158,7 @@ fn blob_digest(path: &str) -> Option<&str> {
 }
 
 /// The sizes of each part, one line each, and the total.
-fn size_report(files: &[FileRecord]) -> String {
+pub fn size_report(files: &[FileRecord]) -> String {
     let mut lines = Vec::new();
     for part in Part::ALL {
         let (count, bytes) = files
@@ -285,35 +218,35 @@ impl<R: Read> Read for Hashing<R> {
 
 /// Fail early, before writing gigabytes, when `dir`'s filesystem has less
 /// than `needed` bytes free for an unprivileged writer.
-fn ensure_room(dir: &Path, needed: u64) -> anyhow::Result<()> {
+fn ensure_room(dir: &Path, needed: u64) -> Result<(), BackupError> {
     let stats = rustix::fs::statvfs(dir)
         .map_err(io::Error::from)
-        .with_context(|| format!("checking the free space in {}", dir.display()))?;
+        .doing(|| format!("checking the free space in {}", dir.display()))?;
     let available = stats.f_bavail.saturating_mul(stats.f_frsize);
     check_room(dir, needed, available)
 }
 
-fn check_room(dir: &Path, needed: u64, available: u64) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        available >= needed,
-        "not enough space in {}: {} needed, {} free",
-        dir.display(),
-        HumanBytes(needed),
-        HumanBytes(available)
-    );
-    Ok(())
+fn check_room(dir: &Path, needed: u64, available: u64) -> Result<(), BackupError> {
+    refuse_unless(available >= needed, || {
+        format!(
+            "not enough space in {}: {} needed, {} free",
+            dir.display(),
+            HumanBytes(needed),
+            HumanBytes(available)
+        )
+    })
 }
 
 /// Make renames and new files in `dir` durable (a power cut after a
 /// backup or restore said it was done must not undo it).
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+        .doing(|| format!("syncing {}", dir.display()))
 }
 
 /// The directory a path is in (`.` for a bare name).
-fn parent_of(path: &Path) -> &Path {
+pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

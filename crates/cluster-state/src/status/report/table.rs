@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use jetsonmind_cluster_state::backup::CloudReading;
+use crate::backup::CloudReading;
 
 use super::{ClusterStatus, ModelRow, NodeRow, Readiness};
 
@@ -217,7 +217,7 @@ mod tests {
 
     #[test]
     fn the_hub_says_whether_it_is_reachable_and_how_far_each_backup_is() {
-        use jetsonmind_cluster_state::backup::BackupState;
+        use crate::backup::BackupState;
         let mut cloud = CloudReading {
             hub_domain: "hub".into(),
             reachable: true,

@@ -16,12 +16,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{Context, bail};
 use jetsonmind_data::store::ModelStore;
 
 use super::{
-    FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part, VERSION, blob_digest, compact_stamp,
-    ensure_room, parent_of, sync_dir,
+    BackupError, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part, VERSION,
+    blob_digest, compact_stamp, ensure_room, parent_of, refuse_unless, sync_dir,
 };
 
 /// How much is read or written at a time: model files are streamed.
@@ -37,24 +36,29 @@ pub struct Restored {
 
 /// Restore `archive` into `data_dir`. A data dir that holds anything is
 /// refused unless `force`, and then moved aside, not deleted.
-pub fn restore(data_dir: &Path, archive: &Path, force: bool) -> anyhow::Result<Restored> {
-    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let archive_size = file.metadata()?.len();
+pub fn restore(data_dir: &Path, archive: &Path, force: bool) -> Result<Restored, BackupError> {
+    let file = File::open(archive).doing(|| format!("opening {}", archive.display()))?;
+    let archive_size = file
+        .metadata()
+        .doing(|| format!("reading {}", archive.display()))?
+        .len();
     // The real directory, so a data dir reached through a symlink is
     // restored where it really is (on its own disk), the link kept.
     let data_dir = match std::fs::canonicalize(data_dir) {
         Ok(real) => real,
-        Err(_) => std::path::absolute(data_dir)?,
+        Err(_) => std::path::absolute(data_dir)
+            .doing(|| format!("finding where {} is", data_dir.display()))?,
     };
-    if holds_anything(&data_dir)? && !force {
-        bail!(
+    let in_use = holds_anything(&data_dir)?;
+    refuse_unless(force || !in_use, || {
+        format!(
             "{} is not empty: `restore --force` moves what is there aside (to {}.before-restore-<time>) and restores in its place",
             data_dir.display(),
             data_dir.display()
-        );
-    }
+        )
+    })?;
     let parent = parent_of(&data_dir);
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(parent).doing(|| format!("creating {}", parent.display()))?;
     ensure_room(parent, archive_size)?;
     let started = SystemTime::now();
     let staging = Staging::create(&sibling(
@@ -81,11 +85,11 @@ pub fn restore(data_dir: &Path, archive: &Path, force: bool) -> anyhow::Result<R
 }
 
 /// Whether `dir` exists and has any entry.
-fn holds_anything(dir: &Path) -> anyhow::Result<bool> {
+fn holds_anything(dir: &Path) -> Result<bool, BackupError> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_some()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+        Err(e) => Err(e).doing(|| format!("reading {}", dir.display())),
     }
 }
 
@@ -104,8 +108,8 @@ struct Staging {
 }
 
 impl Staging {
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+    fn create(path: &Path) -> Result<Self, BackupError> {
+        std::fs::create_dir(path).doing(|| format!("creating {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             kept: false,
@@ -129,13 +133,13 @@ impl Drop for Staging {
 
 /// Unpack every file of the archive into `staging`, hashing each; the
 /// manifest they must match.
-fn unpack(reader: impl Read, staging: &Path, archive: &Path) -> anyhow::Result<Manifest> {
+fn unpack(reader: impl Read, staging: &Path, archive: &Path) -> Result<Manifest, BackupError> {
     let corrupt = |e: io::Error| {
-        anyhow::anyhow!(
+        BackupError::Refused(format!(
             "{}: the archive is truncated or corrupt ({})",
             archive.display(),
             brief(&e)
-        )
+        ))
     };
     let mut tar = tar::Archive::new(reader);
     let mut found = BTreeMap::new();
@@ -145,22 +149,25 @@ fn unpack(reader: impl Read, staging: &Path, archive: &Path) -> anyhow::Result<M
         let path = entry_path(&entry, archive)?;
         if path == MANIFEST {
             let read: Manifest = serde_json::from_reader(&mut entry).map_err(|e| {
-                anyhow::anyhow!("{}: its manifest does not read: {e}", archive.display())
+                BackupError::Refused(format!(
+                    "{}: its manifest does not read: {e}",
+                    archive.display()
+                ))
             })?;
             manifest = Some(read);
             continue;
         }
-        if found.contains_key(&path) {
-            bail!("{}: {path} is in it twice", archive.display());
-        }
+        refuse_unless(!found.contains_key(&path), || {
+            format!("{}: {path} is in it twice", archive.display())
+        })?;
         let record = unpack_file(&mut entry, staging, &path, archive)?;
         found.insert(path, record);
     }
-    let manifest = manifest.with_context(|| {
-        format!(
+    let manifest = manifest.ok_or_else(|| {
+        BackupError::Refused(format!(
             "{}: no {MANIFEST}: the archive is truncated, or not a JetsonMind backup",
             archive.display()
-        )
+        ))
     })?;
     check(&manifest, &found, archive)?;
     Ok(manifest)
@@ -178,16 +185,19 @@ fn brief(error: &io::Error) -> String {
 }
 
 /// An entry's path, when it is a plain file a backup may hold.
-fn entry_path<R: Read>(entry: &tar::Entry<'_, R>, archive: &Path) -> anyhow::Result<String> {
+fn entry_path<R: Read>(entry: &tar::Entry<'_, R>, archive: &Path) -> Result<String, BackupError> {
     let raw = entry.path_bytes();
     let path = String::from_utf8_lossy(&raw).into_owned();
     let known = path == MANIFEST || Part::of(&path).is_some();
-    if !known || entry.header().entry_type() != tar::EntryType::Regular {
-        bail!(
-            "{}: `{path}` is nothing a JetsonMind backup holds; not restoring it",
-            archive.display()
-        );
-    }
+    refuse_unless(
+        known && entry.header().entry_type() == tar::EntryType::Regular,
+        || {
+            format!(
+                "{}: `{path}` is nothing a JetsonMind backup holds; not restoring it",
+                archive.display()
+            )
+        },
+    )?;
     Ok(path)
 }
 
@@ -197,13 +207,15 @@ fn unpack_file<R: Read>(
     staging: &Path,
     path: &str,
     archive: &Path,
-) -> anyhow::Result<FileRecord> {
+) -> Result<FileRecord, BackupError> {
     let size = entry.size();
     let part = Part::of(path).expect("checked by entry_path");
     let mode = part.mode(entry.header().mode().unwrap_or(0o600));
     let dest = staging.join(path);
-    let writing =
-        |e: io::Error| anyhow::Error::from(e).context(format!("writing {}", dest.display()));
+    let writing = |source: io::Error| BackupError::Io {
+        doing: format!("writing {}", dest.display()),
+        source,
+    };
     std::fs::create_dir_all(parent_of(&dest)).map_err(writing)?;
     let mut out = OpenOptions::new()
         .write(true)
@@ -215,22 +227,23 @@ fn unpack_file<R: Read>(
     let mut buffer = vec![0; BUFFER];
     loop {
         let n = reader.read(&mut buffer).map_err(|e| {
-            anyhow::anyhow!(
+            BackupError::Refused(format!(
                 "{}: the archive is truncated or corrupt in {path} ({e})",
                 archive.display()
-            )
+            ))
         })?;
         if n == 0 {
             break;
         }
         out.write_all(&buffer[..n]).map_err(writing)?;
     }
-    anyhow::ensure!(
-        reader.count == size,
-        "{}: the archive is truncated in {path} ({} of {size} bytes)",
-        archive.display(),
-        reader.count
-    );
+    refuse_unless(reader.count == size, || {
+        format!(
+            "{}: the archive is truncated in {path} ({} of {size} bytes)",
+            archive.display(),
+            reader.count
+        )
+    })?;
     out.sync_all().map_err(writing)?;
     Ok(FileRecord {
         path: path.to_string(),
@@ -245,68 +258,69 @@ fn check(
     manifest: &Manifest,
     found: &BTreeMap<String, FileRecord>,
     archive: &Path,
-) -> anyhow::Result<()> {
+) -> Result<(), BackupError> {
     let archive = archive.display();
-    anyhow::ensure!(
-        manifest.format == FORMAT,
-        "{archive}: not a JetsonMind backup (its manifest says `{}`)",
-        manifest.format
-    );
-    anyhow::ensure!(
-        manifest.version <= VERSION,
-        "{archive}: backup format {} was written by a newer jetsonmind ({}); upgrade to restore it",
-        manifest.version,
-        manifest.jetsonmind_version
-    );
+    refuse_unless(manifest.format == FORMAT, || {
+        format!(
+            "{archive}: not a JetsonMind backup (its manifest says `{}`)",
+            manifest.format
+        )
+    })?;
+    refuse_unless(manifest.version <= VERSION, || {
+        format!(
+            "{archive}: backup format {} was written by a newer jetsonmind ({}); upgrade to restore it",
+            manifest.version, manifest.jetsonmind_version
+        )
+    })?;
     for listed in &manifest.files {
         let Some(got) = found.get(&listed.path) else {
-            bail!(
+            return Err(BackupError::Refused(format!(
                 "{archive}: {} is in the manifest but missing from the archive",
                 listed.path
-            );
+            )));
         };
-        anyhow::ensure!(
+        refuse_unless(
             got.size_bytes == listed.size_bytes && got.sha256 == listed.sha256,
-            "{archive}: {} does not match the manifest (sha256 {}, {} bytes; the manifest says {}, {} bytes): the archive is damaged",
-            listed.path,
-            got.sha256,
-            got.size_bytes,
-            listed.sha256,
-            listed.size_bytes
-        );
+            || {
+                format!(
+                    "{archive}: {} does not match the manifest (sha256 {}, {} bytes; the manifest says {}, {} bytes): the archive is damaged",
+                    listed.path, got.sha256, got.size_bytes, listed.sha256, listed.size_bytes
+                )
+            },
+        )?;
         if let Some(named) = blob_digest(&listed.path) {
-            anyhow::ensure!(
-                named == listed.sha256,
-                "{archive}: {} holds other content than its name says",
-                listed.path
-            );
+            refuse_unless(named == listed.sha256, || {
+                format!(
+                    "{archive}: {} holds other content than its name says",
+                    listed.path
+                )
+            })?;
         }
     }
     for path in found.keys() {
-        anyhow::ensure!(
-            manifest.files.iter().any(|f| f.path == *path),
-            "{archive}: {path} is in the archive but not in its manifest"
-        );
+        refuse_unless(manifest.files.iter().any(|f| f.path == *path), || {
+            format!("{archive}: {path} is in the archive but not in its manifest")
+        })?;
     }
     let database = jetsonmind_data::db::DB_FILE;
-    anyhow::ensure!(
-        found.contains_key(database),
-        "{archive}: it holds no {database}"
-    );
-    Ok(())
+    refuse_unless(found.contains_key(database), || {
+        format!("{archive}: it holds no {database}")
+    })
 }
 
 /// The restored database must open (not too new for this jetsonmind) and
 /// every model it lists must have its files.
-fn check_store(staging: &Path) -> anyhow::Result<()> {
-    let store = ModelStore::open(staging).context("opening the restored model store")?;
-    for model in store.list()? {
-        for (file, path) in store.files(&model.name)? {
-            anyhow::ensure!(
-                path.is_file(),
-                "the backup lists model {} but not its file {file}",
-                model.name
-            );
+fn check_store(staging: &Path) -> Result<(), BackupError> {
+    let reading = || "reading the restored model store".to_string();
+    let store = ModelStore::open(staging).doing(reading)?;
+    for model in store.list().doing(reading)? {
+        for (file, path) in store.files(&model.name).doing(reading)? {
+            refuse_unless(path.is_file(), || {
+                format!(
+                    "the backup lists model {} but not its file {file}",
+                    model.name
+                )
+            })?;
         }
     }
     Ok(())
@@ -319,7 +333,7 @@ fn swap_in(
     staging: Staging,
     data_dir: &Path,
     started: SystemTime,
-) -> anyhow::Result<Option<PathBuf>> {
+) -> Result<Option<PathBuf>, BackupError> {
     let parent = parent_of(data_dir);
     let renaming = |from: &Path, to: &Path| {
         format!(
@@ -330,8 +344,7 @@ fn swap_in(
         )
     };
     if !data_dir.exists() {
-        std::fs::rename(&staging.path, data_dir)
-            .with_context(|| renaming(&staging.path, data_dir))?;
+        std::fs::rename(&staging.path, data_dir).doing(|| renaming(&staging.path, data_dir))?;
         staging.keep();
         sync_dir(parent)?;
         return Ok(None);
@@ -347,25 +360,25 @@ fn swap_in(
         // A filesystem that cannot swap: two renames; the data dir path is
         // missing for the moment between them.
         Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            std::fs::rename(data_dir, &aside).with_context(|| renaming(data_dir, &aside))?;
+            std::fs::rename(data_dir, &aside).doing(|| renaming(data_dir, &aside))?;
             if let Err(e) = std::fs::rename(&staging.path, data_dir) {
                 let _ = std::fs::rename(&aside, data_dir);
-                return Err(e).with_context(|| renaming(&staging.path, data_dir));
+                return Err(e).doing(|| renaming(&staging.path, data_dir));
             }
             staging.keep();
             aside.clone()
         }
         Err(e) => {
-            return Err(io::Error::from(e)).with_context(|| renaming(&staging.path, data_dir));
+            return Err(io::Error::from(e)).doing(|| renaming(&staging.path, data_dir));
         }
     };
     sync_dir(parent)?;
     if !holds_anything(&old)? {
-        std::fs::remove_dir(&old).with_context(|| format!("removing {}", old.display()))?;
+        std::fs::remove_dir(&old).doing(|| format!("removing {}", old.display()))?;
         return Ok(None);
     }
     if old != aside {
-        std::fs::rename(&old, &aside).with_context(|| {
+        std::fs::rename(&old, &aside).doing(|| {
             format!(
                 "the backup is restored, but the previous state is at {}: {}",
                 old.display(),

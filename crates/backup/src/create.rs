@@ -7,12 +7,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::Context;
 use jetsonmind_data::store::{ModelStore, Snapshot};
 
 use super::{
-    CONFIG_ENTRY, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part, VERSION, ensure_room,
-    names_log_entry, parent_of, rfc3339, sync_dir,
+    BackupError, CONFIG_ENTRY, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part,
+    VERSION, ensure_room, names_log_entry, parent_of, refuse_unless, rfc3339, sync_dir,
 };
 
 /// What to back up.
@@ -50,32 +49,34 @@ enum Content {
 /// Write a backup of `source` to `output` (which must not exist): under a
 /// temporary name beside it, renamed to `output` only once complete and
 /// synced, so a backup cut short is never mistaken for a good one.
-pub fn create(source: &Source, output: &Path) -> anyhow::Result<Manifest> {
+pub fn create(source: &Source, output: &Path) -> Result<Manifest, BackupError> {
     let created = SystemTime::now();
-    anyhow::ensure!(
-        !output.exists(),
-        "{} exists: choose another --output",
-        output.display()
-    );
-    anyhow::ensure!(
-        source.data_dir.is_dir(),
-        "no data dir at {}: nothing to back up",
-        source.data_dir.display()
-    );
+    refuse_unless(!output.exists(), || {
+        format!("{} exists: choose another --output", output.display())
+    })?;
+    refuse_unless(source.data_dir.is_dir(), || {
+        format!(
+            "no data dir at {}: nothing to back up",
+            source.data_dir.display()
+        )
+    })?;
     let dir = parent_of(output);
-    anyhow::ensure!(
-        !dir.exists() || dir.is_dir(),
-        "cannot write {}: {} is not a directory",
-        output.display(),
-        dir.display()
-    );
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    refuse_unless(!dir.exists() || dir.is_dir(), || {
+        format!(
+            "cannot write {}: {} is not a directory",
+            output.display(),
+            dir.display()
+        )
+    })?;
+    std::fs::create_dir_all(dir).doing(|| format!("creating {}", dir.display()))?;
     let partial = beside(output, "partial");
     let database = beside(output, "db.partial");
     let _cleanup = RemoveOnDrop(vec![partial.clone(), database.clone()]);
     let store = ModelStore::open(source.data_dir)
-        .with_context(|| format!("opening the model store in {}", source.data_dir.display()))?;
-    let snapshot = store.snapshot(&database).context("copying the database")?;
+        .doing(|| format!("opening the model store in {}", source.data_dir.display()))?;
+    let snapshot = store
+        .snapshot(&database)
+        .doing(|| "copying the database".into())?;
     drop(store);
     let entries = entries(source, &snapshot, &database)?;
     let needed = entries
@@ -98,7 +99,7 @@ pub fn create(source: &Source, output: &Path) -> anyhow::Result<Manifest> {
         files,
     })?;
     std::fs::rename(&partial, output)
-        .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
+        .doing(|| format!("renaming {} to {}", partial.display(), output.display()))?;
     sync_dir(dir)?;
     Ok(files)
 }
@@ -112,7 +113,11 @@ fn beside(output: &Path, suffix: &str) -> PathBuf {
 
 /// Everything to archive, in archive order: the database, the small files,
 /// the model store.
-fn entries(source: &Source, snapshot: &Snapshot, database: &Path) -> anyhow::Result<Vec<Entry>> {
+fn entries(
+    source: &Source,
+    snapshot: &Snapshot,
+    database: &Path,
+) -> Result<Vec<Entry>, BackupError> {
     use jetsonmind_core::auth::keys::KEYS_FILE;
     use jetsonmind_core::config::{CLUSTER_SETTINGS_FILE, SETTINGS_FILE};
     use jetsonmind_data::db::DB_FILE;
@@ -132,8 +137,9 @@ fn entries(source: &Source, snapshot: &Snapshot, database: &Path) -> anyhow::Res
         }
     }
     if let Some(config) = source.config_file {
-        let entry = small_file(CONFIG_ENTRY, config)?
-            .with_context(|| format!("the config file {} is gone", config.display()))?;
+        let entry = small_file(CONFIG_ENTRY, config)?.ok_or_else(|| {
+            BackupError::Refused(format!("the config file {} is gone", config.display()))
+        })?;
         entries.push(entry);
     }
     if !snapshot.names_log.is_empty() {
@@ -160,11 +166,11 @@ fn entries(source: &Source, snapshot: &Snapshot, database: &Path) -> anyhow::Res
 }
 
 /// A small file read whole, as `name` in the archive; `None` when it does not exist.
-fn small_file(name: &str, path: &Path) -> anyhow::Result<Option<Entry>> {
+fn small_file(name: &str, path: &Path) -> Result<Option<Entry>, BackupError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(e).doing(|| format!("reading {}", path.display())),
     };
     Ok(Some(Entry {
         path: name.into(),
@@ -174,9 +180,9 @@ fn small_file(name: &str, path: &Path) -> anyhow::Result<Option<Entry>> {
     }))
 }
 
-fn file_size(path: &Path) -> anyhow::Result<u64> {
+fn file_size(path: &Path) -> Result<u64, BackupError> {
     Ok(std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
+        .doing(|| format!("reading {}", path.display()))?
         .len())
 }
 
@@ -190,9 +196,11 @@ fn write_archive(
     partial: &Path,
     entries: &[Entry],
     manifest: impl FnOnce(Vec<FileRecord>) -> Manifest,
-) -> anyhow::Result<Manifest> {
-    let writing =
-        |e: io::Error| anyhow::Error::from(e).context(format!("writing {}", partial.display()));
+) -> Result<Manifest, BackupError> {
+    let writing = |source: io::Error| BackupError::Io {
+        doing: format!("writing {}", partial.display()),
+        source,
+    };
     // Private: it holds the API keys' hashes and the config file.
     let file = OpenOptions::new()
         .write(true)
@@ -207,7 +215,7 @@ fn write_archive(
         records.push(append(&mut archive, entry, partial)?);
     }
     let manifest = manifest(records);
-    let text = serde_json::to_vec_pretty(&manifest)?;
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| writing(e.into()))?;
     let mut header = header(text.len() as u64, 0o644);
     archive
         .append_data(&mut header, MANIFEST, text.as_slice())
@@ -238,7 +246,7 @@ fn append<W: Write>(
     archive: &mut tar::Builder<W>,
     entry: &Entry,
     output: &Path,
-) -> anyhow::Result<FileRecord> {
+) -> Result<FileRecord, BackupError> {
     let part = Part::of(&entry.path).expect("backups hold only known parts");
     let mut header = header(entry.size, part.mode(entry.mode));
     let sha256 = match &entry.content {
@@ -246,30 +254,29 @@ fn append<W: Write>(
             let mut reader = Hashing::new(bytes.as_slice());
             archive
                 .append_data(&mut header, &entry.path, &mut reader)
-                .with_context(|| format!("writing {}", output.display()))?;
+                .doing(|| format!("writing {}", output.display()))?;
             reader.digest()
         }
         Content::File { path, sha256 } => {
-            let file = File::open(path).with_context(|| missing(path, sha256.is_some()))?;
+            let file = File::open(path).doing(|| missing(path, sha256.is_some()))?;
             let mut reader = Hashing::new(file.take(entry.size));
             let written = archive.append_data(&mut header, &entry.path, &mut reader);
             if let Some(e) = reader.read_error.take() {
-                return Err(e).with_context(|| format!("reading {}", path.display()));
+                return Err(e).doing(|| format!("reading {}", path.display()));
             }
-            written.with_context(|| format!("writing {}", output.display()))?;
-            anyhow::ensure!(
-                reader.count == entry.size,
-                "{} shrank while it was backed up",
-                path.display()
-            );
+            written.doing(|| format!("writing {}", output.display()))?;
+            refuse_unless(reader.count == entry.size, || {
+                format!("{} shrank while it was backed up", path.display())
+            })?;
             let actual = reader.digest();
             if let Some(expected) = sha256 {
-                anyhow::ensure!(
-                    *expected == actual,
-                    "{} does not hold what its name says (sha256 {actual}): the model store is damaged; \
-                     `jetsonmind models verify` names the model",
-                    path.display()
-                );
+                refuse_unless(*expected == actual, || {
+                    format!(
+                        "{} does not hold what its name says (sha256 {actual}): the model store is \
+                         damaged; `jetsonmind models verify` names the model",
+                        path.display()
+                    )
+                })?;
             }
             actual
         }
