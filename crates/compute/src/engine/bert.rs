@@ -10,7 +10,6 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{Config, HiddenAct};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use jetsonmind_kernels::attend_packed;
@@ -28,6 +27,33 @@ pub struct BertEngine {
     model: Encoder,
     tokenizer: Tokenizer,
     dimensions: usize,
+}
+
+/// What a BERT model's `config.json` (Hugging Face's) says of its shape;
+/// the rest of it (dropout, initializers) is for training.
+#[derive(Debug, serde::Deserialize)]
+struct Config {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    hidden_act: HiddenAct,
+    max_position_embeddings: usize,
+    type_vocab_size: usize,
+    layer_norm_eps: f64,
+}
+
+/// The feed-forward layer's activation, as `config.json` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+enum HiddenAct {
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// The tanh approximation of GELU.
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh")]
+    GeluApproximate,
+    #[serde(rename = "relu")]
+    Relu,
 }
 
 #[derive(serde::Deserialize)]
@@ -317,5 +343,19 @@ mod tests {
             (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn activations_read_by_their_config_names_and_others_are_refused() {
+        let read = |name: &str| serde_json::from_value::<HiddenAct>(serde_json::json!(name));
+        assert_eq!(read("gelu").unwrap(), HiddenAct::Gelu);
+        assert_eq!(read("gelu_new").unwrap(), HiddenAct::GeluApproximate);
+        assert_eq!(
+            read("gelu_pytorch_tanh").unwrap(),
+            HiddenAct::GeluApproximate
+        );
+        assert_eq!(read("relu").unwrap(), HiddenAct::Relu);
+        let unknown = read("swish").unwrap_err().to_string();
+        assert!(unknown.contains("swish"), "{unknown}");
     }
 }

@@ -4,11 +4,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
-use candle_transformers::models::whisper as spec;
 use tokenizers::Tokenizer;
 
 use super::decoder::Decoder;
-use super::{Extra, inference};
+use super::{Extra, inference, spec};
 use crate::engine::EngineError;
 
 /// Seconds per timestamp token step.

@@ -7,9 +7,9 @@
 
 use candle_core::{D, IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
-use candle_transformers::models::whisper as spec;
 use jetsonmind_kernels::half::HalfMatrix;
 
+use super::spec;
 use crate::engine::cpu;
 
 struct Attention {

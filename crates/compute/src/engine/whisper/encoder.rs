@@ -6,8 +6,8 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, VarBuilder};
-use candle_transformers::models::whisper as spec;
 
+use super::spec;
 use crate::engine::cpu::{Linear, LinearWeights, gelu_in_place, softmax_last_dim_in_place};
 
 struct Block {

@@ -12,13 +12,13 @@ mod decode;
 mod decoder;
 mod encoder;
 mod mel;
+mod spec;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper as spec;
 use tokenizers::Tokenizer;
 
 use super::speech::{Segment, SpeechEngine, TranscribeRequest, Transcript, WindowDone};
@@ -55,7 +55,7 @@ impl WhisperEngine {
             return Err(fail(format!("a {} model, not Whisper", model.spec)));
         }
         let extra: Extra = dir.json("config.json")?;
-        let config = whisper_config(&model, &extra).map_err(fail)?;
+        let config = whisper_config(&model).map_err(fail)?;
         let named = ct2::whisper_names(&model).map_err(|e| fail(e.to_string()))?;
         let size_bytes = named.values().map(|t| t.elem_count() as u64 * 4).sum();
         let vb = VarBuilder::from_tensors(named, DType::F32, &Device::Cpu);
@@ -239,7 +239,7 @@ struct Extra {
 }
 
 /// The model's dimensions, read off its tensors.
-fn whisper_config(model: &ct2::Ct2Model, extra: &Extra) -> Result<spec::Config, String> {
+fn whisper_config(model: &ct2::Ct2Model) -> Result<spec::Config, String> {
     let shape = |name: &str| -> Result<Vec<usize>, String> {
         model
             .tensors
@@ -273,7 +273,6 @@ fn whisper_config(model: &ct2::Ct2Model, extra: &Extra) -> Result<spec::Config, 
         max_target_positions: target_positions,
         decoder_attention_heads: heads("decoder")?,
         decoder_layers: layers(&model.tensors, "decoder"),
-        suppress_tokens: extra.suppress_ids.clone(),
     })
 }
 
