@@ -12,6 +12,7 @@ as_root apt-get update -qq
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config cmake clang libclang-dev git curl ca-certificates \
     python3 python3-venv python3-pip libgomp1 iproute2 mmdebstrap systemd tmux espeak-ng >/dev/null
+# (libgomp1: the OpenMP runtime the xllamacpp wheel, the e2e tests' llama.cpp server, links.)
 
 say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

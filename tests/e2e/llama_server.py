@@ -23,7 +23,6 @@ import xllamacpp
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=version())
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: a free port, announced in the log")
@@ -41,9 +40,13 @@ def parse(argv):
 
 
 def version():
-    build = xllamacpp.BUILD_INFO
-    return f"xllamacpp {importlib.metadata.version('xllamacpp')} (llama.cpp build {build['build_number']}, " \
-           f"commit {build['commit']})"
+    """The wheel's version and source commit, which pins the llama.cpp it vendors (the build itself
+    records no llama.cpp commit). Built for a generic CPU (AVX2 on x86_64, armv8-a on ARM), not
+    with this machine's native flags."""
+    from xllamacpp._version import get_versions
+
+    commit = get_versions().get("full-revisionid") or "unknown"
+    return f"xllamacpp {importlib.metadata.version('xllamacpp')} (source commit {commit}, generic CPU build)"
 
 
 def params_of(options):
@@ -74,12 +77,16 @@ def params_of(options):
 
 
 def main(argv):
-    server = xllamacpp.Server(params_of(parse(argv)))  # returns once the model is loaded and it listens
-    stopped = []
-    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
-    while not stopped:
-        signal.pause()
+    if argv == ["--version"]:  # not argparse's: it wraps the line
+        print(version())
+        return
+    params = params_of(parse(argv))
+    # Blocked before the server starts, so its threads inherit the mask: a SIGTERM at any moment,
+    # during the model's load included, waits here and stops the server cleanly.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    server = xllamacpp.Server(params)  # returns once the model is loaded and it listens
+    signal.sigwait(stop)
     del server  # stops its threads and frees the model before the interpreter exits
 
 

@@ -12,6 +12,7 @@ pub enum BackupError {
     /// Reading, writing, renaming or syncing a file failed.
     #[error("{doing}")]
     Io {
+        /// What was being done, naming the file.
         doing: String,
         #[source]
         source: io::Error,
@@ -19,12 +20,14 @@ pub enum BackupError {
     /// The model store or its database failed.
     #[error("{doing}")]
     Store {
+        /// What was being done with the store.
         doing: String,
         #[source]
         source: StoreError,
     },
     /// It cannot go on: an output that exists, a data dir in use, too little
-    /// room, an archive that is damaged or not a backup.
+    /// room, a config file gone, a model file that shrank or does not hold
+    /// what its name says, an archive that is damaged or not a backup.
     #[error("{0}")]
     Refused(String),
 }

@@ -80,17 +80,19 @@ pub struct Manifest {
     pub files: Vec<FileRecord>,
 }
 
+/// One file of a backup, as its manifest lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileRecord {
     /// Its path in the archive, which is its place in the data dir.
     pub path: String,
     pub size_bytes: u64,
+    /// Of its content, hex: checked again when it is restored.
     pub sha256: String,
 }
 
 /// The parts of a node's state, as `backup` reports their sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Part {
+pub(crate) enum Part {
     Database,
     Settings,
     ApiKeys,

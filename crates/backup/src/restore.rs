@@ -29,6 +29,7 @@ const BUFFER: usize = 1 << 20;
 /// What a restore did.
 #[derive(Debug)]
 pub struct Restored {
+    /// The restored backup's manifest: when and where it was taken.
     pub manifest: Manifest,
     /// Where the data dir's previous contents went, when it had any.
     pub aside: Option<PathBuf>,
