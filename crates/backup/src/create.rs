@@ -10,8 +10,9 @@ use std::time::SystemTime;
 use jetsonmind_data::store::{ModelStore, Snapshot};
 
 use super::{
-    BackupError, CONFIG_ENTRY, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part,
-    VERSION, ensure_room, names_log_entry, parent_of, refuse_unless, rfc3339, sync_dir,
+    BUFFER, BackupError, CONFIG_ENTRY, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest,
+    Part, VERSION, beside, ensure_room, names_log_entry, parent_of, refuse_unless, rfc3339,
+    sync_dir,
 };
 
 /// What to back up.
@@ -25,8 +26,6 @@ pub struct Source<'a> {
 
 /// The archive's room for headers and the end marker, beyond the files.
 const TAR_OVERHEAD_PER_FILE: u64 = 1024;
-/// How much is read or written at a time: model files are streamed.
-const BUFFER: usize = 1 << 20;
 
 /// One file to put in the archive.
 struct Entry {
@@ -102,13 +101,6 @@ pub fn create(source: &Source, output: &Path) -> Result<Manifest, BackupError> {
         .doing(|| format!("renaming {} to {}", partial.display(), output.display()))?;
     sync_dir(dir)?;
     Ok(files)
-}
-
-/// `<output>.<suffix>`, in the same directory (so the rename stays there).
-fn beside(output: &Path, suffix: &str) -> PathBuf {
-    let mut name = output.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    output.with_file_name(name)
 }
 
 /// Everything to archive, in archive order: the database, the small files,
@@ -197,10 +189,7 @@ fn write_archive(
     entries: &[Entry],
     manifest: impl FnOnce(Vec<FileRecord>) -> Manifest,
 ) -> Result<Manifest, BackupError> {
-    let writing = |source: io::Error| BackupError::Io {
-        doing: format!("writing {}", partial.display()),
-        source,
-    };
+    let writing = || format!("writing {}", partial.display());
     // Private: it holds the API keys' hashes and the config file.
     let file = OpenOptions::new()
         .write(true)
@@ -208,23 +197,25 @@ fn write_archive(
         .truncate(true)
         .mode(0o600)
         .open(partial)
-        .map_err(writing)?;
+        .doing(writing)?;
     let mut archive = tar::Builder::new(BufWriter::with_capacity(BUFFER, file));
     let mut records = Vec::new();
     for entry in entries {
         records.push(append(&mut archive, entry, partial)?);
     }
     let manifest = manifest(records);
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| writing(e.into()))?;
+    let text = serde_json::to_vec_pretty(&manifest)
+        .map_err(io::Error::from)
+        .doing(writing)?;
     let mut header = header(text.len() as u64, 0o644);
     archive
         .append_data(&mut header, MANIFEST, text.as_slice())
-        .map_err(writing)?;
+        .doing(writing)?;
     let file = archive
         .into_inner()
         .and_then(|buffered| buffered.into_inner().map_err(|e| e.into_error()))
-        .map_err(writing)?;
-    file.sync_all().map_err(writing)?;
+        .doing(writing)?;
+    file.sync_all().doing(writing)?;
     Ok(manifest)
 }
 

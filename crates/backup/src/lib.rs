@@ -54,6 +54,8 @@ const VERSION: u32 = 1;
 pub const CONFIG_ENTRY: &str = "config.toml";
 /// Where the store keeps a model file: `models/blobs/sha256-<hex>`.
 const BLOB_PREFIX: &str = "models/blobs/sha256-";
+/// How much is read or written at a time: model files are streamed.
+const BUFFER: usize = 1 << 20;
 
 /// `jetsonmind-20250601T120000Z.tar`: a backup's default file name.
 pub fn archive_name(time: SystemTime) -> String {
@@ -245,6 +247,14 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .doing(|| format!("syncing {}", dir.display()))
+}
+
+/// `<path>.<suffix>`, in the same directory (same filesystem, so renames
+/// between them work).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
 }
 
 /// The directory a path is in (`.` for a bare name).

@@ -19,12 +19,9 @@ use std::time::SystemTime;
 use jetsonmind_data::store::ModelStore;
 
 use super::{
-    BackupError, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part, VERSION,
-    blob_digest, compact_stamp, ensure_room, parent_of, refuse_unless, sync_dir,
+    BUFFER, BackupError, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part, VERSION,
+    beside, blob_digest, compact_stamp, ensure_room, parent_of, refuse_unless, sync_dir,
 };
-
-/// How much is read or written at a time: model files are streamed.
-const BUFFER: usize = 1 << 20;
 
 /// What a restore did.
 #[derive(Debug)]
@@ -62,7 +59,7 @@ pub fn restore(data_dir: &Path, archive: &Path, force: bool) -> Result<Restored,
     std::fs::create_dir_all(parent).doing(|| format!("creating {}", parent.display()))?;
     ensure_room(parent, archive_size)?;
     let started = SystemTime::now();
-    let staging = Staging::create(&sibling(
+    let staging = Staging::create(&beside(
         &data_dir,
         &format!(
             "restoring-{}-{}",
@@ -92,13 +89,6 @@ fn holds_anything(dir: &Path) -> Result<bool, BackupError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).doing(|| format!("reading {}", dir.display())),
     }
-}
-
-/// `<dir>.<suffix>`, beside it (same filesystem, so renames between them work).
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    dir.with_file_name(name)
 }
 
 /// The directory a restore unpacks into; removed if the restore fails
@@ -213,17 +203,14 @@ fn unpack_file<R: Read>(
     let part = Part::of(path).expect("checked by entry_path");
     let mode = part.mode(entry.header().mode().unwrap_or(0o600));
     let dest = staging.join(path);
-    let writing = |source: io::Error| BackupError::Io {
-        doing: format!("writing {}", dest.display()),
-        source,
-    };
-    std::fs::create_dir_all(parent_of(&dest)).map_err(writing)?;
+    let writing = || format!("writing {}", dest.display());
+    std::fs::create_dir_all(parent_of(&dest)).doing(writing)?;
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(&dest)
-        .map_err(writing)?;
+        .doing(writing)?;
     let mut reader = Hashing::new(entry);
     let mut buffer = vec![0; BUFFER];
     loop {
@@ -236,7 +223,7 @@ fn unpack_file<R: Read>(
         if n == 0 {
             break;
         }
-        out.write_all(&buffer[..n]).map_err(writing)?;
+        out.write_all(&buffer[..n]).doing(writing)?;
     }
     refuse_unless(reader.count == size, || {
         format!(
@@ -245,7 +232,7 @@ fn unpack_file<R: Read>(
             reader.count
         )
     })?;
-    out.sync_all().map_err(writing)?;
+    out.sync_all().doing(writing)?;
     Ok(FileRecord {
         path: path.to_string(),
         size_bytes: size,
@@ -350,7 +337,7 @@ fn swap_in(
         sync_dir(parent)?;
         return Ok(None);
     }
-    let aside = free_name(&sibling(
+    let aside = free_name(&beside(
         data_dir,
         &format!("before-restore-{}", compact_stamp(started)),
     ));
