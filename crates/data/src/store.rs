@@ -184,7 +184,7 @@ impl ModelStore {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let store = Self {
             dir: data_dir.join("models"),
-            node: node_name(),
+            node: host_name(),
             conn: Mutex::new(db::open(data_dir)?),
         };
         for sub in [store.blobs(), store.tmp()] {
@@ -1258,7 +1258,9 @@ fn process_alive(pid: u32) -> bool {
     result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn node_name() -> String {
+/// This machine's host name, else `localhost`: the node a record or a
+/// backup was made on when no cluster names it.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -74,12 +74,8 @@ pub fn restore_command(sources: &ConfigSources, archive: &Path, force: bool) -> 
 
 /// The node's name: `cluster.node`, else the host name.
 fn node_name(config: &Config) -> String {
-    if !config.cluster.node.is_empty() {
-        return config.cluster.node.clone();
+    match config.cluster.node.is_empty() {
+        true => jetsonmind_data::store::host_name(),
+        false => config.cluster.node.clone(),
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
