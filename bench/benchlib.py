@@ -1,11 +1,18 @@
 """Helpers shared by the benchmarks in bench/."""
 
 import importlib.util
+import json
+import subprocess
 import sys
+import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = ROOT / "target" / "release" / "jetsonmind"
+# The peers the benchmarks measure against, pinned, in a venv of their own (created on the first run).
+PEERS = ROOT / "bench" / "cache" / "peers"
+PEER_PACKAGES = ["faster-whisper==1.2.1", "ctranslate2==4.8.5", "onnxruntime==1.32.0", "onnx==1.23.2",
+                 "numpy==2.4.6", "tokenizers==0.23.3", "pillow==13.0.0"]
 
 
 def percentile(values, p):
@@ -20,6 +27,20 @@ def require_binary():
         sys.exit(f"{BINARY} is missing: run `cargo build --release --locked` (./setup.sh does)")
 
 
+def engine_bench_args(doc):
+    """The command line of a benchmark against a peer engine (`--runs`, `--threads`), once the binary and the
+    end-to-end helpers are there."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="rounds, each side once per round")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads each side uses")
+    args = parser.parse_args()
+    require_binary()
+    use_e2e_helpers()
+    return args
+
+
 def use_e2e_helpers():
     """Make the end-to-end tests' helpers (tests/e2e: real nats-servers, cluster nodes) importable;
     exit, saying why, when this python is not the one ./setup.sh makes (they report failures
@@ -28,3 +49,19 @@ def use_e2e_helpers():
     for module in ("pytest", "mcp"):
         if importlib.util.find_spec(module) is None:
             sys.exit(f"no module {module}: run this with .venv/bin/python (./setup.sh makes it)")
+
+
+def peers_python():
+    """The peers' venv's python, the pinned packages installed."""
+    python = PEERS / "bin" / "python"
+    if not python.exists():
+        venv.create(PEERS, with_pip=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    return python
+
+
+def run_peer(python, script, job):
+    """Run bench/`script` in the peers' venv with `job` (JSON on its stdin); its JSON answer."""
+    done = subprocess.run([str(python), str(ROOT / "bench" / script)], input=json.dumps(job),
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)

