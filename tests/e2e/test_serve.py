@@ -16,6 +16,7 @@ COMPUTE_TOOLS = {
     "text_generate",
     "code_complete",
     "audio_process",
+    "image_analyze",
     "embed",
     "rerank",
     "load_model",
@@ -78,9 +79,9 @@ async def test_calls_tools_through_the_gateway(transport, mode):
         assert result.structured_content["valid"] is False
         assert any("/max_tokens" in e for e in result.structured_content["errors"])
 
-        # No image engine in this build: the tool is not offered, so no model picks it.
-        with pytest.raises(MCPError, match="image_analyze"):
-            await client.call_tool("image_analyze", {"image_data": "AAAA", "analysis_type": "classify"})
+        # Not built yet: the tool is not offered, so no model picks it.
+        with pytest.raises(MCPError, match="multi_modal_inference"):
+            await client.call_tool("multi_modal_inference", {"prompt": "what is this?"})
 
 
 async def test_bad_input_gets_clear_errors(transport, mode):

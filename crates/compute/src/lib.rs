@@ -1,10 +1,8 @@
 //! The compute server: inference tools.
 //!
 //! A tool is listed only where its engine runs: a listed tool that always
-//! fails makes a model pick it and waste turns. `image_analyze` and
-//! `multi_modal_inference` have their input schemas ([`schema`]) but no
-//! engine in this binary yet, so they are not offered; each is listed once
-//! its engine is built in.
+//! fails makes a model pick it and waste turns. `multi_modal_inference`
+//! has its input schema ([`schema`]) but is not offered until it is built.
 
 pub mod embeddings;
 pub mod engine;
@@ -16,6 +14,7 @@ pub mod scheduler;
 pub mod schema;
 pub mod speech;
 pub mod text;
+pub mod vision;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -53,12 +52,14 @@ use crate::scheduler::Scheduler;
 use crate::schema::*;
 use crate::speech::{AUDIO_PROCESS, AudioService};
 use crate::text::TextService;
+use crate::vision::{IMAGE_ANALYZE, ImageService};
 
 pub struct ComputeServer {
     catalog: Arc<Catalog>,
     text: TextService,
     audio: AudioService,
     embeddings: EmbeddingService,
+    images: ImageService,
     vitals: LinuxReader,
     /// `host:pid`, how this replica names itself in its status.
     replica: String,
@@ -138,6 +139,10 @@ impl ComputeServer {
         .with_default_models(
             settings.speech_model.clone(),
             settings.embedding_model.clone(),
+        )
+        .with_image_models(
+            settings.vision.classify_model.clone(),
+            resolve_threads(settings.vision.threads),
         );
         if simulated {
             tracing::warn!(
@@ -165,6 +170,10 @@ impl ComputeServer {
             cache: cache.clone(),
             settings: settings.embeddings.clone(),
         };
+        let images = ImageService {
+            models: models.clone(),
+            settings: settings.vision.clone(),
+        };
         let text = TextService {
             models,
             scheduler: Arc::new(Scheduler::new(settings.parallel, settings.queue_depth)),
@@ -177,6 +186,7 @@ impl ComputeServer {
             text,
             audio,
             embeddings,
+            images,
             vitals,
             replica: format!("{}:{}", store.node(), std::process::id()),
             store,
@@ -406,6 +416,7 @@ impl ComputeServer {
                 self.text.code_complete(args, &raw, call.context).await
             }
             AUDIO_PROCESS => self.audio.audio_process(call.parse()?, call.context).await,
+            IMAGE_ANALYZE => self.images.image_analyze(call.parse()?, call.context).await,
             EMBED => self.embeddings.embed(call.parse()?, call.context).await,
             RERANK => self.embeddings.rerank(call.parse()?, call.context).await,
             other => {
@@ -481,6 +492,20 @@ fn catalog() -> Catalog {
                 .idempotent(true)
                 .open_world(false),
         ),
+        tool_from::<ImageAnalyzeArgs>(
+            IMAGE_ANALYZE,
+            "Analyze an image: `classify` (the most likely ImageNet classes with scores; \
+             EfficientNet-Lite0 by default), `detect` (objects with boxes, classes and scores, \
+             with a YOLO-layout detector) or `properties` (size, format, colour statistics, \
+             dominant colours, sharpness, exposure). PNG, JPEG, WebP, GIF or BMP, as base64 \
+             or a data URI; turned upright by its EXIF orientation.",
+        )
+        .annotate(
+            ToolAnnotations::new()
+                .read_only(true)
+                .idempotent(true)
+                .open_world(false),
+        ),
         tool_from::<EmbedArgs>(
             EMBED,
             "Embed texts as unit-length sentence vectors (all-MiniLM-L6-v2 by default, 384 \
@@ -549,7 +574,8 @@ impl McpUnit for ComputeServer {
             name: "jetsonmind-compute",
             title: "JetsonMind compute",
             instructions: "Local AI inference on this device: text generation, code \
-                           completion, speech to text and back, and text embeddings.",
+                           completion, speech to text and back, text embeddings and image \
+                           analysis.",
         }
     }
 

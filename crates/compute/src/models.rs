@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::engine::bert::BertEngine;
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
 use crate::engine::simulated::SimulatedEngine;
+use crate::engine::vision;
 use crate::engine::whisper::WhisperEngine;
 use crate::engine::{Engine, EngineError, EngineKind, ModelDir, TextEngine};
 use crate::placement::{self, Resident};
@@ -123,6 +124,10 @@ pub struct ModelRegistry {
     /// The models `audio_process` and `embed` use when a call names none.
     speech_model: String,
     embedding_model: String,
+    /// The image model `image_analyze` uses when a call names none, and the
+    /// threads each image model runs on.
+    image_model: String,
+    image_threads: usize,
     /// How models are loaded now (changed at run time by [`Self::retune`]).
     settings: RwLock<LlamaSettings>,
     /// How they are kept (changed by [`Self::set_allocation`]).
@@ -197,6 +202,8 @@ impl ModelRegistry {
             default_model,
             speech_model: String::new(),
             embedding_model: String::new(),
+            image_model: String::new(),
+            image_threads: 1,
             settings: RwLock::new(settings),
             allocation: RwLock::default(),
             placement,
@@ -217,6 +224,14 @@ impl ModelRegistry {
     pub fn with_default_models(mut self, speech: String, embedding: String) -> Self {
         self.speech_model = speech;
         self.embedding_model = embedding;
+        self
+    }
+
+    /// The image model used when a call names none, and the threads each
+    /// image model runs on.
+    pub fn with_image_models(mut self, default: String, threads: usize) -> Self {
+        self.image_model = default;
+        self.image_threads = threads.max(1);
         self
     }
 
@@ -401,6 +416,7 @@ impl ModelRegistry {
             EngineKind::Text => &self.default_model,
             EngineKind::Speech => &self.speech_model,
             EngineKind::Embedding => &self.embedding_model,
+            EngineKind::Image => &self.image_model,
         });
         let (id, path) = self.resolve_or_pull(name, progress).await?;
         let (engine, _) = self.ensure_loaded(&id, &path, None).await?;
@@ -809,6 +825,9 @@ impl ModelRegistry {
             Some(EngineKind::Embedding) => {
                 BertEngine::load(&dir).map(|e| Engine::Embedding(Arc::new(e)))
             }
+            Some(EngineKind::Image) => {
+                vision::load(path, &dir, self.image_threads).map(Engine::Image)
+            }
             None => Err(not_servable(id, &model.format)),
         }
     }
@@ -994,12 +1013,14 @@ fn use_loaded(
 }
 
 /// The engine a model of the store's `format` loads into: GGUF into
-/// llama.cpp, a CTranslate2 directory into whisper, safetensors into BERT.
+/// llama.cpp, a CTranslate2 directory into whisper, safetensors into BERT,
+/// ONNX into the image engines (tract).
 fn engine_kind(format: &str) -> Option<EngineKind> {
     match format {
         "gguf" => Some(EngineKind::Text),
         "ctranslate2" => Some(EngineKind::Speech),
         "safetensors" => Some(EngineKind::Embedding),
+        "onnx" => Some(EngineKind::Image),
         _ => None,
     }
 }
@@ -1008,8 +1029,8 @@ fn not_servable(id: &str, format: &str) -> EngineError {
     EngineError::Load {
         path: id.to_string(),
         reason: format!(
-            "a {format} model: this server runs GGUF language models, CTranslate2 whisper \
-             and safetensors BERT embedding models"
+            "a {format} model: this server runs GGUF language models, CTranslate2 whisper, \
+             safetensors BERT embedding models and ONNX image models"
         ),
     }
 }

@@ -10,22 +10,41 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum ImageTask {
-    /// The most likely ImageNet classes.
+pub enum AnalysisType {
+    /// The most likely classes (ImageNet's thousand with the default model),
+    /// with scores.
     Classify,
-    /// The text in the image.
-    Ocr,
+    /// Objects with boxes, classes and scores (needs a YOLO-layout detector:
+    /// `model`, or `compute.vision.detect_model`).
+    Detect,
+    /// Size, format, colour statistics, dominant colours, sharpness and
+    /// exposure (no model).
+    Properties,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageAnalyzeArgs {
-    /// The image (PNG or JPEG), base64-encoded.
-    pub image_base64: String,
-    pub task: ImageTask,
-    /// How many classes to return for `classify`.
-    #[schemars(range(min = 1, max = 20))]
+    /// The image (PNG, JPEG, WebP, GIF's first frame or BMP): base64, a data
+    /// URI (`data:image/png;base64,...`), or the path of a file in a
+    /// directory the server allows.
+    pub image_data: String,
+    pub analysis_type: AnalysisType,
+    /// `classify`: how many classes to return (5 by default).
+    #[schemars(range(min = 1, max = 100))]
     pub top_k: Option<u32>,
+    /// `detect`: the lowest score a detection may have (0.25 by default).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_score: Option<f32>,
+    /// `detect`: boxes of one class overlapping more than this (intersection
+    /// over union) are one object (0.45 by default).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_overlap: Option<f32>,
+    /// `detect`: the most detections to return (100 by default).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_detections: Option<u32>,
+    /// The model; the configured one for the analysis type when absent.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -746,6 +746,8 @@ pub struct ComputeConfig {
     pub audio: AudioConfig,
     /// Limits of `embed` and `rerank`.
     pub embeddings: EmbeddingsConfig,
+    /// Images in: the models `image_analyze` uses, limits, where files may be read.
+    pub vision: VisionConfig,
     /// What generates text: llama.cpp, or the simulator (benchmarks only).
     pub engine: ComputeEngine,
     /// The simulator's token times; read only with `engine = "simulated"`.
@@ -782,6 +784,41 @@ impl Default for AudioConfig {
             max_speech_chars: 5000,
             tts_command: "espeak-ng".into(),
             tts_timeout_secs: 60,
+        }
+    }
+}
+
+/// The image tools: their models and what they take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionConfig {
+    /// The classifier `classify` uses when a call names none (an ONNX
+    /// model in the store).
+    pub classify_model: String,
+    /// The YOLO-layout ONNX detector `detect` uses when a call names none;
+    /// none ships (import one, then name it here).
+    pub detect_model: String,
+    /// Largest image accepted, in bytes once decoded from base64.
+    pub max_bytes: usize,
+    /// Largest image accepted, in pixels (width times height), checked
+    /// from its header before it is decoded.
+    pub max_pixels: u64,
+    /// Directories whose files `image_data` may name by path (none: only
+    /// base64 and data URIs).
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Threads one image model runs on; 0 is every core.
+    pub threads: usize,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            classify_model: "efficientnet-lite0".into(),
+            detect_model: String::new(),
+            max_bytes: 12 << 20,
+            max_pixels: 40_000_000,
+            allowed_dirs: Vec::new(),
+            threads: 0,
         }
     }
 }
@@ -894,6 +931,7 @@ impl Default for ComputeConfig {
             embedding_model: "all-MiniLM-L6-v2".into(),
             audio: AudioConfig::default(),
             embeddings: EmbeddingsConfig::default(),
+            vision: VisionConfig::default(),
             engine: ComputeEngine::Llama,
             simulator: SimulatorConfig::default(),
         }
@@ -1097,6 +1135,10 @@ impl Config {
             return fail(
                 "compute.audio: tts_command must name a program, tts_timeout_secs >= 1".into(),
             );
+        }
+        let vision = &compute.vision;
+        if vision.max_bytes == 0 || vision.max_pixels == 0 {
+            return fail("compute.vision: max_bytes and max_pixels must be above 0".into());
         }
         if embeddings.max_texts == 0 || embeddings.max_text_bytes == 0 || embeddings.batch_size == 0
         {

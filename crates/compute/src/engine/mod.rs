@@ -1,17 +1,21 @@
 //! Inference engines, behind small traits (one per kind of work) so another
 //! engine can be added without touching the tools: text generation
 //! ([`TextEngine`]: llama.cpp), speech to text ([`SpeechEngine`]: whisper
-//! on candle) and embeddings ([`EmbeddingEngine`]: BERT on candle).
+//! on candle), embeddings ([`EmbeddingEngine`]: BERT on candle) and image
+//! analysis ([`ImageEngine`]: ONNX classifiers and detectors on tract).
 
 pub mod bert;
 mod cpu;
 pub mod embedding;
+pub mod image;
 pub mod llama;
 pub mod simulated;
 pub mod speech;
+pub mod vision;
 pub mod whisper;
 
 pub use embedding::EmbeddingEngine;
+pub use image::ImageEngine;
 pub use speech::SpeechEngine;
 
 use std::collections::BTreeMap;
@@ -230,6 +234,7 @@ pub enum EngineKind {
     Text,
     Speech,
     Embedding,
+    Image,
 }
 
 impl std::fmt::Display for EngineKind {
@@ -238,6 +243,7 @@ impl std::fmt::Display for EngineKind {
             EngineKind::Text => "text generation",
             EngineKind::Speech => "speech to text",
             EngineKind::Embedding => "embedding",
+            EngineKind::Image => "image analysis",
         })
     }
 }
@@ -249,6 +255,7 @@ pub enum Engine {
     Text(Arc<dyn TextEngine>),
     Speech(Arc<dyn SpeechEngine>),
     Embedding(Arc<dyn EmbeddingEngine>),
+    Image(Arc<dyn ImageEngine>),
 }
 
 impl Engine {
@@ -257,6 +264,7 @@ impl Engine {
             Engine::Text(_) => EngineKind::Text,
             Engine::Speech(_) => EngineKind::Speech,
             Engine::Embedding(_) => EngineKind::Embedding,
+            Engine::Image(_) => EngineKind::Image,
         }
     }
 
@@ -265,6 +273,7 @@ impl Engine {
             Engine::Text(e) => e.info(),
             Engine::Speech(e) => e.info(),
             Engine::Embedding(e) => e.info(),
+            Engine::Image(e) => e.info(),
         }
     }
 
@@ -274,6 +283,7 @@ impl Engine {
             Engine::Text(e) => Arc::strong_count(e),
             Engine::Speech(e) => Arc::strong_count(e),
             Engine::Embedding(e) => Arc::strong_count(e),
+            Engine::Image(e) => Arc::strong_count(e),
         }
     }
 
@@ -296,6 +306,13 @@ impl Engine {
         match self {
             Engine::Embedding(e) => Ok(e),
             other => Err(other.wrong_kind(EngineKind::Embedding)),
+        }
+    }
+
+    pub fn image(self) -> Result<Arc<dyn ImageEngine>, EngineError> {
+        match self {
+            Engine::Image(e) => Ok(e),
+            other => Err(other.wrong_kind(EngineKind::Image)),
         }
     }
 
