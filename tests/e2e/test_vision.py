@@ -145,7 +145,7 @@ async def test_bad_images_get_clear_errors_and_the_server_keeps_serving(vision_s
         "huge": (data_uri(huge), "takes at most 4000000 (compute.vision.max_pixels)"),
         "not an image": (base64.b64encode(b"hello, this is text").decode(), "not an image this server reads"),
         "not base64": ("%%% not base64 %%%", "neither base64 nor a data URI"),
-        "a path not allowed": ("/etc/passwd", "neither base64 nor a data URI"),
+        "a path not allowed": ("/etc/passwd", "compute.vision.allowed_dirs is empty"),
     }
     async with Client(vision_server.url) as client:
         for case, (image, expected) in cases.items():
@@ -155,5 +155,7 @@ async def test_bad_images_get_clear_errors_and_the_server_keeps_serving(vision_s
                 assert expected in text_of(result), f"{case}: {text_of(result)}"
         result = await analyze(client, data_uri(photo), "classify", top_k=0)
         assert result.is_error and "top_k" in text_of(result)
+        result = await analyze(client, data_uri(photo), "detect", min_score=2)
+        assert result.is_error and "min_score" in text_of(result)
         result = await analyze(client, data_uri(photo), "classify")
         assert not result.is_error, text_of(result)

@@ -41,6 +41,8 @@ pub struct InputRules<'a> {
     /// The setting `max_bytes` comes from, named in the error.
     pub setting: &'static str,
     pub allowed_dirs: &'a [PathBuf],
+    /// The setting `allowed_dirs` comes from, named in the error.
+    pub allowed_dirs_setting: &'static str,
 }
 
 /// The bytes `data` stands for.
@@ -125,7 +127,7 @@ fn read_file(path: &Path, rules: &InputRules) -> Result<Vec<u8>, InputError> {
 
 fn allowed_list(rules: &InputRules) -> String {
     match rules.allowed_dirs.is_empty() {
-        true => "no directory: compute.audio.allowed_dirs is empty".into(),
+        true => format!("no directory: {} is empty", rules.allowed_dirs_setting),
         false => rules
             .allowed_dirs
             .iter()
@@ -162,6 +164,7 @@ mod tests {
             max_bytes: 16,
             setting: "compute.audio.max_bytes",
             allowed_dirs: dirs,
+            allowed_dirs_setting: "compute.audio.allowed_dirs",
         }
     }
 
@@ -202,7 +205,9 @@ mod tests {
         // With no directory allowed, a path is not read: it is (bad) base64.
         let error = read(inside.to_str().unwrap(), &rules(&[])).unwrap_err();
         assert!(
-            error.to_string().contains("allowed_dirs is empty"),
+            error
+                .to_string()
+                .contains("compute.audio.allowed_dirs is empty"),
             "{error}"
         );
     }

@@ -83,6 +83,7 @@ impl AudioService {
                 max_bytes: self.settings.max_bytes,
                 setting: "compute.audio.max_bytes",
                 allowed_dirs: &self.settings.allowed_dirs,
+                allowed_dirs_setting: "compute.audio.allowed_dirs",
             },
         )?;
         let limits = Limits {

@@ -59,7 +59,6 @@ impl ImageService {
     }
 
     async fn analyze(&self, args: ImageAnalyzeArgs) -> Outcome {
-        check(&args)?;
         let started = Instant::now();
         let picture = self.decoded(&args).await?;
         let decode_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -87,6 +86,7 @@ impl ImageService {
                 max_bytes: self.settings.max_bytes,
                 setting: "compute.vision.max_bytes",
                 allowed_dirs: &self.settings.allowed_dirs,
+                allowed_dirs_setting: "compute.vision.allowed_dirs",
             },
         )?;
         let limits = Limits {
@@ -97,26 +97,30 @@ impl ImageService {
         Ok(Arc::new(picture))
     }
 
+    /// The model `args` names; else the configured detector for `detect`,
+    /// and the registry's image default (`compute.vision.classify_model`)
+    /// for `classify`.
     async fn engine(
         &self,
         args: &ImageAnalyzeArgs,
     ) -> Result<Arc<dyn ImageEngine>, ImageCallError> {
-        let configured = match args.analysis_type {
-            AnalysisType::Detect => &self.settings.detect_model,
-            _ => &self.settings.classify_model,
+        let detector = &self.settings.detect_model;
+        let name = match (args.model.as_deref(), args.analysis_type) {
+            (Some(name), _) => Some(name),
+            (None, AnalysisType::Detect) if detector.is_empty() => {
+                return Err(ImageCallError::Invalid(
+                    "no detector is configured: import a YOLO-layout ONNX detector \
+                     (`jetsonmind models import`), then name it in `model` or in \
+                     compute.vision.detect_model"
+                        .into(),
+                ));
+            }
+            (None, AnalysisType::Detect) => Some(detector.as_str()),
+            (None, _) => None,
         };
-        let name = args.model.as_deref().unwrap_or(configured);
-        if name.is_empty() {
-            return Err(ImageCallError::Invalid(
-                "no detector is configured: import a YOLO-layout ONNX detector \
-                 (`jetsonmind models import`), then name it in `model` or in \
-                 compute.vision.detect_model"
-                    .into(),
-            ));
-        }
         Ok(self
             .models
-            .engine(Some(name), EngineKind::Image, None)
+            .engine(name, EngineKind::Image, None)
             .await?
             .image()?)
     }
@@ -192,18 +196,14 @@ impl<T: serde::Serialize> Ran<T> {
 }
 
 async fn properties(picture: Arc<Picture>) -> Result<(String, Value), ImageCallError> {
-    let measured = blocking(move || {
-        let properties = jetsonmind_image::properties(&picture.rgb);
-        (picture, properties)
-    })
-    .await?;
-    let (picture, p) = measured;
+    let format = picture.format;
+    let p = blocking(move || jetsonmind_image::properties(&picture.rgb)).await?;
     let colours: Vec<&str> = p.dominant_colours.iter().map(|c| c.hex.as_str()).collect();
     let text = format!(
         "{}x{} {}; brightness {:.0}/255, {}, {}; dominant colours {}.",
         p.width,
         p.height,
-        picture.format.to_uppercase(),
+        format.to_uppercase(),
         p.brightness,
         p.exposure.verdict,
         p.focus,
@@ -212,30 +212,6 @@ async fn properties(picture: Arc<Picture>) -> Result<(String, Value), ImageCallE
     let mut structured = json!(p);
     structured["analysis_type"] = json!("properties");
     Ok((text, structured))
-}
-
-/// Limits the schema states, for callers that do not read schemas.
-fn check(args: &ImageAnalyzeArgs) -> Result<(), ImageCallError> {
-    let fraction = |value: Option<f32>, name: &str| match value {
-        Some(v) if !(0.0..=1.0).contains(&v) => Err(ImageCallError::Invalid(format!(
-            "`{name}` is between 0 and 1, not {v}"
-        ))),
-        _ => Ok(()),
-    };
-    fraction(args.min_score, "min_score")?;
-    fraction(args.max_overlap, "max_overlap")?;
-    if args.top_k.is_some_and(|k| !(1..=100).contains(&k)) {
-        return Err(ImageCallError::Invalid("`top_k` is 1 to 100".into()));
-    }
-    if args
-        .max_detections
-        .is_some_and(|k| !(1..=1000).contains(&k))
-    {
-        return Err(ImageCallError::Invalid(
-            "`max_detections` is 1 to 1000".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// `tiger cat 40%, Egyptian cat 35%, tabby 17%`.

@@ -94,14 +94,13 @@ pub struct PictureSummary {
 /// any pixel is decoded, so a small file claiming a huge picture costs
 /// nothing. An animated GIF gives its first frame.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Picture, ImageError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Damaged(e.to_string()))?;
     let format = match reader.format() {
         Some(format) => format_name(format)?,
         None => return Err(ImageError::NotAnImage(String::new())),
     };
-    let mut reader = reader;
     let mut decoder_limits = image::Limits::default();
     // The decoder's own allocation cap: the pixels allowed, as 16-bit RGBA
     // (the widest it produces from these formats), and some room to work.
