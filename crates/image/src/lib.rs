@@ -4,6 +4,7 @@
 //! their EXIF orientation; measure them ([`properties`]); and prepare a
 //! model's input ([`prepare`]).
 
+pub mod geometry;
 pub mod prepare;
 pub mod properties;
 

@@ -21,6 +21,11 @@ pub fn resize(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
     imageops::resize(rgb, width, height, FilterType::CatmullRom)
 }
 
+/// Turned a quarter to the left (counter-clockwise).
+pub fn turn_left(rgb: &RgbImage) -> RgbImage {
+    imageops::rotate270(rgb)
+}
+
 /// A picture scaled to fit a `width` x `height` canvas, aspect kept,
 /// centred on `fill`: what a detector sees.
 pub struct Letterboxed {

@@ -44,6 +44,8 @@ pub struct Properties {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DominantColour {
     pub hex: String,
+    /// A plain name for it (`dark red`, `grey`, `light blue`...).
+    pub name: String,
     pub rgb: [u8; 3],
     pub share: f64,
 }
@@ -170,6 +172,50 @@ fn spread(squares: f64, mean: f64, n: f64) -> f64 {
     (squares / n - mean * mean).max(0.0).sqrt()
 }
 
+/// A plain colour name from hue, saturation and lightness: words a
+/// language model (or a person) can use where a hex code means nothing.
+pub fn colour_name(rgb: [u8; 3]) -> String {
+    let [r, g, b] = rgb.map(|c| f64::from(c) / 255.0);
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let lightness = (max + min) / 2.0;
+    let chroma = max - min;
+    let saturation = match chroma {
+        0.0 => 0.0,
+        _ => chroma / (1.0 - (2.0 * lightness - 1.0).abs()).max(1e-9),
+    };
+    let shade = |name: &str| match lightness {
+        l if l < 0.3 => format!("dark {name}"),
+        l if l > 0.7 => format!("light {name}"),
+        _ => name.to_string(),
+    };
+    if lightness < 0.12 {
+        return "black".into();
+    }
+    if lightness > 0.92 {
+        return "white".into();
+    }
+    if saturation < 0.15 || chroma < 0.08 {
+        return shade("grey");
+    }
+    let hue = match max {
+        m if m == r => 60.0 * ((g - b) / chroma).rem_euclid(6.0),
+        m if m == g => 60.0 * ((b - r) / chroma + 2.0),
+        _ => 60.0 * ((r - g) / chroma + 4.0),
+    };
+    let name = match hue {
+        h if !(15.0..345.0).contains(&h) => "red",
+        h if h < 40.0 && lightness < 0.45 => "brown",
+        h if h < 40.0 => "orange",
+        h if h < 70.0 => "yellow",
+        h if h < 165.0 => "green",
+        h if h < 195.0 => "cyan",
+        h if h < 255.0 => "blue",
+        h if h < 290.0 => "purple",
+        _ => "pink",
+    };
+    shade(name)
+}
+
 fn dominant(bins: Vec<(u64, [u64; 3])>, n: f64) -> Vec<DominantColour> {
     let mut bins: Vec<_> = bins.into_iter().filter(|(count, _)| *count > 0).collect();
     bins.sort_by_key(|bin| std::cmp::Reverse(bin.0));
@@ -180,6 +226,7 @@ fn dominant(bins: Vec<(u64, [u64; 3])>, n: f64) -> Vec<DominantColour> {
             let rgb = sums.map(|s| (s as f64 / count as f64).round() as u8);
             DominantColour {
                 hex: format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2]),
+                name: colour_name(rgb),
                 rgb,
                 share: round(count as f64 / n, 4),
             }
@@ -246,6 +293,7 @@ mod tests {
         assert_eq!(p.aspect_ratio, 2.0);
         assert_eq!(p.dominant_colours.len(), 1);
         assert_eq!(p.dominant_colours[0].hex, "#c81e1e");
+        assert_eq!(p.dominant_colours[0].name, "red");
         assert_eq!(p.dominant_colours[0].share, 1.0);
         assert_eq!((p.sharpness, p.focus), (0.0, "blurry"));
         assert!(
@@ -284,5 +332,19 @@ mod tests {
         assert_eq!(properties(&dark).exposure.verdict, "underexposed");
         assert_eq!(properties(&bright).exposure.verdict, "overexposed");
         assert_eq!(properties(&mid).exposure.verdict, "balanced");
+    }
+
+    #[test]
+    fn colours_get_plain_names() {
+        let named = |rgb| colour_name(rgb);
+        assert_eq!(named([0, 0, 0]), "black");
+        assert_eq!(named([255, 255, 255]), "white");
+        assert_eq!(named([128, 128, 128]), "grey");
+        assert_eq!(named([200, 30, 30]), "red");
+        assert_eq!(named([100, 0, 0]), "dark red");
+        assert_eq!(named([150, 90, 30]), "brown");
+        assert_eq!(named([240, 150, 30]), "orange");
+        assert_eq!(named([30, 160, 40]), "green");
+        assert_eq!(named([150, 190, 250]), "light blue");
     }
 }
