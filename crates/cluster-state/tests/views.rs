@@ -147,6 +147,7 @@ fn node_state(dir: &Path) -> NodeState {
         store: Arc::new(ModelStore::open(dir).expect("the model store")),
         settings: Arc::new(Settings::fixed(config)),
         cache: Default::default(),
+        inputs: Default::default(),
         analytics: Default::default(),
     }
 }

@@ -1,13 +1,13 @@
 //! The compute server: inference tools.
 //!
-//! A tool is listed only where its engine runs: a listed tool that always
-//! fails makes a model pick it and waste turns. `multi_modal_inference`
-//! has its input schema ([`schema`]) but is not offered until it is built.
+//! `multi_modal_inference` and `image_analyze`'s `describe` are built from
+//! the other tools, called as their caller ([`multimodal`]).
 
 pub mod embeddings;
 pub mod engine;
 pub mod input;
 pub mod models;
+pub mod multimodal;
 pub mod placement;
 pub mod prompts;
 pub mod scheduler;
@@ -38,6 +38,7 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
+use jetsonmind_data::inputs::InputCache;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::telemetry::LinuxReader;
 use serde_json::Value;
@@ -48,6 +49,7 @@ use crate::engine::llama::LlamaSettings;
 use crate::engine::simulated;
 use crate::engine::{EngineError, Traffic};
 use crate::models::{Loader, ModelRegistry, ModelSource, Placement};
+use crate::multimodal::MULTI_MODAL_INFERENCE;
 use crate::scheduler::Scheduler;
 use crate::schema::*;
 use crate::speech::{AUDIO_PROCESS, AudioService};
@@ -161,9 +163,11 @@ impl ComputeServer {
             tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
             keep_models_as(&models, &settings);
         }
+        let inputs = Arc::new(InputCache::new((&config.cache.inputs).into()));
         let audio = AudioService {
             models: models.clone(),
             settings: settings.audio.clone(),
+            inputs: inputs.clone(),
         };
         let embeddings = EmbeddingService {
             models: models.clone(),
@@ -173,6 +177,7 @@ impl ComputeServer {
         let images = ImageService {
             models: models.clone(),
             settings: settings.vision.clone(),
+            inputs,
         };
         let text = TextService {
             models,
@@ -192,6 +197,14 @@ impl ComputeServer {
             store,
             simulated,
         }
+    }
+
+    /// Keep prepared media in `inputs`, the cache the data server reports
+    /// on (`jetson://data/cache`), instead of one of its own.
+    pub fn with_input_cache(mut self, inputs: Arc<InputCache>) -> Self {
+        self.audio.inputs = inputs.clone();
+        self.images.inputs = inputs;
+        self
     }
 
     async fn status(&self) -> ReplicaReport {
@@ -403,7 +416,7 @@ impl ComputeServer {
     }
 
     /// An inference tool's own result.
-    async fn infer(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+    pub(crate) async fn infer(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         Ok(match call.name.as_str() {
             TEXT_GENERATE => {
                 let args = call.parse()?;
@@ -416,7 +429,14 @@ impl ComputeServer {
                 self.text.code_complete(args, &raw, call.context).await
             }
             AUDIO_PROCESS => self.audio.audio_process(call.parse()?, call.context).await,
-            IMAGE_ANALYZE => self.images.image_analyze(call.parse()?, call.context).await,
+            IMAGE_ANALYZE => {
+                let args: ImageAnalyzeArgs = call.parse()?;
+                if args.analysis_type == AnalysisType::Describe {
+                    return self.describe(call).await;
+                }
+                self.images.image_analyze(args, call.context).await
+            }
+            MULTI_MODAL_INFERENCE => return self.multi_modal(call).await,
             EMBED => self.embeddings.embed(call.parse()?, call.context).await,
             RERANK => self.embeddings.rerank(call.parse()?, call.context).await,
             other => {
@@ -495,10 +515,27 @@ fn catalog() -> Catalog {
         tool_from::<ImageAnalyzeArgs>(
             IMAGE_ANALYZE,
             "Analyze an image: `classify` (the most likely ImageNet classes with scores; \
-             EfficientNet-Lite0 by default), `detect` (objects with boxes, classes and scores, \
-             with a YOLO-layout detector) or `properties` (size, format, colour statistics, \
-             dominant colours, sharpness, exposure). PNG, JPEG, WebP, GIF or BMP, as base64 \
-             or a data URI; turned upright by its EXIF orientation.",
+             EfficientNet-Lite0 by default), `ocr` (lines of text with boxes and confidences; \
+             PP-OCRv4), `detect` (objects with boxes, classes and scores, with a YOLO-layout \
+             detector), `properties` (size, format, colour statistics, dominant colours, \
+             sharpness, exposure) or `describe` (a short description the language model writes \
+             from the classification, text and properties; it does not see the picture). PNG, \
+             JPEG, WebP, GIF or BMP, as base64 or a data URI; turned upright by its EXIF \
+             orientation.",
+        )
+        .annotate(
+            ToolAnnotations::new()
+                .read_only(true)
+                .idempotent(true)
+                .open_world(false),
+        ),
+        tool_from::<MultiModalArgs>(
+            MULTI_MODAL_INFERENCE,
+            "Answer a task about text, an image and audio together: the image is classified, \
+             its text read and its properties measured while the audio is transcribed, then the \
+             language model does `task` with the text and those findings (it does not see or \
+             hear the media itself). The result holds the answer and each part's findings; \
+             progress per stage.",
         )
         .annotate(
             ToolAnnotations::new()

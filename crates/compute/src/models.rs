@@ -800,6 +800,7 @@ impl ModelRegistry {
             "gguf" => self.estimate_bytes(path),
             // Half-precision weights are widened to f32 when loaded.
             "ctranslate2" => Ok(model.size_bytes * 2 + WORKSPACE_BYTES),
+            "onnx" => Ok(vision::bytes_in_memory(&model) + WORKSPACE_BYTES),
             _ => Ok(model.size_bytes + WORKSPACE_BYTES),
         }
     }

@@ -17,9 +17,15 @@ pub enum AnalysisType {
     /// Objects with boxes, classes and scores (needs a YOLO-layout detector:
     /// `model`, or `compute.vision.detect_model`).
     Detect,
+    /// Lines of text with boxes and confidences (PP-OCRv4 by default).
+    Ocr,
     /// Size, format, colour statistics, dominant colours, sharpness and
     /// exposure (no model).
     Properties,
+    /// A short description the language model writes from the
+    /// classification, the text read and the properties (it does not see
+    /// the picture itself).
+    Describe,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -33,7 +39,8 @@ pub struct ImageAnalyzeArgs {
     /// `classify`: how many classes to return (5 by default).
     #[schemars(range(min = 1, max = 100))]
     pub top_k: Option<u32>,
-    /// `detect`: the lowest score a detection may have (0.25 by default).
+    /// `detect`: the lowest score a detection may have (0.25 by default);
+    /// `ocr`: the lowest confidence a line may be read with (0.5 by default).
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_score: Option<f32>,
     /// `detect`: boxes of one class overlapping more than this (intersection
@@ -43,6 +50,9 @@ pub struct ImageAnalyzeArgs {
     /// `detect`: the most detections to return (100 by default).
     #[schemars(range(min = 1, max = 1000))]
     pub max_detections: Option<u32>,
+    /// `ocr`: the most lines to read, top to bottom (200 by default).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_lines: Option<u32>,
     /// The model; the configured one for the analysis type when absent.
     pub model: Option<String>,
 }
@@ -100,12 +110,21 @@ pub struct AudioProcessArgs {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MultiModalArgs {
-    /// The question or instruction.
-    pub prompt: String,
-    /// An image (PNG or JPEG), base64-encoded.
-    pub image_base64: Option<String>,
-    /// WAV audio, base64-encoded.
-    pub audio_base64: Option<String>,
+    /// The text that goes with the image and audio: a question, notes, a
+    /// document (may be empty).
+    pub text: String,
+    /// An image (as `image_analyze` takes it): classified, its text read and
+    /// its properties measured, at once with the audio.
+    pub image: Option<String>,
+    /// Audio (as `audio_process` takes it): transcribed.
+    pub audio: Option<String>,
+    /// What the language model is to do with the text and what was found
+    /// in the image and audio ("answer the question", "summarize"...).
+    #[schemars(length(min = 1))]
+    pub task: String,
+    /// The language model; the default one when absent.
+    pub model: Option<String>,
+    /// Most tokens of the answer (256 by default).
     #[schemars(range(min = 1, max = 4096))]
     pub max_tokens: Option<u32>,
 }

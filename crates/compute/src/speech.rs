@@ -18,6 +18,7 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::tool_error;
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::upstream::ProgressSink;
+use jetsonmind_data::inputs::InputCache;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -38,7 +39,13 @@ const DEFAULT_PITCH: u32 = 50;
 pub struct AudioService {
     pub models: Arc<ModelRegistry>,
     pub settings: AudioConfig,
+    /// Clips already resampled for speech, by the digest of their bytes.
+    pub inputs: Arc<InputCache>,
 }
+
+/// The input cache's kind for a clip decoded, mixed down and resampled to
+/// 16 kHz for the speech models.
+const SPEECH_INPUT: &str = "audio/speech-16k";
 
 #[derive(Debug, thiserror::Error)]
 enum AudioCallError {
@@ -73,10 +80,23 @@ impl AudioService {
 
     /// The caller's audio, decoded (on a blocking thread) within the limits.
     async fn decoded(&self, args: &AudioProcessArgs) -> Result<Audio, AudioCallError> {
+        let bytes = self.bytes(args)?;
+        self.decode(bytes).await
+    }
+
+    async fn decode(&self, bytes: Vec<u8>) -> Result<Audio, AudioCallError> {
+        let limits = Limits {
+            max_seconds: self.settings.max_seconds,
+        };
+        Ok(blocking(move || jetsonmind_audio::decode(&bytes, &limits)).await??)
+    }
+
+    /// The caller's audio as sent, within the byte limit.
+    fn bytes(&self, args: &AudioProcessArgs) -> Result<Vec<u8>, AudioCallError> {
         let data = args.audio_data.as_deref().ok_or_else(|| {
             AudioCallError::Invalid(format!("`audio_data` is required for {:?}", args.operation))
         })?;
-        let bytes = input::read(
+        Ok(input::read(
             data,
             &InputRules {
                 what: "audio_data",
@@ -85,16 +105,37 @@ impl AudioService {
                 allowed_dirs: &self.settings.allowed_dirs,
                 allowed_dirs_setting: "compute.audio.allowed_dirs",
             },
-        )?;
-        let limits = Limits {
-            max_seconds: self.settings.max_seconds,
-        };
-        Ok(blocking(move || jetsonmind_audio::decode(&bytes, &limits)).await??)
+        )?)
+    }
+
+    /// The caller's audio at 16 kHz mono, from the input cache when the
+    /// same clip was sent before (and is within today's length limit).
+    async fn speech_samples(&self, args: &AudioProcessArgs) -> Result<Vec<f32>, AudioCallError> {
+        let bytes = self.bytes(args)?;
+        let key = self
+            .inputs
+            .enabled()
+            .then(|| InputCache::key(SPEECH_INPUT, &bytes));
+        let max_samples = self.settings.max_seconds * f64::from(jetsonmind_audio::SPEECH_RATE);
+        if let Some(samples) = key
+            .as_ref()
+            .and_then(|key| self.inputs.get::<Vec<f32>>(SPEECH_INPUT, key))
+            && samples.len() as f64 <= max_samples
+        {
+            return Ok(samples.to_vec());
+        }
+        let audio = self.decode(bytes).await?;
+        let samples = blocking(move || audio.for_speech()).await??;
+        if let Some(key) = key {
+            let size = samples.len() * std::mem::size_of::<f32>();
+            self.inputs
+                .put(SPEECH_INPUT, key, Arc::new(samples.clone()), size);
+        }
+        Ok(samples)
     }
 
     async fn transcribe(&self, args: AudioProcessArgs, context: &CallContext) -> Outcome {
-        let audio = self.decoded(&args).await?;
-        let samples = blocking(move || audio.for_speech()).await??;
+        let samples = self.speech_samples(&args).await?;
         let engine = self
             .models
             .engine(

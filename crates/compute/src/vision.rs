@@ -9,10 +9,13 @@ use jetsonmind_core::config::VisionConfig;
 use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
 use jetsonmind_core::tool_error;
 use jetsonmind_core::unit::CallContext;
+use jetsonmind_data::inputs::InputCache;
 use jetsonmind_image::{ImageError, Limits, Picture};
 use serde_json::{Value, json};
 
-use crate::engine::image::{ClassScore, DetectOptions, Detection, ImageEngine};
+use crate::engine::image::{
+    ClassScore, DetectOptions, Detection, ImageEngine, ReadOptions, TextLine,
+};
 use crate::engine::{EngineError, EngineKind};
 use crate::input::{self, InputError, InputRules};
 use crate::models::ModelRegistry;
@@ -24,11 +27,18 @@ const DEFAULT_TOP_K: u32 = 5;
 const DEFAULT_MIN_SCORE: f32 = 0.25;
 const DEFAULT_MAX_OVERLAP: f32 = 0.45;
 const DEFAULT_MAX_DETECTIONS: u32 = 100;
+const DEFAULT_MIN_CONFIDENCE: f32 = 0.5;
+const DEFAULT_MAX_LINES: u32 = 200;
 
 pub struct ImageService {
     pub models: Arc<ModelRegistry>,
     pub settings: VisionConfig,
+    /// Pictures already decoded, by the digest of their bytes.
+    pub inputs: Arc<InputCache>,
 }
+
+/// The input cache's kind for a picture decoded and turned upright.
+const DECODED_PICTURE: &str = "image/decoded";
 
 #[derive(Debug, thiserror::Error)]
 enum ImageCallError {
@@ -66,6 +76,14 @@ impl ImageService {
             AnalysisType::Properties => properties(picture.clone()).await?,
             AnalysisType::Classify => self.classify(&args, picture.clone()).await?,
             AnalysisType::Detect => self.detect(&args, picture.clone()).await?,
+            AnalysisType::Ocr => self.read_text(&args, picture.clone()).await?,
+            // The compute server writes descriptions: it runs the language
+            // model on what this service finds (crate::multimodal).
+            AnalysisType::Describe => {
+                return Err(ImageCallError::Invalid(
+                    "describe is answered by the compute server, not the image service".into(),
+                ));
+            }
         };
         structured["image"] = json!(picture.summary());
         structured["timings"] = json!({
@@ -77,7 +95,9 @@ impl ImageService {
         Ok(result)
     }
 
-    /// The caller's image, decoded (on a blocking thread) within the limits.
+    /// The caller's image, decoded (on a blocking thread) within the limits;
+    /// from the input cache when the same bytes were sent before (and the
+    /// picture is within today's pixel limit).
     async fn decoded(&self, args: &ImageAnalyzeArgs) -> Result<Arc<Picture>, ImageCallError> {
         let bytes = input::read(
             &args.image_data,
@@ -89,17 +109,33 @@ impl ImageService {
                 allowed_dirs_setting: "compute.vision.allowed_dirs",
             },
         )?;
+        let key = self
+            .inputs
+            .enabled()
+            .then(|| InputCache::key(DECODED_PICTURE, &bytes));
+        if let Some(picture) = key
+            .as_ref()
+            .and_then(|key| self.inputs.get::<Picture>(DECODED_PICTURE, key))
+            && u64::from(picture.width()) * u64::from(picture.height()) <= self.settings.max_pixels
+        {
+            return Ok(picture);
+        }
         let limits = Limits {
             max_pixels: self.settings.max_pixels,
             setting: "compute.vision.max_pixels",
         };
         let picture = blocking(move || jetsonmind_image::decode(&bytes, &limits)).await??;
-        Ok(Arc::new(picture))
+        let picture = Arc::new(picture);
+        if let Some(key) = key {
+            let size = picture.rgb.as_raw().len();
+            self.inputs.put(DECODED_PICTURE, key, picture.clone(), size);
+        }
+        Ok(picture)
     }
 
-    /// The model `args` names; else the configured detector for `detect`,
-    /// and the registry's image default (`compute.vision.classify_model`)
-    /// for `classify`.
+    /// The model `args` names; else the configured detector for `detect` or
+    /// text reader for `ocr`, and the registry's image default
+    /// (`compute.vision.classify_model`) for `classify`.
     async fn engine(
         &self,
         args: &ImageAnalyzeArgs,
@@ -116,6 +152,7 @@ impl ImageService {
                 ));
             }
             (None, AnalysisType::Detect) => Some(detector.as_str()),
+            (None, AnalysisType::Ocr) => Some(self.settings.ocr_model.as_str()),
             (None, _) => None,
         };
         Ok(self
@@ -173,6 +210,23 @@ impl ImageService {
             .await?;
         Ok((found(&ran.found), ran.structured("detect", "detections")))
     }
+
+    async fn read_text(
+        &self,
+        args: &ImageAnalyzeArgs,
+        picture: Arc<Picture>,
+    ) -> Result<(String, Value), ImageCallError> {
+        let options = ReadOptions {
+            min_confidence: args.min_score.unwrap_or(DEFAULT_MIN_CONFIDENCE),
+            max_lines: args.max_lines.unwrap_or(DEFAULT_MAX_LINES) as usize,
+        };
+        let ran = self
+            .run(args, move |engine| engine.read_text(&picture.rgb, &options))
+            .await?;
+        let mut structured = ran.structured("ocr", "lines");
+        structured["text"] = json!(joined(&ran.found));
+        Ok((read(&ran.found), structured))
+    }
 }
 
 /// What a model found, which model it was, and how long it took.
@@ -221,6 +275,28 @@ fn ranked(classes: &[ClassScore]) -> String {
         .map(|c| format!("{} {:.0}%", c.label, c.score * 100.0))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The lines' text, one per line.
+fn joined(lines: &[TextLine]) -> String {
+    lines
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `Read 2 lines: "Hello" (98%), "world" (95%).`
+fn read(lines: &[TextLine]) -> String {
+    if lines.is_empty() {
+        return "Found no text.".into();
+    }
+    let each: Vec<String> = lines
+        .iter()
+        .map(|l| format!("{:?} ({:.0}%)", l.text, l.confidence * 100.0))
+        .collect();
+    let noun = if lines.len() == 1 { "line" } else { "lines" };
+    format!("Read {} {noun}: {}.", lines.len(), each.join(", "))
 }
 
 /// `Found 2 objects: person 91% at (12, 40) 80x200, dog 77% at ...`.

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub const TEXT_GENERATE: &str = "text_generate";
 pub const CODE_COMPLETE: &str = "code_complete";
+/// Text, a picture and audio answered together (the OpenAI endpoint sends
+/// chats with a picture to it).
+pub const MULTI_MODAL_INFERENCE: &str = "multi_modal_inference";
 /// Load a model on one replica (`manage_resources` sends it to each).
 pub const LOAD_MODEL: &str = "load_model";
 pub const UNLOAD_MODEL: &str = "unload_model";

@@ -464,6 +464,8 @@ pub struct CacheConfig {
     pub ttl_secs: u64,
     /// Memory for cached answers; the least recently used go first.
     pub max_bytes: usize,
+    /// Media as the engines take it (`jetson://data/cache`).
+    pub inputs: InputCacheConfig,
 }
 
 impl Default for CacheConfig {
@@ -472,6 +474,29 @@ impl Default for CacheConfig {
             enabled: true,
             ttl_secs: 3600,
             max_bytes: 16 * 1024 * 1024,
+            inputs: InputCacheConfig::default(),
+        }
+    }
+}
+
+/// The input cache: pictures decoded and clips resampled, by the digest of
+/// the bytes sent, so the same media sent again skips decoding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputCacheConfig {
+    pub enabled: bool,
+    /// How long a prepared input is kept.
+    pub ttl_secs: u64,
+    /// Memory for prepared inputs (a 12-megapixel picture takes 36 MB).
+    pub max_bytes: usize,
+}
+
+impl Default for InputCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_secs: 600,
+            max_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -798,6 +823,9 @@ pub struct VisionConfig {
     /// The YOLO-layout ONNX detector `detect` uses when a call names none;
     /// none ships (import one, then name it here).
     pub detect_model: String,
+    /// The text reader `ocr` uses when a call names none (a directory of
+    /// `det.onnx` and `rec.onnx`, PaddleOCR's layout).
+    pub ocr_model: String,
     /// Largest image accepted, in bytes once decoded from base64.
     pub max_bytes: usize,
     /// Largest image accepted, in pixels (width times height), checked
@@ -815,6 +843,7 @@ impl Default for VisionConfig {
         Self {
             classify_model: "efficientnet-lite0".into(),
             detect_model: String::new(),
+            ocr_model: "ppocr-v4".into(),
             max_bytes: 12 << 20,
             max_pixels: 40_000_000,
             allowed_dirs: Vec::new(),

@@ -20,18 +20,18 @@ pub struct CacheSettings {
     pub max_bytes: usize,
 }
 
-struct Entry {
-    value: Value,
+struct Entry<V> {
+    value: V,
     bytes: usize,
     stored: Instant,
-    tool: String,
-    model: String,
+    /// What the entry is, for reports: the tool and model of an answer.
+    labels: [String; 2],
     last_used: u64,
 }
 
-struct State {
+struct State<V> {
     settings: CacheSettings,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Entry<V>>,
     /// last-use tick -> key: the first is the least recently used.
     order: BTreeMap<u64, String>,
     tick: u64,
@@ -41,8 +41,16 @@ struct State {
     evictions: u64,
 }
 
+/// Values by key, each kept for `ttl` within a byte budget, the least
+/// recently used out first; hits, misses and evictions counted. The answers
+/// of [`InferenceCache`] and the preprocessed inputs of
+/// [`crate::inputs::InputCache`] are both one of these.
+pub struct BudgetCache<V> {
+    state: Mutex<State<V>>,
+}
+
 pub struct InferenceCache {
-    state: Mutex<State>,
+    answers: BudgetCache<Value>,
 }
 
 /// What `jetson://cache/inference` shows.
@@ -67,6 +75,21 @@ pub struct CachedCall {
     pub model: String,
     pub bytes: usize,
     pub age_seconds: u64,
+}
+
+/// The figures of a [`BudgetCache`], and its most recently used entries.
+pub struct BudgetReport {
+    pub enabled: bool,
+    pub entries: usize,
+    pub bytes: usize,
+    pub max_bytes: usize,
+    pub ttl_seconds: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub hit_rate: Option<f64>,
+    /// Most recent first: key, labels, bytes, age in seconds.
+    pub recent: Vec<(String, [String; 2], usize, u64)>,
 }
 
 /// The key of a call: tool, model identity and the canonical arguments.
@@ -98,6 +121,59 @@ impl Default for InferenceCache {
 
 impl InferenceCache {
     pub fn new(settings: CacheSettings) -> Self {
+        Self {
+            answers: BudgetCache::new(settings),
+        }
+    }
+
+    /// New settings, in effect at once: a smaller budget evicts the least
+    /// recently used answers, disabling empties the cache.
+    pub fn reconfigure(&self, settings: CacheSettings) {
+        self.answers.reconfigure(settings);
+    }
+
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.answers.get(key)
+    }
+
+    pub fn put(&self, key: String, tool: &str, model: &str, value: Value) {
+        if !self.answers.enabled() {
+            return; // before sizing the value: printing a large one costs
+        }
+        let bytes = key.len() + value.to_string().len();
+        self.answers
+            .put(key, bytes, [tool.into(), model.into()], value);
+    }
+
+    pub fn report(&self) -> CacheReport {
+        let report = self.answers.report(20);
+        CacheReport {
+            enabled: report.enabled,
+            entries: report.entries,
+            bytes: report.bytes,
+            max_bytes: report.max_bytes,
+            ttl_seconds: report.ttl_seconds,
+            hits: report.hits,
+            misses: report.misses,
+            evictions: report.evictions,
+            hit_rate: report.hit_rate,
+            recent: report
+                .recent
+                .into_iter()
+                .map(|(key, [tool, model], bytes, age_seconds)| CachedCall {
+                    key: key.chars().take(16).collect(),
+                    tool,
+                    model,
+                    bytes,
+                    age_seconds,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<V: Clone> BudgetCache<V> {
+    pub fn new(settings: CacheSettings) -> Self {
         let state = State {
             settings,
             entries: HashMap::new(),
@@ -114,7 +190,7 @@ impl InferenceCache {
     }
 
     /// New settings, in effect at once: a smaller budget evicts the least
-    /// recently used answers, disabling empties the cache.
+    /// recently used entries, disabling empties the cache.
     pub fn reconfigure(&self, settings: CacheSettings) {
         let mut state = self.state();
         if !settings.enabled {
@@ -126,11 +202,15 @@ impl InferenceCache {
         evict_over_budget(&mut state, 0);
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State<V>> {
         self.state.lock().expect("cache lock")
     }
 
-    pub fn get(&self, key: &str) -> Option<Value> {
+    pub fn enabled(&self) -> bool {
+        self.state().settings.enabled
+    }
+
+    pub fn get(&self, key: &str) -> Option<V> {
         let mut state = self.state();
         if !state.settings.enabled {
             return None;
@@ -161,11 +241,9 @@ impl InferenceCache {
         }
     }
 
-    pub fn put(&self, key: String, tool: &str, model: &str, value: Value) {
-        if !self.state().settings.enabled {
-            return; // before sizing the value: printing a large one costs
-        }
-        let bytes = key.len() + value.to_string().len();
+    /// Keep `value`, counted as `bytes`; one larger than the whole budget
+    /// is not kept.
+    pub fn put(&self, key: String, bytes: usize, labels: [String; 2], value: V) {
         let mut state = self.state();
         if !state.settings.enabled || bytes > state.settings.max_bytes {
             return;
@@ -180,33 +258,32 @@ impl InferenceCache {
             value,
             bytes,
             stored: Instant::now(),
-            tool: tool.into(),
-            model: model.into(),
+            labels,
             last_used: tick,
         };
         state.entries.insert(key, entry);
     }
 
-    pub fn report(&self) -> CacheReport {
+    /// The figures, with the `recent` most recently used entries.
+    pub fn report(&self, recent: usize) -> BudgetReport {
         let state = self.state();
         let lookups = state.hits + state.misses;
         let recent = state
             .order
             .values()
             .rev()
-            .take(20)
+            .take(recent)
             .filter_map(|key| {
                 let e = state.entries.get(key)?;
-                Some(CachedCall {
-                    key: key[..16].to_string(),
-                    tool: e.tool.clone(),
-                    model: e.model.clone(),
-                    bytes: e.bytes,
-                    age_seconds: e.stored.elapsed().as_secs(),
-                })
+                Some((
+                    key.clone(),
+                    e.labels.clone(),
+                    e.bytes,
+                    e.stored.elapsed().as_secs(),
+                ))
             })
             .collect();
-        CacheReport {
+        BudgetReport {
             enabled: state.settings.enabled,
             entries: state.entries.len(),
             bytes: state.bytes,
@@ -222,7 +299,7 @@ impl InferenceCache {
 }
 
 /// Evict the least recently used until `incoming` more bytes fit the budget.
-fn evict_over_budget(state: &mut State, incoming: usize) {
+fn evict_over_budget<V>(state: &mut State<V>, incoming: usize) {
     while state.bytes + incoming > state.settings.max_bytes {
         let Some((_, oldest)) = state.order.pop_first() else {
             break;
@@ -234,7 +311,7 @@ fn evict_over_budget(state: &mut State, incoming: usize) {
     }
 }
 
-fn remove(state: &mut State, key: &str) {
+fn remove<V>(state: &mut State<V>, key: &str) {
     if let Some(entry) = state.entries.remove(key) {
         state.bytes -= entry.bytes;
         state.order.remove(&entry.last_used);

@@ -12,6 +12,7 @@ pub mod cluster_view;
 pub mod db;
 pub mod distribution;
 pub mod gguf;
+pub mod inputs;
 mod notify;
 pub mod prompts;
 pub mod schema;
@@ -38,6 +39,7 @@ use jetsonmind_core::{
 use crate::analytics::Analytics;
 use crate::cache::InferenceCache;
 use crate::distribution::{ModelDistribution, TransferCallback};
+use crate::inputs::InputCache;
 use crate::schema::{ManageModelsArgs, ModelAction, UpdateSettingsArgs};
 use crate::settings::{Authority, Settings};
 use crate::store::{ModelStore, StoreError};
@@ -46,6 +48,7 @@ use crate::telemetry::LinuxReader;
 pub const MODELS_AVAILABLE: &str = "jetson://models/available";
 pub const SYSTEM_METRICS: &str = "jetson://system/metrics";
 pub const CACHE_INFERENCE: &str = "jetson://cache/inference";
+pub const DATA_CACHE: &str = "jetson://data/cache";
 pub const CONFIG_SETTINGS: &str = "jetson://config/settings";
 pub const PERFORMANCE_ANALYTICS: &str = "jetson://performance/analytics";
 const MODEL_PREFIX: &str = "jetson://models/";
@@ -57,6 +60,8 @@ pub struct NodeState {
     pub settings: Arc<Settings>,
     pub store: Arc<ModelStore>,
     pub cache: Arc<InferenceCache>,
+    /// Media as the engines take it, which compute fills.
+    pub inputs: Arc<InputCache>,
     pub analytics: Arc<Analytics>,
 }
 
@@ -254,6 +259,12 @@ fn catalog() -> Catalog {
             "Inference cache entries and hit/miss counters.",
         ),
         json(
+            DATA_CACHE,
+            "data-cache",
+            "The input cache: pictures decoded and audio resampled, by the digest of the bytes \
+             sent, so the same media sent again skips decoding; entries, bytes, hit rates per kind.",
+        ),
+        json(
             CONFIG_SETTINGS,
             "config-settings",
             "The settings this node runs with; change them with update_settings.",
@@ -372,6 +383,7 @@ impl McpUnit for DataServer {
             MODELS_AVAILABLE => json_resource(uri, &self.models_available().await?),
             CONFIG_SETTINGS => json_resource(uri, &settings_report(&state.settings)?),
             CACHE_INFERENCE => json_resource(uri, &state.cache.report()),
+            DATA_CACHE => json_resource(uri, &state.inputs.report()),
             PERFORMANCE_ANALYTICS => json_resource(uri, &self.analytics_content()),
             _ => match uri.strip_prefix(MODEL_PREFIX) {
                 Some(name) => json_resource(

@@ -43,6 +43,7 @@ pub(crate) async fn run(updates: Weak<ResourceUpdates>, state: NodeState) {
                 }
                 let config = settings.borrow_and_update().clone();
                 state.cache.reconfigure((&config.cache).into());
+                state.inputs.reconfigure((&config.cache.inputs).into());
                 interval = notify_interval(&config);
                 let Some(updates) = updates.upgrade() else { return };
                 updates.publish(CONFIG_SETTINGS);

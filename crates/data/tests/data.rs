@@ -27,6 +27,7 @@ fn node(data_dir: &std::path::Path) -> NodeState {
         store: Arc::new(ModelStore::open(data_dir).unwrap()),
         settings: Arc::new(Settings::fixed(config)),
         cache: Default::default(),
+        inputs: Default::default(),
         analytics: Default::default(),
     }
 }
@@ -72,7 +73,7 @@ async fn read_json(
 }
 
 #[tokio::test]
-async fn lists_the_five_resources_and_the_model_template() {
+async fn lists_the_six_resources_and_the_model_template() {
     let dir = tempfile::tempdir().unwrap();
     let client = client(dir.path()).await;
     let uris = testing::resource_uris(client.peer()).await;
@@ -81,6 +82,7 @@ async fn lists_the_five_resources_and_the_model_template() {
         [
             "jetson://cache/inference",
             "jetson://config/settings",
+            "jetson://data/cache",
             "jetson://models/available",
             "jetson://performance/analytics",
             "jetson://system/metrics"

@@ -23,6 +23,7 @@ use jetsonmind_core::upstream::{Connector, OpenPipe, Secret, Upstream};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
+use jetsonmind_data::inputs::InputCache;
 use jetsonmind_data::settings::Settings;
 use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::{DataServer, NodeState};
@@ -297,6 +298,8 @@ impl Access {
 struct Shared {
     settings: Arc<Settings>,
     cache: Arc<InferenceCache>,
+    /// Media as the engines take it: compute fills it, data reports on it.
+    inputs: Arc<InputCache>,
     analytics: Arc<Analytics>,
     fleet_settings: FleetSettings,
     launcher: Launcher,
@@ -324,6 +327,7 @@ impl Shared {
         .context("opening the analytics database")?;
         Ok(Self {
             cache: Arc::new(InferenceCache::new((&config.cache).into())),
+            inputs: Arc::new(InputCache::new((&config.cache.inputs).into())),
             analytics: Arc::new(analytics),
             fleet_settings: FleetSettings::new(&config.control, &config.gateway)
                 .with_hybrid(&config.hybrid),
@@ -370,7 +374,8 @@ impl Shared {
     /// The compute server, following the settings (engine settings change
     /// at run time: `optimize_system` applies them so).
     fn compute(&self, config: &Config, node: &NodeState) -> UnitServer<ComputeServer> {
-        let compute = ComputeServer::new(config, node.cache.clone(), node.store.clone());
+        let compute = ComputeServer::new(config, node.cache.clone(), node.store.clone())
+            .with_input_cache(node.inputs.clone());
         let server = self.server(compute, config);
         server.unit().follow_settings(self.settings.follow());
         let _ = self.local_compute.set(server.unit().clone());
@@ -398,6 +403,7 @@ impl Shared {
             settings: self.settings.clone(),
             store: Arc::new(store),
             cache: self.cache.clone(),
+            inputs: self.inputs.clone(),
             analytics: self.analytics.clone(),
         })
     }

@@ -16,6 +16,8 @@ pub enum ImageTask {
     Classify,
     /// Boxes around objects, each with a class and a score.
     Detect,
+    /// Lines of text with their boxes (OCR).
+    ReadText,
 }
 
 impl std::fmt::Display for ImageTask {
@@ -23,6 +25,7 @@ impl std::fmt::Display for ImageTask {
         f.write_str(match self {
             ImageTask::Classify => "classifier",
             ImageTask::Detect => "object detector",
+            ImageTask::ReadText => "text reader (OCR)",
         })
     }
 }
@@ -81,6 +84,30 @@ pub struct DetectOptions {
     pub max_detections: usize,
 }
 
+/// A line of text read in a picture.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TextLine {
+    pub text: String,
+    /// The recognizer's mean probability over the line's characters.
+    pub confidence: f32,
+    /// The detector's mean probability over the region's pixels.
+    pub region_score: f32,
+    /// Axis-aligned bounds, within the picture.
+    #[serde(rename = "box")]
+    pub bounds: PixelBox,
+    /// The line's rectangle as read: top left, top right, bottom right,
+    /// bottom left (it may be turned).
+    pub corners: [[f32; 2]; 4],
+}
+
+/// What a text-reading call keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Lines read with a lower confidence are dropped.
+    pub min_confidence: f32,
+    pub max_lines: usize,
+}
+
 /// A loaded image model. Calls block: run them off the async runtime.
 pub trait ImageEngine: Send + Sync {
     fn info(&self) -> &ModelInfo;
@@ -101,6 +128,16 @@ pub trait ImageEngine: Send + Sync {
     ) -> Result<Vec<Detection>, EngineError> {
         let _ = (image, options);
         Err(self.cannot(ImageTask::Detect))
+    }
+
+    /// Lines of text in reading order.
+    fn read_text(
+        &self,
+        image: &RgbImage,
+        options: &ReadOptions,
+    ) -> Result<Vec<TextLine>, EngineError> {
+        let _ = (image, options);
+        Err(self.cannot(ImageTask::ReadText))
     }
 
     fn cannot(&self, wanted: ImageTask) -> EngineError {

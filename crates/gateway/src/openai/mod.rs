@@ -1,11 +1,13 @@
 //! OpenAI-compatible REST on the gateway: `GET /v1/models`,
-//! `POST /v1/chat/completions` (with SSE streaming), `POST /v1/embeddings`,
+//! `POST /v1/chat/completions` (with SSE streaming; a picture as an
+//! `image_url` data URI), `POST /v1/embeddings`,
 //! `POST /v1/audio/transcriptions` and `POST /v1/audio/speech`.
 //!
 //! All are mapped onto MCP: the gateway is called as an MCP server, in
 //! process, exactly as any client would call it (`jetson://models/available`,
-//! `text_generate`, `embed`, `audio_process`), as the HTTP request's caller,
-//! so authorization, validation, routing and progress are the same code.
+//! `text_generate`, `multi_modal_inference` for a chat with a picture,
+//! `embed`, `audio_process`), as the HTTP request's caller, so
+//! authorization, validation, routing and progress are the same code.
 
 mod audio;
 mod embeddings;
@@ -23,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use http::StatusCode;
-use jetsonmind_contract::inference::{GenerationProgress, TEXT_GENERATE};
+use jetsonmind_contract::inference::{GenerationProgress, MULTI_MODAL_INFERENCE, TEXT_GENERATE};
 use jetsonmind_core::auth::{FORBIDDEN, Principal, delegate};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
@@ -92,14 +94,31 @@ impl OpenAi {
         )
     }
 
-    /// `text_generate` through the gateway, as `caller`: its structured result.
+    /// The chat's answer through the gateway, as `caller`: `text_generate`'s
+    /// structured result (its text so far to `sink`), or
+    /// `multi_modal_inference`'s in its shape (`text`, `finish_reason`,
+    /// `usage`).
     async fn generate(
         &self,
-        arguments: JsonObject,
+        answering: Answering,
         caller: &Principal,
         sink: Option<ProgressSink>,
     ) -> Result<Value, ApiError> {
-        tool_outcome(self.call(TEXT_GENERATE, arguments, caller, sink).await?)
+        match answering {
+            Answering::Text(arguments) => {
+                tool_outcome(self.call(TEXT_GENERATE, arguments, caller, sink).await?)
+            }
+            // Its progress is by stage, not text: a stream gets the answer whole.
+            Answering::Picture(arguments) => {
+                let out = self.call(MULTI_MODAL_INFERENCE, arguments, caller, None);
+                let out = tool_outcome(out.await?)?;
+                Ok(json!({
+                    "text": out["answer"],
+                    "finish_reason": out["finish_reason"],
+                    "usage": out["usage"],
+                }))
+            }
+        }
     }
 
     /// `tool` through the gateway, as `caller` (the HTTP request's
@@ -299,6 +318,22 @@ struct Part {
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
+    image_url: Option<ImageUrl>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageUrl {
+    url: String,
+}
+
+/// What answers a chat: `text_generate` with its turns, or, when a message
+/// holds a picture, `multi_modal_inference` (the picture classified, its
+/// text read and its properties measured, then the language model answers
+/// with those findings: the same path as that tool's callers take).
+#[derive(Debug)]
+enum Answering {
+    Text(JsonObject),
+    Picture(JsonObject),
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,7 +344,93 @@ enum Stop {
 }
 
 impl ChatRequest {
-    /// `text_generate` arguments; its schema checks the ranges.
+    /// The tool that answers, with its arguments; its schema checks the ranges.
+    fn answering(&self) -> Result<Answering, ApiError> {
+        match self.picture()? {
+            Some((index, url)) => self.picture_arguments(index, url).map(Answering::Picture),
+            None => self.tool_arguments().map(Answering::Text),
+        }
+    }
+
+    /// The one picture of the chat, with the index of its message.
+    fn picture(&self) -> Result<Option<(usize, &str)>, ApiError> {
+        let pictures: Vec<(usize, &Part)> = self
+            .messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| match &m.content {
+                Content::Parts(parts) => Some(parts.iter().map(move |p| (i, p))),
+                Content::Text(_) => None,
+            })
+            .flatten()
+            .filter(|(_, p)| p.kind == "image_url")
+            .collect();
+        let [(index, part)] = pictures.as_slice() else {
+            return match pictures.len() {
+                0 => Ok(None),
+                n => Err(ApiError::invalid(format!(
+                    "messages: {n} images; one picture per request is read"
+                ))),
+            };
+        };
+        let url = part
+            .image_url
+            .as_ref()
+            .map(|u| u.url.as_str())
+            .ok_or_else(|| {
+                ApiError::invalid("messages: an image_url part has no `image_url.url`")
+            })?;
+        if !url.starts_with("data:") {
+            return Err(ApiError::invalid(
+                "messages: image_url must be a data URI (data:image/png;base64,...); this server \
+                 fetches nothing from the network",
+            ));
+        }
+        Ok(Some((*index, url)))
+    }
+
+    /// `multi_modal_inference` arguments: the picture's message's text is the
+    /// task, the turns before it the text.
+    fn picture_arguments(&self, index: usize, url: &str) -> Result<JsonObject, ApiError> {
+        let mut earlier = Vec::new();
+        for message in &self.messages[..index] {
+            let turn = message_json(message)?;
+            earlier.push(format!(
+                "{}: {}",
+                turn["role"].as_str().unwrap_or_default(),
+                turn["content"].as_str().unwrap_or_default()
+            ));
+        }
+        let task = text_of(&self.messages[index].content);
+        let mut arguments = JsonObject::new();
+        arguments.insert("text".into(), json!(earlier.join("\n")));
+        arguments.insert("image".into(), json!(url));
+        arguments.insert(
+            "task".into(),
+            json!(match task.trim() {
+                "" => "Describe the picture.",
+                task => task,
+            }),
+        );
+        if let Some(model) = self.our_model() {
+            arguments.insert("model".into(), json!(model));
+        }
+        if let Some(max_tokens) = self.max_completion_tokens.or(self.max_tokens) {
+            arguments.insert("max_tokens".into(), json!(max_tokens));
+        }
+        Ok(arguments)
+    }
+
+    /// The model the request names, unless it names none of ours: OpenAI
+    /// clients name models the server does not have; "default" or none
+    /// means ours.
+    fn our_model(&self) -> Option<&str> {
+        self.model
+            .as_deref()
+            .filter(|m| !m.is_empty() && *m != "default")
+    }
+
+    /// `text_generate` arguments.
     fn tool_arguments(&self) -> Result<JsonObject, ApiError> {
         let messages = self
             .messages
@@ -318,12 +439,7 @@ impl ChatRequest {
             .collect::<Result<Vec<_>, _>>()?;
         let mut arguments = JsonObject::new();
         arguments.insert("messages".into(), Value::Array(messages));
-        // OpenAI clients name models the server does not have; "default" or none means ours.
-        if let Some(model) = self
-            .model
-            .as_deref()
-            .filter(|m| !m.is_empty() && *m != "default")
-        {
+        if let Some(model) = self.our_model() {
             arguments.insert("model".into(), json!(model));
         }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
@@ -367,20 +483,31 @@ fn message_json(message: &ChatMessage) -> Result<Value, ApiError> {
     let content = match &message.content {
         Content::Text(text) => text.clone(),
         Content::Parts(parts) => {
-            if let Some(part) = parts.iter().find(|p| p.kind != "text") {
+            if let Some(part) = parts
+                .iter()
+                .find(|p| !["text", "image_url"].contains(&p.kind.as_str()))
+            {
                 return Err(ApiError::invalid(format!(
                     "messages: content type `{}` is not supported",
                     part.kind
                 )));
             }
-            parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .collect::<Vec<_>>()
-                .join("")
+            text_of(&message.content)
         }
     };
     Ok(json!({"role": role, "content": content}))
+}
+
+/// A message's text parts, joined.
+fn text_of(content: &Content) -> String {
+    match content {
+        Content::Text(text) => text.clone(),
+        Content::Parts(parts) => parts
+            .iter()
+            .filter_map(|p| p.text.as_deref())
+            .collect::<Vec<_>>()
+            .join(""),
+    }
 }
 
 async fn chat_completions(
@@ -393,14 +520,14 @@ async fn chat_completions(
         Ok(request) => request,
         Err(e) => return ApiError::invalid(format!("invalid request body: {e}")).into_response(),
     };
-    let arguments = match request.tool_arguments() {
-        Ok(arguments) => arguments,
+    let answering = match request.answering() {
+        Ok(answering) => answering,
         Err(e) => return e.into_response(),
     };
     if request.stream {
-        return Sse::new(stream_completion(api, request, arguments, caller)).into_response();
+        return Sse::new(stream_completion(api, request, answering, caller)).into_response();
     }
-    match api.generate(arguments, &caller, None).await {
+    match api.generate(answering, &caller, None).await {
         Ok(out) => Json(completion_body(
             &api.completion_id(),
             &request.model_name(),
@@ -462,7 +589,7 @@ fn chunk_event(id: &str, model: &str, choices: Value, usage: Option<Value>) -> E
 fn stream_completion(
     api: Arc<OpenAi>,
     request: ChatRequest,
-    arguments: JsonObject,
+    answering: Answering,
     caller: Principal,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
@@ -471,7 +598,7 @@ fn stream_completion(
         let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
         yield Ok(chunk(&id, &model, json!({"role": "assistant", "content": ""}), Value::Null));
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
-        let generation = api.generate(arguments, &caller, Some(ProgressSink::channel(progress_tx)));
+        let generation = api.generate(answering, &caller, Some(ProgressSink::channel(progress_tx)));
         tokio::pin!(generation);
         let mut sent = String::new();
         let outcome = loop {

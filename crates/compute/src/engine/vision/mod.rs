@@ -8,6 +8,7 @@
 
 mod classify;
 mod detect;
+mod ocr;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ use super::{EngineError, ModelDir, ModelInfo};
 
 pub use classify::Classifier;
 pub use detect::Detector;
+pub use ocr::TextReader;
 
 /// An ONNX image model loaded and optimized for one input size.
 struct Network {
@@ -100,12 +102,19 @@ impl Network {
     }
 }
 
-/// Load an ONNX image model: what it does decides the engine.
+/// Load an ONNX image model: what it does decides the engine. A directory
+/// with `det.onnx` and `rec.onnx` is a text reader.
 pub fn load(
     path: &Path,
     dir: &ModelDir,
     threads: usize,
 ) -> Result<Arc<dyn ImageEngine>, EngineError> {
+    if [ocr::DETECTOR_FILE, ocr::RECOGNIZER_FILE]
+        .iter()
+        .all(|f| dir.files.contains_key(*f))
+    {
+        return Ok(Arc::new(TextReader::load(dir, threads)?));
+    }
     let network = Network::load(path, dir, threads)?;
     let size_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
     let info = |architecture: &str| ModelInfo {
@@ -128,13 +137,27 @@ pub fn load(
             dir,
             info("onnx detector"),
         )?)),
-        None => Err(dir.fail(format!(
+        Some(ImageTask::ReadText) | None => Err(dir.fail(format!(
             "an ONNX model that is neither a classifier (output [1, classes]) nor a YOLO \
-             detector (output [1, 4 + classes, boxes]); its task metadata says {:?} and its \
+             detector (output [1, 4 + classes, boxes]), nor a text reader's directory (det.onnx \
+             and rec.onnx); its task metadata says {:?} and its \
              output is {:?}",
             network.metadata.get("task"),
             network.output_shape
         ))),
+    }
+}
+
+/// The memory an ONNX model is counted for, beside the engines' workspace:
+/// its weights, once per plan a text reader keeps (each plan packs its own
+/// copy; a classifier or detector has one plan).
+pub fn bytes_in_memory(model: &jetsonmind_data::store::ModelInfo) -> u64 {
+    let reads_text = [ocr::DETECTOR_FILE, ocr::RECOGNIZER_FILE]
+        .iter()
+        .all(|name| model.files.iter().any(|f| f.path == *name));
+    match reads_text {
+        true => model.size_bytes * ocr::PLANS_KEPT as u64,
+        false => model.size_bytes,
     }
 }
 
