@@ -12,7 +12,12 @@ BINARY = ROOT / "target" / "release" / "jetsonmind"
 # The peers the benchmarks measure against, pinned, in a venv of their own (created on the first run).
 PEERS = ROOT / "bench" / "cache" / "peers"
 PEER_PACKAGES = ["faster-whisper==1.2.1", "ctranslate2==4.8.5", "onnxruntime==1.32.0", "onnx==1.23.2",
-                 "numpy==2.4.6", "tokenizers==0.23.3", "pillow==13.0.0"]
+                 "numpy==2.4.6", "tokenizers==0.23.3", "pillow==13.0.0",
+                 # RapidOCR's own pipeline (the peer of `ocr`) and what it imports; OpenCV without its GUI.
+                 "opencv-python-headless==5.1.0.95", "pyclipper==1.4.0", "shapely==2.2.0", "six==1.17.0",
+                 "PyYAML==6.0.4", "tqdm==4.70.1"]
+# Installed without their declared dependencies: rapidocr names opencv-python, whose GUI needs libGL.
+PEER_PACKAGES_NO_DEPS = ["rapidocr-onnxruntime==1.4.4"]
 
 
 def percentile(values, p):
@@ -57,6 +62,7 @@ def peers_python():
     if not python.exists():
         venv.create(PEERS, with_pip=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *PEER_PACKAGES_NO_DEPS], check=True)
     return python
 
 

@@ -4,6 +4,9 @@ photographs (scikit-image's, fetched by ./setup.sh):
 
 1. classify: EfficientNet-Lite0 (models/efficientnet-lite0, converted by set-up) on five photographs.
 2. detect: a YOLOv8n detector (tests/e2e/assets/320n.onnx, a test asset) on the same photographs.
+3. ocr: PP-OCRv4 (models/ppocr-v4) on three pictures of text rendered here (straight, turned 7 degrees, large);
+   the peer is RapidOCR's own pipeline on onnxruntime with the same two ONNX files. Beside the speed, each side's
+   character error rate against the text drawn.
 
   .venv/bin/python bench/vision.py [--runs 5] [--threads 2]
 
@@ -25,20 +28,37 @@ from pathlib import Path
 from benchlib import BINARY, ROOT, engine_bench_args, peers_python, run_peer
 
 CLASSIFIER = ROOT / "models" / "efficientnet-lite0"
+TEXT_READER = ROOT / "models" / "ppocr-v4"
 ASSETS = ROOT / "tests" / "e2e" / "assets"
 DETECTOR = ASSETS / "320n.onnx"
 PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png"]
-TASKS = {"classify": CLASSIFIER / "model.onnx", "detect": DETECTOR}
+# Each task's model (what the peer loads) and the kind of pictures it gets.
+TASKS = {"classify": (CLASSIFIER / "model.onnx", "photos"), "detect": (DETECTOR, "photos"),
+         "ocr": (TEXT_READER, "texts")}
+FOUND = {"classify": "classes", "detect": "detections", "ocr": "lines"}
+
+
+def text_pictures(work):
+    """The OCR pictures, rendered as the tests render them, and the text drawn in each."""
+    from test_vision import TEXT_LINES, rendered
+
+    pictures = {"text.png": (TEXT_LINES, {}), "text-turned.png": (TEXT_LINES, {"angle": 7}),
+                "text-large.png": (TEXT_LINES[2:], {"size": 60})}
+    drawn = {}
+    for name, (lines, options) in pictures.items():
+        (work / name).write_bytes(rendered(lines, **options)[0])
+        drawn[name] = "\n".join(lines)
+    return drawn
 
 
 async def rounds(url, images, runs, peers_once):
-    """`runs` rounds; in each, JetsonMind analyzes every image once per task and the peer does too
-    (`peers_once()`), the side that goes first alternating."""
+    """`runs` rounds; in each, JetsonMind analyzes every image of each task (`images[task]`) once and the peer
+    does too (`peers_once()`), the side that goes first alternating."""
     from mcp import Client
 
     mine = {task: {"seconds": [], "client_seconds": [], "found": {}} for task in TASKS}
     theirs = {task: {"seconds": [], "found": {}} for task in TASKS}
-    payloads = {path: base64.b64encode(path.read_bytes()).decode() for path in images}
+    payloads = {path: base64.b64encode(path.read_bytes()).decode() for paths in images.values() for path in paths}
     async with Client(url) as client:
 
         async def analyze(task, path):
@@ -49,7 +69,7 @@ async def rounds(url, images, runs, peers_once):
             return result.structured_content, elapsed
 
         for task in TASKS:  # loads the models
-            await analyze(task, images[0])
+            await analyze(task, images[task][0])
 
         async def peers_round():
             for task, per_image in (await asyncio.to_thread(peers_once)).items():
@@ -61,11 +81,11 @@ async def rounds(url, images, runs, peers_once):
                 await peers_round()
             for task in TASKS:
                 server, client_side = 0.0, 0.0
-                for path in images:
+                for path in images[task]:
                     out, elapsed = await analyze(task, path)
                     server += out["timings"]["total_ms"] / 1000
                     client_side += elapsed
-                    mine[task]["found"][path.name] = out["classes" if task == "classify" else "detections"]
+                    mine[task]["found"][path.name] = out[FOUND[task]]
                 mine[task]["seconds"].append(server)
                 mine[task]["client_seconds"].append(client_side)
             if turn % 2 == 0:
@@ -74,8 +94,8 @@ async def rounds(url, images, runs, peers_once):
 
 
 def same_answers(task, mine, theirs):
-    """How many images both sides answered alike: the same top class, or the same number of detections with
-    each of ours overlapping its peer by IoU > 0.9."""
+    """How many images both sides answered alike: the same top class, the same number of detections with
+    each of ours overlapping its peer by IoU > 0.9, or the same number of lines of text."""
 
     def iou(a, b):
         ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -88,6 +108,8 @@ def same_answers(task, mine, theirs):
         peer = theirs[name]
         if task == "classify":
             alike += ours[0]["class_id"] == peer[0][0]
+        elif task == "ocr":
+            alike += len(ours) == len(peer)
         else:
             boxes = [[d["box"]["x"], d["box"]["y"], d["box"]["x"] + d["box"]["width"],
                       d["box"]["y"] + d["box"]["height"]] for d in ours]
@@ -96,48 +118,68 @@ def same_answers(task, mine, theirs):
     return alike
 
 
+def error_rates(found, drawn, ours):
+    """Each picture's character error rate, as `name rate`: the text read (ours: lines' text; the peer's: strings)
+    against the text drawn."""
+    from test_vision import character_error_rate
+
+    rates = []
+    for name, lines in found.items():
+        text = "\n".join(line["text"] if ours else line for line in lines)
+        rates.append(f"{name} {character_error_rate(drawn[name], text):.3f}")
+    return ", ".join(rates)
+
+
 def main():
     args = engine_bench_args(__doc__)
     from conftest import import_model, start_serve, stop_serve
 
-    images = [ASSETS / name for name in PHOTOS]
-    for needed in [CLASSIFIER, DETECTOR, *images]:
+    photos = [ASSETS / name for name in PHOTOS]
+    for needed in [CLASSIFIER, DETECTOR, TEXT_READER, *photos]:
         if not needed.exists():
             sys.exit(f"{needed} is missing: run ./setup.sh")
     python = peers_python()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        drawn = text_pictures(work)
+        kinds = {"photos": photos, "texts": [work / name for name in drawn]}
+        images = {task: kinds[kind] for task, (_, kind) in TASKS.items()}
         data = work / "data"
         import_model(BINARY, data, CLASSIFIER, "--link")
+        import_model(BINARY, data, TEXT_READER, "--link")
         import_model(BINARY, data, DETECTOR, "--name", "detector")
-        env = {"JETSONMIND_CACHE__ENABLED": "false", "JETSONMIND_COMPUTE__VISION__THREADS": str(args.threads),
+        env = {"JETSONMIND_CACHE__ENABLED": "false", "JETSONMIND_CACHE__INPUTS__ENABLED": "false",
+               "JETSONMIND_COMPUTE__VISION__THREADS": str(args.threads),
                "JETSONMIND_COMPUTE__VISION__DETECT_MODEL": "detector"}
 
         def peers_once():
             return {task: run_peer(python, "vision_peers.py", {"kind": task, "model": str(model),
                                                                "threads": args.threads, "runs": 1,
-                                                               "images": [str(p) for p in images]})
-                    for task, model in TASKS.items()}
+                                                               "images": [str(p) for p in images[task]]})
+                    for task, (model, _) in TASKS.items()}
 
         served = start_serve(BINARY, data, work / "serve.log", env)
         try:
             mine, theirs = asyncio.run(rounds(served.url, images, args.runs, peers_once))
         finally:
             stop_serve(served)
-    print(f"threads {args.threads}, {len(images)} photographs, median of {args.runs} rounds "
-          f"(each side once per round, in turn)\n")
+    print(f"threads {args.threads}, {len(photos)} photographs and {len(drawn)} pictures of text, median of "
+          f"{args.runs} rounds (each side once per round, in turn)\n")
     print(f"{'task':<10}{'JetsonMind img/s':>18}{'(at the client)':>17}{'onnxruntime img/s':>19}{'speed ratio':>13}"
           f"{'same answer':>13}")
     for task in TASKS:
-        ours = len(images) / statistics.median(mine[task]["seconds"])
-        client_side = len(images) / statistics.median(mine[task]["client_seconds"])
-        peer = len(images) / statistics.median(theirs[task]["seconds"])
+        count = len(images[task])
+        ours = count / statistics.median(mine[task]["seconds"])
+        client_side = count / statistics.median(mine[task]["client_seconds"])
+        peer = count / statistics.median(theirs[task]["seconds"])
         alike = same_answers(task, mine[task]["found"], theirs[task]["found"])
         print(f"{task:<10}{ours:>18.1f}{client_side:>17.1f}{peer:>19.1f}{ours / peer:>13.2f}"
-              f"{f'{alike}/{len(images)}':>13}")
+              f"{f'{alike}/{count}':>13}")
     for task in TASKS:
         each = [p / o for o, p in zip(mine[task]["seconds"], theirs[task]["seconds"])]
         print(f"  {task} ratio per round: {' '.join(f'{r:.2f}' for r in each)}")
+    print(f"  ocr character error rate, JetsonMind: {error_rates(mine['ocr']['found'], drawn, True)}")
+    print(f"  ocr character error rate, RapidOCR:   {error_rates(theirs['ocr']['found'], drawn, False)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The peer of bench/vision.py, run in the peers' venv (bench/cache/peers): onnxruntime on the same ONNX files,
-with the same preprocessing JetsonMind does (Pillow decodes; numpy crops, normalizes, suppresses). Reads a JSON job
+with the same preprocessing JetsonMind does (Pillow decodes; numpy crops, normalizes, suppresses); for `ocr`,
+RapidOCR's own pipeline (OpenCV, pyclipper) on the same detector and recognizer, without its direction classifier
+(JetsonMind has none) and at PaddleOCR's standard detector size (longer side 960, as JetsonMind). Reads a JSON job
 on stdin, prints JSON: per image, the seconds of each run and what was found."""
 
 import json
@@ -68,18 +70,41 @@ def detect_one(sess, meta, path, size=320, min_score=0.25, max_overlap=0.45):
     return [[int(classes[i]), float(scores[i]), [float(v) for v in xy[i]]] for i in found]
 
 
-def main():
-    job = json.load(sys.stdin)
+def text_reader(model_dir, threads):
+    """RapidOCR on `model_dir`'s det.onnx and rec.onnx: a function from a picture's path to its lines' text."""
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR(det_model_path=f"{model_dir}/det.onnx", rec_model_path=f"{model_dir}/rec.onnx",
+                      intra_op_num_threads=threads, inter_op_num_threads=1, use_cls=False,
+                      det_limit_type="max", det_limit_side_len=960)
+
+    def read(path):
+        lines, _ = engine(path, use_cls=False)
+        return [line[1] for line in lines or []]
+
+    return read
+
+
+def job_runner(job):
+    """The job's analysis as a function of a picture's path."""
+    if job["kind"] == "ocr":
+        return text_reader(job["model"], job["threads"])
     sess = session(job["model"], job["threads"])
     meta = sess.get_modelmeta().custom_metadata_map
-    run = classify_one if job["kind"] == "classify" else detect_one
-    run(sess, meta, job["images"][0])  # warm-up
+    analysis = classify_one if job["kind"] == "classify" else detect_one
+    return lambda path: analysis(sess, meta, path)
+
+
+def main():
+    job = json.load(sys.stdin)
+    run = job_runner(job)
+    run(job["images"][0])  # warm-up
     results = {}
     for path in job["images"]:
         times = []
         for _ in range(job["runs"]):
             started = time.perf_counter()
-            found = run(sess, meta, path)
+            found = run(path)
             times.append(time.perf_counter() - started)
         results[path] = {"seconds": times, "found": found}
     json.dump(results, sys.stdout)
