@@ -381,3 +381,20 @@ def raw_post(url, token, message, headers=None, timeout=30):
 
 def call(name, arguments):
     return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+
+
+async def cancel_once_started(call, started, what):
+    """Run `call()` and cancel it as soon as `started` (an anyio.Event its progress sets) is set, within 60 s; a
+    call that returns first fails the test (`what` finished before it was cancelled)."""
+    import anyio
+
+    async with anyio.create_task_group() as group:
+
+        async def run():
+            await call()
+            pytest.fail(f"{what} finished before it was cancelled")
+
+        group.start_soon(run)
+        with anyio.fail_after(60):
+            await started.wait()
+        group.cancel_scope.cancel()

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from conftest import start_serve, stop_serve
+from conftest import cancel_once_started, start_serve, stop_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -87,16 +87,11 @@ async def test_cancelling_stops_the_generation(one_slot, binary, data_dir, mode,
 
     story = {"prompt": "Write a very long story about a dragon, with many chapters.", "max_tokens": 2000, "temperature": 0}
     async with Client(target, mode=mode) as client:
-        async with anyio.create_task_group() as group:
-
-            async def long_call():
-                await client.call_tool("text_generate", story, progress_callback=on_progress)
-                pytest.fail("a 2000-token story finished before it was cancelled")
-
-            group.start_soon(long_call)
-            with anyio.fail_after(60):
-                await started.wait()
-            group.cancel_scope.cancel()
+        await cancel_once_started(
+            lambda: client.call_tool("text_generate", story, progress_callback=on_progress),
+            started,
+            "a 2000-token story",
+        )
 
         # The only slot must come free at once: a story still generating would
         # make this call "busy" for many seconds.

@@ -9,7 +9,7 @@ import openai
 import pytest
 from mcp import Client
 
-from conftest import DEFAULT_MODEL, start_serve, stop_serve
+from conftest import DEFAULT_MODEL, cancel_once_started, start_serve, stop_serve
 from natscluster import http_get, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -99,16 +99,11 @@ async def test_cancelling_a_call_stops_the_generation_at_the_provider(with_provi
         started.set()
 
     async with Client(with_provider.url, mode="auto") as client:
-        async with anyio.create_task_group() as group:
-
-            async def long_call():
-                await client.call_tool("text_generate", {**LONG, "max_tokens": cap}, progress_callback=on_progress)
-                pytest.fail(f"a {cap}-token count finished before it was cancelled")
-
-            group.start_soon(long_call)
-            with anyio.fail_after(60):
-                await started.wait()
-            group.cancel_scope.cancel()
+        await cancel_once_started(
+            lambda: client.call_tool("text_generate", {**LONG, "max_tokens": cap}, progress_callback=on_progress),
+            started,
+            f"a {cap}-token count",
+        )
         # Still connected: the cancel itself, not a closed session, stops it.
         idle = lambda: wait_until(llama_server.slots_idle, "llama-server idle", context=llama_server.log.read_text)
         await anyio.to_thread.run_sync(idle)

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import MODELS, import_model, make_data_dir, read_json, start_serve, stop_serve
+from conftest import MODELS, cancel_once_started, import_model, make_data_dir, read_json, start_serve, stop_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -179,16 +179,9 @@ async def test_cancelling_a_transcription_stops_it_at_once(speech_server):
         async def on_progress(progress, total, message):
             started.set()
 
-        async with anyio.create_task_group() as group:
-
-            async def long_call():
-                await transcribe(client, long_wav, progress=on_progress)
-                pytest.fail("the transcription finished before it was cancelled")
-
-            group.start_soon(long_call)
-            with anyio.fail_after(60):
-                await started.wait()
-            group.cancel_scope.cancel()
+        await cancel_once_started(
+            lambda: transcribe(client, long_wav, progress=on_progress), started, "the transcription"
+        )
 
         # The model is let go (no call runs on it) within a decoding step or two, not after
         # the remaining windows.

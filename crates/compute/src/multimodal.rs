@@ -145,9 +145,10 @@ impl ComputeServer {
         Ok(result(text, structured))
     }
 
-    /// The picture's classification, text and properties, run at once;
-    /// `None` without a picture. Parts that fail are left out (a text
-    /// reader may not be installed); the picture fails when all do.
+    /// The picture's properties, then its classification and text at once;
+    /// `None` without a picture. The picture fails when its properties do
+    /// (they need no model: it cannot be read); a model's part that fails is
+    /// left out and named (a text reader may not be installed).
     async fn image_findings(
         &self,
         caller: &Principal,
@@ -164,9 +165,12 @@ impl ComputeServer {
         };
         // Properties first: it decodes the picture into the input cache,
         // where the two models then find it.
-        let properties = run("properties").await?;
+        let properties = match run("properties").await? {
+            Ok(properties) => properties,
+            Err(why) => return Ok(Some(Err(why))),
+        };
         let (classify, ocr) = tokio::join!(run("classify"), run("ocr"));
-        let parts = [classify?, ocr?, properties];
+        let parts = [classify?, ocr?, Ok(properties)];
         stage.advance("image analysed").await;
         let mut findings = Map::new();
         let mut failures = Vec::new();
@@ -177,9 +181,6 @@ impl ComputeServer {
                 }
                 Err(why) => failures.push(format!("{analysis}: {why}")),
             }
-        }
-        if findings.is_empty() {
-            return Ok(Some(Err(failures.join("; "))));
         }
         if !failures.is_empty() {
             findings.insert("not_available".into(), json!(failures));

@@ -521,7 +521,14 @@ async fn deterministic_calls_are_answered_from_the_cache() {
         (json!(false), json!(false))
     );
     let report = cache.report();
-    assert_eq!((report.hits, report.misses, report.entries), (1, 1, 1));
+    assert_eq!(
+        (
+            report.figures.hits,
+            report.figures.misses,
+            report.figures.entries
+        ),
+        (1, 1, 1)
+    );
 }
 
 fn loaded_names(status: &Value) -> Vec<String> {

@@ -53,9 +53,9 @@ pub struct InferenceCache {
     answers: BudgetCache<Value>,
 }
 
-/// What `jetson://cache/inference` shows.
+/// The figures every [`BudgetCache`] reports.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct CacheReport {
+pub struct CacheFigures {
     pub enabled: bool,
     pub entries: usize,
     pub bytes: usize,
@@ -65,6 +65,13 @@ pub struct CacheReport {
     pub misses: u64,
     pub evictions: u64,
     pub hit_rate: Option<f64>,
+}
+
+/// What `jetson://cache/inference` shows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CacheReport {
+    #[serde(flatten)]
+    pub figures: CacheFigures,
     pub recent: Vec<CachedCall>,
 }
 
@@ -77,19 +84,19 @@ pub struct CachedCall {
     pub age_seconds: u64,
 }
 
-/// The figures of a [`BudgetCache`], and its most recently used entries.
+/// The figures of a [`BudgetCache`], and its most recently used entries,
+/// most recent first.
 pub struct BudgetReport {
-    pub enabled: bool,
-    pub entries: usize,
+    pub figures: CacheFigures,
+    pub recent: Vec<RecentEntry>,
+}
+
+pub struct RecentEntry {
+    /// The first 16 characters of its key.
+    pub key: String,
+    pub labels: [String; 2],
     pub bytes: usize,
-    pub max_bytes: usize,
-    pub ttl_seconds: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub hit_rate: Option<f64>,
-    /// Most recent first: key, labels, bytes, age in seconds.
-    pub recent: Vec<(String, [String; 2], usize, u64)>,
+    pub age_seconds: u64,
 }
 
 /// The key of a call: tool, model identity and the canonical arguments.
@@ -148,24 +155,19 @@ impl InferenceCache {
     pub fn report(&self) -> CacheReport {
         let report = self.answers.report(20);
         CacheReport {
-            enabled: report.enabled,
-            entries: report.entries,
-            bytes: report.bytes,
-            max_bytes: report.max_bytes,
-            ttl_seconds: report.ttl_seconds,
-            hits: report.hits,
-            misses: report.misses,
-            evictions: report.evictions,
-            hit_rate: report.hit_rate,
+            figures: report.figures,
             recent: report
                 .recent
                 .into_iter()
-                .map(|(key, [tool, model], bytes, age_seconds)| CachedCall {
-                    key: key.chars().take(16).collect(),
-                    tool,
-                    model,
-                    bytes,
-                    age_seconds,
+                .map(|entry| {
+                    let [tool, model] = entry.labels;
+                    CachedCall {
+                        key: entry.key,
+                        tool,
+                        model,
+                        bytes: entry.bytes,
+                        age_seconds: entry.age_seconds,
+                    }
                 })
                 .collect(),
         }
@@ -275,15 +277,15 @@ impl<V: Clone> BudgetCache<V> {
             .take(recent)
             .filter_map(|key| {
                 let e = state.entries.get(key)?;
-                Some((
-                    key.clone(),
-                    e.labels.clone(),
-                    e.bytes,
-                    e.stored.elapsed().as_secs(),
-                ))
+                Some(RecentEntry {
+                    key: key.chars().take(16).collect(),
+                    labels: e.labels.clone(),
+                    bytes: e.bytes,
+                    age_seconds: e.stored.elapsed().as_secs(),
+                })
             })
             .collect();
-        BudgetReport {
+        let figures = CacheFigures {
             enabled: state.settings.enabled,
             entries: state.entries.len(),
             bytes: state.bytes,
@@ -293,8 +295,8 @@ impl<V: Clone> BudgetCache<V> {
             misses: state.misses,
             evictions: state.evictions,
             hit_rate: (lookups > 0).then(|| state.hits as f64 / lookups as f64),
-            recent,
-        }
+        };
+        BudgetReport { figures, recent }
     }
 }
 
@@ -364,8 +366,15 @@ mod tests {
         );
         assert_eq!(cache.get(&key), Some(json!({"text": "hello"})));
         let report = cache.report();
-        assert_eq!((report.hits, report.misses, report.entries), (1, 1, 1));
-        assert_eq!(report.hit_rate, Some(0.5));
+        assert_eq!(
+            (
+                report.figures.hits,
+                report.figures.misses,
+                report.figures.entries
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(report.figures.hit_rate, Some(0.5));
     }
 
     #[test]
@@ -379,8 +388,8 @@ mod tests {
         cache.put("c".repeat(64), "t", "m", value.clone());
         assert!(cache.get(&"b".repeat(64)).is_none());
         assert!(cache.get(&"a".repeat(64)).is_some() && cache.get(&"c".repeat(64)).is_some());
-        assert_eq!(cache.report().evictions, 1);
-        assert!(cache.report().bytes <= one * 2 + 1);
+        assert_eq!(cache.report().figures.evictions, 1);
+        assert!(cache.report().figures.bytes <= one * 2 + 1);
     }
 
     fn key_size(_: &str, value: &Value) -> usize {
@@ -403,7 +412,11 @@ mod tests {
         cache.reconfigure(settings(true, one));
         let report = cache.report();
         assert_eq!(
-            (report.entries, report.max_bytes, report.ttl_seconds),
+            (
+                report.figures.entries,
+                report.figures.max_bytes,
+                report.figures.ttl_seconds
+            ),
             (1, one, 5)
         );
         assert!(
@@ -411,9 +424,9 @@ mod tests {
             "the most recent stays"
         );
         cache.reconfigure(settings(false, one));
-        assert_eq!(cache.report().entries, 0);
+        assert_eq!(cache.report().figures.entries, 0);
         cache.put("d".repeat(64), "t", "m", value);
-        assert_eq!(cache.report().entries, 0);
+        assert_eq!(cache.report().figures.entries, 0);
     }
 
     #[test]
@@ -422,7 +435,7 @@ mod tests {
         cache.put("k".repeat(64), "t", "m", json!(1));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get(&"k".repeat(64)), None);
-        assert_eq!(cache.report().entries, 0);
+        assert_eq!(cache.report().figures.entries, 0);
     }
 
     #[test]
@@ -434,6 +447,6 @@ mod tests {
         });
         cache.put("k".repeat(64), "t", "m", json!(1));
         assert_eq!(cache.get(&"k".repeat(64)), None);
-        assert_eq!(cache.report().misses, 0);
+        assert_eq!(cache.report().figures.misses, 0);
     }
 }

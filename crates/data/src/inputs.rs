@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{BudgetCache, CacheSettings};
+use crate::cache::{BudgetCache, CacheFigures, CacheSettings};
 
 type Prepared = Arc<dyn Any + Send + Sync>;
 
@@ -26,15 +26,8 @@ pub struct InputCache {
 /// What `jetson://data/cache` shows.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InputCacheReport {
-    pub enabled: bool,
-    pub entries: usize,
-    pub bytes: usize,
-    pub max_bytes: usize,
-    pub ttl_seconds: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub hit_rate: Option<f64>,
+    #[serde(flatten)]
+    pub figures: CacheFigures,
     pub by_kind: BTreeMap<String, KindReport>,
     pub recent: Vec<CachedInput>,
     /// Where the other cached work is.
@@ -143,24 +136,19 @@ impl InputCache {
             })
             .collect();
         InputCacheReport {
-            enabled: report.enabled,
-            entries: report.entries,
-            bytes: report.bytes,
-            max_bytes: report.max_bytes,
-            ttl_seconds: report.ttl_seconds,
-            hits: report.hits,
-            misses: report.misses,
-            evictions: report.evictions,
-            hit_rate: report.hit_rate,
+            figures: report.figures,
             by_kind,
             recent: report
                 .recent
                 .into_iter()
-                .map(|(key, [kind, _], bytes, age_seconds)| CachedInput {
-                    key: key.chars().take(16).collect(),
-                    kind,
-                    bytes,
-                    age_seconds,
+                .map(|entry| {
+                    let [kind, _] = entry.labels;
+                    CachedInput {
+                        key: entry.key,
+                        kind,
+                        bytes: entry.bytes,
+                        age_seconds: entry.age_seconds,
+                    }
                 })
                 .collect(),
             see_also: "embeddings of repeated texts and answers of deterministic calls: \
@@ -196,7 +184,7 @@ mod tests {
         // Another type under the key is not this one.
         assert!(cache.get::<String>("image/decoded", &key).is_none());
         let report = cache.report();
-        assert_eq!((report.entries, report.bytes), (1, 3));
+        assert_eq!((report.figures.entries, report.figures.bytes), (1, 3));
         let image = &report.by_kind["image/decoded"];
         assert_eq!(
             (image.hits, image.misses, image.hit_rate),
@@ -214,7 +202,7 @@ mod tests {
         }
         assert!(cache.get::<u8>("audio/speech", "a").is_none());
         assert!(cache.get::<u8>("audio/speech", "c").is_some());
-        assert_eq!(cache.report().evictions, 1);
+        assert_eq!(cache.report().figures.evictions, 1);
         // Larger than the whole budget: not kept.
         cache.put("audio/speech", "big".into(), Arc::new(0u8), 11);
         assert!(cache.get::<u8>("audio/speech", "big").is_none());
