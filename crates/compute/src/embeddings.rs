@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use jetsonmind_core::config::EmbeddingsConfig;
-use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
+use jetsonmind_core::content::text_and_structured;
+use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::tool_error;
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_data::cache::{InferenceCache, cache_key};
@@ -58,7 +59,7 @@ impl EmbeddingService {
                     structured["dimensions"],
                     structured["model"].as_str().unwrap_or_default()
                 );
-                with_summary(summary, structured)
+                text_and_structured(summary, structured)
             }
             Err(e) => tool_error(e.to_string()),
         }
@@ -101,7 +102,7 @@ impl EmbeddingService {
                         )
                     })
                     .collect();
-                with_summary(lines.join("\n"), structured)
+                text_and_structured(lines.join("\n"), structured)
             }
             Err(e) => tool_error(e.to_string()),
         }
@@ -218,12 +219,6 @@ fn vector_json(vector: &[f32]) -> Value {
 fn shortest_f64(x: f32) -> f64 {
     let mut digits = zmij::Buffer::new();
     digits.format(x).parse().unwrap_or(f64::from(x))
-}
-
-fn with_summary(summary: String, structured: Value) -> CallToolResult {
-    let mut result = CallToolResult::structured(structured);
-    result.content = vec![ContentBlock::text(summary)];
-    result
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ pub use jetsonmind_contract::inference::MULTI_MODAL_INFERENCE;
 use jetsonmind_contract::inference::TEXT_GENERATE;
 use jetsonmind_core::McpUnit;
 use jetsonmind_core::auth::Principal;
+use jetsonmind_core::content::text_and_structured;
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
-    CallToolResult, ContentBlock, NumberOrString, ProgressNotificationParam, ProgressToken,
+    CallToolResult, NumberOrString, ProgressNotificationParam, ProgressToken,
 };
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{ToolCall, tool_error};
@@ -95,7 +96,7 @@ impl ComputeServer {
         if let Some(audio) = audio {
             structured["audio"] = audio;
         }
-        Ok(result(text, structured))
+        Ok(text_and_structured(text, structured))
     }
 
     /// `image_analyze` with `describe`: the classification, the text read
@@ -142,7 +143,7 @@ impl ComputeServer {
             "{description}\n(Written by the language model from the image's classification, \
              text and properties; not from the picture itself.)"
         );
-        Ok(result(text, structured))
+        Ok(text_and_structured(text, structured))
     }
 
     /// The picture's properties, then its classification and text at once;
@@ -386,12 +387,6 @@ fn text_of(result: &CallToolResult) -> String {
         .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn result(text: String, structured: Value) -> CallToolResult {
-    let mut result = CallToolResult::structured(structured);
-    result.content = vec![ContentBlock::text(text)];
-    result
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jetsonmind_audio::{Audio, AudioError, Limits};
 use jetsonmind_core::config::AudioConfig;
+use jetsonmind_core::content::text_and_structured;
 use jetsonmind_core::rmcp::model::{
     CallToolResult, ContentBlock, NumberOrString, ProgressNotificationParam, ProgressToken,
 };
@@ -112,26 +113,23 @@ impl AudioService {
     /// same clip was sent before (and is within today's length limit).
     async fn speech_samples(&self, args: &AudioProcessArgs) -> Result<Vec<f32>, AudioCallError> {
         let bytes = self.bytes(args)?;
-        let key = self
-            .inputs
-            .enabled()
-            .then(|| InputCache::key(SPEECH_INPUT, &bytes));
         let max_samples = self.settings.max_seconds * f64::from(jetsonmind_audio::SPEECH_RATE);
-        if let Some(samples) = key
-            .as_ref()
-            .and_then(|key| self.inputs.get::<Vec<f32>>(SPEECH_INPUT, key))
-            && samples.len() as f64 <= max_samples
-        {
-            return Ok(samples.to_vec());
-        }
-        let audio = self.decode(bytes).await?;
-        let samples = blocking(move || audio.for_speech()).await??;
-        if let Some(key) = key {
-            let size = samples.len() * std::mem::size_of::<f32>();
-            self.inputs
-                .put(SPEECH_INPUT, key, Arc::new(samples.clone()), size);
-        }
-        Ok(samples)
+        let resample = |bytes: Vec<u8>| async move {
+            let audio = self.decode(bytes).await?;
+            Ok::<_, AudioCallError>(blocking(move || audio.for_speech()).await??)
+        };
+        let samples = self
+            .inputs
+            .prepared(
+                SPEECH_INPUT,
+                bytes,
+                |samples: &Vec<f32>| samples.len() as f64 <= max_samples,
+                |samples| samples.len() * std::mem::size_of::<f32>(),
+                resample,
+            )
+            .await?;
+        // The cache's own copy stays; a clip it does not keep is not copied.
+        Ok(Arc::try_unwrap(samples).unwrap_or_else(|kept| kept.to_vec()))
     }
 
     async fn transcribe(&self, args: AudioProcessArgs, context: &CallContext) -> Outcome {
@@ -367,13 +365,6 @@ fn audio_result(audio: &Audio, summary: String, mut structured: Value) -> Outcom
         ContentBlock::text(summary),
     ];
     Ok(result)
-}
-
-/// `text` for clients that read only text, the details as structured content.
-fn text_and_structured(text: String, structured: Value) -> CallToolResult {
-    let mut result = CallToolResult::structured(structured);
-    result.content = vec![ContentBlock::text(text)];
-    result
 }
 
 async fn blocking<T: Send + 'static>(

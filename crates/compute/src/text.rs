@@ -11,7 +11,8 @@ use jetsonmind_contract::inference::{
 };
 use jetsonmind_contract::replica::mark_busy;
 use jetsonmind_core::config::ComputeConfig;
-use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
+use jetsonmind_core::content::text_and_structured;
+use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
 use jetsonmind_core::tool_error;
 use jetsonmind_core::unit::CallContext;
@@ -303,10 +304,7 @@ fn generation_json(engine: &dyn TextEngine, text: &str, generation: &Generation)
 
 fn tool_result(structured: Value) -> CallToolResult {
     let text = structured["text"].as_str().unwrap_or_default().to_string();
-    let mut result = CallToolResult::structured(structured);
-    // Clients that read only text get the answer, not the JSON around it.
-    result.content = vec![ContentBlock::text(text)];
-    result
+    text_and_structured(text, structured)
 }
 
 fn fill_in_middle(args: &CodeCompleteArgs) -> Prompt {

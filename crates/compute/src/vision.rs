@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jetsonmind_core::config::VisionConfig;
-use jetsonmind_core::rmcp::model::{CallToolResult, ContentBlock};
+use jetsonmind_core::content::text_and_structured;
+use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::tool_error;
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_data::inputs::InputCache;
@@ -90,9 +91,7 @@ impl ImageService {
             "decode_ms": decode_ms,
             "total_ms": started.elapsed().as_secs_f64() * 1000.0,
         });
-        let mut result = CallToolResult::structured(structured);
-        result.content = vec![ContentBlock::text(text)];
-        Ok(result)
+        Ok(text_and_structured(text, structured))
     }
 
     /// The caller's image, decoded (on a blocking thread) within the limits;
@@ -109,28 +108,25 @@ impl ImageService {
                 allowed_dirs_setting: "compute.vision.allowed_dirs",
             },
         )?;
-        let key = self
-            .inputs
-            .enabled()
-            .then(|| InputCache::key(DECODED_PICTURE, &bytes));
-        if let Some(picture) = key
-            .as_ref()
-            .and_then(|key| self.inputs.get::<Picture>(DECODED_PICTURE, key))
-            && u64::from(picture.width()) * u64::from(picture.height()) <= self.settings.max_pixels
-        {
-            return Ok(picture);
-        }
         let limits = Limits {
             max_pixels: self.settings.max_pixels,
             setting: "compute.vision.max_pixels",
         };
-        let picture = blocking(move || jetsonmind_image::decode(&bytes, &limits)).await??;
-        let picture = Arc::new(picture);
-        if let Some(key) = key {
-            let size = picture.rgb.as_raw().len();
-            self.inputs.put(DECODED_PICTURE, key, picture.clone(), size);
-        }
-        Ok(picture)
+        let max_pixels = limits.max_pixels;
+        let decode = |bytes: Vec<u8>| async move {
+            Ok(blocking(move || jetsonmind_image::decode(&bytes, &limits)).await??)
+        };
+        self.inputs
+            .prepared(
+                DECODED_PICTURE,
+                bytes,
+                |picture: &Picture| {
+                    u64::from(picture.width()) * u64::from(picture.height()) <= max_pixels
+                },
+                |picture| picture.rgb.as_raw().len(),
+                decode,
+            )
+            .await
     }
 
     /// The model `args` names; else the configured detector for `detect` or

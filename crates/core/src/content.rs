@@ -1,8 +1,9 @@
 //! Shapes of results shared by every server.
 
 use rmcp::ErrorData as McpError;
-use rmcp::model::{CallToolResult, ReadResourceResult, ResourceContents};
+use rmcp::model::{CallToolResult, ContentBlock, ReadResourceResult, ResourceContents};
 use serde::Serialize;
+use serde_json::Value;
 
 /// A resource read whose one content is `value` as JSON.
 pub fn json_resource(uri: &str, value: &impl Serialize) -> Result<ReadResourceResult, McpError> {
@@ -11,6 +12,15 @@ pub fn json_resource(uri: &str, value: &impl Serialize) -> Result<ReadResourceRe
     Ok(ReadResourceResult::new(vec![
         ResourceContents::text(text, uri).with_mime_type("application/json"),
     ]))
+}
+
+/// A successful tool result whose text is `text`, for clients that read
+/// only text (the answer, not the JSON around it), with the details as
+/// structured content.
+pub fn text_and_structured(text: impl Into<String>, structured: Value) -> CallToolResult {
+    let mut result = CallToolResult::structured(structured);
+    result.content = vec![ContentBlock::text(text.into())];
+    result
 }
 
 /// A successful tool result carrying `value` both as structured content and

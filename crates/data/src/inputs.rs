@@ -8,6 +8,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -78,22 +79,36 @@ impl InputCache {
         self.inputs.reconfigure(settings);
     }
 
-    /// Whether it keeps anything (when not, callers skip hashing inputs).
-    pub fn enabled(&self) -> bool {
-        self.inputs.enabled()
-    }
-
-    /// The key of `content` prepared as `kind` (`image/decoded`...).
-    pub fn key(kind: &str, content: &[u8]) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(kind.as_bytes());
-        hasher.update([0]);
-        hasher.update(content);
-        format!("{:x}", hasher.finalize())
+    /// `content` prepared as `kind` (`image/decoded`...): as kept from an
+    /// earlier call when `usable` says it still is (a limit may have been
+    /// lowered since), else `prepare`d now and kept, counted as its `size`.
+    /// Nothing is hashed while the cache is off.
+    pub async fn prepared<T, E, Fut>(
+        &self,
+        kind: &str,
+        content: Vec<u8>,
+        usable: impl Fn(&T) -> bool,
+        size: impl Fn(&T) -> usize,
+        prepare: impl FnOnce(Vec<u8>) -> Fut,
+    ) -> Result<Arc<T>, E>
+    where
+        T: Any + Send + Sync,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let key = self.inputs.enabled().then(|| key(kind, &content));
+        let kept = key.as_ref().and_then(|key| self.get::<T>(kind, key));
+        if let Some(kept) = kept.filter(|kept| usable(kept)) {
+            return Ok(kept);
+        }
+        let prepared = Arc::new(prepare(content).await?);
+        if let Some(key) = key {
+            self.put(kind, key, prepared.clone(), size(&prepared));
+        }
+        Ok(prepared)
     }
 
     /// The input under `key` prepared as `kind`, if kept (and of type `T`).
-    pub fn get<T: Any + Send + Sync>(&self, kind: &str, key: &str) -> Option<Arc<T>> {
+    fn get<T: Any + Send + Sync>(&self, kind: &str, key: &str) -> Option<Arc<T>> {
         if !self.inputs.enabled() {
             return None;
         }
@@ -111,7 +126,7 @@ impl InputCache {
     }
 
     /// Keep `value`, prepared as `kind`, counted as `bytes`.
-    pub fn put<T: Any + Send + Sync>(&self, kind: &str, key: String, value: Arc<T>, bytes: usize) {
+    fn put<T: Any + Send + Sync>(&self, kind: &str, key: String, value: Arc<T>, bytes: usize) {
         self.inputs
             .put(key, bytes, [kind.to_string(), String::new()], value);
     }
@@ -157,6 +172,15 @@ impl InputCache {
     }
 }
 
+/// The key of `content` prepared as `kind`.
+fn key(kind: &str, content: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(kind.as_bytes());
+    hasher.update([0]);
+    hasher.update(content);
+    format!("{:x}", hasher.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,16 +197,21 @@ mod tests {
     #[test]
     fn the_same_content_is_found_again_by_kind() {
         let cache = cache(1 << 20);
-        let key = InputCache::key("image/decoded", b"png bytes");
-        assert_ne!(key, InputCache::key("audio/speech", b"png bytes"));
-        assert!(cache.get::<Vec<u8>>("image/decoded", &key).is_none());
-        cache.put("image/decoded", key.clone(), Arc::new(vec![1u8, 2, 3]), 3);
+        let digest = key("image/decoded", b"png bytes");
+        assert_ne!(digest, key("audio/speech", b"png bytes"));
+        assert!(cache.get::<Vec<u8>>("image/decoded", &digest).is_none());
+        cache.put(
+            "image/decoded",
+            digest.clone(),
+            Arc::new(vec![1u8, 2, 3]),
+            3,
+        );
         assert_eq!(
-            *cache.get::<Vec<u8>>("image/decoded", &key).unwrap(),
+            *cache.get::<Vec<u8>>("image/decoded", &digest).unwrap(),
             [1, 2, 3]
         );
         // Another type under the key is not this one.
-        assert!(cache.get::<String>("image/decoded", &key).is_none());
+        assert!(cache.get::<String>("image/decoded", &digest).is_none());
         let report = cache.report();
         assert_eq!((report.figures.entries, report.figures.bytes), (1, 3));
         let image = &report.by_kind["image/decoded"];
@@ -191,7 +220,7 @@ mod tests {
             (1, 2, Some(1.0 / 3.0))
         );
         assert_eq!(report.recent[0].kind, "image/decoded");
-        assert_eq!(report.recent[0].key, key[..16]);
+        assert_eq!(report.recent[0].key, digest[..16]);
     }
 
     #[test]
@@ -206,5 +235,40 @@ mod tests {
         // Larger than the whole budget: not kept.
         cache.put("audio/speech", "big".into(), Arc::new(0u8), 11);
         assert!(cache.get::<u8>("audio/speech", "big").is_none());
+    }
+
+    #[tokio::test]
+    async fn prepared_once_then_kept_while_usable() {
+        let cache = cache(1 << 20);
+        let prepared = std::sync::atomic::AtomicUsize::new(0);
+        let prepare = |content: Vec<u8>| {
+            prepared.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok::<_, String>(content.len()) }
+        };
+        let size = |_: &usize| 8;
+        for _ in 0..2 {
+            let n = cache
+                .prepared("clip", b"abc".to_vec(), |_| true, size, prepare)
+                .await;
+            assert_eq!(*n.unwrap(), 3);
+        }
+        assert_eq!(prepared.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Kept, but no longer usable (a limit was lowered): prepared again.
+        let n = cache
+            .prepared("clip", b"abc".to_vec(), |_| false, size, prepare)
+            .await;
+        assert_eq!(*n.unwrap(), 3);
+        assert_eq!(prepared.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let failed = cache
+            .prepared(
+                "clip",
+                b"xyz".to_vec(),
+                |_| true,
+                size,
+                |_| async { Err::<usize, _>("cannot".to_string()) },
+            )
+            .await;
+        assert_eq!(failed.unwrap_err(), "cannot");
+        assert_eq!(cache.report().figures.entries, 1);
     }
 }

@@ -32,11 +32,11 @@ use jetsonmind_contract::inference::code::strip_to_completion;
 use jetsonmind_contract::inference::{GenerationProgress, code_complete_tool, text_generate_tool};
 use jetsonmind_contract::replica::{LoadedModel, REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::config::ProviderConfig;
-use jetsonmind_core::content::json_resource;
+use jetsonmind_core::content::{json_resource, text_and_structured};
 use jetsonmind_core::error::resource_not_found;
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, CompleteRequestParams, CompleteResult, ContentBlock,
+    CallToolRequestParams, CallToolResult, CompleteRequestParams, CompleteResult,
     GetPromptRequestParams, GetPromptResult, NumberOrString, ProgressToken, ReadResourceResult,
     Resource, Tool,
 };
@@ -400,10 +400,7 @@ impl OpenAiLink {
             tokens = generation.completion_tokens(),
             "provider call done"
         );
-        let mut result = CallToolResult::structured(structured);
-        // Clients that read only text get the answer, not the JSON around it.
-        result.content = vec![ContentBlock::text(text)];
-        result
+        text_and_structured(text, structured)
     }
 }
 

@@ -415,7 +415,7 @@ impl ChatRequest {
         if let Some(model) = self.our_model() {
             arguments.insert("model".into(), json!(model));
         }
-        if let Some(max_tokens) = self.max_completion_tokens.or(self.max_tokens) {
+        if let Some(max_tokens) = self.max_tokens() {
             arguments.insert("max_tokens".into(), json!(max_tokens));
         }
         Ok(arguments)
@@ -430,6 +430,12 @@ impl ChatRequest {
             .filter(|m| !m.is_empty() && *m != "default")
     }
 
+    /// The answer's length limit: `max_completion_tokens`, or the older
+    /// `max_tokens`.
+    fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
     /// `text_generate` arguments.
     fn tool_arguments(&self) -> Result<JsonObject, ApiError> {
         let messages = self
@@ -442,7 +448,7 @@ impl ChatRequest {
         if let Some(model) = self.our_model() {
             arguments.insert("model".into(), json!(model));
         }
-        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let max_tokens = self.max_tokens();
         let optional = [
             ("max_tokens", max_tokens.map(|v| json!(v))),
             ("temperature", self.temperature.map(|v| json!(v))),
@@ -480,22 +486,17 @@ fn message_json(message: &ChatMessage) -> Result<Value, ApiError> {
             )));
         }
     };
-    let content = match &message.content {
-        Content::Text(text) => text.clone(),
-        Content::Parts(parts) => {
-            if let Some(part) = parts
-                .iter()
-                .find(|p| !["text", "image_url"].contains(&p.kind.as_str()))
-            {
-                return Err(ApiError::invalid(format!(
-                    "messages: content type `{}` is not supported",
-                    part.kind
-                )));
-            }
-            text_of(&message.content)
-        }
-    };
-    Ok(json!({"role": role, "content": content}))
+    if let Content::Parts(parts) = &message.content
+        && let Some(part) = parts
+            .iter()
+            .find(|p| !["text", "image_url"].contains(&p.kind.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "messages: content type `{}` is not supported",
+            part.kind
+        )));
+    }
+    Ok(json!({"role": role, "content": text_of(&message.content)}))
 }
 
 /// A message's text parts, joined.

@@ -41,32 +41,17 @@ impl Network {
     /// Load `path`, its input fixed to one RGB image of the size its
     /// declared input (or its `imgsz` metadata, for dynamic ones) says.
     fn load(path: &Path, dir: &ModelDir, threads: usize) -> Result<Self, EngineError> {
-        let fail = |e: TractError| dir.fail(format!("{e:#}"));
-        // The input is fixed below and every other shape inferred from it:
-        // exporters declare symbolic shapes (`batch`, `(height+1)/2`) that
-        // would not unify with a concrete input.
-        let mut model = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .model_for_path(path)
-            .map_err(|e| dir.fail(format!("not an ONNX model tract reads: {e:#}")))?;
+        let model = read_onnx(path, dir, None)?;
         let metadata = metadata(&model);
         let (width, height) = input_size(&model, &metadata).map_err(|e| dir.fail(e))?;
-        let input = f32::fact([1, 3, height as usize, width as usize]);
-        model.set_input_fact(0, input.into()).map_err(fail)?;
-        let typed = model.into_optimized().map_err(fail)?;
-        let output_shape = typed
+        let plan =
+            plan_for(model, height, width, threads).map_err(|e| dir.fail(format!("{e:#}")))?;
+        let output_shape = plan
+            .model()
             .output_fact(0)
-            .map_err(fail)?
-            .shape
-            .as_concrete()
-            .map(|s| s.to_vec())
+            .ok()
+            .and_then(|fact| fact.shape.as_concrete().map(|s| s.to_vec()))
             .ok_or_else(|| dir.fail("its output's shape is not fixed by its input's"))?;
-        let options = RunOptions {
-            executor: Some(executor(threads)),
-            ..Default::default()
-        };
-        let plan = typed.into_runnable_with_options(&options).map_err(fail)?;
         Ok(Self {
             plan,
             width,
@@ -79,12 +64,9 @@ impl Network {
     /// Run on one image, already planar (3 x height x width floats): the
     /// first output's values.
     fn run(&self, planar: Vec<f32>) -> Result<Vec<f32>, EngineError> {
-        let failed = |e: TractError| EngineError::Inference(format!("{e:#}"));
-        let shape = [1, 3, self.height as usize, self.width as usize];
-        let input = Tensor::from_shape(&shape, &planar).map_err(failed)?;
-        let outputs = self.plan.run(tvec!(input.into())).map_err(failed)?;
-        let output = outputs[0].try_as_plain_ram().map_err(failed)?;
-        Ok(output.as_slice::<f32>().map_err(failed)?.to_vec())
+        run_plan(&self.plan, planar, self.height, self.width)
+            .map(|(_, values)| values)
+            .map_err(|e| EngineError::Inference(format!("{e:#}")))
     }
 
     fn task(&self) -> Option<ImageTask> {
@@ -146,6 +128,58 @@ pub fn load(
             network.output_shape
         ))),
     }
+}
+
+/// `path` (`file`, of a model of several, named in errors) as tract reads it, its input
+/// not yet fixed. Only the input is ever fixed and every other shape
+/// inferred from it: exporters declare symbolic shapes (`batch`,
+/// `(height+1)/2`) that would not unify with a concrete input.
+fn read_onnx(
+    path: &Path,
+    dir: &ModelDir,
+    file: Option<&str>,
+) -> Result<InferenceModel, EngineError> {
+    let named = file.map_or(String::new(), |file| format!("{file} is "));
+    tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true)
+        .model_for_path(path)
+        .map_err(|e| dir.fail(format!("{named}not an ONNX model tract reads: {e:#}")))
+}
+
+/// `model` optimized for one RGB image of `height` x `width`, run on
+/// `threads` ([`executor`]).
+fn plan_for(
+    mut model: InferenceModel,
+    height: u32,
+    width: u32,
+    threads: usize,
+) -> TractResult<Arc<TypedRunnableModel>> {
+    let input = f32::fact([1, 3, height as usize, width as usize]);
+    model.set_input_fact(0, input.into())?;
+    let options = RunOptions {
+        executor: Some(executor(threads)),
+        ..Default::default()
+    };
+    model.into_optimized()?.into_runnable_with_options(&options)
+}
+
+/// Run `plan` on one planar image (3 x `height` x `width` floats): its
+/// first output's shape and values.
+fn run_plan(
+    plan: &Arc<TypedRunnableModel>,
+    planar: Vec<f32>,
+    height: u32,
+    width: u32,
+) -> TractResult<(Vec<usize>, Vec<f32>)> {
+    let shape = [1, 3, height as usize, width as usize];
+    let input = Tensor::from_shape(&shape, &planar)?;
+    let outputs = plan.run(tvec!(input.into()))?;
+    let output = outputs[0].try_as_plain_ram()?;
+    Ok((
+        outputs[0].shape().to_vec(),
+        output.as_slice::<f32>()?.to_vec(),
+    ))
 }
 
 /// The memory an ONNX model is counted for, beside the engines' workspace:

@@ -5,8 +5,7 @@
 //! is CTC-decoded with the character list in its own metadata.
 //!
 //! A model is a directory with `det.onnx` and `rec.onnx`. Both take images
-//! of any size, so their plans keep height and width symbolic: tract fixes
-//! them per call from the input.
+//! of any size; tract plans each size apart ([`Stage`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -14,9 +13,8 @@ use jetsonmind_image::RgbImage;
 use jetsonmind_image::geometry::{self, RotatedRect};
 use jetsonmind_image::prepare::{self, ChannelOrder, Normalization};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::runtime::RunOptions;
 
-use super::{executor, metadata};
+use super::{metadata, plan_for, read_onnx, run_plan};
 use crate::engine::image::{ImageEngine, ImageTask, PixelBox, ReadOptions, TextLine};
 use crate::engine::{EngineError, ModelDir, ModelInfo};
 
@@ -91,14 +89,9 @@ type SizedPlan = ((u32, u32), Arc<TypedRunnableModel>);
 
 impl Stage {
     fn load(dir: &ModelDir, file: &'static str, threads: usize) -> Result<Self, EngineError> {
-        let model = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .model_for_path(dir.path(file)?)
-            .map_err(|e| dir.fail(format!("{file} is not an ONNX model tract reads: {e:#}")))?;
         Ok(Self {
             file,
-            model,
+            model: read_onnx(dir.path(file)?, dir, Some(file))?,
             threads,
             plans: Mutex::default(),
         })
@@ -114,16 +107,7 @@ impl Stage {
             return Ok(kept.1);
         }
         drop(plans);
-        let mut model = self.model.clone();
-        let input = f32::fact([1, 3, height as usize, width as usize]);
-        model.set_input_fact(0, input.into())?;
-        let options = RunOptions {
-            executor: Some(executor(self.threads)),
-            ..Default::default()
-        };
-        let plan = model
-            .into_optimized()?
-            .into_runnable_with_options(&options)?;
+        let plan = plan_for(self.model.clone(), height, width, self.threads)?;
         let mut plans = self.plans.lock().expect("plans lock");
         if plans.len() == PLANS_KEPT {
             plans.remove(0);
@@ -139,16 +123,11 @@ impl Stage {
         height: u32,
         width: u32,
     ) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
-        let failed = |e: TractError| {
-            EngineError::Inference(format!("{} at {width}x{height}: {e:#}", self.file))
-        };
-        let plan = self.plan(height, width).map_err(failed)?;
-        let shape = [1, 3, height as usize, width as usize];
-        let input = Tensor::from_shape(&shape, &planar).map_err(failed)?;
-        let outputs = plan.run(tvec!(input.into())).map_err(failed)?;
-        let output = outputs[0].try_as_plain_ram().map_err(failed)?;
-        let values = output.as_slice::<f32>().map_err(failed)?.to_vec();
-        Ok((outputs[0].shape().to_vec(), values))
+        self.plan(height, width)
+            .and_then(|plan| run_plan(&plan, planar, height, width))
+            .map_err(|e| {
+                EngineError::Inference(format!("{} at {width}x{height}: {e:#}", self.file))
+            })
     }
 }
 
