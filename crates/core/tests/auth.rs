@@ -116,7 +116,12 @@ async fn setup() -> Setup {
     )
     .merge(metadata_routes);
     let connections = Arc::new(Connections::default());
-    let gate = Gatekeeper::new(auth, &http, connections.clone(), auth::resolver(unit));
+    let gate = Arc::new(Gatekeeper::new(
+        auth,
+        &http,
+        connections.clone(),
+        auth::resolver(unit),
+    ));
     let router =
         with_limits(routes, &http).layer(axum::middleware::from_fn_with_state(gate, auth::guard));
     tokio::spawn(serve_http(listener, router, shutdown.clone(), connections));

@@ -19,7 +19,7 @@ use jetsonmind_core::connections::Connections;
 use jetsonmind_core::lifecycle::{self, Drain, InFlight};
 use jetsonmind_core::serve::{self, MCP_PATH};
 use jetsonmind_core::unit::LocalServer;
-use jetsonmind_core::upstream::{Connector, OpenPipe, Secret, Upstream};
+use jetsonmind_core::upstream::{Connector, LocalClient, OpenPipe, Secret, Upstream};
 use jetsonmind_core::{Config, McpUnit, UnitServer};
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
@@ -29,6 +29,7 @@ use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::{DataServer, NodeState};
 use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Gateway};
+use jetsonmind_web::Dashboard;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, ClusterCommand, Command, Transport};
@@ -543,14 +544,35 @@ async fn serve_gateway(
         shared.access.connections.clone(),
     );
     let server = shared.server_arc(gateway, &config);
-    let openai = match transport.stdio {
+    let faces = match transport.stdio {
         true => Router::new(),
-        false => serve::guard_headers(
-            OpenAi::connect(server.clone()).await?.router(),
-            &config.http,
-        ),
+        false => http_faces(&server, &config, &shutdown, shared).await?,
     };
-    serve_server(server, transport, config, shutdown, shared, openai).await
+    serve_server(server, transport, config, shutdown, shared, faces).await
+}
+
+/// What a gateway serves over HTTP beside MCP, each a client of the gateway
+/// in this process: the OpenAI-compatible `/v1` routes and the dashboard.
+async fn http_faces(
+    server: &UnitServer<Gateway>,
+    config: &Config,
+    shutdown: &CancellationToken,
+    shared: &Shared,
+) -> anyhow::Result<Router> {
+    let client = LocalClient::connect(server.clone()).await?;
+    let api = OpenAi::new(client.clone()).router();
+    let mut faces = api.clone();
+    if config.gateway.ui.enabled {
+        let tools = auth::resolver(server.unit().clone());
+        let access = (
+            shared.access.auth.clone(),
+            shared.access.connections.clone(),
+        );
+        let dashboard = Dashboard::new(client, access, tools, &config.gateway.ui);
+        dashboard.start(shutdown.clone());
+        faces = faces.merge(dashboard.router(api));
+    }
+    Ok(serve::guard_headers(faces, &config.http))
 }
 
 async fn start_gateway(
@@ -617,7 +639,9 @@ async fn serve_server<U: McpUnit>(
         &config.http,
         access.connections.clone(),
         tools,
-    );
+    )
+    .self_authenticated(&[jetsonmind_web::PREFIX]);
+    let gate = Arc::new(gate);
     let router = serve::with_limits(routes, &config.http)
         .layer(axum::middleware::from_fn_with_state(gate, auth::guard));
     let router = lifecycle::drain_layer(router, shared.drain.clone());

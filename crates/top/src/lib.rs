@@ -8,7 +8,6 @@
 //! [`App`] is the state and what each key does (no terminal in it, so it
 //! is tested as it is); `view` draws it; `source` is the MCP client.
 
-pub mod snapshot;
 mod source;
 mod view;
 
@@ -17,7 +16,7 @@ use std::time::Duration;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use tokio::sync::mpsc;
 
-use snapshot::{Replica, Snapshot};
+use jetsonmind_figures::{Replica, Snapshot};
 pub use source::Gateway;
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +213,7 @@ fn read_keys() -> mpsc::UnboundedReceiver<KeyCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snapshot::Node;
+    use jetsonmind_figures::Node;
 
     fn replica(name: &str, in_flight: u64, latency: Option<f64>, loaded: &[&str]) -> Replica {
         Replica {

@@ -9,7 +9,7 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
 use crate::TopError;
-use crate::snapshot::Snapshot;
+use jetsonmind_figures::Snapshot;
 
 const METRICS: &str = "jetson://system/metrics";
 const ANALYTICS: &str = "jetson://performance/analytics";

@@ -8,7 +8,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
 use crate::App;
-use crate::snapshot::{Node, Replica};
+use jetsonmind_figures::{Node, Replica};
 
 const GIB: f64 = (1u64 << 30) as f64;
 

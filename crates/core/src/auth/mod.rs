@@ -425,6 +425,9 @@ pub struct Gatekeeper {
     /// Whether unauthenticated loopback clients are rate-limited too.
     limit_local: bool,
     tools: ToolResolver,
+    /// Paths under which the routes authenticate their callers themselves
+    /// (the web dashboard's session cookies).
+    self_authenticated: Vec<&'static str>,
 }
 
 impl Gatekeeper {
@@ -435,15 +438,30 @@ impl Gatekeeper {
         http: &HttpConfig,
         connections: Arc<Connections>,
         tools: ToolResolver,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Self {
+        Self {
             auth,
             limiter: RateLimiter::new(http.rate_limit_per_second, http.rate_limit_burst),
             connections,
             max_body_bytes: http.max_body_bytes,
             limit_local: http.rate_limit_loopback,
             tools,
-        })
+            self_authenticated: Vec::new(),
+        }
+    }
+
+    /// Leave the routes under `prefixes` to authenticate their own
+    /// callers; they must put the caller's [`Principal`] in the request
+    /// themselves.
+    pub fn self_authenticated(mut self, prefixes: &[&'static str]) -> Self {
+        self.self_authenticated.extend_from_slice(prefixes);
+        self
+    }
+
+    fn authenticates_itself(&self, path: &str) -> bool {
+        self.self_authenticated
+            .iter()
+            .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")))
     }
 
     /// The rate bucket of a caller: its principal when authenticated, its
@@ -471,7 +489,9 @@ pub fn resolver<U: crate::McpUnit>(unit: Arc<U>) -> ToolResolver {
 /// Authenticate, rate-limit and authorize every request but the metadata.
 pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/.well-known/oauth-protected-resource") || crate::lifecycle::is_probe(path)
+    if path.starts_with("/.well-known/oauth-protected-resource")
+        || crate::lifecycle::is_probe(path)
+        || gate.authenticates_itself(path)
     {
         return next.run(request).await;
     }

@@ -277,10 +277,12 @@ impl ClientHandler for ForwardingClient {
 }
 
 /// Why a forwarded call produced no result.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// The caller cancelled; the upstream was told.
+    #[error("cancelled")]
     Cancelled,
+    #[error("{0}")]
     Service(ServiceError),
 }
 

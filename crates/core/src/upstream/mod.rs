@@ -6,6 +6,7 @@
 //! checks and forwarding are written once.
 
 pub mod forward;
+pub mod local;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use forward::{
     ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, ResourceChange, call_tool,
 };
+pub use local::{LocalClient, ReadError};
 
 pub type Client = RunningService<RoleClient, ForwardingClient>;
 

@@ -4,7 +4,7 @@
 //! `POST /v1/audio/transcriptions` and `POST /v1/audio/speech`.
 //!
 //! All are mapped onto MCP: the gateway is called as an MCP server, in
-//! process, exactly as any client would call it (`jetson://models/available`,
+//! process (a [`LocalClient`]), exactly as any client would call it (`jetson://models/available`,
 //! `text_generate`, `multi_modal_inference` for a chat with a picture,
 //! `embed`, `audio_process`), as the HTTP request's caller, so
 //! authorization, validation, routing and progress are the same code.
@@ -26,54 +26,26 @@ use axum::{Json, Router};
 use futures::Stream;
 use http::StatusCode;
 use jetsonmind_contract::inference::{GenerationProgress, MULTI_MODAL_INFERENCE, TEXT_GENERATE};
-use jetsonmind_core::auth::{FORBIDDEN, Principal, delegate};
-use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
-    ServerResult,
-};
-use jetsonmind_core::rmcp::service::RunningService;
-use jetsonmind_core::rmcp::{RoleClient, ServiceError, ServiceExt};
-use jetsonmind_core::serve::in_process;
-use jetsonmind_core::{CoreError, UnitServer};
+use jetsonmind_core::auth::{FORBIDDEN, Principal};
+use jetsonmind_core::rmcp::ServiceError;
+use jetsonmind_core::rmcp::model::{CallToolResult, JsonObject};
+use jetsonmind_core::upstream::{ForwardError, LocalClient, ProgressSink};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use jetsonmind_core::upstream::{
-    self, ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, UpstreamId,
-};
-
-use crate::Gateway;
 
 pub struct OpenAi {
-    client: RunningService<RoleClient, ForwardingClient>,
-    id: UpstreamId,
-    progress: Arc<ProgressRoutes>,
+    gateway: Arc<LocalClient>,
     next_id: AtomicU64,
 }
 
 impl OpenAi {
-    /// Connect to `server` (the gateway) over an in-memory MCP pipe.
-    pub async fn connect(server: UnitServer<Gateway>) -> Result<Arc<Self>, CoreError> {
-        let progress = Arc::new(ProgressRoutes::default());
-        let id = UpstreamId::fresh();
-        let handler = ForwardingClient {
-            lists_changed: None,
-            upstream: id,
-            progress: progress.clone(),
-            changes: None,
-        };
-        let client = handler
-            .serve(in_process(server))
-            .await
-            .map_err(|e| CoreError::Service(e.to_string()))?;
-        Ok(Arc::new(Self {
-            client,
-            id,
-            progress,
+    /// The API over `gateway`, a client of this process's gateway.
+    pub fn new(gateway: Arc<LocalClient>) -> Arc<Self> {
+        Arc::new(Self {
+            gateway,
             next_id: AtomicU64::new(0),
-        }))
+        })
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -122,8 +94,8 @@ impl OpenAi {
     }
 
     /// `tool` through the gateway, as `caller` (the HTTP request's
-    /// principal; this pipe itself is trusted with everything). A tool's own
-    /// error comes back as its result, for [`tool_outcome`] to read.
+    /// principal). A tool's own error comes back as its result, for
+    /// [`tool_outcome`] to read.
     async fn call(
         &self,
         tool: &'static str,
@@ -131,21 +103,8 @@ impl OpenAi {
         caller: &Principal,
         sink: Option<ProgressSink>,
     ) -> Result<CallToolResult, ApiError> {
-        let mut params = CallToolRequestParams::new(tool).with_arguments(arguments);
-        delegate(&mut params.meta, caller);
-        // Dropping this future (a client hanging up) cancels the generation.
-        let never = CancellationToken::new();
-        let call = upstream::call_tool(
-            self.client.peer(),
-            self.id,
-            &self.progress,
-            params,
-            sink,
-            &never,
-        );
-        match call.await {
-            Ok(ServerResult::CallToolResult(result)) => Ok(result),
-            Ok(_) => Err(ApiError::server(format!("unexpected result from {tool}"))),
+        match self.gateway.call(tool, arguments, caller, sink).await {
+            Ok(result) => Ok(result),
             Err(ForwardError::Service(ServiceError::McpError(e))) if e.code == FORBIDDEN => {
                 Err(ApiError::forbidden(e.message.to_string()))
             }
@@ -236,13 +195,7 @@ impl IntoResponse for ApiError {
 /// A tool's structured result, or its error as the API's.
 fn tool_outcome(result: CallToolResult) -> Result<Value, ApiError> {
     if result.is_error == Some(true) {
-        let text = result
-            .content
-            .iter()
-            .filter_map(|c| c.as_text())
-            .map(|t| t.text.as_str())
-            .collect::<Vec<_>>()
-            .join("");
+        let text = jetsonmind_core::content::text_of(&result.content);
         return Err(ApiError::from_tool(text));
     }
     result
@@ -251,17 +204,12 @@ fn tool_outcome(result: CallToolResult) -> Result<Value, ApiError> {
 }
 
 async fn list_models(State(api): State<Arc<OpenAi>>) -> Result<Json<Value>, ApiError> {
-    let read = api
-        .client
-        .peer()
-        .read_resource(ReadResourceRequestParams::new("jetson://models/available"))
+    // The route's scope was checked where the request came in.
+    let list = api
+        .gateway
+        .read_json("jetson://models/available", &Principal::local())
         .await
         .map_err(|e| ApiError::server(format!("cannot list models: {e}")))?;
-    let text = match read.contents.first() {
-        Some(ResourceContents::TextResourceContents { text, .. }) => text.clone(),
-        _ => return Err(ApiError::server("the model list is not text")),
-    };
-    let list: Value = serde_json::from_str(&text).map_err(|e| ApiError::server(e.to_string()))?;
     let data: Vec<Value> = list["models"]
         .as_array()
         .into_iter()

@@ -1,18 +1,18 @@
-//! What `top` shows, read out of the gateway's answers: the node metrics
-//! resource, `monitor_health` and the analytics resource. Missing figures
-//! stay `None` (a machine without a GPU has no GPU load), never zero.
+//! What a dashboard shows at one moment: every node's figures, every
+//! replica's health, every model's generation rate.
 
+use serde::Serialize;
 use serde_json::Value;
 
 /// One refresh: every node, every replica, every model's generation rate.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     pub nodes: Vec<Node>,
     pub replicas: Vec<Replica>,
     pub models: Vec<ModelRate>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Node {
     pub name: String,
     pub cores: Option<u64>,
@@ -35,7 +35,7 @@ impl Node {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Replica {
     pub name: String,
     /// The node it runs on, where the gateway knows it.
@@ -48,7 +48,7 @@ pub struct Replica {
 }
 
 /// Tokens per second a model generated over the last minute, all its tools.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ModelRate {
     pub model: String,
     pub tokens_per_second: Option<f64>,
@@ -68,7 +68,7 @@ impl Snapshot {
 }
 
 /// The cluster's nodes when the metrics hold them, else this one device.
-fn nodes(metrics: &Value) -> Vec<Node> {
+pub(crate) fn nodes(metrics: &Value) -> Vec<Node> {
     match metrics.pointer("/cluster/nodes").and_then(Value::as_object) {
         Some(nodes) if !nodes.is_empty() => nodes
             .iter()
@@ -142,7 +142,7 @@ fn replicas(health: &Value) -> Vec<Replica> {
 
 /// The server whose series count a model's calls: a gateway in front of it
 /// records the same calls again.
-const COMPUTE_SERVER: &str = "jetsonmind-compute";
+pub(crate) const COMPUTE_SERVER: &str = "jetsonmind-compute";
 
 fn model_rates(analytics: &Value) -> Vec<ModelRate> {
     let mut rates: Vec<ModelRate> = Vec::new();
