@@ -15,6 +15,7 @@ import pytest
 from mcp import Client
 
 from conftest import NO_CACHE, eventually, read_json, running_nodes
+from natscluster import http_get
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +73,9 @@ async def test_a_call_at_one_node_shows_in_the_analytics_of_another_and_metrics_
 
         metrics = await eventually("all three nodes in node2's metrics", every_node_listed)
         assert metrics["cpu"]["cores"] >= 1, "node2's own metrics stay"
+        # The web dashboard of any node's gateway shows the whole cluster (auth is off on loopback).
+        status, overview = http_get(nodes["node2"].url.removesuffix("/mcp") + "/ui/overview", timeout=10)
+        assert status == 200 and all(f"<td>{node}</td>" in overview for node in NODES), overview
         cluster = metrics["cluster"]
         assert cluster["totals"]["nodes"] == 3
         each = [part["metrics"]["memory"]["total_bytes"] for part in cluster["nodes"].values()]
