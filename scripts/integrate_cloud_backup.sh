@@ -391,7 +391,7 @@ restart_node() {
         restart_as_it_ran "${node_pids[$i]}" "$log" || return 1
         node_pids[$i]=$restarted_pid
         started+=("$restarted_pid")
-        wait_serving "$restarted_pid" "$log" || return 1
+        wait_serving "$restarted_pid" "$log" "$restarted_from" || return 1
         node_urls[$i]=$served_url
         echo "node $i serves at $served_url"
     else

@@ -91,33 +91,46 @@ terminate() {
 start_node() {
     local args=(serve) log="$data_dir/serve.log"
     [ -n "${listen:-}" ] && args+=(--listen "$listen")
-    nohup "$bin" ${data_dir:+--data-dir "$data_dir"} ${config:+--config "$config"} "${args[@]}" >"$log" 2>&1 &
+    # Emptied here, not by the background job's own redirection: that runs when the job is
+    # scheduled, and until then the log still holds the last serve's "listening on" line.
+    : >"$log"
+    nohup "$bin" ${data_dir:+--data-dir "$data_dir"} ${config:+--config "$config"} "${args[@]}" >>"$log" 2>&1 &
     echo $! >"$data_dir/serve.pid"
-    wait_serving "$!" "$log" || return 1
+    wait_serving "$!" "$log" 0 || return 1
     echo "serving at $served_url (pid $(cat "$data_dir/serve.pid"), log $log)"
 }
 
-# wait_serving PID LOG: until the `jetsonmind serve` PID logging to LOG serves; its URL in served_url.
+# wait_serving PID LOG FROM: until the `jetsonmind serve` PID, logging to LOG from byte FROM on,
+# serves; its URL in served_url. What LOG held before FROM is another run's.
 wait_serving() {
-    local deadline=$((SECONDS + 60))
-    until grep -q "listening on http" "$2"; do
-        kill -0 "$1" 2>/dev/null || { cat "$2" >&2; return 1; }
-        [ $SECONDS -lt $deadline ] || { echo "serve did not start: $2" >&2; return 1; }
+    local deadline=$((SECONDS + 60)) status
+    served_url=""
+    # (a pipe closed early by head fails the pipeline under pipefail: what it printed still counts)
+    until served_url=$(tail -c +$(($3 + 1)) "$2" | sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' | head -1 || true)
+        [ -n "$served_url" ]; do
+        if ! running "$1"; then
+            wait "$1" 2>/dev/null && status=0 || status=$?
+            echo "jetsonmind serve (pid $1) exited with status $status before it served; its log $2:" >&2
+            tail -c +$(($3 + 1)) "$2" >&2
+            return 1
+        fi
+        [ $SECONDS -lt $deadline ] || { echo "serve did not start within 60 s: $2" >&2; return 1; }
         sleep 0.2
     done
-    served_url=$(grep -o 'listening on http[^ ]*' "$2" | head -1 | sed 's/^listening on //')
 }
 
 # restart_as_it_ran PID LOG: stop process PID (SIGTERM, waited for) and start it again with the same
 # command line, directory and environment, in the background, its output appended to LOG; the new
-# pid in restarted_pid. For a process started by hand or by a harness, which no service manager
-# restarts; read before it stops, so a pid that is gone changes nothing.
+# pid in restarted_pid, the byte of LOG where its output begins in restarted_from. For a process
+# started by hand or by a harness, which no service manager restarts; read before it stops, so a pid
+# that is gone changes nothing.
 restart_as_it_ran() {
     local pid=$1 log=$2 cwd argv=() environment=()
     running "$pid" || { echo "pid $pid is not running: cannot tell how it ran" >&2; return 1; }
     mapfile -d '' argv <"/proc/$pid/cmdline" && mapfile -d '' environment <"/proc/$pid/environ" \
         && cwd=$(readlink "/proc/$pid/cwd") || { echo "cannot read how pid $pid ran (/proc/$pid)" >&2; return 1; }
     terminate "$pid" "pid $pid (${argv[0]})" || return 1
+    restarted_from=$(stat -c %s "$log" 2>/dev/null || echo 0)
     (cd "$cwd" && exec nohup env -i "${environment[@]}" "${argv[@]}") >>"$log" 2>&1 </dev/null &
     restarted_pid=$!
     echo "restarted ${argv[0]##*/} as it ran: pid $restarted_pid (log $log)"

@@ -62,6 +62,15 @@ async def tools_of(url, key):
         return {tool.name for tool in (await client.list_tools()).tools}
 
 
+async def control_sees_compute(url, key):
+    """Whether control's tools are behind the gateway and its monitor_health counts compute healthy."""
+    if "monitor_health" not in await tools_of(url, key):
+        return False
+    async with connected(url, key) as client:
+        health = await client.call_tool("monitor_health", {})
+    return not health.is_error and health.structured_content["healthy"] == 1
+
+
 @pytest.mark.parametrize("kind", ["docker", "podman"])
 async def test_compose_answers_through_the_gateway_and_goes_on_without_a_service(kind, image, project, tmp_path):
     port = free_ports(1)[0]
@@ -78,8 +87,9 @@ async def single_device(compose, began, base, url, key):
     async with connected(url, key) as client:
         metrics = await read_json(client, "jetson://system/metrics")
         assert metrics["memory"]["total_bytes"] > 0, metrics
-    # The control server reaches compute with the gateway's key (control.replicas_token_env).
-    assert (await health_at(url, key))["healthy"] == 1
+    # The control server reaches compute with the gateway's key (control.replicas_token_env), once
+    # its health checks have seen compute up (compose starts them together; compute loads a model).
+    await eventually("control seeing compute healthy", lambda: control_sees_compute(url, key), timeout=60)
     print(f"\n{compose.engine}: compose up to first answer {answered - began:.1f} s")
     status, _, _ = raw_post(url, None, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert status == 401, "the gateway is published beyond its own container: keys are required"
@@ -98,14 +108,7 @@ async def single_device(compose, began, base, url, key):
 
     compose("start", "control")
 
-    async def control_back():
-        if "monitor_health" not in await tools_of(url, key):
-            return False
-        async with connected(url, key) as client:
-            health = await client.call_tool("monitor_health", {})
-        return not health.is_error and health.structured_content["healthy"] == 1
-
-    await eventually("control back behind the gateway", control_back, timeout=60)
+    await eventually("control back behind the gateway", lambda: control_sees_compute(url, key), timeout=60)
 
 
 @pytest.mark.parametrize("kind", ["docker", "podman"])
