@@ -19,8 +19,7 @@ use crate::engine::{EmbeddingEngine, EngineError, EngineKind};
 use crate::models::ModelRegistry;
 use crate::schema::{EmbedArgs, RerankArgs};
 
-pub const EMBED: &str = "embed";
-pub const RERANK: &str = "rerank";
+pub use jetsonmind_contract::inference::{EMBED, RERANK};
 
 pub struct EmbeddingService {
     pub models: Arc<ModelRegistry>,

@@ -31,7 +31,7 @@ use crate::models::ModelRegistry;
 use crate::schema::{AudioOperation, AudioProcessArgs};
 use crate::text::SetOnDrop;
 
-pub const AUDIO_PROCESS: &str = "audio_process";
+pub use jetsonmind_contract::inference::AUDIO_PROCESS;
 
 const DEFAULT_VOICE: &str = "en";
 const DEFAULT_RATE_WPM: u32 = 175;

@@ -22,7 +22,7 @@ use crate::input::{self, InputError, InputRules};
 use crate::models::ModelRegistry;
 use crate::schema::{AnalysisType, ImageAnalyzeArgs};
 
-pub const IMAGE_ANALYZE: &str = "image_analyze";
+pub use jetsonmind_contract::inference::IMAGE_ANALYZE;
 
 const DEFAULT_TOP_K: u32 = 5;
 const DEFAULT_MIN_SCORE: f32 = 0.25;

@@ -21,6 +21,10 @@ pub const CODE_COMPLETE: &str = "code_complete";
 /// Text, a picture and audio answered together (the OpenAI endpoint sends
 /// chats with a picture to it).
 pub const MULTI_MODAL_INFERENCE: &str = "multi_modal_inference";
+pub const IMAGE_ANALYZE: &str = "image_analyze";
+pub const AUDIO_PROCESS: &str = "audio_process";
+pub const EMBED: &str = "embed";
+pub const RERANK: &str = "rerank";
 /// Load a model on one replica (`manage_resources` sends it to each).
 pub const LOAD_MODEL: &str = "load_model";
 pub const UNLOAD_MODEL: &str = "unload_model";

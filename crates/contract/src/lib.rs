@@ -8,6 +8,7 @@
 //! - [`replica`]: the status a compute replica reports to the control plane.
 //! - [`calibration`]: engine settings measured on a replica's model, for
 //!   `optimize_system`.
+//! - [`resources`]: the URIs of the data server's resources others read.
 //! - [`route`]: the route record a result carries back, one hop per router.
 //! - [`inference`]: the inference tools the control plane calls or routes by
 //!   (their names, the model a call names, generation progress), and the
@@ -22,4 +23,5 @@ pub mod access;
 pub mod calibration;
 pub mod inference;
 pub mod replica;
+pub mod resources;
 pub mod route;

@@ -3,6 +3,8 @@
 
 /// The MCP endpoint.
 pub const MCP_PATH: &str = "/mcp";
+/// Prometheus text (the `metrics` scope).
+pub const METRICS_PATH: &str = "/metrics";
 /// Alive: 200 while the process serves.
 pub const HEALTHZ: &str = "/healthz";
 /// Ready: 200 while it should be sent calls.

@@ -45,12 +45,10 @@ use crate::settings::{Authority, Settings};
 use crate::store::{ModelStore, StoreError};
 use crate::telemetry::LinuxReader;
 
-pub const MODELS_AVAILABLE: &str = "jetson://models/available";
-pub const SYSTEM_METRICS: &str = "jetson://system/metrics";
-pub const CACHE_INFERENCE: &str = "jetson://cache/inference";
-pub const DATA_CACHE: &str = "jetson://data/cache";
-pub const CONFIG_SETTINGS: &str = "jetson://config/settings";
-pub const PERFORMANCE_ANALYTICS: &str = "jetson://performance/analytics";
+pub use jetsonmind_contract::resources::{
+    CACHE_INFERENCE, CONFIG_SETTINGS, DATA_CACHE, MODELS_AVAILABLE, PERFORMANCE_ANALYTICS,
+    SYSTEM_METRICS,
+};
 const MODEL_PREFIX: &str = "jetson://models/";
 
 /// What the data server reads and reports on; in one process compute shares

@@ -13,7 +13,7 @@ use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::link::{DirectLink, McpLink, OpenAiLink, ReplicaLink};
 use jetsonmind_control::monitor::Alerts;
 use jetsonmind_control::scale::Launcher;
-use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore};
+use jetsonmind_core::auth::{self, Auth, Gatekeeper, KeyStore, Need};
 use jetsonmind_core::config::ConfigSources;
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::lifecycle::{self, Drain, InFlight};
@@ -122,12 +122,12 @@ async fn serve_command(
         Command::Cluster(_) | Command::Top { .. } => unreachable!("handled before serving"),
         Command::Compute(t) => {
             let server = shared.compute(&config, &shared.node_state()?);
-            serve_server(server, t, config, shutdown, shared, Router::new()).await
+            serve_server(server, t, config, shutdown, shared, Faces::default()).await
         }
         Command::Data(t) => {
             let data = DataServer::new(shared.node_state()?);
             let server = shared.server(data, &config);
-            serve_server(server, t, config, shutdown, shared, Router::new()).await
+            serve_server(server, t, config, shutdown, shared, Faces::default()).await
         }
         Command::Control(t) => {
             let replicas = shared.compute_fleet(&config, None)?;
@@ -137,7 +137,7 @@ async fn serve_command(
                 shutdown.clone(),
             ));
             let server = shared.control(replicas, &config);
-            serve_server(server, t, config, shutdown, shared, Router::new()).await
+            serve_server(server, t, config, shutdown, shared, Faces::default()).await
         }
         Command::Gateway(t) => {
             let backends = Gateway::configured_backends(&config.gateway, &shared.fleet_settings)?;
@@ -422,7 +422,7 @@ impl Shared {
         let analytics = self.analytics.clone();
         let alerts = self.alerts.clone();
         Router::new().route(
-            "/metrics",
+            jetsonmind_core::paths::METRICS_PATH,
             get(move || {
                 let mut text = analytics.prometheus();
                 if let Some(alerts) = alerts.get() {
@@ -545,10 +545,21 @@ async fn serve_gateway(
     );
     let server = shared.server_arc(gateway, &config);
     let faces = match transport.stdio {
-        true => Router::new(),
+        true => Faces::default(),
         false => http_faces(&server, &config, &shutdown, shared).await?,
     };
     serve_server(server, transport, config, shutdown, shared, faces).await
+}
+
+/// What a server serves over HTTP beside MCP and `/metrics`, and how the
+/// HTTP guard treats those routes.
+#[derive(Default)]
+struct Faces {
+    routes: Router,
+    /// What each route needs of its caller ([`Gatekeeper::route_needs`]).
+    needs: Vec<(&'static str, Vec<Need>)>,
+    /// Prefixes whose routes authenticate their callers themselves.
+    self_authenticated: Vec<&'static str>,
 }
 
 /// What a gateway serves over HTTP beside MCP, each a client of the gateway
@@ -558,10 +569,14 @@ async fn http_faces(
     config: &Config,
     shutdown: &CancellationToken,
     shared: &Shared,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<Faces> {
     let client = LocalClient::connect(server.clone()).await?;
     let api = OpenAi::new(client.clone()).router();
-    let mut faces = api.clone();
+    let mut faces = Faces {
+        routes: api.clone(),
+        needs: OpenAi::route_needs(),
+        self_authenticated: Vec::new(),
+    };
     if config.gateway.ui.enabled {
         let tools = auth::resolver(server.unit().clone());
         let access = (
@@ -570,9 +585,11 @@ async fn http_faces(
         );
         let dashboard = Dashboard::new(client, access, tools, &config.gateway.ui);
         dashboard.start(shutdown.clone());
-        faces = faces.merge(dashboard.router(api));
+        faces.routes = faces.routes.merge(dashboard.router(api));
+        faces.self_authenticated.push(jetsonmind_web::PREFIX);
     }
-    Ok(serve::guard_headers(faces, &config.http))
+    faces.routes = serve::guard_headers(faces.routes, &config.http);
+    Ok(faces)
 }
 
 async fn start_gateway(
@@ -599,14 +616,14 @@ async fn start_gateway(
     Ok(gateway)
 }
 
-/// Serve over stdio, or over HTTP with `/metrics` and `extra` routes beside `/mcp`.
+/// Serve over stdio, or over HTTP with `/metrics` and `faces` beside `/mcp`.
 async fn serve_server<U: McpUnit>(
     server: UnitServer<U>,
     transport: Transport,
     mut config: Config,
     shutdown: CancellationToken,
     shared: &Shared,
-    extra: Router,
+    faces: Faces,
 ) -> anyhow::Result<()> {
     let name = server.unit().identity().name;
     if transport.stdio {
@@ -630,7 +647,9 @@ async fn serve_server<U: McpUnit>(
         .metrics_route()
         .merge(auth::metadata_routes(&shared.access.auth))
         .merge(probes);
-    let extra = extra.merge(serve::guard_headers(plain, &config.http));
+    let extra = faces
+        .routes
+        .merge(serve::guard_headers(plain, &config.http));
     let tools = auth::resolver(server.unit().clone());
     let routes = serve::mcp_routes(server, &config.http, shutdown.clone()).merge(extra);
     let access = &shared.access;
@@ -640,7 +659,8 @@ async fn serve_server<U: McpUnit>(
         access.connections.clone(),
         tools,
     )
-    .self_authenticated(&[jetsonmind_web::PREFIX]);
+    .self_authenticated(&faces.self_authenticated)
+    .route_needs(faces.needs);
     let gate = Arc::new(gate);
     let router = serve::with_limits(routes, &config.http)
         .layer(axum::middleware::from_fn_with_state(gate, auth::guard));

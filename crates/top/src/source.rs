@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use crate::TopError;
 use jetsonmind_figures::Snapshot;
 
-const METRICS: &str = "jetson://system/metrics";
-const ANALYTICS: &str = "jetson://performance/analytics";
+use jetsonmind_contract::resources::{
+    PERFORMANCE_ANALYTICS as ANALYTICS, SYSTEM_METRICS as METRICS,
+};
 
 pub struct Gateway {
     client: RunningService<RoleClient, ()>,

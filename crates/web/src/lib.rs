@@ -48,10 +48,10 @@ use session::Sessions;
 /// paths under it to the dashboard (sessions, not bearer tokens).
 pub const PREFIX: &str = "/ui";
 
-pub const METRICS: &str = "jetson://system/metrics";
-pub const ANALYTICS: &str = "jetson://performance/analytics";
-pub const MODELS: &str = "jetson://models/available";
-pub const SETTINGS: &str = "jetson://config/settings";
+pub use jetsonmind_contract::resources::{
+    CONFIG_SETTINGS as SETTINGS, MODELS_AVAILABLE as MODELS, PERFORMANCE_ANALYTICS as ANALYTICS,
+    SYSTEM_METRICS as METRICS,
+};
 
 const CONTENT_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
     style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::CoreError;
 use crate::config::{AuthConfig, HttpConfig};
 use crate::connections::{ConnectionId, Connections};
-use crate::paths::MCP_PATH;
+use crate::paths::{MCP_PATH, METRICS_PATH};
 use crate::ratelimit::RateLimiter;
 pub use keys::KeyStore;
 use oauth::OAuthVerifier;
@@ -428,6 +428,9 @@ pub struct Gatekeeper {
     /// Paths under which the routes authenticate their callers themselves
     /// (the web dashboard's session cookies).
     self_authenticated: Vec<&'static str>,
+    /// What the HTTP routes besides MCP's need, as their owners declared it
+    /// ([`Gatekeeper::route_needs`]); `/metrics` needs `metrics`.
+    routes: Vec<(&'static str, Vec<Need>)>,
 }
 
 impl Gatekeeper {
@@ -447,7 +450,24 @@ impl Gatekeeper {
             limit_local: http.rate_limit_loopback,
             tools,
             self_authenticated: Vec::new(),
+            routes: vec![(METRICS_PATH, vec![Need::Scope("metrics".into())])],
         }
+    }
+
+    /// Refuse a request to one of `routes` early, with the scope it lacks,
+    /// unless its caller has what the route declares it needs. The tools a
+    /// route calls authorize the caller again at dispatch; this only makes the
+    /// refusal an HTTP 403 that names the scope.
+    pub fn route_needs(mut self, routes: Vec<(&'static str, Vec<Need>)>) -> Self {
+        self.routes.extend(routes);
+        self
+    }
+
+    fn needs_of_route(&self, path: &str) -> Option<Vec<Need>> {
+        self.routes
+            .iter()
+            .find(|(route, _)| *route == path)
+            .map(|(_, needs)| needs.clone())
     }
 
     /// Leave the routes under `prefixes` to authenticate their own
@@ -511,12 +531,10 @@ pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: 
     let (parts, body) = request.into_parts();
     let (needed, body) = match gate.auth.required() {
         false => (Vec::new(), body),
-        true => {
-            match needed_scopes(parts.uri.path(), &parts.method, body, gate.max_body_bytes).await {
-                Ok(found) => found,
-                Err(response) => return response,
-            }
-        }
+        true => match needed_scopes(&gate, parts.uri.path(), &parts.method, body).await {
+            Ok(found) => found,
+            Err(response) => return response,
+        },
     };
     let missing: Vec<String> = needed
         .iter()
@@ -552,7 +570,7 @@ fn too_many_requests(retry_after: std::time::Duration) -> Response {
 
 /// What a request asks to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Need {
+pub enum Need {
     /// A scope as such (`metrics`, `resources:URI`).
     Scope(String),
     /// A tool, by the name this server lists it under.
@@ -574,26 +592,15 @@ impl Need {
 
 /// What a request needs; the body is read (and handed back) for MCP POSTs.
 async fn needed_scopes(
+    gate: &Gatekeeper,
     path: &str,
     method: &http::Method,
     body: Body,
-    limit: usize,
 ) -> Result<(Vec<Need>, Body), Response> {
-    let fixed = match path {
-        "/metrics" => Some(vec![Need::Scope("metrics".into())]),
-        "/v1/models" => Some(vec![Need::Scope(scope::resource_scope(
-            "jetson://models/available",
-        ))]),
-        "/v1/chat/completions" => Some(vec![Need::Tool("text_generate".into())]),
-        "/v1/embeddings" => Some(vec![Need::Tool("embed".into())]),
-        "/v1/audio/transcriptions" | "/v1/audio/speech" => {
-            Some(vec![Need::Tool("audio_process".into())])
-        }
-        _ => None,
-    };
-    if let Some(fixed) = fixed {
-        return Ok((fixed, body));
+    if let Some(declared) = gate.needs_of_route(path) {
+        return Ok((declared, body));
     }
+    let limit = gate.max_body_bytes;
     if path != MCP_PATH || method != http::Method::POST {
         return Ok((Vec::new(), body));
     }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::header::CONTENT_TYPE;
+use jetsonmind_contract::inference::AUDIO_PROCESS;
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::rmcp::model::JsonObject;
 use serde::Deserialize;
@@ -17,7 +18,6 @@ use serde_json::{Value, json};
 
 use super::{ApiError, OpenAi, tool_outcome};
 
-const AUDIO_PROCESS: &str = "audio_process";
 /// OpenAI's model names stand for this server's configured models.
 const OPENAI_SPEECH_MODELS: &[&str] = &["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"];
 

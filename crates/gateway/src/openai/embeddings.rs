@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use jetsonmind_contract::inference::EMBED;
 use jetsonmind_core::auth::Principal;
 use jetsonmind_core::rmcp::model::JsonObject;
 use serde::Deserialize;
@@ -72,7 +73,7 @@ async fn embed(api: &OpenAi, caller: &Principal, body: &[u8]) -> Result<Value, A
     {
         arguments.insert("model".into(), json!(model));
     }
-    let out = tool_outcome(api.call("embed", arguments, caller, None).await?)?;
+    let out = tool_outcome(api.call(EMBED, arguments, caller, None).await?)?;
     let dimensions = out["dimensions"].as_u64().unwrap_or(0) as usize;
     if let Some(asked) = request.dimensions.filter(|d| *d != dimensions) {
         return Err(ApiError::invalid(format!(

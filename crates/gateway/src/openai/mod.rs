@@ -25,8 +25,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use http::StatusCode;
-use jetsonmind_contract::inference::{GenerationProgress, MULTI_MODAL_INFERENCE, TEXT_GENERATE};
-use jetsonmind_core::auth::{FORBIDDEN, Principal};
+use jetsonmind_contract::inference::{
+    AUDIO_PROCESS, EMBED, GenerationProgress, MULTI_MODAL_INFERENCE, TEXT_GENERATE,
+};
+use jetsonmind_contract::resources::MODELS_AVAILABLE;
+use jetsonmind_core::auth::scope::resource_scope;
+use jetsonmind_core::auth::{FORBIDDEN, Need, Principal};
 use jetsonmind_core::rmcp::ServiceError;
 use jetsonmind_core::rmcp::model::{CallToolResult, JsonObject};
 use jetsonmind_core::upstream::{ForwardError, LocalClient, ProgressSink};
@@ -56,6 +60,22 @@ impl OpenAi {
             .route("/v1/audio/transcriptions", post(audio::transcribe))
             .route("/v1/audio/speech", post(audio::speech))
             .with_state(self)
+    }
+
+    /// What each route needs of its caller, for the HTTP guard's early
+    /// refusal ([`Gatekeeper::route_needs`](jetsonmind_core::auth::Gatekeeper::route_needs)).
+    pub fn route_needs() -> Vec<(&'static str, Vec<Need>)> {
+        let tool = |name: &str| vec![Need::Tool(name.to_string())];
+        vec![
+            (
+                "/v1/models",
+                vec![Need::Scope(resource_scope(MODELS_AVAILABLE))],
+            ),
+            ("/v1/chat/completions", tool(TEXT_GENERATE)),
+            ("/v1/embeddings", tool(EMBED)),
+            ("/v1/audio/transcriptions", tool(AUDIO_PROCESS)),
+            ("/v1/audio/speech", tool(AUDIO_PROCESS)),
+        ]
     }
 
     fn completion_id(&self) -> String {
@@ -203,11 +223,13 @@ fn tool_outcome(result: CallToolResult) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::server("the tool returned no structured result"))
 }
 
-async fn list_models(State(api): State<Arc<OpenAi>>) -> Result<Json<Value>, ApiError> {
-    // The route's scope was checked where the request came in.
+async fn list_models(
+    State(api): State<Arc<OpenAi>>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
     let list = api
         .gateway
-        .read_json("jetson://models/available", &Principal::local())
+        .read_json(MODELS_AVAILABLE, &caller)
         .await
         .map_err(|e| ApiError::server(format!("cannot list models: {e}")))?;
     let data: Vec<Value> = list["models"]
