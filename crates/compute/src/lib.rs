@@ -40,7 +40,7 @@ use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_err
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::inputs::InputCache;
 use jetsonmind_data::store::ModelStore;
-use jetsonmind_data::telemetry::LinuxReader;
+use jetsonmind_telemetry::LinuxReader;
 use serde_json::Value;
 use tokio::sync::watch;
 

@@ -38,7 +38,7 @@ use jetsonmind_core::{
 };
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::settings::{Authority, Settings};
-use jetsonmind_data::telemetry::LinuxReader;
+use jetsonmind_telemetry::LinuxReader;
 use serde_json::{Value, json};
 
 use crate::egress::{EGRESS_META_KEY, Egress};

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use jetsonmind_core::ResourceUpdates;
 use jetsonmind_core::rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
 use jetsonmind_data::analytics::Analytics;
-use jetsonmind_data::telemetry::{LinuxReader, SystemMetrics};
+use jetsonmind_telemetry::{LinuxReader, SystemMetrics};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

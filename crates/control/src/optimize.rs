@@ -32,7 +32,7 @@ use jetsonmind_core::rmcp::model::{
 };
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_data::settings::Settings;
-use jetsonmind_data::telemetry::{JetsonReader, LinuxReader};
+use jetsonmind_telemetry::{JetsonReader, LinuxReader};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jetsonmind_core::config::ControlConfig;
-use jetsonmind_data::telemetry::{JetsonReader, PowerMode};
+use jetsonmind_telemetry::{JetsonReader, PowerMode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

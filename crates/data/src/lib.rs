@@ -18,7 +18,6 @@ pub mod prompts;
 pub mod schema;
 pub mod settings;
 pub mod store;
-pub mod telemetry;
 
 use std::sync::{Arc, OnceLock};
 
@@ -43,7 +42,7 @@ use crate::inputs::InputCache;
 use crate::schema::{ManageModelsArgs, ModelAction, UpdateSettingsArgs};
 use crate::settings::{Authority, Settings};
 use crate::store::{ModelStore, StoreError};
-use crate::telemetry::LinuxReader;
+use jetsonmind_telemetry::LinuxReader;
 
 pub use jetsonmind_contract::resources::{
     CACHE_INFERENCE, CONFIG_SETTINGS, DATA_CACHE, MODELS_AVAILABLE, PERFORMANCE_ANALYTICS,

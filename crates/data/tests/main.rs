@@ -2,5 +2,3 @@
 //! whole dependency tree once per file).
 
 mod data;
-mod tegrastats;
-mod tegrastats_source;

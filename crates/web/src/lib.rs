@@ -23,6 +23,7 @@ mod live;
 mod pages;
 mod session;
 mod settings;
+mod signin;
 
 use std::sync::Arc;
 
@@ -108,7 +109,7 @@ impl Dashboard {
             .route("/ui/settings", get(settings::page).post(settings::save))
             .route("/ui/keys", get(keys::page).post(keys::act))
             .route("/ui/call", post(actions::call))
-            .route("/ui/logout", post(session::logout))
+            .route("/ui/logout", post(signin::logout))
             .with_state(self.clone())
             .nest("/ui/api", api)
             .layer(from_fn_with_state(self.clone(), session::require));
@@ -125,7 +126,7 @@ impl Dashboard {
             ));
         Router::new()
             .route("/ui/", get(|| async { Redirect::permanent(PREFIX) }))
-            .route("/ui/login", get(session::login_page).post(session::login))
+            .route("/ui/login", get(signin::login_page).post(signin::login))
             .route("/ui/assets/{name}", get(assets::serve))
             .with_state(self)
             .merge(signed_in)

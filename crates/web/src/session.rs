@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Form;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -23,10 +22,9 @@ use jetsonmind_core::auth::keys::{KeyStore, constant_time_eq, random_hex};
 use jetsonmind_core::auth::{Principal, Scopes};
 use jetsonmind_core::config::UiConfig;
 use jetsonmind_core::connections::ConnectionId;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::{Dashboard, html};
+use crate::Dashboard;
 
 const COOKIE: &str = "jm_session";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
@@ -52,7 +50,7 @@ pub(crate) struct Sessions {
     /// By the sha256 of the cookie's token: looking a token up takes no
     /// time that depends on how much of it matches.
     open: Mutex<HashMap<String, Entry>>,
-    ttl: Duration,
+    pub(crate) ttl: Duration,
     max: usize,
 }
 
@@ -66,7 +64,11 @@ impl Sessions {
     }
 
     /// A new session for `principal`; its cookie token.
-    fn open(&self, principal: Principal, key_id: Option<String>) -> Option<(String, Session)> {
+    pub(crate) fn open(
+        &self,
+        principal: Principal,
+        key_id: Option<String>,
+    ) -> Option<(String, Session)> {
         let token = random_hex(32).ok()?;
         let session = Session {
             principal,
@@ -117,7 +119,7 @@ impl Sessions {
         Some(entry.session.clone())
     }
 
-    fn close(&self, token: &str) {
+    pub(crate) fn close(&self, token: &str) {
         self.open
             .lock()
             .expect("sessions lock")
@@ -138,7 +140,7 @@ fn digest(token: &str) -> String {
         .collect()
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -149,7 +151,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-fn set_cookie(token: &str, max_age: Duration) -> HeaderValue {
+pub(crate) fn set_cookie(token: &str, max_age: Duration) -> HeaderValue {
     let value = format!(
         "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
         max_age.as_secs()
@@ -253,56 +255,12 @@ fn signed_out(request: &Request) -> Response {
     }
 }
 
-fn unavailable() -> Response {
+pub(crate) fn unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         "cannot start a session: no randomness",
     )
         .into_response()
-}
-
-pub(crate) async fn login_page(State(ui): State<Arc<Dashboard>>) -> Response {
-    if !ui.auth.required() {
-        return Redirect::to("/ui").into_response();
-    }
-    html::sign_in(None).into_response()
-}
-
-#[derive(Deserialize)]
-pub(crate) struct SignIn {
-    key: String,
-}
-
-pub(crate) async fn login(State(ui): State<Arc<Dashboard>>, Form(form): Form<SignIn>) -> Response {
-    let signed = match ui.auth.required() {
-        false => Some((Principal::local(), None)),
-        true => ui.auth.keys().verify(form.key.trim()).map(|(key, scopes)| {
-            let principal = Principal::api_key(&key.id, key.name, scopes);
-            (principal, Some(key.id))
-        }),
-    };
-    let Some((principal, key_id)) = signed else {
-        let page = html::sign_in(Some("unknown or revoked API key"));
-        return (StatusCode::UNAUTHORIZED, page).into_response();
-    };
-    tracing::info!(caller = %principal.id, "signed in to the dashboard");
-    let Some((token, _)) = ui.sessions.open(principal, key_id) else {
-        return unavailable();
-    };
-    let mut response = Redirect::to("/ui").into_response();
-    let cookie = set_cookie(&token, ui.sessions.ttl);
-    response.headers_mut().append(header::SET_COOKIE, cookie);
-    response
-}
-
-pub(crate) async fn logout(State(ui): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if let Some(token) = cookie_token(&headers) {
-        ui.sessions.close(token);
-    }
-    let mut response = Redirect::to("/ui/login").into_response();
-    let gone = set_cookie("", Duration::ZERO);
-    response.headers_mut().append(header::SET_COOKIE, gone);
-    response
 }
 
 #[cfg(test)]

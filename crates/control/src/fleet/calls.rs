@@ -9,31 +9,20 @@ use std::time::Instant;
 use jetsonmind_contract::access::ToolFlags;
 use jetsonmind_contract::inference::model_named;
 use jetsonmind_contract::replica::is_busy;
-use jetsonmind_contract::route;
-use jetsonmind_contract::route::Hop;
-use jetsonmind_core::auth::Principal;
-use jetsonmind_core::auth::ToolAccess;
-use jetsonmind_core::auth::delegate;
+use jetsonmind_contract::route::{self, Hop};
+use jetsonmind_core::auth::{Principal, ToolAccess, delegate};
 use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::CallToolRequestParams;
-use jetsonmind_core::rmcp::model::CallToolResult;
-use jetsonmind_core::rmcp::model::JsonObject;
+use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject};
 use jetsonmind_core::tool_error;
 use jetsonmind_core::trace::TraceContext;
 use jetsonmind_core::upstream::ProgressSink;
 use tokio_util::sync::CancellationToken;
 
-use super::Fleet;
-use super::Replica;
 use super::room::InFlight;
-use crate::egress::Egress;
-use crate::egress::EgressRequest;
+use super::{Fleet, Replica};
+use crate::egress::{Egress, EgressRequest};
 use crate::link::LinkError;
-use crate::routing;
-use crate::routing::Decision;
-use crate::routing::Need;
-use crate::routing::ReplicaState;
-use crate::routing::Strategy;
+use crate::routing::{self, Decision, Need, ReplicaState, Strategy};
 
 /// How one try on one replica ended.
 pub enum Attempt {
@@ -318,36 +307,6 @@ impl Fleet {
                     started: true,
                 }
             }
-        }
-    }
-}
-
-/// Why a call got no replica.
-pub(super) enum Refusal {
-    Unavailable(String),
-    Shed(String),
-    Cancelled,
-}
-
-impl Refusal {
-    pub(super) fn into_result(
-        self,
-        fleet: &str,
-        tool: &str,
-        failures: &[String],
-    ) -> Result<CallToolResult, McpError> {
-        let earlier = match failures.is_empty() {
-            true => String::new(),
-            false => format!(" (after failures: {})", failures.join("; ")),
-        };
-        match self {
-            Refusal::Cancelled => Err(McpError::internal_error("cancelled by the client", None)),
-            Refusal::Unavailable(reason) => Ok(tool_error(format!(
-                "`{fleet}` is unavailable for {tool}: {reason}{earlier}; try again shortly"
-            ))),
-            Refusal::Shed(reason) => Ok(tool_error(format!(
-                "overloaded: {tool} was shed: {reason}; try again shortly{earlier}"
-            ))),
         }
     }
 }

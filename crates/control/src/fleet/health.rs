@@ -3,18 +3,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use jetsonmind_contract::replica::REPLICA_STATUS_URI;
-use jetsonmind_contract::replica::ReplicaReport;
-use jetsonmind_core::rmcp::model::ReadResourceResult;
-use jetsonmind_core::rmcp::model::ResourceContents;
+use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::rmcp::model::{ReadResourceResult, ResourceContents};
 use jetsonmind_core::upstream::UpstreamStatus;
 use serde::Serialize;
 
-use super::Fleet;
-use super::Replica;
+use super::{Fleet, Replica};
 use crate::breaker::BreakerState;
 
 /// What `monitor_health` shows of one replica.

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use super::Origin;
-use super::Replica;
+use super::{Origin, Replica};
 
 impl Replica {
     /// Stop the process `scale_cluster` started for it, if any.

@@ -1,22 +1,15 @@
 //! One replica: its link, where it came from, its breaker, the calls it is
 //! serving, and its state as routing sees it.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jetsonmind_contract::replica::ReplicaReport;
 
-use crate::breaker::Breaker;
-use crate::breaker::BreakerSettings;
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::link::ReplicaLink;
-use crate::routing::ReplicaState;
-use crate::routing::Tier;
+use crate::routing::{ReplicaState, Tier};
 
 /// Where a replica came from, which decides whether `scale_cluster` may
 /// remove it.

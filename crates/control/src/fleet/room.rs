@@ -2,22 +2,18 @@
 //! is at its utilization ceiling, up to `queue_timeout`, and is then shed.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use jetsonmind_core::rmcp::model::JsonObject;
+use jetsonmind_core::rmcp::ErrorData as McpError;
+use jetsonmind_core::rmcp::model::{CallToolResult, JsonObject};
+use jetsonmind_core::tool_error;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Fleet;
-use super::Replica;
-use super::calls::Refusal;
+use super::{Fleet, Replica};
 use crate::egress::Egress;
-use crate::routing::Blocked;
-use crate::routing::Decision;
-use crate::routing::Strategy;
+use crate::routing::{Blocked, Decision, Strategy};
 
 /// Counts a call in flight on a replica until dropped; then wakes the calls
 /// waiting for room.
@@ -94,6 +90,36 @@ impl Fleet {
                 _ = tokio::time::sleep(pause) => {}
                 _ = cancel.cancelled() => return Err(Refusal::Cancelled),
             }
+        }
+    }
+}
+
+/// Why a call got no replica.
+pub(super) enum Refusal {
+    Unavailable(String),
+    Shed(String),
+    Cancelled,
+}
+
+impl Refusal {
+    pub(super) fn into_result(
+        self,
+        fleet: &str,
+        tool: &str,
+        failures: &[String],
+    ) -> Result<CallToolResult, McpError> {
+        let earlier = match failures.is_empty() {
+            true => String::new(),
+            false => format!(" (after failures: {})", failures.join("; ")),
+        };
+        match self {
+            Refusal::Cancelled => Err(McpError::internal_error("cancelled by the client", None)),
+            Refusal::Unavailable(reason) => Ok(tool_error(format!(
+                "`{fleet}` is unavailable for {tool}: {reason}{earlier}; try again shortly"
+            ))),
+            Refusal::Shed(reason) => Ok(tool_error(format!(
+                "overloaded: {tool} was shed: {reason}; try again shortly{earlier}"
+            ))),
         }
     }
 }

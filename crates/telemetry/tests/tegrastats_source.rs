@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use jetsonmind_data::telemetry::{
+use jetsonmind_telemetry::{
     JetsonMetrics, LinuxReader, MetricSource, TegrastatsMode, TelemetrySettings,
 };
 

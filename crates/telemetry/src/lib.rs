@@ -1,8 +1,11 @@
-//! Telemetry of the machine the server runs on.
+//! Telemetry of the machine the server runs on: a library the data server
+//! (`jetson://system/metrics`), the control plane (power modes and rails)
+//! and compute (free memory) read.
 //!
 //! Every reader takes a root directory (`/` in production) so tests run it
 //! on a fake `/proc` and `/sys` tree.
 
+mod config;
 pub mod jetson;
 mod linux;
 #[cfg(feature = "nvml")]
@@ -15,8 +18,9 @@ pub use jetson::{JetsonMetrics, JetsonReader, JetsonSources, MetricSource, Power
 pub use linux::{CpuTimes, DiscreteGpu, LinuxReader, SystemMetrics, ThermalZone, Vitals};
 pub use tegrastats_source::{TegrastatsSource, TegrastatsStatus};
 
-/// The `[telemetry]` section of the configuration.
-pub use jetsonmind_core::config::{TegrastatsMode, TelemetryConfig as TelemetrySettings};
+/// The `[telemetry]` section, as the readers take it.
+pub use config::TelemetryConfig as TelemetrySettings;
+pub use config::{TegrastatsMode, TelemetryConfig};
 
 #[cfg(test)]
 mod tests {

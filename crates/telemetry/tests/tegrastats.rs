@@ -1,7 +1,7 @@
 //! Every tegrastats line of the sample file (real captures from JetPack 3 to 7)
 //! parses completely, with the right figures.
 
-use jetsonmind_data::telemetry::tegrastats::{TegraStats, parse};
+use jetsonmind_telemetry::tegrastats::{TegraStats, parse};
 
 const SAMPLES: &str = include_str!("fixtures/tegrastats_samples.txt");
 

@@ -74,7 +74,7 @@ fn describe(index: u32, device: &Device<'_>) -> DiscreteGpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::LinuxReader;
+    use crate::LinuxReader;
 
     /// Without a driver (as on the build machine) the list is empty and the
     /// error says why; with one, every GPU has a name and a memory size.

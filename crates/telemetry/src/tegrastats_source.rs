@@ -309,7 +309,7 @@ fn merge_rails(metrics: &mut JetsonMetrics, stats: &TegraStats, prefer: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::jetson::JetsonSources;
+    use crate::jetson::JetsonSources;
 
     fn bare_jetson() -> JetsonMetrics {
         JetsonMetrics {
