@@ -3,12 +3,12 @@
 //! what it returns must be safe to describe, validate and size.
 //!
 //! The parser is compiled in from its source file rather than through the
-//! `jetsonmind-data` crate: it depends on nothing but `thiserror`, and this
-//! spares building SQLite, tokio and the MCP stack with sanitizers.
+//! `jetsonmind-store` crate: it depends on nothing but `thiserror`, and this
+//! spares building SQLite with sanitizers.
 
 #![no_main]
 
-#[path = "../../crates/data/src/gguf.rs"]
+#[path = "../../crates/store/src/gguf.rs"]
 #[allow(dead_code)]
 mod gguf;
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use jetsonmind_data::store::{ModelStore, Snapshot};
+use jetsonmind_store::{ModelStore, Snapshot};
 
 use super::{
     BUFFER, BackupError, CONFIG_ENTRY, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest,
@@ -112,7 +112,7 @@ fn entries(
 ) -> Result<Vec<Entry>, BackupError> {
     use jetsonmind_core::auth::keys::KEYS_FILE;
     use jetsonmind_core::config::{CLUSTER_SETTINGS_FILE, SETTINGS_FILE};
-    use jetsonmind_data::db::DB_FILE;
+    use jetsonmind_store::db::DB_FILE;
     let data_dir = source.data_dir;
     let mut entries = vec![Entry {
         path: DB_FILE.into(),

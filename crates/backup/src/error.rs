@@ -2,7 +2,7 @@
 
 use std::io;
 
-use jetsonmind_data::store::StoreError;
+use jetsonmind_store::StoreError;
 
 /// A backup or restore that did not happen. Its message says what was being
 /// done (the file, the archive) and, as its source, why it failed; a refusal

@@ -24,7 +24,7 @@
 //! incompressible, so gzip or zstd would cost minutes of a Jetson's CPU to
 //! save a percent or two; the rest is small.
 //!
-//! [`ModelStore::snapshot`]: jetsonmind_data::store::ModelStore::snapshot
+//! [`ModelStore::snapshot`]: jetsonmind_store::ModelStore::snapshot
 
 mod create;
 mod error;
@@ -116,7 +116,7 @@ impl Part {
     fn of(path: &str) -> Option<Part> {
         use jetsonmind_core::auth::keys::KEYS_FILE;
         use jetsonmind_core::config::{CLUSTER_SETTINGS_FILE, SETTINGS_FILE};
-        use jetsonmind_data::db::DB_FILE;
+        use jetsonmind_store::db::DB_FILE;
         match path {
             DB_FILE => Some(Part::Database),
             SETTINGS_FILE | CLUSTER_SETTINGS_FILE => Some(Part::Settings),
@@ -148,7 +148,7 @@ impl Part {
 }
 
 fn names_log_entry() -> String {
-    format!("models/{}", jetsonmind_data::store::NAMES_LOG)
+    format!("models/{}", jetsonmind_store::NAMES_LOG)
 }
 
 /// The digest a blob's path names, when `path` is a blob's.

@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 
 use super::{
     BUFFER, BackupError, Doing, FORMAT, FileRecord, Hashing, MANIFEST, Manifest, Part, VERSION,
@@ -290,7 +290,7 @@ fn check(
             format!("{archive}: {path} is in the archive but not in its manifest")
         })?;
     }
-    let database = jetsonmind_data::db::DB_FILE;
+    let database = jetsonmind_store::db::DB_FILE;
     refuse_unless(found.contains_key(database), || {
         format!("{archive}: it holds no {database}")
     })

@@ -1,7 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use jetsonmind_core::auth::KeyStore;
-use jetsonmind_data::store::{ImportOptions, ModelStore};
+use jetsonmind_store::{ImportOptions, ModelStore};
 
 use super::*;
 

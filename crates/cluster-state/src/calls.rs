@@ -109,7 +109,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 async fn publish(bus: Bus, mut records: mpsc::Receiver<CallRecord>, shutdown: CancellationToken) {
     let js = jetstream::new(bus.client.clone());
     let subject = format!("jm.{}.calls.{}", bus.config.name, bus.node);
-    let started_ms = jetsonmind_data::db::now_ms();
+    let started_ms = jetsonmind_store::db::now_ms();
     let mut seq = 0;
     loop {
         let call = tokio::select! {

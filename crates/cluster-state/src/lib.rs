@@ -45,7 +45,7 @@ pub enum StateError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
-    Store(#[from] jetsonmind_data::store::StoreError),
+    Store(#[from] jetsonmind_store::StoreError),
     #[error("no model named `{0}` is published in the cluster")]
     NotPublished(String),
     #[error("{file}: its content has digest {actual}, not the {expected} published; refused")]

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use jetsonmind_cluster::Bus;
 use jetsonmind_cluster::membership::unix_now;
-use jetsonmind_data::store::{ImportOptions, ModelFile, ModelInfo, ModelStore, StoreError};
+use jetsonmind_store::{ImportOptions, ModelFile, ModelInfo, ModelStore, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};

@@ -14,8 +14,8 @@ use jetsonmind_cluster::Bus;
 use jetsonmind_cluster_state::StateError;
 use jetsonmind_cluster_state::models::{ClusterModels, object_name};
 use jetsonmind_core::config::ClusterConfig;
-use jetsonmind_data::gguf;
-use jetsonmind_data::store::{ImportOptions, ModelInfo, ModelStore};
+use jetsonmind_store::gguf;
+use jetsonmind_store::{ImportOptions, ModelInfo, ModelStore};
 use support::{NatsServer, connect, node_config, within};
 
 /// Small chunks, so that even a test model is many of them.

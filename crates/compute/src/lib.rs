@@ -39,7 +39,7 @@ use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::inputs::InputCache;
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 use jetsonmind_telemetry::LinuxReader;
 use serde_json::Value;
 use tokio::sync::watch;

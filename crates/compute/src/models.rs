@@ -21,8 +21,8 @@ use jetsonmind_contract::replica::LoadedModel;
 use jetsonmind_core::config::{AllocationStrategy, SimulatorConfig};
 use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::upstream::forward::TransferCallback;
-use jetsonmind_data::gguf;
-use jetsonmind_data::store::{ModelStore, StoreError};
+use jetsonmind_store::gguf;
+use jetsonmind_store::{ModelStore, StoreError};
 use tokio::sync::watch;
 
 use crate::engine::bert::BertEngine;

@@ -7,7 +7,7 @@ use jetsonmind_core::rmcp::model::{
     PromptMessage, Reference, Role,
 };
 use jetsonmind_core::unit::unknown_prompt;
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 
 pub const SUMMARIZE: &str = "summarize";
 

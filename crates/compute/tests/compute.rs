@@ -17,8 +17,8 @@ use jetsonmind_core::rmcp::model::{CallToolRequestParams, ErrorCode};
 use jetsonmind_core::rmcp::service::{Peer, RunningService};
 use jetsonmind_core::rmcp::{RoleClient, ServiceError};
 use jetsonmind_core::{UnitServer, testing};
-use jetsonmind_data::gguf::build;
-use jetsonmind_data::store::{ImportOptions, ModelStore};
+use jetsonmind_store::gguf::build;
+use jetsonmind_store::{ImportOptions, ModelStore};
 use serde_json::json;
 
 fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

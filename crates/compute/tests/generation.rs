@@ -12,7 +12,7 @@ use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::ServiceExt;
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
-use jetsonmind_data::store::{ImportOptions, ModelStore};
+use jetsonmind_store::{ImportOptions, ModelStore};
 use serde_json::{Value, json};
 use support::{Client, Progress, call, ok, status, text};
 

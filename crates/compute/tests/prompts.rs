@@ -9,7 +9,7 @@ use jetsonmind_core::rmcp::RoleClient;
 use jetsonmind_core::rmcp::model::{ContentBlock, GetPromptRequestParams};
 use jetsonmind_core::rmcp::service::RunningService;
 use jetsonmind_core::{UnitServer, testing};
-use jetsonmind_data::store::{ImportOptions, ModelStore};
+use jetsonmind_store::{ImportOptions, ModelStore};
 use serde_json::json;
 
 /// A compute server over a store holding tiny GGUF files named `models`.

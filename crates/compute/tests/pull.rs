@@ -18,8 +18,8 @@ use jetsonmind_compute::models::{Loader, ModelSource};
 use jetsonmind_core::Config;
 use jetsonmind_core::config::SimulatorConfig;
 use jetsonmind_core::upstream::forward::TransferCallback;
-use jetsonmind_data::gguf::build;
-use jetsonmind_data::store::{ImportOptions, ModelStore};
+use jetsonmind_store::gguf::build;
+use jetsonmind_store::{ImportOptions, ModelStore};
 use serde_json::json;
 use support::{call, ok, serve, text};
 

@@ -13,7 +13,7 @@ use jetsonmind_core::config::{ComputeEngine, SimulatorConfig};
 use jetsonmind_core::rmcp::RoleClient;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::rmcp::service::Peer;
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 use serde_json::{Value, json};
 use support::{Client, Progress, call, ok, status, text};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
-use crate::db::{self, DbError, now_ms};
+use jetsonmind_store::db::{self, DbError, now_ms};
 
 use jetsonmind_core::CallObserver;
 use jetsonmind_core::rmcp::ErrorData as McpError;

@@ -9,15 +9,12 @@
 pub mod analytics;
 pub mod cache;
 pub mod cluster_view;
-pub mod db;
 pub mod distribution;
-pub mod gguf;
 pub mod inputs;
 mod notify;
 pub mod prompts;
 pub mod schema;
 pub mod settings;
-pub mod store;
 
 use std::sync::{Arc, OnceLock};
 
@@ -41,7 +38,7 @@ use crate::distribution::{ModelDistribution, TransferCallback};
 use crate::inputs::InputCache;
 use crate::schema::{ManageModelsArgs, ModelAction, UpdateSettingsArgs};
 use crate::settings::{Authority, Settings};
-use crate::store::{ModelStore, StoreError};
+use jetsonmind_store::{ModelStore, StoreError};
 use jetsonmind_telemetry::LinuxReader;
 
 pub use jetsonmind_contract::resources::{
@@ -425,7 +422,7 @@ impl DataServer {
         let metrics = serde_json::to_value(self.telemetry.snapshot().await);
         cluster_view::NodeSnapshot {
             node: node.to_string(),
-            published_unix_ms: u64::try_from(db::now_ms()).unwrap_or(0),
+            published_unix_ms: u64::try_from(jetsonmind_store::db::now_ms()).unwrap_or(0),
             metrics: metrics.unwrap_or_default(),
             tools: self.state.analytics.tool_summary(),
         }

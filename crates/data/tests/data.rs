@@ -15,8 +15,8 @@ use jetsonmind_core::serve::in_process;
 use jetsonmind_core::testing::UpdateListener;
 use jetsonmind_core::{Config, UnitServer, testing};
 use jetsonmind_data::settings::Settings;
-use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::{DataServer, NodeState};
+use jetsonmind_store::ModelStore;
 use serde_json::{Value, json};
 
 fn node(data_dir: &std::path::Path) -> NodeState {
@@ -405,7 +405,7 @@ fn import_tiny_models(dir: &std::path::Path, names: &[&str]) {
     for name in names {
         let source = dir.join(format!("{name}.source"));
         tiny_gguf(&source);
-        let options = jetsonmind_data::store::ImportOptions {
+        let options = jetsonmind_store::ImportOptions {
             name: Some(name.to_string()),
             ..Default::default()
         };

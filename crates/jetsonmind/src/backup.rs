@@ -75,7 +75,7 @@ pub fn restore_command(sources: &ConfigSources, archive: &Path, force: bool) -> 
 /// The node's name: `cluster.node`, else the host name.
 fn node_name(config: &Config) -> String {
     match config.cluster.node.is_empty() {
-        true => jetsonmind_data::store::host_name(),
+        true => jetsonmind_store::host_name(),
         false => config.cluster.node.clone(),
     }
 }

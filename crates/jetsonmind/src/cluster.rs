@@ -28,7 +28,7 @@ use jetsonmind_core::upstream::OpenPipe;
 use jetsonmind_data::DataServer;
 use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::settings::Settings;
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 use jetsonmind_telemetry::JetsonReader;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

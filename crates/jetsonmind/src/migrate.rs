@@ -23,7 +23,7 @@ use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
 use jetsonmind_core::config::{ConfigSources, read_settings};
 use jetsonmind_data::settings::{Authority, Settings};
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 use serde_json::json;
 
 /// Share this device with the cluster `config.cluster` names, and record

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jetsonmind_cluster::Bus;
 use jetsonmind_cluster_state::models::ClusterModels;
 use jetsonmind_core::Config;
-use jetsonmind_data::store::{ImportOptions, ModelInfo, ModelStore};
+use jetsonmind_store::{ImportOptions, ModelInfo, ModelStore};
 
 use crate::cli::ModelsCommand;
 

@@ -25,10 +25,10 @@ use jetsonmind_data::analytics::Analytics;
 use jetsonmind_data::cache::InferenceCache;
 use jetsonmind_data::inputs::InputCache;
 use jetsonmind_data::settings::Settings;
-use jetsonmind_data::store::ModelStore;
 use jetsonmind_data::{DataServer, NodeState};
 use jetsonmind_gateway::openai::OpenAi;
 use jetsonmind_gateway::{Backend, Gateway};
+use jetsonmind_store::ModelStore;
 use jetsonmind_web::Dashboard;
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@ use jetsonmind_cluster::View;
 use jetsonmind_compute::models::ModelSource;
 use jetsonmind_contract::replica::ReplicaReport;
 use jetsonmind_data::distribution::{BoxFuture, ModelDistribution, TransferCallback};
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;

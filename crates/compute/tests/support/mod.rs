@@ -15,7 +15,7 @@ use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
 use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
-use jetsonmind_data::store::ModelStore;
+use jetsonmind_store::ModelStore;
 use serde_json::Value;
 
 /// The progress notifications a client heard.

@@ -185,7 +185,7 @@ fn run_plan(
 /// The memory an ONNX model is counted for, beside the engines' workspace:
 /// its weights, once per plan a text reader keeps (each plan packs its own
 /// copy; a classifier or detector has one plan).
-pub fn bytes_in_memory(model: &jetsonmind_data::store::ModelInfo) -> u64 {
+pub fn bytes_in_memory(model: &jetsonmind_store::ModelInfo) -> u64 {
     let reads_text = [ocr::DETECTOR_FILE, ocr::RECOGNIZER_FILE]
         .iter()
         .all(|name| model.files.iter().any(|f| f.path == *name));
