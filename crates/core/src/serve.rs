@@ -226,15 +226,25 @@ where
 /// Concurrency and time limits over every route of `router`, and the
 /// JSON-RPC checks of [`crate::jsonrpc`] on the MCP endpoint.
 pub fn with_limits(router: Router, http: &HttpConfig) -> Router {
-    router
-        .layer(middleware::from_fn_with_state(
-            http.max_body_bytes,
-            check_mcp_messages,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(Limits::from(http)),
-            limit_requests,
-        ))
+    let permits = Arc::new(Semaphore::new(http.max_concurrent_requests));
+    let room = (permits, Duration::from_millis(http.queue_timeout_ms));
+    let time_limit = Duration::from_millis(http.request_timeout_ms);
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(
+                http.max_body_bytes,
+                read_body_first,
+            ))
+            .layer(middleware::from_fn_with_state(room, wait_for_room))
+            .layer(middleware::from_fn_with_state(
+                time_limit,
+                within_time_limit,
+            ))
+            .layer(middleware::from_fn_with_state(
+                http.max_body_bytes,
+                check_mcp_messages,
+            )),
+    )
 }
 
 async fn check_mcp_messages(state: State<usize>, request: Request, next: Next) -> Response {
@@ -323,46 +333,40 @@ fn split_port(origin: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Concurrency and time limits, as one middleware so their errors are ours.
-struct Limits {
-    permits: Arc<Semaphore>,
-    queue_timeout: Duration,
-    request_timeout: Duration,
-    max_body_bytes: usize,
-}
-
-impl From<&HttpConfig> for Limits {
-    fn from(http: &HttpConfig) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(http.max_concurrent_requests)),
-            queue_timeout: Duration::from_millis(http.queue_timeout_ms),
-            request_timeout: Duration::from_millis(http.request_timeout_ms),
-            max_body_bytes: http.max_body_bytes,
-        }
-    }
-}
-
 /// The body is read whole before a permit is taken: a client sending it
 /// slowly waits on its own time (`http.body_read_timeout_ms`), not on a
 /// permit everyone needs.
-async fn limit_requests(
-    State(limits): State<Arc<Limits>>,
+async fn read_body_first(State(max_bytes): State<usize>, request: Request, next: Next) -> Response {
+    match read_body(request, max_bytes).await {
+        Ok(request) => next.run(request).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// At most `http.max_concurrent_requests` at once; a request waits for room
+/// up to `http.queue_timeout_ms`, then gets a 503 to retry.
+async fn wait_for_room(
+    State((permits, queue_timeout)): State<(Arc<Semaphore>, Duration)>,
     request: Request,
     next: Next,
 ) -> Response {
-    let request = match read_body(request, limits.max_body_bytes).await {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
-    let permit =
-        tokio::time::timeout(limits.queue_timeout, limits.permits.clone().acquire_owned()).await;
+    let permit = tokio::time::timeout(queue_timeout, permits.acquire_owned()).await;
     let Ok(Ok(_permit)) = permit else {
         return plain_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "server busy: too many requests in flight, try again",
         );
     };
-    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+    next.run(request).await
+}
+
+/// A 408 for a request still unanswered after `http.request_timeout_ms`.
+async fn within_time_limit(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => plain_error(StatusCode::REQUEST_TIMEOUT, "request took too long"),
     }

@@ -122,8 +122,7 @@ async fn setup() -> Setup {
         connections.clone(),
         auth::resolver(unit),
     ));
-    let router =
-        with_limits(routes, &http).layer(axum::middleware::from_fn_with_state(gate, auth::guard));
+    let router = auth::guarded(with_limits(routes, &http), gate);
     tokio::spawn(serve_http(listener, router, shutdown.clone(), connections));
     Setup {
         url,

@@ -662,8 +662,7 @@ async fn serve_server<U: McpUnit>(
     .self_authenticated(&faces.self_authenticated)
     .route_needs(faces.needs);
     let gate = Arc::new(gate);
-    let router = serve::with_limits(routes, &config.http)
-        .layer(axum::middleware::from_fn_with_state(gate, auth::guard));
+    let router = auth::guarded(serve::with_limits(routes, &config.http), gate);
     let router = lifecycle::drain_layer(router, shared.drain.clone());
     if access.auth.required() {
         tracing::info!(

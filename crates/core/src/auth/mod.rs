@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -506,8 +506,28 @@ pub fn resolver<U: crate::McpUnit>(unit: Arc<U>) -> ToolResolver {
     Arc::new(move |name| unit.tool_access(name))
 }
 
-/// Authenticate, rate-limit and authorize every request but the metadata.
-pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: Next) -> Response {
+/// `router` behind the HTTP guard, one layer per concern, outermost first:
+/// who the caller is ([`authenticate`]), their name on their connection
+/// ([`name_connection`]), their rate ([`rate_limit`]), and whether they may
+/// use what the request asks for ([`authorize`]). The OAuth metadata, the
+/// probes and the self-authenticated prefixes pass through unauthenticated;
+/// the later layers act only on a request [`authenticate`] gave a principal.
+pub fn guarded(router: axum::Router, gate: Arc<Gatekeeper>) -> axum::Router {
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(from_fn_with_state(gate.clone(), authenticate))
+            .layer(from_fn_with_state(gate.clone(), name_connection))
+            .layer(from_fn_with_state(gate.clone(), rate_limit))
+            .layer(from_fn_with_state(gate, authorize)),
+    )
+}
+
+/// The caller's [`Principal`] into the request, or a 401 challenge.
+async fn authenticate(
+    State(gate): State<Arc<Gatekeeper>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if path.starts_with("/.well-known/oauth-protected-resource")
         || crate::lifecycle::is_probe(path)
@@ -515,37 +535,66 @@ pub async fn guard(State(gate): State<Arc<Gatekeeper>>, request: Request, next: 
     {
         return next.run(request).await;
     }
-    let metadata_url = gate.auth.metadata_url();
-    let principal = match gate.auth.authenticate(request.headers()).await {
-        Ok(principal) => principal,
-        Err(refusal) => return refusal.into_response(metadata_url),
-    };
-    if let Some(id) = request.extensions().get::<ConnectionId>() {
+    match gate.auth.authenticate(request.headers()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(refusal) => refusal.into_response(gate.auth.metadata_url()),
+    }
+}
+
+/// Name the caller on its connection (`manage_connections` lists it).
+async fn name_connection(
+    State(gate): State<Arc<Gatekeeper>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let extensions = request.extensions();
+    if let (Some(id), Some(principal)) = (
+        extensions.get::<ConnectionId>(),
+        extensions.get::<Principal>(),
+    ) {
         gate.connections.seen(*id, &principal.id);
     }
-    if let Some(bucket) = gate.rate_bucket(&principal, client_address(&request))
+    next.run(request).await
+}
+
+/// The caller's token bucket: a 429 with `Retry-After` when it is empty.
+async fn rate_limit(State(gate): State<Arc<Gatekeeper>>, request: Request, next: Next) -> Response {
+    if let Some(principal) = request.extensions().get::<Principal>()
+        && let Some(bucket) = gate.rate_bucket(principal, client_address(&request))
         && let Err(retry_after) = gate.limiter.check(&bucket)
     {
         return too_many_requests(retry_after);
     }
+    next.run(request).await
+}
+
+/// A 403 naming the scopes the caller lacks for what the request asks to
+/// use (a route's declared needs, or an MCP message's tools and resources),
+/// when authentication is required.
+async fn authorize(State(gate): State<Arc<Gatekeeper>>, request: Request, next: Next) -> Response {
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        return next.run(request).await;
+    };
+    if !gate.auth.required() {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
-    let (needed, body) = match gate.auth.required() {
-        false => (Vec::new(), body),
-        true => match needed_scopes(&gate, parts.uri.path(), &parts.method, body).await {
-            Ok(found) => found,
-            Err(response) => return response,
-        },
+    let (needed, body) = match needed_scopes(&gate, parts.uri.path(), &parts.method, body).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
     let missing: Vec<String> = needed
         .iter()
         .filter_map(|need| need.missing_for(&principal, &gate))
         .collect();
     if !missing.is_empty() {
+        let metadata_url = gate.auth.metadata_url();
         return Refusal::insufficient(missing.join(" ")).into_response(metadata_url);
     }
-    let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    next.run(Request::from_parts(parts, body)).await
 }
 
 fn client_address(request: &Request) -> IpAddr {
