@@ -350,7 +350,7 @@ fn initialize() -> Value {
 async fn a_tool_call_round_trips_between_two_nodes() {
     let pair = Pair::start(NatsServer::start(), |_| {}).await;
     let client = pair.client().await;
-    let names = jetsonmind_core::testing::tool_names(client.peer()).await;
+    let names = jetsonmind_testkit::tool_names(client.peer()).await;
     assert_eq!(names, ["echo", "tick", "wait"]);
     assert_eq!(echo(&client, "hello", 2).await.unwrap(), "hellohello");
 }

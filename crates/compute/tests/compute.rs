@@ -12,13 +12,14 @@ use jetsonmind_compute::engine::{
 };
 use jetsonmind_compute::models::Loader;
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
+use jetsonmind_core::UnitServer;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, ErrorCode};
 use jetsonmind_core::rmcp::service::{Peer, RunningService};
 use jetsonmind_core::rmcp::{RoleClient, ServiceError};
-use jetsonmind_core::{UnitServer, testing};
 use jetsonmind_store::gguf::build;
 use jetsonmind_store::{ImportOptions, ModelStore};
+use jetsonmind_testkit as testing;
 use serde_json::json;
 
 fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

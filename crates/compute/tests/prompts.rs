@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use jetsonmind_compute::ComputeServer;
+use jetsonmind_core::UnitServer;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::RoleClient;
 use jetsonmind_core::rmcp::model::{ContentBlock, GetPromptRequestParams};
 use jetsonmind_core::rmcp::service::RunningService;
-use jetsonmind_core::{UnitServer, testing};
 use jetsonmind_store::{ImportOptions, ModelStore};
+use jetsonmind_testkit as testing;
 use serde_json::json;
 
 /// A compute server over a store holding tiny GGUF files named `models`.

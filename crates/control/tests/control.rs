@@ -25,8 +25,9 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::upstream::{Connector, Upstream};
 use jetsonmind_core::{
-    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_error, tool_from,
+    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
 };
+use jetsonmind_testkit as testing;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -776,7 +777,7 @@ async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() 
     use jetsonmind_control::monitor::ALERTS_URI;
     use jetsonmind_core::rmcp::ServiceExt;
     use jetsonmind_core::rmcp::model::{LoggingLevel, SubscribeRequestParams};
-    use jetsonmind_core::testing::UpdateListener;
+    use jetsonmind_testkit::UpdateListener;
 
     let tree = tempfile::tempdir().unwrap();
     set_temperature(tree.path(), 50.0);

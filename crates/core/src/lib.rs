@@ -29,7 +29,6 @@ pub mod request_body;
 pub mod serve;
 pub mod sessions;
 pub mod subscribe;
-pub mod testing;
 pub mod trace;
 pub mod unit;
 pub mod upstream;

@@ -11,7 +11,7 @@ use jetsonmind_core::rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevel
 use jetsonmind_core::rmcp::service::RunningService;
 use jetsonmind_core::rmcp::{RoleClient, ServiceExt};
 use jetsonmind_core::serve::in_process;
-use jetsonmind_core::testing::{self, Chatty, LogListener, request_id_of};
+use jetsonmind_testkit::{self as testing, Chatty, LogListener, request_id_of};
 
 async fn connect() -> (RunningService<RoleClient, LogListener>, LogListener) {
     let server = UnitServer::new(Arc::new(Chatty::default()), McpConfig::default());

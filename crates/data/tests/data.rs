@@ -12,11 +12,12 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
 use jetsonmind_core::rmcp::{RoleClient, ServiceError, ServiceExt};
 use jetsonmind_core::serve::in_process;
-use jetsonmind_core::testing::UpdateListener;
-use jetsonmind_core::{Config, UnitServer, testing};
+use jetsonmind_core::{Config, UnitServer};
 use jetsonmind_data::settings::Settings;
 use jetsonmind_data::{DataServer, NodeState};
 use jetsonmind_store::ModelStore;
+use jetsonmind_testkit as testing;
+use jetsonmind_testkit::UpdateListener;
 use serde_json::{Value, json};
 
 fn node(data_dir: &std::path::Path) -> NodeState {

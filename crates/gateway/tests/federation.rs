@@ -22,9 +22,10 @@ use jetsonmind_core::rmcp::{
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_core::{
-    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, testing, tool_error, tool_from,
+    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
 };
 use jetsonmind_gateway::{Backend, Gateway};
+use jetsonmind_testkit as testing;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -11,9 +11,9 @@ use jetsonmind_core::UnitServer;
 use jetsonmind_core::config::{Config, GatewayConfig, McpConfig};
 use jetsonmind_core::rmcp::ServiceExt;
 use jetsonmind_core::serve::in_process;
-use jetsonmind_core::testing::{self, Chatty, LogListener};
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_gateway::Gateway;
+use jetsonmind_testkit::{self as testing, Chatty, LogListener};
 
 // One thread: the subscriber set here sees every task of the test.
 #[tokio::test(flavor = "current_thread")]

@@ -82,5 +82,5 @@ pub fn ok(result: CallToolResult) -> Value {
 
 /// The status resource, as the control plane reads it.
 pub async fn status(client: &Client) -> Value {
-    jetsonmind_core::testing::read_json(client.peer(), REPLICA_STATUS_URI).await
+    jetsonmind_testkit::read_json(client.peer(), REPLICA_STATUS_URI).await
 }

@@ -1,5 +1,6 @@
-//! Helpers for driving a server through a real rmcp client, in tests and
-//! examples: the same MCP messages a remote client would send.
+//! Helpers for driving a server through a real rmcp client, in tests: the
+//! same MCP messages a remote client would send. A dev-dependency only, so
+//! none of it ships in the servers' libraries.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,8 +9,8 @@ use rmcp::model::{CallToolResult, LoggingMessageNotificationParam};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, ServerHandler, ServiceExt};
 
-use crate::serve::in_process;
-use crate::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_from};
+use jetsonmind_core::serve::in_process;
+use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_from};
 
 /// A handshake-era client connected to `server` over an in-memory pipe.
 pub async fn connect<S: ServerHandler>(server: S) -> RunningService<RoleClient, ()> {
@@ -56,14 +57,14 @@ pub async fn resource_uris(peer: &rmcp::service::Peer<RoleClient>) -> Vec<String
 pub fn log_to_clients() -> tracing::subscriber::DefaultGuard {
     use tracing_subscriber::prelude::*;
     tracing_subscriber::registry()
-        .with(crate::client_log::layer())
+        .with(jetsonmind_core::client_log::layer())
         .set_default()
 }
 
 /// The request id a tool result names in its `_meta`.
 pub fn request_id_of(result: &CallToolResult) -> String {
     let meta = result.meta.as_ref().expect("a result with _meta");
-    meta.0[crate::trace::REQUEST_ID_META_KEY]
+    meta.0[jetsonmind_core::trace::REQUEST_ID_META_KEY]
         .as_str()
         .expect("a request id")
         .to_string()
