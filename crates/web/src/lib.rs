@@ -32,6 +32,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::Redirect;
 use axum::routing::{get, post};
 use http::{HeaderName, HeaderValue, header};
+use jetsonmind_contract::inference::{AUDIO_PROCESS, IMAGE_ANALYZE, TEXT_GENERATE};
 use jetsonmind_core::auth::{AccessLevel, Auth, Principal, ToolAccess, ToolResolver};
 use jetsonmind_core::config::UiConfig;
 use jetsonmind_core::connections::Connections;
@@ -49,7 +50,7 @@ use session::Sessions;
 /// paths under it to the dashboard (sessions, not bearer tokens).
 pub const PREFIX: &str = "/ui";
 
-pub use jetsonmind_contract::resources::{
+pub(crate) use jetsonmind_contract::resources::{
     CONFIG_SETTINGS as SETTINGS, MODELS_AVAILABLE as MODELS, PERFORMANCE_ANALYTICS as ANALYTICS,
     SYSTEM_METRICS as METRICS,
 };
@@ -180,9 +181,9 @@ impl Dashboard {
             models: caller.may_read(MODELS),
             settings: caller.may_read(SETTINGS),
             route: tool("route_request"),
-            generate: tool(jetsonmind_contract::inference::TEXT_GENERATE),
-            image: tool("image_analyze"),
-            audio: tool("audio_process"),
+            generate: tool(TEXT_GENERATE),
+            image: tool(IMAGE_ANALYZE),
+            audio: tool(AUDIO_PROCESS),
             load: tool("manage_resources"),
             manage_models: tool("manage_models"),
             change_settings: tool("update_settings"),

@@ -38,6 +38,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+const MODELS_ROUTE: &str = "/v1/models";
+const CHAT_ROUTE: &str = "/v1/chat/completions";
+const EMBEDDINGS_ROUTE: &str = "/v1/embeddings";
+const TRANSCRIPTIONS_ROUTE: &str = "/v1/audio/transcriptions";
+const SPEECH_ROUTE: &str = "/v1/audio/speech";
+
 pub struct OpenAi {
     gateway: Arc<LocalClient>,
     next_id: AtomicU64,
@@ -54,11 +60,11 @@ impl OpenAi {
 
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
-            .route("/v1/models", get(list_models))
-            .route("/v1/chat/completions", post(chat_completions))
-            .route("/v1/embeddings", post(embeddings::create))
-            .route("/v1/audio/transcriptions", post(audio::transcribe))
-            .route("/v1/audio/speech", post(audio::speech))
+            .route(MODELS_ROUTE, get(list_models))
+            .route(CHAT_ROUTE, post(chat_completions))
+            .route(EMBEDDINGS_ROUTE, post(embeddings::create))
+            .route(TRANSCRIPTIONS_ROUTE, post(audio::transcribe))
+            .route(SPEECH_ROUTE, post(audio::speech))
             .with_state(self)
     }
 
@@ -68,13 +74,13 @@ impl OpenAi {
         let tool = |name: &str| vec![Need::Tool(name.to_string())];
         vec![
             (
-                "/v1/models",
+                MODELS_ROUTE,
                 vec![Need::Scope(resource_scope(MODELS_AVAILABLE))],
             ),
-            ("/v1/chat/completions", tool(TEXT_GENERATE)),
-            ("/v1/embeddings", tool(EMBED)),
-            ("/v1/audio/transcriptions", tool(AUDIO_PROCESS)),
-            ("/v1/audio/speech", tool(AUDIO_PROCESS)),
+            (CHAT_ROUTE, tool(TEXT_GENERATE)),
+            (EMBEDDINGS_ROUTE, tool(EMBED)),
+            (TRANSCRIPTIONS_ROUTE, tool(AUDIO_PROCESS)),
+            (SPEECH_ROUTE, tool(AUDIO_PROCESS)),
         ]
     }
 
