@@ -1,34 +1,76 @@
 //! Calls forwarded to an upstream server: progress notifications from it are
 //! sent on to whoever made the call (an MCP client, or the OpenAI endpoint),
-//! and a call its caller abandons is cancelled upstream.
+//! all before the call's answer, and a call its caller abandons is cancelled
+//! upstream.
+//!
+//! rmcp would hand each notification to a task of its own, where the answer
+//! to a call can overtake the progress sent just before it (and progress can
+//! come before the call's route is known). So the transport of every upstream
+//! connection is wrapped ([`ForwardingClient::connect`]): it takes progress
+//! off the wire into a queue per call, in order with the answers, and the
+//! forwarded call relays its queue before it returns the answer.
 
 #![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); both eras are served.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
-    ClientConfig, ClientNotification, ClientRequest, Implementation,
-    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, RequestId,
-    ResourceUpdatedNotificationParam, ServerResult,
+    ClientConfig, ClientNotification, ClientRequest, Implementation, JsonRpcMessage,
+    JsonRpcNotification, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken,
+    RequestId, ResourceUpdatedNotificationParam, ServerNotification, ServerResult,
 };
-use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext};
-use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError};
+use rmcp::service::{
+    ClientInitializeError, NotificationContext, Peer, PeerRequestOptions, RequestContext,
+    RxJsonRpcMessage, TxJsonRpcMessage,
+};
+use rmcp::transport::{IntoTransport, Transport};
+use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceError, ServiceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::UpstreamId;
+use super::{Client, UpstreamId};
 
-/// Progress tokens of forwarded calls, and whom their progress belongs to.
+/// How long progress for a call nobody has claimed is kept: the call that
+/// will claim it is a moment away, and an upstream that sends progress for
+/// no call must not grow the table.
+const UNCLAIMED_FOR: Duration = Duration::from_secs(60);
+
+/// The progress of forwarded calls, queued per call as it arrives.
 ///
 /// rmcp gives every outgoing request a token of its own, unique per upstream
-/// connection, so a route is keyed by upstream and that token; the client's
+/// connection, so a queue is keyed by upstream and that token; the client's
 /// own token (two clients may both use `1`) is put back on the way out.
 #[derive(Default)]
 pub struct ProgressRoutes {
-    routes: Mutex<HashMap<RouteKey, ProgressSink>>,
+    queues: Mutex<HashMap<RouteKey, Queue>>,
+}
+
+/// One call's progress, waiting for the call to relay it.
+struct Queue {
+    sender: mpsc::UnboundedSender<ProgressNotificationParam>,
+    /// Taken by the call that claims the queue.
+    receiver: Option<mpsc::UnboundedReceiver<ProgressNotificationParam>>,
+    opened: Instant,
+}
+
+impl Queue {
+    fn new() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            sender,
+            receiver: Some(receiver),
+            opened: Instant::now(),
+        }
+    }
+
+    fn unclaimed_too_long(&self, now: Instant) -> bool {
+        self.receiver.is_some() && now.duration_since(self.opened) > UNCLAIMED_FOR
+    }
 }
 
 /// Where a call's progress goes. Clones share one high-water mark: when a
@@ -134,41 +176,94 @@ pub type TransferCallback = Box<dyn FnMut(u64, u64) + Send>;
 
 type RouteKey = (UpstreamId, ProgressToken);
 
-/// Removes the route when the forwarded call ends, however it ends.
-pub struct RouteGuard {
+/// A forwarded call's progress queue; removed when the call ends, however
+/// it ends.
+struct Claimed {
     routes: Arc<ProgressRoutes>,
     key: RouteKey,
+    progress: mpsc::UnboundedReceiver<ProgressNotificationParam>,
 }
 
-impl Drop for RouteGuard {
+impl Drop for Claimed {
     fn drop(&mut self) {
         self.routes.map().remove(&self.key);
     }
 }
 
 impl ProgressRoutes {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RouteKey, ProgressSink>> {
-        self.routes.lock().expect("progress routes lock")
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RouteKey, Queue>> {
+        self.queues.lock().expect("progress queues lock")
     }
 
-    /// Route progress for `ours` (the token on the call to `upstream`) to
-    /// `sink` until the guard drops.
-    pub fn register(
-        self: &Arc<Self>,
-        upstream: UpstreamId,
-        ours: ProgressToken,
-        sink: ProgressSink,
-    ) -> RouteGuard {
+    /// Queue `params` for the call it belongs to, claimed yet or not.
+    fn arrive(&self, upstream: UpstreamId, params: ProgressNotificationParam) {
+        let key = (upstream, params.progress_token.clone());
+        let mut queues = self.map();
+        if !queues.contains_key(&key) {
+            let now = Instant::now();
+            queues.retain(|_, queue| !queue.unclaimed_too_long(now));
+        }
+        let queue = queues.entry(key).or_insert_with(Queue::new);
+        let _ = queue.sender.send(params);
+    }
+
+    /// The progress queue of the call to `upstream` whose token is `ours`,
+    /// with whatever already arrived for it.
+    fn claim(self: &Arc<Self>, upstream: UpstreamId, ours: ProgressToken) -> Claimed {
         let key = (upstream, ours);
-        self.map().insert(key.clone(), sink);
-        RouteGuard {
+        let progress = self
+            .map()
+            .entry(key.clone())
+            .or_insert_with(Queue::new)
+            .receiver
+            .take()
+            // Tokens are unique per connection: a second claim is a bug
+            // upstream of here, and gets a queue that hears nothing.
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        Claimed {
             routes: self.clone(),
             key,
+            progress,
+        }
+    }
+}
+
+/// An upstream connection's transport, taking progress notifications off the
+/// wire into [`ProgressRoutes`] in the order they arrive.
+struct QueueingProgress<T> {
+    inner: T,
+    routes: Arc<ProgressRoutes>,
+    upstream: UpstreamId,
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for QueueingProgress<T> {
+    type Error = T::Error;
+
+    fn name() -> Cow<'static, str> {
+        T::name()
+    }
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        loop {
+            match self.inner.receive().await? {
+                JsonRpcMessage::Notification(JsonRpcNotification {
+                    notification: ServerNotification::ProgressNotification(progress),
+                    ..
+                }) => self.routes.arrive(self.upstream, progress.params),
+                message => return Some(message),
+            }
         }
     }
 
-    fn lookup(&self, upstream: UpstreamId, token: &ProgressToken) -> Option<ProgressSink> {
-        self.map().get(&(upstream, token.clone())).cloned()
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
     }
 }
 
@@ -225,21 +320,28 @@ impl ForwardingClient {
     }
 }
 
+impl ForwardingClient {
+    /// Connect over `transport` (wrapped to queue progress for its calls)
+    /// and initialize the session.
+    pub async fn connect<T, E, A>(self, transport: T) -> Result<Client, ClientInitializeError>
+    where
+        T: IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let queueing = QueueingProgress {
+            inner: transport.into_transport(),
+            routes: self.progress.clone(),
+            upstream: self.upstream,
+        };
+        self.serve(queueing).await
+    }
+}
+
 impl ClientHandler for ForwardingClient {
     fn get_info(&self) -> ClientConfig {
         let mut config = ClientConfig::default();
         config.client_info = Implementation::new("jetsonmind", env!("CARGO_PKG_VERSION"));
         config
-    }
-
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        if let Some(sink) = self.progress.lookup(self.upstream, &params.progress_token) {
-            sink.report(params).await;
-        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
@@ -301,17 +403,33 @@ pub async fn call_tool(
         .send_request_with_option(request, PeerRequestOptions::no_options())
         .await
         .map_err(ForwardError::Service)?;
-    let _route = sink.map(|sink| routes.register(upstream_id, handle.progress_token.clone(), sink));
+    let mut claimed = routes.claim(upstream_id, handle.progress_token.clone());
     let mut abandon = CancelOnDrop {
         peer: Some(upstream.clone()),
         id: handle.id.clone(),
     };
-    let outcome = tokio::select! {
-        outcome = handle.await_response() => outcome.map_err(ForwardError::Service),
-        _ = cancel.cancelled() => Err(ForwardError::Cancelled),
+    let sink = sink.as_ref();
+    let relay = move |progress| async move {
+        if let Some(sink) = sink {
+            sink.report(progress).await;
+        }
+    };
+    let response = handle.await_response();
+    tokio::pin!(response);
+    let outcome = loop {
+        // Progress first: what arrived before the answer goes before it.
+        tokio::select! {
+            biased;
+            Some(progress) = claimed.progress.recv() => relay(progress).await,
+            outcome = &mut response => break outcome.map_err(ForwardError::Service),
+            _ = cancel.cancelled() => break Err(ForwardError::Cancelled),
+        }
     };
     if !matches!(outcome, Err(ForwardError::Cancelled)) {
         abandon.peer = None;
+        while let Ok(progress) = claimed.progress.try_recv() {
+            relay(progress).await;
+        }
     }
     outcome
 }
@@ -337,6 +455,8 @@ impl Drop for CancelOnDrop {
 
 #[cfg(test)]
 mod tests {
+    use rmcp::model::NumberOrString;
+
     use super::*;
 
     #[test]
@@ -349,5 +469,25 @@ mod tests {
         assert!(!retry.advances(1.0), "a retry starting over stays quiet");
         assert!(!retry.advances(5.0));
         assert!(retry.advances(6.0));
+    }
+
+    fn progress(token: i64, step: f64) -> ProgressNotificationParam {
+        ProgressNotificationParam::new(ProgressToken(NumberOrString::Number(token)), step)
+    }
+
+    #[test]
+    fn progress_that_comes_before_its_call_claims_it_waits_and_ends_with_the_call() {
+        let routes = Arc::new(ProgressRoutes::default());
+        let upstream = UpstreamId::fresh();
+        routes.arrive(upstream, progress(7, 1.0));
+        let token = ProgressToken(NumberOrString::Number(7));
+        let mut claimed = routes.claim(upstream, token.clone());
+        routes.arrive(upstream, progress(7, 2.0));
+        let heard: Vec<f64> = std::iter::from_fn(|| claimed.progress.try_recv().ok())
+            .map(|p| p.progress)
+            .collect();
+        assert_eq!(heard, [1.0, 2.0]);
+        drop(claimed);
+        assert!(routes.map().is_empty(), "the queue ends with its call");
     }
 }

@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
+use rmcp::ClientCacheConfig;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
     ServerResult,
 };
-use rmcp::{ClientCacheConfig, ServiceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,7 @@ impl LocalClient {
             changes: None,
         };
         let client = handler
-            .serve(crate::serve::in_process(server))
+            .connect(crate::serve::in_process(server))
             .await
             .map_err(|e| CoreError::Service(e.to_string()))?;
         // Every request is made for its own caller: no answer may be kept

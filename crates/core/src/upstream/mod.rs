@@ -21,7 +21,7 @@ use rmcp::model::{
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientCacheConfig, RoleClient, ServiceExt};
+use rmcp::{ClientCacheConfig, RoleClient};
 use serde::Serialize;
 use tokio::io::DuplexStream;
 use tokio_util::sync::CancellationToken;
@@ -334,11 +334,11 @@ impl Upstream {
                     config = config.auth_header(token.clone());
                 }
                 handler
-                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .connect(StreamableHttpClientTransport::from_config(config))
                     .await
             }
             Connector::InProcess(open) | Connector::Pipe { open, .. } => {
-                handler.serve(open()).await
+                handler.connect(open()).await
             }
             Connector::Command(argv) => {
                 let (program, args) = argv
@@ -348,7 +348,7 @@ impl Upstream {
                 command.args(args);
                 let child = rmcp::transport::TokioChildProcess::new(command)
                     .map_err(|e| format!("cannot start `{program}`: {e}"))?;
-                handler.serve(child).await
+                handler.connect(child).await
             }
         };
         let client =
