@@ -85,7 +85,7 @@ async fn answers_a_question_with_the_real_model() {
             > 0.0
     );
     // Progress carried token counts and the text so far.
-    let seen = progress.0.lock().unwrap().clone();
+    let seen = support::updates(&progress);
     assert!(!seen.is_empty());
     assert!(
         answer.starts_with(seen[0].1.as_deref().unwrap()),

@@ -105,7 +105,7 @@ async fn a_model_only_the_cluster_has_is_pulled_with_progress_then_run() {
         store.get(SHARED).is_ok(),
         "the pulled model is in the store"
     );
-    let heard = progress.0.lock().unwrap().clone();
+    let heard = support::updates(&progress);
     let pulling: Vec<_> = heard.iter().take_while(|(at, _)| *at < 1.0).collect();
     assert!(!pulling.is_empty(), "no pull progress: {heard:?}");
     for (_, message) in &pulling {

@@ -59,28 +59,13 @@ async fn simulated_call(
     result
 }
 
-/// Progress notifications may be handled after the result arrives: wait
-/// (bounded) until `count` were heard, then the updates ordered by tokens.
+/// The updates, ordered by tokens, once `count` were heard.
 async fn heard(progress: &Progress, count: usize) -> Vec<(f64, String)> {
-    let all_heard = async {
-        while progress.count() < count {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), all_heard)
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "heard {} of {count} progress notifications",
-                progress.count()
-            )
-        });
     let mut updates: Vec<(f64, String)> = progress
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(tokens, text)| (*tokens, text.clone().unwrap_or_default()))
+        .wait_for(count)
+        .await
+        .into_iter()
+        .map(|p| (p.progress, p.message.unwrap_or_default()))
         .collect();
     updates.sort_by(|a, b| a.0.total_cmp(&b.0));
     updates

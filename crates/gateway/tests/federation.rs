@@ -3,8 +3,8 @@
 //! gateway federating another gateway.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetsonmind_control::ControlServer;
@@ -15,17 +15,15 @@ use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
     ProgressToken, ReadResourceResult, RequestMetaObject, Resource, ResourceContents,
 };
-use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
-use jetsonmind_core::rmcp::{
-    ClientCacheConfig, ClientHandler, ErrorData as McpError, RoleClient, ServiceExt,
-};
+use jetsonmind_core::rmcp::service::RunningService;
+use jetsonmind_core::rmcp::{ClientCacheConfig, ErrorData as McpError, RoleClient, ServiceExt};
 use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_core::{
     Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
 };
 use jetsonmind_gateway::{Backend, Gateway};
-use jetsonmind_testkit as testing;
+use jetsonmind_testkit::{self as testing, ProgressRecorder};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -151,32 +149,10 @@ async fn gateway(backends: Vec<Backend>) -> Arc<Gateway> {
     gateway
 }
 
-/// A client that records the progress it is sent, and is woken when it
-/// hears that the tool list changed.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Progress>>>, Arc<tokio::sync::Notify>);
-
-/// (progress, total) as received.
-type Progress = (f64, Option<f64>);
-
-impl ClientHandler for Recorder {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _: NotificationContext<RoleClient>,
-    ) {
-        self.0.lock().unwrap().push((params.progress, params.total));
-    }
-
-    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
-        self.1.notify_one();
-    }
-}
-
 async fn connect(
     gateway: &Arc<Gateway>,
-    recorder: Recorder,
-) -> RunningService<RoleClient, Recorder> {
+    recorder: ProgressRecorder,
+) -> RunningService<RoleClient, ProgressRecorder> {
     let server = UnitServer::new(gateway.clone(), McpConfig::default());
     let client = recorder.serve(in_process(server)).await.unwrap();
     // The view changes under the test; a cached list would hide that.
@@ -187,7 +163,7 @@ async fn connect(
     client
 }
 
-async fn tool_names(client: &RunningService<RoleClient, Recorder>) -> Vec<String> {
+async fn tool_names(client: &RunningService<RoleClient, ProgressRecorder>) -> Vec<String> {
     testing::tool_names(client.peer()).await
 }
 
@@ -226,7 +202,7 @@ async fn merges_backends_and_prefixes_only_collisions() {
         http_backend("control", &control),
     ])
     .await;
-    let client = connect(&gateway, Recorder::default()).await;
+    let client = connect(&gateway, ProgressRecorder::default()).await;
 
     assert_eq!(
         tool_names(&client).await,
@@ -287,7 +263,7 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
     let server = HttpServer::start(ticker.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = server.addr;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
-    let recorder = Recorder::default();
+    let recorder = ProgressRecorder::default();
     let client = connect(&gateway, recorder.clone()).await;
     assert_eq!(tool_names(&client).await, with_own(&["tick"]));
 
@@ -295,8 +271,8 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     gateway.refresh().await;
     // The client is told, so it lists again instead of calling what is gone.
-    let told = tokio::time::timeout(Duration::from_secs(30), recorder.1.notified()).await;
-    assert!(told.is_ok(), "no tools/list_changed arrived");
+    let told = recorder.tool_list_changed(Duration::from_secs(30)).await;
+    assert!(told, "no tools/list_changed arrived");
     assert_eq!(tool_names(&client).await, with_own(&[]));
     let status = &gateway.backend_status()[0];
     let replica = &status.replicas[0].connection;
@@ -322,7 +298,7 @@ async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health
     let gateway = Gateway::new(settings, fleet_settings(), vec![fleet.clone()]).unwrap();
     let shutdown = CancellationToken::new();
     gateway.start(shutdown.clone()).await;
-    let recorder = Recorder::default();
+    let recorder = ProgressRecorder::default();
     let client = connect(&gateway, recorder.clone()).await;
     assert_eq!(tool_names(&client).await, with_own(&[]));
 
@@ -334,8 +310,8 @@ async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health
         },
     );
     fleet.check().await;
-    let told = tokio::time::timeout(Duration::from_secs(30), recorder.1.notified()).await;
-    assert!(told.is_ok(), "the view was not rebuilt");
+    let told = recorder.tool_list_changed(Duration::from_secs(30)).await;
+    assert!(told, "the view was not rebuilt");
     assert_eq!(tool_names(&client).await, with_own(&["tick"]));
     shutdown.cancel();
 }
@@ -344,7 +320,7 @@ async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health
 async fn progress_reaches_the_caller_through_the_gateway() {
     let server = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
-    let recorder = Recorder::default();
+    let recorder = ProgressRecorder::default();
     let client = connect(&gateway, recorder.clone()).await;
 
     let mut call = tick(3, 20, "tick");
@@ -355,9 +331,10 @@ async fn progress_reaches_the_caller_through_the_gateway() {
     call.meta = Some(meta);
     let result = client.call_tool(call).await.unwrap();
     assert_eq!(result.structured_content, Some(json!({"ticks": 3})));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let heard = recorder.wait_for(3).await;
+    let heard: Vec<_> = heard.iter().map(|p| (p.progress, p.total)).collect();
     assert_eq!(
-        *recorder.0.lock().unwrap(),
+        heard,
         vec![(1.0, Some(3.0)), (2.0, Some(3.0)), (3.0, Some(3.0))]
     );
 }
@@ -368,7 +345,7 @@ async fn cancelling_a_call_cancels_it_at_the_backend() {
     let cancelled = ticker.cancelled.clone();
     let server = HttpServer::start(ticker, "127.0.0.1:0".parse().unwrap()).await;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
-    let client = connect(&gateway, Recorder::default()).await;
+    let client = connect(&gateway, ProgressRecorder::default()).await;
 
     let call = client.peer().call_tool_once(tick(1000, 10, "tick"));
     // Dropping the pending call sends notifications/cancelled to the gateway.
@@ -392,7 +369,7 @@ async fn a_gateway_federates_another_gateway() {
     let node = gateway(vec![http_backend("leaf", &leaf)]).await;
     let node_http = HttpServer::start(node, "127.0.0.1:0".parse().unwrap()).await;
     let cluster = gateway(vec![http_backend("node1", &node_http)]).await;
-    let client = connect(&cluster, Recorder::default()).await;
+    let client = connect(&cluster, ProgressRecorder::default()).await;
 
     // The node's own tools collide with the cluster's, so they get the node's prefix.
     let names = tool_names(&client).await;

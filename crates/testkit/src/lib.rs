@@ -252,3 +252,64 @@ impl UpdateListener {
         seen.iter().filter(|u| *u == uri).count()
     }
 }
+
+/// A client that records the progress notifications it hears, and is woken
+/// when a tool list changes.
+#[derive(Clone, Default)]
+pub struct ProgressRecorder {
+    heard: Arc<Mutex<Vec<rmcp::model::ProgressNotificationParam>>>,
+    tools_changed: Arc<tokio::sync::Notify>,
+}
+
+impl ClientHandler for ProgressRecorder {
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(params);
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.tools_changed.notify_one();
+    }
+}
+
+impl ProgressRecorder {
+    /// Everything heard so far, in the order it was handled.
+    pub fn heard(&self) -> Vec<rmcp::model::ProgressNotificationParam> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Everything heard once `count` notifications were. rmcp handles each
+    /// notification in a task of its own, so the last may be handled just
+    /// after the call's result; a generous bound (10 s) turns "never sent"
+    /// into a failure instead of a hang.
+    pub async fn wait_for(&self, count: usize) -> Vec<rmcp::model::ProgressNotificationParam> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.count() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "heard {} of {count} progress notifications: {:?}",
+                self.count(),
+                self.heard()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.heard()
+    }
+
+    /// Whether a tool list changed within `within` (or since last asked).
+    pub async fn tool_list_changed(&self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, self.tools_changed.notified())
+            .await
+            .is_ok()
+    }
+}

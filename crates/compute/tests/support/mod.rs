@@ -3,45 +3,26 @@
 
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_contract::replica::REPLICA_STATUS_URI;
 use jetsonmind_core::config::McpConfig;
-use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ProgressNotificationParam,
-};
-use jetsonmind_core::rmcp::service::{NotificationContext, RunningService};
-use jetsonmind_core::rmcp::{ClientHandler, RoleClient, ServiceExt};
+use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult};
+use jetsonmind_core::rmcp::service::RunningService;
+use jetsonmind_core::rmcp::{RoleClient, ServiceExt};
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
 use jetsonmind_store::ModelStore;
 use serde_json::Value;
 
 /// The progress notifications a client heard.
-#[derive(Clone, Default)]
-pub struct Progress(pub Arc<Mutex<Vec<Update>>>);
+pub use jetsonmind_testkit::ProgressRecorder as Progress;
 
-/// (tokens so far, text so far) as notified.
-pub type Update = (f64, Option<String>);
-
-impl ClientHandler for Progress {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _: NotificationContext<RoleClient>,
-    ) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((params.progress, params.message));
-    }
-}
-
-impl Progress {
-    pub fn count(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
+/// (tokens so far, text so far) of each progress notification heard.
+pub fn updates(progress: &Progress) -> Vec<(f64, Option<String>)> {
+    let heard = progress.heard().into_iter();
+    heard.map(|p| (p.progress, p.message)).collect()
 }
 
 pub type Client = RunningService<RoleClient, Progress>;
