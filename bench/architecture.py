@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The same calls on the tree before issue 19's restructuring and on this one, in one run.
 
-  bench/architecture.py [--base f151e28] [--rounds 3] [--seconds 10]
+  bench/architecture.py [--base f151e28] [--rounds 4] [--seconds 10]
 
 Issue 19 moved code between crates (fleet, telemetry, store, test kit), made
 the HTTP guard and limits tower layers, and changed how progress is relayed;
 it must not cost speed. Both trees are built in release (the base in a git
 worktree under bench/cache, sharing this checkout's target directory, so only
 JetsonMind's own crates compile again), then measured in turns, base then
-this tree, each round:
+this tree, each going first in alternate rounds:
 
 1. gateway: `jetsonmind compute` as the only replica of `jetsonmind serve`,
    text_generate answered by the replica's inference cache (small own work:
@@ -141,7 +141,7 @@ def measure(binary, data, tmp, options):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=BASE, help="the commit to compare with")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -160,7 +160,10 @@ def main():
         subprocess.run([str(BINARY), "--data-dir", str(data), "models", "import", str(MODEL), "--link"],
                        check=True, capture_output=True)
         for round_ in range(1, options.rounds + 1):
-            for side, binary in sides.items():
+            # Each side goes first in every other round: a machine that runs the second of two slower (or
+            # faster) does not show as a difference between the trees.
+            order = list(sides.items()) if round_ % 2 else list(sides.items())[::-1]
+            for side, binary in order:
                 row = measure(binary, data, tmp, options)
                 figures[side].append(row)
                 print(f"round {round_} {side:22} " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
