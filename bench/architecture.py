@@ -7,7 +7,7 @@ Issue 19 moved code between crates (fleet, telemetry, store, test kit), made
 the HTTP guard and limits tower layers, and changed how progress is relayed;
 it must not cost speed. Both trees are built in release (the base in a git
 worktree under bench/cache, sharing this checkout's target directory, so only
-JetsonMind's own crates compile again), then measured in turns, base then
+JetsonMind's own crates compile again), then measured in turns, the base and
 this tree, each going first in alternate rounds:
 
 1. gateway: `jetsonmind compute` as the only replica of `jetsonmind serve`,
@@ -22,17 +22,14 @@ same model. Prints each round and the ratios this tree / base of the medians.
 
 import argparse
 import json
-import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchlib import BINARY, ROOT
+from benchlib import BINARY, ROOT, start_server
 
 BASE = "f151e28"  # the last commit before issue 19's moves (fleet, telemetry, store, layers, test kit)
 CACHE = ROOT / "bench" / "cache" / "architecture"
@@ -80,19 +77,7 @@ def base_binary(commit):
 
 
 def start(binary, args, env, log):
-    sink = open(log, "wb")
-    process = subprocess.Popen([str(binary), *args], stdout=sink, stderr=sink, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "RUST_LOG": "warn,jetsonmind=info", **NO_LIMIT, **env})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+/mcp)", Path(log).read_text())
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            sys.exit(f"{binary} {args[0]} exited:\n{Path(log).read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    sys.exit(f"{binary} {args[0]} did not start: see {log}")
+    return start_server(args, {"RUST_LOG": "warn,jetsonmind=info", **NO_LIMIT, **env}, log, binary)
 
 
 def stop(process):

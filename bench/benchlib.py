@@ -2,8 +2,11 @@
 
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -24,6 +27,24 @@ def percentile(values, p):
     """The p-th percentile of `values` (nearest rank; p in 0..100)."""
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def start_server(args, env, log, binary=BINARY, within=60):
+    """Start `binary args` with `env` added, its output in the file `log`; (process, MCP URL) once it says
+    where it listens. Exits, naming the log, when it stops or stays silent."""
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([str(binary), *args], stdout=sink, stderr=sink, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **env})
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = re.search(r"listening on (http://\S+/mcp)", Path(log).read_text())
+        if found:
+            return process, found.group(1)
+        if process.poll() is not None:
+            sys.exit(f"{binary} {' '.join(args)} exited:\n{Path(log).read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    sys.exit(f"{binary} {' '.join(args)} did not start within {within} s: see {log}")
 
 
 def require_binary():

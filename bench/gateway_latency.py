@@ -24,13 +24,13 @@ straight to `jetsonmind control` and through the gateway.
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = ROOT / "target" / "release" / "jetsonmind"
@@ -42,18 +42,7 @@ NO_LIMIT = {"JETSONMIND_HTTP__RATE_LIMIT_PER_SECOND": "0"}
 
 
 def start(args, env, log):
-    sink = open(log, "wb")
-    process = subprocess.Popen([str(BINARY), *args], stdout=sink, stderr=sink, env={**os.environ, **env})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+/mcp)", Path(log).read_text())
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            sys.exit(f"{args[0]} exited:\n{Path(log).read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    sys.exit(f"{args[0]} did not start")
+    return start_server(args, env, log, BINARY)
 
 
 def stop(process):

@@ -20,7 +20,6 @@ run.
 
 import asyncio
 import base64
-import os
 import statistics
 import subprocess
 import sys

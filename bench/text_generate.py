@@ -21,16 +21,13 @@ import argparse
 import asyncio
 import http.client
 import json
-import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from benchlib import BINARY, ROOT, percentile
+from benchlib import BINARY, ROOT, percentile, start_server
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEN_TOKENS = 128
@@ -60,16 +57,8 @@ def llama_bench(threads, runs, prompt_tokens):
 
 def start(args, env):
     log = tempfile.NamedTemporaryFile(prefix="jetsonmind-bench-", suffix=".log", delete=False)
-    process = subprocess.Popen([str(BINARY), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                               env={**os.environ, **env})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+/mcp)", Path(log.name).read_text())
-        if found:
-            return process, found.group(1)
-        time.sleep(0.05)
-    process.kill()
-    sys.exit(f"{BINARY} {' '.join(args)} did not start: see {log.name}")
+    log.close()
+    return start_server(args, env, log.name)
 
 
 async def through_gateway(url, runs):
