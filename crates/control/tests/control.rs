@@ -4,7 +4,6 @@
 //! model placement, power modes and scaling, through a real rmcp client.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,19 +14,15 @@ use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::power::Power;
 use jetsonmind_core::auth::{AccessLevel, FORBIDDEN, Principal, Scopes, delegate};
-use jetsonmind_core::config::{Config, HttpConfig, McpConfig};
-use jetsonmind_core::connections::Connections;
+use jetsonmind_core::config::{Config, McpConfig};
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::{
-    CallToolRequestParams, CallToolResult, ReadResourceResult, Resource, ToolAnnotations,
-};
-use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
+use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, ToolAnnotations};
+use jetsonmind_core::serve::in_process;
 use jetsonmind_core::upstream::{Connector, Upstream};
-use jetsonmind_core::{
-    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
-};
-use jetsonmind_testkit as testing;
+use jetsonmind_core::{ToolCall, UnitServer, tool_error, tool_from};
+use jetsonmind_testkit::fake_root::{jetson_board, thermal_zone};
+use jetsonmind_testkit::{self as testing, FakeUnit, HttpUnit};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +51,6 @@ struct ModelArgs {
 /// a non-idempotent `write`, model loading, and a status resource.
 struct FakeReplica {
     name: &'static str,
-    catalog: Arc<Catalog>,
     report: Mutex<ReplicaReport>,
     calls: AtomicUsize,
     /// Answers every call "busy", as compute does with its queue full.
@@ -65,17 +59,8 @@ struct FakeReplica {
 
 impl FakeReplica {
     fn new(name: &'static str) -> Arc<Self> {
-        let idempotent = ToolAnnotations::new().read_only(true).idempotent(true);
-        let tools = vec![
-            tool_from::<WorkArgs>("echo", "answers with its text").annotate(idempotent),
-            tool_from::<WorkArgs>("write", "changes something"),
-            AccessLevel::Admin.mark(tool_from::<ModelArgs>("load_model", "load")),
-            AccessLevel::Admin.mark(tool_from::<ModelArgs>("unload_model", "unload")),
-        ];
-        let resources = vec![Resource::new(REPLICA_STATUS_URI, "status")];
         Arc::new(Self {
             name,
-            catalog: Arc::new(Catalog::new(tools, resources, vec![]).unwrap()),
             report: Mutex::new(ReplicaReport {
                 replica: name.into(),
                 default_model: "small.gguf".into(),
@@ -96,22 +81,26 @@ impl FakeReplica {
         });
         self
     }
-}
 
-impl McpUnit for FakeReplica {
-    fn identity(&self) -> UnitIdentity {
-        UnitIdentity {
-            name: "fake-compute",
-            title: "fake",
-            instructions: "test replica",
-        }
+    /// This replica as an MCP server offers it.
+    fn unit(self: &Arc<Self>) -> Arc<FakeUnit> {
+        let idempotent = ToolAnnotations::new().read_only(true).idempotent(true);
+        let (answering, reporting) = (self.clone(), self.clone());
+        FakeUnit::named("fake-compute")
+            .tool(tool_from::<WorkArgs>("echo", "answers with its text").annotate(idempotent))
+            .tool_of::<WorkArgs>("write", "changes something")
+            .tool(AccessLevel::Admin.mark(tool_from::<ModelArgs>("load_model", "load")))
+            .tool(AccessLevel::Admin.mark(tool_from::<ModelArgs>("unload_model", "unload")))
+            .resource(REPLICA_STATUS_URI, "status")
+            .answers(move |call| {
+                let replica = answering.clone();
+                async move { replica.answer(call).await }
+            })
+            .reads(move |uri| json_resource(uri, &*reporting.report.lock().unwrap()))
+            .build()
     }
 
-    fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.clone()
-    }
-
-    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
+    async fn answer(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.busy.load(Ordering::SeqCst) {
             let mut refused = tool_error("busy: 1 generations running and 1 waiting");
@@ -145,14 +134,6 @@ impl McpUnit for FakeReplica {
         let text = call.arguments["text"].as_str().unwrap_or_default();
         Ok(json_tool_result(&json!({ "text": text, "by": self.name })))
     }
-
-    async fn read_resource(
-        &self,
-        uri: &str,
-        _caller: &Principal,
-    ) -> Result<ReadResourceResult, McpError> {
-        json_resource(uri, &*self.report.lock().unwrap())
-    }
 }
 
 fn settings(tune: impl FnOnce(&mut Config)) -> FleetSettings {
@@ -163,50 +144,9 @@ fn settings(tune: impl FnOnce(&mut Config)) -> FleetSettings {
 }
 
 fn in_process_replica(fleet: &Fleet, replica: &Arc<FakeReplica>) {
-    let server = UnitServer::new(replica.clone(), McpConfig::default());
+    let server = UnitServer::new(replica.unit(), McpConfig::default());
     let connector = Connector::InProcess(Arc::new(move || in_process(server.clone())));
     fleet.add(Upstream::new(replica.name, connector), Origin::Configured);
-}
-
-/// A replica served over HTTP, whose connections can be cut as a killed
-/// process's would be.
-struct HttpReplica {
-    url: String,
-    shutdown: CancellationToken,
-    connections: Arc<Connections>,
-}
-
-impl HttpReplica {
-    async fn start(replica: Arc<FakeReplica>) -> Self {
-        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (listener, addr) = bind(addr).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let connections = Arc::new(Connections::default());
-        let router = mcp_router(
-            UnitServer::new(replica, McpConfig::default()),
-            &HttpConfig::default(),
-            shutdown.clone(),
-        );
-        tokio::spawn(serve_http(
-            listener,
-            router,
-            shutdown.clone(),
-            connections.clone(),
-        ));
-        Self {
-            url: format!("http://{addr}/mcp"),
-            shutdown,
-            connections,
-        }
-    }
-
-    /// Stop listening and drop every connection at once, mid-request.
-    fn kill(&self) {
-        self.shutdown.cancel();
-        for connection in self.connections.list() {
-            self.connections.close(connection.id);
-        }
-    }
 }
 
 fn call(tool: &str, arguments: Value) -> CallToolRequestParams {
@@ -292,8 +232,8 @@ async fn route_request_prefers_the_replica_holding_the_model_and_says_why() {
 async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only() {
     let a = FakeReplica::new("a");
     let b = FakeReplica::new("b");
-    let server_a = HttpReplica::start(a.clone()).await;
-    let server_b = HttpReplica::start(b.clone()).await;
+    let server_a = HttpUnit::start(a.unit()).await;
+    let server_b = HttpUnit::start(b.unit()).await;
     let fleet = Fleet::new("compute", settings(|_| {}));
     for (name, server) in [("a", &server_a), ("b", &server_b)] {
         fleet.add(
@@ -346,7 +286,7 @@ async fn a_replica_that_dies_mid_call_is_failed_over_for_idempotent_tools_only()
     let (_, survivor_replica, survivor_server) =
         replicas.iter().find(|(n, ..)| n == survivor).unwrap();
     let c = FakeReplica::new("c");
-    let server_c = HttpReplica::start(c.clone()).await;
+    let server_c = HttpUnit::start(c.unit()).await;
     let fleet = Fleet::new("compute", settings(|_| {}));
     fleet.add(
         Upstream::new("live", Connector::http(&survivor_server.url)),
@@ -584,12 +524,7 @@ async fn power_modes_are_reported_and_changed_only_on_a_jetson_and_when_allowed(
     );
 
     let jetson = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(jetson.path().join("proc/device-tree")).unwrap();
-    std::fs::write(
-        jetson.path().join("proc/device-tree/model"),
-        "NVIDIA Jetson Orin Nano Developer Kit\0",
-    )
-    .unwrap();
+    jetson_board(jetson.path(), "NVIDIA Jetson Orin Nano Developer Kit");
     let control = ControlServer::new(fleet.clone(), &config, None)
         .with_power(Power::new(jetson.path(), &config.control));
     let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
@@ -710,7 +645,7 @@ async fn dispatch_authorizes_the_caller_and_the_replica_checks_again() {
     assert_eq!(replica.calls.load(Ordering::SeqCst), 2);
 
     // Straight to the replica, naming a narrow caller: refused there too.
-    let direct = testing::connect(UnitServer::new(replica.clone(), McpConfig::default())).await;
+    let direct = testing::connect(UnitServer::new(replica.unit(), McpConfig::default())).await;
     let mut forwarded = load;
     delegate(&mut forwarded.meta, &star);
     let refused = direct.peer().call_tool(forwarded).await.unwrap_err();
@@ -759,18 +694,6 @@ async fn a_replica_too_busy_to_start_a_call_sends_it_to_another() {
     );
 }
 
-/// A fake `/sys` whose one thermal zone reads `celsius`.
-fn set_temperature(root: &std::path::Path, celsius: f64) {
-    let zone = root.join("sys/class/thermal/thermal_zone0");
-    std::fs::create_dir_all(&zone).unwrap();
-    std::fs::write(zone.join("type"), "cpu-thermal\n").unwrap();
-    std::fs::write(
-        zone.join("temp"),
-        format!("{}\n", (celsius * 1000.0) as i64),
-    )
-    .unwrap();
-}
-
 #[tokio::test]
 #[allow(deprecated)] // resources/subscribe: the in-memory session is of the handshake era.
 async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() {
@@ -780,7 +703,7 @@ async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() 
     use jetsonmind_testkit::UpdateListener;
 
     let tree = tempfile::tempdir().unwrap();
-    set_temperature(tree.path(), 50.0);
+    thermal_zone(tree.path(), 0, "cpu-thermal", 50.0);
     let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
     let control = Arc::new(
         ControlServer::new(fleet, &Config::default(), None).with_telemetry_root(tree.path()),
@@ -821,7 +744,7 @@ async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() 
         alerts["alerts"][0].clone()
     };
 
-    set_temperature(tree.path(), 80.0);
+    thermal_zone(tree.path(), 0, "cpu-thermal", 80.0);
     updates.wait_for(ALERTS_URI, 2).await;
     let firing = alert().await;
     assert_eq!(firing["firing"], true, "{firing}");
@@ -854,12 +777,12 @@ async fn a_temperature_alert_fires_as_the_device_heats_and_clears_as_it_cools() 
     assert_eq!(health["alerts_firing"][0]["name"], "hot");
 
     // Under the line but within the hysteresis: still firing, nothing told.
-    set_temperature(tree.path(), 72.0);
+    thermal_zone(tree.path(), 0, "cpu-thermal", 72.0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(updates.count(ALERTS_URI), 2);
     assert_eq!(alert().await["firing"], true);
 
-    set_temperature(tree.path(), 65.0);
+    thermal_zone(tree.path(), 0, "cpu-thermal", 65.0);
     updates.wait_for(ALERTS_URI, 3).await;
     let cleared = alert().await;
     let told = updates.wait_for_logs(2).await;

@@ -11,10 +11,10 @@ use axum::routing::get;
 use jetsonmind_core::auth::{self, AccessLevel, Auth, Gatekeeper, KeyStore};
 use jetsonmind_core::config::{AuthConfig, HttpConfig, McpConfig, OAuthConfig};
 use jetsonmind_core::connections::Connections;
-use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::serve::{bind, mcp_routes, serve_http, with_limits};
-use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_from};
+use jetsonmind_core::{UnitServer, tool_from};
+use jetsonmind_testkit::FakeUnit;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
@@ -23,24 +23,6 @@ use tokio_util::sync::CancellationToken;
 #[derive(schemars::JsonSchema, serde::Deserialize)]
 #[allow(dead_code)]
 struct Empty {}
-
-struct Unit(Arc<Catalog>);
-
-impl McpUnit for Unit {
-    fn identity(&self) -> UnitIdentity {
-        UnitIdentity {
-            name: "guarded",
-            title: "guarded",
-            instructions: "test",
-        }
-    }
-    fn catalog(&self) -> Arc<Catalog> {
-        self.0.clone()
-    }
-    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        Ok(CallToolResult::structured(json!({ "called": call.name })))
-    }
-}
 
 fn signing_key() -> EncodingKey {
     let pkcs8 =
@@ -102,11 +84,13 @@ async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
     let keys = Arc::new(KeyStore::open(data.path()));
     let auth = Arc::new(Auth::new(&config, keys, Some(addr)).unwrap());
-    let tools = vec![
-        tool_from::<Empty>("echo", "anyone with tools:*"),
-        AccessLevel::Admin.mark(tool_from::<Empty>("scale_cluster", "admin only")),
-    ];
-    let unit = Arc::new(Unit(Arc::new(Catalog::new(tools, vec![], vec![]).unwrap())));
+    let unit = FakeUnit::named("guarded")
+        .tool_of::<Empty>("echo", "anyone with tools:*")
+        .tool(AccessLevel::Admin.mark(tool_from::<Empty>("scale_cluster", "admin only")))
+        .answers(
+            |call| async move { Ok(CallToolResult::structured(json!({ "called": call.name }))) },
+        )
+        .build();
     let http = HttpConfig::default();
     let metadata_routes = auth::metadata_routes(&auth);
     let routes = mcp_routes(

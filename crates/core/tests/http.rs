@@ -5,13 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jetsonmind_core::config::{HttpConfig, McpConfig};
-use jetsonmind_core::rmcp::ErrorData as McpError;
-use jetsonmind_core::rmcp::model::CallToolResult;
-use jetsonmind_core::rmcp::model::Resource;
 use jetsonmind_core::serve::{ConnectionLimits, bind, mcp_router, serve_http_with, serve_lines};
-use jetsonmind_core::{
-    Catalog, McpUnit, ResourceUpdates, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
-};
+use jetsonmind_core::{ResourceUpdates, UnitServer, tool_error};
+use jetsonmind_testkit::FakeUnit;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -21,31 +17,21 @@ struct SleepArgs {
     ms: u64,
 }
 
-/// A unit with one tool that sleeps, to hold requests in flight, and one
-/// resource whose changes the test announces.
-struct Sleeper(Arc<Catalog>, Arc<ResourceUpdates>);
-
 const COUNTER: &str = "test://counter";
 
-impl McpUnit for Sleeper {
-    fn identity(&self) -> UnitIdentity {
-        UnitIdentity {
-            name: "sleeper",
-            title: "Sleeper",
-            instructions: "test unit",
-        }
-    }
-    fn catalog(&self) -> Arc<Catalog> {
-        self.0.clone()
-    }
-    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        let ms = call.arguments["ms"].as_u64().unwrap();
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok(tool_error(format!("slept {ms} ms")))
-    }
-    fn updates(&self) -> Option<Arc<ResourceUpdates>> {
-        Some(self.1.clone())
-    }
+/// A unit with one tool that sleeps, to hold requests in flight, and one
+/// resource whose changes the test announces.
+fn sleeper(updates: Arc<ResourceUpdates>) -> Arc<FakeUnit> {
+    FakeUnit::named("sleeper")
+        .tool_of::<SleepArgs>("sleep", "sleep")
+        .resource(COUNTER, "counter")
+        .announcing(updates)
+        .answers(|call| async move {
+            let ms = call.arguments["ms"].as_u64().unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(tool_error(format!("slept {ms} ms")))
+        })
+        .build()
 }
 
 struct Server {
@@ -61,15 +47,8 @@ impl Drop for Server {
 }
 
 async fn start(http: HttpConfig) -> Server {
-    let catalog = Catalog::new(
-        vec![tool_from::<SleepArgs>("sleep", "sleep")],
-        vec![Resource::new(COUNTER, "counter")],
-        vec![],
-    )
-    .unwrap();
     let updates = Arc::new(ResourceUpdates::default());
-    let unit = Sleeper(Arc::new(catalog), updates.clone());
-    let server = UnitServer::new(Arc::new(unit), McpConfig::default());
+    let server = UnitServer::new(sleeper(updates.clone()), McpConfig::default());
     let shutdown = CancellationToken::new();
     let router = mcp_router(server, &http, shutdown.clone());
     Server {
@@ -787,9 +766,7 @@ async fn an_unknown_resource_names_its_uri_in_the_error_data() {
 #[tokio::test]
 async fn stdio_answers_lines_that_are_not_json() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let catalog = Catalog::new(vec![], vec![], vec![]).unwrap();
-    let unit = Sleeper(Arc::new(catalog), Arc::default());
-    let server = UnitServer::new(Arc::new(unit), McpConfig::default());
+    let server = UnitServer::new(FakeUnit::named("lines").build(), McpConfig::default());
     let (mut client_in, server_in) = tokio::io::duplex(4096);
     let (server_out, client_out) = tokio::io::duplex(4096);
     tokio::spawn(serve_lines(server, server_in, server_out));

@@ -3,7 +3,6 @@
 
 #![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); it is still served.
 
-use std::sync::Arc;
 
 use jetsonmind_core::UnitServer;
 use jetsonmind_core::config::McpConfig;
@@ -11,10 +10,10 @@ use jetsonmind_core::rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevel
 use jetsonmind_core::rmcp::service::RunningService;
 use jetsonmind_core::rmcp::{RoleClient, ServiceExt};
 use jetsonmind_core::serve::in_process;
-use jetsonmind_testkit::{self as testing, Chatty, LogListener, request_id_of};
+use jetsonmind_testkit::{self as testing, LogListener, chatty, request_id_of};
 
 async fn connect() -> (RunningService<RoleClient, LogListener>, LogListener) {
-    let server = UnitServer::new(Arc::new(Chatty::default()), McpConfig::default());
+    let server = UnitServer::new(chatty(), McpConfig::default());
     let listener = LogListener::default();
     let client = listener.clone().serve(in_process(server)).await.unwrap();
     (client, listener)

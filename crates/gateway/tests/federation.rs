@@ -2,28 +2,24 @@
 //! collisions, backends leaving and returning, progress, cancellation, and a
 //! gateway federating another gateway.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jetsonmind_control::ControlServer;
 use jetsonmind_control::fleet::{Fleet, FleetSettings};
-use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::{Config, GatewayConfig, HttpConfig, McpConfig};
+use jetsonmind_core::config::{Config, GatewayConfig, McpConfig};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
-    ProgressToken, ReadResourceResult, RequestMetaObject, Resource, ResourceContents,
+    ProgressToken, ReadResourceResult, RequestMetaObject, ResourceContents,
 };
 use jetsonmind_core::rmcp::service::RunningService;
 use jetsonmind_core::rmcp::{ClientCacheConfig, ErrorData as McpError, RoleClient, ServiceExt};
-use jetsonmind_core::serve::{bind, in_process, mcp_router, serve_http};
+use jetsonmind_core::serve::in_process;
 use jetsonmind_core::upstream::Connector;
-use jetsonmind_core::{
-    Catalog, McpUnit, ToolCall, UnitIdentity, UnitServer, tool_error, tool_from,
-};
+use jetsonmind_core::{ToolCall, UnitServer, tool_error};
 use jetsonmind_gateway::{Backend, Gateway};
-use jetsonmind_testkit::{self as testing, ProgressRecorder};
+use jetsonmind_testkit::{self as testing, FakeUnit, HttpUnit, ProgressRecorder};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -34,98 +30,43 @@ struct TickArgs {
     interval_ms: u64,
 }
 
-/// Reports progress once per tick and notices cancellation.
-struct Ticker {
-    catalog: Arc<Catalog>,
-    cancelled: Arc<AtomicBool>,
+/// A unit whose `tick` reports progress once per tick, and which notes in
+/// `cancelled` a call cancelled mid-way.
+fn ticker_noting(cancelled: Arc<AtomicBool>) -> Arc<FakeUnit> {
+    FakeUnit::named("ticker")
+        .tool_of::<TickArgs>("tick", "count with progress")
+        .resource("test://status", "status")
+        .answers(move |call| ticking(call, cancelled.clone()))
+        .reads(|uri| {
+            Ok(ReadResourceResult::new(vec![ResourceContents::text(
+                "ok", uri,
+            )]))
+        })
+        .build()
 }
 
-impl Ticker {
-    fn new() -> Self {
-        let tools = vec![tool_from::<TickArgs>("tick", "count with progress")];
-        let resources = vec![Resource::new("test://status", "status")];
-        Self {
-            catalog: Arc::new(Catalog::new(tools, resources, vec![]).unwrap()),
-            cancelled: Arc::new(AtomicBool::new(false)),
-        }
-    }
+fn ticker() -> Arc<FakeUnit> {
+    ticker_noting(Arc::default())
 }
 
-impl McpUnit for Ticker {
-    fn identity(&self) -> UnitIdentity {
-        UnitIdentity {
-            name: "ticker",
-            title: "Ticker",
-            instructions: "test unit",
-        }
-    }
-    fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.clone()
-    }
-    async fn call_tool(&self, call: ToolCall) -> Result<CallToolResult, McpError> {
-        let count = call.arguments["count"].as_u64().unwrap();
-        let interval = Duration::from_millis(call.arguments["interval_ms"].as_u64().unwrap());
-        for i in 1..=count {
-            tokio::select! {
-                _ = call.context.cancel.cancelled() => {
-                    self.cancelled.store(true, Ordering::SeqCst);
-                    return Ok(tool_error("cancelled"));
-                }
-                _ = tokio::time::sleep(interval) => {}
+async fn ticking(call: ToolCall, cancelled: Arc<AtomicBool>) -> Result<CallToolResult, McpError> {
+    let count = call.arguments["count"].as_u64().unwrap();
+    let interval = Duration::from_millis(call.arguments["interval_ms"].as_u64().unwrap());
+    for i in 1..=count {
+        tokio::select! {
+            _ = call.context.cancel.cancelled() => {
+                cancelled.store(true, Ordering::SeqCst);
+                return Ok(tool_error("cancelled"));
             }
-            if let Some(sink) = &call.context.progress {
-                let token = ProgressToken(NumberOrString::Number(0));
-                let progress =
-                    ProgressNotificationParam::new(token, i as f64).with_total(count as f64);
-                sink.report(progress).await;
-            }
+            _ = tokio::time::sleep(interval) => {}
         }
-        Ok(CallToolResult::structured(json!({ "ticks": count })))
+        if let Some(sink) = &call.context.progress {
+            let token = ProgressToken(NumberOrString::Number(0));
+            let progress = ProgressNotificationParam::new(token, i as f64).with_total(count as f64);
+            sink.report(progress).await;
+        }
     }
-    async fn read_resource(
-        &self,
-        uri: &str,
-        _: &Principal,
-    ) -> Result<ReadResourceResult, McpError> {
-        Ok(ReadResourceResult::new(vec![ResourceContents::text(
-            "ok", uri,
-        )]))
-    }
-}
-
-/// An MCP server on 127.0.0.1, stopped when dropped.
-struct HttpServer {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl HttpServer {
-    async fn start<U: McpUnit>(unit: Arc<U>, addr: SocketAddr) -> Self {
-        let (listener, addr) = bind(addr).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let router = mcp_router(
-            UnitServer::new(unit, McpConfig::default()),
-            &HttpConfig::default(),
-            shutdown.clone(),
-        );
-        tokio::spawn(serve_http(
-            listener,
-            router,
-            shutdown.clone(),
-            Default::default(),
-        ));
-        Self { addr, shutdown }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    Ok(CallToolResult::structured(json!({ "ticks": count })))
 }
 
 fn fleet_settings() -> FleetSettings {
@@ -133,8 +74,8 @@ fn fleet_settings() -> FleetSettings {
     FleetSettings::new(&config.control, &config.gateway)
 }
 
-fn http_backend(name: &str, server: &HttpServer) -> Backend {
-    Fleet::single(name, Connector::http(server.url()), fleet_settings())
+fn http_backend(name: &str, server: &HttpUnit) -> Backend {
+    Fleet::single(name, Connector::http(&server.url), fleet_settings())
 }
 
 /// A control server over no replicas: another unit with tools of its own.
@@ -192,10 +133,9 @@ fn with_own(names: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn merges_backends_and_prefixes_only_collisions() {
-    let alpha = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
-    let beta = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
-    let control =
-        HttpServer::start(Arc::new(control_server()), "127.0.0.1:0".parse().unwrap()).await;
+    let alpha = HttpUnit::start(ticker()).await;
+    let beta = HttpUnit::start(ticker()).await;
+    let control = HttpUnit::start(Arc::new(control_server())).await;
     let gateway = gateway(vec![
         http_backend("alpha", &alpha),
         http_backend("beta", &beta),
@@ -259,8 +199,8 @@ async fn merges_backends_and_prefixes_only_collisions() {
 
 #[tokio::test]
 async fn a_backend_that_leaves_is_dropped_and_comes_back() {
-    let ticker = Arc::new(Ticker::new());
-    let server = HttpServer::start(ticker.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let ticker = ticker();
+    let server = HttpUnit::start(ticker.clone()).await;
     let addr = server.addr;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
     let recorder = ProgressRecorder::default();
@@ -278,7 +218,7 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
     let replica = &status.replicas[0].connection;
     assert!(!status.up && replica.last_error.is_some(), "{status:?}");
 
-    let _server = HttpServer::start(ticker, addr).await;
+    let _server = HttpUnit::start_at(ticker, addr).await;
     gateway.refresh().await;
     assert_eq!(tool_names(&client).await, with_own(&["tick"]));
     let result = client.call_tool(tick(1, 1, "tick")).await.unwrap();
@@ -289,7 +229,7 @@ async fn a_backend_that_leaves_is_dropped_and_comes_back() {
 async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health_tick() {
     // A cluster node's replica joins a fleet the gateway already serves;
     // the health loop is an hour away, so only the fleet's wake can do it.
-    let server = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let server = HttpUnit::start(ticker()).await;
     let fleet = Arc::new(Fleet::new("compute", fleet_settings()));
     let settings = GatewayConfig {
         health_interval_ms: 3_600_000,
@@ -303,7 +243,7 @@ async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health
     assert_eq!(tool_names(&client).await, with_own(&[]));
 
     fleet.add(
-        jetsonmind_core::upstream::Upstream::new("compute@n2", Connector::http(server.url())),
+        jetsonmind_core::upstream::Upstream::new("compute@n2", Connector::http(&server.url)),
         jetsonmind_control::fleet::Origin::Discovered {
             node: "n2".into(),
             tier: jetsonmind_control::routing::Tier::Site,
@@ -318,7 +258,7 @@ async fn a_replica_that_joins_is_in_the_view_once_checked_not_at_the_next_health
 
 #[tokio::test]
 async fn progress_reaches_the_caller_through_the_gateway() {
-    let server = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let server = HttpUnit::start(ticker()).await;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
     let recorder = ProgressRecorder::default();
     let client = connect(&gateway, recorder.clone()).await;
@@ -341,9 +281,8 @@ async fn progress_reaches_the_caller_through_the_gateway() {
 
 #[tokio::test]
 async fn cancelling_a_call_cancels_it_at_the_backend() {
-    let ticker = Arc::new(Ticker::new());
-    let cancelled = ticker.cancelled.clone();
-    let server = HttpServer::start(ticker, "127.0.0.1:0".parse().unwrap()).await;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let server = HttpUnit::start(ticker_noting(cancelled.clone())).await;
     let gateway = gateway(vec![http_backend("node1", &server)]).await;
     let client = connect(&gateway, ProgressRecorder::default()).await;
 
@@ -365,9 +304,9 @@ async fn cancelling_a_call_cancels_it_at_the_backend() {
 
 #[tokio::test]
 async fn a_gateway_federates_another_gateway() {
-    let leaf = HttpServer::start(Arc::new(Ticker::new()), "127.0.0.1:0".parse().unwrap()).await;
+    let leaf = HttpUnit::start(ticker()).await;
     let node = gateway(vec![http_backend("leaf", &leaf)]).await;
-    let node_http = HttpServer::start(node, "127.0.0.1:0".parse().unwrap()).await;
+    let node_http = HttpUnit::start(node).await;
     let cluster = gateway(vec![http_backend("node1", &node_http)]).await;
     let client = connect(&cluster, ProgressRecorder::default()).await;
 

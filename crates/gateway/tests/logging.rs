@@ -13,13 +13,13 @@ use jetsonmind_core::rmcp::ServiceExt;
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_gateway::Gateway;
-use jetsonmind_testkit::{self as testing, Chatty, LogListener};
+use jetsonmind_testkit::{self as testing, LogListener, chatty};
 
 // One thread: the subscriber set here sees every task of the test.
 #[tokio::test(flavor = "current_thread")]
 async fn an_in_process_backends_events_reach_the_gateways_client() {
     let _logging = testing::log_to_clients();
-    let backend = UnitServer::new(Arc::new(Chatty::default()), McpConfig::default());
+    let backend = UnitServer::new(chatty(), McpConfig::default());
     let connector = Connector::InProcess(Arc::new(move || in_process(backend.clone())));
     let config = Config::default();
     let settings = FleetSettings::new(&config.control, &config.gateway);

@@ -226,21 +226,12 @@ fn power_model_field<'l>(line: &'l str, key: &str) -> Option<&'l str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jetsonmind_testkit::fake_root::{jetson_board, write};
     use std::path::Path;
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
 
     /// The files an Orin Nano on JetPack 6 exposes, with real values.
     fn orin_nano(root: &Path) {
-        write(
-            root,
-            "proc/device-tree/model",
-            "NVIDIA Jetson Orin Nano Developer Kit\0",
-        );
+        jetson_board(root, "NVIDIA Jetson Orin Nano Developer Kit");
         write(
             root,
             "etc/nv_tegra_release",
@@ -328,11 +319,7 @@ mod tests {
     fn an_ordinary_pc_is_not_a_jetson() {
         let dir = tempfile::tempdir().unwrap();
         assert!(JetsonReader::new(dir.path()).read().is_none());
-        write(
-            dir.path(),
-            "proc/device-tree/model",
-            "Raspberry Pi 4 Model B\0",
-        );
+        jetson_board(dir.path(), "Raspberry Pi 4 Model B");
         assert!(JetsonReader::new(dir.path()).read().is_none());
         assert!(
             JetsonReader::new("/").read().is_none() || Path::new("/etc/nv_tegra_release").exists()

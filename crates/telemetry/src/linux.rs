@@ -484,12 +484,7 @@ fn natural_key(name: &str) -> (String, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    use jetsonmind_testkit::fake_root::{thermal_zone, write};
 
     fn fake_tree(root: &Path, stat: &str) {
         write(root, "proc/stat", stat);
@@ -501,24 +496,9 @@ mod tests {
         write(root, "proc/loadavg", "0.50 1.25 2.00 1/123 4567\n");
         write(root, "proc/uptime", "12345.67 20000.00\n");
         write(root, "proc/sys/kernel/hostname", "orin-nano\n");
-        write(
-            root,
-            "sys/class/thermal/thermal_zone0/type",
-            "cpu-thermal\n",
-        );
-        write(root, "sys/class/thermal/thermal_zone0/temp", "45500\n");
-        write(
-            root,
-            "sys/class/thermal/thermal_zone10/type",
-            "tj-thermal\n",
-        );
-        write(root, "sys/class/thermal/thermal_zone10/temp", "51000\n");
-        write(
-            root,
-            "sys/class/thermal/thermal_zone2/type",
-            "gpu-thermal\n",
-        );
-        write(root, "sys/class/thermal/thermal_zone2/temp", "44000\n");
+        thermal_zone(root, 0, "cpu-thermal", 45.5);
+        thermal_zone(root, 10, "tj-thermal", 51.0);
+        thermal_zone(root, 2, "gpu-thermal", 44.0);
     }
 
     #[test]

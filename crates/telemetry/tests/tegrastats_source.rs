@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use jetsonmind_telemetry::{
     JetsonMetrics, LinuxReader, MetricSource, TegrastatsMode, TelemetrySettings,
 };
+use jetsonmind_testkit::fake_root::{containerised_orin_nano, write};
 
 const SAMPLES: &str = include_str!("fixtures/tegrastats_samples.txt");
 /// Upper bound for the background program to deliver; the checks poll.
@@ -22,32 +23,6 @@ fn sample_line(id: &str) -> &'static str {
     lines
         .find(|l| !l.starts_with('#') && !l.trim().is_empty())
         .unwrap()
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-/// An Orin Nano as a container sees it: model and release, a GPU devfreq
-/// clock, but no GPU load file and no INA3221 rails.
-fn containerised_orin_nano(root: &Path) {
-    write(
-        root,
-        "proc/device-tree/model",
-        "NVIDIA Jetson Orin Nano Developer Kit\0",
-    );
-    write(
-        root,
-        "etc/nv_tegra_release",
-        "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic\n",
-    );
-    write(
-        root,
-        "sys/class/devfreq/17000000.ga10b/cur_freq",
-        "306000000\n",
-    );
 }
 
 /// An executable shell script `name` in `dir` with `body`.

@@ -7,10 +7,16 @@ use std::sync::{Arc, Mutex};
 #[allow(deprecated)] // MCP logging, deprecated by SEP-2577, is still served.
 use rmcp::model::{CallToolResult, LoggingMessageNotificationParam};
 use rmcp::service::{NotificationContext, RunningService};
-use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, ServerHandler, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServerHandler, ServiceExt};
 
 use jetsonmind_core::serve::in_process;
-use jetsonmind_core::{Catalog, McpUnit, ToolCall, UnitIdentity, tool_from};
+
+pub mod fake_root;
+mod http;
+mod unit;
+
+pub use http::HttpUnit;
+pub use unit::{FakeUnit, FakeUnitBuilder, chatty};
 
 /// A handshake-era client connected to `server` over an in-memory pipe.
 pub async fn connect<S: ServerHandler>(server: S) -> RunningService<RoleClient, ()> {
@@ -70,45 +76,6 @@ pub fn request_id_of(result: &CallToolResult) -> String {
         .to_string()
 }
 
-#[derive(schemars::JsonSchema, serde::Deserialize)]
-struct NoArgs {}
-
-/// A unit whose tool `chat` logs at several levels while it runs: under
-/// JetsonMind's targets (debug "looking around", warn "memory is low" with
-/// `free_bytes = 42`, error "the fan stopped") and once under another crate's.
-pub struct Chatty(Arc<Catalog>);
-
-impl Default for Chatty {
-    fn default() -> Self {
-        let tools = vec![tool_from::<NoArgs>("chat", "logs while it runs")];
-        Self(Arc::new(
-            Catalog::new(tools, vec![], vec![]).expect("a valid catalog"),
-        ))
-    }
-}
-
-impl McpUnit for Chatty {
-    fn identity(&self) -> UnitIdentity {
-        UnitIdentity {
-            name: "chatty",
-            title: "Chatty",
-            instructions: "test unit",
-        }
-    }
-
-    fn catalog(&self) -> Arc<Catalog> {
-        self.0.clone()
-    }
-
-    async fn call_tool(&self, _call: ToolCall) -> Result<CallToolResult, McpError> {
-        tracing::debug!(target: "jetsonmind_test", step = 1, "looking around");
-        tracing::warn!(target: "jetsonmind_test", free_bytes = 42u64, "memory is low");
-        tracing::error!(target: "jetsonmind_test", "the fan stopped");
-        tracing::error!(target: "other_crate", "not ours: never sent");
-        Ok(CallToolResult::success(vec![]))
-    }
-}
-
 /// A client that keeps the log messages it is sent.
 #[allow(deprecated)]
 #[derive(Clone, Default)]
@@ -132,7 +99,7 @@ impl ClientHandler for LogListener {
     }
 }
 
-/// Ask for warnings, call [`Chatty`]'s `chat` and check that its warning and
+/// Ask for warnings, call [`chatty`]'s `chat` and check that its warning and
 /// error (not its debug event) reach the client, naming the call's request id.
 #[allow(deprecated)]
 pub async fn chat_warnings_reach(client: &RunningService<RoleClient, LogListener>) {
