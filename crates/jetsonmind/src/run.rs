@@ -570,7 +570,7 @@ async fn http_faces(
     shutdown: &CancellationToken,
     shared: &Shared,
 ) -> anyhow::Result<Faces> {
-    let client = LocalClient::connect(server.clone()).await?;
+    let client = LocalClient::new(server.clone());
     let api = OpenAi::new(client.clone()).router();
     let mut faces = Faces {
         routes: api.clone(),

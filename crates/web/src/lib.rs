@@ -1,7 +1,8 @@
 //! The gateway's web dashboard at `/ui`: a device, or a whole cluster
 //! through a cluster's gateway, in a browser.
 //!
-//! It is one more client of its own gateway, in process ([`LocalClient`]):
+//! It is one more client of its own gateway, called in process through the
+//! entry an MCP request reaches, with no transport ([`LocalClient`]):
 //! every figure it shows is a resource or tool result the gateway answers,
 //! and every action is a tool call, made as the signed-in caller, so the
 //! gateway authorizes each at the point of dispatch exactly as it would

@@ -1,31 +1,29 @@
-//! A client of a server in this same process, over an in-memory MCP pipe,
-//! that calls as somebody else: the HTTP faces a gateway puts beside its
-//! MCP endpoint (the OpenAI-compatible API, the web dashboard) call the
-//! gateway exactly as an MCP client would, so authorization, validation,
-//! routing and progress are the same code.
+//! A client of a server in this same process that calls it directly, as
+//! somebody else: the HTTP faces a gateway puts beside its MCP endpoint (the
+//! OpenAI-compatible API, the web dashboard) call the gateway through the
+//! same entry an MCP request reaches ([`LocalServer`]: authorization as the
+//! caller, validation, routing, progress), with no transport and no JSON
+//! between them.
 //!
-//! The pipe itself is trusted with everything; each request names its
-//! caller (see [`crate::auth::delegate`]), whom the server authorizes.
+//! Each request names its caller in `_meta` (see [`crate::auth::delegate`]),
+//! believed within this process's own rights, as over an in-process pipe.
 
 use std::sync::Arc;
 
-use rmcp::ClientCacheConfig;
+use rmcp::ServiceError;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, JsonObject, ReadResourceRequestParams, ResourceContents,
-    ServerResult,
+    CallToolRequestParams, CallToolResult, JsonObject, RequestMetaObject, ResourceContents,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::{ForwardError, ForwardingClient, ProgressRoutes, ProgressSink, call_tool};
-use super::{Client, UpstreamId};
+use super::forward::{ForwardError, ProgressSink};
 use crate::auth::{Principal, delegate};
-use crate::{CoreError, McpUnit, UnitServer};
+use crate::unit::{CallContext, LocalServer};
+use crate::{McpUnit, UnitServer};
 
 pub struct LocalClient {
-    client: Client,
-    id: UpstreamId,
-    progress: Arc<ProgressRoutes>,
+    server: Arc<dyn LocalServer>,
 }
 
 /// Why a resource could not be read as JSON.
@@ -41,31 +39,11 @@ pub enum ReadError {
 }
 
 impl LocalClient {
-    /// Connect to `server` over an in-memory MCP pipe.
-    pub async fn connect<U: McpUnit>(server: UnitServer<U>) -> Result<Arc<Self>, CoreError> {
-        let progress = Arc::new(ProgressRoutes::default());
-        let id = UpstreamId::fresh();
-        let handler = ForwardingClient {
-            lists_changed: None,
-            upstream: id,
-            progress: progress.clone(),
-            changes: None,
-        };
-        let client = handler
-            .connect(crate::serve::in_process(server))
-            .await
-            .map_err(|e| CoreError::Service(e.to_string()))?;
-        // Every request is made for its own caller: no answer may be kept
-        // for the next (rmcp's client caches reads by default).
-        client
-            .peer()
-            .set_response_cache_config(ClientCacheConfig::disabled())
-            .await;
-        Ok(Arc::new(Self {
-            client,
-            id,
-            progress,
-        }))
+    /// A client of `server`, which it calls directly.
+    pub fn new<U: McpUnit>(server: UnitServer<U>) -> Arc<Self> {
+        Arc::new(Self {
+            server: Arc::new(server),
+        })
     }
 
     /// `tool` with `arguments`, as `caller`, its progress to `sink`.
@@ -79,35 +57,32 @@ impl LocalClient {
     ) -> Result<CallToolResult, ForwardError> {
         let mut params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
         delegate(&mut params.meta, caller);
-        let never = CancellationToken::new();
-        let call = call_tool(
-            self.client.peer(),
-            self.id,
-            &self.progress,
-            params,
-            sink,
-            &never,
-        );
-        match call.await? {
-            ServerResult::CallToolResult(result) => Ok(result),
-            _ => Err(ForwardError::Service(
-                rmcp::ServiceError::UnexpectedResponse,
-            )),
-        }
+        let cancel = CancellationToken::new();
+        let _cancel_when_dropped = cancel.clone().drop_guard();
+        let context = CallContext {
+            meta: params.meta.clone().unwrap_or_default(),
+            cancel,
+            progress: sink,
+            extensions: Default::default(),
+        };
+        self.server
+            .call(params, context)
+            .await
+            .map_err(|e| ForwardError::Service(ServiceError::McpError(e)))
     }
 
     /// The JSON text of the resource at `uri`, read as `caller`.
     pub async fn read_json(&self, uri: &str, caller: &Principal) -> Result<Value, ReadError> {
-        let mut params = ReadResourceRequestParams::new(uri);
-        delegate(&mut params.meta, caller);
+        let mut meta = None;
+        delegate(&mut meta, caller);
+        let meta: RequestMetaObject = meta.unwrap_or_default();
         let read = self
-            .client
-            .peer()
-            .read_resource(params)
+            .server
+            .read(uri, &meta)
             .await
-            .map_err(|source| ReadError::Service {
+            .map_err(|e| ReadError::Service {
                 uri: uri.to_string(),
-                source,
+                source: ServiceError::McpError(e),
             })?;
         let not_json = |reason: String| ReadError::NotJson {
             uri: uri.to_string(),

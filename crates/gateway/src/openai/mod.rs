@@ -3,11 +3,12 @@
 //! `image_url` data URI), `POST /v1/embeddings`,
 //! `POST /v1/audio/transcriptions` and `POST /v1/audio/speech`.
 //!
-//! All are mapped onto MCP: the gateway is called as an MCP server, in
-//! process (a [`LocalClient`]), exactly as any client would call it (`jetson://models/available`,
+//! All are mapped onto the gateway's tools and resources (`jetson://models/available`,
 //! `text_generate`, `multi_modal_inference` for a chat with a picture,
-//! `embed`, `audio_process`), as the HTTP request's caller, so
-//! authorization, validation, routing and progress are the same code.
+//! `embed`, `audio_process`), called as the HTTP request's caller through
+//! the same transport-free entry an MCP request reaches ([`LocalClient`]),
+//! so authorization, validation, routing and progress are the same code:
+//! this face and the MCP endpoint are siblings over one gateway.
 
 mod audio;
 mod embeddings;
