@@ -45,7 +45,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::embeddings::{EMBED, EmbeddingService, RERANK};
-use crate::engine::llama::LlamaSettings;
+use crate::engine::TextSettings;
 use crate::engine::simulated;
 use crate::engine::{EngineError, Traffic};
 use crate::models::{Loader, ModelRegistry, ModelSource, Placement};
@@ -115,7 +115,7 @@ impl ComputeServer {
             );
             settings.parallel = auto_parallel;
         }
-        let llama = LlamaSettings {
+        let llama = TextSettings {
             threads: resolve_threads(settings.threads),
             context_size: settings.context_size,
             gpu_layers: settings.gpu_layers,
@@ -280,7 +280,7 @@ impl ComputeServer {
     fn retune(&self, compute: &ComputeConfig) {
         let models = &self.text.models;
         let now = models.settings();
-        let wanted = LlamaSettings {
+        let wanted = TextSettings {
             threads: resolve_threads(compute.threads),
             // 0, as at start: the count that fits the budget (a revert to
             // the default must not keep the count it replaced).
@@ -472,7 +472,7 @@ async fn sweep_idle_models(models: Weak<ModelRegistry>) {
 /// header; `None` when the store lacks it or the header does not say.
 fn default_context_bytes(store: &ModelStore, settings: &ComputeConfig) -> Option<u64> {
     let path = store.main_file(&settings.default_model).ok()?;
-    let per_token = models::kv_bytes_per_token(&path).ok()??;
+    let per_token = engine::runtimes::kv_bytes_per_token(&path).ok()??;
     per_token.checked_mul(settings.context_size as u64)
 }
 

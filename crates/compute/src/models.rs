@@ -21,16 +21,11 @@ use jetsonmind_contract::replica::LoadedModel;
 use jetsonmind_core::config::{AllocationStrategy, SimulatorConfig};
 use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::upstream::forward::TransferCallback;
-use jetsonmind_store::gguf;
 use jetsonmind_store::{ModelStore, StoreError};
 use tokio::sync::watch;
 
-use crate::engine::bert::BertEngine;
-use crate::engine::llama::{LlamaEngine, LlamaSettings};
-use crate::engine::simulated::SimulatedEngine;
-use crate::engine::vision;
-use crate::engine::whisper::WhisperEngine;
-use crate::engine::{Engine, EngineError, EngineKind, ModelDir, TextEngine};
+use crate::engine::runtimes::{self, Runtimes, engine_kind, not_servable};
+use crate::engine::{Engine, EngineError, EngineKind, ModelDir, TextEngine, TextSettings};
 use crate::placement::{self, Resident};
 
 /// How models are placed in memory.
@@ -49,11 +44,9 @@ pub struct Allocation {
     pub pinned: BTreeSet<String>,
 }
 
-/// Loads a model file into an engine (blocking). llama.cpp's by default;
-/// tests give their own.
-pub type Loader = Arc<
-    dyn Fn(&Path, &str, &LlamaSettings) -> Result<Arc<dyn TextEngine>, EngineError> + Send + Sync,
->;
+/// Loads a model file into a text engine (blocking). llama.cpp's by
+/// default; tests give their own.
+pub use crate::engine::runtimes::TextLoader as Loader;
 
 /// Where a model this node's store lacks can come from: the cluster's
 /// registry, once the node has joined one (the cluster-state crate
@@ -69,20 +62,12 @@ pub trait ModelSource: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + '_>>;
 }
 
-/// The most memory a model may be counted for: beyond any machine, and far
-/// enough from `u64::MAX` that sums of such counts cannot overflow.
-const MAX_MODEL_BYTES: u64 = 1 << 60;
-
 /// What a simulated model is counted for: it holds nothing, but a token
 /// amount keeps the memory budget bounding how many names can be loaded.
 pub const SIMULATED_MODEL_BYTES: u64 = 1 << 20;
 
 /// The longest model name the simulator takes (a file name's limit).
 const MAX_SIMULATED_NAME_BYTES: usize = 255;
-
-/// What a speech or embedding model takes beyond its weights (activations,
-/// the whisper mel spectrogram, tokenizer): an estimate, on the safe side.
-const WORKSPACE_BYTES: u64 = 64 << 20;
 
 struct Loaded {
     engine: Engine,
@@ -92,7 +77,7 @@ struct Loaded {
     path: PathBuf,
     /// What it was loaded with: when the settings change, it is loaded
     /// again with the new ones once idle.
-    settings: LlamaSettings,
+    settings: TextSettings,
 }
 
 impl Loaded {
@@ -127,13 +112,13 @@ pub struct ModelRegistry {
     /// The image model `image_analyze` uses when a call names none, and the
     /// threads each image model runs on.
     image_model: String,
-    image_threads: usize,
     /// How models are loaded now (changed at run time by [`Self::retune`]).
-    settings: RwLock<LlamaSettings>,
+    settings: RwLock<TextSettings>,
     /// How they are kept (changed by [`Self::set_allocation`]).
     allocation: RwLock<Allocation>,
     placement: Placement,
-    loader: Loader,
+    /// The engines models load into.
+    runtimes: Runtimes,
     /// Models are simulated: any name loads, from no file (benchmarks).
     simulated: bool,
     /// Held only for bookkeeping, never across a load or an await, so the
@@ -174,27 +159,11 @@ pub struct StoreEstimates {
     pub unusable: BTreeMap<String, String>,
 }
 
-/// The simulator's loader: no file is read.
-fn simulated_loader(times: SimulatorConfig) -> Loader {
-    Arc::new(move |_: &Path, id: &str, settings: &LlamaSettings| {
-        let engine = SimulatedEngine::new(id, times.clone(), settings.context_size);
-        Ok(Arc::new(engine) as Arc<dyn TextEngine>)
-    })
-}
-
-/// llama.cpp's loader.
-fn llama_loader() -> Loader {
-    Arc::new(|path: &Path, id: &str, settings: &LlamaSettings| {
-        let engine = LlamaEngine::load(path, id.to_string(), settings.clone())?;
-        Ok(Arc::new(engine) as Arc<dyn TextEngine>)
-    })
-}
-
 impl ModelRegistry {
     pub fn new(
         store: Arc<ModelStore>,
         default_model: String,
-        settings: LlamaSettings,
+        settings: TextSettings,
         placement: Placement,
     ) -> Self {
         Self {
@@ -203,11 +172,10 @@ impl ModelRegistry {
             speech_model: String::new(),
             embedding_model: String::new(),
             image_model: String::new(),
-            image_threads: 1,
             settings: RwLock::new(settings),
             allocation: RwLock::default(),
             placement,
-            loader: llama_loader(),
+            runtimes: Runtimes::default(),
             simulated: false,
             slots: Mutex::new(HashMap::new()),
             source: OnceLock::new(),
@@ -231,20 +199,20 @@ impl ModelRegistry {
     /// image model runs on.
     pub fn with_image_models(mut self, default: String, threads: usize) -> Self {
         self.image_model = default;
-        self.image_threads = threads.max(1);
+        self.runtimes = self.runtimes.with_image_threads(threads);
         self
     }
 
     /// Load models with `loader` instead of llama.cpp.
     pub fn with_loader(mut self, loader: Loader) -> Self {
-        self.loader = loader;
+        self.runtimes = self.runtimes.with_text_loader(loader);
         self
     }
 
     /// Simulate every model (benchmarks only): any name loads with no
     /// file, counted for [`SIMULATED_MODEL_BYTES`].
     pub fn simulated(mut self, times: SimulatorConfig) -> Self {
-        self.loader = simulated_loader(times);
+        self.runtimes = self.runtimes.simulated(times);
         self.simulated = true;
         self
     }
@@ -258,7 +226,7 @@ impl ModelRegistry {
     }
 
     /// The settings models are loaded with now.
-    pub fn settings(&self) -> LlamaSettings {
+    pub fn settings(&self) -> TextSettings {
         self.settings
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -339,7 +307,7 @@ impl ModelRegistry {
     /// Load models with `settings` from now on. Each loaded model is loaded
     /// again with them: at once when idle, else once its calls end (see
     /// [`Self::reload_stale`]); its calls go on meanwhile.
-    pub fn retune(self: &Arc<Self>, settings: LlamaSettings) {
+    pub fn retune(self: &Arc<Self>, settings: TextSettings) {
         *self
             .settings
             .write()
@@ -583,7 +551,7 @@ impl ModelRegistry {
     fn finish_load(
         &self,
         id: &str,
-        loaded: Result<(Engine, PathBuf, LlamaSettings), EngineError>,
+        loaded: Result<(Engine, PathBuf, TextSettings), EngineError>,
     ) -> Result<(), String> {
         let (engine, path, settings) = match loaded {
             Ok(loaded) => loaded,
@@ -796,13 +764,8 @@ impl ModelRegistry {
             return Ok(SIMULATED_MODEL_BYTES);
         }
         let model = self.store.get(id).map_err(|e| e.to_string())?;
-        match model.format.as_str() {
-            "gguf" => self.estimate_bytes(path),
-            // Half-precision weights are widened to f32 when loaded.
-            "ctranslate2" => Ok(model.size_bytes * 2 + WORKSPACE_BYTES),
-            "onnx" => Ok(vision::bytes_in_memory(&model) + WORKSPACE_BYTES),
-            _ => Ok(model.size_bytes + WORKSPACE_BYTES),
-        }
+        let settings = self.settings();
+        runtimes::bytes_to_load(&model, path, &settings, settings.slots)
     }
 
     /// Load the model `id` into the engine its format calls for (blocking).
@@ -810,27 +773,15 @@ impl ModelRegistry {
         &self,
         id: &str,
         path: &Path,
-        settings: &LlamaSettings,
+        settings: &TextSettings,
     ) -> Result<Engine, EngineError> {
         if self.simulated {
-            return (self.loader)(path, id, settings).map(Engine::Text);
+            return self.runtimes.load_text(path, id, settings);
         }
         let model = self.store.get(id).map_err(|e| load_error(id, e))?;
         let files = self.store.files(id).map_err(|e| load_error(id, e))?;
         let dir = ModelDir { id, files: &files };
-        match engine_kind(&model.format) {
-            Some(EngineKind::Text) => (self.loader)(path, id, settings).map(Engine::Text),
-            Some(EngineKind::Speech) => {
-                WhisperEngine::load(&dir).map(|e| Engine::Speech(Arc::new(e)))
-            }
-            Some(EngineKind::Embedding) => {
-                BertEngine::load(&dir).map(|e| Engine::Embedding(Arc::new(e)))
-            }
-            Some(EngineKind::Image) => {
-                vision::load(path, &dir, self.image_threads).map(Engine::Image)
-            }
-            None => Err(not_servable(id, &model.format)),
-        }
+        self.runtimes.load(&model, &dir, path, settings)
     }
 
     /// Weights as stored, plus the KV cache of `parallel` full contexts;
@@ -854,18 +805,7 @@ impl ModelRegistry {
     }
 
     fn estimate_bytes_with(&self, path: &Path, slots: u32) -> Result<u64, String> {
-        let weights = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-        let per_token = kv_bytes_per_token(path)?;
-        let contexts = self.settings().context_size as u64 * slots.max(1) as u64;
-        let bytes = match per_token {
-            Some(per_token) => per_token
-                .checked_mul(contexts)
-                .and_then(|kv| kv.checked_add(weights)),
-            None => weights.checked_add(weights / 4),
-        };
-        bytes
-            .filter(|bytes| *bytes <= MAX_MODEL_BYTES)
-            .ok_or_else(|| "its header describes a model larger than any machine's memory".into())
+        runtimes::text_bytes(path, self.settings().context_size, slots)
     }
 
     /// A model is named as in the store; `.gguf` may be left off.
@@ -911,19 +851,6 @@ impl ModelRegistry {
             }
         }
         Ok(None)
-    }
-}
-
-/// The KV bytes one token takes in the GGUF model at `path`, from its header;
-/// `None` when the header cannot be read or does not say. An error (why the
-/// model cannot be served) for attention facts that are not usable numbers.
-pub(crate) fn kv_bytes_per_token(path: &Path) -> Result<Option<u64>, String> {
-    let metadata = std::fs::File::open(path)
-        .ok()
-        .and_then(|file| gguf::read_metadata(std::io::BufReader::new(file)).ok());
-    match metadata {
-        Some(metadata) => gguf::kv_bytes_per_token(&metadata).map_err(|e| e.to_string()),
-        None => Ok(None),
     }
 }
 
@@ -1011,29 +938,6 @@ fn use_loaded(
         keep_alive_secs: model.keep_alive.map(|d| d.as_secs()),
     };
     (model.engine.clone(), outcome)
-}
-
-/// The engine a model of the store's `format` loads into: GGUF into
-/// llama.cpp, a CTranslate2 directory into whisper, safetensors into BERT,
-/// ONNX into the image engines (tract).
-fn engine_kind(format: &str) -> Option<EngineKind> {
-    match format {
-        "gguf" => Some(EngineKind::Text),
-        "ctranslate2" => Some(EngineKind::Speech),
-        "safetensors" => Some(EngineKind::Embedding),
-        "onnx" => Some(EngineKind::Image),
-        _ => None,
-    }
-}
-
-fn not_servable(id: &str, format: &str) -> EngineError {
-    EngineError::Load {
-        path: id.to_string(),
-        reason: format!(
-            "a {format} model: this server runs GGUF language models, CTranslate2 whisper, \
-             safetensors BERT embedding models and ONNX image models"
-        ),
-    }
 }
 
 fn load_error(name: &str, e: StoreError) -> EngineError {

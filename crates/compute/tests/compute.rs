@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetsonmind_compute::ComputeServer;
-use jetsonmind_compute::engine::llama::LlamaSettings;
+use jetsonmind_compute::engine::TextSettings;
 use jetsonmind_compute::engine::{
     EngineError, FinishReason, Flow, GenerateRequest, Generation, ModelInfo, Partial, TextEngine,
     Timings,
@@ -128,7 +128,7 @@ fn held_loader() -> (Loader, HeldLoads) {
     let release_rx = Mutex::new(release_rx);
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
-    let loader: Loader = Arc::new(move |_: &std::path::Path, id: &str, _: &LlamaSettings| {
+    let loader: Loader = Arc::new(move |_: &std::path::Path, id: &str, _: &TextSettings| {
         counted.fetch_add(1, Ordering::SeqCst);
         let _ = started_tx.send(id.to_string());
         let _ = release_rx.lock().unwrap().recv();
@@ -401,9 +401,9 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ModelStore::open(dir.path()).unwrap());
     import_gguf(&store, dir.path(), "tiny.gguf", &[("llama.block_count", 2)]);
-    let loads = Arc::new(Mutex::new(Vec::<LlamaSettings>::new()));
+    let loads = Arc::new(Mutex::new(Vec::<TextSettings>::new()));
     let recorded = loads.clone();
-    let loader: Loader = Arc::new(move |_: &std::path::Path, id: &str, s: &LlamaSettings| {
+    let loader: Loader = Arc::new(move |_: &std::path::Path, id: &str, s: &TextSettings| {
         recorded.lock().unwrap().push(s.clone());
         FakeEngine::loaded(id)
     });
@@ -489,7 +489,7 @@ async fn three_models(
         import_gguf(&store, dir.path(), name, &[("llama.block_count", 2)]);
     }
     let loader: Loader =
-        Arc::new(|_: &std::path::Path, id: &str, _: &LlamaSettings| FakeEngine::loaded(id));
+        Arc::new(|_: &std::path::Path, id: &str, _: &TextSettings| FakeEngine::loaded(id));
     let probe = client_with(&dir, store.clone(), Some(loader.clone())).await;
     let bytes = status(&probe).await.model_bytes["a.gguf"];
     let mut config = jetsonmind_core::Config::default();

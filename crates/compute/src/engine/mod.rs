@@ -9,6 +9,7 @@ mod cpu;
 pub mod embedding;
 pub mod image;
 pub mod llama;
+pub mod runtimes;
 pub mod simulated;
 pub mod speech;
 pub mod vision;
@@ -26,7 +27,38 @@ use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 
 use crate::schema::ChatRole;
-pub use jetsonmind_contract::calibration::{Trial, TrialFigures};
+pub use jetsonmind_contract::calibration::{FlashAttention, Trial, TrialFigures};
+
+/// How a text engine runs a model: threads, context limit, GPU offload,
+/// batching. A model loaded with other settings is loaded again when idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextSettings {
+    /// CPU threads for each decode step (at least 1).
+    pub threads: usize,
+    /// Largest context (prompt and answer) of one sequence.
+    pub context_size: u32,
+    pub gpu_layers: u32,
+    /// Sequences decoded together, each with its own slot in the context.
+    pub slots: u32,
+    /// Most tokens in one decode step: the generating sequences' next tokens
+    /// and chunks of the prompts being read.
+    pub batch_size: u32,
+    /// Most tokens computed at once within a step; 0: `batch_size`.
+    pub ubatch_size: u32,
+    pub flash_attention: FlashAttention,
+    /// Reuse the KV of the longest prompt prefix a slot holds.
+    pub prefix_cache: bool,
+}
+
+impl TextSettings {
+    /// The micro-batch of a context whose batch is `batch`.
+    pub fn ubatch_for(&self, batch: u32) -> u32 {
+        match self.ubatch_size {
+            0 => batch,
+            ubatch => ubatch.min(batch),
+        }
+    }
+}
 
 /// What to feed the model.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::token::LlamaToken;
 
 use super::batch::{Event, Job};
-use super::{LlamaEngine, LlamaSettings, start_worker};
+use super::{LlamaEngine, TextSettings, start_worker};
 use crate::engine::{EngineError, Sampling, Traffic, Trial, TrialFigures, per_second};
 
 /// Most times one run starts again after giving way to calls.
@@ -51,7 +51,7 @@ impl LlamaEngine {
             trial.max_tokens,
             self.info.context_train.max(256),
         )?;
-        let settings = LlamaSettings {
+        let settings = TextSettings {
             threads: trial.threads,
             context_size: limit,
             gpu_layers: 0,

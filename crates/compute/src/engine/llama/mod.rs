@@ -22,39 +22,9 @@ use llama_cpp_2::token::LlamaToken;
 use self::batch::{BatchSettings, Event, Job, Worker};
 use super::{
     EngineError, Flow, GenerateRequest, Generation, ModelInfo, Partial, Prompt, Sampling,
-    TextEngine, Traffic, Trial, TrialFigures,
+    TextEngine, TextSettings, Traffic, Trial, TrialFigures,
 };
 use crate::schema::ChatRole;
-
-/// How to run a model: threads, context limit, GPU offload, batching.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LlamaSettings {
-    /// CPU threads for each decode step (at least 1).
-    pub threads: usize,
-    /// Largest context (prompt and answer) of one sequence.
-    pub context_size: u32,
-    pub gpu_layers: u32,
-    /// Sequences decoded together, each with its own slot in the context.
-    pub slots: u32,
-    /// Most tokens in one decode step: the generating sequences' next tokens
-    /// and chunks of the prompts being read.
-    pub batch_size: u32,
-    /// Most tokens computed at once within a step; 0: `batch_size`.
-    pub ubatch_size: u32,
-    pub flash_attention: FlashAttention,
-    /// Reuse the KV of the longest prompt prefix a slot holds.
-    pub prefix_cache: bool,
-}
-
-impl LlamaSettings {
-    /// The micro-batch of a context whose batch is `batch`.
-    pub fn ubatch_for(&self, batch: u32) -> u32 {
-        match self.ubatch_size {
-            0 => batch,
-            ubatch => ubatch.min(batch),
-        }
-    }
-}
 
 /// llama.h's `enum llama_flash_attn_type`.
 fn flash_attention_type(policy: FlashAttention) -> i32 {
@@ -116,7 +86,7 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 }
 
 impl LlamaEngine {
-    pub fn load(path: &Path, id: String, settings: LlamaSettings) -> Result<Self, EngineError> {
+    pub fn load(path: &Path, id: String, settings: TextSettings) -> Result<Self, EngineError> {
         let load_error = |reason: String| EngineError::Load {
             path: path.display().to_string(),
             reason,
@@ -263,7 +233,7 @@ impl TextEngine for LlamaEngine {
 fn start_worker(
     model: Arc<LlamaModel>,
     id: &str,
-    settings: &LlamaSettings,
+    settings: &TextSettings,
     limit: u32,
 ) -> Result<(mpsc::Sender<Job>, JoinHandle<()>), String> {
     let slots = settings.slots.max(1);
