@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::StateError;
-use crate::status::is_not_found;
+use crate::is_not_found;
 
 /// How often the mirrors are checked once all are in place.
 const RECHECK: Duration = Duration::from_secs(30);

@@ -31,7 +31,8 @@ pub mod views;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{kv, stream::StorageType};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{ErrorCode, kv, stream::StorageType};
 use futures::StreamExt;
 use jetsonmind_cluster::{Bus, ClusterError};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,12 @@ impl StateError {
     fn jetstream(error: impl std::fmt::Display) -> Self {
         Self::JetStream(error.to_string())
     }
+}
+
+/// Whether a stream lookup failed only because there is no such stream
+/// (a bucket nobody has written yet), which readers take as "nothing".
+pub(crate) fn is_not_found(kind: GetStreamErrorKind) -> bool {
+    matches!(kind, GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Open the KV bucket `config` names, once it serves reads: a replicated

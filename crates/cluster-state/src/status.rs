@@ -6,15 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, ErrorCode, kv};
+use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use jetsonmind_cluster::{Bus, NodeStatus};
 use jetsonmind_data::cluster_view::Snapshots;
 use serde_json::Value;
 
-use crate::StateError;
 use crate::views::{ClusterViews, age};
+use crate::{StateError, is_not_found};
 
 pub mod report;
 
@@ -127,10 +126,6 @@ async fn existing_kv(js: &jetstream::Context, name: &str) -> Result<Option<kv::S
     let bucket = js.get_key_value(name).await;
     let bucket = bucket.map_err(|e| StateError::JetStream(format!("opening {name}: {e}")))?;
     Ok(Some(bucket))
-}
-
-pub(crate) fn is_not_found(kind: GetStreamErrorKind) -> bool {
-    matches!(kind, GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 fn failed(bucket: &kv::Store, key: &str, error: impl std::fmt::Display) -> StateError {

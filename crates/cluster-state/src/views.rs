@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::StateError;
-use crate::status::is_not_found;
+use crate::is_not_found;
 
 /// The cluster's telemetry stream, as one node (or the CLI) uses it.
 pub struct ClusterViews {

@@ -3,7 +3,6 @@
 use jetsonmind_core::config::{AllocationStrategy, Strategy};
 use schemars::JsonSchema;
 
-use crate::monitor::{Component, Threshold};
 use crate::placement::PlacementStrategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -183,4 +182,59 @@ pub struct ScaleClusterArgs {
     pub strategy: Option<PlacementStrategy>,
     /// For `drain` and `undrain`: the node's id.
     pub node: Option<String>,
+}
+
+/// What `monitor_health` reads, and a threshold or alert is about.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    /// This machine: temperature_c, cpu_percent, memory_used_percent,
+    /// disk_used_percent, power_w (Jetson power rails), gpu_load_percent,
+    /// and for throttling cpu_clock_percent and gpu_clock_percent (clocks
+    /// as a share of their maximum).
+    Device,
+    /// Each compute replica: up, breaker_open, draining, outstanding,
+    /// capacity, latency_ms, temperature_c.
+    Replicas,
+    /// Each loaded model of each replica: bytes, in_use, idle_secs.
+    Models,
+    /// Each cluster node (this one on a single device): replicas_up,
+    /// replicas_down.
+    Nodes,
+    /// Each tool of each server: calls, errors, error_rate, p50_ms, p99_ms
+    /// (the last 5 minutes).
+    Tools,
+}
+
+/// A line one metric must not cross.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// A figure of a component, e.g. `temperature_c` (see `component`).
+    pub metric: String,
+    /// In breach above this value.
+    pub above: Option<f64>,
+    /// In breach below this value.
+    pub below: Option<f64>,
+    /// Only this tool's readings (for the tools' figures).
+    pub tool: Option<String>,
+    /// An alert clears once every reading is back past the line by this
+    /// much; 5% of the line's value by default.
+    #[schemars(range(min = 0))]
+    pub hysteresis: Option<f64>,
+}
+
+impl Threshold {
+    pub fn check(&self) -> Result<(), String> {
+        match (self.above, self.below) {
+            (None, None) => Err("a threshold needs `above` or `below`".into()),
+            (Some(_), Some(_)) => Err("a threshold takes `above` or `below`, not both".into()),
+            _ if self.hysteresis.is_some_and(|h| h < 0.0 || !h.is_finite()) => {
+                Err("`hysteresis` must be a finite number, at least 0".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }

@@ -3,7 +3,6 @@
 
 #![allow(deprecated)] // rmcp marks MCP logging deprecated (SEP-2577); it is still served.
 
-
 use jetsonmind_core::UnitServer;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevelRequestParams};

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::sysfs::{file_name, list_dir, read_number, read_trimmed};
-use super::tegrastats_source::TegrastatsStatus;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JetsonMetrics {
@@ -24,6 +23,21 @@ pub struct JetsonMetrics {
     pub sources: JetsonSources,
     /// The tegrastats fallback, present when it was wanted for this snapshot.
     pub tegrastats: Option<TegrastatsStatus>,
+}
+
+/// What the metrics JSON says about the fallback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TegrastatsStatus {
+    /// The command line run, e.g. `["tegrastats", "--interval", "1000"]`.
+    pub command: Vec<String>,
+    pub running: bool,
+    /// Age of the latest line, in milliseconds; `None` until a line arrives
+    /// and after the program stops (a stopped program's line is not current).
+    pub line_age_ms: Option<u64>,
+    /// Why the program last failed to start, stopped, or printed something odd.
+    pub last_error: Option<String>,
+    /// How many times it was started (or tried to be).
+    pub starts: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

@@ -6,6 +6,7 @@
 //! on a fake `/proc` and `/sys` tree.
 
 mod config;
+mod gpu;
 pub mod jetson;
 mod linux;
 #[cfg(feature = "nvml")]
@@ -14,9 +15,12 @@ mod sysfs;
 pub mod tegrastats;
 pub mod tegrastats_source;
 
-pub use jetson::{JetsonMetrics, JetsonReader, JetsonSources, MetricSource, PowerMode};
-pub use linux::{CpuTimes, DiscreteGpu, LinuxReader, SystemMetrics, ThermalZone, Vitals};
-pub use tegrastats_source::{TegrastatsSource, TegrastatsStatus};
+pub use gpu::DiscreteGpu;
+pub use jetson::{
+    JetsonMetrics, JetsonReader, JetsonSources, MetricSource, PowerMode, TegrastatsStatus,
+};
+pub use linux::{CpuTimes, LinuxReader, SystemMetrics, ThermalZone, Vitals};
+pub use tegrastats_source::TegrastatsSource;
 
 /// The `[telemetry]` section, as the readers take it.
 pub use config::TelemetryConfig as TelemetrySettings;

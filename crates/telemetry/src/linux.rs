@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::gpu::DiscreteGpu;
 use super::jetson::{JetsonMetrics, JetsonReader};
 use super::sysfs::{file_name, list_dir, read_number, read_trimmed};
 use super::tegrastats_source::{self, TegrastatsSource};
@@ -29,24 +30,6 @@ pub struct SystemMetrics {
     pub gpus: Vec<DiscreteGpu>,
     /// Why `gpus` may be incomplete, e.g. "NVML not available: …".
     pub gpus_error: Option<String>,
-}
-
-/// One discrete NVIDIA GPU; a figure the driver does not report is `None`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct DiscreteGpu {
-    pub index: u32,
-    pub name: Option<String>,
-    /// Share of time a kernel ran, over the driver's last sample period.
-    pub utilization_gpu_percent: Option<u32>,
-    /// Share of time device memory was read or written.
-    pub utilization_memory_percent: Option<u32>,
-    pub memory_total_bytes: Option<u64>,
-    pub memory_used_bytes: Option<u64>,
-    pub memory_free_bytes: Option<u64>,
-    pub temperature_celsius: Option<u32>,
-    pub power_mw: Option<u32>,
-    pub sm_clock_mhz: Option<u32>,
-    pub memory_clock_mhz: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

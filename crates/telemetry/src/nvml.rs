@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::{Device, Nvml};
 
-use super::linux::DiscreteGpu;
+use super::gpu::DiscreteGpu;
 
 /// Reads every GPU NVML lists. The library is loaded and initialised on the
 /// first read and kept, failure included: retrying a missing driver on each

@@ -15,34 +15,18 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::jetson::{GpuMetrics, JetsonMetrics, MetricSource, PowerRail};
+use super::jetson::{GpuMetrics, JetsonMetrics, MetricSource, PowerRail, TegrastatsStatus};
 use super::tegrastats::{self, TegraStats};
 
 /// How long a program that closed its output gets to exit, and its stderr to close.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Longest program output kept in an error message.
 const MAX_ERROR_CHARS: usize = 300;
-
-/// What the metrics JSON says about the fallback.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TegrastatsStatus {
-    /// The command line run, e.g. `["tegrastats", "--interval", "1000"]`.
-    pub command: Vec<String>,
-    pub running: bool,
-    /// Age of the latest line, in milliseconds; `None` until a line arrives
-    /// and after the program stops (a stopped program's line is not current).
-    pub line_age_ms: Option<u64>,
-    /// Why the program last failed to start, stopped, or printed something odd.
-    pub last_error: Option<String>,
-    /// How many times it was started (or tried to be).
-    pub starts: u32,
-}
 
 /// Runs a tegrastats command and keeps its latest parsed line.
 pub struct TegrastatsSource {
