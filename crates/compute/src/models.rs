@@ -764,8 +764,7 @@ impl ModelRegistry {
             return Ok(SIMULATED_MODEL_BYTES);
         }
         let model = self.store.get(id).map_err(|e| e.to_string())?;
-        let settings = self.settings();
-        runtimes::bytes_to_load(&model, path, &settings, settings.slots)
+        runtimes::bytes_to_load(&model, path, &self.settings())
     }
 
     /// Load the model `id` into the engine its format calls for (blocking).

@@ -77,6 +77,21 @@ impl CallContext {
             extensions: context.extensions.clone(),
         }
     }
+
+    /// The context of `request` called in this process with no transport
+    /// (no HTTP parts): its `_meta`, `cancel` and where its progress goes.
+    pub fn direct(
+        request: &CallToolRequestParams,
+        cancel: CancellationToken,
+        progress: Option<ProgressSink>,
+    ) -> Self {
+        Self {
+            meta: request.meta.clone().unwrap_or_default(),
+            cancel,
+            progress,
+            extensions: Extensions::default(),
+        }
+    }
 }
 
 impl ToolCall {

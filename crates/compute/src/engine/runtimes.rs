@@ -101,17 +101,15 @@ impl Runtimes {
     }
 }
 
-/// What loading the stored `model` (main file at `path`) is counted for,
-/// its text contexts `settings.context_size` × `slots`. An error says why
-/// it cannot be served.
+/// What loading the stored `model` (main file at `path`) with `settings`
+/// is counted for. An error says why it cannot be served.
 pub fn bytes_to_load(
     model: &ModelInfo,
     path: &Path,
     settings: &TextSettings,
-    slots: u32,
 ) -> Result<u64, String> {
     match model.format.as_str() {
-        "gguf" => text_bytes(path, settings.context_size, slots),
+        "gguf" => text_bytes(path, settings.context_size, settings.slots),
         // Half-precision weights are widened to f32 when loaded.
         "ctranslate2" => Ok(model.size_bytes * 2 + WORKSPACE_BYTES),
         "onnx" => Ok(vision::bytes_in_memory(model) + WORKSPACE_BYTES),

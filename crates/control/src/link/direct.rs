@@ -123,13 +123,8 @@ impl ReplicaLink for DirectLink {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<CallToolResult, LinkError>> {
         Box::pin(async move {
-            let context = CallContext {
-                meta: params.meta.clone().unwrap_or_default(),
-                // Its own token: the server may not cancel the caller's.
-                cancel: cancel.child_token(),
-                progress: sink,
-                extensions: Default::default(),
-            };
+            // Its own token: the server may not cancel the caller's.
+            let context = CallContext::direct(&params, cancel.child_token(), sink);
             tokio::select! {
                 outcome = self.server.call(params, context) => outcome.map_err(LinkError::Refused),
                 _ = cancel.cancelled() => Err(LinkError::Cancelled),

@@ -59,12 +59,7 @@ impl LocalClient {
         delegate(&mut params.meta, caller);
         let cancel = CancellationToken::new();
         let _cancel_when_dropped = cancel.clone().drop_guard();
-        let context = CallContext {
-            meta: params.meta.clone().unwrap_or_default(),
-            cancel,
-            progress: sink,
-            extensions: Default::default(),
-        };
+        let context = CallContext::direct(&params, cancel, sink);
         self.server
             .call(params, context)
             .await
