@@ -575,20 +575,20 @@ async fn rate_limit(State(gate): State<Arc<Gatekeeper>>, request: Request, next:
 /// use (a route's declared needs, or an MCP message's tools and resources),
 /// when authentication is required.
 async fn authorize(State(gate): State<Arc<Gatekeeper>>, request: Request, next: Next) -> Response {
-    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
-        return next.run(request).await;
-    };
     if !gate.auth.required() {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
+    let Some(principal) = parts.extensions.get::<Principal>() else {
+        return next.run(Request::from_parts(parts, body)).await;
+    };
     let (needed, body) = match needed_scopes(&gate, parts.uri.path(), &parts.method, body).await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let missing: Vec<String> = needed
         .iter()
-        .filter_map(|need| need.missing_for(&principal, &gate))
+        .filter_map(|need| need.missing_for(principal, &gate))
         .collect();
     if !missing.is_empty() {
         let metadata_url = gate.auth.metadata_url();
