@@ -335,6 +335,9 @@ fn prompt(task: &str, text: Option<&str>, image: Option<&Value>, audio: Option<&
 fn image_findings_in_words(image: &Value) -> String {
     let mut out = String::new();
     if let Some(classes) = image["classify"]["classes"].as_array() {
+        // The likeliest class named first and on its own: a small model
+        // weighs a list of near-equal guesses by their wording (one point
+        // of a percentage turned SmolLM2's "cat" into "leopard").
         let named: Vec<String> = classes
             .iter()
             .take(3)
@@ -346,7 +349,13 @@ fn image_findings_in_words(image: &Value) -> String {
                 )
             })
             .collect();
-        out.push_str(&format!("- It shows: {}\n", named.join(", ")));
+        if let Some((likeliest, others)) = named.split_first() {
+            out.push_str(&format!("- The classifier's best guess: {likeliest}"));
+            if !others.is_empty() {
+                out.push_str(&format!("; next: {}", others.join(", ")));
+            }
+            out.push('\n');
+        }
     }
     if let Some(text) = image["ocr"]["text"].as_str() {
         match text.trim() {
@@ -412,7 +421,9 @@ mod tests {
             "{prompt}"
         );
         assert!(prompt.contains("Text: a photo"));
-        assert!(prompt.contains("It shows: tabby (41%), tiger cat (30%), Egyptian cat (20%)\n"));
+        assert!(prompt.contains(
+            "The classifier's best guess: tabby (41%); next: tiger cat (30%), Egyptian cat (20%)\n"
+        ));
         assert!(!prompt.contains("lynx"));
         assert!(prompt.contains("Text written in it: OPEN / DAILY"));
         assert!(prompt.contains("451x300 pixels, well exposed, sharp; main colours #806040"));
