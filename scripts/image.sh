@@ -2,7 +2,8 @@
 # Builds the JetsonMind container image without any registry: a Debian root
 # filesystem made from Debian packages by mmdebstrap (cached in
 # build/container/), imported with podman as localhost/jetsonmind-base, and
-# the release binary copied on top (packaging/container/Containerfile).
+# the release binary copied on top (packaging/container/Containerfile), with
+# ONNX Runtime's library where set-up put it beside the binary.
 #
 #   scripts/image.sh [BINARY] [--nats-server PATH] [--save FILE]
 #
@@ -47,15 +48,23 @@ if ! podman image exists "$base"; then
     podman import --quiet --change 'CMD ["/bin/bash"]' "$rootfs" "$base" >/dev/null
 fi
 
-# build CONTAINERFILE FILE NAME:TAG...: an image of FILE on the base.
+# Put FILE into the build context's DIR (a hard link where it can be: the
+# context is read, never written).
+place() {
+    mkdir -p "$2"
+    ln "$1" "$2/$(basename "$1")" 2>/dev/null || cp "$1" "$2/"
+}
+
+# build CONTAINERFILE FILE NAME:TAG...: an image of FILE on the base, with the
+# files of the array `libraries` in the context's lib/ (empty: none).
 build() {
     local containerfile=$1 file=$2 context=$work/context tags=()
     shift 2
     for tag in "$@"; do tags+=(-t "$tag"); done
-    rm -rf "$context" && mkdir -p "$context"
+    rm -rf "$context" && mkdir -p "$context/lib"
     cp "$containerfile" "$context/Containerfile"
-    # A hard link where it can be: the context is read, never written.
-    ln "$file" "$context/$(basename "$file")" 2>/dev/null || cp "$file" "$context/"
+    place "$file" "$context"
+    for library in "${libraries[@]}"; do place "$library" "$context/lib"; done
     local before
     before=$(podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true)
     podman build --quiet --build-arg "BASE=$base" "${tags[@]}" -f "$context/Containerfile" "$context" >/dev/null
@@ -69,7 +78,11 @@ build() {
 version=$("$binary" --version | awk '{print $2}')
 image=localhost/jetsonmind:$version
 [ "$(basename "$binary")" = jetsonmind ] || { echo "$binary: the binary must be named jetsonmind" >&2; exit 1; }
+libraries=()
+onnxruntime="$(dirname "$binary")/libonnxruntime.so"
+[ -f "$onnxruntime" ] && libraries=("$onnxruntime")
 build packaging/container/Containerfile "$binary" "$image" localhost/jetsonmind:latest
+libraries=()
 images=("$image" localhost/jetsonmind:latest)
 if [ -n "$nats_server" ]; then
     [ "$(basename "$nats_server")" = nats-server ] || { echo "$nats_server: must be named nats-server" >&2; exit 1; }

@@ -2,7 +2,8 @@
 # Release package: dist/jetsonmind-VERSION-ARCH.tar.gz and dist/jetsonmind_VERSION_ARCH.deb
 # from the release binary that ./setup.sh built (or the one given as $1).
 # Contents: /usr/bin/jetsonmind, /usr/lib/jetsonmind/first-run (fetches and imports the
-# default model), /etc/jetsonmind/jetsonmind.toml, the hardened systemd unit, the example
+# default model), /usr/lib/jetsonmind/libonnxruntime.so (ONNX Runtime, MIT, as set-up put it
+# beside the binary; the image models run on tract without it), /etc/jetsonmind/jetsonmind.toml, the hardened systemd unit, the example
 # config and README. The .deb's postinst creates the `jetsonmind` system user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,10 @@ root="$stage/root"
 install -D -m 0755 "$binary" "$root/usr/bin/jetsonmind"
 strip --strip-unneeded "$root/usr/bin/jetsonmind"
 install -D -m 0755 packaging/first-run "$root/usr/lib/jetsonmind/first-run"
+onnxruntime="$(dirname "$binary")/libonnxruntime.so"
+if [ -f "$onnxruntime" ]; then
+    install -D -m 0644 "$onnxruntime" "$root/usr/lib/jetsonmind/libonnxruntime.so"
+fi
 install -D -m 0644 packaging/jetsonmind.toml "$root/etc/jetsonmind/jetsonmind.toml"
 install -D -m 0644 packaging/jetsonmind.service "$root/lib/systemd/system/jetsonmind.service"
 install -D -m 0644 jetsonmind.example.toml "$root/usr/share/doc/jetsonmind/jetsonmind.example.toml"

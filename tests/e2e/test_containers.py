@@ -43,7 +43,9 @@ def test_the_image_is_debian_runs_unprivileged_and_has_no_compiler(image):
     config = run(["podman", "image", "inspect", "--format", "{{.Config.User}} {{.Config.Volumes}}", name],
                  env=PODMAN_ENV).stdout
     assert config.startswith("10001:10001 ") and "/var/lib/jetsonmind" in config, config
-    inside = "grep -q '^ID=debian' /etc/os-release && id -u && ! command -v cc gcc rustc cargo"
+    # ONNX Runtime's library is where the binary looks for it (../lib/jetsonmind), for the image models.
+    inside = ("grep -q '^ID=debian' /etc/os-release && id -u && ! command -v cc gcc rustc cargo"
+              " && test -s /usr/local/lib/jetsonmind/libonnxruntime.so")
     shown = run(["podman", "run", "--rm", "--entrypoint", "/bin/sh", name, "-c", inside], env=PODMAN_ENV)
     assert shown.stdout.strip() == "10001", shown
     version = run(["podman", "run", "--rm", name, "--version"], env=PODMAN_ENV).stdout

@@ -46,6 +46,9 @@ async def install_and_first_answer(binary, workdir):
     made = run([str(ROOT / "scripts/package.sh"), str(binary)], cwd=ROOT).stdout.split()
     deb = ROOT / next(p for p in made if p.endswith(".deb"))
     assert any(p.endswith(".tar.gz") for p in made), made
+    # ONNX Runtime's library, as set-up put it beside the binary, ships where the binary looks for it.
+    listed = run(["dpkg-deb", "--contents", str(deb)]).stdout
+    assert "./usr/lib/jetsonmind/libonnxruntime.so\n" in listed, listed
     system = workdir / "debian"
     clean_debian(system)
     served = None

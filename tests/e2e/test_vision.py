@@ -47,9 +47,10 @@ def data_uri(data, mime="image/png"):
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-@pytest.fixture(scope="module")
-def vision_server(binary, tmp_path_factory):
-    data = make_data_dir(binary, tmp_path_factory.mktemp("vision-data"))
+def start_vision_server(binary, tmp_path_factory, runtime):
+    """`jetsonmind serve` with the test models imported, its image models on `runtime` (named, so a missing ONNX
+    Runtime library fails the test instead of falling back to tract)."""
+    data = make_data_dir(binary, tmp_path_factory.mktemp(f"vision-data-{runtime}"))
     if not (MODELS / CLASSIFIER / "model.onnx").is_file():
         pytest.fail(f"{MODELS / CLASSIFIER} is missing: run ./setup.sh")
     for model in (CLASSIFIER, TEXT_READER, SPEECH):
@@ -58,12 +59,21 @@ def vision_server(binary, tmp_path_factory):
         import_model(binary, data, MODELS / model, "--link")
     asset("320n.onnx")
     import_model(binary, data, ASSETS / "320n.onnx", "--name", DETECTOR, "--license", "agpl-3.0")
-    served = start_serve(
+    return start_serve(
         binary,
         data,
-        tmp_path_factory.mktemp("logs") / "serve.log",
-        {"JETSONMIND_COMPUTE__VISION__DETECT_MODEL": DETECTOR, "JETSONMIND_COMPUTE__VISION__MAX_PIXELS": "4000000"},
+        tmp_path_factory.mktemp(f"logs-{runtime}") / "serve.log",
+        {
+            "JETSONMIND_COMPUTE__VISION__DETECT_MODEL": DETECTOR,
+            "JETSONMIND_COMPUTE__VISION__MAX_PIXELS": "4000000",
+            "JETSONMIND_COMPUTE__VISION__RUNTIME": runtime,
+        },
     )
+
+
+@pytest.fixture(scope="module")
+def vision_server(binary, tmp_path_factory):
+    served = start_vision_server(binary, tmp_path_factory, "onnxruntime")
     yield served
     stop_serve(served)
 
@@ -83,6 +93,7 @@ async def test_photos_are_classified_with_the_right_class_in_the_top_five(vision
         assert not result.is_error, text_of(result)
         out = result.structured_content
         assert out["model"] == CLASSIFIER
+        assert out["engine"].startswith("onnx classifier on onnxruntime 1."), out["engine"]
         assert len(out["classes"]) == 5
         right = PHOTOS[photo]
         found = [c for c in out["classes"] if c["class_id"] in right]
@@ -363,3 +374,57 @@ async def test_a_picture_sent_again_is_not_decoded_again(vision_server):
         assert 0 < after["bytes"] <= after["max_bytes"] and after["ttl_seconds"] == 600
         assert "jetson://cache/inference" in after["see_also"]
         assert again["image"] == first["image"]
+
+
+async def test_tract_finds_what_onnxruntime_finds(binary, tmp_path_factory, vision_server):
+    """The other runtime (tract, in the binary) runs the same models to the same findings: the same best class and
+    top five of each photograph, the astronaut's face within two pixels, the same text read."""
+    text, _ = rendered(TEXT_LINES)
+    requests = [(data_uri(asset(photo)), "classify") for photo in sorted(PHOTOS)]
+    requests += [(data_uri(asset("astronaut.png")), "detect"), (data_uri(text), "ocr")]
+    tract = start_vision_server(binary, tmp_path_factory, "tract")
+    try:
+        found = {}
+        for name, served in (("onnxruntime", vision_server), ("tract", tract)):
+            async with Client(served.url) as client:
+                results = [await analyze(client, image, task) for image, task in requests]
+            assert not any(r.is_error for r in results), [text_of(r) for r in results]
+            found[name] = [r.structured_content for r in results]
+    finally:
+        stop_serve(tract)
+    assert found["tract"][0]["engine"] == "onnx classifier on tract"
+    *classified, detected, read = zip(found["onnxruntime"], found["tract"])
+    for ours, theirs in classified:
+        assert [c["label"] for c in ours["classes"]] == [c["label"] for c in theirs["classes"]], (ours, theirs)
+        assert all(abs(a["score"] - b["score"]) < 0.01 for a, b in zip(ours["classes"], theirs["classes"]))
+    faces = [[d for d in out["detections"] if d["label"].startswith("FACE_")][0]["box"] for out in detected]
+    assert all(abs(faces[0][k] - faces[1][k]) <= 2 for k in ("x", "y", "width", "height")), faces
+    assert read[0]["text"] == read[1]["text"], read
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "auto"])
+async def test_without_the_onnxruntime_library_image_models_say_why_or_run_on_tract(binary, tmp_path, runtime):
+    """Asked for by name, a missing ONNX Runtime library fails the image model's load with the reason and the
+    server keeps serving; `auto` runs the model on tract instead."""
+    data = make_data_dir(binary, tmp_path / "data")
+    import_model(binary, data, MODELS / CLASSIFIER, "--link")
+    missing = tmp_path / "nowhere" / "libonnxruntime.so"
+    env = {"JETSONMIND_COMPUTE__VISION__RUNTIME": runtime, "JETSONMIND_COMPUTE__VISION__ONNXRUNTIME_LIBRARY": str(missing)}
+    served = start_serve(binary, data, tmp_path / "serve.log", env)
+    try:
+        async with Client(served.url) as client:
+            result = await analyze(client, data_uri(asset("chelsea.png")), "classify")
+            if runtime == "onnxruntime":
+                assert result.is_error, result.structured_content
+                assert 'compute.vision.runtime is "onnxruntime"' in text_of(result), text_of(result)
+                assert str(missing) in text_of(result), text_of(result)
+                result = await analyze(client, data_uri(asset("chelsea.png")), "properties")
+                assert not result.is_error, text_of(result)
+            else:
+                assert not result.is_error, text_of(result)
+                assert result.structured_content["engine"] == "onnx classifier on tract"
+                assert result.structured_content["classes"][0]["class_id"] in PHOTOS["chelsea.png"]
+    finally:
+        stop_serve(served)
+    if runtime == "auto":
+        assert "image models run on tract: ONNX Runtime's library did not load" in served.log.read_text()

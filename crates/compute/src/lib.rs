@@ -144,7 +144,11 @@ impl ComputeServer {
         )
         .with_image_models(
             settings.vision.classify_model.clone(),
-            resolve_threads(settings.vision.threads),
+            engine::runtimes::ImageRuntime::choose(
+                settings.vision.runtime,
+                &settings.vision.onnxruntime_library,
+                resolve_threads(settings.vision.threads),
+            ),
         );
         if simulated {
             tracing::warn!(

@@ -197,9 +197,9 @@ impl ModelRegistry {
 
     /// The image model used when a call names none, and the threads each
     /// image model runs on.
-    pub fn with_image_models(mut self, default: String, threads: usize) -> Self {
+    pub fn with_image_models(mut self, default: String, runtime: runtimes::ImageRuntime) -> Self {
         self.image_model = default;
-        self.runtimes = self.runtimes.with_image_threads(threads);
+        self.runtimes = self.runtimes.with_image_runtime(runtime);
         self
     }
 

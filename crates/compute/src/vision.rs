@@ -166,10 +166,12 @@ impl ImageService {
     ) -> Result<Ran<T>, ImageCallError> {
         let engine = self.engine(args).await?;
         let model = engine.info().id.clone();
+        let runs_on = engine.info().architecture.clone();
         let started = Instant::now();
         let found = blocking(move || work(engine.as_ref())).await??;
         Ok(Ran {
             model,
+            runs_on,
             found,
             inference_ms: started.elapsed().as_secs_f64() * 1000.0,
         })
@@ -228,16 +230,19 @@ impl ImageService {
 /// What a model found, which model it was, and how long it took.
 struct Ran<T> {
     model: String,
+    /// The engine and the runtime under it (`onnx classifier on tract`).
+    runs_on: Option<String>,
     found: T,
     inference_ms: f64,
 }
 
 impl<T: serde::Serialize> Ran<T> {
-    /// `{"analysis_type", "model", <key>: what was found, "inference_ms"}`.
+    /// `{"analysis_type", "model", "engine", <key>: what was found, "inference_ms"}`.
     fn structured(&self, analysis_type: &str, key: &str) -> Value {
         let mut out = json!({
             "analysis_type": analysis_type,
             "model": self.model,
+            "engine": self.runs_on,
             "inference_ms": self.inference_ms,
         });
         out[key] = json!(self.found);

@@ -838,6 +838,25 @@ pub struct VisionConfig {
     pub allowed_dirs: Vec<PathBuf>,
     /// Threads one image model runs on; 0 is every core.
     pub threads: usize,
+    /// What runs image models: `auto` (ONNX Runtime where its library
+    /// loads, tract otherwise), `onnxruntime` or `tract`.
+    pub runtime: VisionRuntime,
+    /// ONNX Runtime's library (`libonnxruntime.so`, 1.20 or later); empty:
+    /// beside this program, then wherever the dynamic linker looks.
+    pub onnxruntime_library: PathBuf,
+}
+
+/// Which library runs image models (`compute.vision.runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VisionRuntime {
+    /// ONNX Runtime where its library loads, tract otherwise.
+    #[default]
+    Auto,
+    /// ONNX Runtime, or no image model loads (the error says why).
+    Onnxruntime,
+    /// tract (pure Rust, in the binary).
+    Tract,
 }
 
 impl Default for VisionConfig {
@@ -850,6 +869,8 @@ impl Default for VisionConfig {
             max_pixels: 40_000_000,
             allowed_dirs: Vec::new(),
             threads: 0,
+            runtime: VisionRuntime::Auto,
+            onnxruntime_library: PathBuf::new(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A picture as a model's input: cropped, resized or letterboxed, then
 //! normalized into planar (NCHW) floats.
 
-use image::imageops::{self, FilterType};
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::imageops;
 use image::{Rgb, RgbImage};
 
 /// The centre square of `rgb` with side `fraction` of its shorter side (the
@@ -18,7 +19,19 @@ pub fn resize(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
     if rgb.dimensions() == (width, height) {
         return rgb.clone();
     }
-    imageops::resize(rgb, width, height, FilterType::CatmullRom)
+    resized(rgb, width, height, FilterType::CatmullRom)
+}
+
+/// `rgb` at `width` x `height` through `filter`, widened by the scale when
+/// shrinking (Pillow's convolution resampling), with the CPU's SIMD.
+fn resized(rgb: &RgbImage, width: u32, height: u32, filter: FilterType) -> RgbImage {
+    let mut out = RgbImage::new(width, height);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    match Resizer::new().resize(rgb, &mut out, &options) {
+        Ok(()) => out,
+        // Only an empty picture is refused; image's resize takes one.
+        Err(_) => imageops::resize(rgb, width, height, imageops::FilterType::Triangle),
+    }
 }
 
 /// Turned a quarter to the left (counter-clockwise).
@@ -51,7 +64,7 @@ pub fn letterbox(rgb: &RgbImage, width: u32, height: u32, fill: [u8; 3]) -> Lett
     let scale = (f64::from(width) / f64::from(w)).min(f64::from(height) / f64::from(h));
     let fit = |n: u32, limit: u32| ((f64::from(n) * scale).round() as u32).clamp(1, limit);
     let (fw, fh) = (fit(w, width), fit(h, height));
-    let resized = imageops::resize(rgb, fw, fh, FilterType::Triangle);
+    let resized = resized(rgb, fw, fh, FilterType::Bilinear);
     let mut image = RgbImage::from_pixel(width, height, Rgb(fill));
     let (left, top) = ((width - fw) / 2, (height - fh) / 2);
     imageops::replace(&mut image, &resized, i64::from(left), i64::from(top));

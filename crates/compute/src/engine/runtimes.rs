@@ -16,6 +16,9 @@ use super::whisper::WhisperEngine;
 use super::{Engine, EngineError, EngineKind, ModelDir, TextEngine, TextSettings};
 use jetsonmind_core::config::SimulatorConfig;
 
+/// What runs image models (ONNX Runtime or tract), on how many threads.
+pub use super::vision::Runtime as ImageRuntime;
+
 /// Loads a model file into a text engine (blocking): llama.cpp's by
 /// default; the simulator's, or a test's own.
 pub type TextLoader = Arc<
@@ -35,15 +38,14 @@ const WORKSPACE_BYTES: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct Runtimes {
     text: TextLoader,
-    /// Threads each image model runs on.
-    image_threads: usize,
+    image: ImageRuntime,
 }
 
 impl Default for Runtimes {
     fn default() -> Self {
         Self {
             text: llama_loader(),
-            image_threads: 1,
+            image: ImageRuntime::default(),
         }
     }
 }
@@ -60,8 +62,8 @@ impl Runtimes {
         self.with_text_loader(simulated_loader(times))
     }
 
-    pub fn with_image_threads(mut self, threads: usize) -> Self {
-        self.image_threads = threads.max(1);
+    pub fn with_image_runtime(mut self, runtime: ImageRuntime) -> Self {
+        self.image = runtime;
         self
     }
 
@@ -93,9 +95,7 @@ impl Runtimes {
             Some(EngineKind::Embedding) => {
                 BertEngine::load(dir).map(|e| Engine::Embedding(Arc::new(e)))
             }
-            Some(EngineKind::Image) => {
-                vision::load(path, dir, self.image_threads).map(Engine::Image)
-            }
+            Some(EngineKind::Image) => vision::load(path, dir, &self.image).map(Engine::Image),
             None => Err(not_servable(dir.id, &model.format)),
         }
     }

@@ -45,7 +45,7 @@ impl Classifier {
             return Err(dir.fail(format!("{} labels for {classes} classes", labels.len())));
         }
         let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3], EngineError> {
-            match network.metadata.get(key) {
+            match network.metadata().get(key) {
                 Some(json) => serde_json::from_str(json)
                     .map_err(|e| dir.fail(format!("its {key} metadata is not three numbers: {e}"))),
                 None => Ok(default),
@@ -59,7 +59,7 @@ impl Classifier {
         if normalization.scale.iter().any(|s| *s <= 0.0) {
             return Err(dir.fail("its pixel_scale metadata has a value that is not above 0"));
         }
-        let crop = match network.metadata.get("crop") {
+        let crop = match network.metadata().get("crop") {
             Some(text) => text
                 .parse::<f64>()
                 .ok()

@@ -1,76 +1,81 @@
-//! Image models in ONNX on tract (pure Rust): a classifier or a YOLO-layout
-//! detector, told apart by the model's own metadata (`task`, as Ultralytics
-//! and our converter write it) or, without it, by its output's shape.
+//! Image models in ONNX: a classifier or a YOLO-layout detector, told apart
+//! by the model's own metadata (`task`, as Ultralytics and our converter
+//! write it) or, without it, by its output's shape; or a text reader (a
+//! directory of two networks). ONNX Runtime or tract runs the networks
+//! ([`graph`]); the engines here do the rest (preprocessing, decoding).
 //!
-//! One optimized plan per model, shared by every call; each call runs it on
-//! the engine's own thread pool (`compute.vision.threads`), so image calls
-//! never queue behind the pool llama.cpp or candle use.
+//! Each call runs on the runtime's own threads (`compute.vision.threads`),
+//! so image calls never queue behind the pool llama.cpp or candle use.
 
 mod classify;
 mod detect;
+mod graph;
 mod ocr;
+mod onnxruntime;
+mod tract;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::runtime::RunOptions;
-use tract_onnx::tract_hir::infer::Factoid;
 
 use super::image::{ImageEngine, ImageTask};
 use super::{EngineError, ModelDir, ModelInfo};
 
 pub use classify::Classifier;
 pub use detect::Detector;
+pub use graph::Runtime;
 pub use ocr::TextReader;
 
-/// An ONNX image model loaded and optimized for one input size.
+use graph::{Dim, Graph};
+
+/// An ONNX image model that takes one input size.
 struct Network {
-    plan: Arc<TypedRunnableModel>,
+    graph: Box<dyn Graph>,
     /// Width and height the network takes.
     width: u32,
     height: u32,
-    /// The ONNX `metadata_props`.
-    metadata: BTreeMap<String, String>,
     /// The output's shape for one image.
     output_shape: Vec<usize>,
 }
 
 impl Network {
-    /// Load `path`, its input fixed to one RGB image of the size its
-    /// declared input (or its `imgsz` metadata, for dynamic ones) says.
-    fn load(path: &Path, dir: &ModelDir, threads: usize) -> Result<Self, EngineError> {
-        let model = read_onnx(path, dir, None)?;
-        let metadata = metadata(&model);
-        let (width, height) = input_size(&model, &metadata).map_err(|e| dir.fail(e))?;
-        let plan =
-            plan_for(model, height, width, threads).map_err(|e| dir.fail(format!("{e:#}")))?;
-        let output_shape = plan
-            .model()
-            .output_fact(0)
-            .ok()
-            .and_then(|fact| fact.shape.as_concrete().map(|s| s.to_vec()))
-            .ok_or_else(|| dir.fail("its output's shape is not fixed by its input's"))?;
+    /// Load `path`, its input one RGB image of the size its declared input
+    /// (or its `imgsz` metadata, for dynamic ones) says, and run it once on
+    /// a blank one: a model the runtime cannot run fails its load, not a
+    /// call, and its output's shape is known.
+    fn load(path: &Path, dir: &ModelDir, runtime: &Runtime) -> Result<Self, EngineError> {
+        let graph = runtime.load(path).map_err(|e| dir.fail(e))?;
+        let (width, height) =
+            input_size(graph.input_dims(), graph.metadata()).map_err(|e| dir.fail(e))?;
+        let blank = vec![0.0; 3 * width as usize * height as usize];
+        let (output_shape, _) = graph.run(blank, height, width).map_err(|e| {
+            dir.fail(format!(
+                "it does not run on a {width}x{height} picture: {e}"
+            ))
+        })?;
         Ok(Self {
-            plan,
+            graph,
             width,
             height,
-            metadata,
             output_shape,
         })
+    }
+
+    fn metadata(&self) -> &BTreeMap<String, String> {
+        self.graph.metadata()
     }
 
     /// Run on one image, already planar (3 x height x width floats): the
     /// first output's values.
     fn run(&self, planar: Vec<f32>) -> Result<Vec<f32>, EngineError> {
-        run_plan(&self.plan, planar, self.height, self.width)
+        self.graph
+            .run(planar, self.height, self.width)
             .map(|(_, values)| values)
-            .map_err(|e| EngineError::Inference(format!("{e:#}")))
+            .map_err(EngineError::Inference)
     }
 
     fn task(&self) -> Option<ImageTask> {
-        match self.metadata.get("task").map(String::as_str) {
+        match self.metadata().get("task").map(String::as_str) {
             Some("classify") => Some(ImageTask::Classify),
             Some("detect") => Some(ImageTask::Detect),
             Some(_) => None,
@@ -89,19 +94,20 @@ impl Network {
 pub fn load(
     path: &Path,
     dir: &ModelDir,
-    threads: usize,
+    runtime: &Runtime,
 ) -> Result<Arc<dyn ImageEngine>, EngineError> {
     if [ocr::DETECTOR_FILE, ocr::RECOGNIZER_FILE]
         .iter()
         .all(|f| dir.files.contains_key(*f))
     {
-        return Ok(Arc::new(TextReader::load(dir, threads)?));
+        return Ok(Arc::new(TextReader::load(dir, runtime)?));
     }
-    let network = Network::load(path, dir, threads)?;
+    let network = Network::load(path, dir, runtime)?;
     let size_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let runs_on = network.graph.runs_on();
     let info = |architecture: &str| ModelInfo {
         id: dir.id.to_string(),
-        architecture: Some(architecture.to_string()),
+        architecture: Some(format!("{architecture} on {runs_on}")),
         parameters: size_bytes / 4,
         size_bytes,
         context_train: 0,
@@ -124,135 +130,39 @@ pub fn load(
              detector (output [1, 4 + classes, boxes]), nor a text reader's directory (det.onnx \
              and rec.onnx); its task metadata says {:?} and its \
              output is {:?}",
-            network.metadata.get("task"),
+            network.metadata().get("task"),
             network.output_shape
         ))),
     }
 }
 
-/// `path` (`file`, of a model of several, named in errors) as tract reads it, its input
-/// not yet fixed. Only the input is ever fixed and every other shape
-/// inferred from it: exporters declare symbolic shapes (`batch`,
-/// `(height+1)/2`) that would not unify with a concrete input.
-fn read_onnx(
-    path: &Path,
-    dir: &ModelDir,
-    file: Option<&str>,
-) -> Result<InferenceModel, EngineError> {
-    let named = file.map_or(String::new(), |file| format!("{file} is "));
-    tract_onnx::onnx()
-        .with_ignore_output_shapes(true)
-        .with_ignore_value_info(true)
-        .model_for_path(path)
-        .map_err(|e| dir.fail(format!("{named}not an ONNX model tract reads: {e:#}")))
-}
-
-/// `model` optimized for one RGB image of `height` x `width`, run on
-/// `threads` ([`executor`]).
-fn plan_for(
-    mut model: InferenceModel,
-    height: u32,
-    width: u32,
-    threads: usize,
-) -> TractResult<Arc<TypedRunnableModel>> {
-    let input = f32::fact([1, 3, height as usize, width as usize]);
-    model.set_input_fact(0, input.into())?;
-    let options = RunOptions {
-        executor: Some(executor(threads)),
-        ..Default::default()
-    };
-    model.into_optimized()?.into_runnable_with_options(&options)
-}
-
-/// Run `plan` on one planar image (3 x `height` x `width` floats): its
-/// first output's shape and values.
-fn run_plan(
-    plan: &Arc<TypedRunnableModel>,
-    planar: Vec<f32>,
-    height: u32,
-    width: u32,
-) -> TractResult<(Vec<usize>, Vec<f32>)> {
-    let shape = [1, 3, height as usize, width as usize];
-    let input = Tensor::from_shape(&shape, &planar)?;
-    let outputs = plan.run(tvec!(input.into()))?;
-    let output = outputs[0].try_as_plain_ram()?;
-    Ok((
-        outputs[0].shape().to_vec(),
-        output.as_slice::<f32>()?.to_vec(),
-    ))
-}
-
 /// The memory an ONNX model is counted for, beside the engines' workspace:
-/// its weights, once per plan a text reader keeps (each plan packs its own
-/// copy; a classifier or detector has one plan).
+/// its weights, for a text reader once per plan tract keeps (each packs its
+/// own copy; ONNX Runtime keeps one, but the count stays on the safe side
+/// whichever runtime loads it); a classifier or detector runs at one size.
 pub fn bytes_in_memory(model: &jetsonmind_store::ModelInfo) -> u64 {
     let reads_text = [ocr::DETECTOR_FILE, ocr::RECOGNIZER_FILE]
         .iter()
         .all(|name| model.files.iter().any(|f| f.path == *name));
     match reads_text {
-        true => model.size_bytes * ocr::PLANS_KEPT as u64,
+        true => model.size_bytes * tract::PLANS_KEPT as u64,
         false => model.size_bytes,
     }
 }
 
-/// A single-threaded plan for one thread; a pool of its own for more.
-fn executor(threads: usize) -> tract_onnx::prelude::multithread::Executor {
-    use tract_onnx::prelude::multithread::{self, Executor};
-    match threads {
-        0 | 1 => Executor::SingleThread,
-        n => {
-            // tract's defaults (64 panels, 32768 elements) keep the small
-            // products and depthwise layers of mobile networks on one
-            // thread; these split them too (measured: bench/vision.py).
-            multithread::set_threading_panel_threshold(PANEL_THRESHOLD);
-            multithread::set_threading_element_threshold(ELEMENT_THRESHOLD);
-            Executor::multithread_with_name(n, "jetsonmind-vision")
-        }
-    }
-}
-
-const PANEL_THRESHOLD: usize = 8;
-const ELEMENT_THRESHOLD: usize = 8192;
-
-fn metadata(model: &InferenceModel) -> BTreeMap<String, String> {
-    model
-        .properties
-        .iter()
-        .filter_map(|(key, value)| {
-            let key = key.strip_prefix("onnx.metadata_props.")?;
-            let value = value
-                .try_as_plain_ram()
-                .ok()?
-                .to_scalar::<String>()
-                .ok()?
-                .clone();
-            Some((key.to_string(), value))
-        })
-        .collect()
-}
-
 /// The input's height and width: as declared, or from `imgsz` (`[h, w]` or
 /// one side) where the declared input is dynamic.
-fn input_size(
-    model: &InferenceModel,
-    metadata: &BTreeMap<String, String>,
-) -> Result<(u32, u32), String> {
-    let fact = model
-        .input_fact(0)
-        .map_err(|e| format!("it has no input: {e}"))?;
-    let dims: Option<Vec<usize>> = fact
-        .shape
-        .dims()
-        .map(|d| {
-            d.concretize()?
-                .as_i64()
-                .and_then(|n| usize::try_from(n).ok())
-        })
-        .collect();
-    if let Some([_, 3, h, w]) = dims.as_deref() {
+fn input_size(dims: &[Dim], metadata: &BTreeMap<String, String>) -> Result<(u32, u32), String> {
+    if let [
+        _,
+        Dim { size: Some(3), .. },
+        Dim { size: Some(h), .. },
+        Dim { size: Some(w), .. },
+    ] = dims
+    {
         return Ok((*w as u32, *h as u32));
     }
-    let declared = fact.shape.dims().map(|d| d.to_string()).collect::<Vec<_>>();
+    let declared: Vec<&str> = dims.iter().map(|d| d.name.as_str()).collect();
     if declared.len() != 4 {
         return Err(format!(
             "its input is {declared:?}, not one image [batch, 3, height, width]"
@@ -260,7 +170,7 @@ fn input_size(
     }
     if let Some(dims) = declared
         .get(1)
-        .filter(|c| c.as_str() != "3" && c.parse::<u32>().is_ok())
+        .filter(|c| **c != "3" && c.parse::<u32>().is_ok())
     {
         return Err(format!(
             "its input has {dims} channels; image models here take 3 (RGB)"
@@ -287,14 +197,14 @@ fn input_size(
 /// (a Python dict literal, `{0: 'person', 1: 'bicycle'}`), or a
 /// `labels.txt` (one per line) or `labels.json` beside the model.
 fn labels(network: &Network, dir: &ModelDir) -> Result<Option<Vec<String>>, EngineError> {
-    if let Some(json) = network.metadata.get("labels") {
+    if let Some(json) = network.metadata().get("labels") {
         return serde_json::from_str(json).map(Some).map_err(|e| {
             dir.fail(format!(
                 "its labels metadata is not a JSON array of strings: {e}"
             ))
         });
     }
-    if let Some(names) = network.metadata.get("names") {
+    if let Some(names) = network.metadata().get("names") {
         return python_names(names)
             .map(Some)
             .ok_or_else(|| dir.fail("its names metadata is not a {0: 'name', ...} mapping"));
@@ -334,6 +244,41 @@ fn python_names(text: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dims(declared: &[&str]) -> Vec<Dim> {
+        declared
+            .iter()
+            .map(|d| Dim {
+                size: d.parse().ok(),
+                name: d.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_input_size_is_declared_or_named_by_imgsz() {
+        let none = BTreeMap::new();
+        assert_eq!(
+            input_size(&dims(&["1", "3", "224", "320"]), &none),
+            Ok((320, 224))
+        );
+        // A dynamic batch does not make a fixed picture size dynamic.
+        assert_eq!(
+            input_size(&dims(&["batch", "3", "640", "640"]), &none),
+            Ok((640, 640))
+        );
+        let imgsz = BTreeMap::from([("imgsz".to_string(), "[480, 640]".to_string())]);
+        assert_eq!(
+            input_size(&dims(&["batch", "3", "h", "w"]), &imgsz),
+            Ok((640, 480))
+        );
+        let error = input_size(&dims(&["batch", "3", "h", "w"]), &none).unwrap_err();
+        assert!(error.contains("dynamic size and no `imgsz`"), "{error}");
+        let error = input_size(&dims(&["1", "1", "28", "28"]), &none).unwrap_err();
+        assert!(error.contains("has 1 channels"), "{error}");
+        let error = input_size(&dims(&["1", "784"]), &none).unwrap_err();
+        assert!(error.contains("not one image"), "{error}");
+    }
 
     #[test]
     fn ultralytics_names() {

@@ -5,16 +5,14 @@
 //! is CTC-decoded with the character list in its own metadata.
 //!
 //! A model is a directory with `det.onnx` and `rec.onnx`. Both take images
-//! of any size; tract plans each size apart ([`Stage`]).
-
-use std::sync::{Arc, Mutex};
+//! of any size (tract plans each size apart: [`super::tract`]).
 
 use jetsonmind_image::RgbImage;
 use jetsonmind_image::geometry::{self, RotatedRect};
 use jetsonmind_image::prepare::{self, ChannelOrder, Normalization};
-use tract_onnx::prelude::*;
 
-use super::{metadata, plan_for, read_onnx, run_plan};
+use super::Runtime;
+use super::graph::Graph;
 use crate::engine::image::{ImageEngine, ImageTask, PixelBox, ReadOptions, TextLine};
 use crate::engine::{EngineError, ModelDir, ModelInfo};
 
@@ -32,12 +30,8 @@ const PADDLE: Normalization = Normalization {
 /// times, so a multiple of 32 at least).
 const DETECT_MAX_SIDE: u32 = 960;
 /// Input sides (the detector's, the recognizer's width) come in these
-/// steps: each size is a plan of its own.
+/// steps: on tract each size is a plan of its own, so few serve all pictures.
 const SIZE_STEP: u32 = 160;
-/// Plans kept per network, the least recently used dropped. Each holds its
-/// own packed copy of the weights: a text reader is counted in the memory
-/// budget for this many ([`super::bytes_in_memory`]).
-pub const PLANS_KEPT: usize = 4;
 /// The detector's sides are resized to multiples of this (its pyramid halves
 /// the picture five times), keeping the aspect, then padded.
 const DETECT_STRIDE: u32 = 32;
@@ -72,48 +66,18 @@ pub struct TextReader {
     info: ModelInfo,
 }
 
-/// One network of the two, planned per input size, the most recently used
-/// [`PLANS_KEPT`] sizes kept. (tract cannot keep these networks' sides
-/// symbolic: the ceiling divisions of their feature pyramids do not unify;
-/// sizes come in steps of [`SIZE_STEP`], so few plans serve all pictures.)
+/// One network of the two, named in its errors.
 struct Stage {
     file: &'static str,
-    model: InferenceModel,
-    threads: usize,
-    /// The most recently used last.
-    plans: Mutex<Vec<SizedPlan>>,
+    graph: Box<dyn Graph>,
 }
 
-/// A plan for one (height, width).
-type SizedPlan = ((u32, u32), Arc<TypedRunnableModel>);
-
 impl Stage {
-    fn load(dir: &ModelDir, file: &'static str, threads: usize) -> Result<Self, EngineError> {
-        Ok(Self {
-            file,
-            model: read_onnx(dir.path(file)?, dir, Some(file))?,
-            threads,
-            plans: Mutex::default(),
-        })
-    }
-
-    /// The plan for one RGB image of `height` x `width`: kept, or made now.
-    fn plan(&self, height: u32, width: u32) -> Result<Arc<TypedRunnableModel>, TractError> {
-        let size = (height, width);
-        let mut plans = self.plans.lock().expect("plans lock");
-        if let Some(at) = plans.iter().position(|(s, _)| *s == size) {
-            let kept = plans.remove(at);
-            plans.push(kept.clone());
-            return Ok(kept.1);
-        }
-        drop(plans);
-        let plan = plan_for(self.model.clone(), height, width, self.threads)?;
-        let mut plans = self.plans.lock().expect("plans lock");
-        if plans.len() == PLANS_KEPT {
-            plans.remove(0);
-        }
-        plans.push((size, plan.clone()));
-        Ok(plan)
+    fn load(dir: &ModelDir, file: &'static str, runtime: &Runtime) -> Result<Self, EngineError> {
+        let graph = runtime
+            .load(dir.path(file)?)
+            .map_err(|e| dir.fail(format!("{file} is {e}")))?;
+        Ok(Self { file, graph })
     }
 
     /// Run on one planar image: the first output's shape and values.
@@ -123,28 +87,39 @@ impl Stage {
         height: u32,
         width: u32,
     ) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
-        self.plan(height, width)
-            .and_then(|plan| run_plan(&plan, planar, height, width))
+        self.graph
+            .run(planar, height, width)
+            .map_err(|e| EngineError::Inference(format!("{} at {width}x{height}: {e}", self.file)))
+    }
+
+    /// Run on a blank picture (at load: a network the runtime cannot run
+    /// fails its load, not a call): the output's shape.
+    fn try_blank(
+        &self,
+        dir: &ModelDir,
+        height: u32,
+        width: u32,
+    ) -> Result<Vec<usize>, EngineError> {
+        let blank = vec![0.0; 3 * height as usize * width as usize];
+        self.graph
+            .run(blank, height, width)
+            .map(|(shape, _)| shape)
             .map_err(|e| {
-                EngineError::Inference(format!("{} at {width}x{height}: {e:#}", self.file))
+                dir.fail(format!(
+                    "{} does not run at {width}x{height}: {e}",
+                    self.file
+                ))
             })
     }
 }
 
 impl TextReader {
-    pub(super) fn load(dir: &ModelDir, threads: usize) -> Result<Self, EngineError> {
-        let detector = Stage::load(dir, DETECTOR_FILE, threads)?;
-        let recognizer = Stage::load(dir, RECOGNIZER_FILE, threads)?;
-        // Planned now for the smallest sizes: a model tract cannot run
-        // fails its load, not a call.
-        let fail = |file: &'static str| move |e: TractError| dir.fail(format!("{file}: {e:#}"));
-        detector
-            .plan(SIZE_STEP, SIZE_STEP)
-            .map_err(fail(DETECTOR_FILE))?;
-        let plan = recognizer
-            .plan(LINE_HEIGHT, LINE_MIN_WIDTH)
-            .map_err(fail(RECOGNIZER_FILE))?;
-        let metadata = metadata(&recognizer.model);
+    pub(super) fn load(dir: &ModelDir, runtime: &Runtime) -> Result<Self, EngineError> {
+        let detector = Stage::load(dir, DETECTOR_FILE, runtime)?;
+        let recognizer = Stage::load(dir, RECOGNIZER_FILE, runtime)?;
+        detector.try_blank(dir, SIZE_STEP, SIZE_STEP)?;
+        let recognized = recognizer.try_blank(dir, LINE_HEIGHT, LINE_MIN_WIDTH)?;
+        let metadata = recognizer.graph.metadata();
         let listed = metadata.get("character").ok_or_else(|| {
             dir.fail("rec.onnx has no `character` metadata (the characters it reads)")
         })?;
@@ -152,12 +127,8 @@ impl TextReader {
             .chain(listed.split('\n').map(str::to_string))
             .chain(std::iter::once(" ".to_string()))
             .collect();
-        let classes = plan
-            .model()
-            .output_fact(0)
-            .ok()
-            .and_then(|f| f.shape.last().and_then(|d| d.as_i64()));
-        if classes != Some(characters.len() as i64) {
+        let classes = recognized.last().copied();
+        if classes != Some(characters.len()) {
             return Err(dir.fail(format!(
                 "rec.onnx scores {classes:?} classes, but its metadata lists {} characters \
                  (with the CTC blank and a space, {} were expected)",
@@ -170,13 +141,17 @@ impl TextReader {
             .filter_map(|f| std::fs::metadata(dir.files.get(*f)?).ok())
             .map(|m| m.len())
             .sum();
+        let architecture = format!(
+            "onnx text reader (DB + CRNN) on {}",
+            detector.graph.runs_on()
+        );
         Ok(Self {
             detector,
             recognizer,
             characters,
             info: ModelInfo {
                 id: dir.id.to_string(),
-                architecture: Some("onnx text reader (DB + CRNN)".into()),
+                architecture: Some(architecture),
                 parameters: size_bytes / 4,
                 size_bytes,
                 context_train: 0,
