@@ -15,12 +15,8 @@ use super::{onnxruntime, tract};
 /// One ONNX network, loaded, run on one planar RGB image (3 x height x
 /// width floats) at a time, of any size its graph takes.
 pub trait Graph: Send + Sync {
-    /// The model's `metadata_props`.
-    fn metadata(&self) -> &BTreeMap<String, String>;
-
-    /// The first input's dimensions as declared: a number, or `None` with
-    /// the symbol's name (`batch`, `height`) for a dynamic one.
-    fn input_dims(&self) -> &[Dim];
+    /// What the model declares, and what runs it.
+    fn info(&self) -> &GraphInfo;
 
     /// The first output's shape and values for one image.
     fn run(
@@ -29,13 +25,20 @@ pub trait Graph: Send + Sync {
         height: u32,
         width: u32,
     ) -> Result<(Vec<usize>, Vec<f32>), String>;
-
-    /// What runs it, as model listings and results say (`onnxruntime
-    /// 1.32.0`, `tract`).
-    fn runs_on(&self) -> String;
 }
 
-/// One declared dimension of an input.
+/// What a loaded graph declares, and what runs it.
+pub struct GraphInfo {
+    /// The model's `metadata_props`.
+    pub metadata: BTreeMap<String, String>,
+    /// The first input's dimensions as declared.
+    pub input: Vec<Dim>,
+    /// As model listings and results say it (`onnxruntime 1.32.0`, `tract`).
+    pub runs_on: String,
+}
+
+/// One declared dimension of an input: a number, or `None` with the
+/// symbol's name (`batch`, `height`) for a dynamic one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dim {
     pub size: Option<usize>,

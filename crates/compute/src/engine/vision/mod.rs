@@ -46,7 +46,7 @@ impl Network {
     fn load(path: &Path, dir: &ModelDir, runtime: &Runtime) -> Result<Self, EngineError> {
         let graph = runtime.load(path).map_err(|e| dir.fail(e))?;
         let (width, height) =
-            input_size(graph.input_dims(), graph.metadata()).map_err(|e| dir.fail(e))?;
+            input_size(&graph.info().input, &graph.info().metadata).map_err(|e| dir.fail(e))?;
         let blank = vec![0.0; 3 * width as usize * height as usize];
         let (output_shape, _) = graph.run(blank, height, width).map_err(|e| {
             dir.fail(format!(
@@ -62,7 +62,7 @@ impl Network {
     }
 
     fn metadata(&self) -> &BTreeMap<String, String> {
-        self.graph.metadata()
+        &self.graph.info().metadata
     }
 
     /// Run on one image, already planar (3 x height x width floats): the
@@ -104,7 +104,7 @@ pub fn load(
     }
     let network = Network::load(path, dir, runtime)?;
     let size_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-    let runs_on = network.graph.runs_on();
+    let runs_on = network.graph.info().runs_on.clone();
     let info = |architecture: &str| ModelInfo {
         id: dir.id.to_string(),
         architecture: Some(format!("{architecture} on {runs_on}")),

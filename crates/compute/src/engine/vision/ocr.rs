@@ -119,7 +119,7 @@ impl TextReader {
         let recognizer = Stage::load(dir, RECOGNIZER_FILE, runtime)?;
         detector.try_blank(dir, SIZE_STEP, SIZE_STEP)?;
         let recognized = recognizer.try_blank(dir, LINE_HEIGHT, LINE_MIN_WIDTH)?;
-        let metadata = recognizer.graph.metadata();
+        let metadata = &recognizer.graph.info().metadata;
         let listed = metadata.get("character").ok_or_else(|| {
             dir.fail("rec.onnx has no `character` metadata (the characters it reads)")
         })?;
@@ -143,7 +143,7 @@ impl TextReader {
             .sum();
         let architecture = format!(
             "onnx text reader (DB + CRNN) on {}",
-            detector.graph.runs_on()
+            detector.graph.info().runs_on
         );
         Ok(Self {
             detector,

@@ -16,7 +16,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, ValueType};
 
-use super::graph::{Dim, Graph};
+use super::graph::{Dim, Graph, GraphInfo};
 
 /// The library's file name, as the dynamic linker looks it up.
 pub const LIBRARY: &str = "libonnxruntime.so";
@@ -53,8 +53,7 @@ impl Library {
             .map_err(text)?
             .commit_from_file(path)
             .map_err(|e| format!("not an ONNX model ONNX Runtime reads: {e}"))?;
-        let metadata = metadata(&session)?;
-        let input_dims = match session.inputs().first().map(|input| input.dtype()) {
+        let input = match session.inputs().first().map(|input| input.dtype()) {
             Some(ValueType::Tensor {
                 shape,
                 dimension_symbols,
@@ -74,11 +73,14 @@ impl Library {
             Some(other) => return Err(format!("its input is {other:?}, not a tensor")),
             None => return Err("it has no input".into()),
         };
-        Ok(OrtGraph {
+        let info = GraphInfo {
+            metadata: metadata(&session)?,
+            input,
             runs_on: format!("onnxruntime {}", self.version),
+        };
+        Ok(OrtGraph {
             session: Mutex::new(session),
-            metadata,
-            input_dims,
+            info,
         })
     }
 }
@@ -146,22 +148,12 @@ pub struct OrtGraph {
     /// A session runs one call at a time (its run takes it mutably); each
     /// run uses all of the session's threads.
     session: Mutex<Session>,
-    runs_on: String,
-    metadata: BTreeMap<String, String>,
-    input_dims: Vec<Dim>,
+    info: GraphInfo,
 }
 
 impl Graph for OrtGraph {
-    fn runs_on(&self) -> String {
-        self.runs_on.clone()
-    }
-
-    fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.metadata
-    }
-
-    fn input_dims(&self) -> &[Dim] {
-        &self.input_dims
+    fn info(&self) -> &GraphInfo {
+        &self.info
     }
 
     fn run(

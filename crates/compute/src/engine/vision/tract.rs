@@ -10,7 +10,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::graph::{Dim, Graph};
+use super::graph::{Dim, Graph, GraphInfo};
 
 /// Plans kept per graph, the least recently used dropped. Each holds its
 /// own packed copy of the weights: a model whose pictures come in many
@@ -21,8 +21,7 @@ pub const PLANS_KEPT: usize = 4;
 pub struct TractGraph {
     /// The graph as read, its input not yet fixed.
     model: InferenceModel,
-    metadata: BTreeMap<String, String>,
-    input_dims: Vec<Dim>,
+    info: GraphInfo,
     threads: usize,
     /// The most recently used last.
     plans: Mutex<Vec<SizedPlan>>,
@@ -41,10 +40,13 @@ impl TractGraph {
             .with_ignore_value_info(true)
             .model_for_path(path)
             .map_err(|e| format!("not an ONNX model tract reads: {e:#}"))?;
-        let input_dims = input_dims(&model)?;
-        Ok(Self {
+        let info = GraphInfo {
             metadata: metadata(&model),
-            input_dims,
+            input: input_dims(&model)?,
+            runs_on: "tract".into(),
+        };
+        Ok(Self {
+            info,
             model,
             threads,
             plans: Mutex::default(),
@@ -72,16 +74,8 @@ impl TractGraph {
 }
 
 impl Graph for TractGraph {
-    fn runs_on(&self) -> String {
-        "tract".into()
-    }
-
-    fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.metadata
-    }
-
-    fn input_dims(&self) -> &[Dim] {
-        &self.input_dims
+    fn info(&self) -> &GraphInfo {
+        &self.info
     }
 
     fn run(
