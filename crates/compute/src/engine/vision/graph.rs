@@ -25,6 +25,14 @@ pub trait Graph: Send + Sync {
         height: u32,
         width: u32,
     ) -> Result<(Vec<usize>, Vec<f32>), String>;
+
+    /// The first output's shape at `height` x `width`, from a run on a
+    /// blank picture (at load: a network the runtime cannot run at that
+    /// size fails its load, not a call).
+    fn output_shape_at(&self, height: u32, width: u32) -> Result<Vec<usize>, String> {
+        let blank = vec![0.0; 3 * height as usize * width as usize];
+        self.run(blank, height, width).map(|(shape, _)| shape)
+    }
 }
 
 /// What a loaded graph declares, and what runs it.

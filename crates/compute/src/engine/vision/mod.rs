@@ -47,8 +47,7 @@ impl Network {
         let graph = runtime.load(path).map_err(|e| dir.fail(e))?;
         let (width, height) =
             input_size(&graph.info().input, &graph.info().metadata).map_err(|e| dir.fail(e))?;
-        let blank = vec![0.0; 3 * width as usize * height as usize];
-        let (output_shape, _) = graph.run(blank, height, width).map_err(|e| {
+        let output_shape = graph.output_shape_at(height, width).map_err(|e| {
             dir.fail(format!(
                 "it does not run on a {width}x{height} picture: {e}"
             ))

@@ -100,16 +100,12 @@ impl Stage {
         height: u32,
         width: u32,
     ) -> Result<Vec<usize>, EngineError> {
-        let blank = vec![0.0; 3 * height as usize * width as usize];
-        self.graph
-            .run(blank, height, width)
-            .map(|(shape, _)| shape)
-            .map_err(|e| {
-                dir.fail(format!(
-                    "{} does not run at {width}x{height}: {e}",
-                    self.file
-                ))
-            })
+        self.graph.output_shape_at(height, width).map_err(|e| {
+            dir.fail(format!(
+                "{} does not run at {width}x{height}: {e}",
+                self.file
+            ))
+        })
     }
 }
 
