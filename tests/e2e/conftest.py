@@ -238,12 +238,28 @@ def client_with(url, token, statuses, mode="auto"):
     return http, Client(streamable_http_client(url, http_client=http), mode=mode)
 
 
+class SessionRefused(Exception):
+    """A session that did not open, with the HTTP statuses the server answered (the SDK hides them)."""
+
+    def __init__(self, url, seen):
+        super().__init__(f"{url}: no session; HTTP statuses seen: {seen}")
+        self.seen = seen
+
+
 @asynccontextmanager
 async def connected(url, key):
     """An MCP session at `url` with `key` as its bearer token."""
-    http, client = client_with(url, key, Statuses())
-    async with http, client:
-        yield client
+    statuses = Statuses()
+    http, client = client_with(url, key, statuses)
+    opened = False
+    try:
+        async with http, client:
+            opened = True
+            yield client
+    except Exception as error:
+        if opened:
+            raise
+        raise SessionRefused(url, statuses.seen) from error
 
 
 @pytest.fixture

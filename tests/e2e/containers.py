@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import DEFAULT_MODEL, connected, default_model, eventually, run
+from conftest import DEFAULT_MODEL, SessionRefused, connected, default_model, eventually, run
 from natscluster import NATS_SERVER, _die_with_parent, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,9 +72,9 @@ class Compose:
         """The container's name, as both tools name it."""
         return f"{self.project}_{service}_1"
 
-    def cli(self, *args, check=True):
+    def cli(self, *args, check=True, timeout=300):
         """The engine's own CLI (docker or podman)."""
-        return run([self.engine, *args], env=self.env, check=check)
+        return run([self.engine, *args], env=self.env, check=check, timeout=timeout)
 
     def down(self):
         """Everything the project made, its volumes too."""
@@ -83,6 +83,10 @@ class Compose:
             names = self.cli("volume", "ls", "-q", check=False).stdout.split()
             for name in (n for n in names if n.startswith(f"{self.project}_")):
                 self.cli("volume", "rm", "-f", name, check=False)
+
+    def completed(self, service, timeout=180):
+        """Wait for the one-shot `service` to finish; its exit code."""
+        return int(self.cli("wait", self.container(service), timeout=timeout).stdout.split()[-1])
 
     def logs(self):
         return self("logs", check=False).stdout[-20000:]
@@ -174,11 +178,23 @@ async def every_answer(url, key):
     return {a["replica"]: a["ok"] for a in result.structured_content["answers"]}
 
 
-async def answers_from_every_node(url, key, nodes):
-    """Once the gateway at `url` routes to `nodes` nodes: every_answer there."""
+async def answers_from_every_node(compose, url, key, nodes):
+    """Once the `keys` service has added `key` to the cluster and the gateway at `url` routes to `nodes`
+    nodes: every_answer there. podman-compose starts the nodes without waiting for `keys`, so a node can be
+    ready before the key exists; once it does, each node's mirror of the cluster's keys takes it a moment
+    later: until then the node answers 401, which counts as not yet."""
+    assert compose.completed("keys") == 0, compose.logs()
 
     async def all_up():
-        return ready(url.removesuffix("/mcp")) and sum(health_of(await health_at(url, key)).values()) == nodes
+        if not ready(url.removesuffix("/mcp")):
+            return False
+        try:
+            health = health_of(await health_at(url, key))
+        except SessionRefused as refused:
+            if {status for status, _ in refused.seen} == {401}:
+                return False
+            raise
+        return sum(health.values()) == nodes
 
     await eventually(f"{url} routing to all {nodes} nodes", all_up, timeout=180)
     return await every_answer(url, key)

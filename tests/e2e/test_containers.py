@@ -128,7 +128,7 @@ async def test_cluster_compose_serves_from_every_node_and_goes_on_without_a_node
         compose,
         began,
     ):
-        answers = await answers_from_every_node(node1, key, 3)
+        answers = await answers_from_every_node(compose, node1, key, 3)
         answered = time.monotonic()
         assert answers == {"compute-local": True, "compute@node2": True, "compute@node3": True}, answers
         print(f"\n{kind}: cluster compose up to answers from every node {answered - began:.1f} s")
