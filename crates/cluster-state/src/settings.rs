@@ -14,10 +14,9 @@ use std::sync::Arc;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use jetsonmind_cluster::Bus;
-use jetsonmind_core::config::ClusterLayer;
+use jetsonmind_core::config::{ClusterLayer, Schema};
 use jetsonmind_data::settings::{
-    BoxFuture, Settings, SettingsError, SharedSettings, get_key, is_node_key, leaf_keys, set_key,
-    touches_trust,
+    BoxFuture, Settings, SettingsError, SharedSettings, get_key, leaf_keys, set_key,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -42,11 +41,14 @@ struct Document {
 pub struct ClusterSettings {
     bucket: kv::Store,
     node: String,
+    /// Which keys are a node's own and which decide trust.
+    schema: Schema,
 }
 
 impl ClusterSettings {
-    /// Open the bucket (made by the first node that needs it).
-    pub async fn open(bus: &Bus) -> Result<Self, StateError> {
+    /// Open the bucket (made by the first node that needs it), for settings
+    /// of `schema`'s sections.
+    pub async fn open(bus: &Bus, schema: Schema) -> Result<Self, StateError> {
         let config = durable_bucket(
             bus,
             "settings",
@@ -57,6 +59,7 @@ impl ClusterSettings {
         Ok(Self {
             bucket,
             node: bus.node.clone(),
+            schema,
         })
     }
 
@@ -94,10 +97,11 @@ impl ClusterSettings {
     pub async fn adopt(&self, settings: &toml::Table) -> Result<Adopted, StateError> {
         let mut local = Vec::new();
         leaf_keys(settings, "", &mut local);
-        local.retain(|key| !is_node_key(key));
+        local.retain(|key| !self.schema.is_node_key(key));
         // Who is trusted is the cluster's admin's to decide, not a newcomer's.
-        let (trusted, local): (Vec<String>, Vec<String>) =
-            local.into_iter().partition(|key| touches_trust(key));
+        let (trusted, local): (Vec<String>, Vec<String>) = local
+            .into_iter()
+            .partition(|key| self.schema.touches_trust(key));
         loop {
             let (document, revision) = self.document().await?.unwrap_or_default();
             let (set, unset): (Vec<String>, Vec<String>) = local
@@ -166,7 +170,7 @@ impl ClusterSettings {
         changes: Vec<(String, Option<toml::Value>)>,
         base: u64,
     ) -> Result<ClusterLayer, SettingsError> {
-        if let Some((key, _)) = changes.iter().find(|(key, _)| is_node_key(key)) {
+        if let Some((key, _)) = changes.iter().find(|(key, _)| self.schema.is_node_key(key)) {
             return Err(SettingsError::Invalid(format!(
                 "{key} is each node's own setting: it is not written for the cluster"
             )));

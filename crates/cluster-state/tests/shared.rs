@@ -9,18 +9,26 @@ use std::sync::Arc;
 
 use jetsonmind_cluster_state::keys::ClusterKeys;
 use jetsonmind_cluster_state::settings::ClusterSettings;
+use jetsonmind_compute::config::ComputeConfig;
 use jetsonmind_core::Config;
 use jetsonmind_core::auth::KeyStore;
-use jetsonmind_core::config::ConfigSources;
+use jetsonmind_core::config::{ConfigSources, Schema};
+use jetsonmind_data::config::CacheConfig;
 use jetsonmind_data::settings::{Authority, Settings, SettingsError};
 use serde_json::{Map, Value, json};
 use support::{NatsServer, connect, node_config, until, within};
 use tokio_util::sync::CancellationToken;
 
+/// The sections these tests share across the cluster.
+fn schema() -> Schema {
+    Schema::new().with::<ComputeConfig>().with::<CacheConfig>()
+}
+
 /// The settings of a node whose data dir is `dir`, as `serve` loads them.
 fn settings_in(dir: &Path) -> Arc<Settings> {
     let sources = ConfigSources {
         data_dir: Some(dir.to_path_buf()),
+        schema: schema(),
         ..Default::default()
     };
     let config: Config = sources.load().expect("the node's configuration");
@@ -36,9 +44,12 @@ async fn joined(
 ) -> Arc<Settings> {
     let bus = connect(&node_config(server, node)).await;
     let settings = settings_in(dir);
-    let shared = within("opening the settings bucket", ClusterSettings::open(&bus))
-        .await
-        .expect("the settings bucket");
+    let shared = within(
+        "opening the settings bucket",
+        ClusterSettings::open(&bus, schema()),
+    )
+    .await
+    .expect("the settings bucket");
     within("joining", shared.join(settings.clone(), stop.clone()))
         .await
         .expect("joining the cluster's settings");
@@ -82,12 +93,12 @@ async fn a_change_at_one_node_holds_at_every_node_and_a_concurrent_one_conflicts
         "threads is the node's own"
     );
     until("node2 applying cache.ttl_secs", || {
-        node2.current().cache.ttl_secs == 60
+        node2.current().section::<CacheConfig>().ttl_secs == 60
     })
     .await;
-    assert_eq!(node1.current().compute.threads, 3);
+    assert_eq!(node1.current().section::<ComputeConfig>().threads, 3);
     assert_ne!(
-        node2.current().compute.threads,
+        node2.current().section::<ComputeConfig>().threads,
         3,
         "a node's own key stays with it"
     );
@@ -120,7 +131,7 @@ async fn a_change_at_one_node_holds_at_every_node_and_a_concurrent_one_conflicts
         .unwrap();
     until("both nodes agreeing", || {
         [&node1, &node2].iter().all(|node| {
-            let cache = node.current().cache;
+            let cache = node.current().section::<CacheConfig>().clone();
             cache.ttl_secs == 61 && cache.max_bytes == 4096
         })
     })
@@ -143,11 +154,17 @@ async fn a_change_at_one_node_holds_at_every_node_and_a_concurrent_one_conflicts
     // A node started again has the cluster's settings before it joins.
     let winner = if a.is_ok() { 70 } else { 80 };
     until("node2 applying the winner", || {
-        node2.current().cache.ttl_secs == winner
+        node2.current().section::<CacheConfig>().ttl_secs == winner
     })
     .await;
     stop.cancel();
-    assert_eq!(settings_in(dir2.path()).current().cache.ttl_secs, winner);
+    assert_eq!(
+        settings_in(dir2.path())
+            .current()
+            .section::<CacheConfig>()
+            .ttl_secs,
+        winner
+    );
 }
 
 #[tokio::test]
@@ -227,7 +244,7 @@ async fn a_joining_node_adds_the_settings_the_cluster_lacks_and_keeps_the_cluste
         .unwrap();
 
     let newcomer = connect(&node_config(&server, "node2")).await;
-    let shared = ClusterSettings::open(&newcomer).await.unwrap();
+    let shared = ClusterSettings::open(&newcomer, schema()).await.unwrap();
     let local: toml::Table = toml::from_str(
         "[cache]\nttl_secs = 77\nmax_bytes = 1\n[compute]\nthreads = 2\n[auth]\nrequired = true\n",
     )
@@ -241,16 +258,16 @@ async fn a_joining_node_adds_the_settings_the_cluster_lacks_and_keeps_the_cluste
         "who is trusted is not a newcomer's to say"
     );
     until("node1 applying the newcomer's setting", || {
-        node1.current().cache.ttl_secs == 77
+        node1.current().section::<CacheConfig>().ttl_secs == 77
     })
     .await;
     assert_eq!(
-        node1.current().cache.max_bytes,
+        node1.current().section::<CacheConfig>().max_bytes,
         4096,
         "the cluster's value wins"
     );
     assert_ne!(
-        node1.current().compute.threads,
+        node1.current().section::<ComputeConfig>().threads,
         2,
         "a node's own key is not shared"
     );

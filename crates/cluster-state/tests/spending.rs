@@ -6,9 +6,9 @@ use crate::support;
 use std::sync::Arc;
 
 use jetsonmind_cluster_state::spending::ClusterSpending;
+use jetsonmind_control::config::{EgressRule, HybridConfig};
 use jetsonmind_control::egress::EgressRules;
 use jetsonmind_core::auth::{Principal, Scopes};
-use jetsonmind_core::config::{EgressRule, HybridConfig};
 use support::{NatsServer, connect, node_config, within};
 
 const PERIOD_S: u64 = 3_600;

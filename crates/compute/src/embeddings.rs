@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use jetsonmind_core::config::EmbeddingsConfig;
 use jetsonmind_core::content::text_and_structured;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::tool_error;
@@ -20,6 +19,8 @@ use crate::models::ModelRegistry;
 use crate::schema::{EmbedArgs, RerankArgs};
 
 pub use jetsonmind_contract::inference::{EMBED, RERANK};
+
+use crate::config::EmbeddingsConfig;
 
 pub struct EmbeddingService {
     pub models: Arc<ModelRegistry>,

@@ -3,6 +3,7 @@
 //! `multi_modal_inference` and `image_analyze`'s `describe` are built from
 //! the other tools, called as their caller ([`multimodal`]).
 
+pub mod config;
 pub mod embeddings;
 pub mod engine;
 pub mod input;
@@ -28,7 +29,6 @@ use jetsonmind_contract::inference::{
 };
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::{ComputeConfig, ComputeEngine};
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
@@ -38,12 +38,14 @@ use jetsonmind_core::rmcp::model::{
 use jetsonmind_core::unit::CallContext;
 use jetsonmind_core::{Catalog, Config, McpUnit, ToolCall, UnitIdentity, tool_error, tool_from};
 use jetsonmind_data::cache::InferenceCache;
+use jetsonmind_data::config::CacheConfig;
 use jetsonmind_data::inputs::InputCache;
 use jetsonmind_store::ModelStore;
 use jetsonmind_telemetry::LinuxReader;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::config::{ComputeConfig, ComputeEngine};
 use crate::embeddings::{EMBED, EmbeddingService, RERANK};
 use crate::engine::TextSettings;
 use crate::engine::simulated;
@@ -97,7 +99,7 @@ impl ComputeServer {
         store: Arc<ModelStore>,
         loader: Option<Loader>,
     ) -> Self {
-        let mut settings = config.compute.clone();
+        let mut settings = config.section::<ComputeConfig>().clone();
         let vitals = LinuxReader::new("/");
         let budget_bytes = match settings.memory_budget_bytes {
             0 => default_budget(&vitals),
@@ -167,7 +169,9 @@ impl ComputeServer {
             tokio::spawn(sweep_idle_models(Arc::downgrade(&models)));
             keep_models_as(&models, &settings);
         }
-        let inputs = Arc::new(InputCache::new((&config.cache.inputs).into()));
+        let inputs = Arc::new(InputCache::new(
+            (&config.section::<CacheConfig>().inputs).into(),
+        ));
         let audio = AudioService {
             models: models.clone(),
             settings: settings.audio.clone(),
@@ -264,12 +268,18 @@ impl ComputeServer {
     pub fn follow_settings(self: &Arc<Self>, mut settings: watch::Receiver<Config>) {
         let server = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut last = settings.borrow_and_update().compute.clone();
+            let mut last = settings
+                .borrow_and_update()
+                .section::<ComputeConfig>()
+                .clone();
             while settings.changed().await.is_ok() {
                 let Some(server) = server.upgrade() else {
                     return;
                 };
-                let compute = settings.borrow_and_update().compute.clone();
+                let compute = settings
+                    .borrow_and_update()
+                    .section::<ComputeConfig>()
+                    .clone();
                 server.retune(&compute);
                 if (compute.allocation, &compute.pinned_models)
                     != (last.allocation, &last.pinned_models)

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use jetsonmind_contract::inference::TransferProgress;
 use jetsonmind_contract::replica::LoadedModel;
-use jetsonmind_core::config::{AllocationStrategy, SimulatorConfig};
 use jetsonmind_core::upstream::ProgressSink;
 use jetsonmind_core::upstream::forward::TransferCallback;
 use jetsonmind_store::{ModelStore, StoreError};
 use tokio::sync::watch;
 
+use crate::config::{AllocationStrategy, SimulatorConfig};
 use crate::engine::runtimes::{self, Runtimes, engine_kind, not_servable};
 use crate::engine::{Engine, EngineError, EngineKind, ModelDir, TextEngine, TextSettings};
 use crate::placement::{self, Resident};

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jetsonmind_audio::{Audio, AudioError, Limits};
-use jetsonmind_core::config::AudioConfig;
 use jetsonmind_core::content::text_and_structured;
 use jetsonmind_core::rmcp::model::{
     CallToolResult, ContentBlock, NumberOrString, ProgressNotificationParam, ProgressToken,
@@ -32,6 +31,8 @@ use crate::schema::{AudioOperation, AudioProcessArgs};
 use crate::text::SetOnDrop;
 
 pub use jetsonmind_contract::inference::AUDIO_PROCESS;
+
+use crate::config::AudioConfig;
 
 const DEFAULT_VOICE: &str = "en";
 const DEFAULT_RATE_WPM: u32 = 175;

@@ -10,7 +10,6 @@ use jetsonmind_contract::inference::{
     GenerationProgress, TEXT_GENERATE,
 };
 use jetsonmind_contract::replica::mark_busy;
-use jetsonmind_core::config::ComputeConfig;
 use jetsonmind_core::content::text_and_structured;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::rmcp::model::{NumberOrString, ProgressToken};
@@ -21,6 +20,7 @@ use jetsonmind_data::cache::{InferenceCache, cache_key};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::config::ComputeConfig;
 use crate::engine::{EngineError, Flow, GenerateRequest, Generation, Prompt, Sampling, TextEngine};
 use crate::models::ModelRegistry;
 use crate::scheduler::{AdmitError, Scheduler};

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use jetsonmind_core::config::VisionConfig;
 use jetsonmind_core::content::text_and_structured;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::tool_error;
@@ -23,6 +22,8 @@ use crate::models::ModelRegistry;
 use crate::schema::{AnalysisType, ImageAnalyzeArgs};
 
 pub use jetsonmind_contract::inference::IMAGE_ANALYZE;
+
+use crate::config::VisionConfig;
 
 const DEFAULT_TOP_K: u32 = 5;
 const DEFAULT_MIN_SCORE: f32 = 0.25;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetsonmind_compute::ComputeServer;
+use jetsonmind_compute::config::ComputeConfig;
 use jetsonmind_compute::engine::TextSettings;
 use jetsonmind_compute::engine::{
     EngineError, FinishReason, Flow, GenerateRequest, Generation, ModelInfo, Partial, TextEngine,
@@ -316,10 +317,11 @@ async fn the_status_reports_capacity_memory_and_an_empty_residency() {
     let config = jetsonmind_core::Config::default();
     // compute.parallel = 0 and a store without the default model: its KV
     // size is unknown, so the fallback slot count.
-    assert_eq!(config.compute.parallel, 0);
+    assert_eq!(config.section::<ComputeConfig>().parallel, 0);
     assert_eq!(
         report.capacity,
-        jetsonmind_compute::placement::FALLBACK_SLOTS + config.compute.queue_depth
+        jetsonmind_compute::placement::FALLBACK_SLOTS
+            + config.section::<ComputeConfig>().queue_depth
     );
     assert_eq!((report.running, report.waiting), (0, 0));
     assert!(report.loaded.is_empty() && report.model_bytes.is_empty());
@@ -409,9 +411,9 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
     });
     let mut config = jetsonmind_core::Config::default();
     config.data.dir = dir.path().to_path_buf();
-    config.compute.threads = 1;
+    config.section_mut::<ComputeConfig>().threads = 1;
     // 0: as many slots as fit the budget.
-    config.compute.parallel = 0;
+    config.section_mut::<ComputeConfig>().parallel = 0;
     let server = Arc::new(ComputeServer::with_loader(
         &config,
         Default::default(),
@@ -430,16 +432,16 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
     let loaded = client.call_tool(load).await.unwrap();
     assert_ne!(loaded.is_error, Some(true), "{loaded:?}");
     let first = status(&client).await;
-    let queue = config.compute.queue_depth;
+    let queue = config.section::<ComputeConfig>().queue_depth;
     let engine = first.engine.unwrap();
     let auto = engine.parallel;
     assert!(auto >= 1);
     assert_eq!(first.capacity, auto as usize + queue);
     assert_eq!(engine.threads, 1);
 
-    config.compute.threads = 2;
-    config.compute.parallel = auto as usize + 3;
-    config.compute.batch_size = 64;
+    config.section_mut::<ComputeConfig>().threads = 2;
+    config.section_mut::<ComputeConfig>().parallel = auto as usize + 3;
+    config.section_mut::<ComputeConfig>().batch_size = 64;
     settings.send(config.clone()).unwrap();
     let mut waited = 0;
     while loads.lock().unwrap().len() < 2 && waited < 100 {
@@ -467,7 +469,7 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
 
     // Back to 0 (what a revert to the defaults writes): the count that fits
     // again, not the one it replaced.
-    config.compute.parallel = 0;
+    config.section_mut::<ComputeConfig>().parallel = 0;
     settings.send(config).unwrap();
     let mut waited = 0;
     while status(&client).await.capacity != auto as usize + queue && waited < 100 {
@@ -480,7 +482,7 @@ async fn changed_engine_settings_load_the_models_again_with_them_and_resize_admi
 /// A compute server over three equal fake models, `a`, `b` and `c`, with
 /// room for two at a time, keeping models as `allocation` says.
 async fn three_models(
-    allocation: jetsonmind_core::config::AllocationStrategy,
+    allocation: jetsonmind_contract::allocation::AllocationStrategy,
     pinned: &[&str],
 ) -> (Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -494,9 +496,10 @@ async fn three_models(
     let bytes = status(&probe).await.model_bytes["a.gguf"];
     let mut config = jetsonmind_core::Config::default();
     config.data.dir = dir.path().to_path_buf();
-    config.compute.memory_budget_bytes = 2 * bytes + bytes / 2;
-    config.compute.allocation = allocation;
-    config.compute.pinned_models = pinned.iter().map(|p| p.to_string()).collect();
+    config.section_mut::<ComputeConfig>().memory_budget_bytes = 2 * bytes + bytes / 2;
+    config.section_mut::<ComputeConfig>().allocation = allocation;
+    config.section_mut::<ComputeConfig>().pinned_models =
+        pinned.iter().map(|p| p.to_string()).collect();
     let server = ComputeServer::with_loader(&config, Default::default(), store, loader);
     let mcp = McpConfig {
         read_ttl_ms: 0,
@@ -527,7 +530,7 @@ async fn load(client: &Client, model: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_pinned_model_survives_the_memory_pressure_that_evicts_others() {
-    use jetsonmind_core::config::AllocationStrategy;
+    use jetsonmind_compute::config::AllocationStrategy;
     let (client, _dir) = three_models(AllocationStrategy::Pinned, &["a"]).await;
     // Pinned models are loaded when the server starts.
     let mut waited = 0;
@@ -550,7 +553,7 @@ async fn a_pinned_model_survives_the_memory_pressure_that_evicts_others() {
 
 #[tokio::test]
 async fn on_demand_unloads_a_model_as_soon_as_its_call_ends() {
-    use jetsonmind_core::config::AllocationStrategy;
+    use jetsonmind_compute::config::AllocationStrategy;
     let (client, _dir) = three_models(AllocationStrategy::OnDemand, &[]).await;
     let generate = CallToolRequestParams::new("text_generate")
         .with_arguments(args(json!({"prompt": "hi", "model": "a", "max_tokens": 2})));

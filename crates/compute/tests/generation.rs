@@ -8,10 +8,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_compute::ComputeServer;
+use jetsonmind_compute::config::ComputeConfig;
 use jetsonmind_core::config::McpConfig;
 use jetsonmind_core::rmcp::ServiceExt;
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
+use jetsonmind_data::config::CacheConfig;
 use jetsonmind_store::{ImportOptions, ModelStore};
 use serde_json::{Value, json};
 use support::{Client, Progress, call, ok, status, text};
@@ -47,7 +49,7 @@ fn store() -> &'static (tempfile::TempDir, Arc<ModelStore>) {
 fn config(edit: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::default();
     config.data.dir = store().0.path().to_path_buf();
-    config.cache.enabled = false;
+    config.section_mut::<CacheConfig>().enabled = false;
     edit(&mut config);
     config
 }
@@ -150,7 +152,7 @@ async fn chat_messages_stop_strings_and_length() {
 #[tokio::test]
 async fn two_concurrent_calls_share_the_model_and_both_finish() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (client, _) = client(config(|c| c.compute.parallel = 1)).await;
+    let (client, _) = client(config(|c| c.section_mut::<ComputeConfig>().parallel = 1)).await;
     let a = client.call_tool(call(
         "text_generate",
         json!({"prompt": "Name a fruit.", "max_tokens": 16, "temperature": 0}),
@@ -168,9 +170,9 @@ async fn two_concurrent_calls_share_the_model_and_both_finish() {
 async fn cancelling_stops_generation_and_frees_the_slot() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (client, progress) = client(config(|c| {
-        c.compute.parallel = 1;
-        c.compute.queue_depth = 0;
-        c.compute.progress_every_tokens = 1;
+        c.section_mut::<ComputeConfig>().parallel = 1;
+        c.section_mut::<ComputeConfig>().queue_depth = 0;
+        c.section_mut::<ComputeConfig>().progress_every_tokens = 1;
     }))
     .await;
     let long = client.peer().call_tool_once(call(
@@ -257,9 +259,9 @@ const CAPITALS: [&str; 8] = [
 async fn greedy_text_is_the_same_alone_and_in_a_batch_of_four() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (client, _) = client(config(|c| {
-        c.compute.parallel = 4;
-        c.compute.batch_size = 3;
-        c.compute.prefix_cache = false;
+        c.section_mut::<ComputeConfig>().parallel = 4;
+        c.section_mut::<ComputeConfig>().batch_size = 3;
+        c.section_mut::<ComputeConfig>().prefix_cache = false;
     }))
     .await;
     let prompts = &CAPITALS[..4];
@@ -275,8 +277,8 @@ async fn greedy_text_is_the_same_alone_and_in_a_batch_of_four() {
 async fn eight_concurrent_calls_all_finish_with_their_own_answers() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (client, _) = client(config(|c| {
-        c.compute.parallel = 8;
-        c.compute.prefix_cache = false;
+        c.section_mut::<ComputeConfig>().parallel = 8;
+        c.section_mut::<ComputeConfig>().prefix_cache = false;
     }))
     .await;
     let together = greedy_together(&client, &CAPITALS, 32).await;
@@ -328,8 +330,11 @@ fn agent_call(question: &str) -> Value {
 #[tokio::test]
 async fn a_repeated_prefix_is_read_once_and_changes_no_answer() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (cached, _) = client(config(|c| c.compute.parallel = 2)).await;
-    let (uncached, _) = client(config(|c| c.compute.prefix_cache = false)).await;
+    let (cached, _) = client(config(|c| c.section_mut::<ComputeConfig>().parallel = 2)).await;
+    let (uncached, _) = client(config(|c| {
+        c.section_mut::<ComputeConfig>().prefix_cache = false
+    }))
+    .await;
     let first = ask(&cached, "What is the capital of France?").await;
     assert_eq!(first["usage"]["cached_prompt_tokens"], 0);
     let second = ask(&cached, "What is the capital of Italy?").await;
@@ -378,7 +383,10 @@ async fn code_complete_returns_only_the_completion() {
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (client, _) = client(config(|c| c.compute.context_size = 256)).await;
+    let (client, _) = client(config(|c| {
+        c.section_mut::<ComputeConfig>().context_size = 256
+    }))
+    .await;
     let cases = [
         (json!({}), "give `prompt` or `messages`"),
         (
@@ -441,7 +449,10 @@ async fn bad_requests_get_clear_errors() {
 #[tokio::test]
 async fn too_many_turns_are_refused_before_any_template_work() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (small, _) = client(config(|c| c.compute.context_size = 256)).await;
+    let (small, _) = client(config(|c| {
+        c.section_mut::<ComputeConfig>().context_size = 256
+    }))
+    .await;
     let (client, _) = client(config(|_| {})).await;
     let turns: Vec<Value> = (0..40_000)
         .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "a"}))
@@ -479,9 +490,9 @@ async fn too_many_turns_are_refused_before_any_template_work() {
 #[tokio::test]
 async fn deterministic_calls_are_answered_from_the_cache() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let config = config(|c| c.cache.enabled = true);
+    let config = config(|c| c.section_mut::<CacheConfig>().enabled = true);
     let cache = Arc::new(jetsonmind_data::cache::InferenceCache::new(
-        (&config.cache).into(),
+        config.section::<CacheConfig>().into(),
     ));
     let server = UnitServer::new(
         Arc::new(ComputeServer::new(
@@ -560,8 +571,8 @@ async fn models_stay_within_the_memory_budget_and_leave_when_idle() {
     let server_with = |budget: u64| {
         // A fixed slot count: the automatic one follows the budget.
         let mut config = config(|c| {
-            c.compute.memory_budget_bytes = budget;
-            c.compute.parallel = 2;
+            c.section_mut::<ComputeConfig>().memory_budget_bytes = budget;
+            c.section_mut::<ComputeConfig>().parallel = 2;
         });
         config.data.dir = dir.path().to_path_buf();
         let server = UnitServer::new(

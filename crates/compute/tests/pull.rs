@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jetsonmind_compute::ComputeServer;
+use jetsonmind_compute::config::ComputeConfig;
+use jetsonmind_compute::config::SimulatorConfig;
 use jetsonmind_compute::engine::TextEngine;
 use jetsonmind_compute::engine::simulated::SimulatedEngine;
 use jetsonmind_compute::models::{Loader, ModelSource};
 use jetsonmind_core::Config;
-use jetsonmind_core::config::SimulatorConfig;
 use jetsonmind_core::upstream::forward::TransferCallback;
 use jetsonmind_store::gguf::build;
 use jetsonmind_store::{ImportOptions, ModelStore};
@@ -85,7 +86,7 @@ async fn a_model_only_the_cluster_has_is_pulled_with_progress_then_run() {
     });
     let mut config = Config::default();
     config.data.dir = dir.path().join("data");
-    config.compute.progress_every_tokens = 1;
+    config.section_mut::<ComputeConfig>().progress_every_tokens = 1;
     let server =
         ComputeServer::with_loader(&config, Default::default(), store.clone(), instant_loader());
     server.set_model_source(cluster.clone());

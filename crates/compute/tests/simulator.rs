@@ -6,13 +6,15 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jetsonmind_compute::config::ComputeConfig;
+use jetsonmind_compute::config::{ComputeEngine, SimulatorConfig};
 use jetsonmind_compute::engine::simulated::{ENGINE_META_KEY, ENGINE_NAME, MODEL_PREFIX};
 use jetsonmind_compute::models::SIMULATED_MODEL_BYTES;
 use jetsonmind_core::Config;
-use jetsonmind_core::config::{ComputeEngine, SimulatorConfig};
 use jetsonmind_core::rmcp::RoleClient;
 use jetsonmind_core::rmcp::model::CallToolResult;
 use jetsonmind_core::rmcp::service::Peer;
+use jetsonmind_data::config::CacheConfig;
 use jetsonmind_store::ModelStore;
 use serde_json::{Value, json};
 use support::{Client, Progress, call, ok, status, text};
@@ -29,13 +31,13 @@ async fn simulator(edit: impl FnOnce(&mut Config)) -> (Client, Progress, tempfil
     let mut config = Config::default();
     config.data.dir = dir.path().to_path_buf();
     // Every call must reach the engine, not the inference cache.
-    config.cache.enabled = false;
-    config.compute.engine = ComputeEngine::Simulated;
-    config.compute.simulator = SimulatorConfig {
+    config.section_mut::<CacheConfig>().enabled = false;
+    config.section_mut::<ComputeConfig>().engine = ComputeEngine::Simulated;
+    config.section_mut::<ComputeConfig>().simulator = SimulatorConfig {
         prompt_token_us: PROMPT_TOKEN_US,
         output_token_us: OUTPUT_TOKEN_US,
     };
-    config.compute.progress_every_tokens = 1;
+    config.section_mut::<ComputeConfig>().progress_every_tokens = 1;
     edit(&mut config);
     let (client, progress) = support::connect(&config, store.clone()).await;
     assert!(store.list().unwrap().is_empty(), "no model file is needed");
@@ -85,7 +87,10 @@ async fn streams_every_token_for_at_least_the_simulated_time_and_says_it_is_simu
     let elapsed = started.elapsed();
     let answer = text(&result);
     let out = ok(result);
-    let default_model = Config::default().compute.default_model;
+    let default_model = Config::default()
+        .section::<ComputeConfig>()
+        .default_model
+        .clone();
     assert_eq!(out["model"], format!("{MODEL_PREFIX}{default_model}"));
     assert_eq!(out["finish_reason"], "length");
     assert_eq!(out["usage"]["completion_tokens"], max_tokens);
@@ -180,9 +185,9 @@ async fn any_model_name_loads_and_stop_strings_end_the_text() {
 async fn cancelling_stops_generation_before_max_tokens_and_frees_the_slot() {
     let output_token_us = 10_000;
     let (client, progress, _dir) = simulator(|c| {
-        c.compute.parallel = 1;
-        c.compute.queue_depth = 0;
-        c.compute.simulator.output_token_us = output_token_us;
+        c.section_mut::<ComputeConfig>().parallel = 1;
+        c.section_mut::<ComputeConfig>().queue_depth = 0;
+        c.section_mut::<ComputeConfig>().simulator.output_token_us = output_token_us;
     })
     .await;
     let max_tokens = 3_000u64;
@@ -205,7 +210,10 @@ async fn cancelling_stops_generation_before_max_tokens_and_frees_the_slot() {
     // is refused while it does. Uncancelled it would hold it for at least
     // the simulated time of the whole answer: the model must be free before.
     let whole_answer = Duration::from_micros(max_tokens * output_token_us);
-    let default_model = Config::default().compute.default_model;
+    let default_model = Config::default()
+        .section::<ComputeConfig>()
+        .default_model
+        .clone();
     loop {
         let unload = simulated_call(&client, "unload_model", json!({"model": default_model})).await;
         if unload.is_error != Some(true) {
@@ -233,8 +241,8 @@ async fn cancelling_stops_generation_before_max_tokens_and_frees_the_slot() {
 async fn parallel_slots_run_concurrent_calls_and_queue_the_rest() {
     let parallel = 4;
     let (client, _, _dir) = simulator(|c| {
-        c.compute.parallel = parallel;
-        c.compute.queue_depth = 8;
+        c.section_mut::<ComputeConfig>().parallel = parallel;
+        c.section_mut::<ComputeConfig>().queue_depth = 8;
     })
     .await;
     let calls = parallel + 2;

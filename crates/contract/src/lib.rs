@@ -6,6 +6,8 @@
 //! - [`access`]: a tool's flags (admin, idempotent, read-only), carried in
 //!   the tool itself so they travel through every gateway and rename.
 //! - [`replica`]: the status a compute replica reports to the control plane.
+//! - [`allocation`]: how a replica keeps models in memory, which compute
+//!   applies and `manage_resources` sets.
 //! - [`calibration`]: engine settings measured on a replica's model, for
 //!   `optimize_system`.
 //! - [`resources`]: the URIs of the data server's resources others read.
@@ -20,6 +22,7 @@
 //! provider answer alike.
 
 pub mod access;
+pub mod allocation;
 pub mod calibration;
 pub mod inference;
 pub mod replica;

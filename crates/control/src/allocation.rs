@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use jetsonmind_contract::allocation::AllocationStrategy;
 use jetsonmind_contract::inference::{CODE_COMPLETE, LOAD_MODEL, ModelAction, TEXT_GENERATE};
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::AllocationStrategy;
 use jetsonmind_core::rmcp::model::CallToolRequestParams;
 use jetsonmind_data::analytics::SeriesReport;
 use jetsonmind_data::settings::Settings;

@@ -16,10 +16,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::{EgressRule, HybridConfig};
 use jetsonmind_core::rmcp::model::RequestMetaObject;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::config::{EgressRule, HybridConfig};
 
 /// The `_meta` key a request narrows its egress with.
 pub const EGRESS_META_KEY: &str = "jetsonmind/egress";

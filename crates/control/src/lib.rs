@@ -7,6 +7,7 @@
 
 pub mod allocation;
 pub mod breaker;
+pub mod config;
 pub mod egress;
 pub mod fleet;
 pub mod link;
@@ -24,9 +25,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_contract::access::AccessLevel;
+use jetsonmind_contract::allocation::AllocationStrategy;
 use jetsonmind_contract::inference::{LOAD_MODEL, ModelAction, TEXT_GENERATE, UNLOAD_MODEL};
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::{AllocationStrategy, Config};
+use jetsonmind_core::config::Config;
 use jetsonmind_core::content::{json_resource, json_tool_result};
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::{
@@ -41,6 +43,7 @@ use jetsonmind_data::settings::{Authority, Settings};
 use jetsonmind_telemetry::LinuxReader;
 use serde_json::{Value, json};
 
+use crate::config::ControlConfig;
 use crate::egress::{EGRESS_META_KEY, Egress};
 use crate::fleet::{Attempt, Fleet, Origin, Replica};
 use crate::monitor::{ALERTS_URI, Alerts, Sources};
@@ -127,8 +130,8 @@ impl ControlServer {
             fleet: fleet.clone(),
             optimizer: Optimizer {
                 telemetry_root: root.clone(),
-                defaults: config.control.optimize.clone(),
-                power: Power::new(&root, &config.control),
+                defaults: config.section::<ControlConfig>().optimize.clone(),
+                power: Power::new(&root, config.section::<ControlConfig>()),
             },
             settings: None,
             sources: Sources {
@@ -139,8 +142,10 @@ impl ControlServer {
             },
             alerts: Arc::default(),
             launcher,
-            max_replicas: config.control.max_replicas,
-            drain_timeout: Duration::from_millis(config.control.drain_timeout_ms),
+            max_replicas: config.section::<ControlConfig>().max_replicas,
+            drain_timeout: Duration::from_millis(
+                config.section::<ControlConfig>().drain_timeout_ms,
+            ),
             scaling: tokio::sync::Mutex::new(()),
             started: AtomicUsize::new(0),
             cluster: OnceLock::new(),

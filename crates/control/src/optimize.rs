@@ -26,7 +26,6 @@ use jetsonmind_contract::calibration::{
     CALIBRATE_ENGINE, CalibrateArgs, Calibration, EngineTuning, FlashAttention, Trial, TrialFigures,
 };
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::OptimizeConfig;
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, NumberOrString, ProgressNotificationParam, ProgressToken,
 };
@@ -36,6 +35,7 @@ use jetsonmind_telemetry::{JetsonReader, LinuxReader};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::config::OptimizeConfig;
 use crate::fleet::{Attempt, Fleet, Replica};
 use crate::power::{DevicePower, Power};
 use crate::schema::{OptimizeSystemArgs, TargetMetric};
@@ -811,6 +811,7 @@ pub(crate) fn power_watts(root: &std::path::Path) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jetsonmind_compute::config::ComputeConfig;
 
     fn row(parallel: u32, score: Option<f64>, current: bool) -> Row {
         Row {
@@ -846,7 +847,7 @@ mod tests {
     #[tokio::test]
     async fn successive_optimizations_revert_to_the_settings_before_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = jetsonmind_core::Config::default();
+        let mut config = jetsonmind_core::Config::default().with(ComputeConfig::default());
         config.data.dir = dir.path().to_path_buf();
         let settings = Settings::fixed(config);
         let tuning = |threads| Candidate {
@@ -865,7 +866,7 @@ mod tests {
         apply(&settings, TargetMetric::Latency, None, tuning(2))
             .await
             .unwrap();
-        let applied = settings.current().compute;
+        let applied = settings.current().section::<ComputeConfig>().clone();
         assert_eq!(
             (applied.threads, applied.parallel, applied.batch_size),
             (2, 2, 256)
@@ -873,8 +874,8 @@ mod tests {
         let power = Power::new(dir.path(), &Default::default());
         let reverted = revert(&settings, &power).await.unwrap();
         assert_eq!(reverted["restored"]["compute.threads"], Value::Null);
-        let restored = settings.current().compute;
-        let defaults = jetsonmind_core::Config::default().compute;
+        let restored = settings.current().section::<ComputeConfig>().clone();
+        let defaults = ComputeConfig::default();
         assert_eq!(
             (restored.threads, restored.parallel, restored.batch_size),
             (defaults.threads, defaults.parallel, defaults.batch_size)

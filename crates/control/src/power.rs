@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jetsonmind_core::config::ControlConfig;
 use jetsonmind_telemetry::{JetsonReader, PowerMode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::config::ControlConfig;
 use crate::schema::OptimizeAction;
 
 /// Longest a power command may run.

@@ -21,10 +21,10 @@
 //! goes there.
 
 pub use jetsonmind_contract::route::Tier;
-pub use jetsonmind_core::config::Strategy;
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
+pub use crate::config::Strategy;
 use crate::egress::Egress;
 
 /// The guards and the ranking.

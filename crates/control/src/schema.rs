@@ -1,11 +1,13 @@
 //! Input schemas of the control tools.
 
-use jetsonmind_core::config::{AllocationStrategy, Strategy};
+use jetsonmind_contract::allocation::AllocationStrategy;
 use schemars::JsonSchema;
 
 use crate::placement::PlacementStrategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::config::Strategy;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

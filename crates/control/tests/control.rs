@@ -11,6 +11,7 @@ use std::time::Duration;
 use jetsonmind_contract::replica::{LoadedModel, REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_contract::route;
 use jetsonmind_control::ControlServer;
+use jetsonmind_control::config::ControlConfig;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::power::Power;
 use jetsonmind_core::auth::{AccessLevel, FORBIDDEN, Principal, Scopes, delegate};
@@ -138,9 +139,14 @@ impl FakeReplica {
 
 fn settings(tune: impl FnOnce(&mut Config)) -> FleetSettings {
     let mut config = Config::default();
-    config.control.strategy = jetsonmind_core::config::Strategy::LeastOutstanding;
+    config.section_mut::<ControlConfig>().strategy =
+        jetsonmind_control::config::Strategy::LeastOutstanding;
     tune(&mut config);
-    FleetSettings::new(&config.control, &config.gateway)
+    FleetSettings::new(
+        config.section::<ControlConfig>(),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
 }
 
 fn in_process_replica(fleet: &Fleet, replica: &Arc<FakeReplica>) {
@@ -172,7 +178,8 @@ async fn route_request_prefers_the_replica_holding_the_model_and_says_why() {
     let fleet = Arc::new(Fleet::new(
         "compute",
         settings(|c| {
-            c.control.strategy = jetsonmind_core::config::Strategy::Affinity;
+            c.section_mut::<ControlConfig>().strategy =
+                jetsonmind_control::config::Strategy::Affinity;
         }),
     ));
     let a = FakeReplica::new("a");
@@ -182,7 +189,7 @@ async fn route_request_prefers_the_replica_holding_the_model_and_says_why() {
     }
     fleet.check().await;
     let mut config = Config::default();
-    config.control.strategy = jetsonmind_core::config::Strategy::Affinity;
+    config.section_mut::<ControlConfig>().strategy = jetsonmind_control::config::Strategy::Affinity;
     let client = control_client(fleet.clone(), &config).await;
 
     let shown = client
@@ -356,7 +363,7 @@ async fn at_the_utilization_ceiling_calls_wait_then_are_shed() {
     let fleet = Arc::new(Fleet::new(
         "compute",
         settings(|c| {
-            c.control.queue_timeout_ms = 300;
+            c.section_mut::<ControlConfig>().queue_timeout_ms = 300;
         }),
     ));
     in_process_replica(&fleet, &replica);
@@ -499,8 +506,10 @@ async fn manage_resources_loads_where_routing_would_and_unloads_where_loaded() {
 async fn power_modes_are_reported_and_changed_only_on_a_jetson_and_when_allowed() {
     let fleet = Arc::new(Fleet::new("compute", settings(|_| {})));
     let mut config = Config::default();
-    config.control.nvpmodel_query_command = vec!["echo".into(), "NV Power Mode: MAXN".into()];
-    config.control.nvpmodel_set_command = vec!["echo".into(), "set".into(), "{mode}".into()];
+    config.section_mut::<ControlConfig>().nvpmodel_query_command =
+        vec!["echo".into(), "NV Power Mode: MAXN".into()];
+    config.section_mut::<ControlConfig>().nvpmodel_set_command =
+        vec!["echo".into(), "set".into(), "{mode}".into()];
     let call_power = |client: &jetsonmind_core::rmcp::service::RunningService<_, ()>,
                       args: Value| {
         let request = call("optimize_system", args);
@@ -509,8 +518,10 @@ async fn power_modes_are_reported_and_changed_only_on_a_jetson_and_when_allowed(
     };
 
     let not_jetson = tempfile::tempdir().unwrap();
-    let control = ControlServer::new(fleet.clone(), &config, None)
-        .with_power(Power::new(not_jetson.path(), &config.control));
+    let control = ControlServer::new(fleet.clone(), &config, None).with_power(Power::new(
+        not_jetson.path(),
+        config.section::<ControlConfig>(),
+    ));
     let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
     let result = call_power(&client, json!({"action": "report"})).await;
     assert_eq!(result.is_error, Some(true));
@@ -526,7 +537,7 @@ async fn power_modes_are_reported_and_changed_only_on_a_jetson_and_when_allowed(
     let jetson = tempfile::tempdir().unwrap();
     jetson_board(jetson.path(), "NVIDIA Jetson Orin Nano Developer Kit");
     let control = ControlServer::new(fleet.clone(), &config, None)
-        .with_power(Power::new(jetson.path(), &config.control));
+        .with_power(Power::new(jetson.path(), config.section::<ControlConfig>()));
     let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
     let report = call_power(&client, json!({"action": "report"})).await;
     let report = structured(&report);
@@ -548,9 +559,9 @@ async fn power_modes_are_reported_and_changed_only_on_a_jetson_and_when_allowed(
         "{refused:?}"
     );
 
-    config.control.allow_power_changes = true;
+    config.section_mut::<ControlConfig>().allow_power_changes = true;
     let control = ControlServer::new(fleet, &config, None)
-        .with_power(Power::new(jetson.path(), &config.control));
+        .with_power(Power::new(jetson.path(), config.section::<ControlConfig>()));
     let client = testing::connect(UnitServer::new(Arc::new(control), McpConfig::default())).await;
     let set = call_power(&client, json!({"action": "set_power_mode", "mode": 2})).await;
     assert_eq!(structured(&set)["ran"]["output"], "set 2\n");

@@ -11,12 +11,10 @@ use std::time::Duration;
 use jetsonmind_contract::inference::GenerationProgress;
 use jetsonmind_contract::replica::{REPLICA_STATUS_URI, ReplicaReport};
 use jetsonmind_contract::route;
+use jetsonmind_control::config::{ControlConfig, EgressRule, HybridConfig, ProviderConfig};
 use jetsonmind_control::fleet::{Fleet, FleetSettings, Origin};
 use jetsonmind_control::link::{LinkError, OpenAiLink, Relay, ReplicaLink};
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::{
-    ControlConfig, EgressRule, GatewayConfig, HybridConfig, ProviderConfig,
-};
 use jetsonmind_core::rmcp::model::{CallToolRequestParams, CallToolResult, ResourceContents};
 use jetsonmind_core::upstream::ProgressSink;
 use serde_json::{Value, json};
@@ -389,8 +387,12 @@ async fn a_fleet_routes_a_model_only_it_maps_to_it_and_charges_its_price() {
         },
         ..HybridConfig::default()
     };
-    let settings = FleetSettings::new(&ControlConfig::default(), &GatewayConfig::default())
-        .with_hybrid(&hybrid);
+    let settings = FleetSettings::new(
+        &ControlConfig::default(),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .with_hybrid(&hybrid);
     let fleet = Fleet::new("compute", settings);
     fleet.add_link(Arc::new(link), Origin::Provider { cost: 2.5 });
     fleet.check().await;

@@ -110,8 +110,8 @@ pub fn cache_key(tool: &str, model: &str, arguments: &Value) -> String {
     format!("{:x}", hasher.finalize())
 }
 
-impl From<&jetsonmind_core::config::CacheConfig> for CacheSettings {
-    fn from(config: &jetsonmind_core::config::CacheConfig) -> Self {
+impl From<&crate::config::CacheConfig> for CacheSettings {
+    fn from(config: &crate::config::CacheConfig) -> Self {
         Self {
             enabled: config.enabled,
             ttl: Duration::from_secs(config.ttl_secs),
@@ -122,7 +122,7 @@ impl From<&jetsonmind_core::config::CacheConfig> for CacheSettings {
 
 impl Default for InferenceCache {
     fn default() -> Self {
-        Self::new((&jetsonmind_core::config::CacheConfig::default()).into())
+        Self::new((&crate::config::CacheConfig::default()).into())
     }
 }
 

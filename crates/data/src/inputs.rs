@@ -51,8 +51,8 @@ pub struct CachedInput {
     pub age_seconds: u64,
 }
 
-impl From<&jetsonmind_core::config::InputCacheConfig> for CacheSettings {
-    fn from(config: &jetsonmind_core::config::InputCacheConfig) -> Self {
+impl From<&crate::config::InputCacheConfig> for CacheSettings {
+    fn from(config: &crate::config::InputCacheConfig) -> Self {
         Self {
             enabled: config.enabled,
             ttl: std::time::Duration::from_secs(config.ttl_secs),
@@ -63,7 +63,7 @@ impl From<&jetsonmind_core::config::InputCacheConfig> for CacheSettings {
 
 impl Default for InputCache {
     fn default() -> Self {
-        Self::new((&jetsonmind_core::config::InputCacheConfig::default()).into())
+        Self::new((&crate::config::InputCacheConfig::default()).into())
     }
 }
 

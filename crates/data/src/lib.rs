@@ -9,6 +9,7 @@
 pub mod analytics;
 pub mod cache;
 pub mod cluster_view;
+pub mod config;
 pub mod distribution;
 pub mod inputs;
 mod notify;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jetsonmind_core::{Config, ResourceUpdates};
 
+use crate::config::CacheConfig;
 use crate::{
     CACHE_INFERENCE, CONFIG_SETTINGS, MODELS_AVAILABLE, NodeState, PERFORMANCE_ANALYTICS,
     SYSTEM_METRICS,
@@ -42,8 +43,8 @@ pub(crate) async fn run(updates: Weak<ResourceUpdates>, state: NodeState) {
                     return;
                 }
                 let config = settings.borrow_and_update().clone();
-                state.cache.reconfigure((&config.cache).into());
-                state.inputs.reconfigure((&config.cache.inputs).into());
+                state.cache.reconfigure(config.section::<CacheConfig>().into());
+                state.inputs.reconfigure((&config.section::<CacheConfig>().inputs).into());
                 interval = notify_interval(&config);
                 let Some(updates) = updates.upgrade() else { return };
                 updates.publish(CONFIG_SETTINGS);

@@ -3,7 +3,8 @@
 //! the change notifier, subscribers of `jetson://config/settings`).
 //!
 //! On one device every setting is saved in `<data dir>/settings.toml`. In a
-//! cluster, the cluster-wide ones (all but [`NODE_KEYS`]) are written to the
+//! cluster, the cluster-wide ones (all but each section's node keys:
+//! [`Schema::node_keys`]) are written to the
 //! cluster's shared settings instead ([`SharedSettings`], compare-and-set on
 //! a revision), and every node applies what the cluster holds as a layer
 //! over its own file ([`Settings::apply_shared`]), kept in
@@ -16,105 +17,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jetsonmind_core::config::{
-    CLUSTER_SETTINGS_FILE, ClusterLayer, ConfigSources, SETTINGS_FILE, merge, read_settings,
+    CLUSTER_SETTINGS_FILE, ClusterLayer, ConfigSources, SETTINGS_FILE, Schema, merge, read_settings,
 };
 use jetsonmind_core::{Config, CoreError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-/// The keys whose new values take effect without a restart (the engine
-/// settings where the compute server follows this process's settings).
-const LIVE_PREFIXES: &[&str] = &[
-    "cache.",
-    "data.notify_interval_ms",
-    "compute.threads",
-    "compute.parallel",
-    "compute.batch_size",
-    "compute.ubatch_size",
-    "compute.flash_attention",
-    "compute.prefix_cache",
-    "compute.allocation",
-    "compute.pinned_models",
-];
-
-/// Settings that decide who is trusted or what runs on the host: only an
-/// administrator may change them, whoever else may call `update_settings`.
-pub const TRUST_KEYS: &[&str] = &[
-    "auth",
-    "gateway.backends",
-    "http.listen",
-    "http.allowed_hosts",
-    "http.allowed_origins",
-    "control.replicas",
-    "control.replicas_token_env",
-    "control.allow_power_changes",
-    "control.nvpmodel_query_command",
-    "control.nvpmodel_set_command",
-    "control.jetson_clocks_command",
-    "control.jetson_clocks_store_command",
-    "control.jetson_clocks_restore_command",
-    // Programs it runs, and where it reads the device and files.
-    "telemetry.tegrastats_command",
-    "compute.audio.tts_command",
-    "compute.audio.allowed_dirs",
-    "telemetry.root",
-    "data.dir",
-    "cluster",
-    // Where calls and backups may go beyond the site.
-    "hybrid",
-];
-
-/// Settings of one node, which stay with it in a cluster: where it listens
-/// and keeps its data, its hardware, its own backends and how it reaches the
-/// cluster. Every other setting is cluster-wide.
-pub const NODE_KEYS: &[&str] = &[
-    "http",
-    "data.dir",
-    "cluster",
-    "telemetry",
-    "compute.threads",
-    "compute.parallel",
-    "compute.batch_size",
-    "compute.ubatch_size",
-    "compute.flash_attention",
-    "compute.gpu_layers",
-    "compute.memory_budget_bytes",
-    "gateway.backends",
-    "control.replicas",
-    "control.replicas_token_env",
-    "control.local_replica",
-    "control.allow_power_changes",
-    "control.nvpmodel_query_command",
-    "control.nvpmodel_set_command",
-    "control.jetson_clocks_command",
-    "control.jetson_clocks_store_command",
-    "control.jetson_clocks_restore_command",
-];
-
-/// Whether dotted `inner` is `outer` or lies within it.
-fn within(outer: &str, inner: &str) -> bool {
-    inner == outer
-        || inner
-            .strip_prefix(outer)
-            .is_some_and(|rest| rest.starts_with('.'))
-}
-
-/// Whether the dotted `key` is, holds, or lies within a trust setting.
-pub fn touches_trust(key: &str) -> bool {
-    TRUST_KEYS
-        .iter()
-        .any(|trust| within(trust, key) || within(key, trust))
-}
-
-/// Whether the dotted `key` is one node's own (see [`NODE_KEYS`]).
-pub fn is_node_key(key: &str) -> bool {
-    NODE_KEYS.iter().any(|own| within(own, key))
-}
-
-/// `values` without a node's own keys.
-fn strip_node_keys(values: &mut toml::Table) {
-    for key in NODE_KEYS {
+/// `values` without the keys `schema` says are a node's own.
+fn strip_node_keys(values: &mut toml::Table, schema: &Schema) {
+    for key in schema.node_keys() {
         set_key(values, key, None);
     }
 }
@@ -124,7 +36,7 @@ fn strip_node_keys(values: &mut toml::Table) {
 pub enum Authority {
     /// May change every setting.
     Admin,
-    /// May change settings, but not the [`TRUST_KEYS`].
+    /// May change settings, but not the trust keys ([`Schema::trust_keys`]).
     Operator,
 }
 
@@ -197,9 +109,9 @@ pub struct Scope {
     /// The keys the cluster sets, in effect here.
     pub cluster_values: Vec<String>,
     /// The keys that stay with each node.
-    pub node_keys: &'static [&'static str],
+    pub node_keys: Vec<&'static str>,
     /// The keys that decide who is trusted: only `admin` changes them.
-    pub trust_keys: &'static [&'static str],
+    pub trust_keys: Vec<&'static str>,
 }
 
 /// How long an update waits for nothing in particular: a bound on writing
@@ -235,13 +147,20 @@ impl Settings {
     }
 
     /// Settings over a configuration with no file and no environment
-    /// (tests, or a server built in code).
+    /// (tests, or a server built in code): its own sections are the ones
+    /// settings may change.
     pub fn fixed(config: Config) -> Self {
         let sources = ConfigSources {
             data_dir: Some(config.data.dir.clone()),
+            schema: config.schema(),
             ..Default::default()
         };
         Self::new(sources, config)
+    }
+
+    /// The sections these settings hold, and what each key is to them.
+    pub fn schema(&self) -> &Schema {
+        &self.sources.schema
     }
 
     pub fn current(&self) -> Config {
@@ -279,8 +198,8 @@ impl Settings {
             cluster: self.shared.get().is_some(),
             revision: layer.revision,
             cluster_values,
-            node_keys: NODE_KEYS,
-            trust_keys: TRUST_KEYS,
+            node_keys: self.schema().node_keys(),
+            trust_keys: self.schema().trust_keys(),
         }
     }
 
@@ -301,7 +220,7 @@ impl Settings {
     }
 
     fn take_layer(&self, mut layer: ClusterLayer, whatever_revision: bool) {
-        strip_node_keys(&mut layer.values);
+        strip_node_keys(&mut layer.values, self.schema());
         // One at a time, so the file always ends with the newest layer.
         let _one_at_a_time = self.taking.lock().unwrap_or_else(|p| p.into_inner());
         let applied = self.layer.borrow().clone();
@@ -412,7 +331,7 @@ impl Settings {
         let trust: Vec<&str> = changed
             .iter()
             .map(String::as_str)
-            .filter(|key| touches_trust(key))
+            .filter(|key| self.schema().touches_trust(key))
             .collect();
         if authority != Authority::Admin && !trust.is_empty() {
             return Err(SettingsError::Forbidden(trust.join(", ")));
@@ -421,7 +340,7 @@ impl Settings {
         let (cluster_wide, own): (Vec<String>, Vec<String>) = changed
             .iter()
             .cloned()
-            .partition(|key| shared.is_some() && !is_node_key(key));
+            .partition(|key| shared.is_some() && !self.schema().is_node_key(key));
         let mut new_local = local.clone();
         let mut new_layer = layer.values.clone();
         for key in &own {
@@ -438,7 +357,7 @@ impl Settings {
             .iter()
             .filter(|k| !overridden.contains(k))
             .cloned()
-            .partition(|k| LIVE_PREFIXES.iter().any(|p| k.starts_with(p)));
+            .partition(|k| self.schema().is_live(k));
         let mut revision = None;
         if !dry_run {
             if let Some(shared) = shared.filter(|_| !cluster_wide.is_empty()) {
@@ -688,7 +607,61 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SettingsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CacheConfig;
+    use jetsonmind_core::config::{Schema, Section};
+    use serde::Deserialize;
     use serde_json::json;
+
+    /// Stand-ins for two other servers' sections: settings hold any section
+    /// the schema names, and know which keys are live, trusted or a node's.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Engine {
+        context_size: u32,
+        parallel: usize,
+        threads: usize,
+    }
+
+    impl Default for Engine {
+        fn default() -> Self {
+            Self {
+                context_size: 4096,
+                parallel: 0,
+                threads: 0,
+            }
+        }
+    }
+
+    impl Section for Engine {
+        const NAME: &'static str = "compute";
+
+        fn validate(&self, _: &Config) -> Result<(), CoreError> {
+            match self.parallel > 64 {
+                true => Err(CoreError::Config("compute.parallel is at most 64".into())),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Power {
+        nvpmodel_set_command: Vec<String>,
+    }
+
+    impl Default for Power {
+        fn default() -> Self {
+            Self {
+                nvpmodel_set_command: vec!["nvpmodel".into(), "-m".into(), "{mode}".into()],
+            }
+        }
+    }
+
+    impl Section for Power {
+        const NAME: &'static str = "control";
+        const TRUST_KEYS: &'static [&'static str] = &["control.nvpmodel_set_command"];
+        const NODE_KEYS: &'static [&'static str] = &["control.nvpmodel_set_command"];
+    }
 
     fn settings(dir: &Path, env: &[(&str, &str)]) -> Settings {
         let sources = ConfigSources {
@@ -698,6 +671,10 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             data_dir: Some(dir.to_path_buf()),
+            schema: Schema::new()
+                .with::<CacheConfig>()
+                .with::<Engine>()
+                .with::<Power>(),
         };
         let config = sources.load().unwrap();
         Settings::new(sources, config)
@@ -725,10 +702,16 @@ mod tests {
         assert_eq!(update.effective_now, ["cache.ttl_secs"]);
         assert_eq!(update.after_restart, ["compute.context_size"]);
         assert!(follower.has_changed().unwrap());
-        assert_eq!(follower.borrow_and_update().cache.ttl_secs, 60);
+        assert_eq!(
+            follower
+                .borrow_and_update()
+                .section::<CacheConfig>()
+                .ttl_secs,
+            60
+        );
         let restarted = settings(dir.path(), &[]);
-        assert_eq!(restarted.current().cache.ttl_secs, 60);
-        assert_eq!(restarted.current().compute.context_size, 2048);
+        assert_eq!(restarted.current().section::<CacheConfig>().ttl_secs, 60);
+        assert_eq!(restarted.current().section::<Engine>().context_size, 2048);
         // null resets to the default.
         restarted
             .update(
@@ -739,7 +722,13 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(settings(dir.path(), &[]).current().cache.ttl_secs, 3600);
+        assert_eq!(
+            settings(dir.path(), &[])
+                .current()
+                .section::<CacheConfig>()
+                .ttl_secs,
+            3600
+        );
     }
 
     #[tokio::test]
@@ -781,7 +770,7 @@ mod tests {
             .unwrap();
         assert_eq!(update.overridden, ["cache.ttl_secs"]);
         assert_eq!(update.effective_now, ["cache.max_bytes"]);
-        assert_eq!(live.current().cache.ttl_secs, 7);
+        assert_eq!(live.current().section::<CacheConfig>().ttl_secs, 7);
         let dry = live
             .update(
                 &patch(json!({"cache": {"max_bytes": 8192}})),
@@ -792,7 +781,7 @@ mod tests {
             .await
             .unwrap();
         assert!(dry.dry_run);
-        assert_eq!(live.current().cache.max_bytes, 4096);
+        assert_eq!(live.current().section::<CacheConfig>().max_bytes, 4096);
     }
 
     #[tokio::test]
@@ -814,7 +803,7 @@ mod tests {
             values,
         });
         assert_eq!(
-            node.current().cache.ttl_secs,
+            node.current().section::<CacheConfig>().ttl_secs,
             60,
             "the cluster's value wins"
         );
@@ -823,8 +812,12 @@ mod tests {
         assert_eq!(node.leave_cluster().unwrap(), ["cache.ttl_secs"]);
         assert!(!dir.path().join(CLUSTER_SETTINGS_FILE).exists());
         let restarted = settings(dir.path(), &[]).current();
-        assert_eq!(restarted.cache.ttl_secs, 60, "kept as this node's own");
-        assert_eq!(restarted.cache.max_bytes, 4096);
+        assert_eq!(
+            restarted.section::<CacheConfig>().ttl_secs,
+            60,
+            "kept as this node's own"
+        );
+        assert_eq!(restarted.section::<CacheConfig>().max_bytes, 4096);
         assert!(restarted.cluster.urls.is_empty() && restarted.cluster.node.is_empty());
     }
 
@@ -840,29 +833,44 @@ mod tests {
             5,
             "[cache]\nttl_secs = 9\n[control]\nnvpmodel_set_command = [\"sh\", \"-c\", \"id\"]\n",
         ));
-        assert_eq!(node.current().cache.ttl_secs, 9);
-        assert_ne!(node.current().control.nvpmodel_set_command[0], "sh");
+        assert_eq!(node.current().section::<CacheConfig>().ttl_secs, 9);
+        assert_ne!(
+            node.current().section::<Power>().nvpmodel_set_command[0],
+            "sh"
+        );
         assert_eq!(node.scope().cluster_values, ["cache.ttl_secs"]);
         // A newer node's key this one does not know: refused, nothing kept.
         node.apply_shared(layer(6, "[cache]\nttl_secs = 10\nfrom_the_future = 1\n"));
         assert_eq!(
-            (node.scope().revision, node.current().cache.ttl_secs),
+            (
+                node.scope().revision,
+                node.current().section::<CacheConfig>().ttl_secs
+            ),
             (5, 9)
         );
         let kept = ClusterLayer::read(dir.path()).unwrap();
         assert_eq!(kept.revision, 5);
         // Older revisions are ignored, unless the node joins a cluster anew.
         node.apply_shared(layer(2, "[cache]\nttl_secs = 2\n"));
-        assert_eq!(node.current().cache.ttl_secs, 9);
+        assert_eq!(node.current().section::<CacheConfig>().ttl_secs, 9);
         node.join_shared(layer(2, "[cache]\nttl_secs = 2\n"));
         assert_eq!(
-            (node.scope().revision, node.current().cache.ttl_secs),
+            (
+                node.scope().revision,
+                node.current().section::<CacheConfig>().ttl_secs
+            ),
             (2, 2)
         );
         // A kept layer that no longer loads does not stop the node.
         let broken = r#"{"revision": 7, "values": {"cache": {"nosuch": 1}}}"#;
         std::fs::write(dir.path().join(CLUSTER_SETTINGS_FILE), broken).unwrap();
-        assert_eq!(settings(dir.path(), &[]).current().cache.ttl_secs, 3600);
+        assert_eq!(
+            settings(dir.path(), &[])
+                .current()
+                .section::<CacheConfig>()
+                .ttl_secs,
+            3600
+        );
     }
 
     #[tokio::test]
@@ -876,9 +884,8 @@ mod tests {
             json!({"auth": null}),
             json!({"http": {"allowed_hosts": ["evil.example"]}}),
             json!({"http": null}),
-            json!({"gateway": {"backends": []}}),
+            // A server section's own trust key (the real ones: the binary's tests).
             json!({"control": {"nvpmodel_set_command": ["sh", "-c", "id"]}}),
-            json!({"control": {"jetson_clocks_restore_command": ["sh", "-c", "id"]}}),
             json!({"telemetry": {"tegrastats_command": ["sh", "-c", "id"]}}),
             json!({"telemetry": {"root": "/tmp/a-board-of-my-own"}}),
         ] {

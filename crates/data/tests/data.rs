@@ -13,6 +13,7 @@ use jetsonmind_core::rmcp::service::{ClientLifecycleMode, ClientServiceExt, Runn
 use jetsonmind_core::rmcp::{RoleClient, ServiceError, ServiceExt};
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::{Config, UnitServer};
+use jetsonmind_data::config::CacheConfig;
 use jetsonmind_data::settings::Settings;
 use jetsonmind_data::{DataServer, NodeState};
 use jetsonmind_store::ModelStore;
@@ -21,7 +22,8 @@ use jetsonmind_testkit::UpdateListener;
 use serde_json::{Value, json};
 
 fn node(data_dir: &std::path::Path) -> NodeState {
-    let mut config = Config::default();
+    // The data server's own section, so that its settings can change it.
+    let mut config = Config::default().with(CacheConfig::default());
     config.data.dir = data_dir.to_path_buf();
     config.data.notify_interval_ms = 100;
     NodeState {
@@ -210,14 +212,17 @@ async fn session_subscribers_hear_of_settings_and_metrics_changes() {
     let result = client
         .call_tool(call(
             "update_settings",
-            json!({"settings": {"cache": {"ttl_secs": 60}, "compute": {"context_size": 2048}}}),
+            json!({"settings": {"cache": {"ttl_secs": 60}, "data": {"analytics_retention_secs": 7200}}}),
         ))
         .await
         .unwrap();
     assert_ne!(result.is_error, Some(true), "{}", tool_text(&result));
     let update = result.structured_content.unwrap();
     assert_eq!(update["effective_now"], json!(["cache.ttl_secs"]));
-    assert_eq!(update["after_restart"], json!(["compute.context_size"]));
+    assert_eq!(
+        update["after_restart"],
+        json!(["data.analytics_retention_secs"])
+    );
     updates.wait_for("jetson://config/settings", 1).await;
     let settings = read_json(&client, "jetson://config/settings")
         .await

@@ -7,6 +7,7 @@
 //! those that went away from the view and brings them back when they return.
 
 pub mod aggregate;
+pub mod config;
 pub mod openai;
 mod prompts;
 pub mod schema;
@@ -20,7 +21,7 @@ use jetsonmind_contract::access::AccessLevel;
 use jetsonmind_control::egress;
 use jetsonmind_control::fleet::{Fleet, FleetSettings, ReplicaHealth};
 use jetsonmind_core::auth::{Auth, Principal, ToolAccess, principal_of};
-use jetsonmind_core::config::{GatewayConfig, is_backend_name, is_http_url};
+use jetsonmind_core::config::{is_backend_name, is_http_url};
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::content::json_tool_result;
 use jetsonmind_core::rmcp::ErrorData as McpError;
@@ -42,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 use schema::*;
 use view::{Naming, View};
+
+use crate::config::GatewayConfig;
 
 /// A federated server: one endpoint, or replicas routed among.
 pub type Backend = Arc<Fleet>;

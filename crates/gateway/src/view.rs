@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jetsonmind_core::config::PrefixMode;
 use jetsonmind_core::rmcp::model::{Prompt, Tool};
 use jetsonmind_core::{Catalog, CoreError};
 
 pub use jetsonmind_core::upstream::Offer;
+
+use crate::config::PrefixMode;
 
 /// Where an exposed name leads: a backend index and the backend's own name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jetsonmind_control::ControlServer;
+use jetsonmind_control::config::ControlConfig;
 use jetsonmind_control::fleet::{Fleet, FleetSettings};
-use jetsonmind_core::config::{Config, GatewayConfig, McpConfig};
+use jetsonmind_core::config::{Config, McpConfig};
 use jetsonmind_core::rmcp::model::{
     CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam,
     ProgressToken, ReadResourceResult, RequestMetaObject, ResourceContents,
@@ -18,6 +19,7 @@ use jetsonmind_core::rmcp::{ClientCacheConfig, ErrorData as McpError, RoleClient
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_core::{ToolCall, UnitServer, tool_error};
+use jetsonmind_gateway::config::GatewayConfig;
 use jetsonmind_gateway::{Backend, Gateway};
 use jetsonmind_testkit::{self as testing, FakeUnit, HttpUnit, ProgressRecorder};
 use serde_json::json;
@@ -71,7 +73,9 @@ async fn ticking(call: ToolCall, cancelled: Arc<AtomicBool>) -> Result<CallToolR
 
 fn fleet_settings() -> FleetSettings {
     let config = Config::default();
-    FleetSettings::new(&config.control, &config.gateway)
+    config
+        .section::<GatewayConfig>()
+        .fleet_settings(config.section::<ControlConfig>())
 }
 
 fn http_backend(name: &str, server: &HttpUnit) -> Backend {

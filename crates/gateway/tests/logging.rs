@@ -6,13 +6,15 @@
 
 use std::sync::Arc;
 
-use jetsonmind_control::fleet::{Fleet, FleetSettings};
+use jetsonmind_control::config::ControlConfig;
+use jetsonmind_control::fleet::Fleet;
 use jetsonmind_core::UnitServer;
-use jetsonmind_core::config::{Config, GatewayConfig, McpConfig};
+use jetsonmind_core::config::{Config, McpConfig};
 use jetsonmind_core::rmcp::ServiceExt;
 use jetsonmind_core::serve::in_process;
 use jetsonmind_core::upstream::Connector;
 use jetsonmind_gateway::Gateway;
+use jetsonmind_gateway::config::GatewayConfig;
 use jetsonmind_testkit::{self as testing, LogListener, chatty};
 
 // One thread: the subscriber set here sees every task of the test.
@@ -22,7 +24,9 @@ async fn an_in_process_backends_events_reach_the_gateways_client() {
     let backend = UnitServer::new(chatty(), McpConfig::default());
     let connector = Connector::InProcess(Arc::new(move || in_process(backend.clone())));
     let config = Config::default();
-    let settings = FleetSettings::new(&config.control, &config.gateway);
+    let settings = config
+        .section::<GatewayConfig>()
+        .fleet_settings(config.section::<ControlConfig>());
     let fleet = Fleet::single("chatty", connector, settings.clone());
     let gateway = Gateway::new(GatewayConfig::default(), settings, vec![fleet]).unwrap();
     gateway.refresh().await;

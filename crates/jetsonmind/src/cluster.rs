@@ -20,6 +20,8 @@ use jetsonmind_cluster_state::views::ClusterViews;
 use jetsonmind_cluster_state::{backup, calls};
 use jetsonmind_compute::ComputeServer;
 use jetsonmind_control::ControlServer;
+use jetsonmind_control::config::ControlConfig;
+use jetsonmind_control::config::HybridConfig;
 use jetsonmind_control::fleet::Fleet;
 use jetsonmind_control::routing::Tier;
 use jetsonmind_core::Config;
@@ -80,10 +82,13 @@ pub async fn join(
     let service = NodeService::start(&bus, served, shutdown.clone())
         .await
         .context("serving this node's servers on the bus")?;
-    let placements =
-        ClusterPlacements::open(&bus, config.control.max_temperature_c, shutdown.clone())
-            .await
-            .context("opening the cluster's placements")?;
+    let placements = ClusterPlacements::open(
+        &bus,
+        config.section::<ControlConfig>().max_temperature_c,
+        shutdown.clone(),
+    )
+    .await
+    .context("opening the cluster's placements")?;
     let status = node_status(
         &bus,
         &config.cluster.share,
@@ -101,11 +106,15 @@ pub async fn join(
         .join(data, membership.view(), shutdown.clone());
     share_models(&bus, &models, membership.view()).await?;
     place_models(config, &bus, models, placements.clone(), shutdown);
-    if config.hybrid.enabled() {
+    if config.section::<HybridConfig>().enabled() {
         reach_the_cloud(config, &bus, fleets.clone(), shutdown);
-        if config.hybrid.backup {
-            let streams = backup::backed_up(&bus, config.hybrid.backup_model_files);
-            let (hub, copies) = (&config.hybrid.hub_domain, config.hybrid.backup_replicas);
+        if config.section::<HybridConfig>().backup {
+            let streams =
+                backup::backed_up(&bus, config.section::<HybridConfig>().backup_model_files);
+            let (hub, copies) = (
+                &config.section::<HybridConfig>().hub_domain,
+                config.section::<HybridConfig>().backup_replicas,
+            );
             backup::keep_in_cloud(&bus, hub, streams, copies, shutdown.clone());
         }
     }
@@ -128,7 +137,7 @@ async fn share_state(
     state: NodeState,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    ClusterSettings::open(bus)
+    ClusterSettings::open(bus, state.settings.schema().clone())
         .await?
         .join(state.settings, shutdown.clone())
         .await
@@ -301,7 +310,7 @@ fn reach_the_cloud(
     fleets: Vec<Arc<Fleet>>,
     shutdown: &CancellationToken,
 ) {
-    let hybrid = &config.hybrid;
+    let hybrid = &config.section::<HybridConfig>();
     let mut view = Membership::watch(
         bus,
         &hybrid.hub_domain,
@@ -354,7 +363,7 @@ async fn count_spending_together(
     bus: &Bus,
     fleets: &[Arc<Fleet>],
 ) -> anyhow::Result<()> {
-    let spending = ClusterSpending::open(bus, config.hybrid.budget_period_s)
+    let spending = ClusterSpending::open(bus, config.section::<HybridConfig>().budget_period_s)
         .await
         .context("opening the cluster's spending bucket")?;
     let spending = Arc::new(spending);

@@ -9,6 +9,7 @@ use jetsonmind_cluster::Bus;
 use jetsonmind_cluster_state::backup;
 use jetsonmind_cluster_state::status::ClusterReading;
 use jetsonmind_cluster_state::status::report::{ClusterStatus, render, report};
+use jetsonmind_control::config::HybridConfig;
 use jetsonmind_core::Config;
 
 pub async fn status(json: bool, config: &Config) -> anyhow::Result<()> {
@@ -36,7 +37,7 @@ pub async fn status(json: bool, config: &Config) -> anyhow::Result<()> {
 async fn read_status(whole: &Config) -> anyhow::Result<ClusterStatus> {
     let config = &whole.cluster;
     let bus = Bus::connect(config).await?;
-    let hybrid = &whole.hybrid;
+    let hybrid = &whole.section::<HybridConfig>();
     let cloud = match hybrid.enabled() {
         true => {
             let streams = backup::backed_up(&bus, hybrid.backup_model_files);

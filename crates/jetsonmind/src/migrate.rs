@@ -51,7 +51,7 @@ pub async fn join(
         );
     }
     let models = ClusterModels::open(&bus).await?;
-    let settings_bucket = ClusterSettings::open(&bus).await?;
+    let settings_bucket = ClusterSettings::open(&bus, config.schema()).await?;
     let keys_bucket = ClusterKeys::open(&bus).await?;
     if check_only {
         println!(

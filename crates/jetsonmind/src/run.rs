@@ -33,12 +33,18 @@ use jetsonmind_web::Dashboard;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, ClusterCommand, Command, Transport};
+use jetsonmind_compute::config::ComputeConfig;
+use jetsonmind_control::config::ControlConfig;
+use jetsonmind_control::config::HybridConfig;
+use jetsonmind_data::config::CacheConfig;
+use jetsonmind_gateway::config::GatewayConfig;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut sources = ConfigSources {
         file: cli.config.clone(),
         env: std::env::vars().collect(),
         data_dir: cli.data_dir.clone(),
+        schema: jetsonmind::sections::schema(),
     };
     // Before the config is loaded: the settings a restore replaces may be
     // what does not load.
@@ -133,21 +139,24 @@ async fn serve_command(
             let replicas = shared.compute_fleet(&config, None)?;
             tokio::spawn(check_every(
                 replicas.clone(),
-                Duration::from_millis(config.gateway.health_interval_ms),
+                Duration::from_millis(config.section::<GatewayConfig>().health_interval_ms),
                 shutdown.clone(),
             ));
             let server = shared.control(replicas, &config);
             serve_server(server, t, config, shutdown, shared, Faces::default()).await
         }
         Command::Gateway(t) => {
-            let backends = Gateway::configured_backends(&config.gateway, &shared.fleet_settings)?;
+            let backends = Gateway::configured_backends(
+                config.section::<GatewayConfig>(),
+                &shared.fleet_settings,
+            )?;
             serve_gateway(backends, t, config, shutdown, shared).await
         }
         Command::Serve(serve) => {
             let local = in_process_servers(&config, shared)?;
             let mut backends = local.backends();
             backends.extend(Gateway::configured_backends(
-                &config.gateway,
+                config.section::<GatewayConfig>(),
                 &shared.fleet_settings,
             )?);
             let cluster = match config.cluster.enabled() {
@@ -189,7 +198,7 @@ async fn serve_command(
                 shared.fleet_settings.clone(),
             );
             let gateway = Gateway::bridge(
-                config.gateway.clone(),
+                config.section::<GatewayConfig>().clone(),
                 shared.fleet_settings.clone(),
                 remote,
             )?;
@@ -253,7 +262,9 @@ fn launcher(cli: &Cli, config: &Config) -> anyhow::Result<Launcher> {
         global_args,
         // Each is given a secret of its own on stdin and requires it.
         env: Vec::new(),
-        start_timeout: Duration::from_millis(config.control.replica_start_timeout_ms),
+        start_timeout: Duration::from_millis(
+            config.section::<ControlConfig>().replica_start_timeout_ms,
+        ),
     })
 }
 
@@ -327,11 +338,15 @@ impl Shared {
         )
         .context("opening the analytics database")?;
         Ok(Self {
-            cache: Arc::new(InferenceCache::new((&config.cache).into())),
-            inputs: Arc::new(InputCache::new((&config.cache.inputs).into())),
+            cache: Arc::new(InferenceCache::new(config.section::<CacheConfig>().into())),
+            inputs: Arc::new(InputCache::new(
+                (&config.section::<CacheConfig>().inputs).into(),
+            )),
             analytics: Arc::new(analytics),
-            fleet_settings: FleetSettings::new(&config.control, &config.gateway)
-                .with_hybrid(&config.hybrid),
+            fleet_settings: config
+                .section::<GatewayConfig>()
+                .fleet_settings(config.section::<ControlConfig>())
+                .with_hybrid(config.section::<HybridConfig>()),
             settings: Arc::new(Settings::new(sources, config)),
             launcher,
             access,
@@ -350,17 +365,22 @@ impl Shared {
         local: Option<Arc<dyn ReplicaLink>>,
     ) -> anyhow::Result<Arc<Fleet>> {
         let fleet = Fleet::new("compute", self.fleet_settings.clone());
-        if let Some(link) = local.filter(|_| config.control.local_replica) {
+        if let Some(link) = local.filter(|_| config.section::<ControlConfig>().local_replica) {
             fleet.add_link(link, Origin::Configured);
         }
         let bearer = config
-            .control
+            .section::<ControlConfig>()
             .replicas_token_env
             .as_deref()
             .map(Secret::from_env)
             .transpose()
             .map_err(|e| anyhow::anyhow!("control.replicas_token_env: {e}"))?;
-        for (i, url) in config.control.replicas.iter().enumerate() {
+        for (i, url) in config
+            .section::<ControlConfig>()
+            .replicas
+            .iter()
+            .enumerate()
+        {
             let name = format!("compute-{}", i + 1);
             let connector = Connector::Http {
                 url: url.clone(),
@@ -389,7 +409,7 @@ impl Shared {
             .with_settings(self.settings.clone())
             .with_analytics(self.analytics.clone());
         let server = self.server(control, config);
-        let interval = Duration::from_millis(config.control.alert_interval_ms);
+        let interval = Duration::from_millis(config.section::<ControlConfig>().alert_interval_ms);
         server.unit().evaluate_alerts_every(interval);
         let _ = self.alerts.set(server.unit().alerts().clone());
         server
@@ -462,7 +482,7 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
     let store = node.store.clone();
     let mut served = Vec::new();
     let mut compute_server = None;
-    let local_compute = match config.control.local_replica {
+    let local_compute = match config.section::<ControlConfig>().local_replica {
         true => {
             let server = shared.compute(config, &node);
             compute_server = Some(server.unit().clone());
@@ -495,16 +515,19 @@ fn in_process_servers(config: &Config, shared: &Shared) -> anyhow::Result<LocalS
 /// Each of `hybrid.providers` as a cloud replica of compute's text tools;
 /// a key its config names but the environment lacks stops the start.
 fn add_providers(fleet: &Fleet, config: &Config) -> anyhow::Result<()> {
-    for provider in &config.hybrid.providers {
+    for provider in &config.section::<HybridConfig>().providers {
         let name = &provider.name;
         if fleet.replica(name).is_some() {
             anyhow::bail!("hybrid.providers: `{name}` is already the name of a compute replica");
         }
         let cost = provider
             .cost_per_call
-            .unwrap_or(config.hybrid.cloud_call_cost);
-        let link = OpenAiLink::from_env(provider.clone(), config.compute.progress_every_tokens)
-            .with_context(|| format!("hybrid.providers `{name}`"))?;
+            .unwrap_or(config.section::<HybridConfig>().cloud_call_cost);
+        let link = OpenAiLink::from_env(
+            provider.clone(),
+            config.section::<ComputeConfig>().progress_every_tokens,
+        )
+        .with_context(|| format!("hybrid.providers `{name}`"))?;
         fleet.add_link(Arc::new(link), Origin::Provider { cost });
         tracing::info!(provider = %name, base_url = %provider.base_url, cost, "provider added");
     }
@@ -577,13 +600,14 @@ async fn http_faces(
         needs: OpenAi::route_needs(),
         self_authenticated: Vec::new(),
     };
-    if config.gateway.ui.enabled {
+    if config.section::<GatewayConfig>().ui.enabled {
         let tools = auth::resolver(server.unit().clone());
         let access = (
             shared.access.auth.clone(),
             shared.access.connections.clone(),
         );
-        let dashboard = Dashboard::new(client, access, tools, &config.gateway.ui);
+        let dashboard =
+            Dashboard::new(client, access, tools, &config.section::<GatewayConfig>().ui);
         dashboard.start(shutdown.clone());
         faces.routes = faces.routes.merge(dashboard.router(api));
         faces.self_authenticated.push(jetsonmind_web::PREFIX);
@@ -598,7 +622,11 @@ async fn start_gateway(
     backends: Vec<Backend>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Gateway>> {
-    let gateway = Gateway::new(config.gateway.clone(), fleet_settings.clone(), backends)?;
+    let gateway = Gateway::new(
+        config.section::<GatewayConfig>().clone(),
+        fleet_settings.clone(),
+        backends,
+    )?;
     gateway.start(shutdown.clone()).await;
     for backend in gateway.backend_status() {
         for replica in backend.replicas {

@@ -18,6 +18,7 @@
 
 mod actions;
 mod assets;
+mod config;
 mod html;
 mod keys;
 mod live;
@@ -35,7 +36,6 @@ use axum::routing::{get, post};
 use http::{HeaderName, HeaderValue, header};
 use jetsonmind_contract::inference::{AUDIO_PROCESS, IMAGE_ANALYZE, TEXT_GENERATE};
 use jetsonmind_core::auth::{AccessLevel, Auth, Principal, ToolAccess, ToolResolver};
-use jetsonmind_core::config::UiConfig;
 use jetsonmind_core::connections::Connections;
 use jetsonmind_core::rmcp::model::JsonObject;
 use jetsonmind_core::upstream::LocalClient;
@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use config::UiConfig;
 use live::Live;
 use session::Sessions;
 

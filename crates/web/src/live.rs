@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use http::StatusCode;
 use jetsonmind_core::auth::Principal;
-use jetsonmind_core::config::UiConfig;
 use jetsonmind_figures::Sample;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::UiConfig;
 use crate::{ANALYTICS, Dashboard, METRICS};
 
 pub(crate) struct Live {

@@ -20,11 +20,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use jetsonmind_core::auth::keys::{KeyStore, constant_time_eq, random_hex};
 use jetsonmind_core::auth::{Principal, Scopes};
-use jetsonmind_core::config::UiConfig;
 use jetsonmind_core::connections::ConnectionId;
 use sha2::{Digest, Sha256};
 
 use crate::Dashboard;
+use crate::config::UiConfig;
 
 const COOKIE: &str = "jm_session";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";

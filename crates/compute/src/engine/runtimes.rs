@@ -14,7 +14,7 @@ use super::simulated::SimulatedEngine;
 use super::vision;
 use super::whisper::WhisperEngine;
 use super::{Engine, EngineError, EngineKind, ModelDir, TextEngine, TextSettings};
-use jetsonmind_core::config::SimulatorConfig;
+use crate::config::SimulatorConfig;
 
 /// What runs image models (ONNX Runtime or tract), on how many threads.
 pub use super::vision::Runtime as ImageRuntime;

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use jetsonmind_core::config::SimulatorConfig;
+use crate::config::SimulatorConfig;
 
 use super::{
     EngineError, FinishReason, Flow, GenerateRequest, Generation, ModelInfo, Partial, Prompt,

@@ -31,13 +31,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use jetsonmind_core::config::{ControlConfig, GatewayConfig, HybridConfig};
 use jetsonmind_core::upstream::{
     Connector, Offer, ProgressRoutes, ResourceChange, Upstream, UpstreamId,
 };
 use tokio::sync::{Notify, mpsc};
 
 use crate::breaker::BreakerSettings;
+use crate::config::{ControlConfig, HybridConfig};
 use crate::egress::EgressRules;
 use crate::link::{McpLink, Relay, ReplicaLink};
 use crate::routing::{Policy, Tier};
@@ -57,7 +57,14 @@ pub struct FleetSettings {
 }
 
 impl FleetSettings {
-    pub fn new(control: &ControlConfig, gateway: &GatewayConfig) -> Self {
+    /// `[control]`'s policy, with backends checked within `health_timeout`
+    /// and listed again at least every `relist_interval` (the gateway's
+    /// settings: see its `GatewayConfig::fleet_settings`).
+    pub fn new(
+        control: &ControlConfig,
+        health_timeout: Duration,
+        relist_interval: Duration,
+    ) -> Self {
         Self {
             policy: Policy {
                 strategy: control.strategy,
@@ -71,8 +78,8 @@ impl FleetSettings {
             max_attempts: control.max_attempts,
             queue_timeout: Duration::from_millis(control.queue_timeout_ms),
             max_queued: control.max_queued,
-            health_timeout: Duration::from_millis(gateway.health_timeout_ms),
-            relist_interval: Duration::from_millis(gateway.relist_interval_ms),
+            health_timeout,
+            relist_interval,
             egress: Arc::default(),
         }
     }

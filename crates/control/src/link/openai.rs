@@ -31,7 +31,6 @@ use futures::future::BoxFuture;
 use jetsonmind_contract::inference::code::strip_to_completion;
 use jetsonmind_contract::inference::{GenerationProgress, code_complete_tool, text_generate_tool};
 use jetsonmind_contract::replica::{LoadedModel, REPLICA_STATUS_URI, ReplicaReport};
-use jetsonmind_core::config::ProviderConfig;
 use jetsonmind_core::content::{json_resource, text_and_structured};
 use jetsonmind_core::error::resource_not_found;
 use jetsonmind_core::rmcp::ErrorData as McpError;
@@ -50,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use self::request::{Call, NotSent, map_call};
 use self::stream::{Event, Generation, SseReader, error_message};
 use super::{LinkError, Relay, ReplicaLink};
+use crate::config::ProviderConfig;
 
 /// Why a provider's link cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -8,10 +8,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use jetsonmind_cluster::Bus;
 use jetsonmind_cluster_state::backup::{self, Restored};
+use jetsonmind_control::config::HybridConfig;
 use jetsonmind_core::Config;
 
 pub async fn restore_command(config: &Config) -> anyhow::Result<()> {
-    if !config.cluster.enabled() || !config.hybrid.enabled() {
+    if !config.cluster.enabled() || !config.section::<HybridConfig>().enabled() {
         bail!(
             "--from-cloud needs the site's NATS servers ([cluster] urls) and the hub's domain \
              (hybrid.hub_domain)"
@@ -22,9 +23,10 @@ pub async fn restore_command(config: &Config) -> anyhow::Result<()> {
     // The model files' Object Store is not rebuilt here: its models are
     // published again (`jetsonmind models publish`) where they are kept.
     let streams: Vec<String> = backup::backed_up(&bus, false);
-    let restored = backup::restore_from_cloud(&bus, &config.hybrid.hub_domain, &streams)
-        .await
-        .context("restoring from the hub")?;
+    let restored =
+        backup::restore_from_cloud(&bus, &config.section::<HybridConfig>().hub_domain, &streams)
+            .await
+            .context("restoring from the hub")?;
     for (stream, outcome) in &restored {
         match outcome {
             Restored::Kept { messages } => {
@@ -42,7 +44,7 @@ pub async fn restore_command(config: &Config) -> anyhow::Result<()> {
     eprintln!(
         "restored from hub `{}` in {:.1} s; start the site's nodes: each takes its settings and keys \
          from the site as it joins",
-        config.hybrid.hub_domain,
+        config.section::<HybridConfig>().hub_domain,
         started.elapsed().as_secs_f64()
     );
     Ok(())

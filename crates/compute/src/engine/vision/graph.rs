@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use jetsonmind_core::config::VisionRuntime as RuntimeChoice;
+use crate::config::VisionRuntime as RuntimeChoice;
 
 use super::{onnxruntime, tract};
 

@@ -8,12 +8,12 @@ use jetsonmind_contract::inference::{
     CODE_COMPLETE, ChatRole, CodeCompleteArgs, DEFAULT_CODE_MAX_TOKENS, DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE, TEXT_GENERATE, TextGenerateArgs,
 };
-use jetsonmind_core::config::ProviderConfig;
 use jetsonmind_core::rmcp::ErrorData as McpError;
 use jetsonmind_core::rmcp::model::JsonObject;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::config::ProviderConfig;
 use crate::routing::same_model;
 
 /// The body POSTed to `{base_url}/chat/completions`.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::super::is_subject_token;
+use jetsonmind_core::config::is_subject_token;
 
 /// One OpenAI-compatible endpoint (OpenAI, a hosted model, another machine's
 /// llama.cpp server). The config names the environment variable that holds
@@ -196,6 +196,9 @@ pub(super) fn validate(providers: &[ProviderConfig]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HybridConfig;
+    use jetsonmind_core::Config;
+    use jetsonmind_core::config::Schema;
 
     fn provider() -> ProviderConfig {
         ProviderConfig {
@@ -229,16 +232,20 @@ mod tests {
             "JETSONMIND_HYBRID__PROVIDERS".to_string(),
             value.to_string(),
         )];
-        let config = crate::config::Config::load(None, env).unwrap();
-        let p = &config.hybrid.providers[0];
+        let schema = Schema::new().with::<HybridConfig>();
+        let config = Config::load(&schema, None, env).unwrap();
+        let p = &config.section::<HybridConfig>().providers[0];
         assert_eq!(p.provider_model(Some("cloud-small")), Some("m"));
         assert_eq!(p.max_concurrent, ProviderConfig::default().max_concurrent);
-        assert!(!config.hybrid.enabled(), "a provider needs no hub");
+        assert!(
+            !config.section::<HybridConfig>().enabled(),
+            "a provider needs no hub"
+        );
         let typo = [(
             "JETSONMIND_HYBRID__PROVIDERS".to_string(),
             value.replace("models", "modles"),
         )];
-        assert!(crate::config::Config::load(None, typo).is_err());
+        assert!(Config::load(&schema, None, typo).is_err());
     }
 
     #[test]

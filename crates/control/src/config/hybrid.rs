@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::is_subject_token;
-use crate::CoreError;
+use jetsonmind_core::config::{Section, is_subject_token};
+use jetsonmind_core::{Config, CoreError};
 
 mod providers;
 pub use providers::ProviderConfig;
@@ -86,7 +86,7 @@ impl HybridConfig {
         !self.hub_domain.is_empty()
     }
 
-    pub(super) fn validate(&self) -> Result<(), CoreError> {
+    fn check(&self) -> Result<(), CoreError> {
         let fail = |msg: String| Err(CoreError::Config(format!("hybrid.{msg}")));
         if self.enabled() && !is_subject_token(&self.hub_domain) {
             return fail(format!(
@@ -120,5 +120,52 @@ impl HybridConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl Section for HybridConfig {
+    const NAME: &'static str = "hybrid";
+    // Where calls and backups may go beyond the site.
+    const TRUST_KEYS: &'static [&'static str] = &["hybrid"];
+
+    fn validate(&self, config: &Config) -> Result<(), CoreError> {
+        if self.enabled() && !config.cluster.enabled() {
+            return Err(CoreError::Config(
+                "hybrid.hub_domain needs a cluster (cluster.urls, `serve --cluster`)".into(),
+            ));
+        }
+        self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jetsonmind_core::config::Schema;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, CoreError> {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(&Schema::new().with::<HybridConfig>(), None, env)
+    }
+
+    #[test]
+    fn a_cloud_tier_needs_a_cluster_and_sane_budgets() {
+        let hub = ("JETSONMIND_HYBRID__HUB_DOMAIN", "hub");
+        let err = load(&[hub]).unwrap_err();
+        assert!(err.to_string().contains("needs a cluster"), "{err}");
+        let cluster = ("JETSONMIND_CLUSTER__URLS", "[\"nats://127.0.0.1:4222\"]");
+        let config = load(&[cluster, hub]).unwrap();
+        assert!(config.section::<HybridConfig>().enabled());
+        let mut bad = config.clone();
+        bad.section_mut::<HybridConfig>().keys.insert(
+            "k1".into(),
+            EgressRule {
+                budget: Some(-1.0),
+                ..Default::default()
+            },
+        );
+        let err = bad.validate().unwrap_err();
+        assert!(err.to_string().contains("hybrid.keys.k1.budget"), "{err}");
     }
 }
