@@ -1,7 +1,7 @@
 //! `[control]` and `[hybrid]`: the control server's sections of the
 //! configuration.
 
-use jetsonmind_core::config::{Section, is_http_url};
+use jetsonmind_core::config::{Section, is_http_url, keys};
 use jetsonmind_core::{Config, CoreError};
 use serde::{Deserialize, Serialize};
 
@@ -155,17 +155,7 @@ const HOST_KEYS: &[&str] = &[
 impl Section for ControlConfig {
     const NAME: &'static str = "control";
     const TRUST_KEYS: &'static [&'static str] = HOST_KEYS;
-    const NODE_KEYS: &'static [&'static str] = &[
-        "control.replicas",
-        "control.replicas_token_env",
-        "control.local_replica",
-        "control.allow_power_changes",
-        "control.nvpmodel_query_command",
-        "control.nvpmodel_set_command",
-        "control.jetson_clocks_command",
-        "control.jetson_clocks_store_command",
-        "control.jetson_clocks_restore_command",
-    ];
+    const NODE_KEYS: &'static [&'static str] = &keys::<9>(HOST_KEYS, &["control.local_replica"]);
 
     fn validate(&self, _config: &Config) -> Result<(), CoreError> {
         let control = self;

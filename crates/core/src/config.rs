@@ -19,7 +19,7 @@ use crate::CoreError;
 
 mod section;
 use section::Sections;
-pub use section::{Schema, Section};
+pub use section::{Schema, Section, keys};
 
 /// The prefix of environment variables that set config keys.
 pub const ENV_PREFIX: &str = "JETSONMIND_";

@@ -680,6 +680,14 @@ mod tests {
         Settings::new(sources, config)
     }
 
+    /// `cache.ttl_secs` as a node restarted on `dir` has it.
+    fn ttl_after_a_restart(dir: &Path) -> u64 {
+        settings(dir, &[])
+            .current()
+            .section::<CacheConfig>()
+            .ttl_secs
+    }
+
     fn patch(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
     }
@@ -722,13 +730,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(
-            settings(dir.path(), &[])
-                .current()
-                .section::<CacheConfig>()
-                .ttl_secs,
-            3600
-        );
+        assert_eq!(ttl_after_a_restart(dir.path()), 3600);
     }
 
     #[tokio::test]
@@ -864,13 +866,7 @@ mod tests {
         // A kept layer that no longer loads does not stop the node.
         let broken = r#"{"revision": 7, "values": {"cache": {"nosuch": 1}}}"#;
         std::fs::write(dir.path().join(CLUSTER_SETTINGS_FILE), broken).unwrap();
-        assert_eq!(
-            settings(dir.path(), &[])
-                .current()
-                .section::<CacheConfig>()
-                .ttl_secs,
-            3600
-        );
+        assert_eq!(ttl_after_a_restart(dir.path()), 3600);
     }
 
     #[tokio::test]

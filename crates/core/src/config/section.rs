@@ -42,6 +42,29 @@ pub trait Section:
     }
 }
 
+/// `first` then `then`: one key list built from two, for a section whose
+/// lists overlap. `N` is their lengths added (another fails the build).
+pub const fn keys<const N: usize>(
+    first: &[&'static str],
+    then: &[&'static str],
+) -> [&'static str; N] {
+    assert!(
+        first.len() + then.len() == N,
+        "N must be both lists' lengths added"
+    );
+    let mut all = [""; N];
+    let mut i = 0;
+    while i < N {
+        all[i] = if i < first.len() {
+            first[i]
+        } else {
+            then[i - first.len()]
+        };
+        i += 1;
+    }
+    all
+}
+
 /// A section behind the type core cannot name.
 trait AnySection: fmt::Debug + Send + Sync {
     fn as_any(&self) -> &dyn Any;
