@@ -353,13 +353,10 @@ impl Section for ComputeConfig {
 
 #[cfg(test)]
 mod tests {
-    use jetsonmind_core::config::Schema;
-
     use super::*;
 
-    fn load(pairs: &[(&str, &str)]) -> Result<Config, CoreError> {
-        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::load(&Schema::new().with::<ComputeConfig>(), None, env)
+    fn load(env: &[(&str, &str)]) -> Result<Config, CoreError> {
+        jetsonmind_testkit::config_with::<ComputeConfig>(env)
     }
 
     #[test]

@@ -141,11 +141,8 @@ mod tests {
     #[test]
     fn the_environment_and_the_file_set_it_and_backend_urls_are_checked() {
         let schema = Schema::new().with::<GatewayConfig>();
-        let env = [(
-            "JETSONMIND_GATEWAY__PREFIX".to_string(),
-            "always".to_string(),
-        )];
-        let config = Config::load(&schema, None, env).unwrap();
+        let env = [("JETSONMIND_GATEWAY__PREFIX", "always")];
+        let config = jetsonmind_testkit::config_with::<GatewayConfig>(&env).unwrap();
         assert_eq!(config.section::<GatewayConfig>().prefix, PrefixMode::Always);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
@@ -156,11 +153,8 @@ mod tests {
         .unwrap();
         let err = Config::load(&schema, Some(&file), []).unwrap_err();
         assert!(err.to_string().contains("n1"), "{err}");
-        let env = [(
-            "JETSONMIND_GATEWAY__UI__SAMPLE_MS".to_string(),
-            "10".to_string(),
-        )];
-        let err = Config::load(&schema, None, env).unwrap_err();
+        let env = [("JETSONMIND_GATEWAY__UI__SAMPLE_MS", "10")];
+        let err = jetsonmind_testkit::config_with::<GatewayConfig>(&env).unwrap_err();
         assert!(err.to_string().contains("gateway.ui.sample_ms"), "{err}");
     }
 }

@@ -280,3 +280,14 @@ impl ProgressRecorder {
             .is_ok()
     }
 }
+
+/// The configuration with only `T` as a server section, from defaults and the
+/// `JETSONMIND_*` variables `env` (no file): a section's tests load it as
+/// `serve` would.
+pub fn config_with<T: jetsonmind_core::config::Section>(
+    env: &[(&str, &str)],
+) -> Result<jetsonmind_core::Config, jetsonmind_core::CoreError> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let schema = jetsonmind_core::config::Schema::new().with::<T>();
+    jetsonmind_core::Config::load(&schema, None, env)
+}

@@ -170,46 +170,41 @@ impl Schema {
         self.kinds.iter().map(|k| k.name)
     }
 
-    /// Each section's key roles, the shared sections' (`shared`) first.
-    fn roles(&self, shared: Roles) -> impl Iterator<Item = Roles> + '_ {
-        std::iter::once(shared).chain(self.kinds.iter().map(|k| k.roles))
-    }
-
-    /// The keys that take effect without a restart.
-    pub fn live_keys(&self) -> Vec<&'static str> {
-        self.roles(super::SHARED_ROLES)
-            .flat_map(|r| r.live.iter().copied())
-            .collect()
+    /// One role's keys of every section, the shared sections' first.
+    fn keys_in(
+        &self,
+        role: fn(&Roles) -> &'static [&'static str],
+    ) -> impl Iterator<Item = &'static str> + '_ {
+        let shared = std::iter::once(super::SHARED_ROLES);
+        shared
+            .chain(self.kinds.iter().map(|k| k.roles))
+            .flat_map(move |roles| role(&roles).iter().copied())
     }
 
     /// The keys only an administrator changes.
     pub fn trust_keys(&self) -> Vec<&'static str> {
-        self.roles(super::SHARED_ROLES)
-            .flat_map(|r| r.trust.iter().copied())
-            .collect()
+        self.keys_in(|r| r.trust).collect()
     }
 
     /// The keys that stay with each node in a cluster.
     pub fn node_keys(&self) -> Vec<&'static str> {
-        self.roles(super::SHARED_ROLES)
-            .flat_map(|r| r.node.iter().copied())
-            .collect()
+        self.keys_in(|r| r.node).collect()
     }
 
     /// Whether a new value of dotted `key` takes effect at once.
     pub fn is_live(&self, key: &str) -> bool {
-        self.live_keys().iter().any(|live| within(live, key))
+        self.keys_in(|r| r.live).any(|live| within(live, key))
     }
 
     /// Whether dotted `key` is, holds, or lies within a trust setting.
     pub fn touches_trust(&self, key: &str) -> bool {
-        let trust = self.trust_keys();
-        trust.iter().any(|t| within(t, key) || within(key, t))
+        self.keys_in(|r| r.trust)
+            .any(|trust| within(trust, key) || within(key, trust))
     }
 
     /// Whether dotted `key` is one node's own.
     pub fn is_node_key(&self, key: &str) -> bool {
-        self.node_keys().iter().any(|own| within(own, key))
+        self.keys_in(|r| r.node).any(|own| within(own, key))
     }
 
     /// Every section of the schema out of `table` (removing their tables

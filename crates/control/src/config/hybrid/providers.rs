@@ -197,8 +197,7 @@ pub(super) fn validate(providers: &[ProviderConfig]) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::HybridConfig;
-    use jetsonmind_core::Config;
-    use jetsonmind_core::config::Schema;
+    use jetsonmind_testkit::config_with;
 
     fn provider() -> ProviderConfig {
         ProviderConfig {
@@ -228,12 +227,8 @@ mod tests {
     fn providers_come_from_one_environment_variable() {
         let value =
             r#"[{name = "p", base_url = "http://127.0.0.1:1/v1", models = {cloud-small = "m"}}]"#;
-        let env = [(
-            "JETSONMIND_HYBRID__PROVIDERS".to_string(),
-            value.to_string(),
-        )];
-        let schema = Schema::new().with::<HybridConfig>();
-        let config = Config::load(&schema, None, env).unwrap();
+        let env = [("JETSONMIND_HYBRID__PROVIDERS", value)];
+        let config = config_with::<HybridConfig>(&env).unwrap();
         let p = &config.section::<HybridConfig>().providers[0];
         assert_eq!(p.provider_model(Some("cloud-small")), Some("m"));
         assert_eq!(p.max_concurrent, ProviderConfig::default().max_concurrent);
@@ -241,11 +236,8 @@ mod tests {
             !config.section::<HybridConfig>().enabled(),
             "a provider needs no hub"
         );
-        let typo = [(
-            "JETSONMIND_HYBRID__PROVIDERS".to_string(),
-            value.replace("models", "modles"),
-        )];
-        assert!(Config::load(&schema, None, typo).is_err());
+        let typo = value.replace("models", "modles");
+        assert!(config_with::<HybridConfig>(&[("JETSONMIND_HYBRID__PROVIDERS", &typo)]).is_err());
     }
 
     #[test]
